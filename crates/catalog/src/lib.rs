@@ -1,0 +1,20 @@
+//! The catalog: databases, schemas, tables, views and users, kept as a versioned log of
+//! snapshots in the storage root.
+//!
+//! Every catalog version pins, for each table, the table version that readers must use. A
+//! statement reads the catalog version that was current when it started, so all the tables it
+//! touches come from one consistent cut, and a write becomes visible only when the catalog
+//! version that pins it has been written (put-if-absent, so two writers can never both win).
+
+mod error;
+mod log;
+mod model;
+mod types;
+
+pub use error::{Error, Result};
+pub use log::Catalog;
+pub use model::{
+    CatalogState, Column, Constraint, DEFAULT_DATABASE, DEFAULT_SCHEMA, Database, Distribution,
+    Identity, Relation, SUPERUSER, Schema, StoredPassword, Table, User, View,
+};
+pub use types::{SqlType, VARCHAR_LENGTH_DEFAULT, VARCHAR_LENGTH_MAX};

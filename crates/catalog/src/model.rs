@@ -1,0 +1,366 @@
+//! The catalog's contents: one immutable snapshot per catalog version.
+//!
+//! Names are stored exactly as the SQL layer normalised them; this module never folds case.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::types::SqlType;
+use crate::{Error, Result};
+
+/// The database every new data root starts with, as in Redshift.
+pub const DEFAULT_DATABASE: &str = "dev";
+/// The schema every database starts with.
+pub const DEFAULT_SCHEMA: &str = "public";
+/// The superuser every data root starts with.
+pub const SUPERUSER: &str = "admin";
+
+/// One catalog version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatalogState {
+    /// This snapshot's version; version N is stored as the N-th catalog file.
+    pub version: u64,
+    /// The namespace GUID of this data root (data sharing names producers by it).
+    pub namespace: Uuid,
+    /// The next object identifier to hand out (pg_class.oid and friends).
+    pub next_oid: u32,
+    pub users: BTreeMap<String, User>,
+    pub databases: BTreeMap<String, Database>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub oid: u32,
+    pub superuser: bool,
+    /// None: no password is set, so the user can only log in where trust applies (loopback).
+    pub password: Option<StoredPassword>,
+}
+
+/// Password verifiers; the password itself is never stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredPassword {
+    /// SCRAM-SHA-256 salted password (hex) and its salt (hex) and iteration count.
+    pub scram_salted_hex: String,
+    pub scram_salt_hex: String,
+    pub scram_iterations: u32,
+    /// `md5(password || username)` as hex, the verifier of Postgres MD5 authentication.
+    pub md5_hex: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Database {
+    pub oid: u32,
+    pub owner: String,
+    pub schemas: BTreeMap<String, Schema>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Schema {
+    pub oid: u32,
+    pub owner: String,
+    pub relations: BTreeMap<String, Relation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Relation {
+    Table(Table),
+    View(View),
+}
+
+impl Relation {
+    pub fn oid(&self) -> u32 {
+        match self {
+            Relation::Table(t) => t.oid,
+            Relation::View(v) => v.oid,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Table {
+    pub oid: u32,
+    pub owner: String,
+    /// Where the table's files live, relative to the storage root. Stable across renames.
+    pub path: String,
+    /// The table version that readers of this catalog version use.
+    pub version: u64,
+    pub columns: Vec<Column>,
+    /// Informational constraints (Redshift records but does not enforce them).
+    pub constraints: Vec<Constraint>,
+    pub distribution: Distribution,
+    pub backup: bool,
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub sql_type: SqlType,
+    pub nullable: bool,
+    /// The DEFAULT expression as SQL text, evaluated at insert time.
+    pub default: Option<String>,
+    pub identity: Option<Identity>,
+    /// ENCODE, recorded as given.
+    pub encode: Option<String>,
+}
+
+/// IDENTITY(seed, step) and the next value to hand out. The counter advances in the same
+/// catalog commit as the rows that used it, so values are never reused after a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub seed: i64,
+    pub step: i64,
+    pub next: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Constraint {
+    PrimaryKey {
+        columns: Vec<String>,
+    },
+    Unique {
+        columns: Vec<String>,
+    },
+    ForeignKey {
+        columns: Vec<String>,
+        references: String,
+        referenced_columns: Vec<String>,
+    },
+}
+
+/// DISTSTYLE / DISTKEY / SORTKEY, recorded as given; a single node has nothing to distribute.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Distribution {
+    pub diststyle: Option<String>,
+    pub distkey: Option<String>,
+    pub sortkey: Vec<String>,
+    /// COMPOUND or INTERLEAVED, when given.
+    pub sortkey_kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct View {
+    pub oid: u32,
+    pub owner: String,
+    /// The view's defining query, as SQL text.
+    pub sql: String,
+    /// Column names given in `CREATE VIEW v (a, b) AS ...`, if any.
+    pub column_names: Vec<String>,
+}
+
+impl CatalogState {
+    /// The catalog of a brand-new data root: database `dev`, schema `public`, user `admin`.
+    pub fn bootstrap(admin_password: Option<StoredPassword>) -> Self {
+        let mut state = CatalogState {
+            version: 0,
+            namespace: Uuid::new_v4(),
+            next_oid: 100_000,
+            users: BTreeMap::new(),
+            databases: BTreeMap::new(),
+        };
+        let oid = state.allocate_oid();
+        state.users.insert(
+            SUPERUSER.to_string(),
+            User {
+                oid,
+                superuser: true,
+                password: admin_password,
+            },
+        );
+        state
+            .create_database(DEFAULT_DATABASE, SUPERUSER)
+            .expect("a fresh catalog has no databases");
+        state
+    }
+
+    pub fn allocate_oid(&mut self) -> u32 {
+        let oid = self.next_oid;
+        self.next_oid += 1;
+        oid
+    }
+
+    pub fn database(&self, name: &str) -> Result<&Database> {
+        self.databases.get(name).ok_or_else(|| Error::NotFound {
+            kind: "database",
+            name: name.to_string(),
+        })
+    }
+
+    pub fn schema(&self, database: &str, schema: &str) -> Result<&Schema> {
+        self.database(database)?
+            .schemas
+            .get(schema)
+            .ok_or_else(|| Error::NotFound {
+                kind: "schema",
+                name: schema.to_string(),
+            })
+    }
+
+    pub fn schema_mut(&mut self, database: &str, schema: &str) -> Result<&mut Schema> {
+        self.databases
+            .get_mut(database)
+            .ok_or_else(|| Error::NotFound {
+                kind: "database",
+                name: database.to_string(),
+            })?
+            .schemas
+            .get_mut(schema)
+            .ok_or_else(|| Error::NotFound {
+                kind: "schema",
+                name: schema.to_string(),
+            })
+    }
+
+    pub fn relation(&self, database: &str, schema: &str, name: &str) -> Option<&Relation> {
+        self.databases
+            .get(database)?
+            .schemas
+            .get(schema)?
+            .relations
+            .get(name)
+    }
+
+    pub fn table(&self, database: &str, schema: &str, name: &str) -> Result<&Table> {
+        match self.relation(database, schema, name) {
+            Some(Relation::Table(table)) => Ok(table),
+            Some(Relation::View(_)) => {
+                Err(Error::Invalid(format!("\"{name}\" is a view, not a table")))
+            }
+            None => Err(Error::NotFound {
+                kind: "relation",
+                name: format!("{schema}.{name}"),
+            }),
+        }
+    }
+
+    pub fn table_mut(&mut self, database: &str, schema: &str, name: &str) -> Result<&mut Table> {
+        match self.schema_mut(database, schema)?.relations.get_mut(name) {
+            Some(Relation::Table(table)) => Ok(table),
+            Some(Relation::View(_)) => {
+                Err(Error::Invalid(format!("\"{name}\" is a view, not a table")))
+            }
+            None => Err(Error::NotFound {
+                kind: "relation",
+                name: format!("{schema}.{name}"),
+            }),
+        }
+    }
+
+    pub fn create_database(&mut self, name: &str, owner: &str) -> Result<()> {
+        if self.databases.contains_key(name) {
+            return Err(Error::AlreadyExists {
+                kind: "database",
+                name: name.to_string(),
+            });
+        }
+        let oid = self.allocate_oid();
+        let schema_oid = self.allocate_oid();
+        let mut schemas = BTreeMap::new();
+        schemas.insert(
+            DEFAULT_SCHEMA.to_string(),
+            Schema {
+                oid: schema_oid,
+                owner: owner.to_string(),
+                relations: BTreeMap::new(),
+            },
+        );
+        self.databases.insert(
+            name.to_string(),
+            Database {
+                oid,
+                owner: owner.to_string(),
+                schemas,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn create_schema(&mut self, database: &str, name: &str, owner: &str) -> Result<()> {
+        let oid = self.allocate_oid();
+        let db = self
+            .databases
+            .get_mut(database)
+            .ok_or_else(|| Error::NotFound {
+                kind: "database",
+                name: database.to_string(),
+            })?;
+        if db.schemas.contains_key(name) {
+            return Err(Error::AlreadyExists {
+                kind: "schema",
+                name: name.to_string(),
+            });
+        }
+        db.schemas.insert(
+            name.to_string(),
+            Schema {
+                oid,
+                owner: owner.to_string(),
+                relations: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Adds a relation; fails if the name is taken by a table or a view.
+    pub fn insert_relation(
+        &mut self,
+        database: &str,
+        schema: &str,
+        name: &str,
+        relation: Relation,
+    ) -> Result<()> {
+        let target = self.schema_mut(database, schema)?;
+        if target.relations.contains_key(name) {
+            return Err(Error::AlreadyExists {
+                kind: "relation",
+                name: name.to_string(),
+            });
+        }
+        target.relations.insert(name.to_string(), relation);
+        Ok(())
+    }
+
+    /// Every table path in the catalog with its pinned version (used by recovery).
+    pub fn table_pins(&self) -> Vec<(String, u64)> {
+        self.databases
+            .values()
+            .flat_map(|db| db.schemas.values())
+            .flat_map(|schema| schema.relations.values())
+            .filter_map(|relation| match relation {
+                Relation::Table(table) => Some((table.path.clone(), table.version)),
+                Relation::View(_) => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_has_dev_public_and_admin() {
+        let state = CatalogState::bootstrap(None);
+        assert!(state.schema(DEFAULT_DATABASE, DEFAULT_SCHEMA).is_ok());
+        assert!(state.users[SUPERUSER].superuser);
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let mut state = CatalogState::bootstrap(None);
+        let err = state.create_database("dev", "admin").unwrap_err();
+        assert_eq!(err.to_string(), "database \"dev\" already exists");
+        state.create_schema("dev", "s", "admin").unwrap();
+        let err = state.create_schema("dev", "s", "admin").unwrap_err();
+        assert_eq!(err.to_string(), "schema \"s\" already exists");
+    }
+}

@@ -1,0 +1,264 @@
+//! DataFusion's view of the catalog for one session: databases are DataFusion catalogs, and
+//! every lookup reads the catalog version pinned for the running statement.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, Weak};
+
+use async_trait::async_trait;
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemorySchemaProvider, SchemaProvider, TableProvider,
+};
+use datafusion::datasource::ViewTable;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::prelude::{SessionContext, col};
+use tributary_catalog::{CatalogState, Relation};
+
+use crate::engine::Engine;
+use crate::system::SystemSchema;
+use crate::table::TributaryTable;
+
+/// The schema name under which a session's temporary tables live.
+pub const TEMP_SCHEMA: &str = "pg_temp";
+/// The schema of the system catalogs and Redshift's system views.
+pub const SYSTEM_SCHEMA: &str = "pg_catalog";
+
+/// A session's catalogs. Cheap to clone; clones share the pinned version.
+#[derive(Debug, Clone)]
+pub struct SessionCatalogs {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Arc<Engine>,
+    pinned: RwLock<Arc<CatalogState>>,
+    /// Schemas registered by DataFusion extensions (pg_catalog, information_schema). They are
+    /// the same in every database.
+    registered: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
+    temp: Arc<MemorySchemaProvider>,
+    /// The session's context, to plan views; weak because the context owns these catalogs.
+    context: RwLock<Weak<SessionContext>>,
+}
+
+impl SessionCatalogs {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        let pinned = engine.catalog_snapshot();
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                pinned: RwLock::new(pinned),
+                registered: RwLock::new(HashMap::new()),
+                temp: Arc::new(MemorySchemaProvider::new()),
+                context: RwLock::new(Weak::new()),
+            }),
+        }
+    }
+
+    pub fn set_context(&self, context: &Arc<SessionContext>) {
+        *self
+            .inner
+            .context
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(context);
+    }
+
+    /// Pins the engine's current catalog version for the next statement and returns it.
+    pub fn pin_latest(&self) -> Arc<CatalogState> {
+        let latest = self.inner.engine.catalog_snapshot();
+        *self.inner.pinned.write().unwrap_or_else(|e| e.into_inner()) = latest.clone();
+        latest
+    }
+
+    pub fn pinned(&self) -> Arc<CatalogState> {
+        self.inner
+            .pinned
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn temp(&self) -> &Arc<MemorySchemaProvider> {
+        &self.inner.temp
+    }
+
+    pub fn registered_schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        self.inner
+            .registered
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.inner.engine
+    }
+}
+
+impl CatalogProviderList for SessionCatalogs {
+    fn register_catalog(
+        &self,
+        _name: String,
+        _catalog: Arc<dyn CatalogProvider>,
+    ) -> Option<Arc<dyn CatalogProvider>> {
+        // Databases are created with CREATE DATABASE, which goes through the catalog log.
+        None
+    }
+
+    fn catalog_names(&self) -> Vec<String> {
+        self.pinned().databases.keys().cloned().collect()
+    }
+
+    fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+        if !self.pinned().databases.contains_key(name) {
+            return None;
+        }
+        Some(Arc::new(DatabaseCatalog {
+            catalogs: self.clone(),
+            database: name.to_string(),
+        }))
+    }
+}
+
+/// One database as a DataFusion catalog.
+#[derive(Debug)]
+struct DatabaseCatalog {
+    catalogs: SessionCatalogs,
+    database: String,
+}
+
+impl CatalogProvider for DatabaseCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        let pinned = self.catalogs.pinned();
+        let mut names: Vec<String> = pinned
+            .databases
+            .get(&self.database)
+            .map(|db| db.schemas.keys().cloned().collect())
+            .unwrap_or_default();
+        names.extend(
+            self.catalogs
+                .inner
+                .registered
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned(),
+        );
+        names.push(TEMP_SCHEMA.to_string());
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == TEMP_SCHEMA {
+            return Some(self.catalogs.inner.temp.clone());
+        }
+        if name == SYSTEM_SCHEMA {
+            let registered = self.catalogs.registered_schema(SYSTEM_SCHEMA);
+            return Some(Arc::new(SystemSchema::new(
+                self.catalogs.clone(),
+                self.database.clone(),
+                registered,
+            )));
+        }
+        if let Some(schema) = self.catalogs.registered_schema(name) {
+            return Some(schema);
+        }
+        self.catalogs.pinned().schema(&self.database, name).ok()?;
+        Some(Arc::new(UserSchema {
+            catalogs: self.catalogs.clone(),
+            database: self.database.clone(),
+            schema: name.to_string(),
+        }))
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        Ok(self
+            .catalogs
+            .inner
+            .registered
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), schema))
+    }
+}
+
+/// A user schema: its tables and views, as of the pinned catalog version.
+#[derive(Debug)]
+struct UserSchema {
+    catalogs: SessionCatalogs,
+    database: String,
+    schema: String,
+}
+
+#[async_trait]
+impl SchemaProvider for UserSchema {
+    fn table_names(&self) -> Vec<String> {
+        let pinned = self.catalogs.pinned();
+        pinned
+            .schema(&self.database, &self.schema)
+            .map(|s| s.relations.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let pinned = self.catalogs.pinned();
+        let Some(relation) = pinned.relation(&self.database, &self.schema, name) else {
+            return Ok(None);
+        };
+        match relation {
+            Relation::Table(table) => {
+                let provider = TributaryTable::open(
+                    self.catalogs.engine().clone(),
+                    [self.database.clone(), self.schema.clone(), name.to_string()],
+                    table.clone(),
+                )
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                Ok(Some(Arc::new(provider)))
+            }
+            Relation::View(view) => {
+                let context = self
+                    .catalogs
+                    .inner
+                    .context
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .upgrade();
+                let Some(context) = context else {
+                    return Err(DataFusionError::Internal("the session has ended".into()));
+                };
+                let plan = crate::session::plan_sql(&context.state(), &view.sql).await?;
+                let plan = if view.column_names.is_empty() {
+                    plan
+                } else {
+                    let fields = plan.schema().columns();
+                    if fields.len() != view.column_names.len() {
+                        return Err(DataFusionError::Plan(format!(
+                            "view \"{name}\" names {} columns but its query returns {}",
+                            view.column_names.len(),
+                            fields.len()
+                        )));
+                    }
+                    let exprs = fields
+                        .into_iter()
+                        .zip(&view.column_names)
+                        .map(|(field, alias)| col(field).alias(alias));
+                    LogicalPlanBuilder::from(plan).project(exprs)?.build()?
+                };
+                Ok(Some(Arc::new(ViewTable::new(plan, Some(view.sql.clone())))))
+            }
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.catalogs
+            .pinned()
+            .relation(&self.database, &self.schema, name)
+            .is_some()
+    }
+}

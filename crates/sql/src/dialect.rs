@@ -1,0 +1,269 @@
+//! Tributary's SQL dialect: sqlparser's Redshift dialect plus the Redshift column attributes it
+//! lacks (`IDENTITY(seed, step)`, `ENCODE`, column-level `DISTKEY` / `SORTKEY`), and a token
+//! pre-pass for table attributes that sqlparser accepts only in one form.
+
+use datafusion::sql::sqlparser::ast::{
+    ColumnOption, IdentityParameters, IdentityProperty, IdentityPropertyFormatKind,
+    IdentityPropertyKind, Statement,
+};
+use datafusion::sql::sqlparser::dialect::{Dialect, RedshiftSqlDialect};
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+
+/// The Redshift dialect with Tributary's extensions. It reports itself as Redshift so that
+/// every Redshift-specific rule inside sqlparser still applies.
+#[derive(Debug, Default)]
+pub struct TributaryDialect {
+    inner: RedshiftSqlDialect,
+}
+
+/// Parses one or more statements.
+pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
+    let dialect = TributaryDialect::default();
+    let tokens = Tokenizer::new(&dialect, sql)
+        .with_unescape(true)
+        .tokenize_with_location()?;
+    let tokens = normalise_table_attributes(tokens);
+    Parser::new(&dialect)
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+}
+
+/// Redshift writes `[COMPOUND | INTERLEAVED] SORTKEY (...)`, `SORTKEY AUTO` and a table-level
+/// `ENCODE AUTO`; sqlparser knows only `SORTKEY (...)`. The sort key kind has no effect on a
+/// single node, so the extra words are dropped here.
+fn normalise_table_attributes(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let significant = |t: &TokenWithSpan| !matches!(t.token, Token::Whitespace(_));
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut iter = tokens.into_iter().peekable();
+    let mut depth = 0i32;
+    while let Some(token) = iter.next() {
+        match &token.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        let word = word_upper(&token.token);
+        if depth == 0
+            && (word.as_deref() == Some("COMPOUND") || word.as_deref() == Some("INTERLEAVED"))
+        {
+            let next_is_sortkey = iter
+                .clone()
+                .find(significant)
+                .is_some_and(|t| word_upper(&t.token).as_deref() == Some("SORTKEY"));
+            if next_is_sortkey {
+                continue;
+            }
+        }
+        if depth == 0
+            && matches!(
+                word.as_deref(),
+                Some("ENCODE") | Some("SORTKEY") | Some("DISTSTYLE")
+            )
+        {
+            let next = iter.clone().find(significant);
+            if next
+                .as_ref()
+                .is_some_and(|t| word_upper(&t.token).as_deref() == Some("AUTO"))
+            {
+                // Drop the keyword and its AUTO argument: automatic choices are the default.
+                let is_diststyle = word.as_deref() == Some("DISTSTYLE");
+                if !is_diststyle {
+                    while let Some(t) = iter.next() {
+                        if significant(&t) {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            }
+        }
+        out.push(token);
+    }
+    out
+}
+
+fn word_upper(token: &Token) -> Option<String> {
+    match token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+impl Dialect for TributaryDialect {
+    fn dialect(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<RedshiftSqlDialect>()
+    }
+
+    fn is_delimited_identifier_start(&self, ch: char) -> bool {
+        self.inner.is_delimited_identifier_start(ch)
+    }
+
+    fn is_nested_delimited_identifier_start(&self, ch: char) -> bool {
+        self.inner.is_nested_delimited_identifier_start(ch)
+    }
+
+    fn peek_nested_delimited_identifier_quotes(
+        &self,
+        chars: std::iter::Peekable<std::str::Chars<'_>>,
+    ) -> Option<(char, Option<char>)> {
+        self.inner.peek_nested_delimited_identifier_quotes(chars)
+    }
+
+    fn is_identifier_start(&self, ch: char) -> bool {
+        self.inner.is_identifier_start(ch)
+    }
+
+    fn is_identifier_part(&self, ch: char) -> bool {
+        self.inner.is_identifier_part(ch)
+    }
+
+    fn convert_type_before_value(&self) -> bool {
+        self.inner.convert_type_before_value()
+    }
+
+    fn supports_connect_by(&self) -> bool {
+        self.inner.supports_connect_by()
+    }
+
+    fn supports_top_before_distinct(&self) -> bool {
+        self.inner.supports_top_before_distinct()
+    }
+
+    fn supports_partiql(&self) -> bool {
+        self.inner.supports_partiql()
+    }
+
+    fn supports_string_escape_constant(&self) -> bool {
+        self.inner.supports_string_escape_constant()
+    }
+
+    fn supports_geometric_types(&self) -> bool {
+        self.inner.supports_geometric_types()
+    }
+
+    fn supports_bitwise_shift_operators(&self) -> bool {
+        self.inner.supports_bitwise_shift_operators()
+    }
+
+    fn supports_array_typedef_with_brackets(&self) -> bool {
+        self.inner.supports_array_typedef_with_brackets()
+    }
+
+    fn allow_extract_single_quotes(&self) -> bool {
+        self.inner.allow_extract_single_quotes()
+    }
+
+    fn supports_string_literal_backslash_escape(&self) -> bool {
+        self.inner.supports_string_literal_backslash_escape()
+    }
+
+    fn supports_select_wildcard_exclude(&self) -> bool {
+        self.inner.supports_select_wildcard_exclude()
+    }
+
+    fn supports_select_wildcard_with_alias(&self) -> bool {
+        self.inner.supports_select_wildcard_with_alias()
+    }
+
+    fn supports_select_exclude(&self) -> bool {
+        self.inner.supports_select_exclude()
+    }
+
+    fn supports_create_table_like_parenthesized(&self) -> bool {
+        self.inner.supports_create_table_like_parenthesized()
+    }
+
+    fn supports_string_literal_concatenation_with_newline(&self) -> bool {
+        self.inner
+            .supports_string_literal_concatenation_with_newline()
+    }
+
+    fn supports_window_function_null_treatment_arg(&self) -> bool {
+        self.inner.supports_window_function_null_treatment_arg()
+    }
+
+    fn supports_filter_during_aggregation(&self) -> bool {
+        true
+    }
+
+    fn parse_column_option(
+        &self,
+        parser: &mut Parser,
+    ) -> Result<Option<Result<Option<ColumnOption>, ParserError>>, ParserError> {
+        if parser.parse_keyword(Keyword::IDENTITY) {
+            return Ok(Some(parse_identity(parser).map(Some)));
+        }
+        if parser.parse_keyword(Keyword::DISTKEY) {
+            return Ok(Some(Ok(Some(marker(&["DISTKEY"])))));
+        }
+        if parser.parse_keyword(Keyword::SORTKEY) {
+            return Ok(Some(Ok(Some(marker(&["SORTKEY"])))));
+        }
+        if let Token::Word(word) = &parser.peek_token().token
+            && word.quote_style.is_none()
+            && word.value.eq_ignore_ascii_case("ENCODE")
+        {
+            parser.next_token();
+            let encoding = parser.parse_identifier()?;
+            return Ok(Some(Ok(Some(marker(&["ENCODE", &encoding.value])))));
+        }
+        Ok(None)
+    }
+}
+
+/// A column attribute with no meaning on a single node, kept so it can be recorded.
+fn marker(words: &[&str]) -> ColumnOption {
+    ColumnOption::DialectSpecific(words.iter().map(|w| Token::make_word(w, None)).collect())
+}
+
+fn parse_identity(parser: &mut Parser) -> Result<ColumnOption, ParserError> {
+    let parameters = if parser.consume_token(&Token::LParen) {
+        let seed = parser.parse_expr()?;
+        parser.expect_token(&Token::Comma)?;
+        let increment = parser.parse_expr()?;
+        parser.expect_token(&Token::RParen)?;
+        Some(IdentityPropertyFormatKind::FunctionCall(
+            IdentityParameters { seed, increment },
+        ))
+    } else {
+        None
+    };
+    Ok(ColumnOption::Identity(IdentityPropertyKind::Identity(
+        IdentityProperty {
+            parameters,
+            order: None,
+        },
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(sql: &str, expected: &str) {
+        let statements = parse_statements(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let rendered: Vec<String> = statements.iter().map(|s| s.to_string()).collect();
+        assert_eq!(rendered.join("; "), expected);
+    }
+
+    #[test]
+    fn redshift_column_and_table_attributes_parse() {
+        check(
+            "create table t (id bigint identity(1,1) encode az64 distkey, name varchar(10) sortkey) \
+             diststyle key compound sortkey (id)",
+            "CREATE TABLE t (id BIGINT IDENTITY(1, 1) ENCODE az64 DISTKEY, name VARCHAR(10) SORTKEY) \
+             DISTSTYLE KEY SORTKEY(id)",
+        );
+        check(
+            "create table t (a int) sortkey auto encode auto",
+            "CREATE TABLE t (a INT)",
+        );
+    }
+
+    #[test]
+    fn top_and_ordinary_queries_parse() {
+        check("select top 3 * from t", "SELECT TOP 3 * FROM t");
+    }
+}

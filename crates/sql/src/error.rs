@@ -1,0 +1,309 @@
+//! Errors of the SQL layer. Each variant names whose fault it is; the wire crate maps them to
+//! SQLSTATE codes (this crate never speaks of the protocol).
+
+use datafusion::error::DataFusionError;
+
+/// Kinds of bad data, each with its own SQLSTATE class 22 code at the wire edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataErrorKind {
+    /// Text that does not parse as the target type (22P02).
+    InvalidText,
+    /// A number out of the target type's range (22003).
+    NumericOutOfRange,
+    /// Division by zero (22012).
+    DivisionByZero,
+    /// A date or time that does not parse (22007).
+    InvalidDatetime,
+    /// A string longer than its column (22001).
+    StringTooLong,
+    /// Any other data exception (22000).
+    Other,
+}
+
+/// What went wrong while running a statement.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The statement does not parse.
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    /// A table or view the user named does not exist.
+    #[error("relation \"{0}\" does not exist")]
+    UndefinedTable(String),
+    /// A column the user named does not exist.
+    #[error("{0}")]
+    UndefinedColumn(String),
+    /// A schema the user named does not exist.
+    #[error("schema \"{0}\" does not exist")]
+    UndefinedSchema(String),
+    /// A database the user named does not exist.
+    #[error("database \"{0}\" does not exist")]
+    UndefinedDatabase(String),
+    /// A function the user called does not exist or takes other arguments.
+    #[error("{0}")]
+    UndefinedFunction(String),
+    /// A setting, type or other named object the user named does not exist.
+    #[error("{0}")]
+    UndefinedObject(String),
+    /// The user tried to create something that exists.
+    #[error("{kind} \"{name}\" already exists")]
+    Duplicate { kind: &'static str, name: String },
+    /// The user named an object of the wrong kind (a view where a table is needed).
+    #[error("{0}")]
+    WrongObjectType(String),
+    /// A NOT NULL column received a null.
+    #[error(
+        "null value in column \"{column}\" of relation \"{table}\" violates not-null constraint"
+    )]
+    NotNull { table: String, column: String },
+    /// A value does not fit its type or the operation.
+    #[error("{message}")]
+    Data {
+        kind: DataErrorKind,
+        message: String,
+    },
+    /// Something else is wrong with the statement (a semantic error).
+    #[error("{0}")]
+    InvalidStatement(String),
+    /// Dropping something that others depend on.
+    #[error("{0}")]
+    DependentObjects(String),
+    /// The statement is valid Redshift but Tributary does not do it (yet).
+    #[error("{0}")]
+    NotSupported(String),
+    /// A setting got a value it does not accept.
+    #[error("{0}")]
+    InvalidParameterValue(String),
+    /// A concurrent writer won; the statement can be retried.
+    #[error("{0}")]
+    SerializationFailure(String),
+    /// A password or user that does not check out.
+    #[error("{0}")]
+    InvalidAuthorization(String),
+    /// The catalog or table storage failed underneath.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// The statement ran out of a bounded resource.
+    #[error("{0}")]
+    ResourcesExhausted(String),
+    /// A bug in Tributary.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn data(kind: DataErrorKind, message: impl Into<String>) -> Self {
+        Error::Data {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<tributary_catalog::Error> for Error {
+    fn from(err: tributary_catalog::Error) -> Self {
+        use tributary_catalog::Error as C;
+        match err {
+            C::NotFound {
+                kind: "database",
+                name,
+            } => Error::UndefinedDatabase(name),
+            C::NotFound {
+                kind: "schema",
+                name,
+            } => Error::UndefinedSchema(name),
+            C::NotFound { name, .. } => Error::UndefinedTable(name),
+            C::AlreadyExists { kind, name } => Error::Duplicate { kind, name },
+            C::Invalid(message) => Error::InvalidStatement(message),
+            C::Conflict => Error::SerializationFailure(C::Conflict.to_string()),
+            other @ (C::Storage(_) | C::Corrupt { .. }) => Error::Storage(other.to_string()),
+        }
+    }
+}
+
+impl From<tributary_storage::Error> for Error {
+    fn from(err: tributary_storage::Error) -> Self {
+        match err {
+            tributary_storage::Error::Conflict { .. } => {
+                Error::SerializationFailure(err.to_string())
+            }
+            other => Error::Storage(other.to_string()),
+        }
+    }
+}
+
+impl From<datafusion::sql::sqlparser::parser::ParserError> for Error {
+    fn from(err: datafusion::sql::sqlparser::parser::ParserError) -> Self {
+        let message = err.to_string();
+        Error::Syntax(
+            message
+                .strip_prefix("sql parser error: ")
+                .unwrap_or(&message)
+                .to_string(),
+        )
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(err: arrow::error::ArrowError) -> Self {
+        classify_arrow(&err)
+    }
+}
+
+impl From<DataFusionError> for Error {
+    fn from(err: DataFusionError) -> Self {
+        classify_datafusion(err)
+    }
+}
+
+/// Sorts DataFusion's errors by whose fault they are. DataFusion reports most planning
+/// problems as free text, so the text is inspected where no structured kind exists.
+fn classify_datafusion(err: DataFusionError) -> Error {
+    match err {
+        DataFusionError::Context(_, inner) => classify_datafusion(*inner),
+        DataFusionError::Shared(inner) => classify_text(inner.to_string()),
+        DataFusionError::External(inner) => match inner.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => classify_text(other.to_string()),
+        },
+        DataFusionError::SQL(parser_error, _) => Error::from(*parser_error),
+        DataFusionError::SchemaError(schema_error, _) => {
+            let text = schema_error.to_string();
+            match *schema_error {
+                datafusion::common::SchemaError::FieldNotFound { field, .. } => {
+                    Error::UndefinedColumn(format!("column \"{}\" does not exist", field.name))
+                }
+                _ => Error::InvalidStatement(strip_df_prefix(&text)),
+            }
+        }
+        DataFusionError::NotImplemented(message) => Error::NotSupported(message),
+        DataFusionError::ResourcesExhausted(message) => Error::ResourcesExhausted(message),
+        DataFusionError::ArrowError(arrow_error, _) => classify_arrow(&arrow_error),
+        DataFusionError::Internal(message) => Error::Internal(message),
+        other => classify_text(other.to_string()),
+    }
+}
+
+fn classify_arrow(err: &arrow::error::ArrowError) -> Error {
+    use arrow::error::ArrowError as A;
+    match err {
+        A::DivideByZero => Error::data(DataErrorKind::DivisionByZero, "division by zero"),
+        A::ArithmeticOverflow(message) => {
+            Error::data(DataErrorKind::NumericOutOfRange, message.clone())
+        }
+        A::CastError(message) | A::ParseError(message) => classify_cast(message),
+        A::ExternalError(inner) => match inner.downcast_ref::<DataFusionError>() {
+            Some(df) => classify_text(df.to_string()),
+            None => classify_text(inner.to_string()),
+        },
+        other => Error::data(DataErrorKind::Other, other.to_string()),
+    }
+}
+
+fn classify_cast(message: &str) -> Error {
+    let lower = message.to_ascii_lowercase();
+    let kind = if lower.contains("overflow")
+        || lower.contains("out of range")
+        || lower.contains("too large")
+    {
+        DataErrorKind::NumericOutOfRange
+    } else if lower.contains("date") || lower.contains("timestamp") || lower.contains("time") {
+        DataErrorKind::InvalidDatetime
+    } else {
+        DataErrorKind::InvalidText
+    };
+    Error::data(kind, message.to_string())
+}
+
+fn strip_df_prefix(text: &str) -> String {
+    const PREFIXES: [&str; 7] = [
+        "Error during planning: ",
+        "Execution error: ",
+        "Schema error: ",
+        "Optimizer rule '",
+        "External error: ",
+        "Arrow error: ",
+        "This feature is not implemented: ",
+    ];
+    let mut text = text.trim();
+    loop {
+        let before = text;
+        for prefix in PREFIXES {
+            if let Some(rest) = text.strip_prefix(prefix) {
+                text = rest;
+            }
+        }
+        if before == text {
+            return text.to_string();
+        }
+    }
+}
+
+fn classify_text(text: String) -> Error {
+    let message = strip_df_prefix(&text);
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("divide by zero") || lower.contains("division by zero") {
+        return Error::data(DataErrorKind::DivisionByZero, "division by zero");
+    }
+    if let Some(name) = table_not_found_name(&message) {
+        return Error::UndefinedTable(name);
+    }
+    if lower.contains("no field named") || lower.contains("column") && lower.contains("not found") {
+        return Error::UndefinedColumn(message);
+    }
+    if lower.contains("invalid function") || lower.contains("no function matches") {
+        return Error::UndefinedFunction(message);
+    }
+    if lower.contains("cast error")
+        || lower.contains("cannot cast")
+        || lower.contains("parser error")
+    {
+        return classify_cast(&message);
+    }
+    if lower.contains("overflow") {
+        return Error::data(DataErrorKind::NumericOutOfRange, message);
+    }
+    if lower.contains("not implemented") || lower.contains("unsupported") {
+        return Error::NotSupported(message);
+    }
+    Error::InvalidStatement(message)
+}
+
+/// Extracts the name from DataFusion's "table 'x' not found".
+fn table_not_found_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("table '")?;
+    let name = rest.strip_suffix("' not found")?;
+    // Strip the database part of a fully qualified name: users wrote schema.table at most.
+    let parts: Vec<&str> = name.split('.').collect();
+    Some(match parts.as_slice() {
+        [_, schema, table] if *schema == "public" => table.to_string(),
+        [_, schema, table] => format!("{schema}.{table}"),
+        _ => name.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(err: DataFusionError, expected: &str) {
+        assert_eq!(format!("{:?}", Error::from(err)), expected);
+    }
+
+    #[test]
+    fn classifies_datafusion_errors() {
+        check(
+            DataFusionError::Plan("table 'dev.public.nope' not found".into()),
+            "UndefinedTable(\"nope\")",
+        );
+        check(
+            DataFusionError::Execution("Divide by zero error".into()),
+            "Data { kind: DivisionByZero, message: \"division by zero\" }",
+        );
+        check(
+            DataFusionError::NotImplemented("UNNEST of maps".into()),
+            "NotSupported(\"UNNEST of maps\")",
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! Tributary's SQL layer: Redshift's dialect planned and run by DataFusion over the catalog's
+//! Delta tables.
+//!
+//! A [`Session`] takes parsed statements. Queries and INSERT go to DataFusion, with tables
+//! resolved through the catalog version pinned when the statement started; DDL, SET / SHOW
+//! and transaction control are handled here. This crate knows nothing of the wire protocol:
+//! its errors say whose fault they are, and the wire crate maps them to SQLSTATE codes.
+
+mod catalog_list;
+mod ddl;
+mod dialect;
+mod engine;
+mod error;
+mod functions;
+mod rewrite;
+mod session;
+mod settings;
+mod system;
+mod table;
+mod types;
+
+pub use datafusion::common::ParamValues;
+pub use datafusion::sql::sqlparser::ast::Statement;
+pub use dialect::parse_statements;
+pub use engine::Engine;
+pub use error::{DataErrorKind, Error, Result};
+pub use functions::VERSION;
+pub use session::{Output, Prepared, Session};

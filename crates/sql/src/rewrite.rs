@@ -1,0 +1,291 @@
+//! Rewrites of the parsed statement before DataFusion plans it: search_path resolution of
+//! table names, and Redshift function forms that DataFusion spells differently.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
+use datafusion::sql::sqlparser::ast::{
+    CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
+    FunctionArgumentList, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectItem,
+    SetExpr, Statement, Value, VisitMut, VisitorMut, visit_expressions_mut,
+};
+
+/// The catalog-facing normal form of an identifier: unquoted names fold to lower case.
+pub fn normalize_ident(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// The parts of an object name, normalised.
+pub fn name_parts(name: &ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => normalize_ident(ident),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// Qualifies every unqualified table name with the schema that `resolve` finds for it
+/// (search_path order). Names of CTEs are left alone.
+pub fn qualify_relations(statement: &mut Statement, resolve: &dyn Fn(&str) -> Option<String>) {
+    let mut ctes = CteNames::default();
+    let _ = statement.visit(&mut ctes);
+    let mut qualifier = Qualifier {
+        ctes: ctes.names,
+        resolve,
+    };
+    let _ = statement.visit(&mut qualifier);
+}
+
+#[derive(Default)]
+struct CteNames {
+    names: HashSet<String>,
+}
+
+impl VisitorMut for CteNames {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.names.insert(normalize_ident(&cte.alias.name));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+struct Qualifier<'a> {
+    ctes: HashSet<String>,
+    resolve: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl VisitorMut for Qualifier<'_> {
+    type Break = ();
+
+    fn pre_visit_relation(&mut self, relation: &mut ObjectName) -> ControlFlow<()> {
+        if relation.0.len() == 1
+            && let ObjectNamePart::Identifier(ident) = &relation.0[0]
+        {
+            let name = normalize_ident(ident);
+            if !self.ctes.contains(&name)
+                && let Some(schema) = (self.resolve)(&name)
+            {
+                relation
+                    .0
+                    .insert(0, ObjectNamePart::Identifier(Ident::new(schema)));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Postgres allows two unaliased result columns with the same text (`SELECT false, false`);
+/// DataFusion needs distinct names, so repeated expressions get an alias.
+pub fn alias_repeated_projections(statement: &mut Statement) {
+    let _ = statement.visit(&mut RepeatedProjections);
+}
+
+struct RepeatedProjections;
+
+impl VisitorMut for RepeatedProjections {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_mut() {
+            let mut seen = HashSet::new();
+            for (position, item) in select.projection.iter_mut().enumerate() {
+                if let SelectItem::UnnamedExpr(expr) = item
+                    && !seen.insert(expr.to_string())
+                {
+                    let alias = Ident::with_quote('"', format!("column{}", position + 1));
+                    *item = SelectItem::ExprWithAlias {
+                        expr: expr.clone(),
+                        alias,
+                    };
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Redshift function forms: `sysdate` and `getdate()`, date parts written as bare words
+/// (`dateadd(day, 1, d)`), `DECODE(...)`, `LISTAGG(...) WITHIN GROUP (ORDER BY ...)`.
+pub fn rewrite_functions(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        rewrite_expr(expr);
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// Functions SQL calls without parentheses.
+const NILADIC: &[&str] = &[
+    "sysdate",
+    "current_user",
+    "session_user",
+    "current_namespace",
+];
+
+const DATE_PART_FUNCTIONS: &[&str] = &[
+    "dateadd",
+    "datediff",
+    "date_add",
+    "date_diff",
+    "datepart",
+    "date_part",
+];
+
+fn rewrite_expr(expr: &mut Expr) {
+    match expr {
+        Expr::Identifier(ident)
+            if ident.quote_style.is_none()
+                && NILADIC.contains(&ident.value.to_ascii_lowercase().as_str()) =>
+        {
+            *expr = call(&ident.value.to_ascii_lowercase(), vec![]);
+        }
+        Expr::Function(function) => {
+            let name = function.name.to_string().to_ascii_lowercase();
+            if DATE_PART_FUNCTIONS.contains(&name.as_str()) {
+                quote_date_part(function);
+            } else if name == "decode" {
+                if let Some(case) = decode_to_case(function) {
+                    *expr = case;
+                }
+            } else if name == "listagg" {
+                listagg_to_string_agg(function);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn call(name: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(Function {
+        name: ObjectName::from(vec![Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+fn quote_date_part(function: &mut Function) {
+    if let FunctionArguments::List(list) = &mut function.args
+        && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(first))) = list.args.first_mut()
+        && let Expr::Identifier(ident) = first
+        && ident.quote_style.is_none()
+    {
+        *first = Expr::value(Value::SingleQuotedString(ident.value.to_lowercase()));
+    }
+}
+
+fn plain_args(function: &Function) -> Option<Vec<Expr>> {
+    let FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    list.args
+        .iter()
+        .map(|arg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// DECODE(expr, search1, result1, ..., [default]) compares with IS NOT DISTINCT FROM, so a
+/// NULL search value matches a NULL expression, as in Redshift.
+fn decode_to_case(function: &Function) -> Option<Expr> {
+    let args = plain_args(function)?;
+    if args.len() < 3 {
+        return None;
+    }
+    let subject = args[0].clone();
+    let rest = &args[1..];
+    let pairs = rest.len() / 2;
+    let conditions = (0..pairs)
+        .map(|i| CaseWhen {
+            condition: Expr::IsNotDistinctFrom(
+                Box::new(subject.clone()),
+                Box::new(rest[2 * i].clone()),
+            ),
+            result: rest[2 * i + 1].clone(),
+        })
+        .collect();
+    let else_result = (rest.len() % 2 == 1).then(|| Box::new(rest[rest.len() - 1].clone()));
+    Some(Expr::Case {
+        case_token: AttachedToken::empty(),
+        end_token: AttachedToken::empty(),
+        operand: None,
+        conditions,
+        else_result,
+    })
+}
+
+fn listagg_to_string_agg(function: &mut Function) {
+    function.name = ObjectName::from(vec![Ident::new("string_agg")]);
+    let order_by = std::mem::take(&mut function.within_group);
+    if let FunctionArguments::List(list) = &mut function.args {
+        if list.args.len() == 1 {
+            list.args
+                .push(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::value(
+                    Value::SingleQuotedString(String::new()),
+                ))));
+        }
+        if !order_by.is_empty() {
+            list.clauses.push(FunctionArgumentClause::OrderBy(order_by));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::parse_statements;
+
+    fn check(sql: &str, expected: &str) {
+        let mut statement = parse_statements(sql).unwrap().remove(0);
+        rewrite_functions(&mut statement);
+        qualify_relations(&mut statement, &|name| {
+            (name == "t").then(|| "sales".to_string())
+        });
+        assert_eq!(statement.to_string(), expected);
+    }
+
+    #[test]
+    fn rewrites() {
+        check("select sysdate", "SELECT sysdate()");
+        check(
+            "select dateadd(day, 1, d) from t",
+            "SELECT dateadd('day', 1, d) FROM sales.t",
+        );
+        check(
+            "select decode(a, 1, 'one', null, 'none', 'other') from t",
+            "SELECT CASE WHEN a IS NOT DISTINCT FROM 1 THEN 'one' WHEN a IS NOT DISTINCT FROM NULL THEN 'none' ELSE 'other' END FROM sales.t",
+        );
+        check(
+            "with t as (select 1) select * from t, u",
+            "WITH t AS (SELECT 1) SELECT * FROM t, u",
+        );
+        check(
+            "select listagg(name, ',') within group (order by name) from t",
+            "SELECT string_agg(name, ',' ORDER BY name) FROM sales.t",
+        );
+    }
+}

@@ -1,0 +1,700 @@
+//! A SQL session: settings, the statement loop, and the hand-off to DataFusion or to the DDL
+//! executor. Every statement pins the catalog version current when it starts.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::common::ParamValues;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{Expr, ObjectName, SelectItem, SetExpr, Statement};
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::StreamExt;
+
+use crate::catalog_list::{SYSTEM_SCHEMA, SessionCatalogs, TEMP_SCHEMA};
+use crate::dialect::parse_statements;
+use crate::engine::Engine;
+use crate::rewrite::{
+    alias_repeated_projections, name_parts, qualify_relations, rewrite_functions,
+};
+use crate::settings::Settings;
+use crate::{Error, Result, functions, system};
+
+/// What a statement produced.
+pub enum Output {
+    /// Rows, streamed: nothing is buffered beyond DataFusion's own batches.
+    Rows {
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+    },
+    /// A command tag such as `CREATE TABLE`, with a row count for DML (`INSERT 0 3`).
+    Command { tag: String, rows: Option<u64> },
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Rows { schema, .. } => write!(
+                f,
+                "Rows({:?})",
+                schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+            ),
+            Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
+        }
+    }
+}
+
+impl Output {
+    pub(crate) fn command(tag: &str) -> Self {
+        Output::Command {
+            tag: tag.to_string(),
+            rows: None,
+        }
+    }
+
+    pub(crate) fn rows(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+        let stream = futures::stream::iter(batches.into_iter().map(Ok));
+        Output::Rows {
+            schema: schema.clone(),
+            stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+        }
+    }
+}
+
+/// A statement parsed for the extended protocol, with what Describe needs.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub statement: Option<Statement>,
+    /// Parameter types DataFusion inferred, in `$1, $2, ...` order (None: unknown).
+    pub param_types: Vec<Option<DataType>>,
+    /// The result columns, for statements that return rows.
+    pub schema: Option<SchemaRef>,
+}
+
+/// One client session.
+pub struct Session {
+    engine: Arc<Engine>,
+    user: String,
+    database: String,
+    settings: Settings,
+    catalogs: SessionCatalogs,
+    context: Arc<SessionContext>,
+    transaction: Option<Transaction>,
+    notices: Vec<String>,
+}
+
+/// An open BEGIN block. Until multi-statement transactions land, every statement inside one
+/// still commits on its own; ROLLBACK refuses to pretend it undid writes.
+#[derive(Debug, Default)]
+struct Transaction {
+    wrote: bool,
+}
+
+impl Session {
+    pub(crate) fn new(engine: Arc<Engine>, user: &str, database: &str) -> Result<Self> {
+        let catalogs = SessionCatalogs::new(engine.clone());
+        catalogs.pinned().database(database)?;
+        let context = new_context(&catalogs, database, user)?;
+        Ok(Self {
+            engine,
+            user: user.to_string(),
+            database: database.to_string(),
+            settings: Settings::default(),
+            catalogs,
+            context,
+            transaction: None,
+            notices: Vec::new(),
+        })
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    /// Notices raised by the last statement (sent to the client before its result).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    pub(crate) fn notice(&mut self, message: impl Into<String>) {
+        self.notices.push(message.into());
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub(crate) fn catalogs(&self) -> &SessionCatalogs {
+        &self.catalogs
+    }
+
+    pub(crate) fn context(&self) -> &Arc<SessionContext> {
+        &self.context
+    }
+
+    pub(crate) fn mark_write(&mut self) {
+        if let Some(transaction) = &mut self.transaction {
+            transaction.wrote = true;
+        }
+    }
+
+    /// Parses a query string into statements.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        let ours = parse_statements(sql);
+        if is_catalog_query(sql)
+            && let Ok(statements) = compatibility_parser().parse(sql)
+        {
+            // Introspection queries of psql and drivers: the compatibility rewrites of
+            // datafusion-pg-catalog make them plannable. They are not applied to other
+            // queries, because some of them trade exactness for coverage.
+            return Ok(statements);
+        }
+        Ok(ours?)
+    }
+
+    /// Runs one statement of the simple protocol.
+    pub async fn execute(&mut self, statement: Statement) -> Result<Output> {
+        self.execute_with_params(statement, None).await
+    }
+
+    /// Parses a statement for the extended protocol and works out its parameter and result
+    /// types. The statement is planned again at execution, against the catalog of that time.
+    pub async fn prepare(&mut self, sql: &str) -> Result<Prepared> {
+        let mut statements = self.parse(sql)?;
+        if statements.len() > 1 {
+            return Err(Error::Syntax(
+                "cannot insert multiple commands into a prepared statement".into(),
+            ));
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(Prepared {
+                statement: None,
+                param_types: vec![],
+                schema: None,
+            });
+        };
+        if !is_planned_by_datafusion(&statement) {
+            let schema = self.describe_utility(&statement);
+            return Ok(Prepared {
+                statement: Some(statement),
+                param_types: vec![],
+                schema,
+            });
+        }
+        self.catalogs.pin_latest();
+        let prepared = self.rewrite(statement.clone());
+        let plan = self.plan(&prepared).await?;
+        let types = plan.get_parameter_types()?;
+        let count = types
+            .keys()
+            .filter_map(|k| k.trim_start_matches('$').parse::<usize>().ok())
+            .max()
+            .unwrap_or(0);
+        let param_types = (1..=count)
+            .map(|i| types.get(&format!("${i}")).cloned().flatten())
+            .collect();
+        let schema = returns_rows(&statement).then(|| output_schema(&prepared, &plan));
+        Ok(Prepared {
+            statement: Some(statement),
+            param_types,
+            schema,
+        })
+    }
+
+    /// Runs a prepared statement with bound parameter values.
+    pub async fn execute_prepared(
+        &mut self,
+        prepared: &Prepared,
+        params: ParamValues,
+    ) -> Result<Output> {
+        match &prepared.statement {
+            None => Ok(Output::command("")),
+            Some(statement) => {
+                self.execute_with_params(statement.clone(), Some(params))
+                    .await
+            }
+        }
+    }
+
+    async fn execute_with_params(
+        &mut self,
+        statement: Statement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
+        self.catalogs.pin_latest();
+        if is_planned_by_datafusion(&statement) {
+            let is_insert = matches!(statement, Statement::Insert(_));
+            let statement = self.rewrite(statement);
+            let plan = self.plan(&statement).await?;
+            let plan = match params {
+                Some(params) => plan.with_param_values(params)?,
+                None => plan,
+            };
+            if is_insert {
+                self.mark_write();
+                let batches = self
+                    .context
+                    .execute_logical_plan(plan)
+                    .await?
+                    .collect()
+                    .await?;
+                return Ok(Output::Command {
+                    tag: "INSERT".into(),
+                    rows: Some(count_rows(&batches)),
+                });
+            }
+            let schema = output_schema(&statement, &plan);
+            let stream = self
+                .context
+                .execute_logical_plan(plan)
+                .await?
+                .execute_stream()
+                .await?;
+            return Ok(Output::Rows {
+                schema: schema.clone(),
+                stream: rename_stream(schema, stream),
+            });
+        }
+        self.execute_utility(statement).await
+    }
+
+    /// Applies the rewrites every planned statement gets: Redshift function forms, then
+    /// search_path resolution of unqualified table names.
+    pub(crate) fn rewrite(&self, mut statement: Statement) -> Statement {
+        rewrite_functions(&mut statement);
+        alias_repeated_projections(&mut statement);
+        let pinned = self.catalogs.pinned();
+        let search_path = self.settings.search_path(&self.user);
+        let temp = self.catalogs.temp().clone();
+        let database = self.database.clone();
+        let resolve = move |name: &str| -> Option<String> {
+            use datafusion::catalog::SchemaProvider;
+            if temp.table_exist(name) {
+                return Some(TEMP_SCHEMA.to_string());
+            }
+            for schema in &search_path {
+                if pinned.relation(&database, schema, name).is_some() {
+                    return Some(schema.clone());
+                }
+            }
+            system::is_system_relation(name).then(|| SYSTEM_SCHEMA.to_string())
+        };
+        qualify_relations(&mut statement, &resolve);
+        statement
+    }
+
+    pub(crate) async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
+        let state = self.context.state();
+        Ok(state
+            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+            .await?)
+    }
+
+    /// The schema a new object goes to when its name has no schema: the first search_path
+    /// schema that exists, as in Postgres.
+    pub(crate) fn creation_schema(&self) -> Result<String> {
+        let pinned = self.catalogs.pinned();
+        self.settings
+            .search_path(&self.user)
+            .into_iter()
+            .find(|s| pinned.schema(&self.database, s).is_ok())
+            .ok_or_else(|| {
+                Error::UndefinedSchema("no schema has been selected to create in".into())
+            })
+    }
+
+    /// Resolves `[[database.]schema.]name` of an existing relation.
+    pub(crate) fn resolve_existing(&self, name: &ObjectName) -> Result<(String, String)> {
+        let parts = name_parts(name);
+        match parts.as_slice() {
+            [relation] => {
+                let pinned = self.catalogs.pinned();
+                let schema = self
+                    .settings
+                    .search_path(&self.user)
+                    .into_iter()
+                    .find(|s| pinned.relation(&self.database, s, relation).is_some())
+                    .ok_or_else(|| Error::UndefinedTable(relation.clone()))?;
+                Ok((schema, relation.clone()))
+            }
+            _ => self.resolve_for_create(name),
+        }
+    }
+
+    /// Resolves `[[database.]schema.]name` for a new object.
+    pub(crate) fn resolve_for_create(&self, name: &ObjectName) -> Result<(String, String)> {
+        let parts = name_parts(name);
+        match parts.as_slice() {
+            [relation] => Ok((self.creation_schema()?, relation.clone())),
+            [schema, relation] => Ok((schema.clone(), relation.clone())),
+            [database, schema, relation] if *database == self.database => {
+                Ok((schema.clone(), relation.clone()))
+            }
+            [database, ..] if parts.len() == 3 => Err(Error::NotSupported(format!(
+                "cross-database references are not supported: \"{database}\" is not the current database"
+            ))),
+            _ => Err(Error::Syntax(format!(
+                "improper qualified name (too many dotted names): {name}"
+            ))),
+        }
+    }
+
+    async fn execute_utility(&mut self, statement: Statement) -> Result<Output> {
+        match statement {
+            Statement::Set(set) => self.set(set),
+            Statement::ShowVariable { variable } => self.show(&variable),
+            Statement::ShowVariables { .. } => self.show_all(),
+            Statement::Reset(reset) => {
+                match reset.reset {
+                    datafusion::sql::sqlparser::ast::Reset::ALL => self.settings.reset_all(),
+                    datafusion::sql::sqlparser::ast::Reset::ConfigurationParameter(name) => {
+                        self.settings.reset(&name.to_string())?
+                    }
+                }
+                self.apply_settings()?;
+                Ok(Output::command("RESET"))
+            }
+            Statement::StartTransaction { .. } => {
+                if self.transaction.is_some() {
+                    self.notice("there is already a transaction in progress");
+                }
+                self.transaction.get_or_insert_with(Transaction::default);
+                Ok(Output::command("BEGIN"))
+            }
+            Statement::Commit { .. } => {
+                if self.transaction.take().is_none() {
+                    self.notice("there is no transaction in progress");
+                }
+                Ok(Output::command("COMMIT"))
+            }
+            Statement::Rollback { savepoint: Some(_), .. } => Err(Error::NotSupported(
+                "savepoints are not supported yet".into(),
+            )),
+            Statement::Rollback { .. } => match self.transaction.take() {
+                Some(Transaction { wrote: true }) => Err(Error::NotSupported(
+                    "ROLLBACK cannot undo this block's writes: multi-statement transactions are not supported yet, so each statement committed on its own".into(),
+                )),
+                Some(_) => Ok(Output::command("ROLLBACK")),
+                None => {
+                    self.notice("there is no transaction in progress");
+                    Ok(Output::command("ROLLBACK"))
+                }
+            },
+            Statement::Deallocate { .. } => Ok(Output::command("DEALLOCATE")),
+            Statement::Discard { .. } => Ok(Output::command("DISCARD")),
+            Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => Err(Error::NotSupported(
+                "UPDATE, DELETE and MERGE are not supported yet".into(),
+            )),
+            other => crate::ddl::execute(self, other).await,
+        }
+    }
+
+    fn set(&mut self, set: datafusion::sql::sqlparser::ast::Set) -> Result<Output> {
+        use datafusion::sql::sqlparser::ast::Set as S;
+        match set {
+            S::SingleAssignment {
+                variable, values, ..
+            } => {
+                let value = values
+                    .iter()
+                    .map(setting_value)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.settings.set(&variable.to_string(), &value)?;
+            }
+            S::SetTimeZone { value, .. } => {
+                self.settings.set("timezone", &setting_value(&value))?
+            }
+            S::SetNames { .. } | S::SetNamesDefault {} => {}
+            S::SetTransaction { .. } => {}
+            S::SetSessionAuthorization(_) | S::SetRole { .. } => {
+                return Err(Error::NotSupported(
+                    "SET SESSION AUTHORIZATION and SET ROLE are not supported yet".into(),
+                ));
+            }
+            other => return Err(Error::NotSupported(format!("{other} is not supported"))),
+        }
+        self.apply_settings()?;
+        Ok(Output::command("SET"))
+    }
+
+    /// Pushes settings that DataFusion needs to know into the session context.
+    fn apply_settings(&mut self) -> Result<()> {
+        let timezone = self.settings.get("timezone")?;
+        let state = self.context.state_ref();
+        let mut state = state.write();
+        let options = state.config_mut().options_mut();
+        options.execution.time_zone = Some(timezone);
+        Ok(())
+    }
+
+    fn show(&self, variable: &[datafusion::sql::sqlparser::ast::Ident]) -> Result<Output> {
+        let name = variable
+            .iter()
+            .map(|i| i.value.clone())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if name.eq_ignore_ascii_case("all") {
+            return self.show_all();
+        }
+        let value = match name.to_ascii_lowercase().as_str() {
+            "session_authorization" | "session authorization" => self.user.clone(),
+            _ => self.settings.get(&name)?,
+        };
+        let column = name.to_ascii_lowercase().replace(' ', "_");
+        let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::StringArray::from(vec![value]))],
+        )?;
+        Ok(Output::rows(schema, vec![batch]))
+    }
+
+    fn show_all(&self) -> Result<Output> {
+        let (names, values): (Vec<String>, Vec<String>) = self
+            .settings
+            .all()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unzip();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("setting", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow::array::StringArray::from(names)),
+                Arc::new(arrow::array::StringArray::from(values)),
+            ],
+        )?;
+        Ok(Output::rows(schema, vec![batch]))
+    }
+
+    /// Result columns of utility statements that return rows (SHOW).
+    fn describe_utility(&self, statement: &Statement) -> Option<SchemaRef> {
+        match statement {
+            Statement::ShowVariable { variable } => {
+                let name = variable
+                    .iter()
+                    .map(|i| i.value.to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join("_");
+                if name == "all" {
+                    return Some(Arc::new(Schema::new(vec![
+                        Field::new("name", DataType::Utf8, false),
+                        Field::new("setting", DataType::Utf8, false),
+                    ])));
+                }
+                Some(Arc::new(Schema::new(vec![Field::new(
+                    name,
+                    DataType::Utf8,
+                    false,
+                )])))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn setting_value(expr: &Expr) -> String {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            datafusion::sql::sqlparser::ast::Value::SingleQuotedString(s)
+            | datafusion::sql::sqlparser::ast::Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        Expr::Identifier(ident) => ident.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// True for queries that read the Postgres system catalogs.
+fn is_catalog_query(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    lower.contains("pg_catalog") || lower.contains("from pg_") || lower.contains("join pg_")
+}
+
+fn compatibility_parser() -> &'static PostgresCompatibilityParser {
+    static PARSER: OnceLock<PostgresCompatibilityParser> = OnceLock::new();
+    PARSER.get_or_init(PostgresCompatibilityParser::new)
+}
+
+fn is_planned_by_datafusion(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Query(_) | Statement::Insert(_) | Statement::Explain { .. }
+    )
+}
+
+fn returns_rows(statement: &Statement) -> bool {
+    matches!(statement, Statement::Query(_) | Statement::Explain { .. })
+}
+
+fn count_rows(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("count"))
+        .filter_map(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>())
+        .map(|a| a.iter().flatten().sum::<u64>())
+        .sum()
+}
+
+/// The result schema with Postgres's column names: DataFusion names an unaliased expression
+/// after its text (`count(*)`, `Int64(1)`); Postgres says `count` and `?column?`.
+fn output_schema(statement: &Statement, plan: &LogicalPlan) -> SchemaRef {
+    let arrow_schema = Arc::new(plan.schema().as_arrow().clone());
+    let Statement::Query(query) = statement else {
+        return arrow_schema;
+    };
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return arrow_schema;
+    };
+    if select.projection.len() != arrow_schema.fields().len()
+        || select.projection.iter().any(|item| {
+            matches!(
+                item,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        })
+    {
+        return arrow_schema;
+    }
+    let fields: Vec<Field> = arrow_schema
+        .fields()
+        .iter()
+        .zip(&select.projection)
+        .map(|(field, item)| match item {
+            SelectItem::UnnamedExpr(expr) => {
+                field.as_ref().clone().with_name(postgres_column_name(expr))
+            }
+            _ => field.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(
+        fields,
+        arrow_schema.metadata().clone(),
+    ))
+}
+
+/// Postgres's FigureColname: the name a result column gets when it has no alias.
+fn postgres_column_name(expr: &Expr) -> String {
+    match expr {
+        Expr::Identifier(ident) => crate::rewrite::normalize_ident(ident),
+        Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .map(crate::rewrite::normalize_ident)
+            .unwrap_or_default(),
+        Expr::Function(function) => function
+            .name
+            .0
+            .last()
+            .map(|p| p.to_string().trim_matches('"').to_lowercase())
+            .unwrap_or_default(),
+        Expr::Cast {
+            expr, data_type, ..
+        } => match postgres_column_name(expr).as_str() {
+            "?column?" => data_type.to_string().to_lowercase(),
+            name => name.to_string(),
+        },
+        Expr::Nested(inner) => postgres_column_name(inner),
+        Expr::Case { .. } => "case".into(),
+        Expr::Exists { .. } => "exists".into(),
+        Expr::Position { .. } => "position".into(),
+        Expr::Substring { .. } => "substring".into(),
+        Expr::Trim { .. } => "btrim".into(),
+        Expr::Extract { .. } => "extract".into(),
+        _ => "?column?".into(),
+    }
+}
+
+/// Relabels each batch of a stream with the Postgres-named schema.
+fn rename_stream(
+    schema: SchemaRef,
+    stream: SendableRecordBatchStream,
+) -> SendableRecordBatchStream {
+    let target = schema.clone();
+    let renamed = stream.map(move |batch| {
+        let batch = batch?;
+        if batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(target.fields())
+            .all(|(a, b)| a.name() == b.name())
+        {
+            return Ok(batch);
+        }
+        Ok(RecordBatch::try_new(
+            target.clone(),
+            batch.columns().to_vec(),
+        )?)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, renamed))
+}
+
+/// Builds a session's DataFusion context: our catalogs, pg_catalog, and Redshift functions.
+fn new_context(
+    catalogs: &SessionCatalogs,
+    database: &str,
+    user: &str,
+) -> Result<Arc<SessionContext>> {
+    let config = SessionConfig::new()
+        .with_default_catalog_and_schema(database, "public")
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(true);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_catalog_list(Arc::new(catalogs.clone()))
+        .build();
+    let context = Arc::new(SessionContext::new_with_state(state));
+    catalogs.set_context(&context);
+    datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&context, database, EmptyContextProvider)
+        .map_err(|e| Error::Internal(format!("pg_catalog setup failed: {e}")))?;
+    functions::register(&context, user, catalogs.pinned().namespace);
+    Ok(context)
+}
+
+/// A context for evaluating column DEFAULT expressions: the same functions as sessions, no
+/// tables.
+pub(crate) fn expression_context() -> &'static SessionContext {
+    static CONTEXT: OnceLock<SessionContext> = OnceLock::new();
+    CONTEXT.get_or_init(|| {
+        let context = SessionContext::new();
+        functions::register(&context, "admin", uuid::Uuid::nil());
+        context
+    })
+}
+
+/// Plans SQL text (a view's definition) with the session's state.
+pub(crate) async fn plan_sql(
+    state: &SessionState,
+    sql: &str,
+) -> datafusion::error::Result<LogicalPlan> {
+    let mut statements = parse_statements(sql)
+        .map_err(|e| datafusion::error::DataFusionError::SQL(Box::new(e), None))?;
+    let statement = statements
+        .pop()
+        .ok_or_else(|| datafusion::error::DataFusionError::Plan("empty view definition".into()))?;
+    state
+        .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+        .await
+}

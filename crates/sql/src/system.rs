@@ -1,0 +1,357 @@
+//! The `pg_catalog` schema: Postgres catalogs (from datafusion-pg-catalog, built from the same
+//! catalog list queries use) plus Redshift's system views, built from the pinned catalog
+//! version without touching table storage.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, Int32Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use async_trait::async_trait;
+use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::datasource::{ViewTable, provider_as_source};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use datafusion::prelude::{col, lit};
+use tributary_catalog::{CatalogState, Relation, SqlType};
+
+use crate::catalog_list::SessionCatalogs;
+
+/// Redshift system views served here.
+const REDSHIFT_VIEWS: &[&str] = &[
+    "svv_tables",
+    "svv_columns",
+    "svv_all_tables",
+    "svv_all_columns",
+    "pg_table_def",
+    "svv_table_info",
+];
+
+/// True if an unqualified name should resolve to `pg_catalog` when no user relation has it.
+pub fn is_system_relation(name: &str) -> bool {
+    ["pg_", "svv_", "stv_", "stl_", "svl_", "sys_"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
+#[derive(Debug)]
+pub struct SystemSchema {
+    catalogs: SessionCatalogs,
+    database: String,
+    postgres: Option<Arc<dyn SchemaProvider>>,
+}
+
+impl SystemSchema {
+    pub fn new(
+        catalogs: SessionCatalogs,
+        database: String,
+        postgres: Option<Arc<dyn SchemaProvider>>,
+    ) -> Self {
+        Self {
+            catalogs,
+            database,
+            postgres,
+        }
+    }
+
+    fn build(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let state = self.catalogs.pinned();
+        let batch = match name {
+            "svv_tables" | "svv_all_tables" => tables(&state, &self.database)?,
+            "svv_columns" | "svv_all_columns" => columns(&state, &self.database)?,
+            "pg_table_def" => table_def(&state, &self.database)?,
+            "svv_table_info" => table_info(&state, &self.database)?,
+            _ => return Ok(None),
+        };
+        Ok(Some(Arc::new(MemTable::try_new(
+            batch.schema(),
+            vec![vec![batch]],
+        )?)))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = REDSHIFT_VIEWS.iter().map(|s| s.to_string()).collect();
+        if let Some(postgres) = &self.postgres {
+            names.extend(postgres.table_names());
+        }
+        names
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(table) = self.build(name)? {
+            return Ok(Some(table));
+        }
+        let Some(postgres) = &self.postgres else {
+            return Ok(None);
+        };
+        let table = postgres.table(name).await?;
+        match (name, table) {
+            ("pg_class", Some(table)) => Ok(Some(with_relhasoids(table)?)),
+            (_, table) => Ok(table),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        REDSHIFT_VIEWS.contains(&name)
+            || self.postgres.as_ref().is_some_and(|p| p.table_exist(name))
+    }
+}
+
+/// psql sends pre-12 catalog queries to a server that reports version 8.0.2, and those read
+/// `pg_class.relhasoids` (always false: tables have no OIDs).
+fn with_relhasoids(pg_class: Arc<dyn TableProvider>) -> DfResult<Arc<dyn TableProvider>> {
+    let columns: Vec<Expr> = pg_class
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| col(f.name()))
+        .collect();
+    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?
+        .project(columns.into_iter().chain([lit(false).alias("relhasoids")]))?
+        .build()?;
+    Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+fn utf8(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
+
+fn int(name: &str) -> Field {
+    Field::new(name, DataType::Int32, true)
+}
+
+fn strings<I: IntoIterator<Item = Option<String>>>(values: I) -> ArrayRef {
+    Arc::new(StringArray::from_iter(values))
+}
+
+fn ints<I: IntoIterator<Item = Option<i32>>>(values: I) -> ArrayRef {
+    Arc::new(Int32Array::from_iter(values))
+}
+
+/// Every relation of a database: (schema, name, relation).
+fn relations<'a>(state: &'a CatalogState, database: &str) -> Vec<(&'a str, &'a str, &'a Relation)> {
+    state
+        .databases
+        .get(database)
+        .into_iter()
+        .flat_map(|db| db.schemas.iter())
+        .flat_map(|(schema, s)| {
+            s.relations
+                .iter()
+                .map(move |(name, r)| (schema.as_str(), name.as_str(), r))
+        })
+        .collect()
+}
+
+fn tables(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
+    let rows = relations(state, database);
+    let schema = Arc::new(Schema::new(vec![
+        utf8("table_catalog"),
+        utf8("table_schema"),
+        utf8("table_name"),
+        utf8("table_type"),
+        utf8("remarks"),
+    ]));
+    let kind = |r: &Relation| match r {
+        Relation::Table(_) => "BASE TABLE",
+        Relation::View(_) => "VIEW",
+    };
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            strings(rows.iter().map(|_| Some(database.to_string()))),
+            strings(rows.iter().map(|(s, _, _)| Some(s.to_string()))),
+            strings(rows.iter().map(|(_, n, _)| Some(n.to_string()))),
+            strings(rows.iter().map(|(_, _, r)| Some(kind(r).to_string()))),
+            strings(rows.iter().map(|_| None)),
+        ],
+    )?)
+}
+
+/// One row per column of every table (view columns are not listed yet: they need planning).
+struct ColumnRow<'a> {
+    schema: &'a str,
+    table: &'a str,
+    position: i32,
+    column: &'a tributary_catalog::Column,
+    distkey: bool,
+    sortkey: i32,
+}
+
+fn column_rows<'a>(state: &'a CatalogState, database: &str) -> Vec<ColumnRow<'a>> {
+    let mut rows = Vec::new();
+    for (schema, name, relation) in relations(state, database) {
+        let Relation::Table(table) = relation else {
+            continue;
+        };
+        for (index, column) in table.columns.iter().enumerate() {
+            rows.push(ColumnRow {
+                schema,
+                table: name,
+                position: index as i32 + 1,
+                column,
+                distkey: table.distribution.distkey.as_deref() == Some(column.name.as_str()),
+                sortkey: table
+                    .distribution
+                    .sortkey
+                    .iter()
+                    .position(|k| *k == column.name)
+                    .map_or(0, |p| p as i32 + 1),
+            });
+        }
+    }
+    rows
+}
+
+fn columns(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
+    let rows = column_rows(state, database);
+    let schema = Arc::new(Schema::new(vec![
+        utf8("table_catalog"),
+        utf8("table_schema"),
+        utf8("table_name"),
+        utf8("column_name"),
+        int("ordinal_position"),
+        utf8("column_default"),
+        utf8("is_nullable"),
+        utf8("data_type"),
+        int("character_maximum_length"),
+        int("numeric_precision"),
+        int("numeric_precision_radix"),
+        int("numeric_scale"),
+        int("datetime_precision"),
+        utf8("remarks"),
+    ]));
+    let numeric = |t: &SqlType| -> (Option<i32>, Option<i32>) {
+        match t {
+            SqlType::SmallInt => (Some(16), Some(0)),
+            SqlType::Integer => (Some(32), Some(0)),
+            SqlType::BigInt => (Some(64), Some(0)),
+            SqlType::Decimal { precision, scale } => (Some(*precision as i32), Some(*scale as i32)),
+            SqlType::Real => (Some(24), None),
+            SqlType::Double => (Some(53), None),
+            _ => (None, None),
+        }
+    };
+    let data_type = |t: &SqlType| match t {
+        SqlType::Decimal { .. } => "numeric".to_string(),
+        SqlType::Varchar { .. } => "character varying".to_string(),
+        SqlType::Char { .. } => "character".to_string(),
+        SqlType::Varbyte { .. } => "varbyte".to_string(),
+        other => other.display_name(),
+    };
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            strings(rows.iter().map(|_| Some(database.to_string()))),
+            strings(rows.iter().map(|r| Some(r.schema.to_string()))),
+            strings(rows.iter().map(|r| Some(r.table.to_string()))),
+            strings(rows.iter().map(|r| Some(r.column.name.clone()))),
+            ints(rows.iter().map(|r| Some(r.position))),
+            strings(rows.iter().map(|r| r.column.default.clone())),
+            strings(
+                rows.iter()
+                    .map(|r| Some(if r.column.nullable { "YES" } else { "NO" }.to_string())),
+            ),
+            strings(rows.iter().map(|r| Some(data_type(&r.column.sql_type)))),
+            ints(
+                rows.iter()
+                    .map(|r| r.column.sql_type.length().map(|l| l as i32)),
+            ),
+            ints(rows.iter().map(|r| numeric(&r.column.sql_type).0)),
+            ints(rows.iter().map(|r| {
+                numeric(&r.column.sql_type).0.map(|_| {
+                    if matches!(r.column.sql_type, SqlType::Decimal { .. }) {
+                        10
+                    } else {
+                        2
+                    }
+                })
+            })),
+            ints(rows.iter().map(|r| numeric(&r.column.sql_type).1)),
+            ints(rows.iter().map(|r| {
+                matches!(
+                    r.column.sql_type,
+                    SqlType::Timestamp | SqlType::TimestampTz | SqlType::Time
+                )
+                .then_some(6)
+            })),
+            strings(rows.iter().map(|_| None)),
+        ],
+    )?)
+}
+
+fn table_def(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
+    let rows = column_rows(state, database);
+    let schema = Arc::new(Schema::new(vec![
+        utf8("schemaname"),
+        utf8("tablename"),
+        utf8("column"),
+        utf8("type"),
+        utf8("encoding"),
+        Field::new("distkey", DataType::Boolean, true),
+        int("sortkey"),
+        Field::new("notnull", DataType::Boolean, true),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            strings(rows.iter().map(|r| Some(r.schema.to_string()))),
+            strings(rows.iter().map(|r| Some(r.table.to_string()))),
+            strings(rows.iter().map(|r| Some(r.column.name.clone()))),
+            strings(rows.iter().map(|r| Some(r.column.sql_type.display_name()))),
+            strings(
+                rows.iter()
+                    .map(|r| Some(r.column.encode.clone().unwrap_or_else(|| "none".into()))),
+            ),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.distkey)),
+            )),
+            ints(rows.iter().map(|r| Some(r.sortkey))),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(!r.column.nullable)),
+            )),
+        ],
+    )?)
+}
+
+fn table_info(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
+    let rows: Vec<_> = relations(state, database)
+        .into_iter()
+        .filter_map(|(schema, name, relation)| match relation {
+            Relation::Table(table) => Some((schema, name, table)),
+            Relation::View(_) => None,
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        utf8("database"),
+        utf8("schema"),
+        Field::new("table_id", DataType::Int32, true),
+        utf8("table"),
+        utf8("diststyle"),
+        utf8("sortkey1"),
+        utf8("location"),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            strings(rows.iter().map(|_| Some(database.to_string()))),
+            strings(rows.iter().map(|(s, _, _)| Some(s.to_string()))),
+            ints(rows.iter().map(|(_, _, t)| Some(t.oid as i32))),
+            strings(rows.iter().map(|(_, n, _)| Some(n.to_string()))),
+            strings(rows.iter().map(|(_, _, t)| {
+                Some(match (&t.distribution.diststyle, &t.distribution.distkey) {
+                    (_, Some(key)) => format!("KEY({key})"),
+                    (Some(style), None) => style.clone(),
+                    (None, None) => "AUTO(EVEN)".to_string(),
+                })
+            })),
+            strings(
+                rows.iter()
+                    .map(|(_, _, t)| t.distribution.sortkey.first().cloned()),
+            ),
+            strings(rows.iter().map(|(_, _, t)| Some(t.path.clone()))),
+        ],
+    )?)
+}

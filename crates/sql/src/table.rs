@@ -1,0 +1,394 @@
+//! A catalog table as a DataFusion `TableProvider`: reads the pinned table version and appends
+//! through a sink that checks the column rules (NOT NULL, lengths, IDENTITY) and commits the
+//! new table version together with the catalog version that pins it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::common::DFSchema;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, ExprSchemable, TableProviderFilterPushDown, TableType};
+use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr};
+use futures::TryStreamExt;
+use tributary_catalog::{SqlType, Table};
+
+use crate::engine::Engine;
+use crate::error::DataErrorKind;
+use crate::{Error, Result};
+
+/// A table of the catalog, as of one catalog version.
+#[derive(Debug)]
+pub struct TributaryTable {
+    engine: Arc<Engine>,
+    /// database, schema, table
+    name: [String; 3],
+    definition: Table,
+    schema: SchemaRef,
+    inner: Arc<dyn TableProvider>,
+    defaults: HashMap<String, Expr>,
+}
+
+impl TributaryTable {
+    pub async fn open(engine: Arc<Engine>, name: [String; 3], definition: Table) -> Result<Self> {
+        let inner = engine
+            .storage
+            .table(&definition.path)?
+            .provider(definition.version)
+            .await?;
+        let schema = logical_schema(&definition, &inner.schema());
+        let defaults = parse_defaults(&definition, &schema)?;
+        Ok(Self {
+            engine,
+            name,
+            definition,
+            schema,
+            inner,
+            defaults,
+        })
+    }
+
+    fn has_time_columns(&self) -> bool {
+        self.definition
+            .columns
+            .iter()
+            .any(|c| c.sql_type == SqlType::Time)
+    }
+}
+
+/// The schema queries see: the stored schema, with TIME restored from its stored integer and
+/// every column nullable (NOT NULL is enforced by the sink with Redshift's error).
+fn logical_schema(definition: &Table, stored: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = stored
+        .fields()
+        .iter()
+        .map(|field| {
+            let data_type = match definition.column(field.name()) {
+                Some(column) if column.sql_type == SqlType::Time => column.sql_type.to_arrow(),
+                _ => field.data_type().clone(),
+            };
+            Field::new(field.name(), data_type, true)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn parse_defaults(definition: &Table, schema: &SchemaRef) -> Result<HashMap<String, Expr>> {
+    let mut defaults = HashMap::new();
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    for column in &definition.columns {
+        if let Some(sql) = &column.default {
+            let context = crate::session::expression_context();
+            let expr = context.parse_sql_expr(sql, &df_schema)?;
+            let expr = expr.cast_to(&column.sql_type.to_arrow(), &df_schema)?;
+            defaults.insert(column.name.clone(), expr);
+        }
+    }
+    Ok(defaults)
+}
+
+#[async_trait]
+impl TableProvider for TributaryTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.defaults.get(column)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.scan(state, projection, filters, limit).await?;
+        if !self.has_time_columns() {
+            return Ok(plan);
+        }
+        // Restore TIME columns from their stored microseconds.
+        let projected = match projection {
+            Some(indices) => Arc::new(self.schema.project(indices)?),
+            None => self.schema.clone(),
+        };
+        let input_schema = plan.schema();
+        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projected
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(index, field)| {
+                let column: Arc<dyn PhysicalExpr> =
+                    Arc::new(PhysicalColumn::new(field.name(), index));
+                let expr = if input_schema.field(index).data_type() == field.data_type() {
+                    column
+                } else {
+                    Arc::new(CastExpr::new(column, field.data_type().clone(), None))
+                };
+                (expr, field.name().clone())
+            })
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        if self.has_time_columns() {
+            // Filters are written against TIME values; the stored column holds integers.
+            return Ok(vec![
+                TableProviderFilterPushDown::Unsupported;
+                filters.len()
+            ]);
+        }
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn DfSession,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{insert_op} into a table"
+            )));
+        }
+        let sink = TableSink {
+            engine: self.engine.clone(),
+            name: self.name.clone(),
+            path: self.definition.path.clone(),
+            schema: self.schema.clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Appends the rows of one INSERT and commits them.
+#[derive(Debug)]
+struct TableSink {
+    engine: Arc<Engine>,
+    name: [String; 3],
+    path: String,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for TableSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "TributaryTableSink: {}.{}", self.name[1], self.name[2])
+    }
+}
+
+#[async_trait]
+impl DataSink for TableSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> DfResult<u64> {
+        let batches: Vec<RecordBatch> = data.try_collect().await?;
+        append(&self.engine, &self.name, &self.path, batches)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}
+
+/// Appends `batches` (in the table's logical schema) to the table and commits. Returns the
+/// number of rows written.
+pub(crate) async fn append(
+    engine: &Engine,
+    name: &[String; 3],
+    path: &str,
+    batches: Vec<RecordBatch>,
+) -> Result<u64> {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows == 0 {
+        return Ok(0);
+    }
+    let [database, schema, table_name] = name;
+    let _guard = engine.write_lock.lock().await;
+    let latest = engine.catalog_snapshot();
+    let table = latest.table(database, schema, table_name)?;
+    if table.path != path {
+        return Err(Error::SerializationFailure(format!(
+            "table \"{table_name}\" was replaced while the statement ran; retry it"
+        )));
+    }
+    let mut identity_next: Vec<(String, i64)> = Vec::new();
+    let mut stored = Vec::with_capacity(batches.len());
+    for batch in batches {
+        stored.push(prepare_batch(table, batch, &mut identity_next)?);
+    }
+    let outcome = engine
+        .storage
+        .table(path)?
+        .append(table.version, stored)
+        .await?;
+    engine
+        .catalog
+        .commit(|state| {
+            let table = state.table_mut(database, schema, table_name)?;
+            table.version = outcome.version;
+            for (column, next) in &identity_next {
+                if let Some(identity) = table
+                    .columns
+                    .iter_mut()
+                    .find(|c| &c.name == column)
+                    .and_then(|c| c.identity.as_mut())
+                {
+                    identity.next = *next;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(outcome.rows)
+}
+
+/// Turns a batch in the logical schema into the stored schema: fills IDENTITY columns,
+/// enforces NOT NULL and declared lengths, and casts to the stored types.
+fn prepare_batch(
+    table: &Table,
+    batch: RecordBatch,
+    identity_next: &mut Vec<(String, i64)>,
+) -> Result<RecordBatch> {
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(table.columns.len());
+    let mut fields = Vec::with_capacity(table.columns.len());
+    for column in &table.columns {
+        let mut array = batch
+            .column_by_name(&column.name)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("insert is missing column {}", column.name)))?;
+        if let Some(identity) = &column.identity {
+            let start = identity_next
+                .iter()
+                .find(|(name, _)| name == &column.name)
+                .map(|(_, next)| *next)
+                .unwrap_or(identity.next);
+            let (filled, next) =
+                fill_identity(&array, start, identity.step, &column.sql_type.to_arrow())?;
+            array = filled;
+            identity_next.retain(|(name, _)| name != &column.name);
+            identity_next.push((column.name.clone(), next));
+        }
+        if !column.nullable && array.null_count() > 0 {
+            return Err(Error::NotNull {
+                table: table_label(table),
+                column: column.name.clone(),
+            });
+        }
+        if let Some(length) = column.sql_type.length() {
+            check_length(&array, length, &column.sql_type)?;
+        }
+        let stored_type = column.sql_type.to_storage_arrow();
+        let array = if column.sql_type == SqlType::Time {
+            // Time64(us) -> its microseconds, as stored.
+            let micros = cast(
+                &array,
+                &DataType::Time64(arrow::datatypes::TimeUnit::Microsecond),
+            )?;
+            cast(&micros, &DataType::Int64)?
+        } else {
+            cast(&array, &stored_type)?
+        };
+        fields.push(Field::new(&column.name, stored_type, column.nullable));
+        columns.push(array);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+fn table_label(table: &Table) -> String {
+    table
+        .path
+        .rsplit('/')
+        .next()
+        .unwrap_or(&table.path)
+        .rsplit_once('-')
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_default()
+}
+
+/// Replaces nulls in an IDENTITY column with the next values of its sequence.
+fn fill_identity(
+    array: &ArrayRef,
+    start: i64,
+    step: i64,
+    target: &DataType,
+) -> Result<(ArrayRef, i64)> {
+    let as_i64 = cast(array, &DataType::Int64)?;
+    let values = as_i64.as_primitive::<arrow::datatypes::Int64Type>();
+    let mut next = start;
+    let filled: Int64Array = values
+        .iter()
+        .map(|value| {
+            Some(value.unwrap_or_else(|| {
+                let current = next;
+                next += step;
+                current
+            }))
+        })
+        .collect();
+    Ok((cast(&(Arc::new(filled) as ArrayRef), target)?, next))
+}
+
+fn check_length(array: &ArrayRef, length: u32, sql_type: &SqlType) -> Result<()> {
+    let too_long = |actual: usize| {
+        Error::data(
+            DataErrorKind::StringTooLong,
+            format!(
+                "value too long for type {} (length {actual})",
+                sql_type.display_name()
+            ),
+        )
+    };
+    match array.data_type() {
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => {
+            let strings = cast(array, &DataType::Utf8)?;
+            // Redshift measures VARCHAR and CHAR lengths in bytes, not characters.
+            for value in strings.as_string::<i32>().iter().flatten() {
+                let bytes = if matches!(sql_type, SqlType::Char { .. }) {
+                    value.trim_end_matches(' ').len()
+                } else {
+                    value.len()
+                };
+                if bytes > length as usize {
+                    return Err(too_long(bytes));
+                }
+            }
+        }
+        DataType::Binary | DataType::BinaryView | DataType::LargeBinary => {
+            let bytes = cast(array, &DataType::Binary)?;
+            for value in bytes.as_binary::<i32>().iter().flatten() {
+                if value.len() > length as usize {
+                    return Err(too_long(value.len()));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

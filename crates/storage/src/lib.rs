@@ -1,0 +1,13 @@
+//! Delta Lake tables under one storage root, on local disk or S3-compatible object storage.
+//!
+//! This is the only crate that knows the table format. Everything above it speaks of a table by
+//! its path relative to the root and of a snapshot by its version number; what a version means
+//! (a Delta log entry) stays here.
+
+mod error;
+mod root;
+mod table;
+
+pub use error::{Error, Result};
+pub use root::StorageRoot;
+pub use table::{AppendOutcome, TableHandle};

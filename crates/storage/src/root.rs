@@ -1,0 +1,152 @@
+//! The storage root: where every table and the catalog log live (a directory or an s3:// prefix).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Once};
+
+use datafusion::catalog::TableProvider;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use url::Url;
+
+use crate::table::TableHandle;
+use crate::{Error, Result};
+
+/// How many opened table snapshots are kept in memory. Snapshots are immutable, so the cache
+/// is keyed by (table, version) and never needs invalidation; the bound keeps memory flat.
+const SNAPSHOT_CACHE_ENTRIES_MAX: usize = 512;
+
+/// One storage root, shared by every session of a server.
+#[derive(Debug)]
+pub struct StorageRoot {
+    url: Url,
+    store: Arc<dyn ObjectStore>,
+    snapshots: Mutex<SnapshotCache>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotCache {
+    entries: HashMap<(String, u64), Arc<dyn TableProvider>>,
+    order: std::collections::VecDeque<(String, u64)>,
+}
+
+impl SnapshotCache {
+    pub(crate) fn get(&self, key: &(String, u64)) -> Option<Arc<dyn TableProvider>> {
+        self.entries.get(key).cloned()
+    }
+
+    pub(crate) fn insert(&mut self, key: (String, u64), provider: Arc<dyn TableProvider>) {
+        if self.entries.insert(key.clone(), provider).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > SNAPSHOT_CACHE_ENTRIES_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.entries.remove(&old);
+            }
+        }
+    }
+
+    pub(crate) fn forget_table(&mut self, path: &str) {
+        self.entries.retain(|(table, _), _| table != path);
+        self.order.retain(|(table, _)| table != path);
+    }
+}
+
+impl StorageRoot {
+    /// Opens a root given as a local directory (created if missing) or an `s3://bucket/prefix`
+    /// URL. S3 settings come from the standard AWS environment (`AWS_ENDPOINT_URL`,
+    /// `AWS_REGION`, credentials, `AWS_ALLOW_HTTP`).
+    pub fn open(location: &str) -> Result<Arc<Self>> {
+        static REGISTER: Once = Once::new();
+        REGISTER.call_once(|| deltalake::aws::register_handlers(None));
+        let (url, store) = if location.starts_with("s3://") || location.starts_with("s3a://") {
+            open_s3(location)?
+        } else if location.contains("://") && !location.starts_with("file://") {
+            return Err(Error::InvalidLocation {
+                location: location.to_string(),
+                reason: "supported are a local directory, file:// and s3://".to_string(),
+            });
+        } else {
+            open_local(location)?
+        };
+        Ok(Arc::new(Self {
+            url,
+            store,
+            snapshots: Mutex::new(SnapshotCache::default()),
+        }))
+    }
+
+    /// The root as a URL (`file:///...` or `s3://...`), always ending in `/`.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// An object store whose paths are relative to the root; the catalog log lives here.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// A handle on the table stored at `path` (relative to the root, `/`-separated).
+    pub fn table(self: &Arc<Self>, path: &str) -> Result<TableHandle> {
+        let url = self
+            .url
+            .join(&format!("{}/", path.trim_matches('/')))
+            .map_err(|e| Error::InvalidLocation {
+                location: path.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(TableHandle::new(
+            self.clone(),
+            path.trim_matches('/').to_string(),
+            url,
+        ))
+    }
+
+    pub(crate) fn snapshots(&self) -> std::sync::MutexGuard<'_, SnapshotCache> {
+        // A poisoned cache only means a panic elsewhere; the cache itself stays consistent.
+        self.snapshots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn open_local(location: &str) -> Result<(Url, Arc<dyn ObjectStore>)> {
+    let path = location.strip_prefix("file://").unwrap_or(location);
+    std::fs::create_dir_all(path).map_err(|e| Error::InvalidLocation {
+        location: location.to_string(),
+        reason: e.to_string(),
+    })?;
+    let path = std::fs::canonicalize(path).map_err(|e| Error::InvalidLocation {
+        location: location.to_string(),
+        reason: e.to_string(),
+    })?;
+    let url = Url::from_directory_path(&path).map_err(|()| Error::InvalidLocation {
+        location: location.to_string(),
+        reason: "not an absolute directory path".to_string(),
+    })?;
+    let store = LocalFileSystem::new_with_prefix(&path)?;
+    Ok((url, Arc::new(store)))
+}
+
+fn open_s3(location: &str) -> Result<(Url, Arc<dyn ObjectStore>)> {
+    let mut url = Url::parse(location).map_err(|e| Error::InvalidLocation {
+        location: location.to_string(),
+        reason: e.to_string(),
+    })?;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    let bucket = url.host_str().ok_or_else(|| Error::InvalidLocation {
+        location: location.to_string(),
+        reason: "missing bucket name".to_string(),
+    })?;
+    let store = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()?;
+    let prefix = url.path().trim_matches('/').to_string();
+    let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    };
+    Ok((url, store))
+}

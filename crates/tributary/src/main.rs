@@ -1,0 +1,120 @@
+//! The `tributary` command: CLI parsing and wiring of the engine to the wire server.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tributary_wire::PasswordMethod;
+
+#[derive(Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "A streaming data warehouse that speaks Redshift SQL over the Postgres wire protocol."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Where tables and the catalog live: a directory (created if missing) or s3://bucket/prefix
+    /// (S3 settings come from the AWS environment: AWS_ENDPOINT_URL, AWS_REGION, credentials).
+    #[arg(long, default_value = "./tributary-data", env = "TRIBUTARY_DATA")]
+    data: String,
+    /// Address for Postgres-protocol clients (psql, JDBC/ODBC, redshift_connector, ...).
+    #[arg(long, default_value = "127.0.0.1:5439", env = "TRIBUTARY_LISTEN")]
+    listen: SocketAddr,
+    /// How clients with a password authenticate: scram (SCRAM-SHA-256) or md5 (old drivers).
+    #[arg(long, value_enum, default_value_t = AuthMethod::Scram)]
+    password_auth: AuthMethod,
+    /// Log filter, in tracing's env-filter syntax (also read from RUST_LOG).
+    #[arg(long, default_value = "info", env = "RUST_LOG")]
+    log: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AuthMethod {
+    Scram,
+    Md5,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(args.log.as_str())
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // The password is read only when the data directory is created; later starts keep the
+        // stored verifiers.
+        let password = std::env::var("TRIBUTARY_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+        let verifiers = password.as_deref().map(|p| tributary_wire::password_verifiers("admin", p));
+        let engine = tributary_sql::Engine::open(&args.data, verifiers)
+            .await
+            .with_context(|| format!("cannot open the data directory {}", args.data))?;
+        let listener = tributary_wire::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let address = listener.local_addr()?;
+        let admin_has_password = engine
+            .catalog_snapshot()
+            .users
+            .get("admin")
+            .is_some_and(|u| u.password.is_some());
+        tracing::info!(data = %engine.location(), created = engine.was_created(), "data directory open");
+        if admin_has_password {
+            tracing::info!("user admin needs its password");
+        } else {
+            tracing::warn!("user admin has no password: connections from this machine are trusted, others refused; set TRIBUTARY_ADMIN_PASSWORD when creating a data directory to require one");
+        }
+        tracing::info!(%address, "listening; connect with: psql -h {} -p {} -U admin dev", address.ip(), address.port());
+        // Tell scripts where we listen (useful with port 0).
+        println!("tributary listening on {address}");
+        let method = match args.password_auth {
+            AuthMethod::Scram => PasswordMethod::ScramSha256,
+            AuthMethod::Md5 => PasswordMethod::Md5,
+        };
+        tributary_wire::serve(listener, engine, method, shutdown_signal()).await?;
+        tracing::info!("shut down");
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

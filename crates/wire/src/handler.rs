@@ -1,0 +1,261 @@
+//! One client connection: its authentication, its SQL session, and the simple and extended
+//! query protocols, with results encoded by arrow-pg.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
+use datafusion_postgres::arrow_pg::datatypes::{
+    arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type,
+};
+use datafusion_postgres::pgwire::api::portal::{Format, Portal};
+use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use datafusion_postgres::pgwire::api::stmt::QueryParser;
+use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::pgwire::messages::response::NoticeResponse;
+use datafusion_postgres::pgwire::types::format::FormatOptions;
+use futures::{Sink, SinkExt, StreamExt, stream};
+use tokio::sync::Mutex;
+use tributary_sql::{Engine, Output, Prepared, Session};
+
+use crate::auth::{PasswordMethod, Startup};
+use crate::sqlstate::{error_info, to_pgwire};
+
+/// The handlers of one connection. pgwire asks for them once per connection, so the state
+/// they hold (authentication exchange, session) is the connection's own.
+pub struct Connection {
+    startup: Arc<Startup>,
+    queries: Arc<Queries>,
+}
+
+impl Connection {
+    pub fn new(engine: Arc<Engine>, method: PasswordMethod) -> Self {
+        Self {
+            startup: Arc::new(Startup::new(engine.clone(), method)),
+            queries: Arc::new(Queries {
+                engine,
+                session: Arc::new(Mutex::new(None)),
+            }),
+        }
+    }
+}
+
+impl PgWireServerHandlers for Connection {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.queries.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.queries.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+}
+
+type SharedSession = Arc<Mutex<Option<Session>>>;
+
+pub struct Queries {
+    engine: Arc<Engine>,
+    session: SharedSession,
+}
+
+/// Opens the session on first use, for the user and database of the startup message.
+async fn session_of<'a, C: ClientInfo>(
+    engine: &Arc<Engine>,
+    slot: &'a Mutex<Option<Session>>,
+    client: &C,
+) -> PgWireResult<tokio::sync::MutexGuard<'a, Option<Session>>> {
+    let mut guard = slot.lock().await;
+    if guard.is_none() {
+        let metadata = client.metadata();
+        let user = metadata
+            .get("user")
+            .cloned()
+            .unwrap_or_else(|| "admin".to_string());
+        let database = metadata
+            .get("database")
+            .cloned()
+            .unwrap_or_else(|| user.clone());
+        *guard = Some(engine.session(&user, &database).map_err(to_pgwire)?);
+    }
+    Ok(guard)
+}
+
+async fn send_notices<C>(client: &mut C, session: &mut Session) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for notice in session.take_notices() {
+        let info = ErrorInfo::new("NOTICE".to_string(), "00000".to_string(), notice);
+        client
+            .send(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+                info,
+            )))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Turns a statement's output into a pgwire response, streaming rows.
+fn respond(output: Output, format: &Format, options: Arc<FormatOptions>) -> PgWireResult<Response> {
+    match output {
+        Output::Command { tag, rows } => {
+            let tag = match (tag.as_str(), rows) {
+                ("INSERT", Some(rows)) => Tag::new("INSERT").with_oid(0).with_rows(rows as usize),
+                (_, Some(rows)) => Tag::new(&tag).with_rows(rows as usize),
+                (_, None) => Tag::new(&tag),
+            };
+            Ok(Response::Execution(tag))
+        }
+        Output::Rows { schema, stream } => {
+            let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
+            let row_fields = fields.clone();
+            let rows = stream
+                .map(move |batch| match batch {
+                    Ok(batch) => stream::iter(
+                        encode_recordbatch(row_fields.clone(), batch).collect::<Vec<_>>(),
+                    ),
+                    Err(err) => stream::iter(vec![Err(to_pgwire(tributary_sql::Error::from(err)))]),
+                })
+                .flatten();
+            Ok(Response::Query(QueryResponse::new(fields, rows)))
+        }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Queries {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut guard = session_of(&self.engine, &self.session, client).await?;
+        let session = guard.as_mut().expect("session_of opened it");
+        let statements = session.parse(query).map_err(to_pgwire)?;
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let result = session.execute(statement).await;
+            send_notices(client, session).await?;
+            match result {
+                Ok(output) => {
+                    responses.push(respond(output, &Format::UnifiedText, options.clone())?)
+                }
+                Err(err) => {
+                    // Statements before the failing one keep their results, as in Postgres.
+                    if matches!(
+                        err,
+                        tributary_sql::Error::Internal(_) | tributary_sql::Error::Storage(_)
+                    ) {
+                        tracing::error!(%err, "statement failed");
+                    }
+                    responses.push(Response::Error(Box::new(error_info(&err))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// Parses extended-protocol statements with the connection's session.
+pub struct Parser {
+    engine: Arc<Engine>,
+    session: SharedSession,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut guard = session_of(&self.engine, &self.session, client).await?;
+        let session = guard.as_mut().expect("session_of opened it");
+        let prepared = session.prepare(sql).await.map_err(to_pgwire)?;
+        Ok(prepared.statement.is_some().then_some(prepared))
+    }
+
+    fn get_parameter_types(&self, prepared: &Prepared) -> PgWireResult<Vec<Type>> {
+        prepared
+            .param_types
+            .iter()
+            .map(|t| match t {
+                Some(data_type) => into_pg_type(data_type),
+                None => Ok(Type::UNKNOWN),
+            })
+            .collect()
+    }
+
+    fn get_result_schema(
+        &self,
+        prepared: &Prepared,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match &prepared.schema {
+            Some(schema) => {
+                arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
+            }
+            None => Ok(vec![]),
+        }
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Queries {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        Arc::new(Parser {
+            engine: self.engine.clone(),
+            session: self.session.clone(),
+        })
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let types: Vec<Option<&arrow::datatypes::DataType>> =
+            prepared.param_types.iter().map(Option::as_ref).collect();
+        let params = deserialize_parameters(portal, &types)?;
+        let mut guard = session_of(&self.engine, &self.session, client).await?;
+        let session = guard.as_mut().expect("session_of opened it");
+        let result = session.execute_prepared(prepared, params).await;
+        send_notices(client, session).await?;
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        respond(
+            result.map_err(to_pgwire)?,
+            &portal.result_column_format,
+            options,
+        )
+    }
+}
