@@ -24,7 +24,7 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
     let tokens = Tokenizer::new(&dialect, sql)
         .with_unescape(true)
         .tokenize_with_location()?;
-    let tokens = normalise_table_attributes(tokens);
+    let tokens = move_backup_first(normalise_table_attributes(tokens));
     Parser::new(&dialect)
         .with_tokens_with_locations(tokens)
         .parse_statements()
@@ -82,6 +82,48 @@ fn normalise_table_attributes(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> 
         out.push(token);
     }
     out
+}
+
+/// sqlparser reads `BACKUP YES|NO` only before DISTSTYLE / DISTKEY / SORTKEY; Redshift users
+/// write it after them too. Moves a trailing BACKUP clause in front of those attributes.
+fn move_backup_first(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut depth = 0i32;
+    let mut first_attribute = None;
+    let mut index = 0;
+    while index < tokens.len() {
+        match &tokens[index].token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::SemiColon => first_attribute = None,
+            token => {
+                let word = word_upper(token);
+                if depth == 0
+                    && matches!(word.as_deref(), Some("DISTSTYLE" | "DISTKEY" | "SORTKEY"))
+                {
+                    first_attribute.get_or_insert(index);
+                }
+                if depth == 0
+                    && word.as_deref() == Some("BACKUP")
+                    && let Some(target) = first_attribute
+                    && let Some(value) = (index + 1..tokens.len())
+                        .find(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+                {
+                    let clause: Vec<TokenWithSpan> = tokens.drain(index..=value).collect();
+                    let space = TokenWithSpan::wrap(Token::Whitespace(
+                        datafusion::sql::sqlparser::tokenizer::Whitespace::Space,
+                    ));
+                    tokens.splice(
+                        target..target,
+                        clause.into_iter().chain(std::iter::once(space)),
+                    );
+                    first_attribute = None;
+                    continue;
+                }
+            }
+        }
+        index += 1;
+    }
+    tokens
 }
 
 fn word_upper(token: &Token) -> Option<String> {

@@ -43,6 +43,17 @@ pub fn register(context: &SessionContext, user: &str, namespace: uuid::Uuid) {
         register_constant(context, name, user.to_string());
     }
     register_constant(context, "current_namespace", namespace.to_string());
+    // View definitions are not exposed through pg_catalog yet; NULL is what Postgres returns
+    // for an OID that is not a view.
+    let null_text = |_: &[ColumnarValue]| -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+    };
+    context.register_udf(ScalarUDF::new_from_impl(Coercing::new(
+        "pg_get_viewdef",
+        vec![DataType::Int64, DataType::Boolean],
+        DataType::Utf8,
+        null_text,
+    )));
     let len = datafusion::functions::unicode::character_length()
         .as_ref()
         .clone()

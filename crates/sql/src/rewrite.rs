@@ -6,9 +6,10 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
-    CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
-    FunctionArgumentList, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectItem,
-    SetExpr, Statement, Value, VisitMut, VisitorMut, visit_expressions_mut,
+    BinaryOperator, CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
+    FunctionArgumentList, FunctionArguments, Ident, LimitClause, ObjectName, ObjectNamePart, Query,
+    SelectItem, SetExpr, Statement, TopQuantity, Value, VisitMut, VisitorMut,
+    visit_expressions_mut,
 };
 
 /// The catalog-facing normal form of an identifier: unquoted names fold to lower case.
@@ -94,6 +95,37 @@ pub fn alias_repeated_projections(statement: &mut Statement) {
 
 struct RepeatedProjections;
 
+/// `SELECT TOP n ...` becomes `... LIMIT n` (DataFusion has no TOP).
+pub fn top_to_limit(statement: &mut Statement) {
+    let _ = statement.visit(&mut TopToLimit);
+}
+
+struct TopToLimit;
+
+impl VisitorMut for TopToLimit {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_mut()
+            && let Some(top) = select.top.take()
+        {
+            let limit = match top.quantity {
+                Some(TopQuantity::Expr(expr)) => expr,
+                Some(TopQuantity::Constant(n)) => Expr::value(Value::Number(n.to_string(), false)),
+                None => return ControlFlow::Continue(()),
+            };
+            if query.limit_clause.is_none() {
+                query.limit_clause = Some(LimitClause::LimitOffset {
+                    limit: Some(limit),
+                    offset: None,
+                    limit_by: vec![],
+                });
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 impl VisitorMut for RepeatedProjections {
     type Break = ();
 
@@ -113,6 +145,77 @@ impl VisitorMut for RepeatedProjections {
             }
         }
         ControlFlow::Continue(())
+    }
+}
+
+/// Redshift lets WHERE and later select items refer to a select-list alias ("lateral column
+/// alias reference"):
+/// `SELECT n.nspname AS schema ... WHERE schema = 'public'`. Replaces unresolvable identifier
+/// `name` in WHERE clauses with the aliased expression. Returns whether anything changed.
+pub fn substitute_where_alias(statement: &mut Statement, name: &str) -> bool {
+    let mut substitution = WhereAlias {
+        name: name.to_string(),
+        changed: false,
+    };
+    let _ = statement.visit(&mut substitution);
+    substitution.changed
+}
+
+struct WhereAlias {
+    name: String,
+    changed: bool,
+}
+
+impl VisitorMut for WhereAlias {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        substitute_in_set_expr(query.body.as_mut(), &self.name, &mut self.changed);
+        ControlFlow::Continue(())
+    }
+}
+
+fn substitute_in_set_expr(body: &mut SetExpr, name: &str, changed: &mut bool) {
+    match body {
+        SetExpr::Select(select) => {
+            let defining = select.projection.iter().position(|item| {
+                matches!(item, SelectItem::ExprWithAlias { alias, .. } if normalize_ident(alias) == name)
+            });
+            let Some(defining) = defining else { return };
+            let SelectItem::ExprWithAlias { expr: aliased, .. } = &select.projection[defining]
+            else {
+                return;
+            };
+            let aliased = aliased.clone();
+            let mut replace = |expr: &mut Expr| {
+                let _ = visit_expressions_mut(expr, |e| {
+                    if let Expr::Identifier(ident) = e
+                        && normalize_ident(ident) == name
+                    {
+                        *e = Expr::Nested(Box::new(aliased.clone()));
+                        *changed = true;
+                    }
+                    ControlFlow::<()>::Continue(())
+                });
+            };
+            if let Some(selection) = select.selection.as_mut() {
+                replace(selection);
+            }
+            // Later select items may use the alias too.
+            for item in select.projection.iter_mut().skip(defining + 1) {
+                match item {
+                    SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } => {
+                        replace(expr)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            substitute_in_set_expr(left, name, changed);
+            substitute_in_set_expr(right, name, changed);
+        }
+        _ => {}
     }
 }
 
@@ -144,6 +247,21 @@ const DATE_PART_FUNCTIONS: &[&str] = &[
 
 fn rewrite_expr(expr: &mut Expr) {
     match expr {
+        // Redshift accepts integers as booleans in AND / OR (`WHERE 1 AND ...`).
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And | BinaryOperator::Or,
+            right,
+        } => {
+            for side in [left, right] {
+                if let Expr::Value(value) = side.as_mut()
+                    && let Value::Number(number, _) = &value.value
+                {
+                    let truth = number.parse::<f64>().is_ok_and(|n| n != 0.0);
+                    value.value = Value::Boolean(truth);
+                }
+            }
+        }
         Expr::Identifier(ident)
             if ident.quote_style.is_none()
                 && NILADIC.contains(&ident.value.to_ascii_lowercase().as_str()) =>
@@ -160,6 +278,8 @@ fn rewrite_expr(expr: &mut Expr) {
                 }
             } else if name == "listagg" {
                 listagg_to_string_agg(function);
+            } else if matches!(name.as_str(), "to_char" | "to_date" | "to_timestamp") {
+                translate_format_argument(function);
             }
         }
         _ => {}
@@ -194,6 +314,73 @@ fn quote_date_part(function: &mut Function) {
     {
         *first = Expr::value(Value::SingleQuotedString(ident.value.to_lowercase()));
     }
+}
+
+/// Redshift's datetime format patterns (`YYYY-MM-DD HH24:MI:SS`), as chrono patterns, which is
+/// what DataFusion's to_char / to_date / to_timestamp read.
+fn translate_format_argument(function: &mut Function) {
+    if let FunctionArguments::List(list) = &mut function.args
+        && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(value)))) =
+            list.args.get_mut(1)
+        && let Value::SingleQuotedString(pattern) = &mut value.value
+    {
+        *pattern = chrono_pattern(pattern);
+    }
+}
+
+pub(crate) fn chrono_pattern(pattern: &str) -> String {
+    // Longest tokens first, so that HH24 wins over HH and MONTH over MON and MM.
+    const TOKENS: &[(&str, &str)] = &[
+        ("HH24", "%H"),
+        ("HH12", "%I"),
+        ("YYYY", "%Y"),
+        ("MONTH", "%B"),
+        ("Month", "%B"),
+        ("month", "%B"),
+        ("DAY", "%A"),
+        ("Day", "%A"),
+        ("day", "%A"),
+        ("MON", "%b"),
+        ("Mon", "%b"),
+        ("mon", "%b"),
+        ("DY", "%a"),
+        ("Dy", "%a"),
+        ("dy", "%a"),
+        ("DDD", "%j"),
+        ("YY", "%y"),
+        ("MM", "%m"),
+        ("DD", "%d"),
+        ("HH", "%I"),
+        ("MI", "%M"),
+        ("SS", "%S"),
+        ("MS", "%3f"),
+        ("US", "%6f"),
+        ("AM", "%p"),
+        ("PM", "%p"),
+        ("am", "%P"),
+        ("pm", "%P"),
+        ("TZ", "%Z"),
+        ("tz", "%Z"),
+    ];
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut rest = pattern;
+    'outer: while !rest.is_empty() {
+        for (token, replacement) in TOKENS {
+            if let Some(after) = rest.strip_prefix(token) {
+                out.push_str(replacement);
+                rest = after;
+                continue 'outer;
+            }
+        }
+        let ch = rest.chars().next().expect("not empty");
+        if ch == '%' {
+            out.push_str("%%");
+        } else {
+            out.push(ch);
+        }
+        rest = &rest[ch.len_utf8()..];
+    }
+    out
 }
 
 fn plain_args(function: &Function) -> Option<Vec<Expr>> {
@@ -286,6 +473,10 @@ mod tests {
         check(
             "select listagg(name, ',') within group (order by name) from t",
             "SELECT string_agg(name, ',' ORDER BY name) FROM sales.t",
+        );
+        check(
+            "select to_char(d, 'YYYY-MM-DD HH24:MI:SS') from t",
+            "SELECT to_char(d, '%Y-%m-%d %H:%M:%S') FROM sales.t",
         );
     }
 }

@@ -22,6 +22,7 @@ use crate::dialect::parse_statements;
 use crate::engine::Engine;
 use crate::rewrite::{
     alias_repeated_projections, name_parts, qualify_relations, rewrite_functions,
+    substitute_where_alias, top_to_limit,
 };
 use crate::settings::Settings;
 use crate::{Error, Result, functions, system};
@@ -281,6 +282,7 @@ impl Session {
     pub(crate) fn rewrite(&self, mut statement: Statement) -> Statement {
         rewrite_functions(&mut statement);
         alias_repeated_projections(&mut statement);
+        top_to_limit(&mut statement);
         let pinned = self.catalogs.pinned();
         let search_path = self.settings.search_path(&self.user);
         let temp = self.catalogs.temp().clone();
@@ -303,8 +305,22 @@ impl Session {
 
     pub(crate) async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
         let state = self.context.state();
+        let mut statement = statement.clone();
+        // Each retry resolves one more WHERE reference to a select-list alias.
+        for _ in 0..8 {
+            let planned = state
+                .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+                .await;
+            match planned {
+                Err(err) => match missing_field(&err) {
+                    Some(name) if substitute_where_alias(&mut statement, &name) => continue,
+                    _ => return Err(err.into()),
+                },
+                Ok(plan) => return Ok(plan),
+            }
+        }
         Ok(state
-            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+            .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await?)
     }
 
@@ -523,6 +539,21 @@ fn setting_value(expr: &Expr) -> String {
         },
         Expr::Identifier(ident) => ident.value.clone(),
         other => other.to_string(),
+    }
+}
+
+/// The column name of a "field not found" planning error.
+fn missing_field(err: &datafusion::error::DataFusionError) -> Option<String> {
+    match err.find_root() {
+        datafusion::error::DataFusionError::SchemaError(inner, _) => match inner.as_ref() {
+            datafusion::common::SchemaError::FieldNotFound { field, .. }
+                if field.relation.is_none() =>
+            {
+                Some(field.name.clone())
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -12,7 +12,7 @@ use datafusion::datasource::{ViewTable, provider_as_source};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
 use datafusion::prelude::{col, lit};
-use tributary_catalog::{CatalogState, Relation, SqlType};
+use tributary_catalog::{CatalogState, Relation, SUPERUSER, SqlType};
 
 use crate::catalog_list::SessionCatalogs;
 
@@ -60,6 +60,9 @@ impl SystemSchema {
             "svv_columns" | "svv_all_columns" => columns(&state, &self.database)?,
             "pg_table_def" => table_def(&state, &self.database)?,
             "svv_table_info" => table_info(&state, &self.database)?,
+            "svv_external_schemas" => external_schemas()?,
+            "svv_external_tables" => external_tables()?,
+            "pg_user" => users(&state)?,
             _ => return Ok(None),
         };
         Ok(Some(Arc::new(MemTable::try_new(
@@ -88,7 +91,7 @@ impl SchemaProvider for SystemSchema {
         };
         let table = postgres.table(name).await?;
         match (name, table) {
-            ("pg_class", Some(table)) => Ok(Some(with_relhasoids(table)?)),
+            ("pg_class", Some(table)) => Ok(Some(with_driver_columns(table)?)),
             (_, table) => Ok(table),
         }
     }
@@ -99,9 +102,14 @@ impl SchemaProvider for SystemSchema {
     }
 }
 
-/// psql sends pre-12 catalog queries to a server that reports version 8.0.2, and those read
-/// `pg_class.relhasoids` (always false: tables have no OIDs).
-fn with_relhasoids(pg_class: Arc<dyn TableProvider>) -> DfResult<Arc<dyn TableProvider>> {
+/// Columns clients read from `pg_class` that datafusion-pg-catalog lacks: psql sends pre-12
+/// catalog queries to a server that reports version 8.0.2, and those read `relhasoids` (always
+/// false); Redshift drivers read `reldiststyle` (EVEN, 0: one node has nothing to distribute)
+/// and `relacl` (no per-table privileges yet).
+fn with_driver_columns(pg_class: Arc<dyn TableProvider>) -> DfResult<Arc<dyn TableProvider>> {
+    let no_acl = lit(datafusion::common::ScalarValue::try_from(
+        &DataType::new_list(DataType::Utf8, true),
+    )?);
     let columns: Vec<Expr> = pg_class
         .schema()
         .fields()
@@ -109,7 +117,11 @@ fn with_relhasoids(pg_class: Arc<dyn TableProvider>) -> DfResult<Arc<dyn TablePr
         .map(|f| col(f.name()))
         .collect();
     let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?
-        .project(columns.into_iter().chain([lit(false).alias("relhasoids")]))?
+        .project(columns.into_iter().chain([
+            lit(false).alias("relhasoids"),
+            lit(0i32).alias("reldiststyle"),
+            no_acl.alias("relacl"),
+        ]))?
         .build()?;
     Ok(Arc::new(ViewTable::new(plan, None)))
 }
@@ -221,6 +233,15 @@ fn columns(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
         int("numeric_precision_radix"),
         int("numeric_scale"),
         int("datetime_precision"),
+        utf8("interval_type"),
+        int("interval_precision"),
+        utf8("character_set_catalog"),
+        utf8("character_set_schema"),
+        utf8("character_set_name"),
+        utf8("collation_catalog"),
+        utf8("collation_schema"),
+        utf8("collation_name"),
+        utf8("domain_name"),
         utf8("remarks"),
     ]));
     let numeric = |t: &SqlType| -> (Option<i32>, Option<i32>) {
@@ -277,6 +298,15 @@ fn columns(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
                 )
                 .then_some(6)
             })),
+            strings(rows.iter().map(|_| None)),
+            ints(rows.iter().map(|_| None)),
+            strings(rows.iter().map(|_| None)),
+            strings(rows.iter().map(|_| None)),
+            strings(rows.iter().map(|_| None)),
+            strings(rows.iter().map(|_| None)),
+            strings(rows.iter().map(|_| None)),
+            strings(rows.iter().map(|_| None)),
+            strings(rows.iter().map(|_| None)),
             strings(rows.iter().map(|_| None)),
         ],
     )?)
@@ -352,6 +382,76 @@ fn table_info(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
                     .map(|(_, _, t)| t.distribution.sortkey.first().cloned()),
             ),
             strings(rows.iter().map(|(_, _, t)| Some(t.path.clone()))),
+        ],
+    )?)
+}
+
+/// External schemas (Kinesis, Kafka, datashares) come with streaming ingestion; drivers
+/// already query this view, so it exists with Redshift's columns.
+fn external_schemas() -> DfResult<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        int("esoid"),
+        int("eskind"),
+        utf8("schemaname"),
+        int("esowner"),
+        utf8("databasename"),
+        utf8("esoptions"),
+    ]));
+    Ok(RecordBatch::new_empty(schema))
+}
+
+fn external_tables() -> DfResult<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        utf8("redshift_database_name"),
+        utf8("schemaname"),
+        utf8("tablename"),
+        utf8("location"),
+        utf8("input_format"),
+        utf8("output_format"),
+        utf8("serialization_lib"),
+        utf8("serde_parameters"),
+        int("compressed"),
+        utf8("parameters"),
+        utf8("tabletype"),
+    ]));
+    Ok(RecordBatch::new_empty(schema))
+}
+
+fn users(state: &CatalogState) -> DfResult<RecordBatch> {
+    let users: Vec<_> = state.users.iter().collect();
+    let schema = Arc::new(Schema::new(vec![
+        utf8("usename"),
+        int("usesysid"),
+        Field::new("usecreatedb", DataType::Boolean, true),
+        Field::new("usesuper", DataType::Boolean, true),
+        Field::new("usecatupd", DataType::Boolean, true),
+        utf8("passwd"),
+        utf8("valuntil"),
+        utf8("useconfig"),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            strings(users.iter().map(|(name, _)| Some(name.to_string()))),
+            // pg_class (from datafusion-pg-catalog) reports owner 0 for every relation; until
+            // it tracks owners, the superuser answers to that id so owner joins find it.
+            ints(
+                users
+                    .iter()
+                    .map(|(name, u)| Some(if *name == SUPERUSER { 0 } else { u.oid as i32 })),
+            ),
+            Arc::new(BooleanArray::from_iter(
+                users.iter().map(|(_, u)| Some(u.superuser)),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                users.iter().map(|(_, u)| Some(u.superuser)),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                users.iter().map(|(_, u)| Some(u.superuser)),
+            )),
+            strings(users.iter().map(|_| Some("********".to_string()))),
+            strings(users.iter().map(|_| None)),
+            strings(users.iter().map(|_| None)),
         ],
     )?)
 }

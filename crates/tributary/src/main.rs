@@ -57,6 +57,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(args.log.as_str())
         .with_target(false)
+        // Logs go to stderr; stdout carries only the "listening on" line that scripts wait for.
+        .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,7 +4,10 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use arrow::datatypes::DataType;
 use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{
     arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type,
@@ -169,6 +172,43 @@ impl SimpleQueryHandler for Queries {
     }
 }
 
+/// Decodes bound parameters. A value the client typed (say float8 for a DECIMAL column) is
+/// decoded as the client sent it and then cast to the type the statement needs, as Postgres
+/// does; untyped values are decoded as the needed type directly.
+fn decode_parameters(portal: &Portal<Prepared>, prepared: &Prepared) -> PgWireResult<ParamValues> {
+    let client_types = &portal.statement.parameter_types;
+    let decode_as: Vec<Option<&DataType>> = prepared
+        .param_types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match client_types.get(i) {
+            Some(Some(hint)) if *hint != Type::UNKNOWN => None,
+            _ => t.as_ref(),
+        })
+        .collect();
+    let decoded = deserialize_parameters(portal, &decode_as)?;
+    let ParamValues::List(values) = decoded else {
+        return Ok(decoded);
+    };
+    let cast = values
+        .into_iter()
+        .enumerate()
+        .map(
+            |(i, value)| match prepared.param_types.get(i).cloned().flatten() {
+                Some(target) if value.value.data_type() != target => {
+                    let scalar = value
+                        .value
+                        .cast_to(&target)
+                        .map_err(|e| to_pgwire(e.into()))?;
+                    Ok(ScalarAndMetadata::from(scalar))
+                }
+                _ => Ok(value),
+            },
+        )
+        .collect::<PgWireResult<Vec<_>>>()?;
+    Ok(ParamValues::List(cast))
+}
+
 /// Parses extended-protocol statements with the connection's session.
 pub struct Parser {
     engine: Arc<Engine>,
@@ -244,9 +284,7 @@ impl ExtendedQueryHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
-        let types: Vec<Option<&arrow::datatypes::DataType>> =
-            prepared.param_types.iter().map(Option::as_ref).collect();
-        let params = deserialize_parameters(portal, &types)?;
+        let params = decode_parameters(portal, prepared)?;
         let mut guard = session_of(&self.engine, &self.session, client).await?;
         let session = guard.as_mut().expect("session_of opened it");
         let result = session.execute_prepared(prepared, params).await;

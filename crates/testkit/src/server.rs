@@ -1,0 +1,106 @@
+//! An in-process Tributary server for tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tributary_sql::Engine;
+use tributary_wire::PasswordMethod;
+
+/// A server on 127.0.0.1 and a free port, with its own data directory unless given one.
+pub struct TestServer {
+    pub address: SocketAddr,
+    pub engine: Arc<Engine>,
+    /// Keeps a temporary data directory alive for the server's lifetime.
+    _data: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh temporary data directory.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let location = dir.path().to_str().expect("utf-8 path").to_string();
+        let mut server = Self::start_at(&location, None, PasswordMethod::ScramSha256).await;
+        server._data = Some(dir);
+        server
+    }
+
+    /// Starts a server on `location` (a directory or s3:// URL), with an optional admin
+    /// password for a new data root.
+    pub async fn start_at(
+        location: &str,
+        admin_password: Option<&str>,
+        method: PasswordMethod,
+    ) -> Self {
+        let verifiers = admin_password.map(|p| tributary_wire::password_verifiers("admin", p));
+        let engine = Engine::open(location, verifiers)
+            .await
+            .expect("engine opens");
+        let listener = tributary_wire::bind("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tributary_wire::serve(
+            listener,
+            engine.clone(),
+            method,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            address,
+            engine,
+            _data: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// A libpq connection string for database `dev` as admin.
+    pub fn connection_string(&self) -> String {
+        format!("host=127.0.0.1 port={} user=admin dbname=dev", self.port())
+    }
+
+    /// A connected tokio-postgres client; its connection task runs in the background.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.connection_string(), tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test server");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// Stops accepting connections and waits for the accept loop to end.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: one binary, a module per topic. They start real servers on loopback
+//! ports (Tributary itself, moto for S3, the Python client drivers) and assert what a user
+//! would see.
+
+mod clients;
+mod concurrency;
+mod durability;
+mod errors;
+mod s3;
+mod slt;
