@@ -703,7 +703,7 @@ async fn drop_relation(
             }
         })
         .await
-        .map_err(|e| wrong_type(e))?;
+        .map_err(wrong_type)?;
     session.mark_write();
     Ok(path.into_iter().collect())
 }

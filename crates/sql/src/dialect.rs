@@ -70,7 +70,7 @@ fn normalise_table_attributes(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> 
                 // Drop the keyword and its AUTO argument: automatic choices are the default.
                 let is_diststyle = word.as_deref() == Some("DISTSTYLE");
                 if !is_diststyle {
-                    while let Some(t) = iter.next() {
+                    for t in iter.by_ref() {
                         if significant(&t) {
                             break;
                         }

@@ -43,6 +43,22 @@ pub fn register(context: &SessionContext, user: &str, namespace: uuid::Uuid) {
         register_constant(context, name, user.to_string());
     }
     register_constant(context, "current_namespace", namespace.to_string());
+    context.register_udf(ScalarUDF::new_from_impl(Coercing::new(
+        "format_encoding",
+        vec![DataType::Int32],
+        DataType::Utf8,
+        encoding_name,
+    )));
+    context.register_udf(ScalarUDF::new_from_impl(Coercing::new(
+        "col_description",
+        vec![DataType::Int64, DataType::Int32],
+        DataType::Utf8,
+        null_text,
+    )));
+    context.register_udtf(
+        "pg_get_late_binding_view_cols",
+        Arc::new(LateBindingViewColumns),
+    );
     // View definitions are not exposed through pg_catalog yet; NULL is what Postgres returns
     // for an OID that is not a view.
     let null_text = |_: &[ColumnarValue]| -> DfResult<ColumnarValue> {
@@ -82,6 +98,45 @@ pub fn register(context: &SessionContext, user: &str, namespace: uuid::Uuid) {
         context.register_udf(ScalarUDF::new_from_impl(Coercing::new(
             name, inputs, output, function,
         )));
+    }
+}
+
+/// NULL text: view definitions and column comments are not exposed through pg_catalog yet;
+/// NULL is what Postgres returns where there is none.
+fn null_text(_: &[ColumnarValue]) -> DfResult<ColumnarValue> {
+    Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+}
+
+/// Redshift's `format_encoding(attencodingtype)`: the name of a column's compression encoding.
+/// Encodings are recorded but not applied (Parquet chooses its own), so every column is "none".
+fn encoding_name(_: &[ColumnarValue]) -> DfResult<ColumnarValue> {
+    Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+        "none".to_string(),
+    ))))
+}
+
+/// Redshift's `pg_get_late_binding_view_cols()`: columns of views created WITH NO SCHEMA
+/// BINDING. Tributary's views are always bound, so the function returns no rows.
+#[derive(Debug)]
+struct LateBindingViewColumns;
+
+impl datafusion::catalog::TableFunctionImpl for LateBindingViewColumns {
+    fn call_with_args(
+        &self,
+        _args: datafusion::catalog::TableFunctionArgs,
+    ) -> DfResult<Arc<dyn datafusion::catalog::TableProvider>> {
+        use arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("view_schema", DataType::Utf8, true),
+            Field::new("view_name", DataType::Utf8, true),
+            Field::new("col_name", DataType::Utf8, true),
+            Field::new("col_type", DataType::Utf8, true),
+            Field::new("col_num", DataType::Int32, true),
+        ]));
+        Ok(Arc::new(datafusion::catalog::MemTable::try_new(
+            schema,
+            vec![vec![]],
+        )?))
     }
 }
 

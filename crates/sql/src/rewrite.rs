@@ -8,7 +8,7 @@ use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
     FunctionArgumentList, FunctionArguments, Ident, LimitClause, ObjectName, ObjectNamePart, Query,
-    SelectItem, SetExpr, Statement, TopQuantity, Value, VisitMut, VisitorMut,
+    SelectItem, SetExpr, Statement, TableFactor, TopQuantity, Value, VisitMut, VisitorMut,
     visit_expressions_mut,
 };
 
@@ -40,6 +40,7 @@ pub fn qualify_relations(statement: &mut Statement, resolve: &dyn Fn(&str) -> Op
     let mut qualifier = Qualifier {
         ctes: ctes.names,
         resolve,
+        function_call: false,
     };
     let _ = statement.visit(&mut qualifier);
 }
@@ -65,12 +66,22 @@ impl VisitorMut for CteNames {
 struct Qualifier<'a> {
     ctes: HashSet<String>,
     resolve: &'a dyn Fn(&str) -> Option<String>,
+    /// Set when the next relation name is a table function's (`FROM f()`), not a table's.
+    function_call: bool,
 }
 
 impl VisitorMut for Qualifier<'_> {
     type Break = ();
 
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        self.function_call = matches!(factor, TableFactor::Table { args: Some(_), .. });
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_relation(&mut self, relation: &mut ObjectName) -> ControlFlow<()> {
+        if std::mem::take(&mut self.function_call) {
+            return ControlFlow::Continue(());
+        }
         if relation.0.len() == 1
             && let ObjectNamePart::Identifier(ident) = &relation.0[0]
         {
@@ -222,6 +233,7 @@ fn substitute_in_set_expr(body: &mut SetExpr, name: &str, changed: &mut bool) {
 /// Redshift function forms: `sysdate` and `getdate()`, date parts written as bare words
 /// (`dateadd(day, 1, d)`), `DECODE(...)`, `LISTAGG(...) WITHIN GROUP (ORDER BY ...)`.
 pub fn rewrite_functions(statement: &mut Statement) {
+    let _ = statement.visit(&mut UntypedAliasColumns);
     let _ = visit_expressions_mut(statement, |expr| {
         rewrite_expr(expr);
         ControlFlow::<()>::Continue(())
@@ -236,6 +248,29 @@ const NILADIC: &[&str] = &[
     "current_namespace",
 ];
 
+/// `FROM f() AS cols(a name, b int)`: DataFusion renames columns but takes no types there;
+/// the function's own result types stand.
+struct UntypedAliasColumns;
+
+impl VisitorMut for UntypedAliasColumns {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            alias: Some(alias), ..
+        }
+        | TableFactor::Function {
+            alias: Some(alias), ..
+        } = factor
+        {
+            for column in &mut alias.columns {
+                column.data_type = None;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 const DATE_PART_FUNCTIONS: &[&str] = &[
     "dateadd",
     "datediff",
@@ -247,6 +282,28 @@ const DATE_PART_FUNCTIONS: &[&str] = &[
 
 fn rewrite_expr(expr: &mut Expr) {
     match expr {
+        // Row-value equality `(a, b) = (c, d)`: DataFusion compares scalars only.
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } if matches!((left.as_ref(), right.as_ref()), (Expr::Tuple(l), Expr::Tuple(r)) if l.len() == r.len() && !l.is_empty()) =>
+        {
+            let (Expr::Tuple(l), Expr::Tuple(r)) = (left.as_ref(), right.as_ref()) else {
+                return;
+            };
+            let mut pairs = l.iter().zip(r).map(|(a, b)| Expr::BinaryOp {
+                left: Box::new(a.clone()),
+                op: BinaryOperator::Eq,
+                right: Box::new(b.clone()),
+            });
+            let first = pairs.next().expect("non-empty tuple");
+            *expr = Expr::Nested(Box::new(pairs.fold(first, |acc, eq| Expr::BinaryOp {
+                left: Box::new(acc),
+                op: BinaryOperator::And,
+                right: Box::new(eq),
+            })));
+        }
         // Redshift accepts integers as booleans in AND / OR (`WHERE 1 AND ...`).
         Expr::BinaryOp {
             left,

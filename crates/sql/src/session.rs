@@ -595,7 +595,12 @@ fn output_schema(statement: &Statement, plan: &LogicalPlan) -> SchemaRef {
     let Statement::Query(query) = statement else {
         return arrow_schema;
     };
-    let SetExpr::Select(select) = query.body.as_ref() else {
+    // A set operation takes its column names from its leftmost SELECT.
+    let mut body = query.body.as_ref();
+    while let SetExpr::SetOperation { left, .. } = body {
+        body = left.as_ref();
+    }
+    let SetExpr::Select(select) = body else {
         return arrow_schema;
     };
     if select.projection.len() != arrow_schema.fields().len()
@@ -664,19 +669,24 @@ fn rename_stream(
     let target = schema.clone();
     let renamed = stream.map(move |batch| {
         let batch = batch?;
-        if batch
-            .schema()
-            .fields()
-            .iter()
-            .zip(target.fields())
-            .all(|(a, b)| a.name() == b.name())
-        {
+        if batch.schema().fields() == target.fields() {
             return Ok(batch);
         }
-        Ok(RecordBatch::try_new(
-            target.clone(),
-            batch.columns().to_vec(),
-        )?)
+        // Besides names, a physical batch can differ from the planned type (a UNION whose
+        // branches coerce late); the client was told the planned types, so cast to them.
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(target.fields())
+            .map(|(column, field)| {
+                if column.data_type() == field.data_type() {
+                    Ok(column.clone())
+                } else {
+                    arrow::compute::cast(column, field.data_type())
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(target.clone(), columns)?)
     });
     Box::pin(RecordBatchStreamAdapter::new(schema, renamed))
 }

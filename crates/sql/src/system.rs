@@ -62,6 +62,7 @@ impl SystemSchema {
             "svv_table_info" => table_info(&state, &self.database)?,
             "svv_external_schemas" => external_schemas()?,
             "svv_external_tables" => external_tables()?,
+            "svv_external_columns" => external_columns()?,
             "pg_user" => users(&state)?,
             _ => return Ok(None),
         };
@@ -91,8 +92,8 @@ impl SchemaProvider for SystemSchema {
         };
         let table = postgres.table(name).await?;
         match (name, table) {
-            ("pg_class", Some(table)) => Ok(Some(with_driver_columns(table)?)),
-            (_, table) => Ok(table),
+            (name, Some(table)) => Ok(Some(with_driver_columns(name, table)?)),
+            (_, None) => Ok(None),
         }
     }
 
@@ -102,26 +103,47 @@ impl SchemaProvider for SystemSchema {
     }
 }
 
-/// Columns clients read from `pg_class` that datafusion-pg-catalog lacks: psql sends pre-12
-/// catalog queries to a server that reports version 8.0.2, and those read `relhasoids` (always
-/// false); Redshift drivers read `reldiststyle` (EVEN, 0: one node has nothing to distribute)
-/// and `relacl` (no per-table privileges yet).
-fn with_driver_columns(pg_class: Arc<dyn TableProvider>) -> DfResult<Arc<dyn TableProvider>> {
-    let no_acl = lit(datafusion::common::ScalarValue::try_from(
-        &DataType::new_list(DataType::Utf8, true),
-    )?);
-    let columns: Vec<Expr> = pg_class
+/// Columns clients read from Postgres catalogs that datafusion-pg-catalog lacks:
+/// - psql sends pre-12 catalog queries to a server that reports version 8.0.2, and those read
+///   `pg_class.relhasoids` (always false) and `pg_attrdef.adsrc`;
+/// - Redshift drivers read `pg_class.reldiststyle` (EVEN, 0: one node has nothing to
+///   distribute), `pg_class.relacl` (no per-table privileges yet), and `pg_attribute`'s
+///   `attencodingtype`, `attisdistkey`, `attsortkeyord` (the real values are in pg_table_def).
+fn driver_columns(table: &str) -> DfResult<Vec<Expr>> {
+    let null_of =
+        |t: DataType| -> DfResult<Expr> { Ok(lit(datafusion::common::ScalarValue::try_from(&t)?)) };
+    Ok(match table {
+        "pg_class" => vec![
+            lit(false).alias("relhasoids"),
+            lit(0i32).alias("reldiststyle"),
+            null_of(DataType::new_list(DataType::Utf8, true))?.alias("relacl"),
+        ],
+        "pg_attribute" => vec![
+            lit(0i32).alias("attencodingtype"),
+            lit(false).alias("attisdistkey"),
+            lit(0i32).alias("attsortkeyord"),
+        ],
+        "pg_attrdef" => vec![null_of(DataType::Utf8)?.alias("adsrc")],
+        _ => vec![],
+    })
+}
+
+fn with_driver_columns(
+    name: &str,
+    table: Arc<dyn TableProvider>,
+) -> DfResult<Arc<dyn TableProvider>> {
+    let extra = driver_columns(name)?;
+    if extra.is_empty() {
+        return Ok(table);
+    }
+    let columns: Vec<Expr> = table
         .schema()
         .fields()
         .iter()
         .map(|f| col(f.name()))
         .collect();
-    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?
-        .project(columns.into_iter().chain([
-            lit(false).alias("relhasoids"),
-            lit(0i32).alias("reldiststyle"),
-            no_acl.alias("relacl"),
-        ]))?
+    let plan = LogicalPlanBuilder::scan(name, provider_as_source(table), None)?
+        .project(columns.into_iter().chain(extra))?
         .build()?;
     Ok(Arc::new(ViewTable::new(plan, None)))
 }
@@ -413,6 +435,20 @@ fn external_tables() -> DfResult<RecordBatch> {
         int("compressed"),
         utf8("parameters"),
         utf8("tabletype"),
+    ]));
+    Ok(RecordBatch::new_empty(schema))
+}
+
+fn external_columns() -> DfResult<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        utf8("redshift_database_name"),
+        utf8("schemaname"),
+        utf8("tablename"),
+        utf8("columnname"),
+        utf8("external_type"),
+        int("columnnum"),
+        int("part_key"),
+        utf8("is_nullable"),
     ]));
     Ok(RecordBatch::new_empty(schema))
 }

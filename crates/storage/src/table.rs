@@ -58,8 +58,9 @@ impl TableHandle {
                 reason: e.to_string(),
             })?;
         }
-        let table = deltalake::DeltaTable::try_from_url(self.url.clone())
-            .await?
+        // Built without loading: the location has no log yet, and loading would only fail.
+        let table = DeltaTableBuilder::from_url(self.url.clone())?
+            .build()?
             .create()
             .with_columns(kernel.fields().cloned())
             .with_save_mode(SaveMode::ErrorIfExists)

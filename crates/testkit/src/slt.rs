@@ -224,44 +224,36 @@ impl sqllogictest::AsyncDB for Wire {
                 Some(db) => SltError(format!("[{}] {}", db.code().code(), db.message())),
                 None => SltError(e.to_string()),
             })?;
-        let mut rows = Vec::new();
+        // The last statement's result is the one reported.
+        let mut rows: Option<Vec<Vec<String>>> = None;
         let mut width = 0;
-        let mut output = None;
+        let mut count = 0;
         for message in messages {
             match message {
                 SimpleQueryMessage::RowDescription(columns) => {
                     width = columns.len();
-                    rows.clear();
-                    output = Some(true);
+                    rows = Some(Vec::new());
                 }
                 SimpleQueryMessage::Row(row) => {
-                    width = row.len();
-                    rows.push(
-                        (0..row.len())
-                            .map(|i| match row.get(i) {
-                                None => "NULL".to_string(),
-                                Some("") => "(empty)".to_string(),
-                                Some(text) => text.to_string(),
-                            })
-                            .collect(),
-                    );
+                    let values = (0..row.len())
+                        .map(|i| match row.get(i) {
+                            None => "NULL".to_string(),
+                            Some("") => "(empty)".to_string(),
+                            Some(text) => text.to_string(),
+                        })
+                        .collect();
+                    rows.get_or_insert_with(Vec::new).push(values);
                 }
-                SimpleQueryMessage::CommandComplete(count) => {
-                    if output != Some(true) {
-                        output = Some(false);
-                        rows = vec![vec![count.to_string()]];
-                    }
-                }
+                SimpleQueryMessage::CommandComplete(n) => count = n,
                 _ => {}
             }
         }
-        Ok(match output {
-            Some(true) => DBOutput::Rows {
+        Ok(match rows {
+            Some(rows) => DBOutput::Rows {
                 types: vec![DefaultColumnType::Any; width],
                 rows,
             },
-            Some(false) => DBOutput::StatementComplete(rows[0][0].parse().unwrap_or(0)),
-            None => DBOutput::StatementComplete(0),
+            None => DBOutput::StatementComplete(count),
         })
     }
 
