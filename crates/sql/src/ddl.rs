@@ -239,7 +239,7 @@ async fn query_rows(
     session: &mut Session,
     statement: Statement,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let statement = session.rewrite(statement);
+    let statement = session.rewrite(statement)?;
     let plan = session.plan(&statement).await?;
     let frame = session.context().execute_logical_plan(plan).await?;
     let schema = Arc::new(frame.schema().as_arrow().clone());
@@ -517,7 +517,7 @@ async fn create_view(session: &mut Session, view: CreateView) -> Result<Output> 
     let (schema, name) = session.resolve_for_create(&view.name)?;
     let database = session.database().to_string();
     // Check the query plans now, so that a broken view is refused at creation.
-    let statement = session.rewrite(Statement::Query(view.query.clone()));
+    let statement = session.rewrite(Statement::Query(view.query.clone()))?;
     session.plan(&statement).await?;
     let sql = statement.to_string();
     let column_names: Vec<String> = view

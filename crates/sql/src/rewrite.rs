@@ -7,10 +7,11 @@ use std::ops::ControlFlow;
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
-    FunctionArgumentList, FunctionArguments, Ident, LimitClause, ObjectName, ObjectNamePart, Query,
-    SelectItem, SetExpr, Statement, TableFactor, TopQuantity, Value, VisitMut, VisitorMut,
-    visit_expressions_mut,
+    FunctionArgumentList, FunctionArguments, Ident, Insert, LimitClause, ObjectName,
+    ObjectNamePart, Query, SelectItem, SetExpr, Statement, TableFactor, TopQuantity, Value,
+    VisitMut, VisitorMut, visit_expressions_mut,
 };
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 
 /// The catalog-facing normal form of an identifier: unquoted names fold to lower case.
 pub fn normalize_ident(ident: &Ident) -> String {
@@ -228,6 +229,85 @@ fn substitute_in_set_expr(body: &mut SetExpr, name: &str, changed: &mut bool) {
         }
         _ => {}
     }
+}
+
+/// `INSERT ... DEFAULT VALUES` and `DEFAULT` inside VALUES rows, which DataFusion does not
+/// plan: each becomes the column's DEFAULT expression, or NULL (which the table's sink turns
+/// into the next IDENTITY value). `columns` are the target table's (name, default SQL).
+pub fn expand_insert_defaults(
+    insert: &mut Insert,
+    columns: &[(String, Option<String>)],
+) -> Result<(), ParserError> {
+    let default_of = |name: &str| -> Result<Expr, ParserError> {
+        match columns
+            .iter()
+            .find(|(c, _)| c == name)
+            .and_then(|(_, d)| d.as_deref())
+        {
+            Some(sql) => Parser::new(&crate::dialect::TributaryDialect::default())
+                .try_with_sql(sql)?
+                .parse_expr(),
+            None => Ok(Expr::value(Value::Null)),
+        }
+    };
+    if insert.source.is_none() {
+        // DEFAULT VALUES: one row of defaults for every column.
+        insert.columns = columns
+            .iter()
+            .map(|(c, _)| ObjectName::from(vec![Ident::with_quote('"', c)]))
+            .collect();
+        let row = columns
+            .iter()
+            .map(|(c, _)| default_of(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sql = format!(
+            "VALUES ({})",
+            row.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        insert.source = Some(
+            Parser::new(&crate::dialect::TributaryDialect::default())
+                .try_with_sql(&sql)?
+                .parse_query()?,
+        );
+        return Ok(());
+    }
+    let targets: Vec<String> = if insert.columns.is_empty() {
+        columns.iter().map(|(c, _)| c.clone()).collect()
+    } else {
+        insert
+            .columns
+            .iter()
+            .map(|c| {
+                c.0.last()
+                    .map(|p| match p {
+                        ObjectNamePart::Identifier(ident) => normalize_ident(ident),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let Some(source) = insert.source.as_mut() else {
+        return Ok(());
+    };
+    let SetExpr::Values(values) = source.body.as_mut() else {
+        return Ok(());
+    };
+    for row in &mut values.rows {
+        for (index, value) in row.content.iter_mut().enumerate() {
+            if let Expr::Identifier(ident) = value
+                && ident.quote_style.is_none()
+                && ident.value.eq_ignore_ascii_case("default")
+                && let Some(target) = targets.get(index)
+            {
+                *value = default_of(target)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Redshift function forms: `sysdate` and `getdate()`, date parts written as bare words

@@ -201,7 +201,7 @@ impl Session {
             });
         }
         self.catalogs.pin_latest();
-        let prepared = self.rewrite(statement.clone());
+        let prepared = self.rewrite(statement.clone())?;
         let plan = self.plan(&prepared).await?;
         let types = plan.get_parameter_types()?;
         let count = types
@@ -243,7 +243,7 @@ impl Session {
         self.catalogs.pin_latest();
         if is_planned_by_datafusion(&statement) {
             let is_insert = matches!(statement, Statement::Insert(_));
-            let statement = self.rewrite(statement);
+            let statement = self.rewrite(statement)?;
             let plan = self.plan(&statement).await?;
             let plan = match params {
                 Some(params) => plan.with_param_values(params)?,
@@ -279,7 +279,7 @@ impl Session {
 
     /// Applies the rewrites every planned statement gets: Redshift function forms, then
     /// search_path resolution of unqualified table names.
-    pub(crate) fn rewrite(&self, mut statement: Statement) -> Statement {
+    pub(crate) fn rewrite(&self, mut statement: Statement) -> Result<Statement> {
         rewrite_functions(&mut statement);
         alias_repeated_projections(&mut statement);
         top_to_limit(&mut statement);
@@ -300,7 +300,32 @@ impl Session {
             system::is_system_relation(name).then(|| SYSTEM_SCHEMA.to_string())
         };
         qualify_relations(&mut statement, &resolve);
-        statement
+        if let Statement::Insert(insert) = &mut statement {
+            self.expand_defaults(insert)?;
+        }
+        Ok(statement)
+    }
+
+    /// Fills DEFAULT in INSERT from the target table's column definitions.
+    fn expand_defaults(&self, insert: &mut datafusion::sql::sqlparser::ast::Insert) -> Result<()> {
+        let datafusion::sql::sqlparser::ast::TableObject::TableName(name) = &insert.table else {
+            return Ok(());
+        };
+        let parts = name_parts(name);
+        let pinned = self.catalogs.pinned();
+        let columns: Vec<(String, Option<String>)> = match parts.as_slice() {
+            [schema, table] => match pinned.table(&self.database, schema, table) {
+                Ok(table) => table
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.default.clone()))
+                    .collect(),
+                Err(_) => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        crate::rewrite::expand_insert_defaults(insert, &columns)?;
+        Ok(())
     }
 
     pub(crate) async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
