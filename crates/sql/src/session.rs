@@ -251,12 +251,11 @@ impl Session {
             };
             if is_insert {
                 self.mark_write();
-                let batches = self
-                    .context
-                    .execute_logical_plan(plan)
-                    .await?
-                    .collect()
-                    .await?;
+                let result = match self.context.execute_logical_plan(plan).await {
+                    Ok(frame) => frame.collect().await,
+                    Err(err) => Err(err),
+                };
+                let batches = result.map_err(|err| self.insert_error(&statement, err))?;
                 return Ok(Output::Command {
                     tag: "INSERT".into(),
                     rows: Some(count_rows(&batches)),
@@ -304,6 +303,42 @@ impl Session {
             self.expand_defaults(insert)?;
         }
         Ok(statement)
+    }
+
+    /// DataFusion refuses a NULL for a NOT NULL column while it builds the rows, naming the
+    /// column by position; this names it as Postgres does (23502, column and table).
+    fn insert_error(
+        &self,
+        statement: &Statement,
+        err: datafusion::error::DataFusionError,
+    ) -> Error {
+        let text = err.to_string();
+        let position = text
+            .split_once("Invalid batch column at '")
+            .and_then(|(_, rest)| rest.split_once("' has null but schema specifies non-nullable"))
+            .and_then(|(index, _)| index.parse::<usize>().ok());
+        let Statement::Insert(insert) = statement else {
+            return err.into();
+        };
+        let datafusion::sql::sqlparser::ast::TableObject::TableName(name) = &insert.table else {
+            return err.into();
+        };
+        let parts = name_parts(name);
+        let pinned = self.catalogs.pinned();
+        let table = match parts.as_slice() {
+            [schema, table] => pinned
+                .table(&self.database, schema, table)
+                .ok()
+                .map(|t| (table, t)),
+            _ => None,
+        };
+        match (position, table) {
+            (Some(index), Some((name, table))) if index < table.columns.len() => Error::NotNull {
+                table: name.clone(),
+                column: table.columns[index].name.clone(),
+            },
+            _ => err.into(),
+        }
     }
 
     /// Fills DEFAULT in INSERT from the target table's column definitions.

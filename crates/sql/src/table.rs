@@ -66,18 +66,21 @@ impl TributaryTable {
     }
 }
 
-/// The schema queries see: the stored schema, with TIME restored from its stored integer and
-/// every column nullable (NOT NULL is enforced by the sink with Redshift's error).
+/// The schema queries see: the stored schema, with TIME restored from its stored integer.
 fn logical_schema(definition: &Table, stored: &SchemaRef) -> SchemaRef {
     let fields: Vec<Field> = stored
         .fields()
         .iter()
         .map(|field| {
-            let data_type = match definition.column(field.name()) {
+            let column = definition.column(field.name());
+            let data_type = match column {
                 Some(column) if column.sql_type == SqlType::Time => column.sql_type.to_arrow(),
                 _ => field.data_type().clone(),
             };
-            Field::new(field.name(), data_type, true)
+            // Declared nullability is visible to catalogs (psql's \d); IDENTITY columns stay
+            // nullable because INSERT leaves them NULL for the sink to fill.
+            let nullable = column.is_none_or(|c| c.nullable || c.identity.is_some());
+            Field::new(field.name(), data_type, nullable)
         })
         .collect();
     Arc::new(Schema::new(fields))
