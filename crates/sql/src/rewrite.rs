@@ -417,10 +417,36 @@ fn rewrite_expr(expr: &mut Expr) {
                 listagg_to_string_agg(function);
             } else if matches!(name.as_str(), "to_char" | "to_date" | "to_timestamp") {
                 translate_format_argument(function);
+            } else if let Some(rewritten) = redshift_alias(&name, function) {
+                *expr = rewritten;
             }
         }
         _ => {}
     }
+}
+
+/// Redshift functions that are another function with other arguments.
+fn redshift_alias(name: &str, function: &Function) -> Option<Expr> {
+    let args = plain_args(function)?;
+    let text = |s: &str| Expr::value(Value::SingleQuotedString(s.to_string()));
+    Some(match (name, args.as_slice()) {
+        // convert_timezone(target, ts) reads ts as UTC.
+        ("convert_timezone", [target, ts]) => call(
+            "convert_timezone",
+            vec![text("UTC"), target.clone(), ts.clone()],
+        ),
+        ("charindex", [needle, haystack]) => call("strpos", vec![haystack.clone(), needle.clone()]),
+        ("replicate", [value, times]) => call("repeat", vec![value.clone(), times.clone()]),
+        ("add_months", [date, months]) => {
+            call("dateadd", vec![text("month"), months.clone(), date.clone()])
+        }
+        ("textlen", [value]) => call("character_length", vec![value.clone()]),
+        ("timeofday", []) => call(
+            "to_char",
+            vec![call("now", vec![]), text("%a %b %d %H:%M:%S%.6f %Y %Z")],
+        ),
+        _ => return None,
+    })
 }
 
 fn call(name: &str, args: Vec<Expr>) -> Expr {
