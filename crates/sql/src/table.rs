@@ -241,7 +241,7 @@ pub(crate) async fn append(
     let mut identity_next: Vec<(String, i64)> = Vec::new();
     let mut stored = Vec::with_capacity(batches.len());
     for batch in batches {
-        stored.push(prepare_batch(table, batch, &mut identity_next)?);
+        stored.push(prepare_batch(table, table_name, batch, &mut identity_next)?);
     }
     let outcome = engine
         .storage
@@ -273,6 +273,7 @@ pub(crate) async fn append(
 /// enforces NOT NULL and declared lengths, and casts to the stored types.
 fn prepare_batch(
     table: &Table,
+    table_name: &str,
     batch: RecordBatch,
     identity_next: &mut Vec<(String, i64)>,
 ) -> Result<RecordBatch> {
@@ -297,7 +298,7 @@ fn prepare_batch(
         }
         if !column.nullable && array.null_count() > 0 {
             return Err(Error::NotNull {
-                table: table_label(table),
+                table: table_name.to_string(),
                 column: column.name.clone(),
             });
         }
@@ -322,17 +323,6 @@ fn prepare_batch(
         Arc::new(Schema::new(fields)),
         columns,
     )?)
-}
-
-fn table_label(table: &Table) -> String {
-    table
-        .path
-        .rsplit('/')
-        .next()
-        .unwrap_or(&table.path)
-        .rsplit_once('-')
-        .map(|(name, _)| name.to_string())
-        .unwrap_or_default()
 }
 
 /// Replaces nulls in an IDENTITY column with the next values of its sequence.

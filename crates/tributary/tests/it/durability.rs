@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use tributary_testkit::TestServer;
+use tributary_testkit::{TestServer, require_program};
 use tributary_wire::PasswordMethod;
 
 /// Starts the `tributary` binary and returns it with the port it listens on.
@@ -172,4 +172,33 @@ async fn kill_9_loses_no_acknowledged_insert_and_duplicates_none() {
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = spawn_server(dir.path().to_str().unwrap(), &[]);
+    let client = connect(port).await;
+    client
+        .batch_execute("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let kill = require_program("kill", "install procps");
+    let status = Command::new(kill)
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
 }
