@@ -13,9 +13,9 @@ use url::Url;
 use crate::table::TableHandle;
 use crate::{Error, Result};
 
-/// How many opened table snapshots are kept in memory. Snapshots are immutable, so the cache
-/// is keyed by (table, version) and never needs invalidation; the bound keeps memory flat.
-const SNAPSHOT_CACHE_ENTRIES_MAX: usize = 512;
+/// How many loaded table versions are kept in memory. Versions are immutable, so the cache is
+/// keyed by (table, version) and never needs invalidation; the bound keeps memory flat.
+const SNAPSHOT_CACHE_ENTRIES_MAX: usize = 256;
 
 /// One storage root, shared by every session of a server.
 #[derive(Debug)]
@@ -25,25 +25,47 @@ pub struct StorageRoot {
     snapshots: Mutex<SnapshotCache>,
 }
 
+/// Loaded table versions, so that a write or a read right after another one does not replay
+/// the Delta log again.
 #[derive(Debug, Default)]
 pub(crate) struct SnapshotCache {
-    entries: HashMap<(String, u64), Arc<dyn TableProvider>>,
+    entries: HashMap<(String, u64), Snapshot>,
     order: std::collections::VecDeque<(String, u64)>,
 }
 
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) table: deltalake::DeltaTable,
+    pub(crate) provider: Option<Arc<dyn TableProvider>>,
+}
+
 impl SnapshotCache {
-    pub(crate) fn get(&self, key: &(String, u64)) -> Option<Arc<dyn TableProvider>> {
+    pub(crate) fn get(&self, key: &(String, u64)) -> Option<Snapshot> {
         self.entries.get(key).cloned()
     }
 
-    pub(crate) fn insert(&mut self, key: (String, u64), provider: Arc<dyn TableProvider>) {
-        if self.entries.insert(key.clone(), provider).is_none() {
-            self.order.push_back(key);
+    pub(crate) fn insert_table(&mut self, key: (String, u64), table: deltalake::DeltaTable) {
+        if self.entries.contains_key(&key) {
+            return;
         }
+        self.entries.insert(
+            key.clone(),
+            Snapshot {
+                table,
+                provider: None,
+            },
+        );
+        self.order.push_back(key);
         while self.order.len() > SNAPSHOT_CACHE_ENTRIES_MAX {
             if let Some(old) = self.order.pop_front() {
                 self.entries.remove(&old);
             }
+        }
+    }
+
+    pub(crate) fn set_provider(&mut self, key: &(String, u64), provider: Arc<dyn TableProvider>) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.provider = Some(provider);
         }
     }
 

@@ -65,7 +65,7 @@ impl TableHandle {
             .with_columns(kernel.fields().cloned())
             .with_save_mode(SaveMode::ErrorIfExists)
             .await?;
-        table_version(&table)
+        self.remember(&table)
     }
 
     /// Appends rows on top of `base_version` and returns the new version. Delta's conflict
@@ -88,7 +88,7 @@ impl TableHandle {
             .with_save_mode(SaveMode::Append)
             .await?;
         Ok(AppendOutcome {
-            version: table_version(&table)?,
+            version: self.remember(&table)?,
             rows: rows as u64,
         })
     }
@@ -112,19 +112,23 @@ impl TableHandle {
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
             .await?;
-        table_version(&table)
+        self.remember(&table)
     }
 
     /// A DataFusion provider that reads exactly `version`. Versions are immutable, so providers
     /// are cached per (table, version).
     pub async fn provider(&self, version: u64) -> Result<Arc<dyn TableProvider>> {
         let key = (self.path.clone(), version);
-        if let Some(provider) = self.root.snapshots().get(&key) {
-            return Ok(provider);
-        }
-        let table = self.load(version).await?;
+        let cached = self.root.snapshots().get(&key);
+        let table = match cached {
+            Some(snapshot) => match snapshot.provider {
+                Some(provider) => return Ok(provider),
+                None => snapshot.table,
+            },
+            None => self.load(version).await?,
+        };
         let provider = table.table_provider().await?;
-        self.root.snapshots().insert(key, provider.clone());
+        self.root.snapshots().set_provider(&key, provider.clone());
         Ok(provider)
     }
 
@@ -139,7 +143,7 @@ impl TableHandle {
     pub async fn restore(&self, version: u64) -> Result<u64> {
         let table = deltalake::open_table(self.url.clone()).await?;
         let (table, _metrics) = table.restore().with_version_to_restore(version).await?;
-        table_version(&table)
+        self.remember(&table)
     }
 
     /// Deletes every file of the table.
@@ -158,11 +162,28 @@ impl TableHandle {
         Ok(())
     }
 
+    /// The table at `version`, from the cache or by replaying the log.
     async fn load(&self, version: u64) -> Result<deltalake::DeltaTable> {
-        Ok(DeltaTableBuilder::from_url(self.url.clone())?
+        let key = (self.path.clone(), version);
+        let cached = self.root.snapshots().get(&key);
+        if let Some(snapshot) = cached {
+            return Ok(snapshot.table);
+        }
+        let table = DeltaTableBuilder::from_url(self.url.clone())?
             .with_version(version)
             .load()
-            .await?)
+            .await?;
+        self.root.snapshots().insert_table(key, table.clone());
+        Ok(table)
+    }
+
+    /// Remembers a table state a write produced, for the reads and writes that follow.
+    fn remember(&self, table: &deltalake::DeltaTable) -> Result<u64> {
+        let version = table_version(table)?;
+        self.root
+            .snapshots()
+            .insert_table((self.path.clone(), version), table.clone());
+        Ok(version)
     }
 }
 
