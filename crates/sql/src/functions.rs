@@ -3,6 +3,7 @@
 //! as they are.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
@@ -23,14 +24,26 @@ pub const VERSION: &str = concat!(
 
 const TIMESTAMP: DataType = DataType::Timestamp(TimeUnit::Microsecond, None);
 
-pub fn register(context: &SessionContext, user: &str, namespace: uuid::Uuid) {
+pub fn register(
+    context: &SessionContext,
+    user: &str,
+    namespace: uuid::Uuid,
+    clock: &StatementClock,
+) {
     for name in ["getdate", "sysdate"] {
+        let clock = clock.clone();
+        let function = move |_: &[ColumnarValue]| -> DfResult<ColumnarValue> {
+            Ok(ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(
+                Some(clock.now_micros()),
+                None,
+            )))
+        };
         context.register_udf(create_udf(
             name,
             vec![],
             TIMESTAMP,
             Volatility::Stable,
-            Arc::new(now),
+            Arc::new(function),
         ));
     }
     register_constant(context, "version", VERSION.to_string());
@@ -226,12 +239,24 @@ fn register_constant(context: &SessionContext, name: &str, value: String) {
     ));
 }
 
-fn now(_: &[ColumnarValue]) -> DfResult<ColumnarValue> {
-    let micros = chrono::Utc::now().timestamp_micros();
-    Ok(ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(
-        Some(micros),
-        None,
-    )))
+/// The start time of the running statement, in microseconds since the epoch; 0 when unset.
+/// A session sets it before each statement, so `getdate()` and `sysdate` give one value for
+/// the whole statement, as in Redshift.
+#[derive(Debug, Default, Clone)]
+pub struct StatementClock(Arc<AtomicI64>);
+
+impl StatementClock {
+    pub fn start_statement(&self) {
+        self.0
+            .store(chrono::Utc::now().timestamp_micros(), Ordering::Relaxed);
+    }
+
+    fn now_micros(&self) -> i64 {
+        match self.0.load(Ordering::Relaxed) {
+            0 => chrono::Utc::now().timestamp_micros(),
+            micros => micros,
+        }
+    }
 }
 
 /// Date parts as Redshift spells them, with their abbreviations.

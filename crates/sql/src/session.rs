@@ -85,6 +85,7 @@ pub struct Session {
     database: String,
     settings: Settings,
     catalogs: SessionCatalogs,
+    clock: functions::StatementClock,
     context: Arc<SessionContext>,
     transaction: Option<Transaction>,
     notices: Vec<String>,
@@ -101,13 +102,15 @@ impl Session {
     pub(crate) fn new(engine: Arc<Engine>, user: &str, database: &str) -> Result<Self> {
         let catalogs = SessionCatalogs::new(engine.clone());
         catalogs.pinned().database(database)?;
-        let context = new_context(&catalogs, database, user)?;
+        let clock = functions::StatementClock::default();
+        let context = new_context(&catalogs, database, user, &clock)?;
         Ok(Self {
             engine,
             user: user.to_string(),
             database: database.to_string(),
             settings: Settings::default(),
             catalogs,
+            clock,
             context,
             transaction: None,
             notices: Vec::new(),
@@ -241,6 +244,7 @@ impl Session {
         params: Option<ParamValues>,
     ) -> Result<Output> {
         self.catalogs.pin_latest();
+        self.clock.start_statement();
         if is_planned_by_datafusion(&statement) {
             let is_insert = matches!(statement, Statement::Insert(_));
             let statement = self.rewrite(statement)?;
@@ -756,6 +760,7 @@ fn new_context(
     catalogs: &SessionCatalogs,
     database: &str,
     user: &str,
+    clock: &functions::StatementClock,
 ) -> Result<Arc<SessionContext>> {
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(database, "public")
@@ -770,7 +775,7 @@ fn new_context(
     catalogs.set_context(&context);
     datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&context, database, EmptyContextProvider)
         .map_err(|e| Error::Internal(format!("pg_catalog setup failed: {e}")))?;
-    functions::register(&context, user, catalogs.pinned().namespace);
+    functions::register(&context, user, catalogs.pinned().namespace, clock);
     Ok(context)
 }
 
@@ -780,7 +785,12 @@ pub(crate) fn expression_context() -> &'static SessionContext {
     static CONTEXT: OnceLock<SessionContext> = OnceLock::new();
     CONTEXT.get_or_init(|| {
         let context = SessionContext::new();
-        functions::register(&context, "admin", uuid::Uuid::nil());
+        functions::register(
+            &context,
+            "admin",
+            uuid::Uuid::nil(),
+            &functions::StatementClock::default(),
+        );
         context
     })
 }
