@@ -41,6 +41,69 @@ pub struct SystemSchema {
 }
 
 impl SystemSchema {
+    /// datafusion-pg-catalog derives `pg_attribute` types from Arrow types, which loses what
+    /// the user declared (VARCHAR(12) becomes text, NUMERIC(8,2) plain numeric). This joins
+    /// it with the catalog's declarations so that psql's `\d` and drivers show them.
+    async fn with_declared_types(
+        &self,
+        postgres: &dyn SchemaProvider,
+        attributes: Arc<dyn TableProvider>,
+    ) -> DfResult<Arc<dyn TableProvider>> {
+        let (Some(classes), Some(namespaces)) = (
+            postgres.table("pg_class").await?,
+            postgres.table("pg_namespace").await?,
+        ) else {
+            return Ok(attributes);
+        };
+        let declared = declared_types(&self.catalogs.pinned(), &self.database)?;
+        let declared = Arc::new(MemTable::try_new(declared.schema(), vec![vec![declared]])?);
+        let left = |name: &str| datafusion::common::Column::from_qualified_name(name);
+        let plan = LogicalPlanBuilder::scan("a", provider_as_source(attributes.clone()), None)?
+            .join(
+                LogicalPlanBuilder::scan("c", provider_as_source(classes), None)?.build()?,
+                datafusion::logical_expr::JoinType::Left,
+                (vec![left("a.attrelid")], vec![left("c.oid")]),
+                None,
+            )?
+            .join(
+                LogicalPlanBuilder::scan("n", provider_as_source(namespaces), None)?.build()?,
+                datafusion::logical_expr::JoinType::Left,
+                (vec![left("c.relnamespace")], vec![left("n.oid")]),
+                None,
+            )?
+            .join(
+                LogicalPlanBuilder::scan("m", provider_as_source(declared), None)?.build()?,
+                datafusion::logical_expr::JoinType::Left,
+                (
+                    vec![left("n.nspname"), left("c.relname"), left("a.attname")],
+                    vec![
+                        left("m.schema_name"),
+                        left("m.table_name"),
+                        left("m.column_name"),
+                    ],
+                ),
+                None,
+            )?
+            .project(attributes.schema().fields().iter().map(|field| {
+                let original = col(format!("a.{}", field.name()));
+                match field.name().as_str() {
+                    "atttypid" | "atttypmod" => {
+                        datafusion::functions::core::expr_fn::coalesce(vec![
+                            datafusion::prelude::cast(
+                                col(format!("m.{}", field.name())),
+                                field.data_type().clone(),
+                            ),
+                            original,
+                        ])
+                        .alias(field.name())
+                    }
+                    _ => original.alias(field.name()),
+                }
+            }))?
+            .build()?;
+        Ok(Arc::new(ViewTable::new(plan, None)))
+    }
+
     pub fn new(
         catalogs: SessionCatalogs,
         database: String,
@@ -90,11 +153,15 @@ impl SchemaProvider for SystemSchema {
         let Some(postgres) = &self.postgres else {
             return Ok(None);
         };
-        let table = postgres.table(name).await?;
-        match (name, table) {
-            (name, Some(table)) => Ok(Some(with_driver_columns(name, table)?)),
-            (_, None) => Ok(None),
-        }
+        let Some(table) = postgres.table(name).await? else {
+            return Ok(None);
+        };
+        let table = if name == "pg_attribute" {
+            self.with_declared_types(postgres.as_ref(), table).await?
+        } else {
+            table
+        };
+        Ok(Some(with_driver_columns(name, table)?))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -146,6 +213,43 @@ fn with_driver_columns(
         .project(columns.into_iter().chain(extra))?
         .build()?;
     Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+/// The declared type of every table column, as Postgres type OID and type modifier.
+fn declared_types(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
+    let rows = column_rows(state, database);
+    let (oid, typmod): (Vec<i32>, Vec<i32>) = rows
+        .iter()
+        .map(|r| match &r.column.sql_type {
+            SqlType::Varchar { length } | SqlType::Char { length } => {
+                (r.column.sql_type.pg_oid() as i32, *length as i32 + 4)
+            }
+            SqlType::Decimal { precision, scale } => {
+                (1700, ((*precision as i32) << 16 | *scale as i32) + 4)
+            }
+            // Types format_type does not know are shown by their storage form.
+            SqlType::Super => (25, -1),
+            SqlType::Varbyte { .. } => (17, -1),
+            other => (other.pg_oid() as i32, -1),
+        })
+        .unzip();
+    let schema = Arc::new(Schema::new(vec![
+        utf8("schema_name"),
+        utf8("table_name"),
+        utf8("column_name"),
+        int("atttypid"),
+        int("atttypmod"),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            strings(rows.iter().map(|r| Some(r.schema.to_string()))),
+            strings(rows.iter().map(|r| Some(r.table.to_string()))),
+            strings(rows.iter().map(|r| Some(r.column.name.clone()))),
+            ints(oid.into_iter().map(Some)),
+            ints(typmod.into_iter().map(Some)),
+        ],
+    )?)
 }
 
 fn utf8(name: &str) -> Field {

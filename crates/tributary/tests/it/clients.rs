@@ -89,7 +89,7 @@ async fn psql_meta_commands() {
     assert!(dn.contains("shop") && dn.contains("public"), "\\dn:\n{dn}");
     let d = run("\\d shop.items");
     assert!(
-        d.contains("sku") && d.contains("price"),
+        d.contains("character varying(12)") && d.contains("numeric(8,2)") && d.contains("not null"),
         "\\d shop.items:\n{d}"
     );
     let d_all = run("\\d");
