@@ -104,6 +104,45 @@ impl SystemSchema {
         Ok(Arc::new(ViewTable::new(plan, None)))
     }
 
+    /// Plans every view of the database to list its columns. A view that no longer plans (its
+    /// table was dropped) has no columns to list, as in Redshift's late-binding views.
+    async fn view_columns(&self) -> ViewColumns {
+        use datafusion::catalog::CatalogProviderList;
+        let state = self.catalogs.pinned();
+        let Some(catalog) = self.catalogs.catalog(&self.database) else {
+            return Vec::new();
+        };
+        let mut views = Vec::new();
+        for (schema, name, relation) in relations(&state, &self.database) {
+            if !matches!(relation, Relation::View(_)) {
+                continue;
+            }
+            let Some(provider) = catalog.schema(schema) else {
+                continue;
+            };
+            let Ok(Some(view)) = provider.table(name).await else {
+                continue;
+            };
+            let columns = view
+                .schema()
+                .fields()
+                .iter()
+                .map(|field| tributary_catalog::Column {
+                    name: field.name().clone(),
+                    sql_type: SqlType::from_arrow(field.data_type()).unwrap_or(SqlType::Varchar {
+                        length: tributary_catalog::VARCHAR_LENGTH_MAX,
+                    }),
+                    nullable: field.is_nullable(),
+                    default: None,
+                    identity: None,
+                    encode: None,
+                })
+                .collect();
+            views.push((schema.to_string(), name.to_string(), columns));
+        }
+        views
+    }
+
     pub fn new(
         catalogs: SessionCatalogs,
         database: String,
@@ -116,11 +155,11 @@ impl SystemSchema {
         }
     }
 
-    fn build(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+    fn build(&self, name: &str, views: &ViewColumns) -> DfResult<Option<Arc<dyn TableProvider>>> {
         let state = self.catalogs.pinned();
         let batch = match name {
             "svv_tables" | "svv_all_tables" => tables(&state, &self.database)?,
-            "svv_columns" | "svv_all_columns" => columns(&state, &self.database)?,
+            "svv_columns" | "svv_all_columns" => columns(&state, &self.database, views)?,
             "pg_table_def" => table_def(&state, &self.database)?,
             "svv_table_info" => table_info(&state, &self.database)?,
             "svv_external_schemas" => external_schemas()?,
@@ -147,7 +186,12 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        if let Some(table) = self.build(name)? {
+        let views = if matches!(name, "svv_columns" | "svv_all_columns") {
+            self.view_columns().await
+        } else {
+            Vec::new()
+        };
+        if let Some(table) = self.build(name, &views)? {
             return Ok(Some(table));
         }
         let Some(postgres) = &self.postgres else {
@@ -313,7 +357,7 @@ struct ColumnRow<'a> {
     schema: &'a str,
     table: &'a str,
     position: i32,
-    column: &'a tributary_catalog::Column,
+    column: std::borrow::Cow<'a, tributary_catalog::Column>,
     distkey: bool,
     sortkey: i32,
 }
@@ -329,7 +373,7 @@ fn column_rows<'a>(state: &'a CatalogState, database: &str) -> Vec<ColumnRow<'a>
                 schema,
                 table: name,
                 position: index as i32 + 1,
-                column,
+                column: std::borrow::Cow::Borrowed(column),
                 distkey: table.distribution.distkey.as_deref() == Some(column.name.as_str()),
                 sortkey: table
                     .distribution
@@ -343,8 +387,23 @@ fn column_rows<'a>(state: &'a CatalogState, database: &str) -> Vec<ColumnRow<'a>
     rows
 }
 
-fn columns(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
-    let rows = column_rows(state, database);
+/// Columns of a view, named by (schema, view): views are planned to learn them.
+type ViewColumns = Vec<(String, String, Vec<tributary_catalog::Column>)>;
+
+fn columns(state: &CatalogState, database: &str, views: &ViewColumns) -> DfResult<RecordBatch> {
+    let mut rows = column_rows(state, database);
+    for (schema, view, columns) in views {
+        for (index, column) in columns.iter().enumerate() {
+            rows.push(ColumnRow {
+                schema,
+                table: view,
+                position: index as i32 + 1,
+                column: std::borrow::Cow::Borrowed(column),
+                distkey: false,
+                sortkey: 0,
+            });
+        }
+    }
     let schema = Arc::new(Schema::new(vec![
         utf8("table_catalog"),
         utf8("table_schema"),
