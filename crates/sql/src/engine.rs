@@ -61,11 +61,13 @@ impl Engine {
         let mut repins = Vec::new();
         for (path, pinned) in pins {
             let table = self.storage.table(&path)?;
-            let latest = table.latest_version().await?;
-            if latest > pinned {
-                tracing::warn!(table = %path, pinned, latest, "undoing table commits that never became visible");
-                repins.push((path, table.restore(pinned).await?));
+            // Most tables end at their pin; only those with a later commit are examined.
+            if !table.has_commits_after(pinned).await? {
+                continue;
             }
+            let latest = table.latest_version().await?;
+            tracing::warn!(table = %path, pinned, latest, "undoing table commits that never became visible");
+            repins.push((path, table.restore(pinned).await?));
         }
         if repins.is_empty() {
             return Ok(());

@@ -162,9 +162,9 @@ impl SystemSchema {
             "svv_columns" | "svv_all_columns" => columns(&state, &self.database, views)?,
             "pg_table_def" => table_def(&state, &self.database)?,
             "svv_table_info" => table_info(&state, &self.database)?,
-            "svv_external_schemas" => external_schemas()?,
-            "svv_external_tables" => external_tables()?,
-            "svv_external_columns" => external_columns()?,
+            "svv_external_schemas" | "svv_external_tables" | "svv_external_columns" => {
+                external_view(name)
+            }
             "pg_user" => users(&state)?,
             _ => return Ok(None),
         };
@@ -571,49 +571,43 @@ fn table_info(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
     )?)
 }
 
-/// External schemas (Kinesis, Kafka, datashares) come with streaming ingestion; drivers
-/// already query this view, so it exists with Redshift's columns.
-fn external_schemas() -> DfResult<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![
-        int("esoid"),
-        int("eskind"),
-        utf8("schemaname"),
-        int("esowner"),
-        utf8("databasename"),
-        utf8("esoptions"),
-    ]));
-    Ok(RecordBatch::new_empty(schema))
-}
-
-fn external_tables() -> DfResult<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![
-        utf8("redshift_database_name"),
-        utf8("schemaname"),
-        utf8("tablename"),
-        utf8("location"),
-        utf8("input_format"),
-        utf8("output_format"),
-        utf8("serialization_lib"),
-        utf8("serde_parameters"),
-        int("compressed"),
-        utf8("parameters"),
-        utf8("tabletype"),
-    ]));
-    Ok(RecordBatch::new_empty(schema))
-}
-
-fn external_columns() -> DfResult<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![
-        utf8("redshift_database_name"),
-        utf8("schemaname"),
-        utf8("tablename"),
-        utf8("columnname"),
-        utf8("external_type"),
-        int("columnnum"),
-        int("part_key"),
-        utf8("is_nullable"),
-    ]));
-    Ok(RecordBatch::new_empty(schema))
+/// External schemas, tables and columns (Kinesis, Kafka, datashares) come with streaming
+/// ingestion; drivers already query these views, so they exist, empty, with Redshift's columns.
+fn external_view(name: &str) -> RecordBatch {
+    let fields = match name {
+        "svv_external_schemas" => vec![
+            int("esoid"),
+            int("eskind"),
+            utf8("schemaname"),
+            int("esowner"),
+            utf8("databasename"),
+            utf8("esoptions"),
+        ],
+        "svv_external_tables" => vec![
+            utf8("redshift_database_name"),
+            utf8("schemaname"),
+            utf8("tablename"),
+            utf8("location"),
+            utf8("input_format"),
+            utf8("output_format"),
+            utf8("serialization_lib"),
+            utf8("serde_parameters"),
+            int("compressed"),
+            utf8("parameters"),
+            utf8("tabletype"),
+        ],
+        _ => vec![
+            utf8("redshift_database_name"),
+            utf8("schemaname"),
+            utf8("tablename"),
+            utf8("columnname"),
+            utf8("external_type"),
+            int("columnnum"),
+            int("part_key"),
+            utf8("is_nullable"),
+        ],
+    };
+    RecordBatch::new_empty(Arc::new(Schema::new(fields)))
 }
 
 fn users(state: &CatalogState) -> DfResult<RecordBatch> {

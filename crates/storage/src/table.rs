@@ -9,6 +9,7 @@ use deltalake::DeltaTableBuilder;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::protocol::SaveMode;
 use futures::TryStreamExt;
+use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
 use url::Url;
 
@@ -132,6 +133,17 @@ impl TableHandle {
         Ok(provider)
     }
 
+    /// True if the Delta log holds a commit after `version`: a cheap existence check of the
+    /// next commit file, without replaying the log.
+    pub async fn has_commits_after(&self, version: u64) -> Result<bool> {
+        let next = Path::from(format!("{}/_delta_log/{:020}.json", self.path, version + 1));
+        match self.root.object_store().head(&next).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// The newest version in the Delta log, whether or not the catalog has pinned it.
     pub async fn latest_version(&self) -> Result<u64> {
         let table = deltalake::open_table(self.url.clone()).await?;
@@ -248,6 +260,8 @@ mod tests {
         assert_eq!(count(&table, v1.version).await, 2);
         assert_eq!(count(&table, v2.version).await, 3);
         assert_eq!(table.latest_version().await.unwrap(), v2.version);
+        assert!(table.has_commits_after(v1.version).await.unwrap());
+        assert!(!table.has_commits_after(v2.version).await.unwrap());
 
         let v3 = table.restore(v1.version).await.unwrap();
         assert_eq!(count(&table, v3).await, 2);
