@@ -12,6 +12,9 @@ pub enum Error {
     /// The user asked for something the catalog forbids (dropping a non-empty schema, ...).
     #[error("{0}")]
     Invalid(String),
+    /// A concurrent transaction changed an object this one changed too.
+    #[error("could not serialize access: {0}")]
+    ConcurrentChange(String),
     /// Another process committed a catalog version first.
     #[error("the catalog was changed by another writer; retry the statement")]
     Conflict,

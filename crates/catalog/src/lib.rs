@@ -8,6 +8,7 @@
 
 mod error;
 mod log;
+mod merge;
 mod model;
 mod types;
 

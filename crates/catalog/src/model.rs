@@ -18,7 +18,7 @@ pub const DEFAULT_SCHEMA: &str = "public";
 pub const SUPERUSER: &str = "admin";
 
 /// One catalog version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogState {
     /// This snapshot's version; version N is stored as the N-th catalog file.
     pub version: u64,
@@ -30,7 +30,7 @@ pub struct CatalogState {
     pub databases: BTreeMap<String, Database>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub oid: u32,
     pub superuser: bool,
@@ -39,7 +39,7 @@ pub struct User {
 }
 
 /// Password verifiers; the password itself is never stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredPassword {
     /// SCRAM-SHA-256 salted password (hex) and its salt (hex) and iteration count.
     pub scram_salted_hex: String,
@@ -49,21 +49,21 @@ pub struct StoredPassword {
     pub md5_hex: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Database {
     pub oid: u32,
     pub owner: String,
     pub schemas: BTreeMap<String, Schema>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schema {
     pub oid: u32,
     pub owner: String,
     pub relations: BTreeMap<String, Relation>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Relation {
     Table(Table),
@@ -79,7 +79,7 @@ impl Relation {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Table {
     pub oid: u32,
     pub owner: String,
@@ -100,7 +100,7 @@ impl Table {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Column {
     pub name: String,
     pub sql_type: SqlType,
@@ -114,14 +114,14 @@ pub struct Column {
 
 /// IDENTITY(seed, step) and the next value to hand out. The counter advances in the same
 /// catalog commit as the rows that used it, so values are never reused after a crash.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
     pub seed: i64,
     pub step: i64,
     pub next: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Constraint {
     PrimaryKey {
@@ -138,7 +138,7 @@ pub enum Constraint {
 }
 
 /// DISTSTYLE / DISTKEY / SORTKEY, recorded as given; a single node has nothing to distribute.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Distribution {
     pub diststyle: Option<String>,
     pub distkey: Option<String>,
@@ -147,7 +147,7 @@ pub struct Distribution {
     pub sortkey_kind: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct View {
     pub oid: u32,
     pub owner: String,

@@ -2,7 +2,7 @@
 //! every lookup reads the catalog version pinned for the running statement.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use async_trait::async_trait;
 use datafusion::catalog::{
@@ -17,6 +17,7 @@ use tributary_catalog::{CatalogState, Relation};
 use crate::engine::Engine;
 use crate::system::SystemSchema;
 use crate::table::TributaryTable;
+use crate::transaction::Transaction;
 
 /// The schema name under which a session's temporary tables live.
 pub const TEMP_SCHEMA: &str = "pg_temp";
@@ -39,6 +40,8 @@ struct Inner {
     temp: Arc<MemorySchemaProvider>,
     /// The session's context, to plan views; weak because the context owns these catalogs.
     context: RwLock<Weak<SessionContext>>,
+    /// The open transaction, if any. Never held across an await.
+    transaction: Mutex<Option<Transaction>>,
 }
 
 impl SessionCatalogs {
@@ -51,6 +54,7 @@ impl SessionCatalogs {
                 registered: RwLock::new(HashMap::new()),
                 temp: Arc::new(MemorySchemaProvider::new()),
                 context: RwLock::new(Weak::new()),
+                transaction: Mutex::new(None),
             }),
         }
     }
@@ -68,6 +72,17 @@ impl SessionCatalogs {
         let latest = self.inner.engine.catalog_snapshot();
         *self.inner.pinned.write().unwrap_or_else(|e| e.into_inner()) = latest.clone();
         latest
+    }
+
+    pub(crate) fn set_pinned(&self, state: Arc<CatalogState>) {
+        *self.inner.pinned.write().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    pub(crate) fn transaction_slot(&self) -> MutexGuard<'_, Option<Transaction>> {
+        self.inner
+            .transaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn pinned(&self) -> Arc<CatalogState> {
@@ -213,7 +228,7 @@ impl SchemaProvider for UserSchema {
         match relation {
             Relation::Table(table) => {
                 let provider = TributaryTable::open(
-                    self.catalogs.engine().clone(),
+                    &self.catalogs,
                     [self.database.clone(), self.schema.clone(), name.to_string()],
                     table.clone(),
                 )

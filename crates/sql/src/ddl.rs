@@ -1,6 +1,7 @@
 //! DDL: databases, schemas, tables (with Redshift attributes), views, ALTER and TRUNCATE.
-//! Every change is one catalog commit; table files are created before the commit that makes
-//! them visible, and deleted only after the commit that hides them.
+//! Every change edits the session transaction's catalog state, so DDL is transactional: table
+//! files are created before the commit that makes them visible (and deleted if it never
+//! happens), and deleted only after the commit that hides them.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use tributary_catalog::{
 
 use crate::rewrite::{name_parts, normalize_ident};
 use crate::session::{Output, Session};
+use crate::transaction::WriteKind;
 use crate::{Error, Result, types};
 
 pub(crate) async fn execute(session: &mut Session, statement: Statement) -> Result<Output> {
@@ -119,6 +121,7 @@ async fn create_table(session: &mut Session, create: CreateTable) -> Result<Outp
         columns,
     };
     let handle = session.engine().storage.table(&table.path)?;
+    session.catalogs().record_created(&table.path);
     table.version = handle.create(&storage_schema(&table)).await?;
     let new = NewTable {
         schema,
@@ -166,19 +169,10 @@ async fn commit_new_table(
             .await?
             .version;
     }
-    let result = engine
-        .catalog
-        .commit(|state| {
-            table.oid = state.allocate_oid();
-            state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
-        })
-        .await;
-    if let Err(err) = result {
-        // The files were never visible; remove them.
-        let _ = engine.storage.table(&table.path)?.delete().await;
-        return Err(err.into());
-    }
-    session.mark_write();
+    session.catalogs().modify(|state| {
+        table.oid = state.allocate_oid();
+        state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
+    })?;
     Ok(rows as u64)
 }
 
@@ -528,10 +522,7 @@ async fn create_view(session: &mut Session, view: CreateView) -> Result<Output> 
     let owner = session.user().to_string();
     let or_replace = view.or_replace;
     let if_not_exists = view.if_not_exists;
-    let existed = session
-        .engine()
-        .catalog
-        .commit(|state| {
+    let existed = session.catalogs().modify(|state| {
             let oid = state.allocate_oid();
             let target = state.schema_mut(&database, &schema)?;
             match target.relations.get(&name) {
@@ -558,9 +549,7 @@ async fn create_view(session: &mut Session, view: CreateView) -> Result<Output> 
                     Ok(false)
                 }
             }
-        })
-        .await?
-        .0;
+        })?;
     if existed {
         session.notice(format!("relation \"{name}\" already exists, skipping"));
     }
@@ -581,10 +570,8 @@ async fn create_schema(
     let database = session.database().to_string();
     let owner = session.user().to_string();
     let result = session
-        .engine()
-        .catalog
-        .commit(|state| state.create_schema(&database, &name, &owner))
-        .await;
+        .catalogs()
+        .modify(|state| state.create_schema(&database, &name, &owner));
     match result {
         Err(tributary_catalog::Error::AlreadyExists { .. }) if if_not_exists => {
             session.notice(format!("schema \"{name}\" already exists, skipping"));
@@ -601,13 +588,14 @@ async fn create_database(
     name: ObjectName,
     if_not_exists: bool,
 ) -> Result<Output> {
+    if session.catalogs().in_explicit_transaction() {
+        return Err(Error::ActiveTransaction("CREATE DATABASE".into()));
+    }
     let name = name_parts(&name).last().cloned().unwrap_or_default();
     let owner = session.user().to_string();
     let result = session
-        .engine()
-        .catalog
-        .commit(|state| state.create_database(&name, &owner))
-        .await;
+        .catalogs()
+        .modify(|state| state.create_database(&name, &owner));
     match result {
         Err(tributary_catalog::Error::AlreadyExists { .. }) if if_not_exists => {
             session.notice(format!("database \"{name}\" already exists, skipping"));
@@ -646,11 +634,8 @@ async fn drop_objects(
             _ => drop_database(session, &name, if_exists, cascade).await?,
         };
         for path in dropped_paths {
-            // The catalog no longer names these files; deleting them is clean-up, so a
-            // failure only leaves garbage behind.
-            if let Err(err) = session.engine().storage.table(&path)?.delete().await {
-                tracing::warn!(%err, %path, "could not delete the files of a dropped table");
-            }
+            // Deleted once the drop commits.
+            session.catalogs().record_dropped(&path);
         }
     }
     Ok(Output::command(tag))
@@ -680,10 +665,21 @@ async fn drop_relation(
         Err(err) => return Err(err),
     };
     let database = session.database().to_string();
-    let (path, _) = session
-        .engine()
-        .catalog
-        .commit(|state| {
+    let is_table = matches!(
+        session.catalogs().pinned().relation(&database, &schema, &relation),
+        Some(Relation::Table(_))
+    );
+    if is_table && !view {
+        // Like any writer, a drop waits for the table's current writer and conflicts with
+        // changes committed after the snapshot.
+        session
+            .catalogs()
+            .lock_table(&database, &schema, &relation, WriteKind::Rewrite)
+            .await?;
+    }
+    let path = session
+        .catalogs()
+        .modify(|state| {
             let target = state.schema_mut(&database, &schema)?;
             match (target.relations.get(&relation), view) {
                 (None, _) => Err(tributary_catalog::Error::NotFound {
@@ -702,9 +698,7 @@ async fn drop_relation(
                 }),
             }
         })
-        .await
         .map_err(wrong_type)?;
-    session.mark_write();
     Ok(path.into_iter().collect())
 }
 
@@ -723,10 +717,7 @@ async fn drop_schema(
 ) -> Result<Vec<String>> {
     let schema = name_parts(name).last().cloned().unwrap_or_default();
     let database = session.database().to_string();
-    let result = session
-        .engine()
-        .catalog
-        .commit(|state| {
+    let result = session.catalogs().modify(|state| {
             let db = state
                 .databases
                 .get_mut(&database)
@@ -742,10 +733,9 @@ async fn drop_schema(
             }
             let removed = db.schemas.remove(&schema).map(|s| table_paths(s.relations.values())).unwrap_or_default();
             Ok(removed)
-        })
-        .await;
+        });
     match result {
-        Ok((paths, _)) => Ok(paths),
+        Ok(paths) => Ok(paths),
         Err(tributary_catalog::Error::NotFound { .. }) if if_exists => {
             session.notice(format!("schema \"{schema}\" does not exist, skipping"));
             Ok(vec![])
@@ -767,10 +757,10 @@ async fn drop_database(
             "cannot drop the currently open database".into(),
         ));
     }
-    let result = session
-        .engine()
-        .catalog
-        .commit(|state: &mut CatalogState| {
+    if session.catalogs().in_explicit_transaction() {
+        return Err(Error::ActiveTransaction("DROP DATABASE".into()));
+    }
+    let result = session.catalogs().modify(|state: &mut CatalogState| {
             let removed = state.databases.remove(&database).ok_or_else(|| {
                 tributary_catalog::Error::NotFound {
                     kind: "database",
@@ -782,10 +772,9 @@ async fn drop_database(
                 .values()
                 .flat_map(|s| table_paths(s.relations.values()))
                 .collect::<Vec<_>>())
-        })
-        .await;
+        });
     match result {
-        Ok((paths, _)) => Ok(paths),
+        Ok(paths) => Ok(paths),
         Err(tributary_catalog::Error::NotFound { .. }) if if_exists => {
             session.notice(format!("database \"{database}\" does not exist, skipping"));
             Ok(vec![])
@@ -818,7 +807,6 @@ async fn alter_table(
     for operation in operations {
         current_name = alter_one(session, &schema, &current_name, operation).await?;
     }
-    session.mark_write();
     Ok(Output::command("ALTER TABLE"))
 }
 
@@ -830,7 +818,6 @@ async fn alter_one(
     operation: AlterTableOperation,
 ) -> Result<String> {
     let database = session.database().to_string();
-    let engine = session.engine().clone();
     match operation {
         AlterTableOperation::RenameTable { table_name } => {
             let new_name = match table_name {
@@ -838,9 +825,18 @@ async fn alter_one(
                     name_parts(&n).last().cloned().unwrap_or_default()
                 }
             };
-            engine
-                .catalog
-                .commit(|state| {
+            if matches!(
+                session.catalogs().pinned().relation(&database, schema, name),
+                Some(Relation::Table(_))
+            ) {
+                session
+                    .catalogs()
+                    .lock_table(&database, schema, name, WriteKind::Rewrite)
+                    .await?;
+            }
+            session
+                .catalogs()
+                .modify(|state| {
                     let target = state.schema_mut(&database, schema)?;
                     if target.relations.contains_key(&new_name) {
                         return Err(tributary_catalog::Error::AlreadyExists {
@@ -856,8 +852,7 @@ async fn alter_one(
                     })?;
                     target.relations.insert(new_name.clone(), relation);
                     Ok(())
-                })
-                .await?;
+                })?;
             Ok(new_name)
         }
         AlterTableOperation::AddColumn {
@@ -963,14 +958,16 @@ async fn rewrite_table(
 ) -> Result<u64> {
     let database = session.database().to_string();
     let engine = session.engine().clone();
-    let _guard = engine.write_lock.lock().await;
-    let latest = engine.catalog_snapshot();
-    let table = latest.table(&database, schema, name)?.clone();
+    let table = session
+        .catalogs()
+        .lock_table(&database, schema, name, WriteKind::Rewrite)
+        .await?
+        .table;
     let mut columns = table.columns.clone();
     change(&mut columns)?;
     // Read the current rows in the old logical shape, then project them into the new one.
     let provider = crate::table::TributaryTable::open(
-        engine.clone(),
+        session.catalogs(),
         [database.clone(), schema.to_string(), name.to_string()],
         table.clone(),
     )
@@ -994,15 +991,13 @@ async fn rewrite_table(
         .table(&table.path)?
         .overwrite(table.version, stored, &stored_schema)
         .await?;
-    engine
-        .catalog
-        .commit(|state| {
-            let target = state.table_mut(&database, schema, name)?;
-            target.columns = new_table.columns.clone();
-            target.version = version;
-            Ok(())
-        })
-        .await?;
+    session.catalogs().record_written(&table.path);
+    session.catalogs().modify(|state| {
+        let target = state.table_mut(&database, schema, name)?;
+        target.columns = new_table.columns.clone();
+        target.version = version;
+        Ok(())
+    })?;
     Ok(rows as u64)
 }
 
@@ -1073,30 +1068,27 @@ async fn truncate_tables(session: &mut Session, names: Vec<ObjectName>) -> Resul
         let (schema, table) = session.resolve_existing(&name)?;
         rewrite_table_empty(session, &schema, &table).await?;
     }
-    session.mark_write();
     Ok(Output::command("TRUNCATE TABLE"))
 }
 
 async fn rewrite_table_empty(session: &mut Session, schema: &str, name: &str) -> Result<()> {
     let database = session.database().to_string();
-    let engine = session.engine().clone();
-    let _guard = engine.write_lock.lock().await;
-    let table = engine
-        .catalog_snapshot()
-        .table(&database, schema, name)?
-        .clone();
+    let table = session
+        .catalogs()
+        .lock_table(&database, schema, name, WriteKind::Rewrite)
+        .await?
+        .table;
     let stored_schema = Arc::new(storage_schema(&table));
-    let version = engine
+    let version = session
+        .engine()
         .storage
         .table(&table.path)?
         .overwrite(table.version, vec![], &stored_schema)
         .await?;
-    engine
-        .catalog
-        .commit(|state| {
-            state.table_mut(&database, schema, name)?.version = version;
-            Ok(())
-        })
-        .await?;
+    session.catalogs().record_written(&table.path);
+    session.catalogs().modify(|state| {
+        state.table_mut(&database, schema, name)?.version = version;
+        Ok(())
+    })?;
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! The engine: one storage root and its catalog, shared by every session of a server.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tributary_catalog::{Catalog, CatalogState, StoredPassword};
 use tributary_storage::StorageRoot;
 
 use crate::Result;
+use crate::locks::TableLocks;
 use crate::session::Session;
 
 /// Shared state of a running server.
@@ -13,9 +15,12 @@ use crate::session::Session;
 pub struct Engine {
     pub(crate) storage: Arc<StorageRoot>,
     pub(crate) catalog: Catalog,
-    /// Serialises table writes inside this process, so that each write appends on top of the
-    /// version its catalog commit replaces. Reads never take it.
-    pub(crate) write_lock: tokio::sync::Mutex<()>,
+    /// Table write locks, held by transactions until they end. Reads never take them.
+    pub(crate) locks: Arc<TableLocks>,
+    /// The next object identifier: shared by all transactions, so that concurrent ones never
+    /// hand out the same one. Starts from the catalog's counter.
+    oids: Mutex<u32>,
+    transactions: AtomicU64,
 }
 
 impl Engine {
@@ -24,10 +29,13 @@ impl Engine {
     pub async fn open(location: &str, admin_password: Option<StoredPassword>) -> Result<Arc<Self>> {
         let storage = StorageRoot::open(location)?;
         let catalog = Catalog::open(storage.object_store(), admin_password).await?;
+        let next_oid = catalog.snapshot().next_oid;
         let engine = Arc::new(Self {
             storage,
             catalog,
-            write_lock: tokio::sync::Mutex::new(()),
+            locks: Arc::new(TableLocks::default()),
+            oids: Mutex::new(next_oid),
+            transactions: AtomicU64::new(1),
         });
         engine.recover().await?;
         Ok(engine)
@@ -46,6 +54,16 @@ impl Engine {
     /// The current catalog version.
     pub fn catalog_snapshot(&self) -> Arc<CatalogState> {
         self.catalog.snapshot()
+    }
+
+    pub(crate) fn next_transaction_id(&self) -> u64 {
+        self.transactions.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `f` with the engine's object identifier counter.
+    pub(crate) fn with_oids<T>(&self, f: impl FnOnce(&mut u32) -> T) -> T {
+        let mut next = self.oids.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut next)
     }
 
     /// Opens a session for an authenticated user on a database.
@@ -74,16 +92,9 @@ impl Engine {
         }
         self.catalog
             .commit(|state| {
-                for db in state.databases.values_mut() {
-                    for schema in db.schemas.values_mut() {
-                        for relation in schema.relations.values_mut() {
-                            if let tributary_catalog::Relation::Table(table) = relation
-                                && let Some((_, version)) =
-                                    repins.iter().find(|(p, _)| *p == table.path)
-                            {
-                                table.version = *version;
-                            }
-                        }
+                for (path, version) in &repins {
+                    if let Some(table) = crate::transaction::table_by_path_mut(state, path) {
+                        table.version = *version;
                     }
                 }
                 Ok(())

@@ -76,6 +76,15 @@ pub enum Error {
     /// A concurrent writer won; the statement can be retried.
     #[error("{0}")]
     SerializationFailure(String),
+    /// Two transactions wait for each other's table locks; this one was chosen to fail.
+    #[error("{0}")]
+    Deadlock(String),
+    /// A statement other than COMMIT or ROLLBACK in a transaction that already failed.
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    InFailedTransaction,
+    /// A statement that cannot run inside a transaction block (CREATE DATABASE, VACUUM).
+    #[error("{0} cannot run inside a transaction block")]
+    ActiveTransaction(String),
     /// A password or user that does not check out.
     #[error("{0}")]
     InvalidAuthorization(String),
@@ -117,6 +126,7 @@ impl From<tributary_catalog::Error> for Error {
             C::AlreadyExists { kind, name } => Error::Duplicate { kind, name },
             C::Invalid(message) => Error::InvalidStatement(message),
             C::Conflict => Error::SerializationFailure(C::Conflict.to_string()),
+            other @ C::ConcurrentChange(_) => Error::SerializationFailure(other.to_string()),
             other @ (C::Storage(_) | C::Corrupt { .. }) => Error::Storage(other.to_string()),
         }
     }

@@ -12,11 +12,13 @@ mod dialect;
 mod engine;
 mod error;
 mod functions;
+mod locks;
 mod rewrite;
 mod session;
 mod settings;
 mod system;
 mod table;
+mod transaction;
 mod types;
 
 pub use datafusion::common::ParamValues;

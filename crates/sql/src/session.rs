@@ -25,6 +25,7 @@ use crate::rewrite::{
     substitute_where_alias, top_to_limit,
 };
 use crate::settings::Settings;
+use crate::transaction::{Ended, WriteKind};
 use crate::{Error, Result, functions, system};
 
 /// What a statement produced.
@@ -87,15 +88,7 @@ pub struct Session {
     catalogs: SessionCatalogs,
     clock: functions::StatementClock,
     context: Arc<SessionContext>,
-    transaction: Option<Transaction>,
     notices: Vec<String>,
-}
-
-/// An open BEGIN block. Until multi-statement transactions land, every statement inside one
-/// still commits on its own; ROLLBACK refuses to pretend it undid writes.
-#[derive(Debug, Default)]
-struct Transaction {
-    wrote: bool,
 }
 
 impl Session {
@@ -112,7 +105,6 @@ impl Session {
             catalogs,
             clock,
             context,
-            transaction: None,
             notices: Vec::new(),
         })
     }
@@ -129,8 +121,14 @@ impl Session {
         &self.settings
     }
 
+    /// True inside a BEGIN block.
     pub fn in_transaction(&self) -> bool {
-        self.transaction.is_some()
+        self.catalogs.in_explicit_transaction()
+    }
+
+    /// Ends the session: an open transaction is rolled back.
+    pub async fn close(&mut self) {
+        self.catalogs.rollback().await;
     }
 
     /// Notices raised by the last statement (sent to the client before its result).
@@ -152,12 +150,6 @@ impl Session {
 
     pub(crate) fn context(&self) -> &Arc<SessionContext> {
         &self.context
-    }
-
-    pub(crate) fn mark_write(&mut self) {
-        if let Some(transaction) = &mut self.transaction {
-            transaction.wrote = true;
-        }
     }
 
     /// Parses a query string into statements.
@@ -203,7 +195,7 @@ impl Session {
                 schema,
             });
         }
-        self.catalogs.pin_latest();
+        self.catalogs.pin_statement();
         let prepared = self.rewrite(statement.clone())?;
         let plan = self.plan(&prepared).await?;
         let types = plan.get_parameter_types()?;
@@ -238,13 +230,98 @@ impl Session {
         }
     }
 
+    /// Runs a statement in the open transaction, or in a transaction of its own that commits
+    /// when it succeeds (autocommit).
     async fn execute_with_params(
         &mut self,
         statement: Statement,
         params: Option<ParamValues>,
     ) -> Result<Output> {
-        self.catalogs.pin_latest();
         self.clock.start_statement();
+        let failed = self.catalogs.in_failed_transaction();
+        match statement {
+            Statement::Commit { .. } => return self.commit_block().await,
+            Statement::Rollback {
+                savepoint: None, ..
+            } => return self.rollback_block().await,
+            _ if failed => return Err(Error::InFailedTransaction),
+            Statement::StartTransaction { .. } => return Ok(self.begin_block()),
+            _ => {}
+        }
+        let autocommit = self.catalogs.begin(false);
+        let result = self.run_in_transaction(statement, params, autocommit).await;
+        if !autocommit {
+            if result.is_err() {
+                self.catalogs.mark_failed();
+            }
+            return result;
+        }
+        match result {
+            Ok(output) => {
+                self.catalogs.commit().await?;
+                Ok(output)
+            }
+            Err(err) => {
+                self.catalogs.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
+    fn begin_block(&mut self) -> Output {
+        if !self.catalogs.begin(true) {
+            self.notice("there is already a transaction in progress");
+        }
+        Output::command("BEGIN")
+    }
+
+    async fn commit_block(&mut self) -> Result<Output> {
+        if !self.catalogs.in_explicit_transaction() {
+            self.notice("there is no transaction in progress");
+            return Ok(Output::command("COMMIT"));
+        }
+        Ok(match self.catalogs.commit().await? {
+            Ended::Committed => Output::command("COMMIT"),
+            Ended::RolledBack => Output::command("ROLLBACK"),
+        })
+    }
+
+    async fn rollback_block(&mut self) -> Result<Output> {
+        if !self.catalogs.in_explicit_transaction() {
+            self.notice("there is no transaction in progress");
+        }
+        self.catalogs.rollback().await;
+        Ok(Output::command("ROLLBACK"))
+    }
+
+    async fn run_in_transaction(
+        &mut self,
+        statement: Statement,
+        params: Option<ParamValues>,
+        autocommit: bool,
+    ) -> Result<Output> {
+        if autocommit {
+            // An autocommit write takes its target's lock before its snapshot, so that
+            // waiting for another writer never makes it conflict.
+            for (name, _) in write_targets(&statement) {
+                let parts = name_parts(&name);
+                if parts.len() == 1
+                    && datafusion::catalog::SchemaProvider::table_exist(
+                        self.catalogs.temp().as_ref(),
+                        &parts[0],
+                    )
+                {
+                    continue;
+                }
+                let Ok((schema, table)) = self.resolve_existing(&name) else {
+                    continue;
+                };
+                self.catalogs
+                    .prelock(&self.database, &schema, &table)
+                    .await?;
+            }
+        }
+        self.catalogs.pin_statement();
         if is_planned_by_datafusion(&statement) {
             let is_insert = matches!(statement, Statement::Insert(_));
             let statement = self.rewrite(statement)?;
@@ -254,7 +331,6 @@ impl Session {
                 None => plan,
             };
             if is_insert {
-                self.mark_write();
                 let result = match self.context.execute_logical_plan(plan).await {
                     Ok(frame) => frame.collect().await,
                     Err(err) => Err(err),
@@ -452,32 +528,9 @@ impl Session {
                 self.apply_settings()?;
                 Ok(Output::command("RESET"))
             }
-            Statement::StartTransaction { .. } => {
-                if self.transaction.is_some() {
-                    self.notice("there is already a transaction in progress");
-                }
-                self.transaction.get_or_insert_with(Transaction::default);
-                Ok(Output::command("BEGIN"))
-            }
-            Statement::Commit { .. } => {
-                if self.transaction.take().is_none() {
-                    self.notice("there is no transaction in progress");
-                }
-                Ok(Output::command("COMMIT"))
-            }
-            Statement::Rollback { savepoint: Some(_), .. } => Err(Error::NotSupported(
+            Statement::Rollback { .. } | Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => Err(Error::NotSupported(
                 "savepoints are not supported yet".into(),
             )),
-            Statement::Rollback { .. } => match self.transaction.take() {
-                Some(Transaction { wrote: true }) => Err(Error::NotSupported(
-                    "ROLLBACK cannot undo this block's writes: multi-statement transactions are not supported yet, so each statement committed on its own".into(),
-                )),
-                Some(_) => Ok(Output::command("ROLLBACK")),
-                None => {
-                    self.notice("there is no transaction in progress");
-                    Ok(Output::command("ROLLBACK"))
-                }
-            },
             Statement::Deallocate { .. } => Ok(Output::command("DEALLOCATE")),
             Statement::Discard { .. } => Ok(Output::command("DISCARD")),
             Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => Err(Error::NotSupported(
@@ -637,6 +690,47 @@ fn is_planned_by_datafusion(statement: &Statement) -> bool {
         statement,
         Statement::Query(_) | Statement::Insert(_) | Statement::Explain { .. }
     )
+}
+
+/// The tables a statement writes, with how: an autocommit statement locks them first.
+fn write_targets(statement: &Statement) -> Vec<(ObjectName, WriteKind)> {
+    use datafusion::sql::sqlparser::ast::{FromTable, TableFactor, TableObject};
+    let table_name = |factor: &TableFactor| match factor {
+        TableFactor::Table { name, .. } => Some(name.clone()),
+        _ => None,
+    };
+    match statement {
+        Statement::Insert(insert) => match &insert.table {
+            TableObject::TableName(name) => vec![(name.clone(), WriteKind::Append)],
+            _ => vec![],
+        },
+        Statement::Update(update) => table_name(&update.table.relation)
+            .map(|n| (n, WriteKind::Rewrite))
+            .into_iter()
+            .collect(),
+        Statement::Delete(delete) => {
+            let tables = match &delete.from {
+                FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables) => tables,
+            };
+            tables
+                .first()
+                .and_then(|t| table_name(&t.relation))
+                .map(|n| (n, WriteKind::Rewrite))
+                .into_iter()
+                .collect()
+        }
+        Statement::Merge(merge) => table_name(&merge.table)
+            .map(|n| (n, WriteKind::Rewrite))
+            .into_iter()
+            .collect(),
+        Statement::Truncate(truncate) => truncate
+            .table_names
+            .iter()
+            .map(|t| (t.name.clone(), WriteKind::Rewrite))
+            .collect(),
+        Statement::AlterTable(alter) => vec![(alter.name.clone(), WriteKind::Rewrite)],
+        _ => vec![],
+    }
 }
 
 fn returns_rows(statement: &Statement) -> bool {

@@ -1,6 +1,6 @@
 //! A catalog table as a DataFusion `TableProvider`: reads the pinned table version and appends
-//! through a sink that checks the column rules (NOT NULL, lengths, IDENTITY) and commits the
-//! new table version together with the catalog version that pins it.
+//! through a sink that checks the column rules (NOT NULL, lengths, IDENTITY) and pins the new
+//! table version in the session's transaction.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,14 +23,15 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Phy
 use futures::TryStreamExt;
 use tributary_catalog::{SqlType, Table};
 
-use crate::engine::Engine;
+use crate::catalog_list::SessionCatalogs;
 use crate::error::DataErrorKind;
+use crate::transaction::WriteKind;
 use crate::{Error, Result};
 
 /// A table of the catalog, as of one catalog version.
 #[derive(Debug)]
 pub struct TributaryTable {
-    engine: Arc<Engine>,
+    catalogs: SessionCatalogs,
     /// database, schema, table
     name: [String; 3],
     definition: Table,
@@ -40,8 +41,13 @@ pub struct TributaryTable {
 }
 
 impl TributaryTable {
-    pub async fn open(engine: Arc<Engine>, name: [String; 3], definition: Table) -> Result<Self> {
-        let inner = engine
+    pub async fn open(
+        catalogs: &SessionCatalogs,
+        name: [String; 3],
+        definition: Table,
+    ) -> Result<Self> {
+        let inner = catalogs
+            .engine()
             .storage
             .table(&definition.path)?
             .provider(definition.version)
@@ -49,7 +55,7 @@ impl TributaryTable {
         let schema = logical_schema(&definition, &inner.schema());
         let defaults = parse_defaults(&definition, &schema)?;
         Ok(Self {
-            engine,
+            catalogs: catalogs.clone(),
             name,
             definition,
             schema,
@@ -175,9 +181,8 @@ impl TableProvider for TributaryTable {
             )));
         }
         let sink = TableSink {
-            engine: self.engine.clone(),
+            catalogs: self.catalogs.clone(),
             name: self.name.clone(),
-            path: self.definition.path.clone(),
             schema: self.schema.clone(),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
@@ -187,9 +192,8 @@ impl TableProvider for TributaryTable {
 /// Appends the rows of one INSERT and commits them.
 #[derive(Debug)]
 struct TableSink {
-    engine: Arc<Engine>,
+    catalogs: SessionCatalogs,
     name: [String; 3],
-    path: String,
     schema: SchemaRef,
 }
 
@@ -211,18 +215,17 @@ impl DataSink for TableSink {
         _context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
         let batches: Vec<RecordBatch> = data.try_collect().await?;
-        append(&self.engine, &self.name, &self.path, batches)
+        append(&self.catalogs, &self.name, batches)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
 
-/// Appends `batches` (in the table's logical schema) to the table and commits. Returns the
-/// number of rows written.
+/// Appends `batches` (in the table's logical schema) to the table in the session's
+/// transaction. Returns the number of rows written.
 pub(crate) async fn append(
-    engine: &Engine,
+    catalogs: &SessionCatalogs,
     name: &[String; 3],
-    path: &str,
     batches: Vec<RecordBatch>,
 ) -> Result<u64> {
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
@@ -230,48 +233,43 @@ pub(crate) async fn append(
         return Ok(0);
     }
     let [database, schema, table_name] = name;
-    let _guard = engine.write_lock.lock().await;
-    let latest = engine.catalog_snapshot();
-    let table = latest.table(database, schema, table_name)?;
-    if table.path != path {
-        return Err(Error::SerializationFailure(format!(
-            "table \"{table_name}\" was replaced while the statement ran; retry it"
-        )));
-    }
+    let slot = catalogs
+        .lock_table(database, schema, table_name, WriteKind::Append)
+        .await?;
+    let table = &slot.table;
     let mut identity_next: Vec<(String, i64)> = Vec::new();
     let mut stored = Vec::with_capacity(batches.len());
     for batch in batches {
         stored.push(prepare_batch(table, table_name, batch, &mut identity_next)?);
     }
-    let outcome = engine
+    let outcome = catalogs
+        .engine()
         .storage
-        .table(path)?
+        .table(&table.path)?
         .append(table.version, stored)
         .await?;
-    engine
-        .catalog
-        .commit(|state| {
-            let table = state.table_mut(database, schema, table_name)?;
-            table.version = outcome.version;
-            for (column, next) in &identity_next {
-                if let Some(identity) = table
-                    .columns
-                    .iter_mut()
-                    .find(|c| &c.name == column)
-                    .and_then(|c| c.identity.as_mut())
-                {
-                    identity.next = *next;
-                }
+    catalogs.record_written(&table.path);
+    catalogs.modify(|state| {
+        let table = state.table_mut(database, schema, table_name)?;
+        table.version = outcome.version;
+        for (column, next) in &identity_next {
+            if let Some(identity) = table
+                .columns
+                .iter_mut()
+                .find(|c| &c.name == column)
+                .and_then(|c| c.identity.as_mut())
+            {
+                identity.next = *next;
             }
-            Ok(())
-        })
-        .await?;
+        }
+        Ok(())
+    })?;
     Ok(outcome.rows)
 }
 
 /// Turns a batch in the logical schema into the stored schema: fills IDENTITY columns,
 /// enforces NOT NULL and declared lengths, and casts to the stored types.
-fn prepare_batch(
+pub(crate) fn prepare_batch(
     table: &Table,
     table_name: &str,
     batch: RecordBatch,

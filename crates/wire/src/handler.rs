@@ -48,6 +48,15 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Ends the connection's session, rolling back its open transaction.
+    pub async fn close(&self) {
+        if let Some(mut session) = self.queries.session.lock().await.take() {
+            session.close().await;
+        }
+    }
+}
+
 impl PgWireServerHandlers for Connection {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         self.queries.clone()
@@ -111,6 +120,12 @@ where
 fn respond(output: Output, format: &Format, options: Arc<FormatOptions>) -> PgWireResult<Response> {
     match output {
         Output::Command { tag, rows } => {
+            // pgwire derives the transaction status of ReadyForQuery from these.
+            match tag.as_str() {
+                "BEGIN" => return Ok(Response::TransactionStart(Tag::new(&tag))),
+                "COMMIT" | "ROLLBACK" => return Ok(Response::TransactionEnd(Tag::new(&tag))),
+                _ => {}
+            }
             let tag = match (tag.as_str(), rows) {
                 ("INSERT", Some(rows)) => Tag::new("INSERT").with_oid(0).with_rows(rows as usize),
                 (_, Some(rows)) => Tag::new(&tag).with_rows(rows as usize),

@@ -50,9 +50,11 @@ pub async fn serve(
                 };
                 let connection = Arc::new(handler::Connection::new(engine.clone(), password_method));
                 tokio::spawn(async move {
-                    if let Err(err) = process_socket(socket, None, connection).await {
+                    if let Err(err) = process_socket(socket, None, connection.clone()).await {
                         tracing::debug!(%err, %peer, "connection ended with an error");
                     }
+                    // A transaction left open by the client is rolled back.
+                    connection.close().await;
                 });
             }
         }

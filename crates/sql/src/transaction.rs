@@ -1,0 +1,451 @@
+//! Transactions over the catalog and per-table Delta logs.
+//!
+//! A transaction works on a private copy of the catalog state taken from the catalog version
+//! current at its first statement (its snapshot). DDL edits that copy; table writes take the
+//! table's write lock, commit new Delta versions, and pin them in the copy. Nothing is visible
+//! to other sessions until COMMIT merges the copy into the latest catalog and writes it as the
+//! next catalog version with put-if-absent: that single write makes every change of the
+//! transaction, across any number of tables, visible at once.
+//!
+//! Conflicts follow first-committer-wins per object: a transaction fails with 40001 if a table
+//! it updates, deletes from or alters was changed by a transaction that committed after its
+//! snapshot, or if a catalog object it changed was changed concurrently. Appends (INSERT,
+//! COPY) commute: an append to a table another transaction appended to since the snapshot
+//! lands on top of the newer version.
+//!
+//! ROLLBACK (and a failed COMMIT, an error in an autocommit statement, a disconnect) restores
+//! each written table to its committed content and deletes tables the transaction created. A
+//! crash leaves Delta versions newer than the catalog's pins; start-up recovery restores them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tributary_catalog::{CatalogState, Relation, Table};
+
+use crate::catalog_list::SessionCatalogs;
+use crate::engine::Engine;
+use crate::locks::TableLocks;
+use crate::{Error, Result};
+
+/// How a statement changes a table's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteKind {
+    /// Only adds rows (INSERT, COPY): commutes with other appends.
+    Append,
+    /// Replaces or removes rows, or changes columns (UPDATE, DELETE, MERGE, TRUNCATE, ALTER).
+    Rewrite,
+}
+
+/// A table locked for writing by the current transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteSlot {
+    /// The table's definition in the transaction's working state.
+    pub table: Table,
+}
+
+/// One open transaction of a session.
+#[derive(Debug)]
+pub(crate) struct Transaction {
+    id: u64,
+    /// Opened by BEGIN, rather than around one autocommit statement.
+    pub explicit: bool,
+    /// A statement failed: everything up to the end of the block is refused.
+    pub aborted: bool,
+    /// The snapshot, adjusted for tables whose appends were rebased on a newer version.
+    base: Arc<CatalogState>,
+    /// The snapshot with this transaction's changes.
+    working: Arc<CatalogState>,
+    /// Table path -> the committed version when this transaction locked it (what ROLLBACK
+    /// restores); None for tables this transaction created.
+    locked: BTreeMap<String, Option<u64>>,
+    /// Tables whose Delta log this transaction advanced.
+    written: BTreeSet<String>,
+    /// Tables this transaction created: deleted on rollback.
+    created: BTreeSet<String>,
+    /// Tables this transaction dropped: deleted after commit.
+    dropped: Vec<String>,
+    locks: Arc<TableLocks>,
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        // Normally released by commit or rollback already; this covers a session dropped in
+        // the middle of a statement.
+        self.locks.release_all(self.id);
+    }
+}
+
+impl Transaction {
+    fn new(engine: &Engine, explicit: bool) -> Self {
+        let snapshot = engine.catalog_snapshot();
+        Self {
+            id: engine.next_transaction_id(),
+            explicit,
+            aborted: false,
+            base: snapshot.clone(),
+            working: snapshot,
+            locked: BTreeMap::new(),
+            written: BTreeSet::new(),
+            created: BTreeSet::new(),
+            dropped: Vec::new(),
+            locks: engine.locks.clone(),
+        }
+    }
+
+    fn is_read_only(&self) -> bool {
+        Arc::ptr_eq(&self.base, &self.working) && self.written.is_empty() && self.created.is_empty()
+    }
+}
+
+/// What COMMIT did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Committed,
+    /// The transaction had failed, so COMMIT rolled it back.
+    RolledBack,
+}
+
+impl SessionCatalogs {
+    /// Opens a transaction if none is open. Returns true if this call opened it.
+    pub(crate) fn begin(&self, explicit: bool) -> bool {
+        let mut slot = self.transaction_slot();
+        if slot.is_some() {
+            return false;
+        }
+        let txn = Transaction::new(self.engine(), explicit);
+        self.set_pinned(txn.working.clone());
+        *slot = Some(txn);
+        true
+    }
+
+    pub(crate) fn in_explicit_transaction(&self) -> bool {
+        self.transaction_slot().as_ref().is_some_and(|t| t.explicit)
+    }
+
+    pub(crate) fn in_failed_transaction(&self) -> bool {
+        self.transaction_slot().as_ref().is_some_and(|t| t.aborted)
+    }
+
+    pub(crate) fn mark_failed(&self) {
+        if let Some(txn) = self.transaction_slot().as_mut() {
+            txn.aborted = true;
+        }
+    }
+
+    /// Retakes the snapshot of a transaction that has read and written nothing yet (an
+    /// autocommit statement that just waited for its target table's lock).
+    pub(crate) fn refresh_snapshot(&self) {
+        let mut slot = self.transaction_slot();
+        if let Some(txn) = slot.as_mut()
+            && txn.is_read_only()
+        {
+            let latest = self.engine().catalog_snapshot();
+            txn.base = latest.clone();
+            txn.working = latest.clone();
+            self.set_pinned(latest);
+        }
+    }
+
+    /// Takes the write lock of a table before the autocommit statement that writes it reads
+    /// anything, then retakes the snapshot: the statement sees what the lock's previous holder
+    /// committed.
+    pub(crate) async fn prelock(&self, database: &str, schema: &str, name: &str) -> Result<()> {
+        let (id, path) = {
+            let slot = self.transaction_slot();
+            let Some(txn) = slot.as_ref() else {
+                return Ok(());
+            };
+            match txn.working.table(database, schema, name) {
+                Ok(table) => (txn.id, table.path.clone()),
+                // Not a table (a view, or missing): the statement reports it.
+                Err(_) => return Ok(()),
+            }
+        };
+        self.engine().locks.acquire(id, &path, name).await?;
+        self.refresh_snapshot();
+        Ok(())
+    }
+
+    /// Points the next statement at the transaction's working state.
+    pub(crate) fn pin_statement(&self) {
+        let working = self.transaction_slot().as_ref().map(|t| t.working.clone());
+        match working {
+            Some(working) => self.set_pinned(working),
+            None => {
+                self.pin_latest();
+            }
+        }
+    }
+
+    /// Applies a catalog change to the transaction's working state. Object identifiers come
+    /// from the engine, so that concurrent transactions never hand out the same one.
+    pub(crate) fn modify<T>(
+        &self,
+        change: impl FnOnce(&mut CatalogState) -> tributary_catalog::Result<T>,
+    ) -> tributary_catalog::Result<T> {
+        let mut slot = self.transaction_slot();
+        let txn = slot.as_mut().ok_or_else(|| {
+            tributary_catalog::Error::Invalid("no transaction is open for a catalog change".into())
+        })?;
+        let mut working = (*txn.working).clone();
+        let output = self.engine().with_oids(|next_oid| {
+            working.next_oid = working.next_oid.max(*next_oid);
+            let output = change(&mut working);
+            *next_oid = (*next_oid).max(working.next_oid);
+            output
+        })?;
+        txn.working = Arc::new(working);
+        self.set_pinned(txn.working.clone());
+        Ok(output)
+    }
+
+    /// Remembers a table this transaction created (its files go if the transaction does not
+    /// commit).
+    pub(crate) fn record_created(&self, path: &str) {
+        if let Some(txn) = self.transaction_slot().as_mut() {
+            txn.created.insert(path.to_string());
+            txn.locked.insert(path.to_string(), None);
+        }
+    }
+
+    /// Remembers a table this transaction dropped (its files go once the drop commits).
+    pub(crate) fn record_dropped(&self, path: &str) {
+        if let Some(txn) = self.transaction_slot().as_mut() {
+            txn.dropped.push(path.to_string());
+        }
+    }
+
+    /// Remembers that this transaction committed a Delta version of `path`.
+    pub(crate) fn record_written(&self, path: &str) {
+        if let Some(txn) = self.transaction_slot().as_mut() {
+            txn.written.insert(path.to_string());
+        }
+    }
+
+    /// Takes the write lock of a table for the current transaction (waiting for another
+    /// writer to finish) and checks that writing it on top of the snapshot is serializable.
+    pub(crate) async fn lock_table(
+        &self,
+        database: &str,
+        schema: &str,
+        name: &str,
+        kind: WriteKind,
+    ) -> Result<WriteSlot> {
+        let (id, table) = {
+            let slot = self.transaction_slot();
+            let txn = slot
+                .as_ref()
+                .ok_or_else(|| Error::Internal("a table write outside a transaction".into()))?;
+            (txn.id, txn.working.table(database, schema, name)?.clone())
+        };
+        self.engine()
+            .locks
+            .acquire(id, &table.path, name)
+            .await?;
+        let already_locked = self
+            .transaction_slot()
+            .as_ref()
+            .is_some_and(|t| t.locked.contains_key(&table.path));
+        if already_locked {
+            return Ok(WriteSlot { table });
+        }
+        // First write of this table in this transaction: compare the snapshot with what is
+        // committed now, holding the lock, so nobody commits the table under us.
+        let latest = self.engine().catalog_snapshot();
+        let Some(committed) = table_by_path(&latest, &table.path).cloned() else {
+            return Err(Error::SerializationFailure(format!(
+                "could not serialize access: table \"{name}\" was dropped by a concurrent transaction"
+            )));
+        };
+        let storage = self.engine().storage.table(&table.path)?;
+        // Delta commits after the committed pin belong to a transaction that never committed
+        // (a crash, or a rollback whose restore failed): undo them before writing on top.
+        let clean_version = if storage.has_commits_after(committed.version).await? {
+            tracing::warn!(table = %name, pinned = committed.version, "undoing table commits that never became visible");
+            Some(storage.restore(committed.version).await?)
+        } else {
+            None
+        };
+        let mut slot = self.transaction_slot();
+        let txn = slot
+            .as_mut()
+            .ok_or_else(|| Error::Internal("the transaction ended during a write".into()))?;
+        let snapshot_version = table_by_path(&txn.base, &table.path).map(|t| t.version);
+        let mut table = table;
+        if snapshot_version != Some(committed.version) {
+            let unchanged = table_by_path(&txn.base, &table.path) == Some(&table);
+            if kind != WriteKind::Append || !unchanged {
+                return Err(Error::SerializationFailure(format!(
+                    "could not serialize access due to concurrent update of table \"{name}\"; retry the transaction"
+                )));
+            }
+            // An append commutes with the appends committed since the snapshot: write on top
+            // of them, and make the snapshot expect them at commit.
+            let mut base = (*txn.base).clone();
+            replace_by_path(&mut base, &committed);
+            txn.base = Arc::new(base);
+            let mut working = (*txn.working).clone();
+            replace_by_path(&mut working, &committed);
+            txn.working = Arc::new(working);
+            table = committed.clone();
+        }
+        if let Some(version) = clean_version {
+            let mut working = (*txn.working).clone();
+            if let Some(t) = table_by_path_mut(&mut working, &table.path) {
+                t.version = version;
+            }
+            txn.working = Arc::new(working);
+            table.version = version;
+        }
+        txn.locked
+            .insert(table.path.clone(), Some(committed.version));
+        self.set_pinned(txn.working.clone());
+        Ok(WriteSlot { table })
+    }
+
+    /// Ends the transaction by committing it. On a conflict nothing of it stays behind.
+    pub(crate) async fn commit(&self) -> Result<Ended> {
+        let Some(txn) = self.transaction_slot().take() else {
+            return Ok(Ended::Committed);
+        };
+        if txn.aborted {
+            self.finish_rollback(txn).await;
+            return Ok(Ended::RolledBack);
+        }
+        if txn.is_read_only() || *txn.base == *txn.working && txn.written.is_empty() {
+            self.end(txn);
+            return Ok(Ended::Committed);
+        }
+        let (base, working) = (txn.base.clone(), txn.working.clone());
+        let result = self
+            .engine()
+            .catalog
+            .commit(|latest| {
+                *latest = latest.merge(&base, &working)?;
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                for path in &txn.dropped {
+                    // The catalog no longer names these files; deleting them is clean-up.
+                    match self.engine().storage.table(path) {
+                        Ok(table) => {
+                            if let Err(err) = table.delete().await {
+                                tracing::warn!(%err, %path, "could not delete the files of a dropped table");
+                            }
+                        }
+                        Err(err) => tracing::warn!(%err, %path, "bad table path"),
+                    }
+                }
+                self.end(txn);
+                Ok(Ended::Committed)
+            }
+            Err(err) => {
+                self.finish_rollback(txn).await;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Ends the transaction by undoing it.
+    pub(crate) async fn rollback(&self) {
+        let txn = self.transaction_slot().take();
+        if let Some(txn) = txn {
+            self.finish_rollback(txn).await;
+        }
+    }
+
+    async fn finish_rollback(&self, txn: Transaction) {
+        let engine = self.engine().clone();
+        let mut repins = Vec::new();
+        for path in &txn.written {
+            let Some(Some(committed)) = txn.locked.get(path) else {
+                continue;
+            };
+            let restored = match engine.storage.table(path) {
+                Ok(table) => table.restore(*committed).await,
+                Err(err) => Err(err),
+            };
+            match restored {
+                Ok(version) => repins.push((path.clone(), *committed, version)),
+                // The next writer of the table, or start-up recovery, undoes them instead.
+                Err(err) => {
+                    tracing::warn!(%err, %path, "could not undo a rolled-back transaction's table commits")
+                }
+            }
+        }
+        if !repins.is_empty() {
+            // Pin the restoring commits, so that later writers need not undo them again.
+            let result = engine
+                .catalog
+                .commit(|latest| {
+                    for (path, committed, restored) in &repins {
+                        if let Some(table) = table_by_path_mut(latest, path)
+                            && table.version == *committed
+                        {
+                            table.version = *restored;
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::warn!(%err, "could not pin the restored tables of a rolled-back transaction");
+            }
+        }
+        for path in &txn.created {
+            match engine.storage.table(path) {
+                Ok(table) => {
+                    if let Err(err) = table.delete().await {
+                        tracing::warn!(%err, %path, "could not delete the files of a rolled-back table");
+                    }
+                }
+                Err(err) => tracing::warn!(%err, %path, "bad table path"),
+            }
+        }
+        self.end(txn);
+    }
+
+    fn end(&self, txn: Transaction) {
+        drop(txn);
+        self.pin_latest();
+    }
+}
+
+fn tables(state: &CatalogState) -> impl Iterator<Item = &Table> {
+    state
+        .databases
+        .values()
+        .flat_map(|db| db.schemas.values())
+        .flat_map(|schema| schema.relations.values())
+        .filter_map(|relation| match relation {
+            Relation::Table(table) => Some(table),
+            Relation::View(_) => None,
+        })
+}
+
+fn table_by_path<'a>(state: &'a CatalogState, path: &str) -> Option<&'a Table> {
+    tables(state).find(|t| t.path == path)
+}
+
+pub(crate) fn table_by_path_mut<'a>(
+    state: &'a mut CatalogState,
+    path: &str,
+) -> Option<&'a mut Table> {
+    state
+        .databases
+        .values_mut()
+        .flat_map(|db| db.schemas.values_mut())
+        .flat_map(|schema| schema.relations.values_mut())
+        .find_map(|relation| match relation {
+            Relation::Table(table) if table.path == path => Some(table),
+            _ => None,
+        })
+}
+
+fn replace_by_path(state: &mut CatalogState, table: &Table) {
+    if let Some(target) = table_by_path_mut(state, &table.path) {
+        *target = table.clone();
+    }
+}
