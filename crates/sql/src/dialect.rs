@@ -24,10 +24,30 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
     let tokens = Tokenizer::new(&dialect, sql)
         .with_unescape(true)
         .tokenize_with_location()?;
-    let tokens = move_backup_first(normalise_table_attributes(tokens));
+    let tokens = abort_as_rollback(move_backup_first(normalise_table_attributes(tokens)));
     Parser::new(&dialect)
         .with_tokens_with_locations(tokens)
         .parse_statements()
+}
+
+/// `ABORT [WORK | TRANSACTION]` is Redshift's (and Postgres's) other spelling of ROLLBACK.
+fn abort_as_rollback(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut statement_start = true;
+    for token in &mut tokens {
+        match &token.token {
+            Token::Whitespace(_) => continue,
+            Token::SemiColon => {
+                statement_start = true;
+                continue;
+            }
+            Token::Word(word) if statement_start && word.value.eq_ignore_ascii_case("abort") => {
+                token.token = Token::make_keyword("ROLLBACK");
+            }
+            _ => {}
+        }
+        statement_start = false;
+    }
+    tokens
 }
 
 /// Redshift writes `[COMPOUND | INTERLEAVED] SORTKEY (...)`, `SORTKEY AUTO` and a table-level

@@ -76,6 +76,9 @@ pub enum Error {
     /// A concurrent writer won; the statement can be retried.
     #[error("{0}")]
     SerializationFailure(String),
+    /// A row was matched more than once where only one match is allowed (MERGE).
+    #[error("{0}")]
+    Cardinality(String),
     /// Two transactions wait for each other's table locks; this one was chosen to fail.
     #[error("{0}")]
     Deadlock(String),

@@ -9,6 +9,7 @@
 mod catalog_list;
 mod ddl;
 mod dialect;
+mod dml;
 mod engine;
 mod error;
 mod functions;

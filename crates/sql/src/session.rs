@@ -322,6 +322,9 @@ impl Session {
             }
         }
         self.catalogs.pin_statement();
+        if let Some((dml, with)) = dml_with_cte(&statement) {
+            return crate::dml::execute(self, dml, with).await;
+        }
         if is_planned_by_datafusion(&statement) {
             let is_insert = matches!(statement, Statement::Insert(_));
             let statement = self.rewrite(statement)?;
@@ -348,9 +351,17 @@ impl Session {
                 .await?
                 .execute_stream()
                 .await?;
+            // An error while the rows stream fails the open transaction, like any other error.
+            let catalogs = self.catalogs.clone();
+            let stream = rename_stream(schema.clone(), stream);
+            let stream = stream.inspect(move |batch| {
+                if batch.is_err() {
+                    catalogs.mark_failed();
+                }
+            });
             return Ok(Output::Rows {
                 schema: schema.clone(),
-                stream: rename_stream(schema, stream),
+                stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
             });
         }
         self.execute_utility(statement).await
@@ -533,9 +544,9 @@ impl Session {
             )),
             Statement::Deallocate { .. } => Ok(Output::command("DEALLOCATE")),
             Statement::Discard { .. } => Ok(Output::command("DISCARD")),
-            Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => Err(Error::NotSupported(
-                "UPDATE, DELETE and MERGE are not supported yet".into(),
-            )),
+            Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => {
+                crate::dml::execute(self, statement, None).await
+            }
             other => crate::ddl::execute(self, other).await,
         }
     }
@@ -692,8 +703,26 @@ fn is_planned_by_datafusion(statement: &Statement) -> bool {
     )
 }
 
+/// `WITH ... DELETE` / `WITH ... UPDATE`: the statement and its WITH clause.
+fn dml_with_cte(
+    statement: &Statement,
+) -> Option<(Statement, Option<datafusion::sql::sqlparser::ast::With>)> {
+    let Statement::Query(query) = statement else {
+        return None;
+    };
+    match query.body.as_ref() {
+        SetExpr::Delete(inner) | SetExpr::Update(inner) => {
+            Some((inner.clone(), query.with.clone()))
+        }
+        _ => None,
+    }
+}
+
 /// The tables a statement writes, with how: an autocommit statement locks them first.
 fn write_targets(statement: &Statement) -> Vec<(ObjectName, WriteKind)> {
+    if let Some((inner, _)) = dml_with_cte(statement) {
+        return write_targets(&inner);
+    }
     use datafusion::sql::sqlparser::ast::{FromTable, TableFactor, TableObject};
     let table_name = |factor: &TableFactor| match factor {
         TableFactor::Table { name, .. } => Some(name.clone()),

@@ -170,6 +170,10 @@ impl TableHandle {
             .delete_stream(locations)
             .try_collect::<Vec<_>>()
             .await?;
+        if let Ok(dir) = self.url.to_file_path() {
+            // A local file system keeps empty directories; object stores have none.
+            let _ = std::fs::remove_dir_all(dir);
+        }
         self.root.snapshots().forget_table(&self.path);
         Ok(())
     }

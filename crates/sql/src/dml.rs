@@ -1,0 +1,704 @@
+//! UPDATE, DELETE and MERGE.
+//!
+//! Each statement locks its target table, reads the target's rows at the transaction's
+//! snapshot with a row identifier added, and registers them as a scratch table. The statement
+//! becomes one SELECT over that scratch table (plus its FROM / USING / source tables and any
+//! subqueries), which DataFusion plans and runs like any query: it returns, per affected row,
+//! the row identifier, what to do, and the new values. The new table content is then written
+//! as one Delta commit of the transaction.
+//!
+//! Rows are rewritten copy-on-write over the whole table, and the target's rows are held in
+//! memory while the statement runs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
+use arrow::compute::{filter_record_batch, interleave};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::logical_expr::{LogicalPlanBuilder, cast, col};
+use datafusion::sql::sqlparser::ast::{
+    AssignmentTarget, Delete, Expr, FromTable, MergeAction, MergeClause, MergeClauseKind,
+    MergeInsertKind, ObjectName, Statement, TableFactor, TableWithJoins, UpdateTableFromKind,
+    With,
+};
+use tributary_catalog::Table;
+
+use crate::rewrite::{name_parts, normalize_ident};
+use crate::session::{Output, Session};
+use crate::table::{TributaryTable, prepare_batch};
+use crate::transaction::WriteKind;
+use crate::{Error, Result};
+
+const ROW_ID: &str = "__tributary_rid";
+const ACTION: &str = "__tributary_action";
+
+/// What a result row of the planned statement does to the target.
+const ACTION_UPDATE: i64 = 1;
+const ACTION_DELETE: i64 = 2;
+const ACTION_INSERT: i64 = 3;
+
+/// Runs UPDATE, DELETE or MERGE; `with` is a WITH clause written before the statement.
+pub(crate) async fn execute(
+    session: &mut Session,
+    statement: Statement,
+    with: Option<With>,
+) -> Result<Output> {
+    match statement {
+        Statement::Delete(delete) => delete_rows(session, delete, with).await,
+        Statement::Update(update) => {
+            let from = match update.from {
+                Some(UpdateTableFromKind::BeforeSet(tables))
+                | Some(UpdateTableFromKind::AfterSet(tables)) => tables,
+                None => vec![],
+            };
+            if update.returning.is_some() {
+                return Err(Error::NotSupported(
+                    "UPDATE ... RETURNING is not supported".into(),
+                ));
+            }
+            update_rows(
+                session,
+                &update.table,
+                &update.assignments,
+                &from,
+                update.selection.as_ref(),
+                with,
+            )
+            .await
+        }
+        Statement::Merge(merge) => {
+            merge_rows(
+                session,
+                &merge.table,
+                &merge.source,
+                &merge.on,
+                &merge.clauses,
+                with,
+            )
+            .await
+        }
+        other => Err(Error::Internal(format!("not a DML statement: {other}"))),
+    }
+}
+
+/// The target table, read at the snapshot and registered as a scratch table.
+struct Target {
+    /// The stored table; None for a temporary table.
+    table: Option<Table>,
+    schema_name: String,
+    name: String,
+    /// The target's columns as queries see them.
+    schema: SchemaRef,
+    /// The rows, each batch with the row identifier as its last column.
+    batches: Vec<RecordBatch>,
+    /// The scratch table's name in the session's temporary schema.
+    scratch: String,
+    /// How the statement names the target (its alias, or its name).
+    alias: String,
+}
+
+static SCRATCH_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+impl Target {
+    async fn open(session: &Session, factor: &TableFactor) -> Result<Self> {
+        let TableFactor::Table { name, alias, .. } = factor else {
+            return Err(Error::NotSupported(format!(
+                "the target of UPDATE, DELETE or MERGE must be a table, not {factor}"
+            )));
+        };
+        let alias = match alias {
+            Some(alias) => normalize_ident(&alias.name),
+            None => name_parts(name).last().cloned().unwrap_or_default(),
+        };
+        let parts = name_parts(name);
+        let temp = session.catalogs().temp().clone();
+        let (table, schema_name, table_name, provider): (_, _, _, Arc<dyn TableProvider>) =
+            if parts.len() == 1 && temp.table_exist(&parts[0]) {
+                let provider = temp.table(&parts[0]).await?.ok_or_else(|| {
+                    Error::UndefinedTable(parts[0].clone())
+                })?;
+                (None, String::new(), parts[0].clone(), provider)
+            } else {
+                let (schema, table_name) = resolve_table(session, name)?;
+                let database = session.database().to_string();
+                let slot = session
+                    .catalogs()
+                    .lock_table(&database, &schema, &table_name, WriteKind::Rewrite)
+                    .await?;
+                let provider = TributaryTable::open(
+                    session.catalogs(),
+                    [database, schema.clone(), table_name.clone()],
+                    slot.table.clone(),
+                )
+                .await?;
+                (Some(slot.table), schema, table_name, Arc::new(provider))
+            };
+        // Nullable throughout: NOT NULL is checked on the final rows, with a proper error.
+        let schema = Arc::new(Schema::new(
+            provider
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        let frame = session.context().read_table(provider)?;
+        let rows = frame.collect().await?;
+        let with_ids = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .cloned()
+                .chain(std::iter::once(Arc::new(Field::new(
+                    ROW_ID,
+                    DataType::UInt64,
+                    false,
+                ))))
+                .collect::<Vec<_>>(),
+        ));
+        let mut next_id = 0u64;
+        let mut batches = Vec::with_capacity(rows.len());
+        for batch in rows {
+            let ids = UInt64Array::from_iter_values(next_id..next_id + batch.num_rows() as u64);
+            next_id += batch.num_rows() as u64;
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(ids));
+            batches.push(RecordBatch::try_new(with_ids.clone(), columns)?);
+        }
+        let scratch = format!(
+            "__tributary_target_{}",
+            SCRATCH_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let memory = MemTable::try_new(with_ids, vec![batches.clone()])?;
+        temp.register_table(scratch.clone(), Arc::new(memory))?;
+        Ok(Self {
+            table,
+            schema_name,
+            name: table_name,
+            schema,
+            batches,
+            scratch,
+            alias,
+        })
+    }
+
+    /// The scratch table as a FROM item, under the statement's name for the target.
+    fn from_item(&self) -> String {
+        format!(
+            "{}.{} AS {}",
+            crate::catalog_list::TEMP_SCHEMA,
+            quote(&self.scratch),
+            quote(&self.alias)
+        )
+    }
+
+    fn column(&self, name: &str) -> String {
+        format!("{}.{}", quote(&self.alias), quote(name))
+    }
+
+    fn close(&self, session: &Session) {
+        let _ = session.catalogs().temp().deregister_table(&self.scratch);
+    }
+}
+
+fn resolve_table(session: &Session, name: &ObjectName) -> Result<(String, String)> {
+    let (schema, table) = session.resolve_existing(name)?;
+    let pinned = session.catalogs().pinned();
+    match pinned.relation(session.database(), &schema, &table) {
+        Some(tributary_catalog::Relation::Table(_)) => Ok((schema, table)),
+        Some(tributary_catalog::Relation::View(_)) => Err(Error::WrongObjectType(format!(
+            "cannot change rows of \"{table}\": it is a view"
+        ))),
+        None => Err(Error::UndefinedTable(table)),
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn with_prefix(with: &Option<With>) -> String {
+    match with {
+        Some(with) => format!("{with} "),
+        None => String::new(),
+    }
+}
+
+fn from_list(tables: &[TableWithJoins]) -> String {
+    tables
+        .iter()
+        .map(|t| format!(", {t}"))
+        .collect::<String>()
+}
+
+async fn delete_rows(session: &mut Session, delete: Delete, with: Option<With>) -> Result<Output> {
+    if delete.returning.is_some() || delete.limit.is_some() {
+        return Err(Error::NotSupported(
+            "DELETE ... RETURNING and DELETE ... LIMIT are not supported".into(),
+        ));
+    }
+    let tables = match &delete.from {
+        FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables) => tables,
+    };
+    let [target_table] = tables.as_slice() else {
+        return Err(Error::NotSupported(
+            "DELETE names one target table; join others with USING".into(),
+        ));
+    };
+    let mut others: Vec<TableWithJoins> = delete.using.clone().unwrap_or_default();
+    if !target_table.joins.is_empty() {
+        return Err(Error::Syntax(
+            "DELETE FROM takes one table; join others with USING".into(),
+        ));
+    }
+    others.retain(|t| t.relation != target_table.relation);
+    let target = Target::open(session, &target_table.relation).await?;
+    let result = async {
+        let selection = delete
+            .selection
+            .as_ref()
+            .map(|s| format!(" WHERE {s}"))
+            .unwrap_or_default();
+        let sql = format!(
+            "{}SELECT DISTINCT {} AS {ROW_ID}, CAST({ACTION_DELETE} AS BIGINT) AS {ACTION} FROM {}{}{selection}",
+            with_prefix(&with),
+            target.column(ROW_ID),
+            target.from_item(),
+            from_list(&others),
+        );
+        let changes = run_changes(session, &sql, &target, false).await?;
+        write_changes(session, &target, changes).await
+    }
+    .await;
+    target.close(session);
+    let rows = result?;
+    Ok(Output::Command {
+        tag: "DELETE".into(),
+        rows: Some(rows),
+    })
+}
+
+/// The expression of each target column after an assignment list: the assigned value, or the
+/// column's current value.
+fn assigned_values(
+    target: &Target,
+    assignments: &[datafusion::sql::sqlparser::ast::Assignment],
+) -> Result<Vec<String>> {
+    let mut values: Vec<Option<String>> = vec![None; target.schema.fields().len()];
+    for assignment in assignments {
+        let names: Vec<ObjectName> = match &assignment.target {
+            AssignmentTarget::ColumnName(name) => vec![name.clone()],
+            AssignmentTarget::Tuple(names) => names.clone(),
+        };
+        if names.len() != 1 {
+            return Err(Error::NotSupported(
+                "multiple-column assignments are not supported".into(),
+            ));
+        }
+        let column = name_parts(&names[0]).last().cloned().unwrap_or_default();
+        let index = target.schema.index_of(&column).map_err(|_| {
+            Error::UndefinedColumn(format!(
+                "column \"{column}\" of relation \"{}\" does not exist",
+                target.name
+            ))
+        })?;
+        if values[index].is_some() {
+            return Err(Error::Syntax(format!(
+                "multiple assignments to same column \"{column}\""
+            )));
+        }
+        values[index] = Some(match &assignment.value {
+            Expr::Identifier(ident) if ident.value.eq_ignore_ascii_case("default") => {
+                default_of(target, &column)
+            }
+            value => value.to_string(),
+        });
+    }
+    Ok(values
+        .into_iter()
+        .zip(target.schema.fields())
+        .map(|(value, field)| value.unwrap_or_else(|| target.column(field.name())))
+        .collect())
+}
+
+/// A column's DEFAULT expression, or NULL.
+fn default_of(target: &Target, column: &str) -> String {
+    target
+        .table
+        .as_ref()
+        .and_then(|t| t.column(column))
+        .and_then(|c| c.default.clone())
+        .map(|d| format!("({d})"))
+        .unwrap_or_else(|| "NULL".into())
+}
+
+async fn update_rows(
+    session: &mut Session,
+    table: &TableWithJoins,
+    assignments: &[datafusion::sql::sqlparser::ast::Assignment],
+    from: &[TableWithJoins],
+    selection: Option<&Expr>,
+    with: Option<With>,
+) -> Result<Output> {
+    if !table.joins.is_empty() {
+        return Err(Error::NotSupported(
+            "UPDATE of a join is not supported; name other tables in FROM".into(),
+        ));
+    }
+    let target = Target::open(session, &table.relation).await?;
+    // Naming the target again in FROM (without an alias) means the target itself.
+    let from: Vec<TableWithJoins> = from
+        .iter()
+        .filter(|t| !(t.joins.is_empty() && t.relation == table.relation))
+        .cloned()
+        .collect();
+    let from = from.as_slice();
+    let result = async {
+        let values = assigned_values(&target, assignments)?;
+        let projections: String = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!(", {v} AS \"__new_{i}\""))
+            .collect();
+        let selection = selection
+            .map(|s| format!(" WHERE {s}"))
+            .unwrap_or_default();
+        let sql = format!(
+            "{}SELECT {} AS {ROW_ID}, CAST({ACTION_UPDATE} AS BIGINT) AS {ACTION}{projections} FROM {}{}{selection}",
+            with_prefix(&with),
+            target.column(ROW_ID),
+            target.from_item(),
+            from_list(from),
+        );
+        let changes = run_changes(session, &sql, &target, false).await?;
+        write_changes(session, &target, changes).await
+    }
+    .await;
+    target.close(session);
+    let rows = result?;
+    Ok(Output::Command {
+        tag: "UPDATE".into(),
+        rows: Some(rows),
+    })
+}
+
+async fn merge_rows(
+    session: &mut Session,
+    table: &TableFactor,
+    source: &TableFactor,
+    on: &Expr,
+    clauses: &[MergeClause],
+    with: Option<With>,
+) -> Result<Output> {
+    let target = Target::open(session, table).await?;
+    let result = async {
+        let matched = format!("{} IS NOT NULL", target.column(ROW_ID));
+        // One CASE arm per clause, in order: the first clause whose condition holds decides.
+        let mut action_arms = Vec::new();
+        let mut value_arms: Vec<Vec<String>> = vec![Vec::new(); target.schema.fields().len()];
+        for clause in clauses {
+            let condition = match clause.clause_kind {
+                MergeClauseKind::Matched => matched.clone(),
+                MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget => {
+                    format!("NOT ({matched})")
+                }
+                MergeClauseKind::NotMatchedBySource => {
+                    return Err(Error::NotSupported(
+                        "WHEN NOT MATCHED BY SOURCE is not supported".into(),
+                    ));
+                }
+            };
+            let condition = match &clause.predicate {
+                Some(predicate) => format!("{condition} AND ({predicate})"),
+                None => condition,
+            };
+            let (kind, values) = match (&clause.action, clause.clause_kind) {
+                (MergeAction::Update(update), MergeClauseKind::Matched) => {
+                    (ACTION_UPDATE, assigned_values(&target, &update.assignments)?)
+                }
+                (MergeAction::Delete { .. }, MergeClauseKind::Matched) => {
+                    (ACTION_DELETE, vec!["NULL".to_string(); value_arms.len()])
+                }
+                (MergeAction::Insert(insert), kind) if kind != MergeClauseKind::Matched => {
+                    (ACTION_INSERT, insert_values(&target, insert)?)
+                }
+                _ => {
+                    return Err(Error::Syntax(
+                        "WHEN MATCHED takes UPDATE or DELETE, WHEN NOT MATCHED takes INSERT".into(),
+                    ));
+                }
+            };
+            action_arms.push(format!("WHEN {condition} THEN {kind}"));
+            for (arms, value) in value_arms.iter_mut().zip(values) {
+                arms.push(format!("WHEN {condition} THEN {value}"));
+            }
+        }
+        let projections: String = value_arms
+            .iter()
+            .enumerate()
+            .map(|(i, arms)| format!(", CASE {} END AS \"__new_{i}\"", arms.join(" ")))
+            .collect();
+        let sql = format!(
+            "{}SELECT * FROM (SELECT {} AS {ROW_ID}, CAST(CASE {} END AS BIGINT) AS {ACTION}{projections} FROM {source} LEFT JOIN {} ON {on}) AS \"__merge\" WHERE {ACTION} IS NOT NULL",
+            with_prefix(&with),
+            target.column(ROW_ID),
+            action_arms.join(" "),
+            target.from_item(),
+        );
+        let changes = run_changes(session, &sql, &target, true).await?;
+        write_changes(session, &target, changes).await
+    }
+    .await;
+    target.close(session);
+    let rows = result?;
+    Ok(Output::Command {
+        tag: "MERGE".into(),
+        rows: Some(rows),
+    })
+}
+
+/// The value of each target column for a WHEN NOT MATCHED THEN INSERT.
+fn insert_values(
+    target: &Target,
+    insert: &datafusion::sql::sqlparser::ast::MergeInsertExpr,
+) -> Result<Vec<String>> {
+    let MergeInsertKind::Values(values) = &insert.kind else {
+        return Err(Error::NotSupported(
+            "INSERT ROW in MERGE is not supported".into(),
+        ));
+    };
+    let [row] = values.rows.as_slice() else {
+        return Err(Error::Syntax(
+            "MERGE ... INSERT takes one VALUES row".into(),
+        ));
+    };
+    let row = &row.content;
+    let columns: Vec<String> = if insert.columns.is_empty() {
+        // Without a column list, values fill the columns in order; the rest take defaults.
+        target
+            .schema
+            .fields()
+            .iter()
+            .take(row.len())
+            .map(|f| f.name().clone())
+            .collect()
+    } else {
+        insert
+            .columns
+            .iter()
+            .map(|c| name_parts(c).last().cloned().unwrap_or_default())
+            .collect()
+    };
+    if columns.len() != row.len() {
+        return Err(Error::Syntax(format!(
+            "INSERT has {} target columns but {} expressions",
+            columns.len(),
+            row.len()
+        )));
+    }
+    let mut out: Vec<Option<String>> = vec![None; target.schema.fields().len()];
+    for (column, value) in columns.iter().zip(row) {
+        let index = target.schema.index_of(column).map_err(|_| {
+            Error::UndefinedColumn(format!(
+                "column \"{column}\" of relation \"{}\" does not exist",
+                target.name
+            ))
+        })?;
+        out[index] = Some(match value {
+            Expr::Identifier(ident) if ident.value.eq_ignore_ascii_case("default") => {
+                default_of(target, column)
+            }
+            value => value.to_string(),
+        });
+    }
+    Ok(out
+        .into_iter()
+        .zip(target.schema.fields())
+        .map(|(value, field)| value.unwrap_or_else(|| default_of(target, field.name())))
+        .collect())
+}
+
+/// What a statement does to the target's rows.
+struct Changes {
+    /// Row identifier -> (batch, row) of its new values in `values`.
+    updated: HashMap<u64, (usize, usize)>,
+    deleted: HashSet<u64>,
+    /// New values, in the target's column order.
+    values: Vec<RecordBatch>,
+    /// Rows to insert (batch, row) in `values`.
+    inserted: Vec<(usize, usize)>,
+}
+
+/// Plans and runs the statement's SELECT and sorts its rows into changes.
+async fn run_changes(
+    session: &mut Session,
+    sql: &str,
+    target: &Target,
+    single_match: bool,
+) -> Result<Changes> {
+    let mut statements = session.parse(sql)?;
+    let statement = statements
+        .pop()
+        .ok_or_else(|| Error::Internal("empty DML query".into()))?;
+    let statement = session.rewrite(statement)?;
+    let plan = session.plan(&statement).await?;
+    // Cast the new values to the target's column types, with SQL's cast rules.
+    let columns = plan.schema().columns();
+    let has_values = columns.len() > 2;
+    let mut exprs = vec![col(columns[0].clone()), col(columns[1].clone())];
+    if has_values {
+        for (index, field) in target.schema.fields().iter().enumerate() {
+            exprs.push(cast(col(columns[index + 2].clone()), field.data_type().clone()).alias(field.name()));
+        }
+    }
+    let plan = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
+    let batches = session
+        .context()
+        .execute_logical_plan(plan)
+        .await?
+        .collect()
+        .await?;
+    let mut changes = Changes {
+        updated: HashMap::new(),
+        deleted: HashSet::new(),
+        values: Vec::new(),
+        inserted: Vec::new(),
+    };
+    let mut seen: HashSet<u64> = HashSet::new();
+    for batch in batches {
+        let index = changes.values.len();
+        let ids = batch.column(0).as_primitive::<UInt64Type>().clone();
+        let actions = arrow::compute::cast(batch.column(1), &DataType::Int64)?;
+        let actions = actions.as_primitive::<arrow::datatypes::Int64Type>();
+        for row in 0..batch.num_rows() {
+            let action = actions.value(row);
+            if action == ACTION_INSERT {
+                changes.inserted.push((index, row));
+                continue;
+            }
+            let id = ids.value(row);
+            if !seen.insert(id) {
+                if single_match {
+                    return Err(Error::Cardinality(
+                        "Found multiple matches to update the same tuple: a row of the MERGE target matches more than one source row".into(),
+                    ));
+                }
+                // UPDATE ... FROM: a row matched by several rows is updated once, as in
+                // Postgres.
+                continue;
+            }
+            match action {
+                ACTION_DELETE => {
+                    changes.deleted.insert(id);
+                }
+                _ => {
+                    changes.updated.insert(id, (index, row));
+                }
+            }
+        }
+        if has_values {
+            changes.values.push(batch.project(&(2..batch.num_columns()).collect::<Vec<_>>())?);
+        }
+    }
+    Ok(changes)
+}
+
+/// Writes the target's new content and returns the number of rows the statement affected.
+async fn write_changes(session: &mut Session, target: &Target, changes: Changes) -> Result<u64> {
+    let affected = (changes.updated.len() + changes.deleted.len() + changes.inserted.len()) as u64;
+    if affected == 0 {
+        return Ok(0);
+    }
+    let width = target.schema.fields().len();
+    let mut content = Vec::with_capacity(target.batches.len() + 1);
+    for batch in &target.batches {
+        let ids = batch.column(width).as_primitive::<UInt64Type>();
+        let keep: BooleanArray = ids
+            .values()
+            .iter()
+            .map(|id| Some(!changes.deleted.contains(id)))
+            .collect();
+        let mut columns: Vec<ArrayRef> = batch.columns()[..width].to_vec();
+        let touched = ids.values().iter().any(|id| changes.updated.contains_key(id));
+        if touched {
+            // Row i comes from source 0 (the old row) or from new-value batch b (source b + 1).
+            let indices: Vec<(usize, usize)> = ids
+                .values()
+                .iter()
+                .enumerate()
+                .map(|(row, id)| match changes.updated.get(id) {
+                    Some((b, r)) => (b + 1, *r),
+                    None => (0, row),
+                })
+                .collect();
+            for (c, column) in columns.iter_mut().enumerate() {
+                let mut sources: Vec<&dyn Array> = vec![column.as_ref()];
+                sources.extend(changes.values.iter().map(|v| v.column(c).as_ref()));
+                *column = interleave(&sources, &indices)?;
+            }
+        }
+        let rebuilt = RecordBatch::try_new(target.schema.clone(), columns)?;
+        content.push(filter_record_batch(&rebuilt, &keep)?);
+    }
+    if !changes.inserted.is_empty() {
+        let columns = (0..width)
+            .map(|c| {
+                let sources: Vec<&dyn Array> =
+                    changes.values.iter().map(|v| v.column(c).as_ref()).collect();
+                Ok(interleave(&sources, &changes.inserted)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        content.push(RecordBatch::try_new(target.schema.clone(), columns)?);
+    }
+    match &target.table {
+        Some(table) => write_table(session, target, table, content).await?,
+        None => {
+            let memory = MemTable::try_new(target.schema.clone(), vec![content])?;
+            let temp = session.catalogs().temp().clone();
+            temp.deregister_table(&target.name)?;
+            temp.register_table(target.name.clone(), Arc::new(memory))?;
+        }
+    }
+    Ok(affected)
+}
+
+async fn write_table(
+    session: &mut Session,
+    target: &Target,
+    table: &Table,
+    content: Vec<RecordBatch>,
+) -> Result<()> {
+    let mut identity_next: Vec<(String, i64)> = Vec::new();
+    let stored = content
+        .into_iter()
+        .map(|batch| prepare_batch(table, &target.name, batch, &mut identity_next))
+        .collect::<Result<Vec<_>>>()?;
+    let stored_schema = Arc::new(crate::ddl::storage_schema(table));
+    let version = session
+        .engine()
+        .storage
+        .table(&table.path)?
+        .overwrite(table.version, stored, &stored_schema)
+        .await?;
+    session.catalogs().record_written(&table.path);
+    let database = session.database().to_string();
+    session.catalogs().modify(|state| {
+        let stored = state.table_mut(&database, &target.schema_name, &target.name)?;
+        stored.version = version;
+        for (column, next) in &identity_next {
+            if let Some(identity) = stored
+                .columns
+                .iter_mut()
+                .find(|c| &c.name == column)
+                .and_then(|c| c.identity.as_mut())
+            {
+                identity.next = *next;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
