@@ -8,3 +8,4 @@ mod durability;
 mod errors;
 mod s3;
 mod slt;
+mod transactions;
