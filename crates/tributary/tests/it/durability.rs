@@ -202,3 +202,77 @@ async fn sigterm_shuts_down_cleanly() {
     };
     assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_multi_table_commits_keeps_each_transaction_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().to_str().unwrap().to_string();
+    let (mut child, mut port) = spawn_server(&location, &[]);
+    let client = connect(port).await;
+    client
+        .batch_execute(
+            "CREATE TABLE balance (id INT, amount BIGINT);
+             CREATE TABLE transfers (n BIGINT, amount BIGINT);
+             INSERT INTO balance VALUES (1, 1000000)",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let mut acknowledged = 0i64;
+    // Kill at different moments, so that some kills land inside a COMMIT.
+    for (round, delay_ms) in [350u64, 800, 1250].into_iter().enumerate() {
+        let client = connect(port).await;
+        let start = acknowledged;
+        let writer = tokio::spawn(async move {
+            let mut acknowledged = start;
+            loop {
+                let n = acknowledged + 1;
+                let sql = format!(
+                    "BEGIN;
+                     UPDATE balance SET amount = amount - {n} WHERE id = 1;
+                     INSERT INTO transfers VALUES ({n}, {n});
+                     COMMIT"
+                );
+                match client.batch_execute(&sql).await {
+                    Ok(()) => acknowledged = n,
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        child.kill().expect("kill -9");
+        child.wait().unwrap();
+        acknowledged = writer.await.unwrap();
+
+        let (restarted, restarted_port) = spawn_server(&location, &[]);
+        (child, port) = (restarted, restarted_port);
+        let client = connect(port).await;
+        let row = client
+            .query_one(
+                "SELECT (SELECT amount FROM balance WHERE id = 1), count(*), count(DISTINCT n), coalesce(sum(amount), 0), coalesce(max(n), 0) FROM transfers",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (balance, rows, distinct, moved, last): (i64, i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        assert_eq!(
+            balance + moved,
+            1_000_000,
+            "round {round}: a transaction was torn between the two tables"
+        );
+        assert_eq!(rows, distinct, "round {round}: a transfer was duplicated");
+        assert_eq!(rows, last, "round {round}: a transfer is missing");
+        // The transaction in flight at the kill may or may not have committed.
+        assert!(
+            last == acknowledged || last == acknowledged + 1,
+            "round {round}: acknowledged {acknowledged}, found {last}"
+        );
+        acknowledged = last;
+    }
+    assert!(acknowledged > 0, "no transaction committed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
