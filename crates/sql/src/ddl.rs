@@ -523,33 +523,33 @@ async fn create_view(session: &mut Session, view: CreateView) -> Result<Output> 
     let or_replace = view.or_replace;
     let if_not_exists = view.if_not_exists;
     let existed = session.catalogs().modify(|state| {
-            let oid = state.allocate_oid();
-            let target = state.schema_mut(&database, &schema)?;
-            match target.relations.get(&name) {
-                Some(Relation::Table(_)) => Err(tributary_catalog::Error::Invalid(format!(
-                    "\"{name}\" is a table, not a view"
-                ))),
-                Some(Relation::View(_)) if if_not_exists => Ok(true),
-                Some(Relation::View(_)) if !or_replace => {
-                    Err(tributary_catalog::Error::AlreadyExists {
-                        kind: "relation",
-                        name: name.clone(),
-                    })
-                }
-                _ => {
-                    target.relations.insert(
-                        name.clone(),
-                        Relation::View(View {
-                            oid,
-                            owner,
-                            sql,
-                            column_names,
-                        }),
-                    );
-                    Ok(false)
-                }
+        let oid = state.allocate_oid();
+        let target = state.schema_mut(&database, &schema)?;
+        match target.relations.get(&name) {
+            Some(Relation::Table(_)) => Err(tributary_catalog::Error::Invalid(format!(
+                "\"{name}\" is a table, not a view"
+            ))),
+            Some(Relation::View(_)) if if_not_exists => Ok(true),
+            Some(Relation::View(_)) if !or_replace => {
+                Err(tributary_catalog::Error::AlreadyExists {
+                    kind: "relation",
+                    name: name.clone(),
+                })
             }
-        })?;
+            _ => {
+                target.relations.insert(
+                    name.clone(),
+                    Relation::View(View {
+                        oid,
+                        owner,
+                        sql,
+                        column_names,
+                    }),
+                );
+                Ok(false)
+            }
+        }
+    })?;
     if existed {
         session.notice(format!("relation \"{name}\" already exists, skipping"));
     }
@@ -666,7 +666,10 @@ async fn drop_relation(
     };
     let database = session.database().to_string();
     let is_table = matches!(
-        session.catalogs().pinned().relation(&database, &schema, &relation),
+        session
+            .catalogs()
+            .pinned()
+            .relation(&database, &schema, &relation),
         Some(Relation::Table(_))
     );
     if is_table && !view {
@@ -761,18 +764,18 @@ async fn drop_database(
         return Err(Error::ActiveTransaction("DROP DATABASE".into()));
     }
     let result = session.catalogs().modify(|state: &mut CatalogState| {
-            let removed = state.databases.remove(&database).ok_or_else(|| {
-                tributary_catalog::Error::NotFound {
-                    kind: "database",
-                    name: database.clone(),
-                }
-            })?;
-            Ok(removed
-                .schemas
-                .values()
-                .flat_map(|s| table_paths(s.relations.values()))
-                .collect::<Vec<_>>())
-        });
+        let removed = state.databases.remove(&database).ok_or_else(|| {
+            tributary_catalog::Error::NotFound {
+                kind: "database",
+                name: database.clone(),
+            }
+        })?;
+        Ok(removed
+            .schemas
+            .values()
+            .flat_map(|s| table_paths(s.relations.values()))
+            .collect::<Vec<_>>())
+    });
     match result {
         Ok(paths) => Ok(paths),
         Err(tributary_catalog::Error::NotFound { .. }) if if_exists => {
@@ -826,7 +829,10 @@ async fn alter_one(
                 }
             };
             if matches!(
-                session.catalogs().pinned().relation(&database, schema, name),
+                session
+                    .catalogs()
+                    .pinned()
+                    .relation(&database, schema, name),
                 Some(Relation::Table(_))
             ) {
                 session
@@ -834,25 +840,23 @@ async fn alter_one(
                     .lock_table(&database, schema, name, WriteKind::Rewrite)
                     .await?;
             }
-            session
-                .catalogs()
-                .modify(|state| {
-                    let target = state.schema_mut(&database, schema)?;
-                    if target.relations.contains_key(&new_name) {
-                        return Err(tributary_catalog::Error::AlreadyExists {
-                            kind: "relation",
-                            name: new_name.clone(),
-                        });
+            session.catalogs().modify(|state| {
+                let target = state.schema_mut(&database, schema)?;
+                if target.relations.contains_key(&new_name) {
+                    return Err(tributary_catalog::Error::AlreadyExists {
+                        kind: "relation",
+                        name: new_name.clone(),
+                    });
+                }
+                let relation = target.relations.remove(name).ok_or_else(|| {
+                    tributary_catalog::Error::NotFound {
+                        kind: "relation",
+                        name: name.to_string(),
                     }
-                    let relation = target.relations.remove(name).ok_or_else(|| {
-                        tributary_catalog::Error::NotFound {
-                            kind: "relation",
-                            name: name.to_string(),
-                        }
-                    })?;
-                    target.relations.insert(new_name.clone(), relation);
-                    Ok(())
                 })?;
+                target.relations.insert(new_name.clone(), relation);
+                Ok(())
+            })?;
             Ok(new_name)
         }
         AlterTableOperation::AddColumn {

@@ -25,9 +25,64 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
         .with_unescape(true)
         .tokenize_with_location()?;
     let tokens = abort_as_rollback(move_backup_first(normalise_table_attributes(tokens)));
+    let tokens = maxerror_as_option(tokens);
     Parser::new(&dialect)
         .with_tokens_with_locations(tokens)
         .parse_statements()
+}
+
+/// The marker that carries COPY's `MAXERROR [AS] n` through the parser, which has no such
+/// option: it becomes `EXTENSION '<marker>n'`, an option COPY has no other use for.
+pub(crate) const MAXERROR_MARKER: &str = "tributary-maxerror=";
+
+fn maxerror_as_option(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut iter = tokens.into_iter().peekable();
+    while let Some(token) = iter.next() {
+        if word_upper(&token.token).as_deref() != Some("MAXERROR") {
+            out.push(token);
+            continue;
+        }
+        // MAXERROR [AS] <number>
+        let mut lookahead = iter.clone();
+        let mut skipped = 0;
+        let mut number = None;
+        for next in lookahead.by_ref() {
+            skipped += 1;
+            match &next.token {
+                Token::Whitespace(_) => continue,
+                t if word_upper(t).as_deref() == Some("AS") => continue,
+                Token::Number(n, _) => {
+                    number = Some(n.clone());
+                    break;
+                }
+                _ => break,
+            }
+        }
+        match number {
+            Some(n) => {
+                for _ in 0..skipped {
+                    iter.next();
+                }
+                out.push(TokenWithSpan {
+                    token: Token::make_keyword("EXTENSION"),
+                    span: token.span,
+                });
+                out.push(TokenWithSpan {
+                    token: Token::Whitespace(
+                        datafusion::sql::sqlparser::tokenizer::Whitespace::Space,
+                    ),
+                    span: token.span,
+                });
+                out.push(TokenWithSpan {
+                    token: Token::SingleQuotedString(format!("{MAXERROR_MARKER}{n}")),
+                    span: token.span,
+                });
+            }
+            None => out.push(token),
+        }
+    }
+    out
 }
 
 /// `ABORT [WORK | TRANSACTION]` is Redshift's (and Postgres's) other spelling of ROLLBACK.

@@ -21,8 +21,7 @@ use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::logical_expr::{LogicalPlanBuilder, cast, col};
 use datafusion::sql::sqlparser::ast::{
     AssignmentTarget, Delete, Expr, FromTable, MergeAction, MergeClause, MergeClauseKind,
-    MergeInsertKind, ObjectName, Statement, TableFactor, TableWithJoins, UpdateTableFromKind,
-    With,
+    MergeInsertKind, ObjectName, Statement, TableFactor, TableWithJoins, UpdateTableFromKind, With,
 };
 use tributary_catalog::Table;
 
@@ -117,9 +116,10 @@ impl Target {
         let temp = session.catalogs().temp().clone();
         let (table, schema_name, table_name, provider): (_, _, _, Arc<dyn TableProvider>) =
             if parts.len() == 1 && temp.table_exist(&parts[0]) {
-                let provider = temp.table(&parts[0]).await?.ok_or_else(|| {
-                    Error::UndefinedTable(parts[0].clone())
-                })?;
+                let provider = temp
+                    .table(&parts[0])
+                    .await?
+                    .ok_or_else(|| Error::UndefinedTable(parts[0].clone()))?;
                 (None, String::new(), parts[0].clone(), provider)
             } else {
                 let (schema, table_name) = resolve_table(session, name)?;
@@ -186,7 +186,7 @@ impl Target {
     }
 
     /// The scratch table as a FROM item, under the statement's name for the target.
-    fn from_item(&self) -> String {
+    fn scratch_item(&self) -> String {
         format!(
             "{}.{} AS {}",
             crate::catalog_list::TEMP_SCHEMA,
@@ -228,10 +228,7 @@ fn with_prefix(with: &Option<With>) -> String {
 }
 
 fn from_list(tables: &[TableWithJoins]) -> String {
-    tables
-        .iter()
-        .map(|t| format!(", {t}"))
-        .collect::<String>()
+    tables.iter().map(|t| format!(", {t}")).collect::<String>()
 }
 
 async fn delete_rows(session: &mut Session, delete: Delete, with: Option<With>) -> Result<Output> {
@@ -266,7 +263,7 @@ async fn delete_rows(session: &mut Session, delete: Delete, with: Option<With>) 
             "{}SELECT DISTINCT {} AS {ROW_ID}, CAST({ACTION_DELETE} AS BIGINT) AS {ACTION} FROM {}{}{selection}",
             with_prefix(&with),
             target.column(ROW_ID),
-            target.from_item(),
+            target.scratch_item(),
             from_list(&others),
         );
         let changes = run_changes(session, &sql, &target, false).await?;
@@ -370,7 +367,7 @@ async fn update_rows(
             "{}SELECT {} AS {ROW_ID}, CAST({ACTION_UPDATE} AS BIGINT) AS {ACTION}{projections} FROM {}{}{selection}",
             with_prefix(&with),
             target.column(ROW_ID),
-            target.from_item(),
+            target.scratch_item(),
             from_list(from),
         );
         let changes = run_changes(session, &sql, &target, false).await?;
@@ -446,7 +443,7 @@ async fn merge_rows(
             with_prefix(&with),
             target.column(ROW_ID),
             action_arms.join(" "),
-            target.from_item(),
+            target.scratch_item(),
         );
         let changes = run_changes(session, &sql, &target, true).await?;
         write_changes(session, &target, changes).await
@@ -551,7 +548,10 @@ async fn run_changes(
     let mut exprs = vec![col(columns[0].clone()), col(columns[1].clone())];
     if has_values {
         for (index, field) in target.schema.fields().iter().enumerate() {
-            exprs.push(cast(col(columns[index + 2].clone()), field.data_type().clone()).alias(field.name()));
+            exprs.push(
+                cast(col(columns[index + 2].clone()), field.data_type().clone())
+                    .alias(field.name()),
+            );
         }
     }
     let plan = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
@@ -600,7 +600,9 @@ async fn run_changes(
             }
         }
         if has_values {
-            changes.values.push(batch.project(&(2..batch.num_columns()).collect::<Vec<_>>())?);
+            changes
+                .values
+                .push(batch.project(&(2..batch.num_columns()).collect::<Vec<_>>())?);
         }
     }
     Ok(changes)
@@ -622,7 +624,10 @@ async fn write_changes(session: &mut Session, target: &Target, changes: Changes)
             .map(|id| Some(!changes.deleted.contains(id)))
             .collect();
         let mut columns: Vec<ArrayRef> = batch.columns()[..width].to_vec();
-        let touched = ids.values().iter().any(|id| changes.updated.contains_key(id));
+        let touched = ids
+            .values()
+            .iter()
+            .any(|id| changes.updated.contains_key(id));
         if touched {
             // Row i comes from source 0 (the old row) or from new-value batch b (source b + 1).
             let indices: Vec<(usize, usize)> = ids
@@ -646,8 +651,11 @@ async fn write_changes(session: &mut Session, target: &Target, changes: Changes)
     if !changes.inserted.is_empty() {
         let columns = (0..width)
             .map(|c| {
-                let sources: Vec<&dyn Array> =
-                    changes.values.iter().map(|v| v.column(c).as_ref()).collect();
+                let sources: Vec<&dyn Array> = changes
+                    .values
+                    .iter()
+                    .map(|v| v.column(c).as_ref())
+                    .collect();
                 Ok(interleave(&sources, &changes.inserted)?)
             })
             .collect::<Result<Vec<_>>>()?;

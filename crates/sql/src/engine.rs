@@ -21,6 +21,8 @@ pub struct Engine {
     /// hand out the same one. Starts from the catalog's counter.
     oids: Mutex<u32>,
     transactions: AtomicU64,
+    /// Rows rejected by COPY, for `stl_load_errors`.
+    pub(crate) load_errors: crate::copy::LoadErrors,
 }
 
 impl Engine {
@@ -36,6 +38,7 @@ impl Engine {
             locks: Arc::new(TableLocks::default()),
             oids: Mutex::new(next_oid),
             transactions: AtomicU64::new(1),
+            load_errors: Default::default(),
         });
         engine.recover().await?;
         Ok(engine)

@@ -76,6 +76,9 @@ pub enum Error {
     /// A concurrent writer won; the statement can be retried.
     #[error("{0}")]
     SerializationFailure(String),
+    /// A file or location the statement names does not exist or is empty.
+    #[error("{0}")]
+    UndefinedFile(String),
     /// A row was matched more than once where only one match is allowed (MERGE).
     #[error("{0}")]
     Cardinality(String),

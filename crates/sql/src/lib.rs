@@ -7,6 +7,7 @@
 //! its errors say whose fault they are, and the wire crate maps them to SQLSTATE codes.
 
 mod catalog_list;
+mod copy;
 mod ddl;
 mod dialect;
 mod dml;
@@ -22,6 +23,7 @@ mod table;
 mod transaction;
 mod types;
 
+pub use copy::CopyPlan;
 pub use datafusion::common::ParamValues;
 pub use datafusion::sql::sqlparser::ast::Statement;
 pub use dialect::parse_statements;

@@ -37,6 +37,9 @@ pub enum Output {
     },
     /// A command tag such as `CREATE TABLE`, with a row count for DML (`INSERT 0 3`).
     Command { tag: String, rows: Option<u64> },
+    /// `COPY ... FROM STDIN`: the client sends the data next; hand it to
+    /// [`Session::copy_in`].
+    CopyIn { columns: usize },
 }
 
 impl std::fmt::Debug for Output {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for Output {
                 schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
             ),
             Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
+            Output::CopyIn { columns } => write!(f, "CopyIn({columns})"),
         }
     }
 }
@@ -89,6 +93,8 @@ pub struct Session {
     clock: functions::StatementClock,
     context: Arc<SessionContext>,
     notices: Vec<String>,
+    /// A `COPY ... FROM STDIN` waiting for the client's data.
+    pending_copy: Option<crate::copy::CopyPlan>,
 }
 
 impl Session {
@@ -106,6 +112,7 @@ impl Session {
             clock,
             context,
             notices: Vec::new(),
+            pending_copy: None,
         })
     }
 
@@ -250,6 +257,45 @@ impl Session {
         }
         let autocommit = self.catalogs.begin(false);
         let result = self.run_in_transaction(statement, params, autocommit).await;
+        self.finish_statement(autocommit, result).await
+    }
+
+    /// Loads the data of a `COPY ... FROM STDIN`, as one statement.
+    pub async fn copy_in(&mut self, data: bytes::Bytes) -> Result<Output> {
+        let plan = self
+            .pending_copy
+            .take()
+            .ok_or_else(|| Error::Internal("copy data without a COPY FROM STDIN".into()))?;
+        self.clock.start_statement();
+        let autocommit = self.catalogs.begin(false);
+        let result = async {
+            if autocommit {
+                let (schema, table) = plan.target();
+                self.catalogs.prelock(&self.database, schema, table).await?;
+            }
+            self.catalogs.pin_statement();
+            let rows = crate::copy::load_bytes(self, &plan, data).await?;
+            Ok(Output::Command {
+                tag: "COPY".into(),
+                rows: Some(rows),
+            })
+        }
+        .await;
+        self.finish_statement(autocommit, result).await
+    }
+
+    /// Forgets a `COPY ... FROM STDIN` the client abandoned.
+    pub fn cancel_copy(&mut self) {
+        self.pending_copy = None;
+    }
+
+    /// Commits an autocommit statement's transaction, or rolls it back on error; in a block,
+    /// an error fails the block.
+    async fn finish_statement(
+        &mut self,
+        autocommit: bool,
+        result: Result<Output>,
+    ) -> Result<Output> {
         if !autocommit {
             if result.is_err() {
                 self.catalogs.mark_failed();
@@ -539,9 +585,25 @@ impl Session {
                 self.apply_settings()?;
                 Ok(Output::command("RESET"))
             }
-            Statement::Rollback { .. } | Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => Err(Error::NotSupported(
+            Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. } => Err(Error::NotSupported(
                 "savepoints are not supported yet".into(),
             )),
+            Statement::Copy { .. } => {
+                let plan = crate::copy::plan(self, &statement)?;
+                if plan.from_stdin() {
+                    let columns = plan.column_count();
+                    self.pending_copy = Some(plan);
+                    return Ok(Output::CopyIn { columns });
+                }
+                let rows = crate::copy::load_location(self, &plan).await?;
+                Ok(Output::Command {
+                    tag: "COPY".into(),
+                    rows: Some(rows),
+                })
+            }
+            Statement::Unload { .. } => crate::copy::unload(self, statement).await,
             Statement::Deallocate { .. } => Ok(Output::command("DEALLOCATE")),
             Statement::Discard { .. } => Ok(Output::command("DISCARD")),
             Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => {
@@ -758,6 +820,11 @@ fn write_targets(statement: &Statement) -> Vec<(ObjectName, WriteKind)> {
             .map(|t| (t.name.clone(), WriteKind::Rewrite))
             .collect(),
         Statement::AlterTable(alter) => vec![(alter.name.clone(), WriteKind::Rewrite)],
+        Statement::Copy {
+            source: datafusion::sql::sqlparser::ast::CopySource::Table { table_name, .. },
+            to: false,
+            ..
+        } => vec![(table_name.clone(), WriteKind::Append)],
         _ => vec![],
     }
 }

@@ -24,6 +24,7 @@ const REDSHIFT_VIEWS: &[&str] = &[
     "svv_all_columns",
     "pg_table_def",
     "svv_table_info",
+    "stl_load_errors",
 ];
 
 /// True if an unqualified name should resolve to `pg_catalog` when no user relation has it.
@@ -166,6 +167,10 @@ impl SystemSchema {
                 external_view(name)
             }
             "pg_user" => users(&state)?,
+            "stl_load_errors" => {
+                crate::copy::load_errors_batch(&self.catalogs.engine().load_errors.snapshot())
+                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+            }
             _ => return Ok(None),
         };
         Ok(Some(Arc::new(MemTable::try_new(

@@ -238,10 +238,7 @@ impl SessionCatalogs {
                 .ok_or_else(|| Error::Internal("a table write outside a transaction".into()))?;
             (txn.id, txn.working.table(database, schema, name)?.clone())
         };
-        self.engine()
-            .locks
-            .acquire(id, &table.path, name)
-            .await?;
+        self.engine().locks.acquire(id, &table.path, name).await?;
         let already_locked = self
             .transaction_slot()
             .as_ref()

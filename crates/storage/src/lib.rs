@@ -5,9 +5,11 @@
 //! (a Delta log entry) stays here.
 
 mod error;
+mod files;
 mod root;
 mod table;
 
 pub use error::{Error, Result};
+pub use files::ExternalLocation;
 pub use root::StorageRoot;
 pub use table::{AppendOutcome, TableHandle};

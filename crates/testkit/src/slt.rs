@@ -114,6 +114,12 @@ impl sqllogictest::AsyncDB for InProcess {
                         stream.try_collect().await.map_err(|e| fail(e.into()))?;
                     rows_output(&batches).map_err(SltError)?
                 }
+                Output::CopyIn { .. } => {
+                    self.session.cancel_copy();
+                    return Err(SltError(
+                        "COPY FROM STDIN needs a client that sends data".into(),
+                    ));
+                }
             };
         }
         Ok(last)

@@ -12,14 +12,19 @@ use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{
     arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type,
 };
+use datafusion_postgres::pgwire::api::copy::CopyHandler;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use datafusion_postgres::pgwire::api::results::{
+    CopyResponse, FieldInfo, QueryResponse, Response, Tag,
+};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
 use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use datafusion_postgres::pgwire::messages::response::CommandComplete;
 use datafusion_postgres::pgwire::messages::response::NoticeResponse;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use futures::{Sink, SinkExt, StreamExt, stream};
@@ -43,6 +48,7 @@ impl Connection {
             queries: Arc::new(Queries {
                 engine,
                 session: Arc::new(Mutex::new(None)),
+                copy_data: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -69,6 +75,10 @@ impl PgWireServerHandlers for Connection {
     fn startup_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::auth::StartupHandler> {
         self.startup.clone()
     }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        self.queries.clone()
+    }
 }
 
 type SharedSession = Arc<Mutex<Option<Session>>>;
@@ -76,6 +86,8 @@ type SharedSession = Arc<Mutex<Option<Session>>>;
 pub struct Queries {
     engine: Arc<Engine>,
     session: SharedSession,
+    /// The data of a `COPY ... FROM STDIN` in progress.
+    copy_data: std::sync::Mutex<Vec<u8>>,
 }
 
 /// Opens the session on first use, for the user and database of the startup message.
@@ -133,6 +145,11 @@ fn respond(output: Output, format: &Format, options: Arc<FormatOptions>) -> PgWi
             };
             Ok(Response::Execution(tag))
         }
+        Output::CopyIn { columns } => Ok(Response::CopyIn(CopyResponse::new(
+            0,
+            columns,
+            stream::empty(),
+        ))),
         Output::Rows { schema, stream } => {
             let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
             let row_fields = fields.clone();
@@ -310,5 +327,68 @@ impl ExtendedQueryHandler for Queries {
             &portal.result_column_format,
             options,
         )
+    }
+}
+
+/// `COPY ... FROM STDIN`: the data is gathered, then loaded as one statement at CopyDone.
+#[async_trait]
+impl CopyHandler for Queries {
+    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.copy_data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(&copy_data.data);
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let data = std::mem::take(&mut *self.copy_data.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut guard = session_of(&self.engine, &self.session, client).await?;
+        let session = guard.as_mut().expect("session_of opened it");
+        let result = session.copy_in(bytes::Bytes::from(data)).await;
+        send_notices(client, session).await?;
+        let rows = match result.map_err(to_pgwire)? {
+            tributary_sql::Output::Command { rows, .. } => rows.unwrap_or(0),
+            _ => 0,
+        };
+        let tag = Tag::new("COPY").with_rows(rows as usize);
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                CommandComplete::from(tag),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.copy_data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        if let Ok(mut guard) = session_of(&self.engine, &self.session, client).await
+            && let Some(session) = guard.as_mut()
+        {
+            session.cancel_copy();
+        }
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".to_owned(),
+            "57014".to_owned(),
+            format!("COPY from stdin failed: {}", fail.message),
+        )))
     }
 }

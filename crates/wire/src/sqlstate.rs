@@ -36,6 +36,7 @@ pub fn sqlstate(err: &Error) -> &'static str {
         Error::SerializationFailure(_) => "40001",
         Error::Deadlock(_) => "40P01",
         Error::Cardinality(_) => "21000",
+        Error::UndefinedFile(_) => "58P01",
         Error::InFailedTransaction => "25P02",
         Error::ActiveTransaction(_) => "25001",
         Error::InvalidAuthorization(_) => "28000",

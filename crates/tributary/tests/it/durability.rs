@@ -275,4 +275,3 @@ async fn kill_9_during_multi_table_commits_keeps_each_transaction_whole() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
-

@@ -4,6 +4,7 @@
 
 mod clients;
 mod concurrency;
+mod copy;
 mod durability;
 mod errors;
 mod s3;

@@ -37,7 +37,10 @@ async fn uncommitted_writes_are_private_until_commit() {
     assert_eq!(count(&writer, "SELECT sum(amount) FROM orders").await, 31);
     assert_eq!(count(&reader, "SELECT sum(amount) FROM orders").await, 10);
     assert_eq!(count(&reader, "SELECT count(*) FROM order_log").await, 0);
-    let err = reader.simple_query("SELECT * FROM extra").await.unwrap_err();
+    let err = reader
+        .simple_query("SELECT * FROM extra")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNDEFINED_TABLE));
 
     writer.batch_execute("COMMIT").await.unwrap();
@@ -123,9 +126,7 @@ async fn concurrent_writers_of_one_table_conflict() {
         .unwrap();
     // The second writer waits for the first one's table lock...
     let waiting = tokio::spawn(async move {
-        let result = second
-            .batch_execute("UPDATE stock SET qty = qty - 5")
-            .await;
+        let result = second.batch_execute("UPDATE stock SET qty = qty - 5").await;
         (second, result)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -137,7 +138,11 @@ async fn concurrent_writers_of_one_table_conflict() {
         .unwrap()
         .unwrap();
     let err = result.unwrap_err();
-    assert_eq!(err.code(), Some(&SqlState::T_R_SERIALIZATION_FAILURE), "{err}");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err}"
+    );
     second.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(count(&second, "SELECT sum(qty) FROM stock").await, 9);
 
@@ -178,7 +183,11 @@ async fn concurrent_writers_of_one_table_conflict() {
         writer.await.unwrap();
     }
     assert_eq!(
-        count(&first, "SELECT CAST(qty AS BIGINT) FROM stock WHERE item = 1").await,
+        count(
+            &first,
+            "SELECT CAST(qty AS BIGINT) FROM stock WHERE item = 1"
+        )
+        .await,
         29
     );
 }
@@ -219,7 +228,11 @@ async fn a_lock_cycle_is_a_deadlock_and_a_disconnect_rolls_back() {
     result.unwrap();
     first.batch_execute("COMMIT").await.unwrap();
     assert_eq!(
-        count(&second, "SELECT (SELECT count(*) FROM t1) * 10 + (SELECT count(*) FROM t2)").await,
+        count(
+            &second,
+            "SELECT (SELECT count(*) FROM t1) * 10 + (SELECT count(*) FROM t2)"
+        )
+        .await,
         11
     );
 
@@ -238,7 +251,11 @@ async fn a_lock_cycle_is_a_deadlock_and_a_disconnect_rolls_back() {
     .expect("the disconnected transaction's lock was released")
     .unwrap();
     assert_eq!(
-        count(&second, "SELECT (SELECT count(*) FROM t1) * 10 + (SELECT count(*) FROM t2)").await,
+        count(
+            &second,
+            "SELECT (SELECT count(*) FROM t1) * 10 + (SELECT count(*) FROM t2)"
+        )
+        .await,
         12
     );
 }
