@@ -23,6 +23,14 @@ pub struct Engine {
     transactions: AtomicU64,
     /// Rows rejected by COPY, for `stl_load_errors`.
     pub(crate) load_errors: crate::copy::LoadErrors,
+    /// Open transactions and when they started (vacuum keeps what they may read).
+    pub(crate) active: Arc<crate::transaction::ActiveTransactions>,
+    /// Table versions with the same rows as an older one (compaction, rollback): path ->
+    /// older version -> newer version. A transaction whose snapshot has the older one can
+    /// still write the table.
+    equivalent: Mutex<std::collections::HashMap<String, std::collections::HashMap<u64, u64>>>,
+    /// When each table was last vacuumed, and at which version.
+    pub(crate) vacuumed: Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
 }
 
 impl Engine {
@@ -39,6 +47,9 @@ impl Engine {
             oids: Mutex::new(next_oid),
             transactions: AtomicU64::new(1),
             load_errors: Default::default(),
+            active: Default::default(),
+            equivalent: Default::default(),
+            vacuumed: Default::default(),
         });
         engine.recover().await?;
         Ok(engine)
@@ -57,6 +68,25 @@ impl Engine {
     /// The current catalog version.
     pub fn catalog_snapshot(&self) -> Arc<CatalogState> {
         self.catalog.snapshot()
+    }
+
+    /// Records that `newer` has the same rows as `older`.
+    pub(crate) fn record_equivalent(&self, path: &str, older: u64, newer: u64) {
+        let mut map = self.equivalent.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(path.to_string())
+            .or_default()
+            .insert(older, newer);
+    }
+
+    /// The newest version known to have the same rows as `version`.
+    pub(crate) fn newest_equivalent(&self, path: &str, mut version: u64) -> u64 {
+        let map = self.equivalent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(versions) = map.get(path) {
+            while let Some(next) = versions.get(&version) {
+                version = *next;
+            }
+        }
+        version
     }
 
     pub(crate) fn next_transaction_id(&self) -> u64 {

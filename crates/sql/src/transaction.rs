@@ -17,8 +17,9 @@
 //! each written table to its committed content and deletes tables the transaction created. A
 //! crash leaves Delta versions newer than the catalog's pins; start-up recovery restores them.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tributary_catalog::{CatalogState, Relation, Table};
 
@@ -65,6 +66,7 @@ pub(crate) struct Transaction {
     /// Tables this transaction dropped: deleted after commit.
     dropped: Vec<String>,
     locks: Arc<TableLocks>,
+    active: Arc<ActiveTransactions>,
 }
 
 impl Drop for Transaction {
@@ -72,14 +74,50 @@ impl Drop for Transaction {
         // Normally released by commit or rollback already; this covers a session dropped in
         // the middle of a statement.
         self.locks.release_all(self.id);
+        self.active.end(self.id);
+    }
+}
+
+/// The open transactions of an engine and when each started.
+#[derive(Debug, Default)]
+pub(crate) struct ActiveTransactions {
+    started: Mutex<HashMap<u64, Instant>>,
+}
+
+impl ActiveTransactions {
+    fn start(&self, id: u64) {
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Instant::now());
+    }
+
+    fn end(&self, id: u64) {
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// How long the oldest open transaction has been running.
+    pub(crate) fn oldest_age(&self) -> Duration {
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Instant::elapsed)
+            .max()
+            .unwrap_or_default()
     }
 }
 
 impl Transaction {
     fn new(engine: &Engine, explicit: bool) -> Self {
         let snapshot = engine.catalog_snapshot();
+        let id = engine.next_transaction_id();
+        engine.active.start(id);
         Self {
-            id: engine.next_transaction_id(),
+            id,
             explicit,
             aborted: false,
             base: snapshot.clone(),
@@ -89,6 +127,7 @@ impl Transaction {
             created: BTreeSet::new(),
             dropped: Vec::new(),
             locks: engine.locks.clone(),
+            active: engine.active.clone(),
         }
     }
 
@@ -267,10 +306,23 @@ impl SessionCatalogs {
         let txn = slot
             .as_mut()
             .ok_or_else(|| Error::Internal("the transaction ended during a write".into()))?;
-        let snapshot_version = table_by_path(&txn.base, &table.path).map(|t| t.version);
+        // Versions with the same rows (a compaction, a rollback's restore) are not changes.
+        let snapshot_version = table_by_path(&txn.base, &table.path)
+            .map(|t| self.engine().newest_equivalent(&table.path, t.version));
+        let unchanged = table_by_path(&txn.base, &table.path) == Some(&table);
         let mut table = table;
-        if snapshot_version != Some(committed.version) {
-            let unchanged = table_by_path(&txn.base, &table.path) == Some(&table);
+        if snapshot_version == Some(committed.version)
+            && unchanged
+            && table.version != committed.version
+        {
+            let mut base = (*txn.base).clone();
+            replace_by_path(&mut base, &committed);
+            txn.base = Arc::new(base);
+            let mut working = (*txn.working).clone();
+            replace_by_path(&mut working, &committed);
+            txn.working = Arc::new(working);
+            table = committed.clone();
+        } else if snapshot_version != Some(committed.version) {
             if kind != WriteKind::Append || !unchanged {
                 return Err(Error::SerializationFailure(format!(
                     "could not serialize access due to concurrent update of table \"{name}\"; retry the transaction"
@@ -365,7 +417,10 @@ impl SessionCatalogs {
                 Err(err) => Err(err),
             };
             match restored {
-                Ok(version) => repins.push((path.clone(), *committed, version)),
+                Ok(version) => {
+                    engine.record_equivalent(path, *committed, version);
+                    repins.push((path.clone(), *committed, version));
+                }
                 // The next writer of the table, or start-up recovery, undoes them instead.
                 Err(err) => {
                     tracing::warn!(%err, %path, "could not undo a rolled-back transaction's table commits")

@@ -16,6 +16,9 @@ use url::Url;
 use crate::root::StorageRoot;
 use crate::{Error, Result};
 
+/// Commits between Delta checkpoints of tables created here.
+const CHECKPOINT_INTERVAL: &str = "10";
+
 /// A table stored under the root. Cheap to create; holds no open state of its own.
 #[derive(Debug, Clone)]
 pub struct TableHandle {
@@ -64,6 +67,12 @@ impl TableHandle {
             .build()?
             .create()
             .with_columns(kernel.fields().cloned())
+            // Many small commits (single-row INSERTs) would make every load replay a long
+            // log; a checkpoint every 10 commits keeps loading short.
+            .with_configuration_property(
+                deltalake::TableProperty::CheckpointInterval,
+                Some(CHECKPOINT_INTERVAL),
+            )
             .with_save_mode(SaveMode::ErrorIfExists)
             .await?;
         self.remember(&table)
@@ -156,6 +165,53 @@ impl TableHandle {
         let table = deltalake::open_table(self.url.clone()).await?;
         let (table, _metrics) = table.restore().with_version_to_restore(version).await?;
         self.remember(&table)
+    }
+
+    /// The number of data files `version` reads.
+    pub async fn file_count(&self, version: u64) -> Result<usize> {
+        let table = self.load(version).await?;
+        Ok(table.snapshot()?.log_data().num_files())
+    }
+
+    /// Rewrites the small files of `version` into files of about `target_bytes`, as a new
+    /// version with the same rows. Returns the new version, or None if there was nothing to
+    /// compact. Readers of older versions are unaffected: their files stay until vacuumed.
+    pub async fn compact(&self, version: u64, target_bytes: u64) -> Result<Option<u64>> {
+        let table = self.load(version).await?;
+        let target = std::num::NonZeroU64::new(target_bytes.max(1)).expect("at least 1");
+        let (table, metrics) = table
+            .optimize()
+            .with_type(deltalake::operations::optimize::OptimizeType::Compact)
+            .with_target_size(target)
+            .await?;
+        if metrics.num_files_removed == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.remember(&table)?))
+    }
+
+    /// Writes a checkpoint of `version`, so that loading it replays a checkpoint and a few
+    /// commits instead of the whole log.
+    pub async fn checkpoint(&self, version: u64) -> Result<()> {
+        let table = self.load(version).await?;
+        deltalake::checkpoints::create_checkpoint(&table, None).await?;
+        Ok(())
+    }
+
+    /// Deletes data files that the latest version does not read and that were removed (or,
+    /// for files no commit ever named, written) more than `retention` ago. Returns how many
+    /// files were deleted. The caller makes sure the latest version is the one readers pin.
+    pub async fn vacuum(&self, retention: std::time::Duration) -> Result<usize> {
+        let table = deltalake::open_table(self.url.clone()).await?;
+        let retention = chrono::Duration::from_std(retention)
+            .map_err(|e| Error::Internal(format!("vacuum retention out of range: {e}")))?;
+        let (_, metrics) = table
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+            .await?;
+        Ok(metrics.files_deleted.len())
     }
 
     /// Deletes every file of the table.

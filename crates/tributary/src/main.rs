@@ -35,6 +35,16 @@ struct ServeArgs {
     /// How clients with a password authenticate: scram (SCRAM-SHA-256) or md5 (old drivers).
     #[arg(long, value_enum, default_value_t = AuthMethod::Scram)]
     password_auth: AuthMethod,
+    /// Seconds between background table maintenance passes (compaction and vacuum).
+    #[arg(long, default_value_t = 30, env = "TRIBUTARY_MAINTENANCE_INTERVAL")]
+    maintenance_interval: u64,
+    /// A table whose current version reads at least this many files is compacted.
+    #[arg(long, default_value_t = 32, env = "TRIBUTARY_COMPACT_MIN_FILES")]
+    compact_min_files: usize,
+    /// Seconds a data file that no current table version reads is kept before vacuum deletes
+    /// it; queries reading older snapshots keep working for at least this long.
+    #[arg(long, default_value_t = 3600, env = "TRIBUTARY_VACUUM_RETENTION")]
+    vacuum_retention: u64,
     /// Log filter, in tracing's env-filter syntax (also read from RUST_LOG).
     #[arg(long, default_value = "info", env = "RUST_LOG")]
     log: String,
@@ -71,6 +81,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let engine = tributary_sql::Engine::open(&args.data, verifiers)
             .await
             .with_context(|| format!("cannot open the data directory {}", args.data))?;
+        engine.spawn_maintenance(tributary_sql::MaintenanceSettings {
+            interval: std::time::Duration::from_secs(args.maintenance_interval.max(1)),
+            compact_min_files: args.compact_min_files.max(2),
+            vacuum_retention: std::time::Duration::from_secs(args.vacuum_retention),
+            ..Default::default()
+        });
         let listener = tributary_wire::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -7,6 +7,7 @@ mod concurrency;
 mod copy;
 mod durability;
 mod errors;
+mod maintenance;
 mod s3;
 mod slt;
 mod transactions;

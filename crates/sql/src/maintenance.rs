@@ -1,0 +1,169 @@
+//! Background table maintenance: compaction of small files and vacuum of unreferenced ones.
+//! (Delta checkpoints are written every few commits by the commits themselves.)
+//!
+//! Maintenance works on a table only while no transaction holds its write lock, so the
+//! version the catalog pins is the table's latest. Compaction writes a new version with the
+//! same rows and the catalog pins it; transactions whose snapshot has the older version can
+//! still write the table (the versions are recorded as equivalent). Vacuum deletes files that
+//! the pinned version does not read once they have been unreferenced for the retention
+//! period, and never sooner than the oldest open transaction started, so snapshots still being
+//! read keep their files.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::Result;
+use crate::engine::Engine;
+use crate::transaction::table_by_path_mut;
+
+/// How maintenance runs. `tributary serve` exposes each as a flag.
+#[derive(Debug, Clone)]
+pub struct MaintenanceSettings {
+    /// Time between maintenance passes.
+    pub interval: Duration,
+    /// A table whose pinned version reads at least this many files is compacted.
+    pub compact_min_files: usize,
+    /// The size compaction aims for, per file.
+    pub target_file_bytes: u64,
+    /// How long a file nothing reads any more is kept before vacuum deletes it.
+    pub vacuum_retention: Duration,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            compact_min_files: 32,
+            target_file_bytes: 128 * 1024 * 1024,
+            vacuum_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Tables compacted.
+    pub compacted: usize,
+    /// Files deleted by vacuum.
+    pub files_deleted: usize,
+}
+
+impl Engine {
+    /// Runs maintenance passes every `settings.interval` until the engine is dropped.
+    pub fn spawn_maintenance(self: &Arc<Self>, settings: MaintenanceSettings) {
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(settings.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                match engine.maintain(&settings).await {
+                    Ok(report) if report != MaintenanceReport::default() => {
+                        tracing::info!(
+                            compacted = report.compacted,
+                            files_deleted = report.files_deleted,
+                            "table maintenance"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(%err, "table maintenance failed"),
+                }
+            }
+        });
+    }
+
+    /// The number of data files the current version of a table reads.
+    pub async fn table_file_count(
+        &self,
+        database: &str,
+        schema: &str,
+        name: &str,
+    ) -> Result<usize> {
+        let snapshot = self.catalog_snapshot();
+        let table = snapshot.table(database, schema, name)?;
+        Ok(self
+            .storage
+            .table(&table.path)?
+            .file_count(table.version)
+            .await?)
+    }
+
+    /// One maintenance pass over every table whose write lock is free.
+    pub async fn maintain(&self, settings: &MaintenanceSettings) -> Result<MaintenanceReport> {
+        let mut report = MaintenanceReport::default();
+        for (path, _) in self.catalog_snapshot().table_pins() {
+            let owner = self.next_transaction_id();
+            if !self.locks.try_acquire(owner, &path) {
+                // A transaction is writing the table; the next pass gets it.
+                continue;
+            }
+            let result = self.maintain_table(&path, settings, &mut report).await;
+            self.locks.release_all(owner);
+            if let Err(err) = result {
+                tracing::warn!(%err, table = %path, "maintenance of a table failed");
+            }
+        }
+        Ok(report)
+    }
+
+    async fn maintain_table(
+        &self,
+        path: &str,
+        settings: &MaintenanceSettings,
+        report: &mut MaintenanceReport,
+    ) -> Result<()> {
+        // Read the pin under the lock: nobody can move it now but us.
+        let pins = self.catalog_snapshot().table_pins();
+        let Some((_, pinned)) = pins.into_iter().find(|(p, _)| p == path) else {
+            return Ok(());
+        };
+        let table = self.storage.table(path)?;
+        if table.has_commits_after(pinned).await? {
+            // Leftovers of a transaction that never committed: its next writer undoes them.
+            return Ok(());
+        }
+        let mut version = pinned;
+        if table.file_count(pinned).await? >= settings.compact_min_files
+            && let Some(compacted) = table.compact(pinned, settings.target_file_bytes).await?
+        {
+            self.catalog
+                .commit(|state| {
+                    if let Some(t) = table_by_path_mut(state, path)
+                        && t.version == pinned
+                    {
+                        t.version = compacted;
+                    }
+                    Ok(())
+                })
+                .await?;
+            self.record_equivalent(path, pinned, compacted);
+            version = compacted;
+            report.compacted += 1;
+        }
+        // Vacuum when the table changed since its last vacuum, or a retention period later
+        // (when files removed then have become deletable).
+        let due = {
+            let vacuumed = self.vacuumed.lock().unwrap_or_else(|e| e.into_inner());
+            match vacuumed.get(path) {
+                None => true,
+                Some((at_version, at)) => {
+                    *at_version != version || at.elapsed() >= settings.vacuum_retention
+                }
+            }
+        };
+        if due {
+            let retention = settings.vacuum_retention.max(self.active.oldest_age());
+            report.files_deleted += table.vacuum(retention).await?;
+            self.vacuumed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path.to_string(), (version, Instant::now()));
+        }
+        Ok(())
+    }
+}
