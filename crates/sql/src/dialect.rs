@@ -25,7 +25,7 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
         .with_unescape(true)
         .tokenize_with_location()?;
     let tokens = abort_as_rollback(move_backup_first(normalise_table_attributes(tokens)));
-    let tokens = maxerror_as_option(tokens);
+    let tokens = remove_duplicates_as_clause(maxerror_as_option(tokens));
     Parser::new(&dialect)
         .with_tokens_with_locations(tokens)
         .parse_statements()
@@ -80,6 +80,51 @@ fn maxerror_as_option(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
                 });
             }
             None => out.push(token),
+        }
+    }
+    out
+}
+
+/// The marker of Redshift's simplified MERGE (`... ON cond REMOVE DUPLICATES`), which the
+/// parser does not know: it becomes `WHEN NOT MATCHED THEN INSERT VALUES ('<marker>')`.
+pub(crate) const REMOVE_DUPLICATES_MARKER: &str = "tributary-remove-duplicates";
+
+fn remove_duplicates_as_clause(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut iter = tokens.into_iter().peekable();
+    while let Some(token) = iter.next() {
+        let next_is_duplicates = word_upper(&token.token).as_deref() == Some("REMOVE")
+            && iter
+                .clone()
+                .find(|t| !matches!(t.token, Token::Whitespace(_)))
+                .is_some_and(|t| word_upper(&t.token).as_deref() == Some("DUPLICATES"));
+        if !next_is_duplicates {
+            out.push(token);
+            continue;
+        }
+        for skipped in iter.by_ref() {
+            if word_upper(&skipped.token).as_deref() == Some("DUPLICATES") {
+                break;
+            }
+        }
+        let span = token.span;
+        let space = || TokenWithSpan {
+            token: Token::Whitespace(datafusion::sql::sqlparser::tokenizer::Whitespace::Space),
+            span,
+        };
+        for word in ["WHEN", "NOT", "MATCHED", "THEN", "INSERT", "VALUES"] {
+            out.push(TokenWithSpan {
+                token: Token::make_keyword(word),
+                span,
+            });
+            out.push(space());
+        }
+        for token in [
+            Token::LParen,
+            Token::SingleQuotedString(REMOVE_DUPLICATES_MARKER.to_string()),
+            Token::RParen,
+        ] {
+            out.push(TokenWithSpan { token, span });
         }
     }
     out

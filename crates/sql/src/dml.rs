@@ -391,6 +391,14 @@ async fn merge_rows(
     with: Option<With>,
 ) -> Result<Output> {
     let target = Target::open(session, table).await?;
+    if is_simplified(clauses) {
+        let result = remove_duplicates(session, &target, source, on, &with).await;
+        target.close(session);
+        return Ok(Output::Command {
+            tag: "MERGE".into(),
+            rows: Some(result?),
+        });
+    }
     let result = async {
         let matched = format!("{} IS NOT NULL", target.column(ROW_ID));
         // One CASE arm per clause, in order: the first clause whose condition holds decides.
@@ -455,6 +463,69 @@ async fn merge_rows(
         tag: "MERGE".into(),
         rows: Some(rows),
     })
+}
+
+/// True for Redshift's simplified MERGE (`REMOVE DUPLICATES`), as the dialect marks it.
+fn is_simplified(clauses: &[MergeClause]) -> bool {
+    let [clause] = clauses else {
+        return false;
+    };
+    let MergeAction::Insert(insert) = &clause.action else {
+        return false;
+    };
+    let MergeInsertKind::Values(values) = &insert.kind else {
+        return false;
+    };
+    matches!(
+        values.rows.as_slice(),
+        [row] if matches!(
+            row.content.as_slice(),
+            [Expr::Value(v)] if v.value.to_string().contains(crate::dialect::REMOVE_DUPLICATES_MARKER)
+        )
+    )
+}
+
+/// Simplified MERGE: target rows that match a source row are replaced by the source rows
+/// (one copy each, so target duplicates go), and unmatched source rows are inserted. The
+/// source has the target's columns, in order. Returns the number of source rows.
+async fn remove_duplicates(
+    session: &mut Session,
+    target: &Target,
+    source: &TableFactor,
+    on: &Expr,
+    with: &Option<With>,
+) -> Result<u64> {
+    let matched = format!(
+        "{}SELECT DISTINCT {} AS {ROW_ID}, CAST({ACTION_DELETE} AS BIGINT) AS {ACTION} FROM {source} JOIN {} ON {on}",
+        with_prefix(with),
+        target.column(ROW_ID),
+        target.scratch_item(),
+    );
+    let deleted = run_changes(session, &matched, target, false).await?.deleted;
+    let (source_sql, source_alias) = match source {
+        TableFactor::Table { name, alias, .. } => (
+            name.to_string(),
+            alias
+                .as_ref()
+                .map(|a| normalize_ident(&a.name))
+                .unwrap_or_else(|| name_parts(name).last().cloned().unwrap_or_default()),
+        ),
+        other => (other.to_string(), String::new()),
+    };
+    let from = if source_alias.is_empty() {
+        source_sql
+    } else {
+        format!("{source_sql} AS {}", quote(&source_alias))
+    };
+    let inserted = format!(
+        "{}SELECT NULL AS {ROW_ID}, CAST({ACTION_INSERT} AS BIGINT) AS {ACTION}, * FROM {from}",
+        with_prefix(with),
+    );
+    let mut changes = run_changes(session, &inserted, target, false).await?;
+    let rows = changes.inserted.len() as u64;
+    changes.deleted = deleted;
+    write_changes(session, target, changes).await?;
+    Ok(rows)
 }
 
 /// The value of each target column for a WHEN NOT MATCHED THEN INSERT.
@@ -545,6 +616,14 @@ async fn run_changes(
     // Cast the new values to the target's column types, with SQL's cast rules.
     let columns = plan.schema().columns();
     let has_values = columns.len() > 2;
+    if has_values && columns.len() != target.schema.fields().len() + 2 {
+        return Err(Error::InvalidStatement(format!(
+            "the source has {} columns, the target \"{}\" {}",
+            columns.len() - 2,
+            target.name,
+            target.schema.fields().len()
+        )));
+    }
     let mut exprs = vec![col(columns[0].clone()), col(columns[1].clone())];
     if has_values {
         for (index, field) in target.schema.fields().iter().enumerate() {
@@ -570,7 +649,8 @@ async fn run_changes(
     let mut seen: HashSet<u64> = HashSet::new();
     for batch in batches {
         let index = changes.values.len();
-        let ids = batch.column(0).as_primitive::<UInt64Type>().clone();
+        let ids = arrow::compute::cast(batch.column(0), &DataType::UInt64)?;
+        let ids = ids.as_primitive::<UInt64Type>().clone();
         let actions = arrow::compute::cast(batch.column(1), &DataType::Int64)?;
         let actions = actions.as_primitive::<arrow::datatypes::Int64Type>();
         for row in 0..batch.num_rows() {

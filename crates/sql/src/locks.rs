@@ -57,18 +57,6 @@ impl TableLocks {
         }
     }
 
-    /// Takes the write lock of `path` if nobody holds it; never waits.
-    pub(crate) fn try_acquire(&self, txn: u64, path: &str) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.holders.get(path) {
-            Some(holder) => *holder == txn,
-            None => {
-                state.holders.insert(path.to_string(), txn);
-                true
-            }
-        }
-    }
-
     /// Releases every lock of `txn` and forgets what it waited for.
     pub(crate) fn release_all(&self, txn: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

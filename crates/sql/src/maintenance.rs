@@ -16,6 +16,9 @@ use crate::Result;
 use crate::engine::Engine;
 use crate::transaction::table_by_path_mut;
 
+/// How long maintenance waits for a table's write lock before it skips the table.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// How maintenance runs. `tributary serve` exposes each as a flag.
 #[derive(Debug, Clone)]
 pub struct MaintenanceSettings {
@@ -98,8 +101,13 @@ impl Engine {
         let mut report = MaintenanceReport::default();
         for (path, _) in self.catalog_snapshot().table_pins() {
             let owner = self.next_transaction_id();
-            if !self.locks.try_acquire(owner, &path) {
-                // A transaction is writing the table; the next pass gets it.
+            // Wait a little for the table's writer, like any other writer: a stream of short
+            // autocommit INSERTs would otherwise keep the table from ever being compacted.
+            // A long transaction makes maintenance skip the table until the next pass.
+            let acquired =
+                tokio::time::timeout(LOCK_WAIT, self.locks.acquire(owner, &path, &path)).await;
+            if !matches!(acquired, Ok(Ok(()))) {
+                self.locks.release_all(owner);
                 continue;
             }
             let result = self.maintain_table(&path, settings, &mut report).await;

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Small commits: many single-row INSERTs, then how fast a table reads before and after the
+background compaction.
+
+    cargo build --release -p tributary
+    python3 bench/small_commits.py [--inserts 10000]
+
+Prints the insert rate and the time of a full-table aggregate right after the inserts (one
+file per INSERT, or fewer if a maintenance pass already ran) and after an explicit wait for
+compaction. Asserts nothing about speed.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import psycopg
+
+
+def start_server(binary, data, interval):
+    proc = subprocess.Popen(
+        [binary, "serve", "--data", data, "--listen", "127.0.0.1:0", "--log", "warn",
+         "--maintenance-interval", str(interval)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline().strip()
+    if not line.startswith("tributary listening on "):
+        proc.kill()
+        sys.exit(f"unexpected first line from the server: {line!r}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def timed_read(conn, runs=5):
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        conn.execute("SELECT count(*), sum(n) FROM events").fetchone()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def data_files(data):
+    count = 0
+    for root, _, files in os.walk(data):
+        if "_delta_log" in root:
+            continue
+        count += sum(1 for f in files if f.endswith(".parquet"))
+    return count
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inserts", type=int, default=10_000)
+    parser.add_argument("--interval", type=int, default=5, help="maintenance interval, seconds")
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tributary-target"))
+    parser.add_argument("--binary", default=os.path.join(target, "release", "tributary"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as data:
+        proc, port = start_server(args.binary, data, args.interval)
+        try:
+            conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev", autocommit=True)
+            conn.execute("CREATE TABLE events (n INT, label VARCHAR(16))")
+            started = time.perf_counter()
+            for i in range(args.inserts):
+                conn.execute(f"INSERT INTO events VALUES ({i}, 'e{i % 10}')")
+            elapsed = time.perf_counter() - started
+            print(f"{args.inserts} single-row INSERTs: {elapsed:.1f} s, "
+                  f"{args.inserts / elapsed:.0f}/s, {1000 * elapsed / args.inserts:.2f} ms each")
+            print(f"read right after:        {1000 * timed_read(conn):8.1f} ms   "
+                  f"({data_files(data)} data files on disk)")
+            # Wait for a maintenance pass to compact (and one more for vacuum to run).
+            time.sleep(args.interval * 2 + 1)
+            print(f"read after compaction:   {1000 * timed_read(conn):8.1f} ms   "
+                  f"({data_files(data)} data files on disk; old ones go after the vacuum retention)")
+            rows = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            if rows != args.inserts:
+                sys.exit(f"expected {args.inserts} rows, found {rows}")
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()
