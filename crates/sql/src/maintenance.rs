@@ -35,7 +35,7 @@ pub struct MaintenanceSettings {
 impl Default for MaintenanceSettings {
     fn default() -> Self {
         Self {
-            interval: Duration::from_secs(30),
+            interval: Duration::from_secs(10),
             compact_min_files: 32,
             target_file_bytes: 128 * 1024 * 1024,
             vacuum_retention: Duration::from_secs(3600),

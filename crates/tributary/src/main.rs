@@ -36,7 +36,7 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t = AuthMethod::Scram)]
     password_auth: AuthMethod,
     /// Seconds between background table maintenance passes (compaction and vacuum).
-    #[arg(long, default_value_t = 30, env = "TRIBUTARY_MAINTENANCE_INTERVAL")]
+    #[arg(long, default_value_t = 10, env = "TRIBUTARY_MAINTENANCE_INTERVAL")]
     maintenance_interval: u64,
     /// A table whose current version reads at least this many files is compacted.
     #[arg(long, default_value_t = 32, env = "TRIBUTARY_COMPACT_MIN_FILES")]
