@@ -409,6 +409,8 @@ struct Loader<'a> {
     converted_rows: usize,
     loaded: u64,
     errors: u64,
+    /// DEFAULT values by column index, evaluated once per COPY.
+    defaults: std::collections::HashMap<usize, ArrayRef>,
 }
 
 impl<'a> Loader<'a> {
@@ -455,6 +457,7 @@ impl<'a> Loader<'a> {
             converted_rows: 0,
             loaded: 0,
             errors: 0,
+            defaults: Default::default(),
         })
     }
 
@@ -740,23 +743,7 @@ impl<'a> Loader<'a> {
             }
             columns[index] = Some(array);
         }
-        // Columns the input does not fill take their DEFAULT (IDENTITY is filled on append).
-        for (index, column) in self.table.columns.iter().enumerate() {
-            if columns[index].is_some() {
-                continue;
-            }
-            let data_type = self.schema.field(index).data_type().clone();
-            columns[index] = Some(match &column.default {
-                Some(default) => {
-                    default_array(self.session, default, &data_type, rows.len()).await?
-                }
-                None => new_null_array(&data_type, rows.len()),
-            });
-        }
-        let columns: Vec<ArrayRef> = columns
-            .into_iter()
-            .map(|c| c.expect("every column filled"))
-            .collect();
+        let columns = self.fill_defaults(columns, rows.len()).await?;
         for (index, column) in self.table.columns.iter().enumerate() {
             if column.nullable || column.identity.is_some() {
                 continue;
@@ -843,24 +830,44 @@ impl<'a> Loader<'a> {
             })?;
             columns[index] = Some(converted);
         }
+        let columns = self.fill_defaults(columns, batch.num_rows()).await?;
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        self.add_converted(batch).await
+    }
+
+    /// Fills the columns the input does not: each with its DEFAULT (evaluated once per COPY)
+    /// or NULL. IDENTITY columns stay NULL; the append fills them.
+    async fn fill_defaults(
+        &mut self,
+        mut columns: Vec<Option<ArrayRef>>,
+        rows: usize,
+    ) -> Result<Vec<ArrayRef>> {
         for (index, column) in self.table.columns.iter().enumerate() {
             if columns[index].is_some() {
                 continue;
             }
-            let data_type = self.schema.field(index).data_type().clone();
-            columns[index] = Some(match &column.default {
+            let data_type = self.schema.field(index).data_type();
+            let filled = match &column.default {
                 Some(default) => {
-                    default_array(self.session, default, &data_type, batch.num_rows()).await?
+                    let value = match self.defaults.get(&index) {
+                        Some(value) => value.clone(),
+                        None => {
+                            let value = default_value(self.session, default, data_type).await?;
+                            self.defaults.insert(index, value.clone());
+                            value
+                        }
+                    };
+                    let indices = arrow::array::UInt32Array::from(vec![0u32; rows]);
+                    arrow::compute::take(&value, &indices, None)?
                 }
-                None => new_null_array(&data_type, batch.num_rows()),
-            });
+                None => new_null_array(data_type, rows),
+            };
+            columns[index] = Some(filled);
         }
-        let columns: Vec<ArrayRef> = columns
+        Ok(columns
             .into_iter()
             .map(|c| c.expect("every column filled"))
-            .collect();
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        self.add_converted(batch).await
+            .collect())
     }
 
     async fn add_converted(&mut self, batch: RecordBatch) -> Result<()> {
@@ -959,13 +966,8 @@ fn decompress(name: &str, bytes: Bytes, compression: Compression) -> Result<Byte
     Ok(Bytes::from(out))
 }
 
-/// A column's DEFAULT, evaluated once for the chunk.
-async fn default_array(
-    session: &Session,
-    sql: &str,
-    data_type: &DataType,
-    rows: usize,
-) -> Result<ArrayRef> {
+/// A column's DEFAULT as a one-row array of the column's type.
+async fn default_value(session: &Session, sql: &str, data_type: &DataType) -> Result<ArrayRef> {
     let batches = session
         .context()
         .sql(&format!("SELECT {sql}"))
@@ -977,9 +979,7 @@ async fn default_array(
         .filter(|b| b.num_rows() == 1)
         .map(|b| b.column(0).clone())
         .ok_or_else(|| Error::Internal(format!("DEFAULT {sql} gave no value")))?;
-    let value = arrow::compute::cast(&value, data_type)?;
-    let indices = arrow::array::UInt32Array::from(vec![0u32; rows]);
-    Ok(arrow::compute::take(&value, &indices, None)?)
+    Ok(arrow::compute::cast(&value, data_type)?)
 }
 
 /// Converts text values to a column's type. Returns the array and, for each value that does

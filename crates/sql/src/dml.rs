@@ -771,22 +771,16 @@ async fn write_table(
         .table(&table.path)?
         .overwrite(table.version, stored, &stored_schema)
         .await?;
-    session.catalogs().record_written(&table.path);
-    let database = session.database().to_string();
-    session.catalogs().modify(|state| {
-        let stored = state.table_mut(&database, &target.schema_name, &target.name)?;
-        stored.version = version;
-        for (column, next) in &identity_next {
-            if let Some(identity) = stored
-                .columns
-                .iter_mut()
-                .find(|c| &c.name == column)
-                .and_then(|c| c.identity.as_mut())
-            {
-                identity.next = *next;
-            }
-        }
-        Ok(())
-    })?;
-    Ok(())
+    let name = [
+        session.database().to_string(),
+        target.schema_name.clone(),
+        target.name.clone(),
+    ];
+    crate::table::pin_written(
+        session.catalogs(),
+        &name,
+        &table.path,
+        version,
+        &identity_next,
+    )
 }

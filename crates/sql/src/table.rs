@@ -248,11 +248,23 @@ pub(crate) async fn append(
         .table(&table.path)?
         .append(table.version, stored)
         .await?;
-    catalogs.record_written(&table.path);
+    pin_written(catalogs, name, &table.path, outcome.version, &identity_next)?;
+    Ok(outcome.rows)
+}
+
+/// Pins a table version the transaction wrote, with the IDENTITY counters its rows used.
+pub(crate) fn pin_written(
+    catalogs: &SessionCatalogs,
+    [database, schema, table_name]: &[String; 3],
+    path: &str,
+    version: u64,
+    identity_next: &[(String, i64)],
+) -> Result<()> {
+    catalogs.record_written(path);
     catalogs.modify(|state| {
         let table = state.table_mut(database, schema, table_name)?;
-        table.version = outcome.version;
-        for (column, next) in &identity_next {
+        table.version = version;
+        for (column, next) in identity_next {
             if let Some(identity) = table
                 .columns
                 .iter_mut()
@@ -264,7 +276,7 @@ pub(crate) async fn append(
         }
         Ok(())
     })?;
-    Ok(outcome.rows)
+    Ok(())
 }
 
 /// Turns a batch in the logical schema into the stored schema: fills IDENTITY columns,

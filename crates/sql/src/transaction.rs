@@ -311,25 +311,16 @@ impl SessionCatalogs {
             .map(|t| self.engine().newest_equivalent(&table.path, t.version));
         let unchanged = table_by_path(&txn.base, &table.path) == Some(&table);
         let mut table = table;
-        if snapshot_version == Some(committed.version)
-            && unchanged
-            && table.version != committed.version
-        {
-            let mut base = (*txn.base).clone();
-            replace_by_path(&mut base, &committed);
-            txn.base = Arc::new(base);
-            let mut working = (*txn.working).clone();
-            replace_by_path(&mut working, &committed);
-            txn.working = Arc::new(working);
-            table = committed.clone();
-        } else if snapshot_version != Some(committed.version) {
-            if kind != WriteKind::Append || !unchanged {
-                return Err(Error::SerializationFailure(format!(
-                    "could not serialize access due to concurrent update of table \"{name}\"; retry the transaction"
-                )));
-            }
-            // An append commutes with the appends committed since the snapshot: write on top
-            // of them, and make the snapshot expect them at commit.
+        let stale = snapshot_version != Some(committed.version);
+        if stale && (kind != WriteKind::Append || !unchanged) {
+            return Err(Error::SerializationFailure(format!(
+                "could not serialize access due to concurrent update of table \"{name}\"; retry the transaction"
+            )));
+        }
+        if unchanged && table.version != committed.version {
+            // The committed version has the snapshot's rows (a compaction, a restore), or the
+            // write is an append, which commutes with the appends committed since the
+            // snapshot: write on top of it, and make the snapshot expect it at commit.
             let mut base = (*txn.base).clone();
             replace_by_path(&mut base, &committed);
             txn.base = Arc::new(base);
@@ -378,14 +369,7 @@ impl SessionCatalogs {
             Ok(_) => {
                 for path in &txn.dropped {
                     // The catalog no longer names these files; deleting them is clean-up.
-                    match self.engine().storage.table(path) {
-                        Ok(table) => {
-                            if let Err(err) = table.delete().await {
-                                tracing::warn!(%err, %path, "could not delete the files of a dropped table");
-                            }
-                        }
-                        Err(err) => tracing::warn!(%err, %path, "bad table path"),
-                    }
+                    delete_files(self.engine(), path, "dropped").await;
                 }
                 self.end(txn);
                 Ok(Ended::Committed)
@@ -447,14 +431,7 @@ impl SessionCatalogs {
             }
         }
         for path in &txn.created {
-            match engine.storage.table(path) {
-                Ok(table) => {
-                    if let Err(err) = table.delete().await {
-                        tracing::warn!(%err, %path, "could not delete the files of a rolled-back table");
-                    }
-                }
-                Err(err) => tracing::warn!(%err, %path, "bad table path"),
-            }
+            delete_files(&engine, path, "rolled-back").await;
         }
         self.end(txn);
     }
@@ -462,6 +439,18 @@ impl SessionCatalogs {
     fn end(&self, txn: Transaction) {
         drop(txn);
         self.pin_latest();
+    }
+}
+
+/// Deletes a table's files that no catalog version names any more; a failure only leaves
+/// garbage behind, so it is logged.
+async fn delete_files(engine: &Engine, path: &str, what: &str) {
+    let result = match engine.storage.table(path) {
+        Ok(table) => table.delete().await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = result {
+        tracing::warn!(%err, %path, "could not delete the files of a {what} table");
     }
 }
 

@@ -8,6 +8,7 @@ use tokio_postgres::error::SqlState;
 use tributary_testkit::{Moto, TestServer, require_program};
 
 use crate::durability::{connect, spawn_server};
+use crate::s3::aws_env;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_from_stdin_loads_text_and_csv() {
@@ -111,13 +112,7 @@ async fn copy_from_stdin_loads_text_and_csv() {
 async fn unload_to_s3_and_copy_back() {
     let moto = Moto::start();
     moto.create_bucket("lake");
-    let envs = [
-        ("AWS_ENDPOINT_URL", moto.endpoint()),
-        ("AWS_ACCESS_KEY_ID", "test".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
-    ];
+    let envs = aws_env(&moto);
     let dir = tempfile::tempdir().unwrap();
     let (mut child, port) = spawn_server(dir.path().to_str().unwrap(), &envs);
     let client = connect(port).await;

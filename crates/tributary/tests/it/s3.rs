@@ -4,17 +4,22 @@ use tributary_testkit::Moto;
 
 use crate::durability::{connect, spawn_server};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tables_live_in_s3_and_survive_restart() {
-    let moto = Moto::start();
-    moto.create_bucket("warehouse");
-    let envs = [
+/// The AWS settings that point a server at moto.
+pub fn aws_env(moto: &Moto) -> [(&'static str, String); 5] {
+    [
         ("AWS_ENDPOINT_URL", moto.endpoint()),
         ("AWS_ACCESS_KEY_ID", "test".to_string()),
         ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
         ("AWS_REGION", "us-east-1".to_string()),
         ("AWS_ALLOW_HTTP", "true".to_string()),
-    ];
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_live_in_s3_and_survive_restart() {
+    let moto = Moto::start();
+    moto.create_bucket("warehouse");
+    let envs = aws_env(&moto);
     let location = "s3://warehouse/tributary";
     let (mut child, port) = spawn_server(location, &envs);
     let client = connect(port).await;
