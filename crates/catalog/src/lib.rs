@@ -15,7 +15,8 @@ mod types;
 pub use error::{Error, Result};
 pub use log::Catalog;
 pub use model::{
-    CatalogState, Column, Constraint, DEFAULT_DATABASE, DEFAULT_SCHEMA, Database, Distribution,
-    Identity, Relation, SUPERUSER, Schema, StoredPassword, Table, User, View,
+    AggregateLayout, CatalogState, Column, Constraint, DEFAULT_DATABASE, DEFAULT_SCHEMA, Database,
+    Distribution, ExternalSource, Identity, MaterializedView, Relation, SUPERUSER, Schema,
+    StoredPassword, Table, User, View,
 };
 pub use types::{SqlType, VARCHAR_LENGTH_DEFAULT, VARCHAR_LENGTH_MAX};

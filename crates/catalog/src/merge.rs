@@ -34,8 +34,15 @@ impl Key {
 #[derive(Debug, Clone, PartialEq)]
 enum Entry {
     User(User),
-    Database { oid: u32, owner: String },
-    Schema { oid: u32, owner: String },
+    Database {
+        oid: u32,
+        owner: String,
+    },
+    Schema {
+        oid: u32,
+        owner: String,
+        external: Option<crate::model::ExternalSource>,
+    },
     Relation(Relation),
 }
 
@@ -58,6 +65,7 @@ fn flatten(state: &CatalogState) -> BTreeMap<Key, Entry> {
                 Entry::Schema {
                     oid: schema.oid,
                     owner: schema.owner.clone(),
+                    external: schema.external.clone(),
                 },
             );
             for (name, relation) in &schema.relations {
@@ -101,7 +109,14 @@ fn unflatten(template: &CatalogState, entries: BTreeMap<Key, Entry>) -> Result<C
                     },
                 );
             }
-            (key @ Key::Schema(..), Entry::Schema { oid, owner }) => {
+            (
+                key @ Key::Schema(..),
+                Entry::Schema {
+                    oid,
+                    owner,
+                    external,
+                },
+            ) => {
                 let Key::Schema(db, name) = &key else {
                     unreachable!()
                 };
@@ -112,6 +127,7 @@ fn unflatten(template: &CatalogState, entries: BTreeMap<Key, Entry>) -> Result<C
                         oid,
                         owner,
                         relations: BTreeMap::new(),
+                        external,
                     },
                 );
             }
@@ -194,6 +210,7 @@ mod tests {
             constraints: vec![],
             distribution: Default::default(),
             backup: true,
+            materialized: None,
         })
     }
 

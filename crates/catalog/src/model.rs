@@ -61,6 +61,55 @@ pub struct Schema {
     pub oid: u32,
     pub owner: String,
     pub relations: BTreeMap<String, Relation>,
+    /// Set for `CREATE EXTERNAL SCHEMA`: the schema's relations are a source's streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalSource>,
+}
+
+/// Where an external schema's streams come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExternalSource {
+    /// `FROM KINESIS [REGION 'r'] IAM_ROLE {default | 'arn'}`.
+    Kinesis {
+        region: Option<String>,
+        /// `default`, or the role's ARN as given.
+        iam_role: String,
+    },
+}
+
+impl ExternalSource {
+    /// The source's name, as Redshift's `svv_external_schemas` shows it.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ExternalSource::Kinesis { .. } => "KINESIS",
+        }
+    }
+}
+
+/// What makes a table a streaming materialized view: its definition and how far it has read
+/// its stream. The positions change in the same catalog commit as the rows read up to them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaterializedView {
+    /// The defining query, as SQL text.
+    pub sql: String,
+    /// The external schema and the stream (case-sensitive) the view reads.
+    pub source_schema: String,
+    pub stream: String,
+    pub auto_refresh: bool,
+    /// Opaque to the catalog: the stream reader's positions (null before the first refresh).
+    pub positions: serde_json::Value,
+    /// Set when the view aggregates: its group key columns, maintained by merging each
+    /// micro-batch's partial aggregates into the stored rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateLayout>,
+}
+
+/// How an aggregating view's stored columns merge: for each column, `key`, `sum` (COUNT and
+/// SUM), `min`, `max`, or `avg:<count column>` (the average, weighted by a hidden count).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregateLayout {
+    pub merges: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +141,9 @@ pub struct Table {
     pub constraints: Vec<Constraint>,
     pub distribution: Distribution,
     pub backup: bool,
+    /// Set for a streaming materialized view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub materialized: Option<Box<MaterializedView>>,
 }
 
 impl Table {
@@ -271,6 +323,7 @@ impl CatalogState {
                 oid: schema_oid,
                 owner: owner.to_string(),
                 relations: BTreeMap::new(),
+                external: None,
             },
         );
         self.databases.insert(
@@ -305,6 +358,7 @@ impl CatalogState {
                 oid,
                 owner: owner.to_string(),
                 relations: BTreeMap::new(),
+                external: None,
             },
         );
         Ok(())

@@ -26,7 +26,21 @@ use crate::{Error, Result, types};
 pub(crate) async fn execute(session: &mut Session, statement: Statement) -> Result<Output> {
     match statement {
         Statement::CreateTable(create) => create_table(session, create).await,
+        Statement::CreateView(view) if view.materialized => {
+            crate::streaming::create_materialized_view(session, view).await
+        }
         Statement::CreateView(view) => create_view(session, view).await,
+        Statement::CreateSchema {
+            schema_name: SchemaName::Simple(name),
+            if_not_exists,
+            options: Some(options),
+            ..
+        } if crate::syntax::options(&options)
+            .iter()
+            .any(|(key, _)| key == crate::syntax::EXTERNAL_OPTION) =>
+        {
+            crate::streaming::create_external_schema(session, &name, if_not_exists, &options).await
+        }
         Statement::CreateSchema {
             schema_name,
             if_not_exists,
@@ -118,6 +132,7 @@ async fn create_table(session: &mut Session, create: CreateTable) -> Result<Outp
         constraints: constraints(&create.columns, &create.constraints),
         distribution: distribution(&create),
         backup: create.backup.unwrap_or(true),
+        materialized: None,
         columns,
     };
     let handle = session.engine().storage.table(&table.path)?;
@@ -240,12 +255,18 @@ async fn query_rows(
     Ok((schema, frame.collect().await?))
 }
 
-fn columns_from_arrow(schema: &SchemaRef) -> Result<Vec<Column>> {
+pub(crate) fn columns_from_arrow(schema: &SchemaRef) -> Result<Vec<Column>> {
     schema
         .fields()
         .iter()
         .map(|field| {
-            let sql_type = SqlType::from_arrow(field.data_type()).ok_or_else(|| {
+            let declared = field.metadata().get(crate::json::SQL_TYPE_METADATA);
+            let sql_type = if declared.map(String::as_str) == Some("super") {
+                Some(SqlType::Super)
+            } else {
+                SqlType::from_arrow(field.data_type())
+            };
+            let sql_type = sql_type.ok_or_else(|| {
                 Error::NotSupported(format!(
                     "column \"{}\" has type {} which cannot be stored",
                     field.name(),
@@ -481,7 +502,7 @@ fn logical_schema(table: &Table) -> SchemaRef {
 }
 
 /// Casts a batch column by column to `schema` (same column order), with SQL cast rules.
-fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let columns = batch
         .columns()
         .iter()
@@ -617,6 +638,7 @@ async fn drop_objects(
     let tag = match object_type {
         ObjectType::Table => "DROP TABLE",
         ObjectType::View => "DROP VIEW",
+        ObjectType::MaterializedView => "DROP MATERIALIZED VIEW",
         ObjectType::Schema => "DROP SCHEMA",
         ObjectType::Database => "DROP DATABASE",
         other => {
@@ -627,8 +649,8 @@ async fn drop_objects(
     };
     for name in names {
         let dropped_paths = match object_type {
-            ObjectType::Table | ObjectType::View => {
-                drop_relation(session, &name, object_type == ObjectType::View, if_exists).await?
+            ObjectType::Table | ObjectType::View | ObjectType::MaterializedView => {
+                drop_relation(session, &name, object_type, if_exists).await?
             }
             ObjectType::Schema => drop_schema(session, &name, if_exists, cascade).await?,
             _ => drop_database(session, &name, if_exists, cascade).await?,
@@ -644,9 +666,11 @@ async fn drop_objects(
 async fn drop_relation(
     session: &mut Session,
     name: &ObjectName,
-    view: bool,
+    kind: ObjectType,
     if_exists: bool,
 ) -> Result<Vec<String>> {
+    let view = kind == ObjectType::View;
+    let materialized = kind == ObjectType::MaterializedView;
     let parts = name_parts(name);
     if !view && parts.len() == 1 && session.catalogs().temp().table_exist(&parts[0]) {
         session.catalogs().temp().deregister_table(&parts[0])?;
@@ -657,7 +681,11 @@ async fn drop_relation(
         Err(Error::UndefinedTable(_) | Error::UndefinedSchema(_)) if if_exists => {
             session.notice(format!(
                 "{} \"{}\" does not exist, skipping",
-                if view { "view" } else { "table" },
+                match kind {
+                    ObjectType::View => "view",
+                    ObjectType::MaterializedView => "materialized view",
+                    _ => "table",
+                },
                 parts.join(".")
             ));
             return Ok(vec![]);
@@ -692,6 +720,21 @@ async fn drop_relation(
                 (Some(Relation::Table(_)), true) => Err(tributary_catalog::Error::Invalid(
                     format!("\"{relation}\" is not a view"),
                 )),
+                (Some(Relation::Table(t)), false) if materialized && t.materialized.is_none() => {
+                    Err(tributary_catalog::Error::Invalid(format!(
+                        "\"{relation}\" is not a materialized view"
+                    )))
+                }
+                (Some(Relation::Table(t)), false) if !materialized && t.materialized.is_some() => {
+                    Err(tributary_catalog::Error::Invalid(format!(
+                        "\"{relation}\" is a materialized view; use DROP MATERIALIZED VIEW"
+                    )))
+                }
+                (Some(Relation::View(_)), false) if materialized => {
+                    Err(tributary_catalog::Error::Invalid(format!(
+                        "\"{relation}\" is not a materialized view"
+                    )))
+                }
                 (Some(Relation::View(_)), false) => Err(tributary_catalog::Error::Invalid(
                     format!("\"{relation}\" is not a table"),
                 )),

@@ -258,6 +258,10 @@ impl Dialect for TributaryDialect {
         std::any::TypeId::of::<RedshiftSqlDialect>()
     }
 
+    fn parse_statement(&self, parser: &mut Parser) -> Option<Result<Statement, ParserError>> {
+        crate::syntax::parse(parser)
+    }
+
     fn is_delimited_identifier_start(&self, ch: char) -> bool {
         self.inner.is_delimited_identifier_start(ch)
     }

@@ -31,6 +31,8 @@ pub struct Engine {
     equivalent: Mutex<std::collections::HashMap<String, std::collections::HashMap<u64, u64>>>,
     /// When each table was last vacuumed, and at which version.
     pub(crate) vacuumed: Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
+    /// Streaming views: settings, stream clients, counters, history, auto-refresh tasks.
+    pub(crate) streams: crate::streaming::Streams,
 }
 
 impl Engine {
@@ -50,6 +52,7 @@ impl Engine {
             active: Default::default(),
             equivalent: Default::default(),
             vacuumed: Default::default(),
+            streams: Default::default(),
         });
         engine.recover().await?;
         Ok(engine)

@@ -79,6 +79,9 @@ pub enum Error {
     /// A file or location the statement names does not exist or is empty.
     #[error("{0}")]
     UndefinedFile(String),
+    /// A stream source could not be read (unreachable, missing stream, refused).
+    #[error("{0}")]
+    Stream(String),
     /// A row was matched more than once where only one match is allowed (MERGE).
     #[error("{0}")]
     Cardinality(String),

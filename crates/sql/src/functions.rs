@@ -88,6 +88,7 @@ pub fn register(
         .clone()
         .with_aliases(["len"]);
     context.register_udf(len);
+    crate::json::register(context);
     for (name, inputs, output, function) in [
         (
             "dateadd",

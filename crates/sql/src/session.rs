@@ -368,6 +368,11 @@ impl Session {
             }
         }
         self.catalogs.pin_statement();
+        if let Statement::Call(function) = &statement
+            && let Some(result) = crate::streaming::execute_call(self, function, autocommit).await
+        {
+            return result;
+        }
         if let Some((dml, with)) = dml_with_cte(&statement) {
             return crate::dml::execute(self, dml, with).await;
         }
@@ -844,7 +849,7 @@ fn count_rows(batches: &[RecordBatch]) -> u64 {
 
 /// The result schema with Postgres's column names: DataFusion names an unaliased expression
 /// after its text (`count(*)`, `Int64(1)`); Postgres says `count` and `?column?`.
-fn output_schema(statement: &Statement, plan: &LogicalPlan) -> SchemaRef {
+pub(crate) fn output_schema(statement: &Statement, plan: &LogicalPlan) -> SchemaRef {
     let arrow_schema = Arc::new(plan.schema().as_arrow().clone());
     let Statement::Query(query) = statement else {
         return arrow_schema;

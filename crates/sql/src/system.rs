@@ -163,8 +163,17 @@ impl SystemSchema {
             "svv_columns" | "svv_all_columns" => columns(&state, &self.database, views)?,
             "pg_table_def" => table_def(&state, &self.database)?,
             "svv_table_info" => table_info(&state, &self.database)?,
-            "svv_external_schemas" | "svv_external_tables" | "svv_external_columns" => {
-                external_view(name)
+            "svv_external_tables" | "svv_external_columns" => external_view(name),
+            "stv_mv_info"
+            | "sys_mv_refresh_history"
+            | "sys_stream_scan_states"
+            | "sys_stream_lag"
+            | "svv_external_schemas" => {
+                crate::streaming::system_view(self.catalogs.engine(), &state, &self.database, name)
+                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+                    .ok_or_else(|| {
+                        datafusion::error::DataFusionError::Internal(format!("no view {name}"))
+                    })?
             }
             "pg_user" => users(&state)?,
             "stl_load_errors" => {
@@ -183,7 +192,11 @@ impl SystemSchema {
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = REDSHIFT_VIEWS.iter().map(|s| s.to_string()).collect();
+        let mut names: Vec<String> = REDSHIFT_VIEWS
+            .iter()
+            .chain(crate::streaming::SYSTEM_VIEWS)
+            .map(|s| s.to_string())
+            .collect();
         if let Some(postgres) = &self.postgres {
             names.extend(postgres.table_names());
         }
@@ -191,6 +204,13 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if name == "sys_stream_scan_errors" {
+            let engine = self.catalogs.engine();
+            return crate::streaming::scan_errors_table(engine, &self.database)
+                .await
+                .map(Some)
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
+        }
         let views = if matches!(name, "svv_columns" | "svv_all_columns") {
             self.view_columns().await
         } else {
@@ -215,6 +235,7 @@ impl SchemaProvider for SystemSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         REDSHIFT_VIEWS.contains(&name)
+            || crate::streaming::SYSTEM_VIEWS.contains(&name)
             || self.postgres.as_ref().is_some_and(|p| p.table_exist(name))
     }
 }

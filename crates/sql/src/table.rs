@@ -358,7 +358,7 @@ fn fill_identity(
     Ok((cast(&(Arc::new(filled) as ArrayRef), target)?, next))
 }
 
-fn check_length(array: &ArrayRef, length: u32, sql_type: &SqlType) -> Result<()> {
+pub(crate) fn check_length(array: &ArrayRef, length: u32, sql_type: &SqlType) -> Result<()> {
     let too_long = |actual: usize| {
         Error::data(
             DataErrorKind::StringTooLong,

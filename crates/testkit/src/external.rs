@@ -87,6 +87,93 @@ impl Drop for Moto {
     }
 }
 
+/// Which Kinesis-compatible server to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KinesisFlavor {
+    /// kinesalite: fast; no ChildShards, no paging.
+    Kinesalite,
+    /// kinesis-local (kinesis-mock): faithful resharding (ChildShards, UpdateShardCount).
+    KinesisLocal,
+}
+
+/// A Kinesis-compatible server (from `tests/node`, installed by `.ci/run` with npm) on a free
+/// loopback port.
+pub struct KinesisServer {
+    child: Child,
+    pub port: u16,
+    pub flavor: KinesisFlavor,
+}
+
+impl KinesisServer {
+    pub fn start(flavor: KinesisFlavor) -> Self {
+        let node = require_program("node", "install Node.js");
+        let modules = crate::repo_root().join("tests/node");
+        let loopback = modules.join("bind-loopback.js");
+        let port = free_port();
+        let mut command = Command::new(node);
+        command.current_dir(&modules).arg("-r").arg(&loopback);
+        match flavor {
+            KinesisFlavor::Kinesalite => {
+                let main = modules.join("node_modules/kinesalite/cli.js");
+                assert!(
+                    main.is_file(),
+                    "kinesalite is not installed; run: npm install --prefix tests/node (.ci/run does this)"
+                );
+                command.arg(main).args([
+                    "--port",
+                    &port.to_string(),
+                    "--createStreamMs",
+                    "10",
+                    "--updateStreamMs",
+                    "10",
+                    "--deleteStreamMs",
+                    "10",
+                ]);
+            }
+            KinesisFlavor::KinesisLocal => {
+                let package = modules.join("node_modules/kinesis-local");
+                assert!(
+                    package.join("main.js").is_file(),
+                    "kinesis-local is not installed; run: npm install --prefix tests/node (.ci/run does this)"
+                );
+                command
+                    .arg(package.join("main.js"))
+                    .env("KINESIS_MOCK_CERT_PATH", package.join("server.json"))
+                    .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+                    .env("KINESIS_MOCK_TLS_PORT", free_port().to_string())
+                    // Streams become ACTIVE (and reshard) quickly.
+                    .env("CREATE_STREAM_DURATION", "10ms")
+                    .env("UPDATE_SHARD_COUNT_DURATION", "10ms")
+                    .env("SPLIT_SHARD_DURATION", "10ms")
+                    .env("MERGE_SHARDS_DURATION", "10ms")
+                    .env("DELETE_STREAM_DURATION", "10ms");
+            }
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the Kinesis-compatible server");
+        wait_for_port(port, Duration::from_secs(30));
+        Self {
+            child,
+            port,
+            flavor,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for KinesisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

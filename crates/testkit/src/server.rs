@@ -21,9 +21,16 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on a fresh temporary data directory.
     pub async fn start() -> Self {
+        Self::start_streaming(tributary_sql::StreamingSettings::default()).await
+    }
+
+    /// Starts a server on a fresh temporary data directory with these streaming settings
+    /// (a Kinesis endpoint, a record size limit).
+    pub async fn start_streaming(streaming: tributary_sql::StreamingSettings) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let location = dir.path().to_str().expect("utf-8 path").to_string();
-        let mut server = Self::start_at(&location, None, PasswordMethod::ScramSha256).await;
+        let mut server =
+            Self::start_with(&location, None, PasswordMethod::ScramSha256, streaming).await;
         server._data = Some(dir);
         server
     }
@@ -35,10 +42,27 @@ impl TestServer {
         admin_password: Option<&str>,
         method: PasswordMethod,
     ) -> Self {
+        Self::start_with(
+            location,
+            admin_password,
+            method,
+            tributary_sql::StreamingSettings::default(),
+        )
+        .await
+    }
+
+    async fn start_with(
+        location: &str,
+        admin_password: Option<&str>,
+        method: PasswordMethod,
+        mut streaming: tributary_sql::StreamingSettings,
+    ) -> Self {
         let verifiers = admin_password.map(|p| tributary_wire::password_verifiers("admin", p));
         let engine = Engine::open(location, verifiers)
             .await
             .expect("engine opens");
+        streaming.refresh_interval = std::time::Duration::from_millis(100);
+        engine.spawn_streaming(streaming);
         let listener = tributary_wire::bind("127.0.0.1:0".parse().expect("address"))
             .await
             .expect("bind");

@@ -45,6 +45,18 @@ struct ServeArgs {
     /// it; queries reading older snapshots keep working for at least this long.
     #[arg(long, default_value_t = 3600, env = "TRIBUTARY_VACUUM_RETENTION")]
     vacuum_retention: u64,
+    /// Milliseconds an AUTO REFRESH view waits between rounds once it has caught up with its
+    /// stream: new records are visible within about this long (plus the round itself).
+    #[arg(long, default_value_t = 200, env = "TRIBUTARY_REFRESH_INTERVAL_MS")]
+    refresh_interval_ms: u64,
+    /// Stream records larger than this many bytes are skipped and logged in
+    /// sys_stream_scan_errors (Redshift's limit is 1,024,000).
+    #[arg(long, default_value_t = 1_024_000, env = "TRIBUTARY_MAX_RECORD_BYTES")]
+    max_record_bytes: usize,
+    /// The Kinesis endpoint for `CREATE EXTERNAL SCHEMA ... FROM KINESIS`, overriding the AWS
+    /// SDK's configuration chain (which also reads AWS_ENDPOINT_URL_KINESIS).
+    #[arg(long, env = "TRIBUTARY_KINESIS_ENDPOINT")]
+    kinesis_endpoint: Option<String>,
     /// Log filter, in tracing's env-filter syntax (also read from RUST_LOG).
     #[arg(long, default_value = "info", env = "RUST_LOG")]
     log: String,
@@ -85,6 +97,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             interval: std::time::Duration::from_secs(args.maintenance_interval.max(1)),
             compact_min_files: args.compact_min_files.max(2),
             vacuum_retention: std::time::Duration::from_secs(args.vacuum_retention),
+            ..Default::default()
+        });
+        engine.spawn_streaming(tributary_sql::StreamingSettings {
+            refresh_interval: std::time::Duration::from_millis(args.refresh_interval_ms.max(10)),
+            max_record_bytes: args.max_record_bytes,
+            kinesis_endpoint: args.kinesis_endpoint.clone(),
             ..Default::default()
         });
         let listener = tributary_wire::bind(args.listen)

@@ -37,6 +37,8 @@ pub fn sqlstate(err: &Error) -> &'static str {
         Error::Deadlock(_) => "40P01",
         Error::Cardinality(_) => "21000",
         Error::UndefinedFile(_) => "58P01",
+        // fdw_error: the external source (a stream) failed or refused.
+        Error::Stream(_) => "HV000",
         Error::InFailedTransaction => "25P02",
         Error::ActiveTransaction(_) => "25001",
         Error::InvalidAuthorization(_) => "28000",

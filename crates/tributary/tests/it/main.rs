@@ -10,4 +10,5 @@ mod errors;
 mod maintenance;
 mod s3;
 mod slt;
+mod streaming;
 mod transactions;

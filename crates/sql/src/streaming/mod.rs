@@ -1,0 +1,682 @@
+//! Streaming materialized views: external schemas over Kinesis, views that read one stream,
+//! REFRESH (manual) and AUTO REFRESH (continuous micro-batches).
+//!
+//! A refresh round runs in a transaction. It takes the view's write lock, reads the view's
+//! committed positions from the catalog snapshot taken under that lock, reads the stream from
+//! there, runs the view's query over the records, appends the rows, and sets the new
+//! positions in the same catalog commit as the rows (invariant 1: no other offset store). A
+//! crash before that commit leaves the old positions and an unpinned Delta version, which
+//! recovery undoes, so the records are read again exactly once.
+//!
+//! Records that cannot be used (over the size limit, or whose evaluation fails) are skipped
+//! and written to the scan-error log, which `sys_stream_scan_errors` reads.
+
+mod errors;
+mod pipeline;
+mod runner;
+mod views;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use datafusion::sql::sqlparser::ast::{
+    CreateTableOptions, CreateView, Function, ObjectName, SqlOption,
+};
+use tributary_catalog::{
+    Column, Distribution, ExternalSource, MaterializedView, Relation, SqlType, Table,
+    VARCHAR_LENGTH_MAX,
+};
+use tributary_ingest::{
+    KinesisReader, KinesisSource, Positions, ReadLimits, ShardLag, StreamRecord,
+};
+
+use crate::catalog_list::SessionCatalogs;
+use crate::engine::Engine;
+use crate::rewrite::name_parts;
+use crate::session::{Output, Session};
+use crate::syntax;
+use crate::transaction::WriteKind;
+use crate::{Error, Result};
+
+pub(crate) use errors::ScanError;
+pub(crate) use pipeline::Pipeline;
+pub use runner::StreamingSettings;
+pub(crate) use views::{VIEWS as SYSTEM_VIEWS, scan_errors_table, system_view};
+
+/// Redshift's largest VARBYTE, and its default limit on a stream record's size.
+pub(crate) const VARBYTE_MAX: u32 = 1_024_000;
+/// Refreshes kept for `sys_mv_refresh_history`.
+const HISTORY_KEPT: usize = 10_000;
+
+/// The streaming state of an engine: settings, stream clients, per-view counters, the
+/// refresh history and the auto-refresh tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Streams {
+    settings: Mutex<StreamingSettings>,
+    sources: tokio::sync::Mutex<HashMap<Option<String>, KinesisSource>>,
+    stats: Mutex<HashMap<String, ViewStats>>,
+    history: Mutex<VecDeque<RefreshRecord>>,
+    errors: errors::ErrorLog,
+    runners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+/// Counters of one view since the server started.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ViewStats {
+    pub shards: BTreeMap<String, ShardLag>,
+    pub last_refresh: Option<chrono::NaiveDateTime>,
+}
+
+/// One refresh, for `sys_mv_refresh_history`.
+#[derive(Debug, Clone)]
+pub(crate) struct RefreshRecord {
+    pub database: String,
+    pub schema: String,
+    pub name: String,
+    pub manual: bool,
+    pub start: chrono::NaiveDateTime,
+    pub end: chrono::NaiveDateTime,
+    pub records: u64,
+    pub skipped: u64,
+    pub status: String,
+}
+
+impl Streams {
+    pub(crate) fn settings(&self) -> StreamingSettings {
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_settings(&self, settings: StreamingSettings) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+    }
+
+    async fn source(&self, external: &ExternalSource) -> KinesisSource {
+        let ExternalSource::Kinesis { region, .. } = external;
+        let mut sources = self.sources.lock().await;
+        if let Some(source) = sources.get(region) {
+            return source.clone();
+        }
+        let endpoint = self.settings().kinesis_endpoint;
+        let source = KinesisSource::connect(region.as_deref(), endpoint.as_deref()).await;
+        sources.insert(region.clone(), source.clone());
+        source
+    }
+
+    fn record(&self, record: RefreshRecord) {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if history.len() >= HISTORY_KEPT {
+            history.pop_front();
+        }
+        history.push_back(record);
+    }
+
+    pub(crate) fn history(&self) -> Vec<RefreshRecord> {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn update_stats(&self, path: &str, reader: &KinesisReader) {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = stats.entry(path.to_string()).or_default();
+        entry.shards = reader.lag().clone();
+        entry.last_refresh = Some(chrono::Utc::now().naive_utc());
+    }
+
+    pub(crate) fn stats(&self, path: &str) -> ViewStats {
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// A streaming view, by name and storage path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ViewId {
+    pub database: String,
+    pub schema: String,
+    pub name: String,
+    pub path: String,
+}
+
+/// `CREATE EXTERNAL SCHEMA name FROM KINESIS [REGION 'r'] IAM_ROLE {default | 'arn'}`.
+pub(crate) async fn create_external_schema(
+    session: &mut Session,
+    name: &ObjectName,
+    if_not_exists: bool,
+    options: &[SqlOption],
+) -> Result<Output> {
+    let options = syntax::options(options);
+    let get = |key: &str| {
+        options
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let source = get(syntax::EXTERNAL_OPTION).unwrap_or_default();
+    let external = match source.as_str() {
+        "kinesis" => {
+            for (key, _) in &options {
+                if !matches!(
+                    key.as_str(),
+                    syntax::EXTERNAL_OPTION | "region" | "iam_role"
+                ) {
+                    return Err(Error::Syntax(format!(
+                        "CREATE EXTERNAL SCHEMA ... FROM KINESIS does not take {}",
+                        key.to_ascii_uppercase()
+                    )));
+                }
+            }
+            let iam_role = get("iam_role").ok_or_else(|| {
+                Error::Syntax(
+                    "CREATE EXTERNAL SCHEMA ... FROM KINESIS needs IAM_ROLE { default | 'arn' }"
+                        .into(),
+                )
+            })?;
+            ExternalSource::Kinesis {
+                region: get("region"),
+                iam_role,
+            }
+        }
+        other => {
+            return Err(Error::NotSupported(format!(
+                "CREATE EXTERNAL SCHEMA ... FROM {} is not supported",
+                other.to_ascii_uppercase()
+            )));
+        }
+    };
+    let schema = name_parts(name).last().cloned().unwrap_or_default();
+    let database = session.database().to_string();
+    let owner = session.user().to_string();
+    let exists = session
+        .catalogs()
+        .pinned()
+        .schema(&database, &schema)
+        .is_ok();
+    if exists && if_not_exists {
+        session.notice(format!("schema \"{schema}\" already exists, skipping"));
+        return Ok(Output::command("CREATE SCHEMA"));
+    }
+    session.catalogs().modify(|state| {
+        state.create_schema(&database, &schema, &owner)?;
+        state.schema_mut(&database, &schema)?.external = Some(external);
+        Ok(())
+    })?;
+    Ok(Output::command("CREATE SCHEMA"))
+}
+
+fn view_options(view: &CreateView) -> Vec<(String, String)> {
+    match &view.options {
+        CreateTableOptions::With(options) => syntax::options(options),
+        _ => Vec::new(),
+    }
+}
+
+/// `CREATE MATERIALIZED VIEW name [attributes] AS SELECT ... FROM schema."stream"`.
+pub(crate) async fn create_materialized_view(
+    session: &mut Session,
+    view: CreateView,
+) -> Result<Output> {
+    let (schema, name) = session.resolve_for_create(&view.name)?;
+    let database = session.database().to_string();
+    let pinned = session.catalogs().pinned();
+    pinned.schema(&database, &schema)?;
+    if pinned.relation(&database, &schema, &name).is_some() {
+        if view.if_not_exists {
+            session.notice(format!("relation \"{name}\" already exists, skipping"));
+            return Ok(Output::command("CREATE MATERIALIZED VIEW"));
+        }
+        return Err(Error::Duplicate {
+            kind: "relation",
+            name,
+        });
+    }
+    refuse_aggregates(&view.query)?;
+    let mut query = (*view.query).clone();
+    let default_schema = session.creation_schema()?;
+    let stream = pipeline::bind_stream(&mut query, &pinned, &database, &default_schema)?;
+    let owner = session.user().to_string();
+    let compiled = Pipeline::compile(session.engine(), &owner, &database, &query).await?;
+    let columns = view_columns(&compiled.output)?;
+    let options = view_options(&view);
+    let option = |key: &str| {
+        options
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let split = |v: String| -> Vec<String> {
+        v.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_lowercase())
+            .collect()
+    };
+    let mut table = Table {
+        oid: 0,
+        owner,
+        path: format!(
+            "{database}/{schema}/{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ),
+        version: 0,
+        columns,
+        constraints: vec![],
+        distribution: Distribution {
+            diststyle: option("diststyle"),
+            distkey: option("distkey").and_then(|v| split(v).into_iter().next()),
+            sortkey: option("sortkey").map(split).unwrap_or_default(),
+            sortkey_kind: None,
+        },
+        backup: option("backup").is_none_or(|v| v != "no"),
+        materialized: Some(Box::new(MaterializedView {
+            sql: view.query.to_string(),
+            source_schema: stream.schema.clone(),
+            stream: stream.stream.clone(),
+            auto_refresh: option("auto_refresh").is_some_and(|v| v == "yes"),
+            positions: serde_json::Value::Null,
+            aggregate: None,
+        })),
+    };
+    let handle = session.engine().storage.table(&table.path)?;
+    session.catalogs().record_created(&table.path);
+    table.version = handle.create(&crate::ddl::storage_schema(&table)).await?;
+    session.catalogs().modify(|state| {
+        table.oid = state.allocate_oid();
+        state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
+    })?;
+    Ok(Output::command("CREATE MATERIALIZED VIEW"))
+}
+
+/// The stored columns of a view's output: text as VARCHAR(65535) and bytes as
+/// VARBYTE(1024000), Redshift's limits, so that any record the stream can hold fits.
+fn view_columns(output: &arrow::datatypes::SchemaRef) -> Result<Vec<Column>> {
+    let mut columns = crate::ddl::columns_from_arrow(output)?;
+    for column in &mut columns {
+        column.sql_type = match column.sql_type {
+            SqlType::Varchar { .. } | SqlType::Char { .. } => SqlType::Varchar {
+                length: VARCHAR_LENGTH_MAX,
+            },
+            SqlType::Varbyte { .. } => SqlType::Varbyte {
+                length: VARBYTE_MAX,
+            },
+            ref other => other.clone(),
+        };
+    }
+    let mut seen = std::collections::HashSet::new();
+    for column in &columns {
+        if !seen.insert(column.name.clone()) {
+            return Err(Error::InvalidStatement(format!(
+                "column \"{}\" specified more than once; give the view's columns distinct names",
+                column.name
+            )));
+        }
+    }
+    Ok(columns)
+}
+
+/// Aggregating views need their partial aggregates merged on every micro-batch, which is
+/// not built yet: refuse them rather than store per-batch aggregates.
+fn refuse_aggregates(query: &datafusion::sql::sqlparser::ast::Query) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{GroupByExpr, SetExpr};
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Ok(());
+    };
+    let grouped = match &select.group_by {
+        GroupByExpr::All(_) => true,
+        GroupByExpr::Expressions(exprs, _) => !exprs.is_empty(),
+    };
+    let text = select
+        .projection
+        .iter()
+        .map(|p| p.to_string().to_lowercase())
+        .collect::<Vec<_>>()
+        .join(",");
+    let aggregates = ["count(", "sum(", "min(", "max(", "avg("]
+        .iter()
+        .any(|f| text.contains(f));
+    if grouped || aggregates {
+        return Err(Error::NotSupported(
+            "aggregating streaming materialized views are not supported yet; aggregate in a view over the streaming view".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Looks up a streaming view by name in the pinned catalog.
+fn resolve_view(
+    session: &Session,
+    parts: &[datafusion::sql::sqlparser::ast::Ident],
+) -> Result<(ViewId, Table)> {
+    let name = ObjectName::from(parts.to_vec());
+    let (schema, relation) = session.resolve_existing(&name)?;
+    let database = session.database().to_string();
+    let pinned = session.catalogs().pinned();
+    match pinned.relation(&database, &schema, &relation) {
+        Some(Relation::Table(table)) if table.materialized.is_some() => Ok((
+            ViewId {
+                database,
+                schema,
+                name: relation,
+                path: table.path.clone(),
+            },
+            table.clone(),
+        )),
+        Some(_) => Err(Error::WrongObjectType(format!(
+            "\"{relation}\" is not a materialized view"
+        ))),
+        None => Err(Error::UndefinedTable(relation)),
+    }
+}
+
+/// `REFRESH MATERIALIZED VIEW` and `ALTER MATERIALIZED VIEW ... AUTO REFRESH`, carried as
+/// reserved CALLs. Returns None for any other CALL.
+pub(crate) async fn execute_call(
+    session: &mut Session,
+    function: &Function,
+    autocommit: bool,
+) -> Option<Result<Output>> {
+    let procedure = function.name.to_string();
+    if procedure == syntax::REFRESH_PROCEDURE {
+        let (name, _) = syntax::call_arguments(function);
+        return Some(refresh(session, &name, autocommit).await);
+    }
+    if procedure == syntax::ALTER_AUTO_REFRESH_PROCEDURE {
+        let (name, args) = syntax::call_arguments(function);
+        let enable = args.first().is_some_and(|v| v == "yes");
+        return Some(alter_auto_refresh(session, &name, enable, autocommit).await);
+    }
+    None
+}
+
+async fn alter_auto_refresh(
+    session: &mut Session,
+    name: &[datafusion::sql::sqlparser::ast::Ident],
+    enable: bool,
+    autocommit: bool,
+) -> Result<Output> {
+    let (view, _) = resolve_view(session, name)?;
+    if autocommit {
+        session
+            .catalogs()
+            .prelock(&view.database, &view.schema, &view.name)
+            .await?;
+    }
+    session
+        .catalogs()
+        .lock_table(&view.database, &view.schema, &view.name, WriteKind::Rewrite)
+        .await?;
+    session.catalogs().modify(|state| {
+        let table = state.table_mut(&view.database, &view.schema, &view.name)?;
+        if let Some(mv) = table.materialized.as_mut() {
+            mv.auto_refresh = enable;
+        }
+        Ok(())
+    })?;
+    Ok(Output::command("ALTER MATERIALIZED VIEW"))
+}
+
+async fn refresh(
+    session: &mut Session,
+    name: &[datafusion::sql::sqlparser::ast::Ident],
+    autocommit: bool,
+) -> Result<Output> {
+    let (view, _) = resolve_view(session, name)?;
+    if autocommit {
+        // Take the lock before the snapshot, so that an auto-refresh commit just before
+        // does not make this refresh conflict.
+        session
+            .catalogs()
+            .prelock(&view.database, &view.schema, &view.name)
+            .await?;
+    }
+    let start = chrono::Utc::now().naive_utc();
+    let engine = session.engine().clone();
+    let catalogs = session.catalogs().clone();
+    let result = async {
+        let (mut reader, pipeline) = prepare(&engine, &catalogs, &view).await?;
+        round(&engine, &catalogs, &view, &pipeline, &mut reader, true).await
+    }
+    .await;
+    let end = chrono::Utc::now().naive_utc();
+    let (status, records, skipped) = match &result {
+        Ok(stats) => (stats.status(), stats.records, stats.skipped),
+        Err(err) => (format!("Refresh failed: {err}"), 0, 0),
+    };
+    engine.streams.record(RefreshRecord {
+        database: view.database.clone(),
+        schema: view.schema.clone(),
+        name: view.name.clone(),
+        manual: true,
+        start,
+        end,
+        records,
+        skipped,
+        status,
+    });
+    let stats = result?;
+    if stats.skipped > 0 {
+        session.notice(format!(
+            "{} record(s) were skipped; see sys_stream_scan_errors",
+            stats.skipped
+        ));
+    }
+    Ok(Output::command("REFRESH"))
+}
+
+/// A reader positioned at the view's committed positions (as the session sees them), and the
+/// view's compiled query.
+async fn prepare(
+    engine: &Arc<Engine>,
+    catalogs: &SessionCatalogs,
+    view: &ViewId,
+) -> Result<(KinesisReader, Pipeline)> {
+    let state = catalogs.pinned();
+    let table = state.table(&view.database, &view.schema, &view.name)?;
+    let mv = table.materialized.as_ref().ok_or_else(|| {
+        Error::WrongObjectType(format!("\"{}\" is not a materialized view", view.name))
+    })?;
+    let external = state
+        .schema(&view.database, &mv.source_schema)
+        .ok()
+        .and_then(|s| s.external.clone())
+        .ok_or_else(|| {
+            Error::UndefinedSchema(format!(
+                "external schema \"{}\" of materialized view \"{}\" does not exist",
+                mv.source_schema, view.name
+            ))
+        })?;
+    let pipeline = compile(engine, &state, view, table).await?;
+    let source = engine.streams.source(&external).await;
+    let positions =
+        Positions::from_json(&mv.positions).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok((source.reader(&mv.stream, positions), pipeline))
+}
+
+/// Compiles a stored view's query.
+async fn compile(
+    engine: &Arc<Engine>,
+    state: &tributary_catalog::CatalogState,
+    view: &ViewId,
+    table: &Table,
+) -> Result<Pipeline> {
+    let mv = table
+        .materialized
+        .as_ref()
+        .ok_or_else(|| Error::Internal("not a materialized view".into()))?;
+    let mut statements = crate::dialect::parse_statements(&mv.sql)?;
+    let Some(datafusion::sql::sqlparser::ast::Statement::Query(query)) = statements.pop() else {
+        return Err(Error::Internal(format!(
+            "the stored query of \"{}\" does not parse",
+            view.name
+        )));
+    };
+    let mut query = *query;
+    pipeline::bind_stream(&mut query, state, &view.database, &view.schema)?;
+    let pipeline = Pipeline::compile(engine, &table.owner, &view.database, &query).await?;
+    if pipeline.output.fields().len() != table.columns.len() {
+        return Err(Error::Internal(format!(
+            "the query of \"{}\" no longer produces its columns",
+            view.name
+        )));
+    }
+    Ok(pipeline)
+}
+
+/// What a refresh round did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RoundStats {
+    pub records: u64,
+    pub rows: u64,
+    pub skipped: u64,
+    pub caught_up: bool,
+}
+
+impl RoundStats {
+    fn status(&self) -> String {
+        if self.skipped > 0 {
+            format!(
+                "Refresh successfully updated MV incrementally; {} record(s) skipped (see sys_stream_scan_errors)",
+                self.skipped
+            )
+        } else {
+            "Refresh successfully updated MV incrementally".into()
+        }
+    }
+}
+
+/// One refresh round in the open transaction of `catalogs`. A manual round reads until every
+/// shard is at the tip it had when the round began; an automatic one reads once per shard.
+pub(crate) async fn round(
+    engine: &Arc<Engine>,
+    catalogs: &SessionCatalogs,
+    view: &ViewId,
+    pipeline: &Pipeline,
+    reader: &mut KinesisReader,
+    manual: bool,
+) -> Result<RoundStats> {
+    let slot = catalogs
+        .lock_table(&view.database, &view.schema, &view.name, WriteKind::Rewrite)
+        .await?;
+    let mv = slot
+        .table
+        .materialized
+        .clone()
+        .ok_or_else(|| Error::Internal("not a materialized view".into()))?;
+    let committed =
+        Positions::from_json(&mv.positions).map_err(|e| Error::Internal(e.to_string()))?;
+    reader.reset(committed.clone());
+    let settings = engine.streams.settings();
+    let started = chrono::Utc::now();
+    let limits = ReadLimits {
+        records_per_shard: settings.records_per_shard,
+        arrived_before_micros: manual.then(|| started.timestamp_micros() + 1_000_000),
+    };
+    let refresh_micros = started.naive_utc().and_utc().timestamp_micros();
+    let name = [
+        view.database.clone(),
+        view.schema.clone(),
+        view.name.clone(),
+    ];
+    let mut stats = RoundStats::default();
+    let mut positions = committed;
+    let deadline = Instant::now() + settings.refresh_interval.max(Duration::from_millis(50));
+    loop {
+        let batch = reader
+            .read(limits)
+            .await
+            .map_err(|e| Error::Stream(e.to_string()))?;
+        stats.records += batch.records.len() as u64;
+        let mut skipped: Vec<ScanError> = batch
+            .gaps
+            .iter()
+            .map(|gap| ScanError::gap(view, &mv, gap))
+            .collect();
+        let (usable, oversized): (Vec<&StreamRecord>, Vec<&StreamRecord>) = batch
+            .records
+            .iter()
+            .partition(|r| r.data.len() <= settings.max_record_bytes);
+        for record in oversized {
+            skipped.push(ScanError::record(
+                view,
+                &mv,
+                record,
+                "record_too_large",
+                format!(
+                    "the record is {} bytes, over the limit of {} bytes",
+                    record.data.len(),
+                    settings.max_record_bytes
+                ),
+            ));
+        }
+        if !usable.is_empty() {
+            let input = tributary_ingest::records_to_batch(&usable, refresh_micros);
+            let (rows, failures) = pipeline.transform(&input, &slot.table.columns).await;
+            for (row, reason) in failures {
+                skipped.push(ScanError::record(
+                    view,
+                    &mv,
+                    usable[row],
+                    "transform_failed",
+                    reason,
+                ));
+            }
+            let rows: Vec<RecordBatch> = rows;
+            stats.rows += crate::table::append(catalogs, &name, rows).await?;
+        }
+        stats.skipped += skipped
+            .iter()
+            .filter(|e| e.code != errors::GAP_CODE)
+            .count() as u64;
+        if !skipped.is_empty() {
+            for error in &skipped {
+                tracing::debug!(view = %view.name, shard = %error.shard_id, position = %error.position, reason = %error.reason, "skipped a stream record");
+            }
+            engine.streams.errors.write(engine, skipped).await?;
+        }
+        if batch.positions != positions {
+            positions = batch.positions.clone();
+            let json = positions.to_json();
+            catalogs.modify(|state| {
+                let table = state.table_mut(&view.database, &view.schema, &view.name)?;
+                if let Some(mv) = table.materialized.as_mut() {
+                    mv.positions = json;
+                }
+                Ok(())
+            })?;
+        }
+        engine.streams.update_stats(&view.path, reader);
+        stats.caught_up = batch.caught_up;
+        if batch.caught_up {
+            break;
+        }
+        if !manual && (Instant::now() >= deadline || stats.records >= 100_000) {
+            break;
+        }
+        if batch.records.is_empty() {
+            // Throttled or waiting for a backoff: do not spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(stats)
+}
+
+/// Drops what a view's background ingestion keeps when the view is gone.
+pub(crate) fn forget(engine: &Engine, path: &str) {
+    engine
+        .streams
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(path);
+}

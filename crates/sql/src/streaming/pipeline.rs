@@ -1,0 +1,304 @@
+//! A streaming view's query, planned once by DataFusion over a batch of stream records, and run
+//! over each micro-batch. A batch that fails is split until the failing records are isolated:
+//! they are skipped (and reported), and every other record of the batch goes through.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, Ident, ObjectName, Query, SetExpr, Statement, TableAlias, TableFactor,
+    visit_expressions_mut,
+};
+use tributary_catalog::{CatalogState, Column};
+
+use crate::engine::Engine;
+use crate::rewrite::normalize_ident;
+use crate::session::Session;
+use crate::{Error, Result};
+
+/// The name the stream's records go by while a view's query runs (in the private session's
+/// temporary schema).
+const INPUT: &str = "__tributary_stream";
+
+/// The stream a view reads: its external schema and the stream's case-sensitive name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamRef {
+    pub schema: String,
+    pub stream: String,
+}
+
+/// Column names of the preview of Redshift streaming ingestion (used in older posts and
+/// Etleap's), folded to lower case, and the metadata columns they mean.
+const PREVIEW_NAMES: &[(&str, &str)] = &[
+    (
+        "approximatearrivaltimestamp",
+        "approximate_arrival_timestamp",
+    ),
+    ("partitionkey", "partition_key"),
+    ("shardid", "shard_id"),
+    ("sequencenumber", "sequence_number"),
+    ("refreshtime", "refresh_time"),
+    ("data", "kinesis_data"),
+];
+
+/// Finds the stream a view's query reads, and points the query at the batch input instead.
+/// Only one stream, with no joins, as in Redshift.
+pub(crate) fn bind_stream(
+    query: &mut Query,
+    state: &CatalogState,
+    database: &str,
+    default_schema: &str,
+) -> Result<StreamRef> {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Err(Error::NotSupported(
+            "a streaming materialized view must be a single SELECT from one stream".into(),
+        ));
+    };
+    let [from] = select.from.as_mut_slice() else {
+        return Err(Error::NotSupported(
+            "a streaming materialized view reads exactly one stream (no joins); join the view with other tables in a view over it".into(),
+        ));
+    };
+    if !from.joins.is_empty() {
+        return Err(Error::NotSupported(
+            "a streaming materialized view cannot join; join the view with other tables in a view over it".into(),
+        ));
+    }
+    let TableFactor::Table { name, alias, .. } = &mut from.relation else {
+        return Err(Error::NotSupported(
+            "a streaming materialized view must read a stream of an external schema".into(),
+        ));
+    };
+    let parts: Vec<Ident> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident().cloned())
+        .collect();
+    let (schema, stream) = match parts.as_slice() {
+        [stream] => (default_schema.to_string(), stream.clone()),
+        [schema, stream] => (normalize_ident(schema), stream.clone()),
+        [db, schema, stream] if normalize_ident(db) == database => {
+            (normalize_ident(schema), stream.clone())
+        }
+        _ => {
+            return Err(Error::NotSupported(format!(
+                "cannot read \"{name}\": not a stream of an external schema in this database"
+            )));
+        }
+    };
+    let external = state
+        .schema(database, &schema)
+        .ok()
+        .and_then(|s| s.external.as_ref());
+    if external.is_none() {
+        return Err(Error::NotSupported(format!(
+            "materialized views over tables are not supported yet: \"{name}\" is not a stream of an external schema (CREATE EXTERNAL SCHEMA ... FROM KINESIS)"
+        )));
+    }
+    // Stream names are case-sensitive: a quoted name keeps its case, an unquoted one is
+    // folded like any identifier.
+    let stream_name = normalize_ident(&stream);
+    if alias.is_none() {
+        *alias = Some(TableAlias {
+            explicit: true,
+            name: Ident::with_quote('"', stream.value.clone()),
+            columns: vec![],
+            at: None,
+        });
+    }
+    *name = ObjectName::from(vec![
+        Ident::new(crate::catalog_list::TEMP_SCHEMA),
+        Ident::new(INPUT),
+    ]);
+    let _ = visit_expressions_mut(query, |expr| {
+        let ident = match expr {
+            SqlExpr::Identifier(ident) => Some(ident),
+            SqlExpr::CompoundIdentifier(parts) => parts.last_mut(),
+            _ => None,
+        };
+        if let Some(ident) = ident {
+            let folded = ident.value.to_ascii_lowercase();
+            if let Some((_, canonical)) = PREVIEW_NAMES.iter().find(|(old, _)| *old == folded) {
+                *ident = Ident::new(*canonical);
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    Ok(StreamRef {
+        schema,
+        stream: stream_name,
+    })
+}
+
+/// Records of one micro-batch, as the view's query sees them.
+#[derive(Debug)]
+struct StreamInput {
+    schema: SchemaRef,
+    batches: Mutex<Vec<RecordBatch>>,
+}
+
+#[async_trait]
+impl TableProvider for StreamInput {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let batches = self
+            .batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// A view's compiled query.
+pub(crate) struct Pipeline {
+    session: Session,
+    plan: LogicalPlan,
+    input: Arc<StreamInput>,
+    /// The rows the query produces, with Postgres column names.
+    pub output: SchemaRef,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("output", &self.output)
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// Plans `query` (already bound to the input by [`bind_stream`]) in a private session of
+    /// the view's owner.
+    pub(crate) async fn compile(
+        engine: &Arc<Engine>,
+        owner: &str,
+        database: &str,
+        query: &Query,
+    ) -> Result<Self> {
+        let session = engine.session(owner, database)?;
+        let input = Arc::new(StreamInput {
+            schema: tributary_ingest::kinesis_schema(),
+            batches: Mutex::new(Vec::new()),
+        });
+        datafusion::catalog::SchemaProvider::register_table(
+            session.catalogs().temp().as_ref(),
+            INPUT.to_string(),
+            input.clone(),
+        )?;
+        let statement = session.rewrite(Statement::Query(Box::new(query.clone())))?;
+        let plan = session.plan(&statement).await?;
+        let named = crate::session::output_schema(&statement, &plan);
+        // Postgres names, with the plan's field metadata (a SUPER column stays SUPER).
+        let planned = plan.schema().as_arrow().clone();
+        let fields: Vec<Field> = named
+            .fields()
+            .iter()
+            .zip(planned.fields())
+            .map(|(named, planned)| {
+                planned
+                    .as_ref()
+                    .clone()
+                    .with_name(named.name())
+                    .with_nullable(true)
+            })
+            .collect();
+        Ok(Self {
+            session,
+            plan,
+            input,
+            output: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    /// The private session's catalogs (automatic rounds run their transactions there).
+    pub(crate) fn catalogs(&self) -> &crate::catalog_list::SessionCatalogs {
+        self.session.catalogs()
+    }
+
+    async fn run(&self, batch: RecordBatch, columns: &[Column]) -> Result<Vec<RecordBatch>> {
+        *self.input.batches.lock().unwrap_or_else(|e| e.into_inner()) = vec![batch];
+        let result = async {
+            let frame = self
+                .session
+                .context()
+                .execute_logical_plan(self.plan.clone())
+                .await?;
+            frame.collect().await
+        }
+        .await;
+        self.input
+            .batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let batches = result?;
+        let mut out = Vec::with_capacity(batches.len());
+        for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+            // Values the view's columns cannot hold fail here, so that the records that
+            // produced them are isolated and skipped rather than failing the whole write.
+            for (array, column) in batch.columns().iter().zip(columns) {
+                if let Some(length) = column.sql_type.length() {
+                    crate::table::check_length(array, length, &column.sql_type)?;
+                }
+            }
+            out.push(
+                RecordBatch::try_new(self.output.clone(), batch.columns().to_vec())
+                    .map_err(|e| Error::Internal(format!("view output: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs the query over `batch`. Records whose evaluation fails are isolated by splitting
+    /// the batch, and returned as (row in `batch`, reason); the others' rows are returned.
+    pub(crate) async fn transform(
+        &self,
+        batch: &RecordBatch,
+        columns: &[Column],
+    ) -> (Vec<RecordBatch>, Vec<(usize, String)>) {
+        let mut rows = Vec::new();
+        let mut failures = Vec::new();
+        let mut pending = vec![(0, batch.num_rows())];
+        while let Some((offset, len)) = pending.pop() {
+            if len == 0 {
+                continue;
+            }
+            match self.run(batch.slice(offset, len), columns).await {
+                Ok(out) => rows.extend(out),
+                Err(err) if len == 1 => failures.push((offset, err.to_string())),
+                Err(_) => {
+                    let half = len / 2;
+                    // Popped in order: the first half first.
+                    pending.push((offset + half, len - half));
+                    pending.push((offset, half));
+                }
+            }
+        }
+        (rows, failures)
+    }
+}

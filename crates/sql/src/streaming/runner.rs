@@ -1,0 +1,241 @@
+//! AUTO REFRESH: one task per view with AUTO REFRESH YES, running refresh rounds back to back
+//! while the stream has a backlog and every `refresh_interval` once caught up. A supervisor
+//! starts and stops the tasks as views are created, altered and dropped.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tributary_catalog::{CatalogState, Relation};
+
+use super::{Pipeline, RefreshRecord, ViewId};
+use crate::Result;
+use crate::engine::Engine;
+
+/// How often the supervisor compares running tasks with the catalog.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Knobs of streaming ingestion.
+#[derive(Debug, Clone)]
+pub struct StreamingSettings {
+    /// How long an auto-refreshing view waits between rounds once it is caught up; rows
+    /// become visible within about this long after they enter the stream.
+    pub refresh_interval: Duration,
+    /// Records larger than this are skipped and logged (Redshift: 1,024,000 bytes).
+    pub max_record_bytes: usize,
+    /// GetRecords' limit per shard and call; bounds what one round holds in memory.
+    pub records_per_shard: i32,
+    /// The Kinesis endpoint, overriding the AWS SDK's configuration chain (which reads
+    /// `AWS_ENDPOINT_URL_KINESIS`, the region and credentials from the environment).
+    pub kinesis_endpoint: Option<String>,
+}
+
+impl Default for StreamingSettings {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_millis(200),
+            max_record_bytes: super::VARBYTE_MAX as usize,
+            records_per_shard: 10_000,
+            kinesis_endpoint: None,
+        }
+    }
+}
+
+fn auto_refresh_views(state: &CatalogState) -> Vec<ViewId> {
+    let mut views = Vec::new();
+    for (database, db) in &state.databases {
+        for (schema, s) in &db.schemas {
+            for (name, relation) in &s.relations {
+                if let Relation::Table(table) = relation
+                    && table.materialized.as_ref().is_some_and(|m| m.auto_refresh)
+                {
+                    views.push(ViewId {
+                        database: database.clone(),
+                        schema: schema.clone(),
+                        name: name.clone(),
+                        path: table.path.clone(),
+                    });
+                }
+            }
+        }
+    }
+    views
+}
+
+impl Engine {
+    /// Starts the supervisor of auto-refreshing views (once per engine).
+    pub fn spawn_streaming(self: &Arc<Self>, settings: super::StreamingSettings) {
+        self.streams.set_settings(settings);
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                engine.supervise();
+                drop(engine);
+                tokio::time::sleep(SUPERVISE_EVERY).await;
+            }
+        });
+    }
+
+    fn supervise(self: &Arc<Self>) {
+        let wanted = auto_refresh_views(&self.catalog_snapshot());
+        let wanted_paths: HashSet<&str> = wanted.iter().map(|v| v.path.as_str()).collect();
+        let mut runners = self
+            .streams
+            .runners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        runners.retain(|path, task| {
+            let keep = wanted_paths.contains(path.as_str()) && !task.is_finished();
+            if !keep {
+                task.abort();
+                super::forget(self, path);
+            }
+            keep
+        });
+        for view in wanted {
+            if runners.contains_key(&view.path) {
+                continue;
+            }
+            tracing::info!(view = %view.name, "auto refresh started");
+            let engine = Arc::downgrade(self);
+            let path = view.path.clone();
+            runners.insert(path, tokio::spawn(run(engine, view)));
+        }
+    }
+}
+
+/// The view's current name and definition, found by its storage path (stable across
+/// renames); None once it is dropped or no longer auto-refreshing.
+fn current(state: &CatalogState, path: &str) -> Option<ViewId> {
+    auto_refresh_views(state)
+        .into_iter()
+        .find(|v| v.path == path)
+}
+
+async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
+    let mut compiled: Option<(String, Pipeline, tributary_ingest::KinesisReader)> = None;
+    let mut backoff = Duration::from_millis(500);
+    let mut last_error: Option<(String, Instant)> = None;
+    loop {
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let Some(view) = current(&engine.catalog_snapshot(), &view.path) else {
+            return;
+        };
+        let start = chrono::Utc::now().naive_utc();
+        let started = Instant::now();
+        let result = round(&engine, &view, &mut compiled).await;
+        let interval = engine.streams.settings().refresh_interval;
+        let pause = match result {
+            Ok(stats) => {
+                backoff = Duration::from_millis(500);
+                last_error = None;
+                if stats.records > 0 || stats.skipped > 0 {
+                    engine.streams.record(RefreshRecord {
+                        database: view.database.clone(),
+                        schema: view.schema.clone(),
+                        name: view.name.clone(),
+                        manual: false,
+                        start,
+                        end: chrono::Utc::now().naive_utc(),
+                        records: stats.records,
+                        skipped: stats.skipped,
+                        status: stats.status(),
+                    });
+                }
+                if stats.caught_up {
+                    interval.saturating_sub(started.elapsed())
+                } else {
+                    Duration::ZERO
+                }
+            }
+            Err(err) => {
+                // The compiled query or the reader may be what failed: start afresh.
+                compiled = None;
+                let text = err.to_string();
+                // One line per distinct error, or per minute while it repeats.
+                let repeat = last_error.as_ref().is_some_and(|(last, at)| {
+                    *last == text && at.elapsed() < Duration::from_secs(60)
+                });
+                if !repeat {
+                    tracing::warn!(view = %view.name, error = %text, "auto refresh failed; retrying");
+                    last_error = Some((text.clone(), Instant::now()));
+                    engine.streams.record(RefreshRecord {
+                        database: view.database.clone(),
+                        schema: view.schema.clone(),
+                        name: view.name.clone(),
+                        manual: false,
+                        start,
+                        end: chrono::Utc::now().naive_utc(),
+                        records: 0,
+                        skipped: 0,
+                        status: format!("Refresh failed: {text}"),
+                    });
+                }
+                let pause = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                pause
+            }
+        };
+        drop(engine);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// One automatic round in a transaction of the view's own session.
+async fn round(
+    engine: &Arc<Engine>,
+    view: &ViewId,
+    compiled: &mut Option<(String, Pipeline, tributary_ingest::KinesisReader)>,
+) -> Result<super::RoundStats> {
+    let sql = {
+        let state = engine.catalog_snapshot();
+        let table = state.table(&view.database, &view.schema, &view.name)?;
+        table
+            .materialized
+            .as_ref()
+            .map(|m| m.sql.clone())
+            .unwrap_or_default()
+    };
+    if compiled.as_ref().is_none_or(|(s, _, _)| *s != sql) {
+        let owner = {
+            let state = engine.catalog_snapshot();
+            state
+                .table(&view.database, &view.schema, &view.name)?
+                .owner
+                .clone()
+        };
+        let session = engine.session(&owner, &view.database)?;
+        let (reader, pipeline) = super::prepare(engine, session.catalogs(), view).await?;
+        *compiled = Some((sql, pipeline, reader));
+    }
+    let Some((_, pipeline, reader)) = compiled.as_mut() else {
+        return Err(crate::Error::Internal("no compiled view".into()));
+    };
+    let catalogs = pipeline.catalogs().clone();
+    catalogs.begin(false);
+    let result = async {
+        catalogs
+            .prelock(&view.database, &view.schema, &view.name)
+            .await?;
+        super::round(engine, &catalogs, view, pipeline, reader, false).await
+    }
+    .await;
+    match result {
+        Ok(stats) => {
+            catalogs.commit().await?;
+            Ok(stats)
+        }
+        Err(err) => {
+            catalogs.rollback().await;
+            Err(err)
+        }
+    }
+}

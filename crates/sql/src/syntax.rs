@@ -1,0 +1,403 @@
+//! Redshift statements sqlparser does not parse: `CREATE EXTERNAL SCHEMA ... FROM KINESIS`,
+//! `CREATE MATERIALIZED VIEW` with Redshift's attributes, `REFRESH MATERIALIZED VIEW` and
+//! `ALTER MATERIALIZED VIEW ... AUTO REFRESH`.
+//!
+//! They are parsed here and carried as sqlparser statements, so the rest of the pipeline keeps
+//! one statement type: an external schema is a `CREATE SCHEMA` whose options hold
+//! [`EXTERNAL_OPTION`]; a materialized view is a `CREATE MATERIALIZED VIEW` whose `WITH`
+//! options hold the attributes; REFRESH and ALTER are `CALL`s of reserved procedure names.
+
+use datafusion::sql::sqlparser::ast::{
+    CreateTableOptions, CreateView, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentList, FunctionArguments, Ident, ObjectName, SchemaName, SqlOption, Statement,
+    Value,
+};
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+/// The option of a `CREATE SCHEMA` that makes it an external schema; its value is the source
+/// (`kinesis`), and the other options are the source's settings, lower-cased.
+pub(crate) const EXTERNAL_OPTION: &str = "tributary_external";
+/// `REFRESH MATERIALIZED VIEW name` is `CALL <this>(name)`.
+pub(crate) const REFRESH_PROCEDURE: &str = "__tributary_refresh_materialized_view";
+/// `ALTER MATERIALIZED VIEW name AUTO REFRESH YES` is `CALL <this>(name, 'yes')`.
+pub(crate) const ALTER_AUTO_REFRESH_PROCEDURE: &str = "__tributary_alter_materialized_view";
+
+/// Parses the statement at the parser's position if it is one of ours.
+pub(crate) fn parse(parser: &mut Parser) -> Option<Result<Statement, ParserError>> {
+    let word = |n: usize| upper(&parser.peek_nth_token(n).token);
+    let (first, second, third) = (word(0), word(1), word(2));
+    match (first.as_deref(), second.as_deref(), third.as_deref()) {
+        (Some("CREATE"), Some("EXTERNAL"), Some("SCHEMA")) => Some(external_schema(parser)),
+        (Some("CREATE"), Some("MATERIALIZED"), Some("VIEW")) => Some(materialized_view(parser)),
+        (Some("REFRESH"), Some("MATERIALIZED"), Some("VIEW")) => Some(refresh(parser)),
+        (Some("ALTER"), Some("MATERIALIZED"), Some("VIEW")) => Some(alter(parser)),
+        _ => None,
+    }
+}
+
+fn upper(token: &Token) -> Option<String> {
+    match token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+fn skip_words(parser: &mut Parser, count: usize) {
+    for _ in 0..count {
+        parser.next_token();
+    }
+}
+
+fn expect_word(parser: &mut Parser, expected: &str) -> Result<(), ParserError> {
+    let token = parser.next_token();
+    if upper(&token.token).as_deref() == Some(expected) {
+        Ok(())
+    } else {
+        Err(ParserError::ParserError(format!(
+            "expected {expected}, found {}",
+            token.token
+        )))
+    }
+}
+
+fn at_end(parser: &Parser) -> bool {
+    matches!(parser.peek_token().token, Token::EOF | Token::SemiColon)
+}
+
+fn option(key: &str, value: String) -> SqlOption {
+    SqlOption::KeyValue {
+        key: Ident::new(key),
+        value: Expr::Value(Value::SingleQuotedString(value).into()),
+    }
+}
+
+/// `CREATE EXTERNAL SCHEMA [IF NOT EXISTS] name FROM <source> <option value>...`, where a value
+/// is a string literal or a word (`IAM_ROLE default`, `AUTHENTICATION none`).
+fn external_schema(parser: &mut Parser) -> Result<Statement, ParserError> {
+    skip_words(parser, 3);
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parser.parse_object_name(false)?;
+    expect_word(parser, "FROM")?;
+    let source = parser.next_token();
+    let Some(source) = upper(&source.token) else {
+        return Err(ParserError::ParserError(format!(
+            "expected a source after FROM, found {}",
+            source.token
+        )));
+    };
+    let mut options = vec![option(EXTERNAL_OPTION, source.to_ascii_lowercase())];
+    while !at_end(parser) {
+        let key = parser.next_token();
+        let Some(key) = upper(&key.token) else {
+            return Err(ParserError::ParserError(format!(
+                "expected an option of CREATE EXTERNAL SCHEMA, found {}",
+                key.token
+            )));
+        };
+        let value = parser.next_token();
+        let value = match value.token {
+            Token::SingleQuotedString(s) => s,
+            Token::Word(w) => w.value,
+            other => {
+                return Err(ParserError::ParserError(format!(
+                    "expected a value for {key}, found {other}"
+                )));
+            }
+        };
+        options.push(option(&key.to_ascii_lowercase(), value));
+    }
+    Ok(Statement::CreateSchema {
+        schema_name: SchemaName::Simple(name),
+        if_not_exists,
+        with: None,
+        options: Some(options),
+        default_collate_spec: None,
+        clone: None,
+    })
+}
+
+/// `CREATE MATERIALIZED VIEW name [BACKUP {YES|NO}] [DISTSTYLE s] [DISTKEY (c)]
+/// [[COMPOUND|INTERLEAVED] SORTKEY (c, ...)] [AUTO REFRESH {YES|NO}] AS query`.
+fn materialized_view(parser: &mut Parser) -> Result<Statement, ParserError> {
+    skip_words(parser, 3);
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parser.parse_object_name(false)?;
+    let mut options = Vec::new();
+    loop {
+        let word = upper(&parser.peek_token().token);
+        match word.as_deref() {
+            Some("AS") => {
+                parser.next_token();
+                break;
+            }
+            Some("BACKUP") => {
+                parser.next_token();
+                let value = parser.next_token();
+                options.push(option(
+                    "backup",
+                    value.token.to_string().to_ascii_lowercase(),
+                ));
+            }
+            Some("DISTSTYLE") => {
+                parser.next_token();
+                let value = parser.next_token();
+                options.push(option(
+                    "diststyle",
+                    value.token.to_string().to_ascii_lowercase(),
+                ));
+            }
+            Some("DISTKEY") => {
+                parser.next_token();
+                let columns = parser.parse_parenthesized_column_list(
+                    datafusion::sql::sqlparser::parser::IsOptional::Mandatory,
+                    false,
+                )?;
+                let names: Vec<String> = columns.iter().map(|c| c.value.clone()).collect();
+                options.push(option("distkey", names.join(",")));
+            }
+            Some("COMPOUND") | Some("INTERLEAVED") | Some("SORTKEY") => {
+                if word.as_deref() != Some("SORTKEY") {
+                    parser.next_token();
+                }
+                expect_word(parser, "SORTKEY")?;
+                let columns = parser.parse_parenthesized_column_list(
+                    datafusion::sql::sqlparser::parser::IsOptional::Mandatory,
+                    false,
+                )?;
+                let names: Vec<String> = columns.iter().map(|c| c.value.clone()).collect();
+                options.push(option("sortkey", names.join(",")));
+            }
+            Some("AUTO") => {
+                parser.next_token();
+                expect_word(parser, "REFRESH")?;
+                let value = parser.next_token();
+                match upper(&value.token).as_deref() {
+                    Some(v @ ("YES" | "NO")) => {
+                        options.push(option("auto_refresh", v.to_ascii_lowercase()))
+                    }
+                    _ => {
+                        return Err(ParserError::ParserError(format!(
+                            "expected YES or NO after AUTO REFRESH, found {}",
+                            value.token
+                        )));
+                    }
+                }
+            }
+            _ => {
+                let token = parser.next_token();
+                return Err(ParserError::ParserError(format!(
+                    "expected AS or a materialized view attribute, found {}",
+                    token.token
+                )));
+            }
+        }
+    }
+    let query = parser.parse_query()?;
+    Ok(Statement::CreateView(CreateView {
+        or_alter: false,
+        or_replace: false,
+        materialized: true,
+        secure: false,
+        name,
+        name_before_not_exists: false,
+        columns: vec![],
+        query,
+        options: if options.is_empty() {
+            CreateTableOptions::None
+        } else {
+            CreateTableOptions::With(options)
+        },
+        cluster_by: vec![],
+        comment: None,
+        with_no_schema_binding: false,
+        if_not_exists,
+        temporary: false,
+        copy_grants: false,
+        to: None,
+        params: None,
+    }))
+}
+
+fn call(procedure: &str, args: Vec<Expr>) -> Statement {
+    Statement::Call(Function {
+        name: ObjectName::from(vec![Ident::new(procedure)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+fn name_expr(name: ObjectName) -> Expr {
+    let parts: Vec<Ident> = name
+        .0
+        .into_iter()
+        .filter_map(|part| part.as_ident().cloned())
+        .collect();
+    Expr::CompoundIdentifier(parts)
+}
+
+/// `REFRESH MATERIALIZED VIEW name`.
+fn refresh(parser: &mut Parser) -> Result<Statement, ParserError> {
+    skip_words(parser, 3);
+    let name = parser.parse_object_name(false)?;
+    Ok(call(REFRESH_PROCEDURE, vec![name_expr(name)]))
+}
+
+/// `ALTER MATERIALIZED VIEW name AUTO REFRESH {YES|NO}`.
+fn alter(parser: &mut Parser) -> Result<Statement, ParserError> {
+    skip_words(parser, 3);
+    let name = parser.parse_object_name(false)?;
+    expect_word(parser, "AUTO")?;
+    expect_word(parser, "REFRESH")?;
+    let value = parser.next_token();
+    let value = match upper(&value.token).as_deref() {
+        Some(v @ ("YES" | "NO")) => v.to_ascii_lowercase(),
+        _ => {
+            return Err(ParserError::ParserError(format!(
+                "expected YES or NO after AUTO REFRESH, found {}",
+                value.token
+            )));
+        }
+    };
+    Ok(call(
+        ALTER_AUTO_REFRESH_PROCEDURE,
+        vec![
+            name_expr(name),
+            Expr::Value(Value::SingleQuotedString(value).into()),
+        ],
+    ))
+}
+
+/// The options of a statement made by this module, as (key, value) pairs.
+pub(crate) fn options(options: &[SqlOption]) -> Vec<(String, String)> {
+    options
+        .iter()
+        .filter_map(|option| match option {
+            SqlOption::KeyValue { key, value } => {
+                let value = match value {
+                    Expr::Value(v) => match &v.value {
+                        Value::SingleQuotedString(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                    other => other.to_string(),
+                };
+                Some((key.value.to_ascii_lowercase(), value))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The arguments of a reserved `CALL`: the view's name parts, then string arguments.
+pub(crate) fn call_arguments(function: &Function) -> (Vec<Ident>, Vec<String>) {
+    let mut name = Vec::new();
+    let mut rest = Vec::new();
+    if let FunctionArguments::List(list) = &function.args {
+        for (i, arg) in list.args.iter().enumerate() {
+            let FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) = arg else {
+                continue;
+            };
+            match (i, expr) {
+                (0, Expr::CompoundIdentifier(parts)) => name = parts.clone(),
+                (0, Expr::Identifier(ident)) => name = vec![ident.clone()],
+                (_, Expr::Value(v)) => match &v.value {
+                    Value::SingleQuotedString(s) => rest.push(s.clone()),
+                    other => rest.push(other.to_string()),
+                },
+                _ => {}
+            }
+        }
+    }
+    (name, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::dialect::parse_statements;
+
+    use super::*;
+
+    fn one(sql: &str) -> Statement {
+        let mut statements = parse_statements(sql).unwrap();
+        assert_eq!(statements.len(), 1, "{sql}");
+        statements.pop().unwrap()
+    }
+
+    #[test]
+    fn external_schemas_parse_with_their_options() {
+        let Statement::CreateSchema {
+            schema_name,
+            options: Some(found),
+            ..
+        } = one("CREATE EXTERNAL SCHEMA kds FROM KINESIS REGION 'us-west-2' IAM_ROLE default;")
+        else {
+            panic!("not a schema");
+        };
+        assert_eq!(schema_name.to_string(), "kds");
+        assert_eq!(
+            options(&found),
+            vec![
+                ("tributary_external".to_string(), "kinesis".to_string()),
+                ("region".to_string(), "us-west-2".to_string()),
+                ("iam_role".to_string(), "default".to_string()),
+            ]
+        );
+        assert!(parse_statements("CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE").is_err());
+    }
+
+    #[test]
+    fn materialized_views_keep_redshift_attributes() {
+        let Statement::CreateView(view) = one(
+            "CREATE MATERIALIZED VIEW mv BACKUP NO DISTKEY(id) SORTKEY(a, b) AUTO REFRESH YES AS \
+             SELECT approximate_arrival_timestamp FROM kds.\"my-stream\"",
+        ) else {
+            panic!("not a view");
+        };
+        assert!(view.materialized);
+        let CreateTableOptions::With(found) = &view.options else {
+            panic!("no options");
+        };
+        assert_eq!(
+            options(found),
+            vec![
+                ("backup".to_string(), "no".to_string()),
+                ("distkey".to_string(), "id".to_string()),
+                ("sortkey".to_string(), "a,b".to_string()),
+                ("auto_refresh".to_string(), "yes".to_string()),
+            ]
+        );
+        let Statement::CreateView(plain) = one("CREATE MATERIALIZED VIEW mv AS SELECT 1") else {
+            panic!("not a view");
+        };
+        assert!(plain.materialized);
+    }
+
+    #[test]
+    fn refresh_and_alter_become_reserved_calls() {
+        let Statement::Call(function) = one("REFRESH MATERIALIZED VIEW s.\"Mv\"") else {
+            panic!("not a call");
+        };
+        assert_eq!(function.name.to_string(), REFRESH_PROCEDURE);
+        let (name, rest) = call_arguments(&function);
+        assert_eq!(name.len(), 2);
+        assert_eq!(name[1].value, "Mv");
+        assert!(rest.is_empty());
+        let Statement::Call(function) = one("ALTER MATERIALIZED VIEW mv AUTO REFRESH NO") else {
+            panic!("not a call");
+        };
+        assert_eq!(call_arguments(&function).1, vec!["no".to_string()]);
+    }
+}
