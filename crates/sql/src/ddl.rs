@@ -491,7 +491,7 @@ pub(crate) fn storage_schema(table: &Table) -> Schema {
     )
 }
 
-fn logical_schema(table: &Table) -> SchemaRef {
+pub(crate) fn logical_schema(table: &Table) -> SchemaRef {
     Arc::new(Schema::new(
         table
             .columns

@@ -11,6 +11,7 @@
 //! Records that cannot be used (over the size limit, or whose evaluation fails) are skipped
 //! and written to the scan-error log, which `sys_stream_scan_errors` reads.
 
+mod aggregate;
 mod errors;
 mod pipeline;
 mod runner;
@@ -20,7 +21,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
 use datafusion::sql::sqlparser::ast::{
     CreateTableOptions, CreateView, Function, ObjectName, SqlOption,
 };
@@ -242,13 +242,14 @@ pub(crate) async fn create_materialized_view(
             name,
         });
     }
-    refuse_aggregates(&view.query)?;
     let mut query = (*view.query).clone();
+    let merges = aggregate::analyse(&mut query)?;
     let default_schema = session.creation_schema()?;
     let stream = pipeline::bind_stream(&mut query, &pinned, &database, &default_schema)?;
     let owner = session.user().to_string();
     let compiled = Pipeline::compile(session.engine(), &owner, &database, &query).await?;
     let columns = view_columns(&compiled.output)?;
+    let layout = merges.map(|m| aggregate::layout(&columns, m));
     let options = view_options(&view);
     let option = |key: &str| {
         options
@@ -285,7 +286,7 @@ pub(crate) async fn create_materialized_view(
             stream: stream.stream.clone(),
             auto_refresh: option("auto_refresh").is_some_and(|v| v == "yes"),
             positions: serde_json::Value::Null,
-            aggregate: None,
+            aggregate: layout,
         })),
     };
     let handle = session.engine().storage.table(&table.path)?;
@@ -323,34 +324,6 @@ fn view_columns(output: &arrow::datatypes::SchemaRef) -> Result<Vec<Column>> {
         }
     }
     Ok(columns)
-}
-
-/// Aggregating views need their partial aggregates merged on every micro-batch, which is
-/// not built yet: refuse them rather than store per-batch aggregates.
-fn refuse_aggregates(query: &datafusion::sql::sqlparser::ast::Query) -> Result<()> {
-    use datafusion::sql::sqlparser::ast::{GroupByExpr, SetExpr};
-    let SetExpr::Select(select) = query.body.as_ref() else {
-        return Ok(());
-    };
-    let grouped = match &select.group_by {
-        GroupByExpr::All(_) => true,
-        GroupByExpr::Expressions(exprs, _) => !exprs.is_empty(),
-    };
-    let text = select
-        .projection
-        .iter()
-        .map(|p| p.to_string().to_lowercase())
-        .collect::<Vec<_>>()
-        .join(",");
-    let aggregates = ["count(", "sum(", "min(", "max(", "avg("]
-        .iter()
-        .any(|f| text.contains(f));
-    if grouped || aggregates {
-        return Err(Error::NotSupported(
-            "aggregating streaming materialized views are not supported yet; aggregate in a view over the streaming view".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// Looks up a streaming view by name in the pinned catalog.
@@ -522,6 +495,7 @@ async fn compile(
         )));
     };
     let mut query = *query;
+    aggregate::analyse(&mut query)?;
     pipeline::bind_stream(&mut query, state, &view.database, &view.schema)?;
     let pipeline = Pipeline::compile(engine, &table.owner, &view.database, &query).await?;
     if pipeline.output.fields().len() != table.columns.len() {
@@ -631,8 +605,10 @@ pub(crate) async fn round(
                     reason,
                 ));
             }
-            let rows: Vec<RecordBatch> = rows;
-            stats.rows += crate::table::append(catalogs, &name, rows).await?;
+            stats.rows += match &mv.aggregate {
+                Some(layout) => aggregate::merge(catalogs, view, layout, rows).await?,
+                None => crate::table::append(catalogs, &name, rows).await?,
+            };
         }
         stats.skipped += skipped
             .iter()

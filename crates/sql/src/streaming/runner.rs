@@ -88,13 +88,15 @@ impl Engine {
             .runners
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        // A task whose view is gone or no longer auto-refreshing ends at its next round; it
+        // is never aborted, because aborting it in the middle of a commit could leave the
+        // catalog log ahead of the engine.
         runners.retain(|path, task| {
-            let keep = wanted_paths.contains(path.as_str()) && !task.is_finished();
-            if !keep {
-                task.abort();
+            let finished = task.is_finished();
+            if finished && !wanted_paths.contains(path.as_str()) {
                 super::forget(self, path);
             }
-            keep
+            !finished
         });
         for view in wanted {
             if runners.contains_key(&view.path) {

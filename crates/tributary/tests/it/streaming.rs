@@ -714,3 +714,74 @@ async fn kill_9_during_ingestion_keeps_every_record_once() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// GROUP BY views are maintained incrementally: after several refreshes (and auto refresh)
+/// they equal the same aggregation over every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregating_views_are_maintained_incrementally() {
+    let kinesis_server = KinesisServer::start(KinesisFlavor::Kinesalite);
+    let endpoint = kinesis_server.endpoint();
+    let kinesis = kinesis(&endpoint).await;
+    create_stream(&kinesis, "plays", 2).await;
+    let server = TestServer::start_streaming(settings(&endpoint)).await;
+    let client = server.client().await;
+    client
+        .batch_execute(
+            r#"CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE default;
+               CREATE MATERIALIZED VIEW plays_raw AS
+                 SELECT json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'region') AS region,
+                        CAST(json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'id') AS bigint) AS id
+                 FROM kds.plays;
+               CREATE MATERIALIZED VIEW plays_by_region AS
+                 SELECT json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'region') AS region,
+                        count(*) AS plays,
+                        sum(CAST(json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'id') AS bigint)) AS id_sum,
+                        min(CAST(json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'id') AS bigint)) AS id_min,
+                        max(CAST(json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'id') AS bigint)) AS id_max,
+                        avg(CAST(json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'id') AS double precision)) AS id_avg
+                 FROM kds.plays
+                 GROUP BY 1;"#,
+        )
+        .await
+        .expect("aggregating view");
+    let expected = "SELECT region, count(*), sum(id), min(id), max(id), avg(CAST(id AS double precision)) FROM plays_raw GROUP BY region ORDER BY region";
+    let actual =
+        "SELECT region, plays, id_sum, id_min, id_max, id_avg FROM plays_by_region ORDER BY region";
+    for (round, range) in [0..100, 100..130, 130..400].into_iter().enumerate() {
+        put(&kinesis, "plays", json_records(range)).await;
+        client
+            .batch_execute(
+                "REFRESH MATERIALIZED VIEW plays_raw; REFRESH MATERIALIZED VIEW plays_by_region;",
+            )
+            .await
+            .unwrap();
+        let render = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {} {} {} {:.6}",
+                        r.get::<_, String>(0),
+                        r.get::<_, i64>(1),
+                        r.get::<_, i64>(2),
+                        r.get::<_, i64>(3),
+                        r.get::<_, i64>(4),
+                        r.get::<_, f64>(5)
+                    )
+                })
+                .collect()
+        };
+        let want = render(client.query(expected, &[]).await.unwrap());
+        let got = render(client.query(actual, &[]).await.unwrap());
+        assert_eq!(got, want, "after refresh {round}");
+        assert_eq!(got.len(), 3);
+    }
+    // HAVING cannot be maintained incrementally, and says so.
+    let err = client
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW bad AS SELECT partition_key, count(*) FROM kds.plays GROUP BY 1 HAVING count(*) > 1",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "0A000");
+    server.stop().await;
+}

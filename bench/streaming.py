@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Streaming views over a Kinesis-compatible server (kinesalite): freshness at a steady rate,
+and the throughput of a stateless JSON-shredding view over a backlog.
+
+    cargo build --release -p tributary
+    npm install --prefix tests/node
+    python3 bench/streaming.py [--rate 10000] [--seconds 20] [--backlog 200000]
+
+Freshness is the time from PutRecords returning to the record being counted by a SELECT on
+the view (polled every 20 ms), per PutRecords call of 500 records; p50 and p99 are printed.
+Throughput is records / second of one REFRESH over a backlog (the source's GetRecords speed
+is included, so the figure is a lower bound of the view's own speed). Peak memory is the
+server's maximum resident set. Records are deterministic JSON documents of ~200 bytes.
+Asserts nothing about speed.
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import boto3
+import psycopg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {port}")
+
+
+def start_kinesalite():
+    node_dir = os.path.join(ROOT, "tests", "node")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["node", "-r", os.path.join(node_dir, "bind-loopback.js"),
+         os.path.join(node_dir, "node_modules", "kinesalite", "cli.js"),
+         "--port", str(port), "--createStreamMs", "10", "--shardLimit", "100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def start_server(binary, data, endpoint):
+    proc = subprocess.Popen(
+        [binary, "serve", "--data", data, "--listen", "127.0.0.1:0", "--log", "warn",
+         "--kinesis-endpoint", endpoint, "--refresh-interval-ms", "100"],
+        stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if not line.startswith("tributary listening on "):
+        proc.kill()
+        sys.exit(f"unexpected first line from the server: {line!r}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def record(i):
+    return json.dumps({
+        "id": i, "player": f"player-{i % 5000}", "region": ["us-west-1", "eu-central-1", "ap-south-1"][i % 3],
+        "action": "entered shop" if i % 4 == 0 else "left", "score": (i * 7919) % 1000,
+        "ts": "2024-05-01T12:00:00Z"}).encode()
+
+
+def put_batch(kinesis, stream, start, n):
+    entries = [{"PartitionKey": str(i), "Data": record(i)} for i in range(start, start + n)]
+    while entries:
+        out = kinesis.put_records(StreamName=stream, Records=entries)
+        entries = [e for e, r in zip(entries, out["Records"]) if "ErrorCode" in r]
+        if entries:
+            time.sleep(0.05)
+
+
+def create_stream(kinesis, name, shards):
+    kinesis.create_stream(StreamName=name, ShardCount=shards)
+    while kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
+        time.sleep(0.05)
+
+
+VIEW = """CREATE MATERIALIZED VIEW {name} {refresh} AS
+  SELECT approximate_arrival_timestamp, partition_key, shard_id, sequence_number,
+         CAST(json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'id') AS bigint) AS id,
+         json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'player') AS player,
+         JSON_PARSE(kinesis_data) AS payload
+  FROM kds."{stream}" WHERE CAN_JSON_PARSE(kinesis_data)"""
+
+
+def freshness(conn, kinesis, rate, seconds):
+    create_stream(kinesis, "fresh", 4)
+    conn.execute(VIEW.format(name="fresh_mv", refresh="AUTO REFRESH YES", stream="fresh"))
+    batch = 500
+    calls = int(rate * seconds / batch)
+    interval = batch / rate
+    returned = []  # (cumulative records, time PutRecords returned)
+    done = threading.Event()
+    visible = []  # (time, count)
+
+    def poll():
+        with psycopg.connect(conn.info.dsn, autocommit=True) as c:
+            while not done.is_set():
+                n = c.execute("SELECT count(*) FROM fresh_mv").fetchone()[0]
+                visible.append((time.perf_counter(), n))
+                time.sleep(0.02)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    started = time.perf_counter()
+    for k in range(calls):
+        due = started + k * interval
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)
+        put_batch(kinesis, "fresh", k * batch, batch)
+        returned.append(((k + 1) * batch, time.perf_counter()))
+    achieved = calls * batch / (time.perf_counter() - started)
+    deadline = time.perf_counter() + 30
+    while time.perf_counter() < deadline and (not visible or visible[-1][1] < calls * batch):
+        time.sleep(0.05)
+    done.set()
+    poller.join()
+    latencies = []
+    j = 0
+    for total, at in returned:
+        while j < len(visible) and (visible[j][1] < total or visible[j][0] < at):
+            j += 1
+        if j == len(visible):
+            break
+        latencies.append(visible[j][0] - at)
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return achieved, p50, p99, len(latencies), len(returned)
+
+
+def throughput(conn, kinesis, backlog):
+    create_stream(kinesis, "backlog", 4)
+    for start in range(0, backlog, 500):
+        put_batch(kinesis, "backlog", start, min(500, backlog - start))
+    conn.execute(VIEW.format(name="backlog_mv", refresh="", stream="backlog"))
+    started = time.perf_counter()
+    conn.execute("REFRESH MATERIALIZED VIEW backlog_mv")
+    elapsed = time.perf_counter() - started
+    rows = conn.execute("SELECT count(*) FROM backlog_mv").fetchone()[0]
+    return rows, elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=10_000)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--backlog", type=int, default=200_000)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tributary-target"))
+    parser.add_argument("--binary", default=os.path.join(target, "release", "tributary"))
+    args = parser.parse_args()
+    kinesalite, endpoint = start_kinesalite()
+    kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
+                           aws_access_key_id="bench", aws_secret_access_key="bench")
+    with tempfile.TemporaryDirectory() as data:
+        server, port = start_server(args.binary, data, endpoint)
+        try:
+            conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev", autocommit=True)
+            conn.execute("CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE default")
+            achieved, p50, p99, measured, sent = freshness(conn, kinesis, args.rate, args.seconds)
+            print(f"freshness at {achieved:,.0f} records/s offered ({args.rate:,} asked), "
+                  f"{measured}/{sent} batches: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (target p99 <= 1000 ms)")
+            rows, elapsed = throughput(conn, kinesis, args.backlog)
+            print(f"stateless JSON-shredding view, REFRESH over a backlog: {rows:,} records in {elapsed:.2f} s "
+                  f"= {rows / elapsed:,.0f} records/s (source included; target >= 150,000/s per core)")
+            print(f"server peak RSS: {peak_rss_mib(server.pid):.0f} MiB")
+        finally:
+            server.terminate()
+            server.wait()
+            kinesalite.kill()
+            kinesalite.wait()
+
+
+if __name__ == "__main__":
+    main()
