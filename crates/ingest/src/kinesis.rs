@@ -40,32 +40,49 @@ impl KinesisSource {
     /// Kinesis-compatible servers accept any.
     pub async fn connect(region: Option<&str>, endpoint: Option<&str>) -> Self {
         use aws_sdk_kinesis::config::ProvideCredentials;
+        let env = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        let local = endpoint.is_some() || env("AWS_ENDPOINT_URL_KINESIS");
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = region {
-            loader = loader.region(aws_config::Region::new(region.to_string()));
+        match region {
+            Some(region) => loader = loader.region(aws_config::Region::new(region.to_string())),
+            // A local server does not care about the region; this spares the chain's
+            // instance-metadata probes (and their warnings) on a machine outside AWS.
+            None if local && !env("AWS_REGION") && !env("AWS_DEFAULT_REGION") => {
+                loader = loader.region(aws_config::Region::new("us-east-1"))
+            }
+            None => {}
         }
         if let Some(endpoint) = endpoint {
             loader = loader.endpoint_url(endpoint);
         }
-        let config = loader.load().await;
-        let mut builder = aws_sdk_kinesis::config::Builder::from(&config);
-        if config.region().is_none() {
-            // Kinesis needs a region to sign requests; a local endpoint does not care which.
-            builder = builder.region(aws_config::Region::new("us-east-1"));
-        }
-        let local = endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL_KINESIS").is_some();
-        let has_credentials = match config.credentials_provider() {
-            Some(provider) => provider.provide_credentials().await.is_ok(),
-            None => false,
-        };
-        if local && !has_credentials {
-            builder = builder.credentials_provider(aws_sdk_kinesis::config::Credentials::new(
+        let placeholder = || {
+            aws_sdk_kinesis::config::Credentials::new(
                 "tributary",
                 "tributary",
                 None,
                 None,
                 "tributary-local",
-            ));
+            )
+        };
+        let configured =
+            env("AWS_ACCESS_KEY_ID") || env("AWS_PROFILE") || env("AWS_WEB_IDENTITY_TOKEN_FILE");
+        if local && !configured {
+            loader = loader.credentials_provider(placeholder());
+        }
+        let config = loader.load().await;
+        let mut builder = aws_sdk_kinesis::config::Builder::from(&config);
+        if config.region().is_none() {
+            // Kinesis needs a region to sign requests.
+            builder = builder.region(aws_config::Region::new("us-east-1"));
+        }
+        if local && configured {
+            let resolves = match config.credentials_provider() {
+                Some(provider) => provider.provide_credentials().await.is_ok(),
+                None => false,
+            };
+            if !resolves {
+                builder = builder.credentials_provider(placeholder());
+            }
         }
         Self {
             client: Client::from_conf(builder.build()),
