@@ -102,11 +102,6 @@ impl KinesisSource {
             lag: BTreeMap::new(),
         }
     }
-
-    /// Checks that the stream exists.
-    pub async fn describe(&self, stream: &str) -> Result<usize> {
-        Ok(list_shards(&self.client, stream).await?.len())
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -271,11 +266,7 @@ impl KinesisReader {
                     }
                 }
                 ShardRead::Throttled => {
-                    let attempts = self.backoff.get(&shard).map_or(0, |(_, n)| *n) + 1;
-                    let delay =
-                        (FIRST_BACKOFF * 2u32.saturating_pow(attempts - 1)).min(MAX_BACKOFF);
-                    self.backoff
-                        .insert(shard.clone(), (Instant::now() + delay, attempts));
+                    self.back_off(&shard);
                     batch.caught_up = false;
                 }
                 ShardRead::Expired => {
@@ -301,11 +292,7 @@ impl KinesisReader {
                 ShardRead::Failed(reason) => {
                     self.iterators.remove(&shard);
                     self.lag.entry(shard.clone()).or_default().last_error = Some(reason.clone());
-                    let attempts = self.backoff.get(&shard).map_or(0, |(_, n)| *n) + 1;
-                    let delay =
-                        (FIRST_BACKOFF * 2u32.saturating_pow(attempts - 1)).min(MAX_BACKOFF);
-                    self.backoff
-                        .insert(shard.clone(), (Instant::now() + delay, attempts));
+                    self.back_off(&shard);
                     failures.push(format!("{shard}: {reason}"));
                     batch.caught_up = false;
                 }
@@ -323,6 +310,14 @@ impl KinesisReader {
         batch.positions = self.positions.clone();
         batch.gaps = gaps;
         Ok(batch)
+    }
+
+    /// Waits before reading `shard` again, twice as long as last time (up to a limit).
+    fn back_off(&mut self, shard: &str) {
+        let attempts = self.backoff.get(shard).map_or(0, |(_, n)| *n) + 1;
+        let delay = (FIRST_BACKOFF * 2u32.saturating_pow(attempts - 1)).min(MAX_BACKOFF);
+        self.backoff
+            .insert(shard.to_string(), (Instant::now() + delay, attempts));
     }
 
     /// Reads the shard list again; shards that have expired are forgotten, and a saved

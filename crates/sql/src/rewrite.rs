@@ -449,7 +449,8 @@ fn redshift_alias(name: &str, function: &Function) -> Option<Expr> {
     })
 }
 
-fn call(name: &str, args: Vec<Expr>) -> Expr {
+/// A plain function call expression `name(args...)`.
+pub(crate) fn call(name: &str, args: Vec<Expr>) -> Expr {
     Expr::Function(Function {
         name: ObjectName::from(vec![Ident::new(name)]),
         uses_odbc_syntax: false,

@@ -9,8 +9,7 @@
 
 use datafusion::sql::sqlparser::ast::{
     CreateTableOptions, CreateView, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArgumentList, FunctionArguments, Ident, ObjectName, SchemaName, SqlOption, Statement,
-    Value,
+    FunctionArguments, Ident, ObjectName, SchemaName, SqlOption, Statement, Value,
 };
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -221,23 +220,10 @@ fn materialized_view(parser: &mut Parser) -> Result<Statement, ParserError> {
 }
 
 fn call(procedure: &str, args: Vec<Expr>) -> Statement {
-    Statement::Call(Function {
-        name: ObjectName::from(vec![Ident::new(procedure)]),
-        uses_odbc_syntax: false,
-        parameters: FunctionArguments::None,
-        args: FunctionArguments::List(FunctionArgumentList {
-            duplicate_treatment: None,
-            args: args
-                .into_iter()
-                .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e)))
-                .collect(),
-            clauses: vec![],
-        }),
-        filter: None,
-        null_treatment: None,
-        over: None,
-        within_group: vec![],
-    })
+    match crate::rewrite::call(procedure, args) {
+        Expr::Function(function) => Statement::Call(function),
+        _ => unreachable!("rewrite::call builds a function call"),
+    }
 }
 
 fn name_expr(name: ObjectName) -> Expr {

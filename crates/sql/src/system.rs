@@ -597,18 +597,11 @@ fn table_info(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
     )?)
 }
 
-/// External schemas, tables and columns (Kinesis, Kafka, datashares) come with streaming
-/// ingestion; drivers already query these views, so they exist, empty, with Redshift's columns.
+/// External tables and columns (of data-catalog schemas, not served yet): drivers query these
+/// views, so they exist, empty, with Redshift's columns. External schemas are listed by
+/// `streaming::system_view`.
 fn external_view(name: &str) -> RecordBatch {
     let fields = match name {
-        "svv_external_schemas" => vec![
-            int("esoid"),
-            int("eskind"),
-            utf8("schemaname"),
-            int("esowner"),
-            utf8("databasename"),
-            utf8("esoptions"),
-        ],
         "svv_external_tables" => vec![
             utf8("redshift_database_name"),
             utf8("schemaname"),

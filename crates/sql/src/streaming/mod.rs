@@ -83,6 +83,32 @@ pub(crate) struct RefreshRecord {
     pub status: String,
 }
 
+impl RefreshRecord {
+    /// A refresh of `view` that began at `start` and ends now, with its outcome.
+    fn new(
+        view: &ViewId,
+        manual: bool,
+        start: chrono::NaiveDateTime,
+        outcome: &Result<RoundStats>,
+    ) -> Self {
+        let (records, skipped, status) = match outcome {
+            Ok(stats) => (stats.records, stats.skipped, stats.status()),
+            Err(err) => (0, 0, format!("Refresh failed: {err}")),
+        };
+        Self {
+            database: view.database.clone(),
+            schema: view.schema.clone(),
+            name: view.name.clone(),
+            manual,
+            start,
+            end: chrono::Utc::now().naive_utc(),
+            records,
+            skipped,
+            status,
+        }
+    }
+}
+
 impl Streams {
     pub(crate) fn settings(&self) -> StreamingSettings {
         self.settings
@@ -421,22 +447,9 @@ async fn refresh(
         round(&engine, &catalogs, &view, &pipeline, &mut reader, true).await
     }
     .await;
-    let end = chrono::Utc::now().naive_utc();
-    let (status, records, skipped) = match &result {
-        Ok(stats) => (stats.status(), stats.records, stats.skipped),
-        Err(err) => (format!("Refresh failed: {err}"), 0, 0),
-    };
-    engine.streams.record(RefreshRecord {
-        database: view.database.clone(),
-        schema: view.schema.clone(),
-        name: view.name.clone(),
-        manual: true,
-        start,
-        end,
-        records,
-        skipped,
-        status,
-    });
+    engine
+        .streams
+        .record(RefreshRecord::new(&view, true, start, &result));
     let stats = result?;
     if stats.skipped > 0 {
         session.notice(format!(

@@ -133,22 +133,14 @@ async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
         let started = Instant::now();
         let result = round(&engine, &view, &mut compiled).await;
         let interval = engine.streams.settings().refresh_interval;
-        let pause = match result {
+        let pause = match &result {
             Ok(stats) => {
                 backoff = Duration::from_millis(500);
                 last_error = None;
                 if stats.records > 0 || stats.skipped > 0 {
-                    engine.streams.record(RefreshRecord {
-                        database: view.database.clone(),
-                        schema: view.schema.clone(),
-                        name: view.name.clone(),
-                        manual: false,
-                        start,
-                        end: chrono::Utc::now().naive_utc(),
-                        records: stats.records,
-                        skipped: stats.skipped,
-                        status: stats.status(),
-                    });
+                    engine
+                        .streams
+                        .record(RefreshRecord::new(&view, false, start, &result));
                 }
                 if stats.caught_up {
                     interval.saturating_sub(started.elapsed())
@@ -166,18 +158,10 @@ async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
                 });
                 if !repeat {
                     tracing::warn!(view = %view.name, error = %text, "auto refresh failed; retrying");
-                    last_error = Some((text.clone(), Instant::now()));
-                    engine.streams.record(RefreshRecord {
-                        database: view.database.clone(),
-                        schema: view.schema.clone(),
-                        name: view.name.clone(),
-                        manual: false,
-                        start,
-                        end: chrono::Utc::now().naive_utc(),
-                        records: 0,
-                        skipped: 0,
-                        status: format!("Refresh failed: {text}"),
-                    });
+                    last_error = Some((text, Instant::now()));
+                    engine
+                        .streams
+                        .record(RefreshRecord::new(&view, false, start, &result));
                 }
                 let pause = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -197,23 +181,17 @@ async fn round(
     view: &ViewId,
     compiled: &mut Option<(String, Pipeline, tributary_ingest::KinesisReader)>,
 ) -> Result<super::RoundStats> {
-    let sql = {
+    let (sql, owner) = {
         let state = engine.catalog_snapshot();
         let table = state.table(&view.database, &view.schema, &view.name)?;
-        table
+        let sql = table
             .materialized
             .as_ref()
             .map(|m| m.sql.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (sql, table.owner.clone())
     };
     if compiled.as_ref().is_none_or(|(s, _, _)| *s != sql) {
-        let owner = {
-            let state = engine.catalog_snapshot();
-            state
-                .table(&view.database, &view.schema, &view.name)?
-                .owner
-                .clone()
-        };
         let session = engine.session(&owner, &view.database)?;
         let (reader, pipeline) = super::prepare(engine, session.catalogs(), view).await?;
         *compiled = Some((sql, pipeline, reader));
