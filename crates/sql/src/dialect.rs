@@ -26,6 +26,7 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
         .tokenize_with_location()?;
     let tokens = abort_as_rollback(move_backup_first(normalise_table_attributes(tokens)));
     let tokens = remove_duplicates_as_clause(maxerror_as_option(tokens));
+    let tokens = unpivot_as_function(tokens);
     Parser::new(&dialect)
         .with_tokens_with_locations(tokens)
         .parse_statements()
@@ -126,6 +127,68 @@ fn remove_duplicates_as_clause(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan>
         ] {
             out.push(TokenWithSpan { token, span });
         }
+    }
+    out
+}
+
+/// PartiQL's object unpivoting in FROM (`FROM t, UNPIVOT t.obj AS v AT k`), which the parser
+/// does not know: the path becomes the argument of a table function the PartiQL rewrite
+/// recognises (`__tributary_unpivot(t.obj) AS v AT k`).
+fn unpivot_as_function(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut iter = tokens.into_iter().peekable();
+    while let Some(token) = iter.next() {
+        let starts_from_item = out
+            .iter()
+            .rev()
+            .find(|t| !matches!(t.token, Token::Whitespace(_)))
+            .is_some_and(|t| {
+                t.token == Token::Comma
+                    || matches!(word_upper(&t.token).as_deref(), Some("FROM" | "JOIN"))
+            });
+        let next_is_paren = iter
+            .clone()
+            .find(|t| !matches!(t.token, Token::Whitespace(_)))
+            .is_some_and(|t| t.token == Token::LParen);
+        if word_upper(&token.token).as_deref() != Some("UNPIVOT")
+            || !starts_from_item
+            || next_is_paren
+        {
+            out.push(token);
+            continue;
+        }
+        let span = token.span;
+        out.push(TokenWithSpan {
+            token: Token::make_word(crate::partiql::from::UNPIVOT, None),
+            span,
+        });
+        out.push(TokenWithSpan {
+            token: Token::LParen,
+            span,
+        });
+        let mut depth = 0usize;
+        while let Some(next) = iter.peek() {
+            let upper = word_upper(&next.token);
+            let ends = depth == 0
+                && (matches!(next.token, Token::Comma | Token::SemiColon | Token::RParen)
+                    || matches!(
+                        upper.as_deref(),
+                        Some("AS" | "WHERE" | "JOIN" | "LEFT" | "GROUP" | "ORDER" | "LIMIT")
+                    ));
+            if ends {
+                break;
+            }
+            match next.token {
+                Token::LParen | Token::LBracket => depth += 1,
+                Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            out.extend(iter.next());
+        }
+        out.push(TokenWithSpan {
+            token: Token::RParen,
+            span,
+        });
     }
     out
 }

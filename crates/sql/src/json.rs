@@ -167,7 +167,13 @@ impl ScalarUDFImpl for JsonFunction {
                 for text in texts(&arrays[0])? {
                     out.push(match text {
                         None => None,
-                        Some(text) => Some(parse_json(&text)?.to_string()),
+                        Some(text) => {
+                            Some(crate::partiql::value::compact(&text).map_err(|e| {
+                                data_error(DataErrorKind::InvalidText, e.to_string())
+                            })?)
+                            // A JSON null is SQL NULL.
+                            .filter(|json| json != "null")
+                        }
                     });
                 }
                 Arc::new(StringArray::from(out))
@@ -175,7 +181,7 @@ impl ScalarUDFImpl for JsonFunction {
             Kind::CanJsonParse => Arc::new(
                 texts(&arrays[0])?
                     .into_iter()
-                    .map(|t| t.map(|t| serde_json::from_str::<serde_json::Value>(&t).is_ok()))
+                    .map(|t| t.map(|t| crate::partiql::value::validate(&t).is_ok()))
                     .collect::<BooleanArray>(),
             ),
             Kind::IsValidJson | Kind::IsValidJsonArray => {
@@ -235,19 +241,6 @@ fn texts(array: &ArrayRef) -> DfResult<Vec<Option<String>>> {
             .map(|s| s.map(str::to_string))
             .collect())
     }
-}
-
-fn parse_json(text: &str) -> DfResult<serde_json::Value> {
-    serde_json::from_str(text).map_err(|e| {
-        data_error(
-            DataErrorKind::InvalidText,
-            format!(
-                "invalid JSON at line {} column {}: {e}",
-                e.line(),
-                e.column()
-            ),
-        )
-    })
 }
 
 fn from_varbyte(arrays: &[ArrayRef]) -> DfResult<ArrayRef> {

@@ -17,6 +17,7 @@ mod functions;
 mod json;
 mod locks;
 mod maintenance;
+mod partiql;
 mod rewrite;
 mod session;
 mod settings;

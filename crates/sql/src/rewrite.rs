@@ -145,9 +145,15 @@ impl VisitorMut for RepeatedProjections {
         if let SetExpr::Select(select) = query.body.as_mut() {
             let mut seen = HashSet::new();
             for (position, item) in select.projection.iter_mut().enumerate() {
-                if let SelectItem::UnnamedExpr(expr) = item
-                    && !seen.insert(expr.to_string())
-                {
+                // DataFusion names a cast after its operand, so `x::int, x::bigint` repeat too.
+                let SelectItem::UnnamedExpr(expr) = item else {
+                    continue;
+                };
+                let mut key = &*expr;
+                while let Expr::Cast { expr, .. } = key {
+                    key = expr;
+                }
+                if !seen.insert(key.to_string()) {
                     let alias = Ident::with_quote('"', format!("column{}", position + 1));
                     *item = SelectItem::ExprWithAlias {
                         expr: expr.clone(),

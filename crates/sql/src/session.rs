@@ -92,6 +92,8 @@ pub struct Session {
     catalogs: SessionCatalogs,
     clock: functions::StatementClock,
     context: Arc<SessionContext>,
+    /// `enable_case_sensitive_identifier`, as the SUPER planner reads it.
+    case_sensitive: crate::partiql::CaseSensitivity,
     notices: Vec<String>,
     /// A `COPY ... FROM STDIN` waiting for the client's data.
     pending_copy: Option<crate::copy::CopyPlan>,
@@ -102,7 +104,8 @@ impl Session {
         let catalogs = SessionCatalogs::new(engine.clone());
         catalogs.pinned().database(database)?;
         let clock = functions::StatementClock::default();
-        let context = new_context(&catalogs, database, user, &clock)?;
+        let case_sensitive = crate::partiql::CaseSensitivity::default();
+        let context = new_context(&catalogs, database, user, &clock, &case_sensitive)?;
         Ok(Self {
             engine,
             user: user.to_string(),
@@ -111,6 +114,7 @@ impl Session {
             catalogs,
             clock,
             context,
+            case_sensitive,
             notices: Vec::new(),
             pending_copy: None,
         })
@@ -421,6 +425,7 @@ impl Session {
     /// Applies the rewrites every planned statement gets: Redshift function forms, then
     /// search_path resolution of unqualified table names.
     pub(crate) fn rewrite(&self, mut statement: Statement) -> Result<Statement> {
+        crate::partiql::from::rewrite(&mut statement, self.settings.case_sensitive_identifiers())?;
         rewrite_functions(&mut statement);
         alias_repeated_projections(&mut statement);
         top_to_limit(&mut statement);
@@ -654,6 +659,10 @@ impl Session {
         let mut state = state.write();
         let options = state.config_mut().options_mut();
         options.execution.time_zone = Some(timezone);
+        self.case_sensitive.store(
+            self.settings.case_sensitive_identifiers(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -956,21 +965,29 @@ fn new_context(
     database: &str,
     user: &str,
     clock: &functions::StatementClock,
+    case_sensitive: &crate::partiql::CaseSensitivity,
 ) -> Result<Arc<SessionContext>> {
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(database, "public")
         .with_create_default_catalog_and_schema(false)
         .with_information_schema(true);
-    let state = SessionStateBuilder::new()
+    // Scans report SUPER columns without their field marker; the marker only steers
+    // planning, so the physical schema check must not compare it.
+    config
+        .options_mut()
+        .execution
+        .skip_physical_aggregate_schema_check = true;
+    let builder = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
-        .with_catalog_list(Arc::new(catalogs.clone()))
-        .build();
+        .with_catalog_list(Arc::new(catalogs.clone()));
+    let state = crate::partiql::configure(builder, case_sensitive.clone()).build();
     let context = Arc::new(SessionContext::new_with_state(state));
     catalogs.set_context(&context);
     datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&context, database, EmptyContextProvider)
         .map_err(|e| Error::Internal(format!("pg_catalog setup failed: {e}")))?;
     functions::register(&context, user, catalogs.pinned().namespace, clock);
+    crate::partiql::register(&context);
     Ok(context)
 }
 
@@ -997,9 +1014,11 @@ pub(crate) async fn plan_sql(
 ) -> datafusion::error::Result<LogicalPlan> {
     let mut statements = parse_statements(sql)
         .map_err(|e| datafusion::error::DataFusionError::SQL(Box::new(e), None))?;
-    let statement = statements
+    let mut statement = statements
         .pop()
         .ok_or_else(|| datafusion::error::DataFusionError::Plan("empty view definition".into()))?;
+    crate::partiql::from::rewrite(&mut statement, false)
+        .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
     state
         .statement_to_plan(DfStatement::Statement(Box::new(statement)))
         .await

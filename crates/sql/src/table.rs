@@ -86,6 +86,10 @@ fn logical_schema(definition: &Table, stored: &SchemaRef) -> SchemaRef {
             // Declared nullability is visible to catalogs (psql's \d); IDENTITY columns stay
             // nullable because INSERT leaves them NULL for the sink to fill.
             let nullable = column.is_none_or(|c| c.nullable || c.identity.is_some());
+            if column.is_some_and(|c| c.sql_type == SqlType::Super) {
+                let marked = crate::partiql::super_field(field.name());
+                return marked.as_ref().clone().with_nullable(nullable);
+            }
             Field::new(field.name(), data_type, nullable)
         })
         .collect();
@@ -128,15 +132,22 @@ impl TableProvider for TributaryTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let plan = self.inner.scan(state, projection, filters, limit).await?;
-        if !self.has_time_columns() {
-            return Ok(plan);
-        }
-        // Restore TIME columns from their stored microseconds.
+        // Produce the declared types: TIME from its stored microseconds, and UTF-8 where the
+        // Parquet reader gives string views (operators that build batches from the plan's
+        // schema, such as UNNEST, need the declared type).
         let projected = match projection {
             Some(indices) => Arc::new(self.schema.project(indices)?),
             None => self.schema.clone(),
         };
         let input_schema = plan.schema();
+        let differs = input_schema
+            .fields()
+            .iter()
+            .zip(projected.fields())
+            .any(|(stored, declared)| stored.data_type() != declared.data_type());
+        if !differs {
+            return Ok(plan);
+        }
         let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projected
             .fields()
             .iter()
