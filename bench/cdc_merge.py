@@ -13,35 +13,13 @@ asserts nothing about speed.
 
 import argparse
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 import psycopg
 
-
-def start_server(binary, data):
-    proc = subprocess.Popen(
-        [binary, "serve", "--data", data, "--listen", "127.0.0.1:0", "--log", "warn"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline().strip()
-    prefix = "tributary listening on "
-    if not line.startswith(prefix):
-        proc.kill()
-        sys.exit(f"unexpected first line from the server: {line!r}")
-    return proc, int(line.rsplit(":", 1)[1])
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from tributary_server import DEFAULT_BINARY, memory_mib, start_server
 
 
 SETUP = [
@@ -86,7 +64,7 @@ def tributary_run(binary, rows, changes, runs):
             started = time.perf_counter()
             conn.execute(f"COPY cart_copy FROM 'file://{export}' FORMAT AS PARQUET")
             copy = time.perf_counter() - started
-            return load, timings, count, rss_mib(proc.pid), unload, copy
+            return load, timings, count, memory_mib(proc.pid, "VmRSS"), unload, copy
         finally:
             proc.terminate()
             proc.wait()
@@ -130,8 +108,7 @@ def main():
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--changes", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tributary-target"))
-    parser.add_argument("--binary", default=os.path.join(target, "release", "tributary"))
+    parser.add_argument("--binary", default=DEFAULT_BINARY)
     args = parser.parse_args()
 
     print(f"CDC merge: DELETE {args.changes} keyed rows + INSERT {args.changes} rows into a "

@@ -12,26 +12,14 @@ compaction. Asserts nothing about speed.
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 import psycopg
 
+from tributary_server import DEFAULT_BINARY, start_server
 
-def start_server(binary, data, interval):
-    proc = subprocess.Popen(
-        [binary, "serve", "--data", data, "--listen", "127.0.0.1:0", "--log", "warn",
-         "--maintenance-interval", str(interval)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline().strip()
-    if not line.startswith("tributary listening on "):
-        proc.kill()
-        sys.exit(f"unexpected first line from the server: {line!r}")
-    return proc, int(line.rsplit(":", 1)[1])
 
 
 def timed_read(conn, runs=5):
@@ -56,11 +44,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inserts", type=int, default=10_000)
     parser.add_argument("--interval", type=int, default=5, help="maintenance interval, seconds")
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tributary-target"))
-    parser.add_argument("--binary", default=os.path.join(target, "release", "tributary"))
+    parser.add_argument("--binary", default=DEFAULT_BINARY)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data:
-        proc, port = start_server(args.binary, data, args.interval)
+        proc, port = start_server(args.binary, data, "--maintenance-interval", str(args.interval))
         try:
             conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev", autocommit=True)
             conn.execute("CREATE TABLE events (n INT, label VARCHAR(16))")

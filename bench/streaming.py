@@ -28,6 +28,8 @@ import time
 import boto3
 import psycopg
 
+from tributary_server import DEFAULT_BINARY, memory_mib, start_server
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -59,25 +61,6 @@ def start_kinesalite():
     wait_port(port)
     return proc, f"http://127.0.0.1:{port}"
 
-
-def start_server(binary, data, endpoint):
-    proc = subprocess.Popen(
-        [binary, "serve", "--data", data, "--listen", "127.0.0.1:0", "--log", "warn",
-         "--kinesis-endpoint", endpoint, "--refresh-interval-ms", "100"],
-        stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip()
-    if not line.startswith("tributary listening on "):
-        proc.kill()
-        sys.exit(f"unexpected first line from the server: {line!r}")
-    return proc, int(line.rsplit(":", 1)[1])
-
-
-def peak_rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def record(i):
@@ -174,14 +157,13 @@ def main():
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--backlog", type=int, default=200_000)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tributary-target"))
-    parser.add_argument("--binary", default=os.path.join(target, "release", "tributary"))
+    parser.add_argument("--binary", default=DEFAULT_BINARY)
     args = parser.parse_args()
     kinesalite, endpoint = start_kinesalite()
     kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="bench", aws_secret_access_key="bench")
     with tempfile.TemporaryDirectory() as data:
-        server, port = start_server(args.binary, data, endpoint)
+        server, port = start_server(args.binary, data, "--kinesis-endpoint", endpoint, "--refresh-interval-ms", "100")
         try:
             conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev", autocommit=True)
             conn.execute("CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE default")
@@ -191,7 +173,7 @@ def main():
             rows, elapsed = throughput(conn, kinesis, args.backlog)
             print(f"stateless JSON-shredding view, REFRESH over a backlog: {rows:,} records in {elapsed:.2f} s "
                   f"= {rows / elapsed:,.0f} records/s (source included; target >= 150,000/s per core)")
-            print(f"server peak RSS: {peak_rss_mib(server.pid):.0f} MiB")
+            print(f"server peak RSS: {memory_mib(server.pid, 'VmHWM'):.0f} MiB")
         finally:
             server.terminate()
             server.wait()

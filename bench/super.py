@@ -16,30 +16,18 @@ Asserts nothing about speed.
 """
 
 import argparse
-import io
 import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import psycopg
 
+from tributary_server import DEFAULT_BINARY, memory_mib, start_server
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def start_server(binary, data):
-    proc = subprocess.Popen(
-        [binary, "serve", "--data", data, "--listen", "127.0.0.1:0", "--log", "warn"],
-        stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip()
-    if not line.startswith("tributary listening on "):
-        proc.kill()
-        sys.exit(f"unexpected first line from the server: {line!r}")
-    return proc, int(line.rsplit(":", 1)[1])
 
 
 def documents(rows, seed=7):
@@ -87,8 +75,7 @@ def timed(fn, runs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    parser.add_argument("--binary", default=os.path.join(target, "release", "tributary"))
+    parser.add_argument("--binary", default=DEFAULT_BINARY)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
@@ -127,8 +114,7 @@ def main():
             unnest = UNNEST.format(table="docs")
             unnested = conn.execute(unnest).fetchone()[0]
             results["unnest", "tributary"] = timed(lambda: conn.execute(unnest).fetchone(), args.runs)
-            with open(f"/proc/{server.pid}/status") as f:
-                rss = next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:"))
+            rss = memory_mib(server.pid, "VmHWM")
         finally:
             server.terminate()
             server.wait()
@@ -139,12 +125,7 @@ def main():
         duckdb = None
     if duckdb is not None:
         db = duckdb.connect()
-        db.execute("CREATE TABLE raw (j VARCHAR)")
-        db.executemany("INSERT INTO raw VALUES (?)", [(t,) for t in texts]) if args.rows <= 20000 else \
-            db.execute("CREATE TABLE raw2 AS SELECT * FROM (SELECT unnest(?) AS j)", [texts])
-        if args.rows > 20000:
-            db.execute("DROP TABLE raw")
-            db.execute("ALTER TABLE raw2 RENAME TO raw")
+        db.execute("CREATE TABLE raw AS SELECT unnest(?::VARCHAR[]) AS j", [texts])
 
         def dparse():
             db.execute("DROP TABLE IF EXISTS docs")

@@ -211,7 +211,7 @@ impl ScalarUDFImpl for JsonFunction {
     }
 }
 
-fn data_error(kind: DataErrorKind, message: String) -> DataFusionError {
+pub(crate) fn data_error(kind: DataErrorKind, message: String) -> DataFusionError {
     DataFusionError::External(Box::new(Error::data(kind, message)))
 }
 

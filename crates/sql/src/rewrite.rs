@@ -145,15 +145,16 @@ impl VisitorMut for RepeatedProjections {
         if let SetExpr::Select(select) = query.body.as_mut() {
             let mut seen = HashSet::new();
             for (position, item) in select.projection.iter_mut().enumerate() {
-                // DataFusion names a cast after its operand, so `x::int, x::bigint` repeat too.
                 let SelectItem::UnnamedExpr(expr) = item else {
                     continue;
                 };
+                // DataFusion names a cast after its operand, so `x::int, x::bigint` repeat too.
                 let mut key = &*expr;
                 while let Expr::Cast { expr, .. } = key {
                     key = expr;
                 }
-                if !seen.insert(key.to_string()) {
+                let key = key.to_string();
+                if !seen.insert(key) {
                     let alias = Ident::with_quote('"', format!("column{}", position + 1));
                     *item = SelectItem::ExprWithAlias {
                         expr: expr.clone(),

@@ -22,8 +22,9 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     AccessExpr, Expr, FunctionArg, FunctionArgExpr, Ident, JoinConstraint, JoinOperator,
-    JsonPathElem, ObjectName, ObjectNamePart, Query, Select, SetExpr, Statement, Subscript,
-    TableAlias, TableFactor, TableWithJoins, Value, VisitMut, VisitorMut, visit_expressions_mut,
+    JsonPathElem, ObjectName, ObjectNamePart, Query, Select, SelectItem, SetExpr, Statement,
+    Subscript, TableAlias, TableFactor, TableWithJoins, Value, VisitMut, VisitorMut,
+    visit_expressions_mut,
 };
 
 use super::functions::{ELEMENTS, INDEXES, KEYS, MARK, VALUES};
@@ -63,11 +64,75 @@ pub fn rewrite(statement: &mut Statement, case_sensitive: bool) -> Result<()> {
         }
         ControlFlow::<()>::Continue(())
     });
+    let _ = statement.visit(&mut PathNames);
     let mut unnesting = Unnesting { error: None };
     let _ = statement.visit(&mut unnesting);
     match unnesting.error {
         Some(error) => Err(error),
         None => Ok(()),
+    }
+}
+
+/// Names an unaliased select item that is a path (`data.after.first_name`, `t.col`, also
+/// under casts) after its last key, as Redshift and Postgres do, so that an outer query can
+/// refer to it as `a.first_name`. Paths whose last keys repeat in one select list keep their
+/// own names.
+struct PathNames;
+
+fn last_key(expr: &Expr) -> Option<Ident> {
+    match expr {
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => last_key(expr),
+        Expr::CompoundIdentifier(parts) => parts.last().cloned(),
+        Expr::CompoundFieldAccess { access_chain, .. } => match access_chain.last()? {
+            AccessExpr::Subscript(Subscript::Index {
+                index: Expr::Value(value),
+            }) => match &value.value {
+                Value::SingleQuotedString(key) => Some(Ident::with_quote('"', key)),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn name_paths(select: &mut Select) {
+    let keys: Vec<Option<String>> = select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(expr) => last_key(expr).map(|k| normalize_ident(&k)),
+            SelectItem::ExprWithAlias { alias, .. } => Some(normalize_ident(alias)),
+            _ => None,
+        })
+        .collect();
+    for (index, item) in select.projection.iter_mut().enumerate() {
+        let SelectItem::UnnamedExpr(expr) = item else {
+            continue;
+        };
+        let Some(key) = &keys[index] else {
+            continue;
+        };
+        if keys.iter().filter(|k| k.as_ref() == Some(key)).count() > 1 {
+            continue;
+        }
+        if let Some(alias) = last_key(expr) {
+            *item = SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias,
+            };
+        }
+    }
+}
+
+impl VisitorMut for PathNames {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_mut() {
+            name_paths(select);
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -442,7 +507,7 @@ mod tests {
     fn brackets_become_field_access() {
         check(
             "SELECT payload.items[0].\"Sku\", payload['K'] FROM t",
-            "SELECT payload.items[0]['sku'], payload['K'] FROM t",
+            "SELECT payload.items[0]['sku'] AS \"sku\", payload['K'] AS \"K\" FROM t",
         );
     }
 }

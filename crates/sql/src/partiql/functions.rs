@@ -22,7 +22,7 @@ use datafusion::prelude::SessionContext;
 
 use super::value::{self, Kind as JsonKind, Step};
 use super::{super_field, to_super_text};
-use crate::error::{DataErrorKind, Error};
+use crate::error::DataErrorKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kind {
@@ -196,7 +196,7 @@ struct SuperFunction {
 }
 
 fn data_error(message: String) -> DataFusionError {
-    DataFusionError::External(Box::new(Error::data(DataErrorKind::InvalidText, message)))
+    crate::json::data_error(DataErrorKind::InvalidText, message)
 }
 
 impl ScalarUDFImpl for SuperFunction {
@@ -212,12 +212,25 @@ impl ScalarUDFImpl for SuperFunction {
         Ok(self.kind.output())
     }
 
-    /// A path is named after its last key, as Redshift names `data.after.first_name`
-    /// `first_name`; the SUPER marker is invisible.
+    /// A path is named as written (`data.after.first_name`), so that two paths never share a
+    /// name inside an expression; a select item is named after its last key by
+    /// the PartiQL rewrite (`from::name_paths`). The SUPER marker is invisible.
     fn schema_name(&self, args: &[Expr]) -> DfResult<String> {
-        match (self.kind, args.last()) {
-            (Kind::Get, Some(Expr::Literal(ScalarValue::Utf8(Some(key)), _))) => Ok(key.clone()),
-            (Kind::Mark, Some(inner)) if args.len() == 1 => Ok(inner.schema_name().to_string()),
+        match (self.kind, args.split_first()) {
+            (Kind::Get, Some((root, steps))) => {
+                let mut name = root.schema_name().to_string();
+                for step in steps {
+                    match step {
+                        Expr::Literal(ScalarValue::Utf8(Some(key)), _) => {
+                            name.push('.');
+                            name.push_str(key);
+                        }
+                        other => name.push_str(&format!("[{}]", other.schema_name())),
+                    }
+                }
+                Ok(name)
+            }
+            (Kind::Mark, Some((inner, []))) => Ok(inner.schema_name().to_string()),
             _ => Ok(format!(
                 "{}({})",
                 self.name(),
@@ -402,63 +415,60 @@ impl SuperFunction {
 /// `__tributary_super_get(value, step, ...)`: a string step is a key, an integer an index.
 fn navigate(args: &[ColumnarValue], rows: usize) -> DfResult<ArrayRef> {
     let documents = texts(&args[0].to_array(rows)?)?;
-    // Steps are constants in almost every query: resolve them once.
-    let constant: Option<Vec<Step>> = args[1..]
+    let steps: Vec<StepColumn> = args[1..]
         .iter()
-        .map(|a| match a {
-            ColumnarValue::Scalar(s) => s.to_array().ok().and_then(|a| step_at(&a, 0)).map(Some),
-            ColumnarValue::Array(_) => None,
-        })
-        .collect::<Option<Vec<Option<Step>>>>()
-        .map(|steps| steps.into_iter().collect::<Option<Vec<Step>>>())
-        .unwrap_or(None);
-    let all_scalar = args[1..]
-        .iter()
-        .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-    if all_scalar && constant.is_none() {
-        // A NULL step: every result is NULL.
-        return Ok(Arc::new(StringArray::new_null(documents.len())));
-    }
-    let step_arrays: Vec<ArrayRef> = args[1..]
-        .iter()
-        .map(|a| a.to_array(rows))
+        .map(|a| StepColumn::new(&a.to_array(rows)?))
         .collect::<DfResult<_>>()?;
-    let mut out = Vec::with_capacity(documents.len());
-    let mut row_steps = Vec::with_capacity(step_arrays.len());
-    for (row, document) in documents.iter().enumerate() {
-        let path = match &constant {
-            Some(path) => path,
-            None => {
-                row_steps.clear();
-                row_steps.extend(step_arrays.iter().map_while(|a| step_at(a, row)));
-                if row_steps.len() != step_arrays.len() {
-                    out.push(None);
-                    continue;
+    // Steps are constants in almost every query: resolve them once.
+    let constant = args[1..]
+        .iter()
+        .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+        .then(|| steps.iter().map(|s| s.at(0)).collect::<Option<Vec<Step>>>());
+    let mut row_path = Vec::with_capacity(steps.len());
+    let out: StringArray = documents
+        .iter()
+        .enumerate()
+        .map(|(row, document)| {
+            let path = match &constant {
+                Some(path) => path.as_ref()?,
+                None => {
+                    row_path.clear();
+                    for step in &steps {
+                        row_path.push(step.at(row)?);
+                    }
+                    &row_path
                 }
-                &row_steps
-            }
-        };
-        out.push(document.and_then(|d| value::navigate(d, path)));
-    }
-    Ok(Arc::new(StringArray::from(out)))
+            };
+            document.and_then(|d| value::navigate(d, path))
+        })
+        .collect();
+    Ok(Arc::new(out))
 }
 
-fn step_at(array: &ArrayRef, row: usize) -> Option<Step> {
-    if array.is_null(row) {
-        return None;
-    }
-    match array.data_type() {
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
-            let value = cast(array, &DataType::Int64).ok()?;
-            Some(Step::Index(
-                value
+/// One step argument, converted once per batch: integers are indexes, anything else keys.
+enum StepColumn {
+    Index(arrow::array::Int64Array),
+    Key(StringArray),
+}
+
+impl StepColumn {
+    fn new(array: &ArrayRef) -> DfResult<Self> {
+        Ok(if array.data_type().is_integer() {
+            let indexes = cast(array, &DataType::Int64)?;
+            StepColumn::Index(
+                indexes
                     .as_primitive::<arrow::datatypes::Int64Type>()
-                    .value(row),
-            ))
-        }
-        _ => {
-            let text = cast(array, &DataType::Utf8).ok()?;
-            Some(Step::Key(text.as_string::<i32>().value(row).to_string()))
+                    .clone(),
+            )
+        } else {
+            StepColumn::Key(texts(array)?)
+        })
+    }
+
+    fn at(&self, row: usize) -> Option<Step> {
+        match self {
+            StepColumn::Index(a) => a.is_valid(row).then(|| Step::Index(a.value(row))),
+            StepColumn::Key(a) => a.is_valid(row).then(|| Step::Key(a.value(row).to_string())),
         }
     }
 }
@@ -645,10 +655,10 @@ fn to_varbyte(arrays: &[ArrayRef]) -> DfResult<ArrayRef> {
                     .map_err(|_| data_error(format!("TO_VARBYTE: '{value}' is not binary")))?
             }
             other => {
-                return Err(DataFusionError::External(Box::new(Error::data(
+                return Err(crate::json::data_error(
                     DataErrorKind::Other,
                     format!("TO_VARBYTE does not support the format '{other}' (use 'utf8', 'hex' or 'binary')"),
-                ))));
+                ));
             }
         }));
     }

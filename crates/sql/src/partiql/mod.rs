@@ -25,7 +25,6 @@ use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::SessionStateDefaults;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::ScalarUDF;
 use datafusion::logical_expr::planner::ExprPlanner;
 use datafusion::optimizer::analyzer::resolve_grouping_function::ResolveGroupingFunction;
 use datafusion::optimizer::analyzer::type_coercion::TypeCoercion;
@@ -51,10 +50,6 @@ pub(crate) fn is_super(field: &Field) -> bool {
     field.metadata().get(SQL_TYPE_METADATA).map(String::as_str) == Some("super")
 }
 
-fn udf(kind: functions::Kind) -> Arc<ScalarUDF> {
-    functions::udf(kind)
-}
-
 /// Adds SUPER planning to a session: the navigation planner ahead of DataFusion's own, the
 /// SUPER type name, and the dynamic-typing rule ahead of type coercion.
 pub(crate) fn configure(
@@ -63,16 +58,16 @@ pub(crate) fn configure(
 ) -> SessionStateBuilder {
     let mut planners: Vec<Arc<dyn ExprPlanner>> = vec![Arc::new(SuperPlanner {
         case_sensitive,
-        get: udf(functions::Kind::Get),
+        get: functions::udf(functions::Kind::Get),
     })];
     planners.extend(SessionStateDefaults::default_expr_planners());
     let coercion = SuperCoercion {
         udfs: SuperUdfs {
-            mark: udf(functions::Kind::Mark),
-            to_super: udf(functions::Kind::ToSuper),
-            text: udf(functions::Kind::Text),
-            int: udf(functions::Kind::Int),
-            boolean: udf(functions::Kind::Bool),
+            mark: functions::udf(functions::Kind::Mark),
+            to_super: functions::udf(functions::Kind::ToSuper),
+            text: functions::udf(functions::Kind::Text),
+            int: functions::udf(functions::Kind::Int),
+            boolean: functions::udf(functions::Kind::Bool),
         },
     };
     builder
@@ -118,6 +113,5 @@ pub(crate) fn to_super_text(array: &ArrayRef) -> DfResult<ArrayRef> {
             })
         })
         .collect();
-    debug_assert_eq!(out.len(), array.len());
     Ok(Arc::new(out))
 }

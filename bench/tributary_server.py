@@ -1,0 +1,32 @@
+"""What every benchmark needs of the server: the release binary's default path, starting it
+on a free loopback port with a fresh data directory, and reading its memory."""
+
+import os
+import subprocess
+import sys
+
+DEFAULT_BINARY = os.path.join(
+    os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tributary-target")),
+    "release", "tributary")
+
+
+def start_server(binary, data, *extra_args):
+    """Starts `tributary serve`; returns the process and the port it listens on."""
+    proc = subprocess.Popen(
+        [binary, "serve", "--data", data, "--listen", "127.0.0.1:0", "--log", "warn",
+         *extra_args],
+        stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if not line.startswith("tributary listening on "):
+        proc.kill()
+        sys.exit(f"unexpected first line from the server: {line!r}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def memory_mib(pid, field):
+    """A /proc/<pid>/status memory field in MiB: VmRSS (now) or VmHWM (peak)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
