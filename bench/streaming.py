@@ -9,7 +9,8 @@ and the throughput of a stateless JSON-shredding view over a backlog.
 Freshness is the time from PutRecords returning to the record being counted by a SELECT on
 the view (polled every 20 ms), per PutRecords call of 500 records; p50 and p99 are printed.
 Throughput is records / second of one REFRESH over a backlog (the source's GetRecords speed
-is included, so the figure is a lower bound of the view's own speed). Peak memory is the
+is included, so the figure is a lower bound of the view's own speed), and records per CPU-second
+the server used during it (the per-core figure of the view itself, HTTP client included). Peak memory is the
 server's maximum resident set. Records are deterministic JSON documents of ~200 bytes.
 Asserts nothing about speed.
 """
@@ -28,7 +29,7 @@ import time
 import boto3
 import psycopg
 
-from tributary_server import DEFAULT_BINARY, memory_mib, start_server
+from tributary_server import DEFAULT_BINARY, cpu_seconds, memory_mib, start_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,16 +141,18 @@ def freshness(conn, kinesis, rate, seconds):
     return achieved, p50, p99, len(latencies), len(returned)
 
 
-def throughput(conn, kinesis, backlog):
+def throughput(conn, kinesis, backlog, server_pid):
     create_stream(kinesis, "backlog", 4)
     for start in range(0, backlog, 500):
         put_batch(kinesis, "backlog", start, min(500, backlog - start))
     conn.execute(VIEW.format(name="backlog_mv", refresh="", stream="backlog"))
+    cpu_before = cpu_seconds(server_pid)
     started = time.perf_counter()
     conn.execute("REFRESH MATERIALIZED VIEW backlog_mv")
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(server_pid) - cpu_before
     rows = conn.execute("SELECT count(*) FROM backlog_mv").fetchone()[0]
-    return rows, elapsed
+    return rows, elapsed, cpu
 
 
 def main():
@@ -170,9 +173,11 @@ def main():
             achieved, p50, p99, measured, sent = freshness(conn, kinesis, args.rate, args.seconds)
             print(f"freshness at {achieved:,.0f} records/s offered ({args.rate:,} asked), "
                   f"{measured}/{sent} batches: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (target p99 <= 1000 ms)")
-            rows, elapsed = throughput(conn, kinesis, args.backlog)
+            rows, elapsed, cpu = throughput(conn, kinesis, args.backlog, server.pid)
             print(f"stateless JSON-shredding view, REFRESH over a backlog: {rows:,} records in {elapsed:.2f} s "
-                  f"= {rows / elapsed:,.0f} records/s (source included; target >= 150,000/s per core)")
+                  f"= {rows / elapsed:,.0f} records/s wall clock (the source's GetRecords included)")
+            print(f"  Tributary used {cpu:.2f} CPU-s: {rows / max(cpu, 1e-9):,.0f} records per CPU-second "
+                  f"(target >= 150,000/s per core)")
             print(f"server peak RSS: {memory_mib(server.pid, 'VmHWM'):.0f} MiB")
         finally:
             server.terminate()

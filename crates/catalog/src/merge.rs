@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{CatalogState, Database, Relation, Schema, User};
+use crate::model::{CatalogState, Database, Procedure, Relation, Schema, User};
 use crate::{Error, Result};
 
 /// One catalog object, named by its place in the hierarchy. The order puts parents first.
@@ -17,6 +17,8 @@ enum Key {
     Database(String),
     Schema(String, String),
     Relation(String, String, String),
+    /// A stored procedure, by database, schema and signature.
+    Procedure(String, String, String),
 }
 
 impl Key {
@@ -26,6 +28,9 @@ impl Key {
             Key::Database(name) => format!("database \"{name}\""),
             Key::Schema(_, name) => format!("schema \"{name}\""),
             Key::Relation(_, schema, name) => format!("relation \"{schema}.{name}\""),
+            Key::Procedure(_, schema, signature) => {
+                format!("procedure {schema}.{signature}")
+            }
         }
     }
 }
@@ -44,6 +49,7 @@ enum Entry {
         external: Option<crate::model::ExternalSource>,
     },
     Relation(Relation),
+    Procedure(Procedure),
 }
 
 fn flatten(state: &CatalogState) -> BTreeMap<Key, Entry> {
@@ -72,6 +78,12 @@ fn flatten(state: &CatalogState) -> BTreeMap<Key, Entry> {
                 entries.insert(
                     Key::Relation(db_name.clone(), schema_name.clone(), name.clone()),
                     Entry::Relation(relation.clone()),
+                );
+            }
+            for (signature, procedure) in &schema.procedures {
+                entries.insert(
+                    Key::Procedure(db_name.clone(), schema_name.clone(), signature.clone()),
+                    Entry::Procedure(procedure.clone()),
                 );
             }
         }
@@ -128,6 +140,7 @@ fn unflatten(template: &CatalogState, entries: BTreeMap<Key, Entry>) -> Result<C
                         owner,
                         relations: BTreeMap::new(),
                         external,
+                        procedures: BTreeMap::new(),
                     },
                 );
             }
@@ -141,6 +154,17 @@ fn unflatten(template: &CatalogState, entries: BTreeMap<Key, Entry>) -> Result<C
                     .and_then(|d| d.schemas.get_mut(schema))
                     .ok_or_else(|| orphan(&key))?;
                 parent.relations.insert(name.clone(), relation);
+            }
+            (key @ Key::Procedure(..), Entry::Procedure(procedure)) => {
+                let Key::Procedure(db, schema, signature) = &key else {
+                    unreachable!()
+                };
+                let parent = state
+                    .databases
+                    .get_mut(db)
+                    .and_then(|d| d.schemas.get_mut(schema))
+                    .ok_or_else(|| orphan(&key))?;
+                parent.procedures.insert(signature.clone(), procedure);
             }
             (key, _) => {
                 return Err(Error::Invalid(format!(

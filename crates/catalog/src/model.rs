@@ -64,6 +64,77 @@ pub struct Schema {
     /// Set for `CREATE EXTERNAL SCHEMA`: the schema's relations are a source's streams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalSource>,
+    /// Stored procedures, by signature (`name(type, ...)` of the input arguments), so that
+    /// overloads of one name live side by side.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub procedures: BTreeMap<String, Procedure>,
+}
+
+/// A stored procedure (`CREATE PROCEDURE ... LANGUAGE plpgsql`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Procedure {
+    pub oid: u32,
+    pub owner: String,
+    pub name: String,
+    pub arguments: Vec<ProcedureArgument>,
+    /// The body as written between the dollar quotes.
+    pub body: String,
+    /// NONATOMIC: each statement commits on its own instead of the call being one transaction.
+    pub nonatomic: bool,
+    /// SECURITY DEFINER: the body runs with the owner's rights (else the caller's).
+    pub security_definer: bool,
+    /// `SET name TO value` clauses: settings in force while the body runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<(String, String)>,
+}
+
+/// One argument of a procedure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcedureArgument {
+    /// None for an unnamed argument (reachable as `$n`).
+    pub name: Option<String>,
+    pub mode: ArgumentMode,
+    pub sql_type: SqlType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArgumentMode {
+    In,
+    Out,
+    InOut,
+}
+
+impl ArgumentMode {
+    /// Whether CALL passes a value for the argument (IN and INOUT).
+    pub fn is_input(self) -> bool {
+        !matches!(self, ArgumentMode::Out)
+    }
+
+    /// Whether CALL returns the argument's final value (OUT and INOUT).
+    pub fn is_output(self) -> bool {
+        !matches!(self, ArgumentMode::In)
+    }
+}
+
+impl Procedure {
+    /// The key the procedure is stored under: its name and input argument types.
+    pub fn signature(&self) -> String {
+        let types: Vec<SqlType> = self
+            .arguments
+            .iter()
+            .filter(|a| a.mode.is_input())
+            .map(|a| a.sql_type.clone())
+            .collect();
+        procedure_signature(&self.name, &types)
+    }
+}
+
+/// `name(type, ...)` with the types' base names (lengths and precisions do not distinguish
+/// overloads, as in Postgres).
+pub fn procedure_signature(name: &str, input_types: &[SqlType]) -> String {
+    let types: Vec<String> = input_types.iter().map(SqlType::base_name).collect();
+    format!("{name}({})", types.join(", "))
 }
 
 /// Where an external schema's streams come from.
@@ -87,12 +158,17 @@ impl ExternalSource {
     }
 }
 
-/// What makes a table a streaming materialized view: its definition and how far it has read
-/// its stream. The positions change in the same catalog commit as the rows read up to them.
+/// What makes a table a materialized view: its definition, and for a streaming view how far it
+/// has read its stream (the positions change in the same catalog commit as the rows read up
+/// to them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MaterializedView {
     /// The defining query, as SQL text.
     pub sql: String,
+    /// Where the rows come from: a stream read incrementally, or the query run again by each
+    /// refresh (a view over tables).
+    #[serde(default, skip_serializing_if = "ViewInput::is_stream")]
+    pub input: ViewInput,
     /// The external schema and the stream (case-sensitive) the view reads.
     pub source_schema: String,
     pub stream: String,
@@ -103,6 +179,22 @@ pub struct MaterializedView {
     /// micro-batch's partial aggregates into the stored rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<AggregateLayout>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewInput {
+    /// The stream of an external schema; `source_schema` and `stream` name it.
+    #[default]
+    Stream,
+    /// Tables and views of the catalog; REFRESH recomputes the query.
+    Query,
+}
+
+impl ViewInput {
+    pub fn is_stream(&self) -> bool {
+        matches!(self, ViewInput::Stream)
+    }
 }
 
 /// How an aggregating view's stored columns merge: for each column, `key`, `sum` (COUNT and
@@ -324,6 +416,7 @@ impl CatalogState {
                 owner: owner.to_string(),
                 relations: BTreeMap::new(),
                 external: None,
+                procedures: BTreeMap::new(),
             },
         );
         self.databases.insert(
@@ -359,6 +452,7 @@ impl CatalogState {
                 owner: owner.to_string(),
                 relations: BTreeMap::new(),
                 external: None,
+                procedures: BTreeMap::new(),
             },
         );
         Ok(())

@@ -99,6 +99,36 @@ impl SqlType {
         }
     }
 
+    /// The name as a CAST target in Redshift SQL (`varchar(256)`, `decimal(5,2)`).
+    pub fn cast_name(&self) -> String {
+        match self {
+            SqlType::SmallInt => "smallint".into(),
+            SqlType::Integer => "integer".into(),
+            SqlType::BigInt => "bigint".into(),
+            SqlType::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
+            SqlType::Real => "real".into(),
+            SqlType::Double => "double precision".into(),
+            SqlType::Boolean => "boolean".into(),
+            SqlType::Char { length } => format!("char({length})"),
+            SqlType::Varchar { length } => format!("varchar({length})"),
+            SqlType::Date => "date".into(),
+            SqlType::Timestamp => "timestamp".into(),
+            SqlType::TimestampTz => "timestamptz".into(),
+            SqlType::Time => "time".into(),
+            SqlType::Varbyte { length } => format!("varbyte({length})"),
+            SqlType::Super => "super".into(),
+        }
+    }
+
+    /// The name without length, precision or scale (`character varying`, `numeric`).
+    pub fn base_name(&self) -> String {
+        let name = self.display_name();
+        match name.find('(') {
+            Some(open) => name[..open].to_string(),
+            None => name,
+        }
+    }
+
     /// The Postgres type OID that clients are told, following Redshift's choices.
     pub fn pg_oid(&self) -> u32 {
         match self {

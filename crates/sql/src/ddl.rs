@@ -84,10 +84,10 @@ fn first_words(sql: &str) -> String {
 }
 
 /// A table whose files were written but which is not yet in the catalog.
-struct NewTable {
-    schema: String,
-    name: String,
-    table: Table,
+pub(crate) struct NewTable {
+    pub schema: String,
+    pub name: String,
+    pub table: Table,
 }
 
 async fn create_table(session: &mut Session, create: CreateTable) -> Result<Output> {
@@ -154,7 +154,7 @@ async fn create_table(session: &mut Session, create: CreateTable) -> Result<Outp
 }
 
 /// Makes a created table visible, with its first rows (CREATE TABLE AS) appended first.
-async fn commit_new_table(
+pub(crate) async fn commit_new_table(
     session: &mut Session,
     new: NewTable,
     batches: Vec<RecordBatch>,
@@ -244,7 +244,7 @@ async fn create_temp_table(session: &mut Session, create: CreateTable) -> Result
 }
 
 /// Runs a query to completion (for CREATE TABLE AS).
-async fn query_rows(
+pub(crate) async fn query_rows(
     session: &mut Session,
     statement: Statement,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {

@@ -103,6 +103,16 @@ pub enum Error {
     /// The statement ran out of a bounded resource.
     #[error("{0}")]
     ResourcesExhausted(String),
+    /// `RAISE EXCEPTION` in a stored procedure.
+    #[error("{0}")]
+    Raised(String),
+    /// An error inside a stored procedure, with where it happened (Postgres's CONTEXT).
+    #[error("{source}")]
+    InProcedure {
+        source: Box<Error>,
+        /// One line per procedure frame, innermost first.
+        context: String,
+    },
     /// A bug in Tributary.
     #[error("internal error: {0}")]
     Internal(String),
@@ -111,6 +121,22 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The error itself, without the procedure frames it passed through.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::InProcedure { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
+    /// Where inside stored procedures the error happened, innermost first.
+    pub fn context(&self) -> Option<&str> {
+        match self {
+            Error::InProcedure { context, .. } => Some(context),
+            _ => None,
+        }
+    }
+
     pub(crate) fn data(kind: DataErrorKind, message: impl Into<String>) -> Self {
         Error::Data {
             kind,

@@ -94,9 +94,19 @@ pub struct Session {
     context: Arc<SessionContext>,
     /// `enable_case_sensitive_identifier`, as the SUPER planner reads it.
     case_sensitive: crate::partiql::CaseSensitivity,
-    notices: Vec<String>,
+    notices: Vec<Notice>,
     /// A `COPY ... FROM STDIN` waiting for the client's data.
     pending_copy: Option<crate::copy::CopyPlan>,
+    /// The stored procedures being called, outermost first.
+    pub(crate) calls: crate::procedure::CallStack,
+}
+
+/// A message for the client that is not an error (NoticeResponse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// `NOTICE`, `INFO` or `WARNING`.
+    pub severity: &'static str,
+    pub message: String,
 }
 
 impl Session {
@@ -117,6 +127,7 @@ impl Session {
             case_sensitive,
             notices: Vec::new(),
             pending_copy: None,
+            calls: Default::default(),
         })
     }
 
@@ -143,12 +154,20 @@ impl Session {
     }
 
     /// Notices raised by the last statement (sent to the client before its result).
-    pub fn take_notices(&mut self) -> Vec<String> {
+    pub fn take_notices(&mut self) -> Vec<Notice> {
         std::mem::take(&mut self.notices)
     }
 
     pub(crate) fn notice(&mut self, message: impl Into<String>) {
-        self.notices.push(message.into());
+        self.notify("NOTICE", message);
+    }
+
+    /// A notice of another severity (`RAISE INFO` / `WARNING`).
+    pub(crate) fn notify(&mut self, severity: &'static str, message: impl Into<String>) {
+        self.notices.push(Notice {
+            severity,
+            message: message.into(),
+        });
     }
 
     pub(crate) fn engine(&self) -> &Arc<Engine> {
@@ -372,10 +391,11 @@ impl Session {
             }
         }
         self.catalogs.pin_statement();
-        if let Statement::Call(function) = &statement
-            && let Some(result) = crate::streaming::execute_call(self, function, autocommit).await
-        {
-            return result;
+        if let Statement::Call(function) = &statement {
+            if let Some(result) = crate::streaming::execute_call(self, function, autocommit).await {
+                return result;
+            }
+            return crate::procedure::execute_call(self, function, autocommit).await;
         }
         if let Some((dml, with)) = dml_with_cte(&statement) {
             return crate::dml::execute(self, dml, with).await;
@@ -420,6 +440,53 @@ impl Session {
             });
         }
         self.execute_utility(statement).await
+    }
+
+    /// Runs one statement of a procedure body in the current transaction. Boxed, because a
+    /// body may CALL another procedure.
+    pub(crate) fn run_in_procedure(
+        &mut self,
+        statement: Statement,
+    ) -> futures::future::BoxFuture<'_, Result<Output>> {
+        Box::pin(async move {
+            self.clock.start_statement();
+            self.run_in_transaction(statement, None, false).await
+        })
+    }
+
+    /// COMMIT or ROLLBACK in a procedure body: ends the call's transaction and starts the
+    /// next. Refused when the call is inside a transaction block, as in Redshift.
+    pub(crate) async fn end_procedure_transaction(&mut self, commit: bool) -> Result<()> {
+        if !self.calls.owns_transaction {
+            return Err(Error::ActiveTransaction(format!(
+                "{} in a procedure called",
+                if commit { "COMMIT" } else { "ROLLBACK" }
+            )));
+        }
+        if commit {
+            self.catalogs.commit().await?;
+        } else {
+            self.catalogs.rollback().await;
+        }
+        self.catalogs.begin(false);
+        Ok(())
+    }
+
+    /// After each statement of a NONATOMIC procedure: commits it, unless the call is inside a
+    /// transaction block.
+    pub(crate) async fn commit_procedure_statement(&mut self) -> Result<()> {
+        if self.calls.owns_transaction {
+            self.end_procedure_transaction(true).await?;
+        }
+        Ok(())
+    }
+
+    /// Before an EXCEPTION handler runs: the transaction's changes are undone (Redshift has no
+    /// subtransactions) and a new transaction starts, in the same block if there is one.
+    pub(crate) async fn restart_procedure_transaction(&mut self) {
+        let explicit = self.catalogs.in_explicit_transaction();
+        self.catalogs.rollback().await;
+        self.catalogs.begin(explicit);
     }
 
     /// Applies the rewrites every planned statement gets: Redshift function forms, then
@@ -619,8 +686,19 @@ impl Session {
             Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => {
                 crate::dml::execute(self, statement, None).await
             }
+            Statement::DropProcedure {
+                if_exists,
+                proc_desc,
+                drop_behavior,
+            } => crate::procedure::drop(self, if_exists, &proc_desc, drop_behavior),
             other => crate::ddl::execute(self, other).await,
         }
+    }
+
+    /// Sets one setting and applies it (a procedure's `SET` clause).
+    pub(crate) fn set_setting(&mut self, name: &str, value: &str) -> Result<()> {
+        self.settings.set(name, value)?;
+        self.apply_settings()
     }
 
     fn set(&mut self, set: datafusion::sql::sqlparser::ast::Set) -> Result<Output> {

@@ -22,6 +22,22 @@ pub(crate) const EXTERNAL_OPTION: &str = "tributary_external";
 pub(crate) const REFRESH_PROCEDURE: &str = "__tributary_refresh_materialized_view";
 /// `ALTER MATERIALIZED VIEW name AUTO REFRESH YES` is `CALL <this>(name, 'yes')`.
 pub(crate) const ALTER_AUTO_REFRESH_PROCEDURE: &str = "__tributary_alter_materialized_view";
+/// `CREATE [OR REPLACE] PROCEDURE name(...) AS $$ body $$ LANGUAGE plpgsql` is
+/// `CALL <this>(name, '<ProcedureDefinition as JSON>')`.
+pub(crate) const CREATE_PROCEDURE: &str = "__tributary_create_procedure";
+
+/// A `CREATE PROCEDURE` as parsed: what the procedure module needs to store it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ProcedureDefinition {
+    pub or_replace: bool,
+    /// (name, mode `in` / `out` / `inout`, type as SQL text).
+    pub arguments: Vec<(Option<String>, String, String)>,
+    pub body: String,
+    pub language: String,
+    pub nonatomic: bool,
+    pub security_definer: bool,
+    pub settings: Vec<(String, String)>,
+}
 
 /// Parses the statement at the parser's position if it is one of ours.
 pub(crate) fn parse(parser: &mut Parser) -> Option<Result<Statement, ParserError>> {
@@ -32,6 +48,12 @@ pub(crate) fn parse(parser: &mut Parser) -> Option<Result<Statement, ParserError
         (Some("CREATE"), Some("MATERIALIZED"), Some("VIEW")) => Some(materialized_view(parser)),
         (Some("REFRESH"), Some("MATERIALIZED"), Some("VIEW")) => Some(refresh(parser)),
         (Some("ALTER"), Some("MATERIALIZED"), Some("VIEW")) => Some(alter(parser)),
+        (Some("CREATE"), Some("PROCEDURE"), _) => Some(create_procedure(parser, false)),
+        (Some("CREATE"), Some("OR"), Some("REPLACE"))
+            if word(3).as_deref() == Some("PROCEDURE") =>
+        {
+            Some(create_procedure(parser, true))
+        }
         _ => None,
     }
 }
@@ -264,6 +286,162 @@ fn alter(parser: &mut Parser) -> Result<Statement, ParserError> {
             name_expr(name),
             Expr::Value(Value::SingleQuotedString(value).into()),
         ],
+    ))
+}
+
+/// `CREATE [OR REPLACE] PROCEDURE name ( [[argname] [IN | OUT | INOUT] argtype [, ...]] )
+/// [NONATOMIC] AS $$ body $$ LANGUAGE plpgsql [SECURITY {INVOKER | DEFINER}]
+/// [SET name {TO | =} value]`. The attributes after the name may come in any order, as
+/// Postgres allows.
+fn create_procedure(parser: &mut Parser, or_replace: bool) -> Result<Statement, ParserError> {
+    skip_words(parser, if or_replace { 4 } else { 2 });
+    let name = parser.parse_object_name(false)?;
+    parser.expect_token(&Token::LParen)?;
+    let mut arguments = Vec::new();
+    if !parser.consume_token(&Token::RParen) {
+        loop {
+            arguments.push(procedure_argument(parser)?);
+            if parser.consume_token(&Token::RParen) {
+                break;
+            }
+            parser.expect_token(&Token::Comma)?;
+        }
+    }
+    let mut definition = ProcedureDefinition {
+        or_replace,
+        arguments,
+        body: String::new(),
+        language: String::new(),
+        nonatomic: false,
+        security_definer: false,
+        settings: Vec::new(),
+    };
+    let mut has_body = false;
+    while !at_end(parser) {
+        let token = parser.next_token();
+        match upper(&token.token).as_deref() {
+            Some("NONATOMIC") => definition.nonatomic = true,
+            Some("AS") => {
+                let body = parser.next_token();
+                definition.body = match body.token {
+                    Token::DollarQuotedString(s) => s.value,
+                    Token::SingleQuotedString(s) => s,
+                    other => {
+                        return Err(ParserError::ParserError(format!(
+                            "expected the procedure body as a $$-quoted string, found {other}"
+                        )));
+                    }
+                };
+                has_body = true;
+            }
+            Some("LANGUAGE") => {
+                let language = parser.next_token();
+                definition.language = match language.token {
+                    Token::Word(w) => w.value.to_ascii_lowercase(),
+                    Token::SingleQuotedString(s) => s.to_ascii_lowercase(),
+                    other => {
+                        return Err(ParserError::ParserError(format!(
+                            "expected a language after LANGUAGE, found {other}"
+                        )));
+                    }
+                };
+            }
+            Some("SECURITY") => {
+                let kind = parser.next_token();
+                definition.security_definer = match upper(&kind.token).as_deref() {
+                    Some("DEFINER") => true,
+                    Some("INVOKER") => false,
+                    _ => {
+                        return Err(ParserError::ParserError(format!(
+                            "expected INVOKER or DEFINER after SECURITY, found {}",
+                            kind.token
+                        )));
+                    }
+                };
+            }
+            Some("SET") => {
+                let setting = parser.parse_identifier()?.value.to_ascii_lowercase();
+                if !parser.consume_token(&Token::Eq) {
+                    expect_word(parser, "TO")?;
+                }
+                let value = parser.next_token();
+                let value = match value.token {
+                    Token::SingleQuotedString(s) => s,
+                    Token::Word(w) => w.value,
+                    Token::Number(n, _) => n,
+                    other => {
+                        return Err(ParserError::ParserError(format!(
+                            "expected a value for {setting}, found {other}"
+                        )));
+                    }
+                };
+                definition.settings.push((setting, value));
+            }
+            _ => {
+                return Err(ParserError::ParserError(format!(
+                    "expected AS, LANGUAGE, NONATOMIC, SECURITY or SET in CREATE PROCEDURE, found {}",
+                    token.token
+                )));
+            }
+        }
+    }
+    if !has_body {
+        return Err(ParserError::ParserError(
+            "CREATE PROCEDURE needs a body: AS $$ ... $$ LANGUAGE plpgsql".into(),
+        ));
+    }
+    let json = serde_json::to_string(&definition)
+        .map_err(|e| ParserError::ParserError(format!("procedure definition: {e}")))?;
+    Ok(call(
+        CREATE_PROCEDURE,
+        vec![
+            name_expr(name),
+            Expr::Value(Value::SingleQuotedString(json).into()),
+        ],
+    ))
+}
+
+/// `[argname] [IN | OUT | INOUT] argtype` (Redshift's order), or `[IN | OUT | INOUT]
+/// [argname] argtype` (Postgres's).
+fn procedure_argument(
+    parser: &mut Parser,
+) -> Result<(Option<String>, String, String), ParserError> {
+    fn mode(parser: &mut Parser) -> Option<String> {
+        let word = upper(&parser.peek_token().token)?;
+        matches!(word.as_str(), "IN" | "OUT" | "INOUT").then(|| {
+            parser.next_token();
+            word.to_ascii_lowercase()
+        })
+    }
+    let mut argument_mode = mode(parser);
+    // A name is a word followed by a mode or a type; a type alone is followed by `,` or `)`.
+    let first = upper(&parser.peek_token().token);
+    let second = upper(&parser.peek_nth_token(1).token);
+    let multi_word_type = matches!(
+        (first.as_deref(), second.as_deref()),
+        (Some("DOUBLE"), Some("PRECISION"))
+            | (Some("CHARACTER"), Some("VARYING"))
+            | (Some("TIMESTAMP" | "TIME"), Some("WITH" | "WITHOUT"))
+    );
+    let named = matches!(parser.peek_token().token, Token::Word(_))
+        && !matches!(
+            parser.peek_nth_token(1).token,
+            Token::Comma | Token::RParen | Token::LParen
+        )
+        && !multi_word_type;
+    let name = if named {
+        Some(crate::rewrite::normalize_ident(&parser.parse_identifier()?))
+    } else {
+        None
+    };
+    if argument_mode.is_none() {
+        argument_mode = mode(parser);
+    }
+    let data_type = parser.parse_data_type()?;
+    Ok((
+        name,
+        argument_mode.unwrap_or_else(|| "in".into()),
+        data_type.to_string(),
     ))
 }
 

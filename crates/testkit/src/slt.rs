@@ -15,10 +15,14 @@ use tributary_sql::{Engine, Output, Session};
 
 use crate::server::TestServer;
 
-/// Every `.slt` file under `slt/`, sorted.
+/// Every `.slt` file under `slt/`, sorted; with `TRIBUTARY_SLT` set, only the files whose
+/// path contains its value (to run one file while working on it).
 pub fn slt_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     collect(&crate::repo_root().join("slt"), &mut files);
+    if let Ok(filter) = std::env::var("TRIBUTARY_SLT") {
+        files.retain(|f| f.to_string_lossy().contains(&filter));
+    }
     files.sort();
     files
 }

@@ -118,7 +118,16 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     for notice in session.take_notices() {
-        let info = ErrorInfo::new("NOTICE".to_string(), "00000".to_string(), notice);
+        let code = if notice.severity == "WARNING" {
+            "01000"
+        } else {
+            "00000"
+        };
+        let info = ErrorInfo::new(
+            notice.severity.to_string(),
+            code.to_string(),
+            notice.message,
+        );
         client
             .send(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
                 info,

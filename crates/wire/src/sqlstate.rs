@@ -17,6 +17,9 @@ pub fn sqlstate(err: &Error) -> &'static str {
             kind: "database", ..
         } => "42P04",
         Error::Duplicate { kind: "schema", .. } => "42P06",
+        Error::Duplicate {
+            kind: "procedure", ..
+        } => "42723",
         Error::Duplicate { kind: "column", .. } => "42701",
         Error::Duplicate { .. } => "42P07",
         Error::WrongObjectType(_) => "42809",
@@ -44,17 +47,21 @@ pub fn sqlstate(err: &Error) -> &'static str {
         Error::InvalidAuthorization(_) => "28000",
         Error::Storage(_) => "58030",
         Error::ResourcesExhausted(_) => "53000",
+        Error::Raised(_) => "P0001",
+        Error::InProcedure { source, .. } => sqlstate(source),
         Error::Internal(_) => "XX000",
     }
 }
 
 /// The error as the client receives it.
 pub fn error_info(err: &Error) -> ErrorInfo {
-    ErrorInfo::new(
+    let mut info = ErrorInfo::new(
         "ERROR".to_string(),
         sqlstate(err).to_string(),
         err.to_string(),
-    )
+    );
+    info.where_context = err.context().map(str::to_string);
+    info
 }
 
 pub fn to_pgwire(err: Error) -> PgWireError {

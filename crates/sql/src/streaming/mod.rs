@@ -14,6 +14,7 @@
 mod aggregate;
 mod errors;
 mod pipeline;
+mod query_view;
 mod runner;
 mod views;
 
@@ -26,7 +27,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use tributary_catalog::{
     Column, Distribution, ExternalSource, MaterializedView, Relation, SqlType, Table,
-    VARCHAR_LENGTH_MAX,
+    VARCHAR_LENGTH_MAX, ViewInput,
 };
 use tributary_ingest::{
     KinesisReader, KinesisSource, Positions, ReadLimits, ShardLag, StreamRecord,
@@ -268,15 +269,49 @@ pub(crate) async fn create_materialized_view(
             name,
         });
     }
+    let default_schema = session.creation_schema()?;
+    let options = view_options(&view);
+    if !query_view::reads_stream(&view.query, &pinned, &database, &default_schema) {
+        return query_view::create(session, &view, schema, name, &options).await;
+    }
     let mut query = (*view.query).clone();
     let merges = aggregate::analyse(&mut query)?;
-    let default_schema = session.creation_schema()?;
     let stream = pipeline::bind_stream(&mut query, &pinned, &database, &default_schema)?;
     let owner = session.user().to_string();
     let compiled = Pipeline::compile(session.engine(), &owner, &database, &query).await?;
     let columns = view_columns(&compiled.output)?;
     let layout = merges.map(|m| aggregate::layout(&columns, m));
-    let options = view_options(&view);
+    let mut table = view_table(&database, &schema, &name, &owner, columns, &options);
+    table.materialized = Some(Box::new(MaterializedView {
+        sql: view.query.to_string(),
+        input: ViewInput::Stream,
+        source_schema: stream.schema.clone(),
+        stream: stream.stream.clone(),
+        auto_refresh: options
+            .iter()
+            .any(|(k, v)| k == "auto_refresh" && v == "yes"),
+        positions: serde_json::Value::Null,
+        aggregate: layout,
+    }));
+    let handle = session.engine().storage.table(&table.path)?;
+    session.catalogs().record_created(&table.path);
+    table.version = handle.create(&crate::ddl::storage_schema(&table)).await?;
+    session.catalogs().modify(|state| {
+        table.oid = state.allocate_oid();
+        state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
+    })?;
+    Ok(Output::command("CREATE MATERIALIZED VIEW"))
+}
+
+/// The table of a new materialized view, with its attributes (DISTKEY, SORTKEY, BACKUP).
+fn view_table(
+    database: &str,
+    schema: &str,
+    name: &str,
+    owner: &str,
+    columns: Vec<Column>,
+    options: &[(String, String)],
+) -> Table {
     let option = |key: &str| {
         options
             .iter()
@@ -289,9 +324,9 @@ pub(crate) async fn create_materialized_view(
             .map(|s| s.to_lowercase())
             .collect()
     };
-    let mut table = Table {
+    Table {
         oid: 0,
-        owner,
+        owner: owner.to_string(),
         path: format!(
             "{database}/{schema}/{name}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -306,23 +341,8 @@ pub(crate) async fn create_materialized_view(
             sortkey_kind: None,
         },
         backup: option("backup").is_none_or(|v| v != "no"),
-        materialized: Some(Box::new(MaterializedView {
-            sql: view.query.to_string(),
-            source_schema: stream.schema.clone(),
-            stream: stream.stream.clone(),
-            auto_refresh: option("auto_refresh").is_some_and(|v| v == "yes"),
-            positions: serde_json::Value::Null,
-            aggregate: layout,
-        })),
-    };
-    let handle = session.engine().storage.table(&table.path)?;
-    session.catalogs().record_created(&table.path);
-    table.version = handle.create(&crate::ddl::storage_schema(&table)).await?;
-    session.catalogs().modify(|state| {
-        table.oid = state.allocate_oid();
-        state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
-    })?;
-    Ok(Output::command("CREATE MATERIALIZED VIEW"))
+        materialized: None,
+    }
 }
 
 /// The stored columns of a view's output: text as VARCHAR(65535) and bytes as
@@ -404,7 +424,18 @@ async fn alter_auto_refresh(
     enable: bool,
     autocommit: bool,
 ) -> Result<Output> {
-    let (view, _) = resolve_view(session, name)?;
+    let (view, table) = resolve_view(session, name)?;
+    if enable
+        && table
+            .materialized
+            .as_ref()
+            .is_some_and(|mv| !mv.input.is_stream())
+    {
+        return Err(Error::NotSupported(format!(
+            "AUTO REFRESH YES is supported for streaming views; \"{}\" reads tables, refresh it with REFRESH MATERIALIZED VIEW",
+            view.name
+        )));
+    }
     if autocommit {
         session
             .catalogs()
@@ -430,7 +461,21 @@ async fn refresh(
     name: &[datafusion::sql::sqlparser::ast::Ident],
     autocommit: bool,
 ) -> Result<Output> {
-    let (view, _) = resolve_view(session, name)?;
+    let (view, table) = resolve_view(session, name)?;
+    if let Some(mv) = table
+        .materialized
+        .as_ref()
+        .filter(|mv| !mv.input.is_stream())
+    {
+        if autocommit {
+            session
+                .catalogs()
+                .prelock(&view.database, &view.schema, &view.name)
+                .await?;
+        }
+        query_view::refresh(session, &view, &mv.sql).await?;
+        return Ok(Output::command("REFRESH"));
+    }
     if autocommit {
         // Take the lock before the snapshot, so that an auto-refresh commit just before
         // does not make this refresh conflict.

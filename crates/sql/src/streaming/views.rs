@@ -148,11 +148,13 @@ pub(crate) fn system_view(
             .text("autorewrite", rows.iter().map(|_| Some("f".to_string())))
             .text(
                 "external_schema_name",
-                rows.iter().map(|r| Some(r.mv.source_schema.clone())),
+                rows.iter()
+                    .map(|r| r.mv.input.is_stream().then(|| r.mv.source_schema.clone())),
             )
             .text(
                 "stream_name",
-                rows.iter().map(|r| Some(r.mv.stream.clone())),
+                rows.iter()
+                    .map(|r| r.mv.input.is_stream().then(|| r.mv.stream.clone())),
             )
             .finish()?,
         "sys_mv_refresh_history" => {

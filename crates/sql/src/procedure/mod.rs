@@ -1,0 +1,333 @@
+//! Stored procedures: `CREATE [OR REPLACE] PROCEDURE ... LANGUAGE plpgsql`, `CALL` and
+//! `DROP PROCEDURE`.
+//!
+//! A procedure is stored in its schema's catalog entry with its body as text; the body is
+//! parsed at CREATE (so syntax errors surface there) and again at each CALL. `parse` turns the
+//! body into blocks of statements; `run` interprets them against the calling session, so every
+//! SQL statement of the body goes through the same path as a client's statement.
+//!
+//! Transactions follow Redshift: a CALL outside a transaction block is one transaction that
+//! commits when the call returns; inside a block it is part of the block. COMMIT and ROLLBACK
+//! in the body end the current transaction and start a new one, and are refused when the call
+//! is inside a block. NONATOMIC procedures commit each statement on its own.
+
+mod parse;
+mod run;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema};
+use datafusion::sql::sqlparser::ast::{
+    DropBehavior, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, FunctionDesc,
+    ObjectName,
+};
+use std::sync::Arc;
+use tributary_catalog::{ArgumentMode, Procedure, ProcedureArgument, SqlType};
+
+use crate::error::{Error, Result};
+use crate::rewrite::name_parts;
+use crate::session::{Output, Session};
+use crate::syntax::{self, ProcedureDefinition};
+
+/// How deep procedure calls may nest, as in Redshift.
+const MAX_DEPTH: usize = 16;
+
+/// The procedures a session is inside.
+#[derive(Debug, Default)]
+pub(crate) struct CallStack {
+    pub depth: usize,
+    /// Set while the outermost CALL owns its transaction (it was not called inside a BEGIN
+    /// block), so COMMIT and ROLLBACK in a body may end it.
+    pub owns_transaction: bool,
+}
+
+/// Runs the CALLs that are not reserved by other statements: `CREATE PROCEDURE` (carried as
+/// a reserved CALL) and calls of stored procedures.
+pub(crate) async fn execute_call(
+    session: &mut Session,
+    function: &Function,
+    autocommit: bool,
+) -> Result<Output> {
+    if function.name.to_string() == syntax::CREATE_PROCEDURE {
+        return create(session, function);
+    }
+    call(session, function, autocommit).await
+}
+
+fn create(session: &mut Session, function: &Function) -> Result<Output> {
+    let (name, args) = syntax::call_arguments(function);
+    let json = args
+        .first()
+        .ok_or_else(|| Error::Internal("CREATE PROCEDURE without its definition".into()))?;
+    let definition: ProcedureDefinition = serde_json::from_str(json)
+        .map_err(|e| Error::Internal(format!("procedure definition: {e}")))?;
+    if definition.language != "plpgsql" {
+        return Err(Error::NotSupported(format!(
+            "procedures in language \"{}\" are not supported; use LANGUAGE plpgsql",
+            definition.language
+        )));
+    }
+    let (schema, name) = session.resolve_for_create(&ObjectName::from(name))?;
+    let database = session.database().to_string();
+    session.catalogs().pinned().schema(&database, &schema)?;
+    let mut arguments = Vec::new();
+    for (arg_name, mode, type_text) in &definition.arguments {
+        let mode = match mode.as_str() {
+            "in" => ArgumentMode::In,
+            "out" => ArgumentMode::Out,
+            _ => ArgumentMode::InOut,
+        };
+        arguments.push(ProcedureArgument {
+            name: arg_name.clone(),
+            mode,
+            sql_type: resolve_type(type_text)?,
+        });
+    }
+    // Parse now, so that a body that cannot run is refused at CREATE.
+    parse::parse_body(&definition.body)?;
+    for (setting, _) in &definition.settings {
+        session.settings().get(setting)?;
+    }
+    let mut procedure = Procedure {
+        oid: 0,
+        owner: session.user().to_string(),
+        name: name.clone(),
+        arguments,
+        body: definition.body,
+        nonatomic: definition.nonatomic,
+        security_definer: definition.security_definer,
+        settings: definition.settings,
+    };
+    let signature = procedure.signature();
+    session.catalogs().modify(|state| {
+        let existing = state
+            .schema(&database, &schema)?
+            .procedures
+            .get(&signature)
+            .map(|p| p.oid);
+        procedure.oid = match existing {
+            Some(_) if !definition.or_replace => {
+                return Err(tributary_catalog::Error::AlreadyExists {
+                    kind: "procedure",
+                    name: signature.clone(),
+                });
+            }
+            Some(oid) => oid,
+            None => state.allocate_oid(),
+        };
+        state
+            .schema_mut(&database, &schema)?
+            .procedures
+            .insert(signature.clone(), procedure.clone());
+        Ok(())
+    })?;
+    Ok(Output::command("CREATE PROCEDURE"))
+}
+
+/// Resolves a type written in SQL text (`varchar(256)`, `int`).
+fn resolve_type(text: &str) -> Result<SqlType> {
+    let dialect = crate::dialect::TributaryDialect::default();
+    let data_type = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_data_type())
+        .map_err(|e| Error::Syntax(format!("type \"{text}\": {e}")))?;
+    crate::types::resolve(&data_type)
+}
+
+/// `DROP PROCEDURE [IF EXISTS] name [(argtypes)] [, ...]`.
+pub(crate) fn drop(
+    session: &mut Session,
+    if_exists: bool,
+    procedures: &[FunctionDesc],
+    behavior: Option<DropBehavior>,
+) -> Result<Output> {
+    if behavior == Some(DropBehavior::Cascade) {
+        return Err(Error::NotSupported(
+            "DROP PROCEDURE ... CASCADE: nothing depends on procedures; drop without CASCADE"
+                .into(),
+        ));
+    }
+    let database = session.database().to_string();
+    for desc in procedures {
+        let types = match &desc.args {
+            Some(args) => Some(
+                args.iter()
+                    .filter(|a| {
+                        !matches!(a.mode, Some(datafusion::sql::sqlparser::ast::ArgMode::Out))
+                    })
+                    .map(|a| crate::types::resolve(&a.data_type))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        let found = find(session, &desc.name, |candidate| match &types {
+            Some(types) => {
+                let base = |types: &[SqlType]| -> Vec<String> {
+                    types.iter().map(SqlType::base_name).collect()
+                };
+                base(&input_types(candidate)) == base(types)
+            }
+            None => true,
+        });
+        let (schema, procedure) = match found {
+            Ok(found) => found,
+            Err(Error::UndefinedFunction(_)) if if_exists => {
+                session.notice(format!("procedure {} does not exist, skipping", desc.name));
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        let signature = procedure.signature();
+        session.catalogs().modify(|state| {
+            state
+                .schema_mut(&database, &schema)?
+                .procedures
+                .remove(&signature);
+            Ok(())
+        })?;
+    }
+    Ok(Output::command("DROP PROCEDURE"))
+}
+
+fn input_types(procedure: &Procedure) -> Vec<SqlType> {
+    procedure
+        .arguments
+        .iter()
+        .filter(|a| a.mode.is_input())
+        .map(|a| a.sql_type.clone())
+        .collect()
+}
+
+/// Finds the one procedure of that name that `accept` takes, in the search path (or the
+/// named schema). Overloads differ in their input types, compared by base type.
+fn find(
+    session: &Session,
+    name: &ObjectName,
+    accept: impl Fn(&Procedure) -> bool,
+) -> Result<(String, Procedure)> {
+    let parts = name_parts(name);
+    let database = session.database().to_string();
+    let (schemas, procedure_name) = match parts.as_slice() {
+        [name] => (session.settings().search_path(session.user()), name.clone()),
+        [schema, name] => (vec![schema.clone()], name.clone()),
+        [db, schema, name] if *db == database => (vec![schema.clone()], name.clone()),
+        _ => {
+            return Err(Error::NotSupported(format!(
+                "procedure {name}: cross-database calls are not supported"
+            )));
+        }
+    };
+    let pinned = session.catalogs().pinned();
+    for schema in schemas {
+        let Ok(entry) = pinned.schema(&database, &schema) else {
+            continue;
+        };
+        let matches: Vec<&Procedure> = entry
+            .procedures
+            .values()
+            .filter(|p| p.name == procedure_name && accept(p))
+            .collect();
+        match matches.as_slice() {
+            [] => continue,
+            [one] => return Ok((schema, (*one).clone())),
+            _ => {
+                return Err(Error::UndefinedFunction(format!(
+                    "procedure {procedure_name} is not unique: name its argument types"
+                )));
+            }
+        }
+    }
+    Err(Error::UndefinedFunction(format!(
+        "procedure {procedure_name} does not exist"
+    )))
+}
+
+/// `CALL name(args)`.
+async fn call(session: &mut Session, function: &Function, autocommit: bool) -> Result<Output> {
+    let arguments: Vec<Expr> = match &function.args {
+        FunctionArguments::None => vec![],
+        FunctionArguments::List(list) => list
+            .args
+            .iter()
+            .map(|arg| match arg {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Ok(expr.clone()),
+                other => Err(Error::NotSupported(format!(
+                    "procedure argument {other}: pass arguments by position"
+                ))),
+            })
+            .collect::<Result<_>>()?,
+        FunctionArguments::Subquery(_) => {
+            return Err(Error::Syntax("CALL takes a list of arguments".into()));
+        }
+    };
+    let (_, procedure) = find(session, &function.name, |p| {
+        p.arguments.iter().filter(|a| a.mode.is_input()).count() == arguments.len()
+    })
+    .map_err(|err| match err {
+        Error::UndefinedFunction(message) if message.ends_with("does not exist") => {
+            Error::UndefinedFunction(format!(
+                "procedure {} with {} argument(s) does not exist",
+                function.name,
+                arguments.len()
+            ))
+        }
+        other => other,
+    })?;
+    if session.calls.depth >= MAX_DEPTH {
+        return Err(Error::ResourcesExhausted(format!(
+            "procedure calls nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    if procedure.nonatomic && !autocommit && session.calls.depth == 0 {
+        return Err(Error::ActiveTransaction(format!(
+            "NONATOMIC procedure {}",
+            procedure.name
+        )));
+    }
+    let values = run::call_arguments(session, &procedure, arguments).await?;
+    let outermost = session.calls.depth == 0;
+    if outermost {
+        session.calls.owns_transaction = autocommit;
+    }
+    session.calls.depth += 1;
+    let saved = apply_settings(session, &procedure.settings)?;
+    let result = run::run(session, &procedure, values).await;
+    restore_settings(session, saved);
+    session.calls.depth -= 1;
+    if outermost {
+        session.calls.owns_transaction = false;
+    }
+    let outputs = result?;
+    if outputs.is_empty() {
+        return Ok(Output::command("CALL"));
+    }
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (name, value) in outputs {
+        let array = value.to_array()?;
+        fields.push(Field::new(name, array.data_type().clone(), true));
+        columns.push(array);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Output::rows(schema, vec![batch]))
+}
+
+/// Applies a procedure's `SET` clauses; returns the values to restore.
+fn apply_settings(
+    session: &mut Session,
+    settings: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    let mut saved = Vec::new();
+    for (name, value) in settings {
+        saved.push((name.clone(), session.settings().get(name)?));
+        session.set_setting(name, value)?;
+    }
+    Ok(saved)
+}
+
+fn restore_settings(session: &mut Session, saved: Vec<(String, String)>) {
+    for (name, value) in saved.into_iter().rev() {
+        // The value was read from the settings, so it is accepted back.
+        let _ = session.set_setting(&name, &value);
+    }
+}

@@ -1,0 +1,141 @@
+//! Materialized views over tables and views (not a stream): the query's result is stored as a
+//! table when the view is created, and REFRESH runs the query again and replaces the rows in
+//! the refreshing transaction. Seed 001 refreshes such a view over a streaming view inside a
+//! stored procedure.
+
+use std::sync::Arc;
+
+use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement, visit_relations};
+use tributary_catalog::{CatalogState, MaterializedView, Table, ViewInput};
+
+use super::ViewId;
+use crate::ddl::{NewTable, cast_batch, logical_schema, storage_schema};
+use crate::rewrite::name_parts;
+use crate::session::{Output, Session};
+use crate::transaction::WriteKind;
+use crate::{Error, Result};
+
+/// Whether the query reads a stream of an external schema (then it is a streaming view).
+pub(super) fn reads_stream(
+    query: &Query,
+    state: &CatalogState,
+    database: &str,
+    default_schema: &str,
+) -> bool {
+    let mut found = false;
+    let _ = visit_relations(query, |name| {
+        let parts = name_parts(name);
+        let schema = match parts.as_slice() {
+            [_] => Some(default_schema.to_string()),
+            [schema, _] => Some(schema.clone()),
+            [db, schema, _] if db == database => Some(schema.clone()),
+            _ => None,
+        };
+        if let Some(schema) = schema
+            && state
+                .schema(database, &schema)
+                .is_ok_and(|s| s.external.is_some())
+        {
+            found = true;
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+/// `CREATE MATERIALIZED VIEW name AS <query over tables>`: stores the query's rows now.
+pub(super) async fn create(
+    session: &mut Session,
+    view: &CreateView,
+    schema: String,
+    name: String,
+    options: &[(String, String)],
+) -> Result<Output> {
+    if options
+        .iter()
+        .any(|(k, v)| k == "auto_refresh" && v == "yes")
+    {
+        return Err(Error::NotSupported(
+            "AUTO REFRESH YES is supported for streaming views; refresh a view over tables with REFRESH MATERIALIZED VIEW".into(),
+        ));
+    }
+    let database = session.database().to_string();
+    let (output, batches) =
+        crate::ddl::query_rows(session, Statement::Query(view.query.clone())).await?;
+    let columns = crate::ddl::columns_from_arrow(&output)?;
+    let mut table = super::view_table(&database, &schema, &name, session.user(), columns, options);
+    table.materialized = Some(Box::new(MaterializedView {
+        sql: view.query.to_string(),
+        input: ViewInput::Query,
+        source_schema: String::new(),
+        stream: String::new(),
+        auto_refresh: false,
+        positions: serde_json::Value::Null,
+        aggregate: None,
+    }));
+    let handle = session.engine().storage.table(&table.path)?;
+    session.catalogs().record_created(&table.path);
+    table.version = handle.create(&storage_schema(&table)).await?;
+    crate::ddl::commit_new_table(
+        session,
+        NewTable {
+            schema,
+            name,
+            table,
+        },
+        batches,
+    )
+    .await?;
+    Ok(Output::command("CREATE MATERIALIZED VIEW"))
+}
+
+/// REFRESH of a view over tables: runs the query again and replaces the rows, in the
+/// session's transaction. Returns the number of rows.
+pub(super) async fn refresh(session: &mut Session, view: &ViewId, sql: &str) -> Result<u64> {
+    let mut statements = session.parse(sql)?;
+    let Some(statement) = statements.pop() else {
+        return Err(Error::Internal(format!(
+            "materialized view \"{}\" has no query",
+            view.name
+        )));
+    };
+    let table: Table = session
+        .catalogs()
+        .lock_table(&view.database, &view.schema, &view.name, WriteKind::Rewrite)
+        .await?
+        .table;
+    let (_, batches) = crate::ddl::query_rows(session, statement).await?;
+    let logical = logical_schema(&table);
+    let stored_schema = Arc::new(storage_schema(&table));
+    let stored = batches
+        .iter()
+        .map(|b| {
+            let b = cast_batch(b, &logical).map_err(|err| {
+                Error::InvalidStatement(format!(
+                    "materialized view \"{}\": its query's columns no longer match the view ({err}); drop and create it again",
+                    view.name
+                ))
+            })?;
+            cast_batch(&b, &stored_schema)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rows: usize = stored.iter().map(|b| b.num_rows()).sum();
+    let version = session
+        .engine()
+        .storage
+        .table(&table.path)?
+        .overwrite(table.version, stored, &stored_schema)
+        .await?;
+    crate::table::pin_written(
+        session.catalogs(),
+        &[
+            view.database.clone(),
+            view.schema.clone(),
+            view.name.clone(),
+        ],
+        &table.path,
+        version,
+        &[],
+    )?;
+    Ok(rows as u64)
+}
