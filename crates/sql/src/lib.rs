@@ -39,3 +39,8 @@ pub use functions::VERSION;
 pub use maintenance::{MaintenanceReport, MaintenanceSettings};
 pub use session::{Notice, Output, Prepared, Session};
 pub use streaming::StreamingSettings;
+
+/// Stack size of the threads that run sessions. Planning a deep statement (a procedure body's
+/// statements inside a CALL, nested subqueries, long CASE chains) recurses further than the
+/// 2 MiB tokio gives its worker threads by default, above all in debug builds.
+pub const THREAD_STACK_BYTES: usize = 16 * 1024 * 1024;

@@ -807,6 +807,7 @@ impl Session {
                     false,
                 )])))
             }
+            Statement::Call(function) => crate::procedure::describe_call(self, function),
             _ => None,
         }
     }

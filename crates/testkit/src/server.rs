@@ -16,6 +16,9 @@ pub struct TestServer {
     _data: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// The server's own runtime, built like `tributary serve`'s (stack size included), so
+    /// that sessions run on threads like production's.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl TestServer {
@@ -63,12 +66,20 @@ impl TestServer {
             .expect("engine opens");
         streaming.refresh_interval = std::time::Duration::from_millis(100);
         engine.spawn_streaming(streaming);
-        let listener = tributary_wire::bind("127.0.0.1:0".parse().expect("address"))
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_stack_size(tributary_sql::THREAD_STACK_BYTES)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let listener = runtime
+            .spawn(tributary_wire::bind("127.0.0.1:0".parse().expect("address")))
             .await
+            .expect("bind task")
             .expect("bind");
         let address = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tributary_wire::serve(
+        let task = runtime.spawn(tributary_wire::serve(
             listener,
             engine.clone(),
             method,
@@ -82,6 +93,7 @@ impl TestServer {
             _data: None,
             stop: Some(stop),
             task: Some(task),
+            runtime: Some(runtime),
         }
     }
 
@@ -125,6 +137,10 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Dropped from async tests: shut down without blocking the caller's runtime.
+            runtime.shutdown_background();
         }
     }
 }

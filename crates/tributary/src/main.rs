@@ -83,6 +83,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(tributary_sql::THREAD_STACK_BYTES)
         .enable_all()
         .build()?;
     runtime.block_on(async move {

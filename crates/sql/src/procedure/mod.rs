@@ -297,19 +297,49 @@ async fn call(session: &mut Session, function: &Function, autocommit: bool) -> R
         session.calls.owns_transaction = false;
     }
     let outputs = result?;
-    if outputs.is_empty() {
+    let Some(schema) = output_schema(&procedure) else {
         return Ok(Output::command("CALL"));
-    }
-    let mut fields = Vec::new();
-    let mut columns = Vec::new();
-    for (name, value) in outputs {
-        let array = value.to_array()?;
-        fields.push(Field::new(name, array.data_type().clone(), true));
-        columns.push(array);
-    }
-    let schema = Arc::new(Schema::new(fields));
+    };
+    let columns = outputs
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(value, field)| Ok(value.cast_to(field.data_type())?.to_array()?))
+        .collect::<Result<Vec<_>>>()?;
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     Ok(Output::rows(schema, vec![batch]))
+}
+
+/// The row a CALL returns: the procedure's OUT and INOUT arguments (None if it has none).
+fn output_schema(procedure: &Procedure) -> Option<Arc<Schema>> {
+    let fields: Vec<Field> = procedure
+        .arguments
+        .iter()
+        .filter(|a| a.mode.is_output())
+        .map(|a| {
+            Field::new(
+                a.name.clone().unwrap_or_else(|| "?column?".into()),
+                a.sql_type.to_arrow(),
+                true,
+            )
+        })
+        .collect();
+    (!fields.is_empty()).then(|| Arc::new(Schema::new(fields)))
+}
+
+/// What a CALL returns, for the extended protocol's Describe (before it runs).
+pub(crate) fn describe_call(session: &Session, function: &Function) -> Option<Arc<Schema>> {
+    if function.name.to_string().starts_with("__tributary_") {
+        return None;
+    }
+    let count = match &function.args {
+        FunctionArguments::List(list) => list.args.len(),
+        _ => 0,
+    };
+    let (_, procedure) = find(session, &function.name, |p| {
+        p.arguments.iter().filter(|a| a.mode.is_input()).count() == count
+    })
+    .ok()?;
+    output_schema(&procedure)
 }
 
 /// Applies a procedure's `SET` clauses; returns the values to restore.

@@ -83,7 +83,7 @@ pub(crate) async fn run(
     session: &mut Session,
     procedure: &Procedure,
     inputs: Vec<ScalarValue>,
-) -> Result<Vec<(String, ScalarValue)>> {
+) -> Result<Vec<ScalarValue>> {
     let block = parse::parse_body(&procedure.body)?;
     let mut frame = Frame {
         procedure,
@@ -115,10 +115,7 @@ pub(crate) async fn run(
         }
     }
     frame.declare("found", boolean(false));
-    match frame.block(session, &block).await {
-        Ok(_) => {}
-        Err(err) => return Err(err),
-    }
+    frame.block(session, &block).await?;
     let mut outputs = Vec::new();
     for (i, argument) in procedure.arguments.iter().enumerate() {
         if !argument.mode.is_output() {
@@ -128,14 +125,10 @@ pub(crate) async fn run(
             .name
             .clone()
             .unwrap_or_else(|| format!("${}", i + 1));
-        let value = match frame.lookup(&name) {
+        outputs.push(match frame.lookup(&name) {
             Some(Variable::Scalar { value, .. }) => value.clone(),
-            _ => ScalarValue::Null,
-        };
-        outputs.push((
-            argument.name.clone().unwrap_or_else(|| "?column?".into()),
-            value,
-        ));
+            _ => typed_null(&argument.sql_type),
+        });
     }
     Ok(outputs)
 }

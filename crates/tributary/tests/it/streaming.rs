@@ -12,7 +12,7 @@ use tributary_testkit::{KinesisFlavor, KinesisServer, TestServer};
 
 use crate::durability::{connect, spawn_server};
 
-async fn kinesis(endpoint: &str) -> Client {
+pub(crate) async fn kinesis(endpoint: &str) -> Client {
     let config = aws_sdk_kinesis::Config::builder()
         .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
         .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
@@ -47,7 +47,7 @@ async fn wait_active(client: &Client, stream: &str) {
     }
 }
 
-async fn create_stream(client: &Client, stream: &str, shards: i32) {
+pub(crate) async fn create_stream(client: &Client, stream: &str, shards: i32) {
     client
         .create_stream()
         .stream_name(stream)
@@ -60,7 +60,7 @@ async fn create_stream(client: &Client, stream: &str, shards: i32) {
 
 /// Puts records (partition key, data) in PutRecords calls of up to 500, retrying records the
 /// server throttled.
-async fn put(client: &Client, stream: &str, records: Vec<(String, Vec<u8>)>) {
+pub(crate) async fn put(client: &Client, stream: &str, records: Vec<(String, Vec<u8>)>) {
     for chunk in records.chunks(500) {
         let mut pending: Vec<(String, Vec<u8>)> = chunk.to_vec();
         while !pending.is_empty() {
@@ -109,7 +109,7 @@ fn json_records(range: std::ops::Range<i64>) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+pub(crate) async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client
         .query_one(sql, &[])
         .await
@@ -133,7 +133,7 @@ async fn wait_for_count(client: &tokio_postgres::Client, sql: &str, expected: i6
     }
 }
 
-fn settings(endpoint: &str) -> StreamingSettings {
+pub(crate) fn settings(endpoint: &str) -> StreamingSettings {
     StreamingSettings {
         kinesis_endpoint: Some(endpoint.to_string()),
         ..Default::default()
