@@ -772,7 +772,7 @@ async fn drop_schema(
                 .schemas
                 .get(&schema)
                 .ok_or_else(|| tributary_catalog::Error::NotFound { kind: "schema", name: schema.clone() })?;
-            if !target.relations.is_empty() && !cascade {
+            if (!target.relations.is_empty() || !target.procedures.is_empty()) && !cascade {
                 return Err(tributary_catalog::Error::Invalid(format!(
                     "cannot drop schema {schema} because other objects depend on it; use DROP SCHEMA ... CASCADE"
                 )));

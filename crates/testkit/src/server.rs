@@ -73,7 +73,9 @@ impl TestServer {
             .build()
             .expect("server runtime");
         let listener = runtime
-            .spawn(tributary_wire::bind("127.0.0.1:0".parse().expect("address")))
+            .spawn(tributary_wire::bind(
+                "127.0.0.1:0".parse().expect("address"),
+            ))
             .await
             .expect("bind task")
             .expect("bind");
