@@ -25,6 +25,8 @@ pub(crate) const ALTER_AUTO_REFRESH_PROCEDURE: &str = "__tributary_alter_materia
 /// `CREATE [OR REPLACE] PROCEDURE name(...) AS $$ body $$ LANGUAGE plpgsql` is
 /// `CALL <this>(name, '<ProcedureDefinition as JSON>')`.
 pub(crate) const CREATE_PROCEDURE: &str = "__tributary_create_procedure";
+/// `SHOW PROCEDURE name[(types)]` is `CALL <this>(name, 'type', ...)` (no types: any).
+pub(crate) const SHOW_PROCEDURE: &str = "__tributary_show_procedure";
 
 /// A `CREATE PROCEDURE` as parsed: what the procedure module needs to store it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -49,6 +51,7 @@ pub(crate) fn parse(parser: &mut Parser) -> Option<Result<Statement, ParserError
         (Some("REFRESH"), Some("MATERIALIZED"), Some("VIEW")) => Some(refresh(parser)),
         (Some("ALTER"), Some("MATERIALIZED"), Some("VIEW")) => Some(alter(parser)),
         (Some("CREATE"), Some("PROCEDURE"), _) => Some(create_procedure(parser, false)),
+        (Some("SHOW"), Some("PROCEDURE"), _) => Some(show_procedure(parser)),
         (Some("CREATE"), Some("OR"), Some("REPLACE"))
             if word(3).as_deref() == Some("PROCEDURE") =>
         {
@@ -399,6 +402,28 @@ fn create_procedure(parser: &mut Parser, or_replace: bool) -> Result<Statement, 
             Expr::Value(Value::SingleQuotedString(json).into()),
         ],
     ))
+}
+
+/// `SHOW PROCEDURE name [( [argtype [, ...]] )]`.
+fn show_procedure(parser: &mut Parser) -> Result<Statement, ParserError> {
+    skip_words(parser, 2);
+    let name = parser.parse_object_name(false)?;
+    let mut args = vec![name_expr(name)];
+    if parser.consume_token(&Token::LParen) {
+        // A marker that the types were given, so `()` means "no arguments", not "any".
+        args.push(Expr::Value(Value::SingleQuotedString("(".into()).into()));
+        if !parser.consume_token(&Token::RParen) {
+            loop {
+                let (_, _, data_type) = procedure_argument(parser)?;
+                args.push(Expr::Value(Value::SingleQuotedString(data_type).into()));
+                if parser.consume_token(&Token::RParen) {
+                    break;
+                }
+                parser.expect_token(&Token::Comma)?;
+            }
+        }
+    }
+    Ok(call(SHOW_PROCEDURE, args))
 }
 
 /// `[argname] [IN | OUT | INOUT] argtype` (Redshift's order), or `[IN | OUT | INOUT]

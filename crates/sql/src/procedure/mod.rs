@@ -50,6 +50,9 @@ pub(crate) async fn execute_call(
     if function.name.to_string() == syntax::CREATE_PROCEDURE {
         return create(session, function);
     }
+    if function.name.to_string() == syntax::SHOW_PROCEDURE {
+        return show(session, function);
+    }
     call(session, function, autocommit).await
 }
 
@@ -121,6 +124,75 @@ fn create(session: &mut Session, function: &Function) -> Result<Output> {
         Ok(())
     })?;
     Ok(Output::command("CREATE PROCEDURE"))
+}
+
+/// `SHOW PROCEDURE name[(types)]`: the definition as a CREATE statement, as Redshift shows it.
+fn show(session: &mut Session, function: &Function) -> Result<Output> {
+    let (name, args) = syntax::call_arguments(function);
+    let name = ObjectName::from(name);
+    let types = match args.split_first() {
+        Some((marker, types)) if marker == "(" => Some(
+            types
+                .iter()
+                .map(|t| resolve_type(t).map(|t| t.base_name()))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        _ => None,
+    };
+    let (schema, procedure) = find(session, &name, |p| match &types {
+        Some(types) => {
+            input_types(p)
+                .iter()
+                .map(SqlType::base_name)
+                .collect::<Vec<_>>()
+                == *types
+        }
+        None => true,
+    })?;
+    let arguments: Vec<String> = procedure
+        .arguments
+        .iter()
+        .map(|a| {
+            let mode = match a.mode {
+                ArgumentMode::In => "",
+                ArgumentMode::Out => "OUT ",
+                ArgumentMode::InOut => "INOUT ",
+            };
+            match &a.name {
+                Some(name) => format!("{mode}{name} {}", a.sql_type.display_name()),
+                None => format!("{mode}{}", a.sql_type.display_name()),
+            }
+        })
+        .collect();
+    let mut text = format!(
+        "CREATE OR REPLACE PROCEDURE {schema}.{}({}){}\nLANGUAGE plpgsql{}\n",
+        procedure.name,
+        arguments.join(", "),
+        if procedure.nonatomic {
+            " NONATOMIC"
+        } else {
+            ""
+        },
+        if procedure.security_definer {
+            "\nSECURITY DEFINER"
+        } else {
+            ""
+        },
+    );
+    for (setting, value) in &procedure.settings {
+        text.push_str(&format!("SET {setting} TO '{value}'\n"));
+    }
+    text.push_str(&format!("AS $$\n{}\n$$", procedure.body.trim_matches('\n')));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "Stored Procedure Definition",
+        arrow::datatypes::DataType::Utf8,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow::array::StringArray::from(vec![text]))],
+    )?;
+    Ok(Output::rows(schema, vec![batch]))
 }
 
 /// Resolves a type written in SQL text (`varchar(256)`, `int`).
@@ -328,6 +400,13 @@ fn output_schema(procedure: &Procedure) -> Option<Arc<Schema>> {
 
 /// What a CALL returns, for the extended protocol's Describe (before it runs).
 pub(crate) fn describe_call(session: &Session, function: &Function) -> Option<Arc<Schema>> {
+    if function.name.to_string() == syntax::SHOW_PROCEDURE {
+        return Some(Arc::new(Schema::new(vec![Field::new(
+            "Stored Procedure Definition",
+            arrow::datatypes::DataType::Utf8,
+            false,
+        )])));
+    }
     if function.name.to_string().starts_with("__tributary_") {
         return None;
     }

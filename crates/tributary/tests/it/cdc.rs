@@ -769,5 +769,22 @@ async fn procedures_talk_to_the_client() {
     // The session goes on.
     let rows = client.query("SELECT count(*) FROM t", &[]).await.unwrap();
     assert_eq!(rows[0].get::<_, i64>(0), 0);
+    // SHOW PROCEDURE gives the definition back, by name or by name and input types.
+    for show in ["SHOW PROCEDURE chatty", "SHOW PROCEDURE public.chatty(int)"] {
+        let definition = text_rows(&client, show).await;
+        let text = definition[0][0].clone().expect("a definition");
+        assert!(
+            text.starts_with(
+                "CREATE OR REPLACE PROCEDURE public.chatty(INOUT n integer, OUT label character varying(20))\nLANGUAGE plpgsql\nAS $$"
+            ) && text.contains("RAISE INFO 'n is %', n;")
+                && text.ends_with("$$"),
+            "{text}"
+        );
+    }
+    let err = client
+        .simple_query("SHOW PROCEDURE chatty(varchar)")
+        .await
+        .expect_err("no such overload");
+    assert_eq!(err.code().unwrap().code(), "42883");
     server.stop().await;
 }
