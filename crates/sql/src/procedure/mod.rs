@@ -349,12 +349,6 @@ async fn call(session: &mut Session, function: &Function, autocommit: bool) -> R
             "procedure calls nest deeper than {MAX_DEPTH} levels"
         )));
     }
-    if procedure.nonatomic && !autocommit && session.calls.depth == 0 {
-        return Err(Error::ActiveTransaction(format!(
-            "NONATOMIC procedure {}",
-            procedure.name
-        )));
-    }
     let values = run::call_arguments(session, &procedure, arguments).await?;
     let outermost = session.calls.depth == 0;
     if outermost {
