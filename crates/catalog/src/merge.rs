@@ -144,27 +144,25 @@ fn unflatten(template: &CatalogState, entries: BTreeMap<Key, Entry>) -> Result<C
                     },
                 );
             }
-            (key @ Key::Relation(..), Entry::Relation(relation)) => {
-                let Key::Relation(db, schema, name) = &key else {
-                    unreachable!()
-                };
-                let parent = state
-                    .databases
-                    .get_mut(db)
-                    .and_then(|d| d.schemas.get_mut(schema))
-                    .ok_or_else(|| orphan(&key))?;
-                parent.relations.insert(name.clone(), relation);
+            (Key::Relation(db, schema, name), Entry::Relation(relation)) => {
+                parent_schema(&mut state, &db, &schema)
+                    .ok_or_else(|| {
+                        orphan(&Key::Relation(db.clone(), schema.clone(), name.clone()))
+                    })?
+                    .relations
+                    .insert(name, relation);
             }
-            (key @ Key::Procedure(..), Entry::Procedure(procedure)) => {
-                let Key::Procedure(db, schema, signature) = &key else {
-                    unreachable!()
-                };
-                let parent = state
-                    .databases
-                    .get_mut(db)
-                    .and_then(|d| d.schemas.get_mut(schema))
-                    .ok_or_else(|| orphan(&key))?;
-                parent.procedures.insert(signature.clone(), procedure);
+            (Key::Procedure(db, schema, signature), Entry::Procedure(procedure)) => {
+                parent_schema(&mut state, &db, &schema)
+                    .ok_or_else(|| {
+                        orphan(&Key::Procedure(
+                            db.clone(),
+                            schema.clone(),
+                            signature.clone(),
+                        ))
+                    })?
+                    .procedures
+                    .insert(signature, procedure);
             }
             (key, _) => {
                 return Err(Error::Invalid(format!(
@@ -175,6 +173,15 @@ fn unflatten(template: &CatalogState, entries: BTreeMap<Key, Entry>) -> Result<C
         }
     }
     Ok(state)
+}
+
+/// The schema an object is rebuilt into, if it survived the merge.
+fn parent_schema<'a>(
+    state: &'a mut CatalogState,
+    database: &str,
+    schema: &str,
+) -> Option<&'a mut Schema> {
+    state.databases.get_mut(database)?.schemas.get_mut(schema)
 }
 
 impl CatalogState {

@@ -148,7 +148,8 @@ fn show(session: &mut Session, function: &Function) -> Result<Output> {
                 == *types
         }
         None => true,
-    })?;
+    })?
+    .ok_or_else(|| Error::UndefinedFunction(format!("procedure {name} does not exist")))?;
     let arguments: Vec<String> = procedure
         .arguments
         .iter()
@@ -240,13 +241,15 @@ pub(crate) fn drop(
             }
             None => true,
         });
-        let (schema, procedure) = match found {
-            Ok(found) => found,
-            Err(Error::UndefinedFunction(_)) if if_exists => {
+        let Some((schema, procedure)) = found? else {
+            if if_exists {
                 session.notice(format!("procedure {} does not exist, skipping", desc.name));
                 continue;
             }
-            Err(err) => return Err(err),
+            return Err(Error::UndefinedFunction(format!(
+                "procedure {} does not exist",
+                desc.name
+            )));
         };
         let signature = procedure.signature();
         session.catalogs().modify(|state| {
@@ -270,12 +273,13 @@ fn input_types(procedure: &Procedure) -> Vec<SqlType> {
 }
 
 /// Finds the one procedure of that name that `accept` takes, in the search path (or the
-/// named schema). Overloads differ in their input types, compared by base type.
+/// named schema); None if there is none. Overloads differ in their input types, compared
+/// by base type.
 fn find(
     session: &Session,
     name: &ObjectName,
     accept: impl Fn(&Procedure) -> bool,
-) -> Result<(String, Procedure)> {
+) -> Result<Option<(String, Procedure)>> {
     let parts = name_parts(name);
     let database = session.database().to_string();
     let (schemas, procedure_name) = match parts.as_slice() {
@@ -300,7 +304,7 @@ fn find(
             .collect();
         match matches.as_slice() {
             [] => continue,
-            [one] => return Ok((schema, (*one).clone())),
+            [one] => return Ok(Some((schema, (*one).clone()))),
             _ => {
                 return Err(Error::UndefinedFunction(format!(
                     "procedure {procedure_name} is not unique: name its argument types"
@@ -308,9 +312,7 @@ fn find(
             }
         }
     }
-    Err(Error::UndefinedFunction(format!(
-        "procedure {procedure_name} does not exist"
-    )))
+    Ok(None)
 }
 
 /// `CALL name(args)`.
@@ -333,16 +335,13 @@ async fn call(session: &mut Session, function: &Function, autocommit: bool) -> R
     };
     let (_, procedure) = find(session, &function.name, |p| {
         p.arguments.iter().filter(|a| a.mode.is_input()).count() == arguments.len()
-    })
-    .map_err(|err| match err {
-        Error::UndefinedFunction(message) if message.ends_with("does not exist") => {
-            Error::UndefinedFunction(format!(
-                "procedure {} with {} argument(s) does not exist",
-                function.name,
-                arguments.len()
-            ))
-        }
-        other => other,
+    })?
+    .ok_or_else(|| {
+        Error::UndefinedFunction(format!(
+            "procedure {} with {} argument(s) does not exist",
+            function.name,
+            arguments.len()
+        ))
     })?;
     if session.calls.depth >= MAX_DEPTH {
         return Err(Error::ResourcesExhausted(format!(
@@ -411,7 +410,7 @@ pub(crate) fn describe_call(session: &Session, function: &Function) -> Option<Ar
     let (_, procedure) = find(session, &function.name, |p| {
         p.arguments.iter().filter(|a| a.mode.is_input()).count() == count
     })
-    .ok()?;
+    .ok()??;
     output_schema(&procedure)
 }
 

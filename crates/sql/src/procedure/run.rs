@@ -324,13 +324,10 @@ impl<'p> Frame<'p> {
                 return self.statements(session, otherwise).await;
             }
             StatementKind::Loop { label, body } => loop {
-                match self.statements(session, body).await? {
-                    Flow::Next => {}
-                    flow => match self.loop_control(flow, label) {
-                        LoopControl::Continue => {}
-                        LoopControl::Break => break,
-                        LoopControl::Propagate(flow) => return Ok(flow),
-                    },
+                match self.iteration(session, body, label).await? {
+                    LoopControl::Continue => {}
+                    LoopControl::Break => break,
+                    LoopControl::Propagate(flow) => return Ok(flow),
                 }
             },
             StatementKind::While {
@@ -339,13 +336,10 @@ impl<'p> Frame<'p> {
                 body,
             } => {
                 while self.condition(session, condition).await? {
-                    match self.statements(session, body).await? {
-                        Flow::Next => {}
-                        flow => match self.loop_control(flow, label) {
-                            LoopControl::Continue => {}
-                            LoopControl::Break => break,
-                            LoopControl::Propagate(flow) => return Ok(flow),
-                        },
+                    match self.iteration(session, body, label).await? {
+                        LoopControl::Continue => {}
+                        LoopControl::Break => break,
+                        LoopControl::Propagate(flow) => return Ok(flow),
                     }
                 }
             }
@@ -382,13 +376,10 @@ impl<'p> Frame<'p> {
                                 not_null: false,
                             },
                         );
-                        match self.statements(session, body).await? {
-                            Flow::Next => {}
-                            flow => match self.loop_control(flow, label) {
-                                LoopControl::Continue => {}
-                                LoopControl::Break => break,
-                                LoopControl::Propagate(flow) => return Ok(Some(flow)),
-                            },
+                        match self.iteration(session, body, label).await? {
+                            LoopControl::Continue => {}
+                            LoopControl::Break => break,
+                            LoopControl::Propagate(flow) => return Ok(Some(flow)),
                         }
                         i = if *reverse { i - step } else { i + step };
                     }
@@ -417,13 +408,10 @@ impl<'p> Frame<'p> {
                 let result = async {
                     for row in rows {
                         self.assign_row(targets, Some(row), true)?;
-                        match self.statements(session, body).await? {
-                            Flow::Next => {}
-                            flow => match self.loop_control(flow, label) {
-                                LoopControl::Continue => {}
-                                LoopControl::Break => break,
-                                LoopControl::Propagate(flow) => return Ok(Some(flow)),
-                            },
+                        match self.iteration(session, body, label).await? {
+                            LoopControl::Continue => {}
+                            LoopControl::Break => break,
+                            LoopControl::Propagate(flow) => return Ok(Some(flow)),
                         }
                     }
                     Ok::<_, Error>(None)
@@ -484,14 +472,22 @@ impl<'p> Frame<'p> {
         Ok(Flow::Next)
     }
 
-    fn loop_control(&self, flow: Flow, label: &Option<String>) -> LoopControl {
-        match flow {
+    /// Runs a loop's body once and says what the loop does next: EXIT and CONTINUE without
+    /// a label, or with this loop's label, end here; anything else leaves the loop.
+    async fn iteration(
+        &mut self,
+        session: &mut Session,
+        body: &[Statement],
+        label: &Option<String>,
+    ) -> Result<LoopControl> {
+        Ok(match self.statements(session, body).await? {
+            Flow::Next => LoopControl::Continue,
             Flow::Exit(None) => LoopControl::Break,
             Flow::Exit(Some(l)) if label.as_ref() == Some(&l) => LoopControl::Break,
             Flow::Continue(None) => LoopControl::Continue,
             Flow::Continue(Some(l)) if label.as_ref() == Some(&l) => LoopControl::Continue,
             other => LoopControl::Propagate(other),
-        }
+        })
     }
 
     /// Parses one SQL statement of the body and substitutes the variables into it.

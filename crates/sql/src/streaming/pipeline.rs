@@ -99,7 +99,7 @@ pub(crate) fn bind_stream(
         .and_then(|s| s.external.as_ref());
     if external.is_none() {
         return Err(Error::NotSupported(format!(
-            "materialized views over tables are not supported yet: \"{name}\" is not a stream of an external schema (CREATE EXTERNAL SCHEMA ... FROM KINESIS)"
+            "a streaming materialized view reads one stream and nothing else: \"{name}\" is not a stream of an external schema (join the view with tables in a view over it)"
         )));
     }
     // Stream names are case-sensitive: a quoted name keeps its case, an unquoted one is

@@ -31,6 +31,25 @@ async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option
         .collect()
 }
 
+/// Kinesalite with one stream, a Tributary server reading it, and a client of that server.
+async fn with_stream(
+    stream: &str,
+    shards: i32,
+) -> (
+    KinesisServer,
+    aws_sdk_kinesis::Client,
+    TestServer,
+    tokio_postgres::Client,
+) {
+    let kinesis_server = KinesisServer::start(KinesisFlavor::Kinesalite);
+    let endpoint = kinesis_server.endpoint();
+    let kinesis = kinesis(&endpoint).await;
+    create_stream(&kinesis, stream, shards).await;
+    let server = TestServer::start_streaming(settings(&endpoint)).await;
+    let client = server.client().await;
+    (kinesis_server, kinesis, server, client)
+}
+
 /// A small deterministic generator (no seeding crate needed for a test).
 struct Lcg(u64);
 
@@ -208,12 +227,7 @@ UPDATE _etleap_si SET start_sequence_no = end_sequence_no WHERE table_name = 'ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_000_etleap_update_sequence_mirrors_the_cart_table() {
-    let kinesis_server = KinesisServer::start(KinesisFlavor::Kinesalite);
-    let endpoint = kinesis_server.endpoint();
-    let kinesis = kinesis(&endpoint).await;
-    create_stream(&kinesis, "cart", 2).await;
-    let server = TestServer::start_streaming(settings(&endpoint)).await;
-    let client = server.client().await;
+    let (_kinesis_server, kinesis, server, client) = with_stream("cart", 2).await;
     client.batch_execute(ETLEAP_SETUP).await.expect("setup");
 
     let changes = cart_changes(120);
@@ -382,12 +396,7 @@ where B.userid is null and op <> 'd'
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_003_decodable_merge_mirrors_the_users_table() {
-    let kinesis_server = KinesisServer::start(KinesisFlavor::Kinesalite);
-    let endpoint = kinesis_server.endpoint();
-    let kinesis = kinesis(&endpoint).await;
-    create_stream(&kinesis, "hubert-redshift", 1).await;
-    let server = TestServer::start_streaming(settings(&endpoint)).await;
-    let client = server.client().await;
+    let (_kinesis_server, kinesis, server, client) = with_stream("hubert-redshift", 1).await;
     client
         .batch_execute(
             r#"CREATE EXTERNAL SCHEMA postgres_users_schema
@@ -559,12 +568,7 @@ $$ LANGUAGE plpgsql;"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_001_stored_procedure_loads_the_fact_table() {
-    let kinesis_server = KinesisServer::start(KinesisFlavor::Kinesalite);
-    let endpoint = kinesis_server.endpoint();
-    let kinesis = kinesis(&endpoint).await;
-    create_stream(&kinesis, "demo-data-stream", 1).await;
-    let server = TestServer::start_streaming(settings(&endpoint)).await;
-    let client = server.client().await;
+    let (_kinesis_server, kinesis, server, client) = with_stream("demo-data-stream", 1).await;
     client
         .batch_execute(
             r#"SET enable_case_sensitive_identifier TO true;
