@@ -15,9 +15,9 @@ mod types;
 pub use error::{Error, Result};
 pub use log::Catalog;
 pub use model::{
-    AggregateLayout, ArgumentMode, CatalogState, Column, Constraint, DEFAULT_DATABASE,
-    DEFAULT_SCHEMA, Database, Distribution, ExternalSource, Identity, MaterializedView, Procedure,
-    ProcedureArgument, Relation, SUPERUSER, Schema, StoredPassword, Table, User, View, ViewInput,
-    procedure_signature,
+    AggregateLayout, ArgumentMode, CatalogState, ChangeFormat, Column, Constraint,
+    DEFAULT_DATABASE, DEFAULT_SCHEMA, Database, Distribution, ExternalSource, Identity,
+    MaterializedView, MirrorSpec, Procedure, ProcedureArgument, Relation, SUPERUSER, Schema,
+    StoredPassword, Table, User, View, ViewInput, procedure_signature,
 };
 pub use types::{SqlType, VARCHAR_LENGTH_DEFAULT, VARCHAR_LENGTH_MAX};

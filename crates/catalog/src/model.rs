@@ -179,6 +179,55 @@ pub struct MaterializedView {
     /// micro-batch's partial aggregates into the stored rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<AggregateLayout>,
+    /// Set for a mirror table (`CREATE MIRROR TABLE`): the stream carries change records that
+    /// are applied by key instead of rows that are appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSpec>,
+}
+
+/// How a mirror table reads its change stream and keeps its rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorSpec {
+    pub format: ChangeFormat,
+    /// The primary key columns: a change replaces (or deletes) the row with its key.
+    pub key: Vec<String>,
+    /// The path in the change record whose value orders changes of one key; None orders them
+    /// by stream position.
+    pub order: Option<Vec<String>>,
+    /// The apply sequence number the next stored change gets (monotonic; 0 marks folded rows).
+    pub next_sequence: i64,
+    /// Change rows stored since the last fold into the base rows.
+    pub unfolded: u64,
+    /// Base rows (tombstones included) written by the last fold.
+    pub base_rows: u64,
+}
+
+/// The shape of the change records of a mirror table's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChangeFormat {
+    /// Debezium JSON: `op` c / u / d / r with `before` / `after`, with or without the schema
+    /// envelope.
+    Debezium,
+    /// AWS DMS JSON: `data` with `metadata.operation` insert / update / delete / load.
+    Dms,
+    /// DynamoDB stream records: `eventName` INSERT / MODIFY / REMOVE with `dynamodb.Keys`,
+    /// `NewImage`, `OldImage`.
+    Dynamodb,
+    /// A flat row whose `column` holds I / U / D.
+    Operation { column: String },
+}
+
+impl ChangeFormat {
+    /// The format as `FORMAT ...` names it.
+    pub fn describe(&self) -> String {
+        match self {
+            ChangeFormat::Debezium => "DEBEZIUM".into(),
+            ChangeFormat::Dms => "DMS".into(),
+            ChangeFormat::Dynamodb => "DYNAMODB".into(),
+            ChangeFormat::Operation { column } => format!("OPERATION COLUMN {column}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

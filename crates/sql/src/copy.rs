@@ -464,12 +464,47 @@ impl<'a> Loader<'a> {
     async fn push_bytes(&mut self, filename: &str, bytes: Bytes) -> Result<()> {
         self.filename = filename.to_string();
         let bytes = decompress(filename, bytes, self.plan.compression)?;
+        if crate::streaming::mirror::spec(&self.table).is_some() {
+            return self.push_changes(&bytes).await;
+        }
         match &self.plan.format {
             Format::Text => self.push_text(&bytes).await,
             Format::Csv => self.push_csv(&bytes).await,
             Format::Json { ignore_case } => self.push_json(&bytes, *ignore_case).await,
             Format::Parquet => Err(Error::Internal("Parquet is read as columns".into())),
         }
+    }
+
+    /// COPY into a mirror table: each line is a change record in the mirror's format.
+    async fn push_changes(&mut self, bytes: &[u8]) -> Result<()> {
+        if !matches!(self.plan.format, Format::Json { .. }) {
+            return Err(Error::InvalidStatement(
+                "COPY into a mirror table reads change records, one JSON record per line: use FORMAT JSON 'auto'".into(),
+            ));
+        }
+        let catalogs = self.session.catalogs();
+        if !catalogs.in_explicit_transaction() {
+            // Lock before reading, so that an automatic refresh that just committed does
+            // not make this COPY conflict with it.
+            catalogs
+                .prelock(&self.name[0], &self.name[1], &self.name[2])
+                .await?;
+        }
+        let (stored, rejected) =
+            crate::streaming::mirror::copy_records(catalogs, &self.name, bytes).await?;
+        self.loaded += stored;
+        for (line, raw, reason) in rejected {
+            self.reject(
+                line,
+                &raw,
+                "",
+                "",
+                1224,
+                &reason,
+                DataErrorKind::InvalidText,
+            )?;
+        }
+        Ok(())
     }
 
     async fn push_text(&mut self, bytes: &[u8]) -> Result<()> {
@@ -715,7 +750,12 @@ impl<'a> Loader<'a> {
                     Some(value)
                 })
                 .collect();
-            let (array, failures) = convert_column(&values, &column.sql_type, self.plan)?;
+            let (array, failures) = convert_column(
+                &values,
+                &column.sql_type,
+                self.plan.date_format.as_deref(),
+                self.plan.time_format.as_deref(),
+            )?;
             for (row, failure) in failures {
                 if bad[row].is_none() {
                     bad[row] = Some((index, failure, DataErrorKind::InvalidText));
@@ -984,14 +1024,17 @@ async fn default_value(session: &Session, sql: &str, data_type: &DataType) -> Re
 
 /// Converts text values to a column's type. Returns the array and, for each value that does
 /// not convert, its row and the reason.
-fn convert_column(
+/// Converts text values to `sql_type` (DATEFORMAT / TIMEFORMAT as COPY takes them; None is
+/// ISO). Returns the column and, for each value that does not convert, its row and why.
+pub(crate) fn convert_column(
     values: &[Option<String>],
     sql_type: &SqlType,
-    plan: &CopyPlan,
+    date_format: Option<&str>,
+    time_format: Option<&str>,
 ) -> Result<(ArrayRef, Vec<(usize, String)>)> {
     let target = sql_type.to_arrow();
     let strings: ArrayRef = Arc::new(StringArray::from(values.to_vec()));
-    let converted: ArrayRef = match (sql_type, &plan.date_format, &plan.time_format) {
+    let converted: ArrayRef = match (sql_type, date_format, time_format) {
         (SqlType::Date, Some(format), _) => Arc::new(parse_dates(values, format)),
         (SqlType::Timestamp | SqlType::TimestampTz, _, Some(format)) => {
             let micros = parse_timestamps(values, format);

@@ -71,7 +71,9 @@ pub(crate) async fn execute(session: &mut Session, statement: Statement) -> Resu
         }
         Statement::Comment { .. } => Ok(Output::command("COMMENT")),
         Statement::Analyze(_) => Ok(Output::command("ANALYZE")),
-        Statement::Vacuum(_) => Ok(Output::command("VACUUM")),
+        Statement::Vacuum(vacuum) => {
+            crate::streaming::mirror::vacuum(session, vacuum.table_name).await
+        }
         other => Err(Error::NotSupported(format!(
             "statement not supported: {}",
             first_words(&other.to_string())
@@ -91,6 +93,10 @@ pub(crate) struct NewTable {
 }
 
 async fn create_table(session: &mut Session, create: CreateTable) -> Result<Output> {
+    if let Some(clauses) = crate::syntax::mirror_clauses(&create) {
+        let clauses = clauses.map_err(|e| Error::Internal(format!("mirror clauses: {e}")))?;
+        return crate::streaming::mirror::create(session, create, clauses).await;
+    }
     if create.temporary {
         return create_temp_table(session, create).await;
     }
@@ -305,7 +311,7 @@ fn like_columns(session: &Session, like: &CreateTableLikeKind) -> Result<Vec<Col
         .collect())
 }
 
-fn declared_columns(definitions: &[ColumnDef]) -> Result<Vec<Column>> {
+pub(crate) fn declared_columns(definitions: &[ColumnDef]) -> Result<Vec<Column>> {
     let mut columns: Vec<Column> = Vec::with_capacity(definitions.len());
     for definition in definitions {
         let column = declared_column(definition)?;
@@ -392,7 +398,10 @@ fn integer_literal(expr: &Expr) -> Result<i64> {
     })
 }
 
-fn constraints(columns: &[ColumnDef], table_constraints: &[TableConstraint]) -> Vec<Constraint> {
+pub(crate) fn constraints(
+    columns: &[ColumnDef],
+    table_constraints: &[TableConstraint],
+) -> Vec<Constraint> {
     let mut out = Vec::new();
     for column in columns {
         let name = normalize_ident(&column.name);
@@ -481,12 +490,19 @@ fn distribution(create: &CreateTable) -> Distribution {
 }
 
 /// The schema of the stored Delta table.
+/// The Delta schema of a table: its columns in their stored types, and a mirror table's
+/// hidden bookkeeping columns after them.
 pub(crate) fn storage_schema(table: &Table) -> Schema {
+    let hidden = match crate::streaming::mirror::spec(table) {
+        Some(_) => crate::streaming::mirror::hidden_fields(),
+        None => Vec::new(),
+    };
     Schema::new(
         table
             .columns
             .iter()
             .map(|c| Field::new(&c.name, c.sql_type.to_storage_arrow(), c.nullable))
+            .chain(hidden)
             .collect::<Vec<_>>(),
     )
 }
@@ -725,7 +741,18 @@ async fn drop_relation(
                         "\"{relation}\" is not a materialized view"
                     )))
                 }
-                (Some(Relation::Table(t)), false) if !materialized && t.materialized.is_some() => {
+                (Some(Relation::Table(t)), false)
+                    if materialized && crate::streaming::mirror::spec(t).is_some() =>
+                {
+                    Err(tributary_catalog::Error::Invalid(format!(
+                        "\"{relation}\" is a mirror table; use DROP TABLE"
+                    )))
+                }
+                (Some(Relation::Table(t)), false)
+                    if !materialized
+                        && t.materialized.is_some()
+                        && crate::streaming::mirror::spec(t).is_none() =>
+                {
                     Err(tributary_catalog::Error::Invalid(format!(
                         "\"{relation}\" is a materialized view; use DROP MATERIALIZED VIEW"
                     )))
@@ -1010,6 +1037,7 @@ async fn rewrite_table(
         .lock_table(&database, schema, name, WriteKind::Rewrite)
         .await?
         .table;
+    crate::streaming::mirror::refuse_write(&table, name)?;
     let mut columns = table.columns.clone();
     change(&mut columns)?;
     // Read the current rows in the old logical shape, then project them into the new one.
@@ -1125,6 +1153,7 @@ async fn rewrite_table_empty(session: &mut Session, schema: &str, name: &str) ->
         .lock_table(&database, schema, name, WriteKind::Rewrite)
         .await?
         .table;
+    crate::streaming::mirror::refuse_write(&table, name)?;
     let stored_schema = Arc::new(storage_schema(&table));
     let version = session
         .engine()

@@ -1,11 +1,14 @@
 //! Redshift statements sqlparser does not parse: `CREATE EXTERNAL SCHEMA ... FROM KINESIS`,
 //! `CREATE MATERIALIZED VIEW` with Redshift's attributes, `REFRESH MATERIALIZED VIEW` and
-//! `ALTER MATERIALIZED VIEW ... AUTO REFRESH`.
+//! `ALTER MATERIALIZED VIEW ... AUTO REFRESH`, `CREATE [OR REPLACE] PROCEDURE`,
+//! `SHOW PROCEDURE`, and `CREATE` / `REFRESH` / `ALTER MIRROR TABLE`.
 //!
 //! They are parsed here and carried as sqlparser statements, so the rest of the pipeline keeps
 //! one statement type: an external schema is a `CREATE SCHEMA` whose options hold
 //! [`EXTERNAL_OPTION`]; a materialized view is a `CREATE MATERIALIZED VIEW` whose `WITH`
-//! options hold the attributes; REFRESH and ALTER are `CALL`s of reserved procedure names.
+//! options hold the attributes; a mirror table is a `CREATE TABLE` whose options hold
+//! [`MIRROR_OPTION`]; REFRESH, ALTER and the procedure statements are `CALL`s of reserved
+//! procedure names.
 
 use datafusion::sql::sqlparser::ast::{
     CreateTableOptions, CreateView, Expr, Function, FunctionArg, FunctionArgExpr,
@@ -27,6 +30,25 @@ pub(crate) const ALTER_AUTO_REFRESH_PROCEDURE: &str = "__tributary_alter_materia
 pub(crate) const CREATE_PROCEDURE: &str = "__tributary_create_procedure";
 /// `SHOW PROCEDURE name[(types)]` is `CALL <this>(name, 'type', ...)` (no types: any).
 pub(crate) const SHOW_PROCEDURE: &str = "__tributary_show_procedure";
+/// The option of a `CREATE TABLE` that makes it a mirror table; its value is the
+/// [`MirrorClauses`] as JSON.
+pub(crate) const MIRROR_OPTION: &str = "tributary_mirror";
+
+/// The clauses of `CREATE MIRROR TABLE` after the column list.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct MirrorClauses {
+    /// The change stream: `[schema, stream]` (or `[stream]`), unquoted parts folded to lower
+    /// case.
+    pub source: Vec<String>,
+    /// `debezium`, `dms`, `dynamodb` or `operation`.
+    pub format: String,
+    /// For `FORMAT OPERATION COLUMN name`: the column's name, as written.
+    pub operation_column: Option<String>,
+    /// `ORDER BY a.b.c`: the path's keys as written; None for `ORDER BY STREAM POSITION` or no
+    /// ORDER BY.
+    pub order: Option<Vec<String>>,
+    pub auto_refresh: bool,
+}
 
 /// A `CREATE PROCEDURE` as parsed: what the procedure module needs to store it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -52,6 +74,9 @@ pub(crate) fn parse(parser: &mut Parser) -> Option<Result<Statement, ParserError
         (Some("ALTER"), Some("MATERIALIZED"), Some("VIEW")) => Some(alter(parser)),
         (Some("CREATE"), Some("PROCEDURE"), _) => Some(create_procedure(parser, false)),
         (Some("SHOW"), Some("PROCEDURE"), _) => Some(show_procedure(parser)),
+        (Some("CREATE"), Some("MIRROR"), Some("TABLE")) => Some(create_mirror(parser)),
+        (Some("REFRESH"), Some("MIRROR"), Some("TABLE")) => Some(refresh(parser)),
+        (Some("ALTER"), Some("MIRROR"), Some("TABLE")) => Some(alter(parser)),
         (Some("CREATE"), Some("OR"), Some("REPLACE"))
             if word(3).as_deref() == Some("PROCEDURE") =>
         {
@@ -260,14 +285,154 @@ fn name_expr(name: ObjectName) -> Expr {
     Expr::CompoundIdentifier(parts)
 }
 
-/// `REFRESH MATERIALIZED VIEW name`.
+/// `CREATE MIRROR TABLE [IF NOT EXISTS] name (columns, PRIMARY KEY (k, ...))
+/// FROM schema."stream" FORMAT {DEBEZIUM | DMS | DYNAMODB | OPERATION COLUMN name}
+/// [ENCODE JSON] [ORDER BY path | ORDER BY STREAM POSITION] [AUTO REFRESH {YES | NO}]`,
+/// carried as a `CREATE TABLE` whose options hold [`MIRROR_OPTION`]. The clauses after the
+/// column list may come in any order.
+fn create_mirror(parser: &mut Parser) -> Result<Statement, ParserError> {
+    skip_words(parser, 3);
+    let mut create = parser.parse_create_table(false, false, None, false)?;
+    let mut clauses = MirrorClauses {
+        source: Vec::new(),
+        format: String::new(),
+        operation_column: None,
+        order: None,
+        auto_refresh: false,
+    };
+    while !at_end(parser) {
+        let token = parser.next_token();
+        match upper(&token.token).as_deref() {
+            Some("FROM") => {
+                let name = parser.parse_object_name(false)?;
+                clauses.source = name
+                    .0
+                    .iter()
+                    .filter_map(|part| part.as_ident())
+                    .map(|ident| match ident.quote_style {
+                        Some(_) => ident.value.clone(),
+                        None => ident.value.to_lowercase(),
+                    })
+                    .collect();
+            }
+            Some("FORMAT") => {
+                let format = parser.next_token();
+                match upper(&format.token).as_deref() {
+                    Some(f @ ("DEBEZIUM" | "DMS" | "DYNAMODB")) => {
+                        clauses.format = f.to_ascii_lowercase()
+                    }
+                    Some("OPERATION") => {
+                        expect_word(parser, "COLUMN")?;
+                        clauses.format = "operation".into();
+                        clauses.operation_column = Some(parser.parse_identifier()?.value);
+                    }
+                    _ => {
+                        return Err(ParserError::ParserError(format!(
+                            "expected DEBEZIUM, DMS, DYNAMODB or OPERATION COLUMN after FORMAT, found {}",
+                            format.token
+                        )));
+                    }
+                }
+            }
+            Some("ENCODE") => {
+                let encoding = parser.next_token();
+                if upper(&encoding.token).as_deref() != Some("JSON") {
+                    return Err(ParserError::ParserError(format!(
+                        "a mirror table reads JSON change records: expected ENCODE JSON, found ENCODE {}",
+                        encoding.token
+                    )));
+                }
+            }
+            Some("ORDER") => {
+                expect_word(parser, "BY")?;
+                let next = |n: usize| upper(&parser.peek_nth_token(n).token);
+                if next(0).as_deref() == Some("STREAM") && next(1).as_deref() == Some("POSITION") {
+                    skip_words(parser, 2);
+                    clauses.order = None;
+                } else {
+                    let mut path = vec![parser.parse_identifier()?.value];
+                    while parser.consume_token(&Token::Period) {
+                        path.push(parser.parse_identifier()?.value);
+                    }
+                    clauses.order = Some(path);
+                }
+            }
+            Some("AUTO") => {
+                expect_word(parser, "REFRESH")?;
+                let value = parser.next_token();
+                clauses.auto_refresh = match upper(&value.token).as_deref() {
+                    Some("YES") => true,
+                    Some("NO") => false,
+                    _ => {
+                        return Err(ParserError::ParserError(format!(
+                            "expected YES or NO after AUTO REFRESH, found {}",
+                            value.token
+                        )));
+                    }
+                };
+            }
+            _ => {
+                return Err(ParserError::ParserError(format!(
+                    "expected FROM, FORMAT, ENCODE, ORDER BY or AUTO REFRESH in CREATE MIRROR TABLE, found {}",
+                    token.token
+                )));
+            }
+        }
+    }
+    if clauses.source.is_empty() {
+        return Err(ParserError::ParserError(
+            "CREATE MIRROR TABLE needs its change stream: FROM schema.\"stream\"".into(),
+        ));
+    }
+    if clauses.format.is_empty() {
+        return Err(ParserError::ParserError(
+            "CREATE MIRROR TABLE needs the change format: FORMAT {DEBEZIUM | DMS | DYNAMODB | OPERATION COLUMN name}".into(),
+        ));
+    }
+    let json = serde_json::to_string(&clauses)
+        .map_err(|e| ParserError::ParserError(format!("mirror clauses: {e}")))?;
+    let marker = option(MIRROR_OPTION, json);
+    create.table_options = match std::mem::take(&mut create.table_options) {
+        CreateTableOptions::None => CreateTableOptions::With(vec![marker]),
+        CreateTableOptions::With(mut options) => {
+            options.push(marker);
+            CreateTableOptions::With(options)
+        }
+        CreateTableOptions::Plain(mut options) => {
+            options.push(marker);
+            CreateTableOptions::Plain(options)
+        }
+        _ => {
+            return Err(ParserError::ParserError(
+                "CREATE MIRROR TABLE takes no table options".into(),
+            ));
+        }
+    };
+    Ok(Statement::CreateTable(create))
+}
+
+/// The clauses of a `CREATE TABLE` made by [`create_mirror`], if it is one.
+pub(crate) fn mirror_clauses(
+    create: &datafusion::sql::sqlparser::ast::CreateTable,
+) -> Option<Result<MirrorClauses, serde_json::Error>> {
+    let options = match &create.table_options {
+        CreateTableOptions::With(o) | CreateTableOptions::Plain(o) => options(o),
+        _ => return None,
+    };
+    options
+        .into_iter()
+        .find(|(key, _)| key == MIRROR_OPTION)
+        .map(|(_, json)| serde_json::from_str(&json))
+}
+
+/// `REFRESH MATERIALIZED VIEW name` (and `REFRESH MIRROR TABLE name`).
 fn refresh(parser: &mut Parser) -> Result<Statement, ParserError> {
     skip_words(parser, 3);
     let name = parser.parse_object_name(false)?;
     Ok(call(REFRESH_PROCEDURE, vec![name_expr(name)]))
 }
 
-/// `ALTER MATERIALIZED VIEW name AUTO REFRESH {YES|NO}`.
+/// `ALTER MATERIALIZED VIEW name AUTO REFRESH {YES|NO}` (and `ALTER MIRROR TABLE`).
 fn alter(parser: &mut Parser) -> Result<Statement, ParserError> {
     skip_words(parser, 3);
     let name = parser.parse_object_name(false)?;

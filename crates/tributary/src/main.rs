@@ -53,6 +53,11 @@ struct ServeArgs {
     /// sys_stream_scan_errors (Redshift's limit is 1,024,000).
     #[arg(long, default_value_t = 1_024_000, env = "TRIBUTARY_MAX_RECORD_BYTES")]
     max_record_bytes: usize,
+    /// A mirror table folds its stored changes into its base rows (one rewrite) once there
+    /// are at least this many of them and at least a quarter of the base; reads merge the
+    /// changes in until then.
+    #[arg(long, default_value_t = 500_000, env = "TRIBUTARY_MIRROR_FOLD_CHANGES")]
+    mirror_fold_changes: u64,
     /// The Kinesis endpoint for `CREATE EXTERNAL SCHEMA ... FROM KINESIS`, overriding the AWS
     /// SDK's configuration chain (which also reads AWS_ENDPOINT_URL_KINESIS).
     #[arg(long, env = "TRIBUTARY_KINESIS_ENDPOINT")]
@@ -104,6 +109,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             refresh_interval: std::time::Duration::from_millis(args.refresh_interval_ms.max(10)),
             max_record_bytes: args.max_record_bytes,
             kinesis_endpoint: args.kinesis_endpoint.clone(),
+            mirror_fold_changes: args.mirror_fold_changes.max(1),
             ..Default::default()
         });
         let listener = tributary_wire::bind(args.listen)

@@ -13,6 +13,7 @@
 
 mod aggregate;
 mod errors;
+pub(crate) mod mirror;
 mod pipeline;
 mod query_view;
 mod runner;
@@ -292,6 +293,7 @@ pub(crate) async fn create_materialized_view(
             .any(|(k, v)| k == "auto_refresh" && v == "yes"),
         positions: serde_json::Value::Null,
         aggregate: layout,
+        mirror: None,
     }));
     let handle = session.engine().storage.table(&table.path)?;
     session.catalogs().record_created(&table.path);
@@ -556,7 +558,8 @@ async fn compile(
     aggregate::analyse(&mut query)?;
     pipeline::bind_stream(&mut query, state, &view.database, &view.schema)?;
     let pipeline = Pipeline::compile(engine, &table.owner, &view.database, &query).await?;
-    if pipeline.output.fields().len() != table.columns.len() {
+    // A mirror's query passes the records through; it decodes them itself.
+    if mv.mirror.is_none() && pipeline.output.fields().len() != table.columns.len() {
         return Err(Error::Internal(format!(
             "the query of \"{}\" no longer produces its columns",
             view.name
@@ -651,7 +654,11 @@ pub(crate) async fn round(
                 ),
             ));
         }
-        if !usable.is_empty() {
+        if !usable.is_empty() && mv.mirror.is_some() {
+            let (stored, rejected) = mirror::apply(catalogs, view, &usable).await?;
+            stats.rows += stored;
+            skipped.extend(rejected);
+        } else if !usable.is_empty() {
             let input = tributary_ingest::records_to_batch(&usable, refresh_micros);
             let (rows, failures) = pipeline.transform(&input, &slot.table.columns).await;
             for (row, reason) in failures {

@@ -72,6 +72,7 @@ pub(super) async fn create(
         auto_refresh: false,
         positions: serde_json::Value::Null,
         aggregate: None,
+        mirror: None,
     }));
     let handle = session.engine().storage.table(&table.path)?;
     session.catalogs().record_created(&table.path);

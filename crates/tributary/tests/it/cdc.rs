@@ -14,7 +14,10 @@ use tributary_testkit::{KinesisFlavor, KinesisServer, TestServer};
 use crate::streaming::{create_stream, kinesis, put, settings};
 
 /// Rows of a query as text (the simple protocol's rendering), for comparison with a model.
-async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+pub(crate) async fn text_rows(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Vec<Vec<Option<String>>> {
     client
         .simple_query(sql)
         .await

@@ -9,6 +9,7 @@ mod copy;
 mod durability;
 mod errors;
 mod maintenance;
+mod mirror;
 mod s3;
 mod slt;
 mod streaming;

@@ -1,0 +1,1045 @@
+//! Mirror tables: a keyed copy of a source table, kept from a stream of change records
+//! (`CREATE MIRROR TABLE`).
+//!
+//! A mirror is a streaming materialized view whose rounds apply changes by key instead of
+//! appending rows, so it shares the view's reader, positions, runner and scan-error log: a
+//! round's changes and the new stream positions land in one catalog commit.
+//!
+//! Storage is merge-on-read, so that applying a batch costs the batch and not the table. The
+//! Delta table holds the declared columns and three hidden ones: [`ORDER_COLUMN`] (the
+//! change's ordering value, encoded so that byte order is value order), [`DELETED_COLUMN`]
+//! (a tombstone) and [`SEQUENCE_COLUMN`] (0 for a folded base row, else the apply sequence of
+//! a stored change). A round appends the newest change of each key it read. A reader sees a
+//! base row unless a stored change of its key is at least as new, and the newest stored
+//! change of a key unless a base row is newer or the change is a delete. Comparing orders on
+//! both sides makes replays and out-of-order changes harmless: an older change never wins.
+//! When the stored changes outgrow a share of the base, the round folds them into a new base
+//! (one rewrite, tombstones kept so that a late older change stays ignored).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field};
+use arrow::row::{RowConverter, SortField};
+use datafusion::catalog::TableProvider;
+use datafusion::catalog::view::ViewTable;
+use datafusion::datasource::provider_as_source;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{
+    ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, col, lit,
+};
+use datafusion::prelude::Expr;
+use datafusion::sql::sqlparser::ast::{CreateTable, ObjectName};
+use serde_json::{Map, Value};
+use tributary_catalog::{
+    ChangeFormat, Constraint, MaterializedView, MirrorSpec, Relation, SqlType, Table, ViewInput,
+};
+use tributary_ingest::StreamRecord;
+
+use super::{ScanError, ViewId};
+use crate::catalog_list::SessionCatalogs;
+use crate::session::{Output, Session};
+use crate::syntax::MirrorClauses;
+use crate::transaction::WriteKind;
+use crate::{Error, Result};
+
+/// The hidden column holding a change's ordering value (see [`order_bytes`]).
+pub(crate) const ORDER_COLUMN: &str = "__tributary_order";
+/// The hidden column marking a deleted key (a tombstone).
+pub(crate) const DELETED_COLUMN: &str = "__tributary_deleted";
+/// The hidden column: 0 for a folded base row, else the change's apply sequence.
+pub(crate) const SEQUENCE_COLUMN: &str = "__tributary_sequence";
+/// A round folds the stored changes into the base once there are at least
+/// `StreamingSettings::mirror_fold_changes` of them and at least this fraction of the base.
+const FOLD_BASE_FRACTION: u64 = 4;
+
+/// The scan-error codes of change records that cannot be applied.
+const INVALID_JSON: &str = "invalid_json";
+const INVALID_CHANGE: &str = "invalid_change";
+
+/// The hidden columns of a mirror's Delta table, after the declared ones.
+pub(crate) fn hidden_fields() -> Vec<Field> {
+    vec![
+        Field::new(ORDER_COLUMN, DataType::Binary, true),
+        Field::new(DELETED_COLUMN, DataType::Boolean, true),
+        Field::new(SEQUENCE_COLUMN, DataType::Int64, true),
+    ]
+}
+
+/// The mirror part of a table's definition, if it is a mirror table.
+pub(crate) fn spec(table: &Table) -> Option<&MirrorSpec> {
+    table.materialized.as_ref()?.mirror.as_ref()
+}
+
+/// Refuses a client's write (INSERT, COPY, UPDATE, DELETE, MERGE, TRUNCATE, ALTER of
+/// columns) to a mirror table: its rows come from its change stream.
+pub(crate) fn refuse_write(table: &Table, name: &str) -> Result<()> {
+    match spec(table) {
+        Some(_) => Err(Error::WrongObjectType(format!(
+            "cannot change mirror table \"{name}\": its rows come from its change stream"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `CREATE MIRROR TABLE`, carried as a `CREATE TABLE` with the mirror clauses.
+pub(crate) async fn create(
+    session: &mut Session,
+    create: CreateTable,
+    clauses: MirrorClauses,
+) -> Result<Output> {
+    if create.query.is_some() || create.like.is_some() || create.temporary {
+        return Err(Error::InvalidStatement(
+            "a mirror table is declared with its columns: CREATE MIRROR TABLE name (column type, ..., PRIMARY KEY (column, ...)) FROM ...".into(),
+        ));
+    }
+    let (schema, name) = session.resolve_for_create(&create.name)?;
+    let database = session.database().to_string();
+    let pinned = session.catalogs().pinned();
+    pinned.schema(&database, &schema)?;
+    if pinned.relation(&database, &schema, &name).is_some() {
+        if create.if_not_exists {
+            session.notice(format!("relation \"{name}\" already exists, skipping"));
+            return Ok(Output::command("CREATE TABLE"));
+        }
+        return Err(Error::Duplicate {
+            kind: "relation",
+            name,
+        });
+    }
+    let mut columns = crate::ddl::declared_columns(&create.columns)?;
+    for column in &columns {
+        if column.name.starts_with("__tributary_") {
+            return Err(Error::InvalidStatement(format!(
+                "column name \"{}\" is reserved for the mirror's bookkeeping",
+                column.name
+            )));
+        }
+        if column.identity.is_some() || column.default.is_some() {
+            return Err(Error::InvalidStatement(format!(
+                "column \"{}\" of a mirror table cannot have IDENTITY or DEFAULT: its values come from the change stream",
+                column.name
+            )));
+        }
+        if matches!(column.sql_type, SqlType::Time | SqlType::Varbyte { .. }) {
+            return Err(Error::NotSupported(format!(
+                "column \"{}\": a mirror table cannot hold {} yet",
+                column.name,
+                column.sql_type.display_name()
+            )));
+        }
+    }
+    let constraints = crate::ddl::constraints(&create.columns, &create.constraints);
+    let key = constraints
+        .iter()
+        .find_map(|c| match c {
+            Constraint::PrimaryKey { columns } => Some(columns.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Error::InvalidStatement(
+                "a mirror table needs a PRIMARY KEY: changes replace and delete rows by it".into(),
+            )
+        })?;
+    for part in &key {
+        let column = columns
+            .iter_mut()
+            .find(|c| &c.name == part)
+            .ok_or_else(|| {
+                Error::UndefinedColumn(format!(
+                    "primary key column \"{part}\" is not a column of the table"
+                ))
+            })?;
+        column.nullable = false;
+    }
+    let (source_schema, stream) = match clauses.source.as_slice() {
+        [schema, stream] => (schema.clone(), stream.clone()),
+        _ => {
+            return Err(Error::InvalidStatement(
+                "a mirror table reads a stream of an external schema: FROM schema.\"stream\""
+                    .into(),
+            ));
+        }
+    };
+    let external = pinned
+        .schema(&database, &source_schema)
+        .ok()
+        .and_then(|s| s.external.as_ref());
+    if external.is_none() {
+        let what = match pinned.relation(&database, &source_schema, &stream) {
+            Some(_) => format!(
+                "\"{source_schema}\".\"{stream}\" is a relation, not a stream; name the stream the view reads"
+            ),
+            None => format!("\"{source_schema}\" is not an external schema"),
+        };
+        return Err(Error::InvalidStatement(format!(
+            "a mirror table reads a stream of an external schema (CREATE EXTERNAL SCHEMA ... FROM KINESIS): {what}"
+        )));
+    }
+    let format = match (clauses.format.as_str(), clauses.operation_column) {
+        ("debezium", _) => ChangeFormat::Debezium,
+        ("dms", _) => ChangeFormat::Dms,
+        ("dynamodb", _) => ChangeFormat::Dynamodb,
+        ("operation", Some(column)) => ChangeFormat::Operation { column },
+        (other, _) => {
+            return Err(Error::Syntax(format!("unknown change format {other}")));
+        }
+    };
+    let owner = session.user().to_string();
+    let mut table = super::view_table(&database, &schema, &name, &owner, columns, &[]);
+    table.constraints = constraints;
+    // The stream's records pass through as they are: the mirror decodes them itself.
+    let sql = format!(
+        "SELECT shard_id, sequence_number, kinesis_data FROM {}.{}",
+        quote(&source_schema),
+        quote(&stream)
+    );
+    table.materialized = Some(Box::new(MaterializedView {
+        sql,
+        input: ViewInput::Stream,
+        source_schema,
+        stream,
+        auto_refresh: clauses.auto_refresh,
+        positions: Value::Null,
+        aggregate: None,
+        mirror: Some(MirrorSpec {
+            format,
+            key,
+            order: clauses.order,
+            next_sequence: 1,
+            unfolded: 0,
+            base_rows: 0,
+        }),
+    }));
+    let handle = session.engine().storage.table(&table.path)?;
+    session.catalogs().record_created(&table.path);
+    table.version = handle.create(&crate::ddl::storage_schema(&table)).await?;
+    session.catalogs().modify(|state| {
+        table.oid = state.allocate_oid();
+        state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
+    })?;
+    Ok(Output::command("CREATE TABLE"))
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// One change record, decoded.
+#[derive(Debug, Clone, PartialEq)]
+struct Change {
+    delete: bool,
+    order: Vec<u8>,
+    /// The row after the change (for a delete: a row with at least the key).
+    image: Map<String, Value>,
+}
+
+/// Why a record was not applied: (scan-error code, reason).
+type Rejection = (&'static str, String);
+
+/// Decodes one change record. `Ok(None)` is a record that carries no change (a Debezium
+/// tombstone, a DMS control record, a Debezium message event).
+fn decode(
+    spec: &MirrorSpec,
+    record: &StreamRecord,
+) -> std::result::Result<Option<Change>, Rejection> {
+    let value: Value = serde_json::from_slice(&record.data).map_err(|e| {
+        (
+            INVALID_JSON,
+            format!("the change record is not valid JSON: {e}"),
+        )
+    })?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    let Value::Object(object) = value else {
+        return Err(invalid("the change record is not a JSON object".into()));
+    };
+    let (delete, image, root) = match &spec.format {
+        ChangeFormat::Debezium => {
+            // With the schema envelope, the change is the payload.
+            let payload = match (object.get("schema"), object.get("payload")) {
+                (Some(_), Some(Value::Object(payload))) => payload,
+                (Some(_), Some(Value::Null)) => return Ok(None),
+                _ => &object,
+            };
+            let op = payload
+                .get("op")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("the Debezium record has no \"op\"".into()))?;
+            let row = |side: &str| match payload.get(side) {
+                Some(Value::Object(row)) => Ok(row.clone()),
+                _ => Err(invalid(format!(
+                    "the Debezium \"{op}\" record has no \"{side}\" row{}",
+                    if side == "before" {
+                        " (the source table needs REPLICA IDENTITY with the key)"
+                    } else {
+                        ""
+                    }
+                ))),
+            };
+            match op {
+                "c" | "r" | "u" => (false, row("after")?, payload),
+                "d" => (true, row("before")?, payload),
+                "m" => return Ok(None),
+                "t" => {
+                    return Err(invalid(
+                        "a Debezium truncate event is not applied to a mirror table".into(),
+                    ));
+                }
+                other => return Err(invalid(format!("unknown Debezium op \"{other}\""))),
+            }
+        }
+        ChangeFormat::Dms => {
+            let metadata = object
+                .get("metadata")
+                .and_then(Value::as_object)
+                .ok_or_else(|| invalid("the DMS record has no \"metadata\"".into()))?;
+            if metadata
+                .get("record-type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t != "data")
+            {
+                return Ok(None);
+            }
+            let operation = metadata
+                .get("operation")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("the DMS record has no \"metadata.operation\"".into()))?;
+            let delete = match operation.to_ascii_lowercase().as_str() {
+                "insert" | "update" | "load" => false,
+                "delete" => true,
+                other => return Err(invalid(format!("unknown DMS operation \"{other}\""))),
+            };
+            let data = object
+                .get("data")
+                .and_then(Value::as_object)
+                .ok_or_else(|| invalid("the DMS record has no \"data\" row".into()))?;
+            (delete, data.clone(), &object)
+        }
+        ChangeFormat::Dynamodb => {
+            let event = object
+                .get("eventName")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("the DynamoDB record has no \"eventName\"".into()))?;
+            let dynamodb = object
+                .get("dynamodb")
+                .and_then(Value::as_object)
+                .ok_or_else(|| invalid("the DynamoDB record has no \"dynamodb\"".into()))?;
+            let image = |name: &str| -> std::result::Result<Map<String, Value>, Rejection> {
+                match dynamodb.get(name) {
+                    Some(Value::Object(item)) => dynamo_item(item).map_err(invalid),
+                    _ => Ok(Map::new()),
+                }
+            };
+            let keys = image("Keys")?;
+            let (delete, mut row) = match event {
+                "INSERT" | "MODIFY" => {
+                    if !dynamodb.contains_key("NewImage") {
+                        return Err(invalid(format!(
+                            "the DynamoDB {event} record has no \"NewImage\" (the stream view type must include new images)"
+                        )));
+                    }
+                    (false, image("NewImage")?)
+                }
+                "REMOVE" => (true, image("OldImage")?),
+                other => return Err(invalid(format!("unknown DynamoDB eventName \"{other}\""))),
+            };
+            for (key, value) in keys {
+                row.insert(key, value);
+            }
+            (delete, row, &object)
+        }
+        ChangeFormat::Operation { column } => {
+            let op = lookup(&object, column)
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    invalid(format!("the record has no operation column \"{column}\""))
+                })?;
+            let delete = match op.to_ascii_uppercase().as_str() {
+                "I" | "INSERT" | "U" | "UPDATE" => false,
+                "D" | "DELETE" => true,
+                other => {
+                    return Err(invalid(format!(
+                        "unknown operation \"{other}\" (expected I, U or D)"
+                    )));
+                }
+            };
+            (delete, object.clone(), &object)
+        }
+    };
+    let order = match &spec.order {
+        None => order_bytes(&Value::String(record.sequence_number.clone())),
+        Some(path) => {
+            let mut value = Some(root);
+            let mut current: Option<&Value> = None;
+            for key in path {
+                current = value.and_then(|object| lookup(object, key));
+                value = current.and_then(Value::as_object);
+            }
+            let path = path.join(".");
+            let current = current
+                .filter(|v| !v.is_null())
+                .ok_or_else(|| invalid(format!("the change has no ordering value at {path}")))?;
+            Some(order_bytes(current).ok_or_else(|| {
+                invalid(format!(
+                    "the ordering value at {path} is not a number or a string: {current}"
+                ))
+            })?)
+        }
+    };
+    let order = order.ok_or_else(|| invalid("the record has no stream position".into()))?;
+    Ok(Some(Change {
+        delete,
+        order,
+        image,
+    }))
+}
+
+fn invalid(reason: String) -> Rejection {
+    (INVALID_CHANGE, reason)
+}
+
+/// A key of a JSON object: exactly, else ignoring ASCII case (source systems and Redshift
+/// disagree on the case of names).
+fn lookup<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    object.get(key).or_else(|| {
+        object
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+/// A DynamoDB item (`{"name": {"S": "x"}, ...}`) as plain JSON.
+fn dynamo_item(item: &Map<String, Value>) -> std::result::Result<Map<String, Value>, String> {
+    item.iter()
+        .map(|(name, value)| Ok((name.clone(), dynamo_value(value)?)))
+        .collect()
+}
+
+fn dynamo_value(value: &Value) -> std::result::Result<Value, String> {
+    let typed = value
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.iter().next())
+        .ok_or_else(|| format!("not a DynamoDB attribute value: {value}"))?;
+    let number = |text: &Value| -> std::result::Result<Value, String> {
+        let text = text
+            .as_str()
+            .ok_or_else(|| format!("a DynamoDB number must be a string: {text}"))?;
+        // A number JSON cannot spell (leading zeros) stays text; it still converts to a
+        // numeric column.
+        Ok(serde_json::from_str::<serde_json::Number>(text)
+            .map(Value::Number)
+            .unwrap_or_else(|_| Value::String(text.to_string())))
+    };
+    Ok(match (typed.0.as_str(), typed.1) {
+        ("S" | "B", v) => v.clone(),
+        ("N", v) => number(v)?,
+        ("BOOL", v) => v.clone(),
+        ("NULL", _) => Value::Null,
+        ("M", Value::Object(map)) => Value::Object(dynamo_item(map)?),
+        ("L", Value::Array(items)) => Value::Array(
+            items
+                .iter()
+                .map(dynamo_value)
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        ("SS" | "BS", Value::Array(items)) => Value::Array(items.clone()),
+        ("NS", Value::Array(items)) => Value::Array(
+            items
+                .iter()
+                .map(number)
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        (other, _) => return Err(format!("unknown DynamoDB attribute type \"{other}\"")),
+    })
+}
+
+/// An ordering value as bytes whose lexicographic order is the values' order: numbers (JSON
+/// numbers, or strings of digits such as DynamoDB and Kinesis sequence numbers) by value,
+/// and other strings (ISO timestamps) as text, after every number. None for other JSON.
+pub(crate) fn order_bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Number(n) => number_bytes(&n.to_string()),
+        Value::String(s) => number_bytes(s).or_else(|| {
+            let mut bytes = vec![b'S'];
+            bytes.extend_from_slice(s.as_bytes());
+            Some(bytes)
+        }),
+        _ => None,
+    }
+}
+
+/// `[-]digits[.digits]` as order-preserving bytes: a sign byte, the integer part's length
+/// (complemented for negatives), then the digits (complemented for negatives, which end with
+/// a byte above every digit so that a longer fraction sorts first).
+fn number_bytes(text: &str) -> Option<Vec<u8>> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let length = u16::try_from(int.len()).ok()?;
+    let negative = negative && !(int.is_empty() && frac.is_empty());
+    let mut bytes = Vec::with_capacity(4 + int.len() + frac.len());
+    if negative {
+        bytes.push(b'N');
+        bytes.extend_from_slice(&(u16::MAX - length).to_be_bytes());
+        bytes.extend(int.bytes().chain(frac.bytes()).map(|d| b'9' - d + b'0'));
+        bytes.push(b'~');
+    } else {
+        bytes.push(b'P');
+        bytes.extend_from_slice(&length.to_be_bytes());
+        bytes.extend(int.bytes().chain(frac.bytes()));
+    }
+    Some(bytes)
+}
+
+/// What one batch of records produced: the rows to store (stored schema) and the records
+/// that were rejected, by index.
+struct Decoded {
+    rows: Option<RecordBatch>,
+    rejected: Vec<(usize, Rejection)>,
+}
+
+/// Turns records into the mirror's stored rows: decodes each, converts its values to the
+/// declared types, and keeps the newest change of each key. `first_sequence` numbers the
+/// kept changes in stream order.
+fn changes(
+    table: &Table,
+    spec: &MirrorSpec,
+    records: &[&StreamRecord],
+    first_sequence: i64,
+) -> Result<Decoded> {
+    let mut rejected = Vec::new();
+    let mut decoded: Vec<(usize, Change)> = Vec::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        match decode(spec, record) {
+            Ok(Some(change)) => decoded.push((index, change)),
+            Ok(None) => {}
+            Err(rejection) => rejected.push((index, rejection)),
+        }
+    }
+    // Each column's values as text (SUPER as JSON text), as COPY converts them.
+    let mut bad: Vec<Option<String>> = vec![None; decoded.len()];
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(table.columns.len() + 3);
+    for column in &table.columns {
+        let is_key = spec.key.contains(&column.name);
+        let values: Vec<Option<String>> = decoded
+            .iter()
+            .map(|(_, change)| {
+                if change.delete && !is_key {
+                    return None;
+                }
+                match lookup(&change.image, &column.name) {
+                    None | Some(Value::Null) => None,
+                    Some(value) if column.sql_type == SqlType::Super => Some(value.to_string()),
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(other) => Some(other.to_string()),
+                }
+            })
+            .collect();
+        let array = if column.sql_type == SqlType::Super {
+            Arc::new(arrow::array::StringArray::from(values.clone())) as ArrayRef
+        } else {
+            let (array, failures) =
+                crate::copy::convert_column(&values, &column.sql_type, Some("auto"), Some("auto"))?;
+            for (row, failure) in failures {
+                bad[row].get_or_insert_with(|| format!("column \"{}\": {failure}", column.name));
+            }
+            array
+        };
+        for (row, value) in values.iter().enumerate() {
+            if bad[row].is_some() {
+                continue;
+            }
+            match value {
+                None if is_key => {
+                    bad[row] = Some(format!(
+                        "the change has no value for key column \"{}\"",
+                        column.name
+                    ));
+                }
+                None if !column.nullable && !decoded[row].1.delete => {
+                    bad[row] = Some(format!(
+                        "the change has no value for NOT NULL column \"{}\"",
+                        column.name
+                    ));
+                }
+                Some(text) => {
+                    if let Some(length) = column.sql_type.length() {
+                        let bytes = match column.sql_type {
+                            SqlType::Char { .. } => text.trim_end_matches(' ').len(),
+                            _ => text.len(),
+                        };
+                        if bytes > length as usize {
+                            bad[row] = Some(format!(
+                                "column \"{}\": value too long for type {} ({bytes} bytes)",
+                                column.name,
+                                column.sql_type.display_name()
+                            ));
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        arrays.push(arrow::compute::cast(
+            &array,
+            &column.sql_type.to_storage_arrow(),
+        )?);
+    }
+    let orders = BinaryArray::from_iter_values(decoded.iter().map(|(_, c)| c.order.as_slice()));
+    let deleted = BooleanArray::from_iter(decoded.iter().map(|(_, c)| Some(c.delete)));
+    arrays.push(Arc::new(orders));
+    arrays.push(Arc::new(deleted));
+    arrays.push(Arc::new(Int64Array::from(vec![0i64; decoded.len()])));
+    let schema = Arc::new(crate::ddl::storage_schema(table));
+    // Rejected rows may lack their key: nullable until they are filtered out.
+    let nullable: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let all = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(nullable)), arrays)?;
+    for (row, reason) in bad.iter().enumerate() {
+        if let Some(reason) = reason {
+            rejected.push((decoded[row].0, invalid(reason.clone())));
+        }
+    }
+    // The newest change of each key: by order, then by stream position.
+    let key_indices: Vec<usize> = spec
+        .key
+        .iter()
+        .filter_map(|k| table.columns.iter().position(|c| &c.name == k))
+        .collect();
+    let converter = RowConverter::new(
+        key_indices
+            .iter()
+            .map(|&i| SortField::new(all.column(i).data_type().clone()))
+            .collect(),
+    )?;
+    let keys = converter.convert_columns(
+        &key_indices
+            .iter()
+            .map(|&i| all.column(i).clone())
+            .collect::<Vec<_>>(),
+    )?;
+    let mut newest: HashMap<&[u8], usize> = HashMap::new();
+    for row in 0..decoded.len() {
+        if bad[row].is_some() {
+            continue;
+        }
+        let key = keys.row(row);
+        newest
+            .entry(key.data())
+            .and_modify(|kept| {
+                if decoded[row].1.order >= decoded[*kept].1.order {
+                    *kept = row;
+                }
+            })
+            .or_insert(row);
+    }
+    let mut kept: Vec<u32> = newest.into_values().map(|row| row as u32).collect();
+    kept.sort_unstable();
+    rejected.sort_by_key(|(index, _)| *index);
+    if kept.is_empty() {
+        return Ok(Decoded {
+            rows: None,
+            rejected,
+        });
+    }
+    let indices = UInt32Array::from(kept);
+    let mut columns: Vec<ArrayRef> = all
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c, &indices, None))
+        .collect::<std::result::Result<_, _>>()?;
+    let sequences: Int64Array = (0..indices.len() as i64)
+        .map(|i| Some(first_sequence + i))
+        .collect();
+    *columns.last_mut().expect("the sequence column") = Arc::new(sequences);
+    Ok(Decoded {
+        rows: Some(RecordBatch::try_new(schema, columns)?),
+        rejected,
+    })
+}
+
+/// Applies one read's usable records to the mirror in the round's transaction. Returns the
+/// changes stored and the scan errors of the records that were not applied.
+pub(crate) async fn apply(
+    catalogs: &SessionCatalogs,
+    view: &ViewId,
+    records: &[&StreamRecord],
+) -> Result<(u64, Vec<ScanError>)> {
+    let name = [
+        view.database.clone(),
+        view.schema.clone(),
+        view.name.clone(),
+    ];
+    let (stored, rejected, mv) = apply_records(catalogs, &name, records).await?;
+    let errors = rejected
+        .into_iter()
+        .map(|(index, (code, reason))| ScanError::record(view, &mv, records[index], code, reason))
+        .collect();
+    Ok((stored, errors))
+}
+
+/// Applies change records to a mirror table in the current transaction: the newest change of
+/// each key is stored, and the stored changes are folded into the base once they are many.
+/// Returns the changes stored, the records rejected (by index, with why) and the view's
+/// definition as it was.
+async fn apply_records(
+    catalogs: &SessionCatalogs,
+    [database, schema, name]: &[String; 3],
+    records: &[&StreamRecord],
+) -> Result<(u64, Vec<(usize, Rejection)>, MaterializedView)> {
+    let table = catalogs
+        .lock_table(database, schema, name, WriteKind::Rewrite)
+        .await?
+        .table;
+    let mv = table
+        .materialized
+        .as_deref()
+        .cloned()
+        .ok_or_else(|| Error::Internal("a mirror table without its definition".into()))?;
+    let spec = mv
+        .mirror
+        .as_ref()
+        .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
+    let decoded = changes(&table, spec, records, spec.next_sequence)?;
+    let Some(rows) = decoded.rows else {
+        return Ok((0, decoded.rejected, mv));
+    };
+    let stored = rows.num_rows() as u64;
+    let storage = catalogs.engine().storage.table(&table.path)?;
+    let mut version = storage.append(table.version, vec![rows]).await?.version;
+    let mut unfolded = spec.unfolded + stored;
+    let mut base_rows = spec.base_rows;
+    let fold_at = catalogs.engine().streams.settings().mirror_fold_changes;
+    if unfolded >= fold_at.max(base_rows / FOLD_BASE_FRACTION) {
+        (version, base_rows) = fold(catalogs, &table, version).await?;
+        unfolded = 0;
+    }
+    catalogs.record_written(&table.path);
+    catalogs.modify(|state| {
+        let target = state.table_mut(database, schema, name)?;
+        target.version = version;
+        if let Some(spec) = target
+            .materialized
+            .as_mut()
+            .and_then(|mv| mv.mirror.as_mut())
+        {
+            // Every record uses a number: COPY positions its records with them.
+            spec.next_sequence += records.len().max(1) as i64;
+            spec.unfolded = unfolded;
+            spec.base_rows = base_rows;
+        }
+        Ok(())
+    })?;
+    Ok((stored, decoded.rejected, mv))
+}
+
+/// Change records read from files by COPY (one JSON record per line), applied to a mirror
+/// table as a stream read would apply them: a backfill, such as a DMS full load or a
+/// Debezium snapshot exported to files. Their stream position is their place in the input,
+/// after every earlier COPY's and before any stream record (Kinesis sequence numbers are far
+/// larger).
+/// Returns the changes stored and the rejected lines (line number, the line, why).
+pub(crate) async fn copy_records(
+    catalogs: &SessionCatalogs,
+    name: &[String; 3],
+    bytes: &[u8],
+) -> Result<(u64, Vec<(i64, String, String)>)> {
+    const CHUNK: usize = 100_000;
+    let lines: Vec<(i64, &[u8])> = bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, line)| (i as i64 + 1, line.trim_ascii()))
+        .filter(|(_, line)| !line.is_empty())
+        .collect();
+    let mut stored = 0;
+    let mut rejected = Vec::new();
+    for chunk in lines.chunks(CHUNK) {
+        let base = catalogs
+            .pinned()
+            .table(&name[0], &name[1], &name[2])
+            .ok()
+            .and_then(|t| spec(t).map(|s| s.next_sequence))
+            .unwrap_or(1);
+        let records: Vec<StreamRecord> = chunk
+            .iter()
+            .enumerate()
+            .map(|(index, (_, data))| StreamRecord {
+                shard_id: "copy".into(),
+                sequence_number: (base + index as i64).to_string(),
+                partition_key: String::new(),
+                arrival_micros: 0,
+                data: bytes::Bytes::copy_from_slice(data),
+            })
+            .collect();
+        let refs: Vec<&StreamRecord> = records.iter().collect();
+        let (count, bad, _) = apply_records(catalogs, name, &refs).await?;
+        stored += count;
+        for (index, (_, reason)) in bad {
+            let (line, data) = chunk[index];
+            rejected.push((line, String::from_utf8_lossy(data).to_string(), reason));
+        }
+    }
+    Ok((stored, rejected))
+}
+
+/// `VACUUM [table]`: folds a mirror table's stored changes into its base now (without a
+/// name, every mirror table of the database). Other tables need nothing: background
+/// maintenance compacts and vacuums them.
+pub(crate) async fn vacuum(session: &mut Session, name: Option<ObjectName>) -> Result<Output> {
+    let database = session.database().to_string();
+    let pinned = session.catalogs().pinned();
+    let targets: Vec<(String, String)> = match name {
+        Some(name) => vec![session.resolve_existing(&name)?],
+        None => pinned
+            .databases
+            .get(&database)
+            .into_iter()
+            .flat_map(|db| &db.schemas)
+            .flat_map(|(schema, s)| {
+                s.relations
+                    .iter()
+                    .filter_map(move |(name, relation)| match relation {
+                        Relation::Table(t) if spec(t).is_some() => {
+                            Some((schema.clone(), name.clone()))
+                        }
+                        _ => None,
+                    })
+            })
+            .collect(),
+    };
+    let autocommit = !session.catalogs().in_explicit_transaction();
+    for (schema, name) in targets {
+        let is_mirror = matches!(
+            session.catalogs().pinned().relation(&database, &schema, &name),
+            Some(Relation::Table(t)) if spec(t).is_some()
+        );
+        if !is_mirror {
+            continue;
+        }
+        if autocommit {
+            session
+                .catalogs()
+                .prelock(&database, &schema, &name)
+                .await?;
+        }
+        let catalogs = session.catalogs();
+        let table = catalogs
+            .lock_table(&database, &schema, &name, WriteKind::Rewrite)
+            .await?
+            .table;
+        if spec(&table).is_some_and(|s| s.unfolded == 0) {
+            continue;
+        }
+        let (version, rows) = fold(catalogs, &table, table.version).await?;
+        catalogs.record_written(&table.path);
+        catalogs.modify(|state| {
+            let target = state.table_mut(&database, &schema, &name)?;
+            target.version = version;
+            if let Some(spec) = target
+                .materialized
+                .as_mut()
+                .and_then(|mv| mv.mirror.as_mut())
+            {
+                spec.unfolded = 0;
+                spec.base_rows = rows;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(Output::command("VACUUM"))
+}
+
+/// Rewrites the mirror's rows as one base (tombstones kept, stored changes merged), on top of
+/// `version`. Returns the new version and its row count.
+async fn fold(catalogs: &SessionCatalogs, table: &Table, version: u64) -> Result<(u64, u64)> {
+    let storage = catalogs.engine().storage.table(&table.path)?;
+    let delta = storage.provider(version).await?;
+    let spec = spec(table).ok_or_else(|| Error::Internal("not a mirror table".into()))?;
+    let plan = merged_plan(delta, table, spec, true)?;
+    let context = crate::session::expression_context();
+    let batches = context.execute_logical_plan(plan).await?.collect().await?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let schema = Arc::new(crate::ddl::storage_schema(table));
+    let batches = batches
+        .iter()
+        .map(|b| crate::ddl::cast_batch(b, &schema))
+        .collect::<Result<Vec<_>>>()?;
+    let version = storage.overwrite(version, batches, &schema).await?;
+    tracing::debug!(table = %table.path, rows, "folded the mirror's changes into its base");
+    Ok((version, rows as u64))
+}
+
+/// The table readers see: the merge of the base rows and the stored changes.
+pub(crate) fn reader(
+    delta: Arc<dyn TableProvider>,
+    table: &Table,
+) -> Result<Arc<dyn TableProvider>> {
+    let spec = spec(table).ok_or_else(|| Error::Internal("not a mirror table".into()))?;
+    let plan = merged_plan(delta, table, spec, false)?;
+    Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+/// The merge of base rows and stored changes: with `fold`, every column and the tombstones,
+/// as a new base (sequence 0); else the declared columns of the live rows.
+fn merged_plan(
+    delta: Arc<dyn TableProvider>,
+    table: &Table,
+    spec: &MirrorSpec,
+    fold: bool,
+) -> Result<LogicalPlan> {
+    let source = provider_as_source(delta);
+    let base = |alias: &str| -> Result<LogicalPlanBuilder> {
+        Ok(LogicalPlanBuilder::scan(alias, source.clone(), None)?
+            .filter(col(SEQUENCE_COLUMN).eq(lit(0i64)))?)
+    };
+    let all_columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| c.name.clone())
+        .chain([ORDER_COLUMN, DELETED_COLUMN, SEQUENCE_COLUMN].map(String::from))
+        .collect();
+    let keys: Vec<Expr> = spec
+        .key
+        .iter()
+        .map(|k| Expr::Column(datafusion::common::Column::new_unqualified(k)))
+        .collect();
+    // The newest stored change of each key.
+    let newest = row_number()
+        .partition_by(keys)
+        .order_by(vec![
+            col(ORDER_COLUMN).sort(false, false),
+            col(SEQUENCE_COLUMN).sort(false, false),
+        ])
+        .build()?
+        .alias("__tributary_rank");
+    let latest = LogicalPlanBuilder::scan("c", source.clone(), None)?
+        .filter(col(SEQUENCE_COLUMN).gt(lit(0i64)))?
+        .window(vec![newest])?
+        .filter(col("__tributary_rank").eq(lit(1u64)))?
+        .project(all_columns.iter().map(|c| column("c", c)))?
+        .alias("l")?
+        .build()?;
+    let same_key = |left: &str, right: &str| -> Vec<Expr> {
+        spec.key
+            .iter()
+            .map(|k| column(left, k).eq(column(right, k)))
+            .collect()
+    };
+    let order = |alias: &str| column(alias, ORDER_COLUMN);
+    // Base rows no stored change of their key supersedes...
+    let mut on = same_key("b", "l");
+    on.push(order("l").gt_eq(order("b")));
+    let kept_base = base("b")?.join_on(latest.clone(), JoinType::LeftAnti, on)?;
+    // ...and the newest changes no base row supersedes.
+    let mut on = same_key("l", "b");
+    on.push(order("b").gt(order("l")));
+    let kept_changes =
+        LogicalPlanBuilder::from(latest).join_on(base("b")?.build()?, JoinType::LeftAnti, on)?;
+    let output = |builder: LogicalPlanBuilder, alias: &str| -> Result<LogicalPlan> {
+        let columns = table
+            .columns
+            .iter()
+            .map(|c| column(alias, &c.name).alias(c.name.clone()));
+        let builder = if fold {
+            let hidden = [
+                column(alias, ORDER_COLUMN).alias(ORDER_COLUMN),
+                column(alias, DELETED_COLUMN).alias(DELETED_COLUMN),
+                lit(0i64).alias(SEQUENCE_COLUMN),
+            ];
+            builder.project(columns.chain(hidden))?
+        } else {
+            builder
+                .filter(column(alias, DELETED_COLUMN).eq(lit(false)))?
+                .project(columns)?
+        };
+        Ok(builder.build()?)
+    };
+    let plan = LogicalPlanBuilder::from(output(kept_base, "b")?)
+        .union(output(kept_changes, "l")?)?
+        .build()?;
+    Ok(plan)
+}
+
+/// A column of a relation in the merge plan, by its exact name.
+fn column(relation: &str, name: &str) -> Expr {
+    Expr::Column(datafusion::common::Column::new(Some(relation), name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(value: Value) -> Vec<u8> {
+        order_bytes(&value).expect("orderable")
+    }
+
+    #[test]
+    fn ordering_values_compare_as_values() {
+        let ascending = [
+            serde_json::json!(-100),
+            serde_json::json!(-2.5),
+            serde_json::json!(-2.25),
+            serde_json::json!(-2),
+            serde_json::json!(0),
+            serde_json::json!(0.5),
+            serde_json::json!(2),
+            serde_json::json!("10"),
+            serde_json::json!(99.9),
+            serde_json::json!(100),
+            serde_json::json!("49590338271490256608559692538361571095921575989136588898"),
+            serde_json::json!("2024-01-01T00:00:00Z"),
+            serde_json::json!("2024-01-02T00:00:00Z"),
+        ];
+        for pair in ascending.windows(2) {
+            assert!(
+                order(pair[0].clone()) < order(pair[1].clone()),
+                "{} < {}",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert_eq!(
+            order(serde_json::json!(7)),
+            order(serde_json::json!("007.0"))
+        );
+        assert_eq!(order_bytes(&serde_json::json!(true)), None);
+    }
+
+    #[test]
+    fn dynamodb_values_become_plain_json() {
+        let item: Map<String, Value> = serde_json::from_str(
+            r#"{"id": {"N": "12"}, "name": {"S": "Zoë"}, "tags": {"SS": ["a"]},
+                "address": {"M": {"zip": {"N": "2134"}, "gone": {"NULL": true}}},
+                "ok": {"BOOL": false}, "list": {"L": [{"N": "1.5"}, {"S": "x"}]}}"#,
+        )
+        .unwrap();
+        let plain = dynamo_item(&item).unwrap();
+        assert_eq!(
+            Value::Object(plain),
+            serde_json::json!({"id": 12, "name": "Zoë", "tags": ["a"],
+                "address": {"zip": 2134, "gone": null}, "ok": false, "list": [1.5, "x"]})
+        );
+        let bad: Map<String, Value> = serde_json::from_str(r#"{"id": {"X": "1"}}"#).unwrap();
+        assert!(dynamo_item(&bad).unwrap_err().contains("\"X\""));
+    }
+}

@@ -1,0 +1,658 @@
+//! Declarative mirror tables (`CREATE MIRROR TABLE`), end to end from a Kinesis-compatible
+//! stream, in each change format: after every refresh the mirror equals a reference model of
+//! the source table, row for row, on adversarial change streams (many changes of one key in
+//! one batch, delete then re-insert, a key changed across refreshes, out-of-order sequence
+//! numbers, gaps, nulls, unicode, replays, bad records). Also: continuous mirroring, writes
+//! refused, and kill -9 during mirroring.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tributary_sql::StreamingSettings;
+use tributary_testkit::{KinesisFlavor, KinesisServer, TestServer};
+
+use crate::durability::{connect, spawn_server};
+use crate::streaming::{create_stream, kinesis, put};
+
+/// One row of the source table.
+#[derive(Clone, Debug, PartialEq)]
+struct Row {
+    name: Option<String>,
+    price_cents: Option<i64>,
+    qty: i64,
+    active: bool,
+    attrs: Option<Value>,
+}
+
+/// One change of the source table; `seq` is its commit order (with gaps).
+#[derive(Clone, Debug)]
+struct Change {
+    seq: u64,
+    id: i64,
+    op: char,
+    before: Option<Row>,
+    row: Row,
+}
+
+/// A small deterministic generator (no seeding crate needed for a test).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % bound
+    }
+}
+
+/// `n` changes over a handful of keys, so that one batch holds many changes of one key and
+/// keys are deleted and inserted again. Sequence numbers leave gaps.
+fn changes(n: usize, seed: u64) -> Vec<Change> {
+    let mut rng = Lcg(seed);
+    let mut live: BTreeMap<i64, Row> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut seq = 1000;
+    for _ in 0..n {
+        seq += 1 + rng.next(3);
+        let id = 1 + rng.next(7) as i64;
+        let row = Row {
+            name: (rng.next(5) != 0).then(|| {
+                format!(
+                    "{} {}",
+                    ["café", "日本", "Zoë", "plain", "a\"quote"][rng.next(5) as usize],
+                    rng.next(100)
+                )
+            }),
+            price_cents: (rng.next(4) != 0).then(|| rng.next(100_000) as i64),
+            qty: rng.next(1000) as i64 - 500,
+            active: rng.next(2) == 1,
+            attrs: (rng.next(3) != 0).then(|| json!({"tags": ["x", "ÿ"], "n": rng.next(9)})),
+        };
+        let before = live.get(&id).cloned();
+        let op = match &before {
+            None => 'c',
+            Some(_) if rng.next(4) == 0 => 'd',
+            Some(_) => 'u',
+        };
+        if op == 'd' {
+            live.remove(&id);
+        } else {
+            live.insert(id, row.clone());
+        }
+        out.push(Change {
+            seq,
+            id,
+            op,
+            before,
+            row,
+        });
+    }
+    out
+}
+
+/// The source table after `changes`, as the simple protocol renders `SELECT id, name, price,
+/// qty, active, attrs ... ORDER BY id`.
+fn model(changes: &[Change]) -> Vec<Vec<Option<String>>> {
+    let mut table: BTreeMap<i64, Row> = BTreeMap::new();
+    let mut ordered: Vec<&Change> = changes.iter().collect();
+    ordered.sort_by_key(|c| c.seq);
+    for change in ordered {
+        if change.op == 'd' {
+            table.remove(&change.id);
+        } else {
+            table.insert(change.id, change.row.clone());
+        }
+    }
+    table
+        .into_iter()
+        .map(|(id, row)| {
+            vec![
+                Some(id.to_string()),
+                row.name,
+                row.price_cents
+                    .map(|c| format!("{}.{:02}", c / 100, c % 100)),
+                Some(row.qty.to_string()),
+                Some(if row.active { "t" } else { "f" }.to_string()),
+                row.attrs.map(|a| a.to_string()),
+            ]
+        })
+        .collect()
+}
+
+fn plain(id: i64, row: &Row) -> Value {
+    json!({
+        "id": id,
+        "name": row.name,
+        "price": row.price_cents.map(|c| format!("{}.{:02}", c / 100, c % 100)),
+        "qty": row.qty,
+        "active": row.active,
+        "attrs": row.attrs,
+    })
+}
+
+fn debezium(change: &Change) -> Value {
+    let before = change.before.as_ref().map(|r| plain(change.id, r));
+    let (op, before, after) = match change.op {
+        'd' => ("d", before, None),
+        'c' => ("c", None, Some(plain(change.id, &change.row))),
+        _ => ("u", before, Some(plain(change.id, &change.row))),
+    };
+    let payload = json!({
+        "before": before,
+        "after": after,
+        "op": op,
+        "source": {"connector": "postgresql", "lsn": change.seq * 8, "txId": change.seq},
+        "ts_ms": 1_700_000_000_000u64 + change.seq,
+    });
+    // Half the records carry the schema envelope, as with schemas.enable=true.
+    if change.seq.is_multiple_of(2) {
+        json!({"schema": {"type": "struct", "name": "dbserver1.public.items.Envelope"}, "payload": payload})
+    } else {
+        payload
+    }
+}
+
+fn dms(change: &Change) -> Value {
+    let operation = match change.op {
+        'c' => "insert",
+        'u' => "update",
+        _ => "delete",
+    };
+    let data = match change.op {
+        'd' => json!({"id": change.id}),
+        _ => plain(change.id, &change.row),
+    };
+    json!({
+        "data": data,
+        "metadata": {
+            "timestamp": format!("2024-05-01T10:00:00.{:06}Z", change.seq),
+            "record-type": "data",
+            "operation": operation,
+            "partition-key-type": "schema-table",
+            "schema-name": "public",
+            "table-name": "items",
+        }
+    })
+}
+
+fn dynamo_attr(value: &Value) -> Value {
+    match value {
+        Value::Null => json!({"NULL": true}),
+        Value::Bool(b) => json!({"BOOL": b}),
+        Value::Number(n) => json!({"N": n.to_string()}),
+        Value::String(s) => json!({"S": s}),
+        Value::Array(items) => json!({"L": items.iter().map(dynamo_attr).collect::<Vec<_>>()}),
+        Value::Object(map) => {
+            json!({"M": map.iter().map(|(k, v)| (k.clone(), dynamo_attr(v))).collect::<serde_json::Map<_, _>>()})
+        }
+    }
+}
+
+/// A DynamoDB image: attribute names in the source's own case, which the mirror's
+/// lower-case columns match.
+fn dynamo_image(id: i64, row: &Row) -> Value {
+    let mut image = serde_json::Map::new();
+    image.insert("Id".into(), json!({"N": id.to_string()}));
+    if let Some(name) = &row.name {
+        image.insert("Name".into(), json!({"S": name}));
+    }
+    if let Some(c) = row.price_cents {
+        image.insert(
+            "Price".into(),
+            json!({"N": format!("{}.{:02}", c / 100, c % 100)}),
+        );
+    }
+    image.insert("Qty".into(), json!({"N": row.qty.to_string()}));
+    image.insert("Active".into(), json!({"BOOL": row.active}));
+    if let Some(attrs) = &row.attrs {
+        image.insert("Attrs".into(), dynamo_attr(attrs));
+    }
+    Value::Object(image)
+}
+
+fn dynamodb(change: &Change) -> Value {
+    let event = match change.op {
+        'c' => "INSERT",
+        'u' => "MODIFY",
+        _ => "REMOVE",
+    };
+    let mut record = json!({
+        "awsRegion": "us-east-1",
+        "eventID": format!("e-{}", change.seq),
+        "eventName": event,
+        "eventSource": "aws:dynamodb",
+        "tableName": "items",
+        "dynamodb": {
+            "ApproximateCreationDateTime": 1_700_000_000_000u64 + change.seq,
+            "Keys": {"Id": {"N": change.id.to_string()}},
+            // 21 digits, as DynamoDB streams number changes.
+            "SequenceNumber": format!("{:021}", 400_000_000_000_000_000_000u128 + change.seq as u128),
+            "SizeBytes": 100,
+        }
+    });
+    let dynamodb = record["dynamodb"].as_object_mut().unwrap();
+    if change.op != 'd' {
+        dynamodb.insert("NewImage".into(), dynamo_image(change.id, &change.row));
+    }
+    if let Some(before) = &change.before {
+        dynamodb.insert("OldImage".into(), dynamo_image(change.id, before));
+    }
+    record
+}
+
+fn operation_row(change: &Change) -> Value {
+    let mut row = plain(change.id, &change.row);
+    let op = match change.op {
+        'c' => "I",
+        'u' => "U",
+        _ => "D",
+    };
+    row["op"] = json!(op);
+    row["seq"] = json!(change.seq);
+    row
+}
+
+/// One format under test: its stream, its clauses, how it writes a change, and whether its
+/// ordering survives replays and shuffles (a sequence value does; stream position does not).
+struct Format {
+    stream: &'static str,
+    table: &'static str,
+    clauses: &'static str,
+    render: fn(&Change) -> Value,
+    by_sequence: bool,
+}
+
+const FORMATS: [Format; 4] = [
+    Format {
+        stream: "items-debezium",
+        table: "items_debezium",
+        clauses: "FORMAT DEBEZIUM ENCODE JSON ORDER BY source.lsn",
+        render: debezium,
+        by_sequence: true,
+    },
+    Format {
+        stream: "items-dms",
+        table: "items_dms",
+        clauses: "FORMAT DMS ENCODE JSON ORDER BY STREAM POSITION",
+        render: dms,
+        by_sequence: false,
+    },
+    Format {
+        stream: "items-dynamodb",
+        table: "items_dynamodb",
+        clauses: "FORMAT DYNAMODB ORDER BY dynamodb.SequenceNumber",
+        render: dynamodb,
+        by_sequence: true,
+    },
+    Format {
+        stream: "items-etleap",
+        table: "items_etleap",
+        clauses: "FORMAT OPERATION COLUMN op ENCODE JSON ORDER BY seq",
+        render: operation_row,
+        by_sequence: true,
+    },
+];
+
+const COLUMNS: &str = "id INT, name VARCHAR(40), price DECIMAL(10,2), qty BIGINT, active BOOLEAN, attrs SUPER, PRIMARY KEY (id)";
+
+async fn rows(client: &tokio_postgres::Client, table: &str) -> Vec<Vec<Option<String>>> {
+    let sql = format!("SELECT id, name, price, qty, active, attrs FROM {table} ORDER BY id");
+    crate::cdc::text_rows(client, &sql).await
+}
+
+/// Puts changes as records of one stream: shuffled inside the put when the format orders by
+/// a sequence value (the mirror must not care), in order otherwise. Partition key: the id.
+async fn put_changes(
+    kinesis: &aws_sdk_kinesis::Client,
+    format: &Format,
+    changes: &[Change],
+    rng: &mut Lcg,
+) {
+    let mut records: Vec<(String, Vec<u8>)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c.id.to_string(),
+                serde_json::to_vec(&(format.render)(c)).unwrap(),
+            )
+        })
+        .collect();
+    if format.by_sequence {
+        for i in (1..records.len()).rev() {
+            records.swap(i, rng.next(i as u64 + 1) as usize);
+        }
+    }
+    put(kinesis, format.stream, records).await;
+}
+
+/// Records that cannot be applied, in each format's terms: not JSON, an unknown operation, a
+/// change without its key, a value of the wrong type, a string too long for its column.
+fn bad_records(format: &Format) -> Vec<(String, Vec<u8>)> {
+    let good = Change {
+        seq: 1,
+        id: 3,
+        op: 'u',
+        before: None,
+        row: Row {
+            name: Some("n".into()),
+            price_cents: Some(100),
+            qty: 1,
+            active: true,
+            attrs: None,
+        },
+    };
+    let mut unknown_op = (format.render)(&good);
+    let mut no_key = (format.render)(&good);
+    let mut bad_type = (format.render)(&good);
+    let mut too_long = (format.render)(&good);
+    let long = "x".repeat(41);
+    match format.table {
+        "items_debezium" => {
+            unknown_op["op"] = json!("z");
+            no_key["after"]["id"] = Value::Null;
+            bad_type["after"]["price"] = json!("twelve");
+            too_long["after"]["name"] = json!(long);
+        }
+        "items_dms" => {
+            unknown_op["metadata"]["operation"] = json!("merge");
+            no_key["data"].as_object_mut().unwrap().remove("id");
+            bad_type["data"]["qty"] = json!("many");
+            too_long["data"]["name"] = json!(long);
+        }
+        "items_dynamodb" => {
+            unknown_op["eventName"] = json!("UPSERT");
+            no_key["dynamodb"]["Keys"] = json!({});
+            no_key["dynamodb"]["NewImage"]
+                .as_object_mut()
+                .unwrap()
+                .remove("Id");
+            bad_type["dynamodb"]["NewImage"]["Active"] = json!({"S": "maybe"});
+            too_long["dynamodb"]["NewImage"]["Name"] = json!({"S": long});
+        }
+        _ => {
+            unknown_op["op"] = json!("X");
+            no_key.as_object_mut().unwrap().remove("id");
+            bad_type["price"] = json!({"amount": 1});
+            too_long["name"] = json!(long);
+        }
+    }
+    [
+        b"{not json".to_vec(),
+        serde_json::to_vec(&unknown_op).unwrap(),
+        serde_json::to_vec(&no_key).unwrap(),
+        serde_json::to_vec(&bad_type).unwrap(),
+        serde_json::to_vec(&too_long).unwrap(),
+    ]
+    .into_iter()
+    .map(|data| ("3".to_string(), data))
+    .collect()
+}
+
+/// Each format, three rounds of changes plus bad records and (for sequence-ordered formats)
+/// a replay of everything already applied; after every refresh the mirror equals the model.
+/// Folds are forced often (a low fold threshold), so merges against base rows are covered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_equal_the_source_in_every_format() {
+    let kinesis_server = KinesisServer::start(KinesisFlavor::Kinesalite);
+    let endpoint = kinesis_server.endpoint();
+    let kinesis = kinesis(&endpoint).await;
+    for format in &FORMATS {
+        create_stream(&kinesis, format.stream, 2).await;
+    }
+    let server = TestServer::start_streaming(StreamingSettings {
+        kinesis_endpoint: Some(endpoint.clone()),
+        mirror_fold_changes: 20,
+        ..Default::default()
+    })
+    .await;
+    let client = server.client().await;
+    client
+        .batch_execute("CREATE EXTERNAL SCHEMA cdc FROM KINESIS IAM_ROLE default")
+        .await
+        .unwrap();
+    for (n, format) in FORMATS.iter().enumerate() {
+        client
+            .batch_execute(&format!(
+                r#"CREATE MIRROR TABLE {} ({COLUMNS}) FROM cdc."{}" {}"#,
+                format.table, format.stream, format.clauses
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", format.table));
+        let all = changes(150, 11 + n as u64);
+        let mut rng = Lcg(5 + n as u64);
+        let mut applied = 0;
+        for (round, end) in [40usize, 100, 150].into_iter().enumerate() {
+            put_changes(&kinesis, format, &all[applied..end], &mut rng).await;
+            if round == 1 {
+                put(&kinesis, format.stream, bad_records(format)).await;
+            }
+            applied = end;
+            client
+                .batch_execute(&format!("REFRESH MIRROR TABLE {}", format.table))
+                .await
+                .unwrap();
+            assert_eq!(
+                rows(&client, format.table).await,
+                model(&all[..applied]),
+                "{} after round {round}",
+                format.table
+            );
+        }
+        let errors = crate::streaming::count(
+            &client,
+            &format!(
+                "SELECT count(*) FROM sys_stream_scan_errors WHERE mv_name = '{}'",
+                format.table
+            ),
+        )
+        .await;
+        assert_eq!(
+            errors, 5,
+            "{}: each bad record is logged once",
+            format.table
+        );
+        if format.by_sequence {
+            // A replay of every change (as after a producer retry or a re-read) changes
+            // nothing: no older change wins over a newer one, whether the newer one is a
+            // stored change or (after VACUUM folds them) a base row.
+            client
+                .batch_execute(&format!("VACUUM {}", format.table))
+                .await
+                .unwrap();
+            assert_eq!(rows(&client, format.table).await, model(&all));
+            put_changes(&kinesis, format, &all[..100], &mut rng).await;
+            client
+                .batch_execute(&format!("REFRESH MIRROR TABLE {}", format.table))
+                .await
+                .unwrap();
+            assert_eq!(
+                rows(&client, format.table).await,
+                model(&all),
+                "{} after a replay",
+                format.table
+            );
+        }
+    }
+
+    // The mirror is a table to readers: joins, aggregates and filters see the merged rows.
+    let live = model(&changes(150, 11)).len() as i64;
+    assert_eq!(
+        crate::streaming::count(&client, "SELECT count(*) FROM items_debezium").await,
+        live
+    );
+    let joined = crate::streaming::count(
+        &client,
+        "SELECT count(*) FROM items_debezium d JOIN items_etleap e ON d.id = e.id WHERE d.qty > -1000",
+    )
+    .await;
+    assert!(joined >= 0);
+
+    // Writes are refused: the rows belong to the change stream.
+    for sql in [
+        "INSERT INTO items_dms (id) VALUES (99)",
+        "UPDATE items_dms SET qty = 0",
+        "DELETE FROM items_dms",
+        "TRUNCATE items_dms",
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("42809"),
+            "{sql}: {err:?}"
+        );
+    }
+    // Bad definitions are refused with a reason.
+    for (sql, reason) in [
+        (
+            r#"CREATE MIRROR TABLE nokey (id INT) FROM cdc."items-dms" FORMAT DMS"#,
+            "PRIMARY KEY",
+        ),
+        (
+            r#"CREATE MIRROR TABLE noformat (id INT PRIMARY KEY) FROM cdc."items-dms""#,
+            "FORMAT",
+        ),
+        (
+            "CREATE MIRROR TABLE nostream (id INT PRIMARY KEY) FROM public.items_dms FORMAT DMS",
+            "external schema",
+        ),
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        let message = err.as_db_error().map(|e| e.message().to_string());
+        assert!(
+            message.as_deref().is_some_and(|m| m.contains(reason)),
+            "{sql}: {message:?}"
+        );
+    }
+
+    // Continuous: with AUTO REFRESH the mirror follows the stream by itself.
+    client
+        .batch_execute("ALTER MIRROR TABLE items_etleap AUTO REFRESH YES")
+        .await
+        .unwrap();
+    let mut all = changes(150, 14);
+    let more: Vec<Change> = changes(60, 99)
+        .into_iter()
+        .map(|mut c| {
+            c.seq += 100_000;
+            c
+        })
+        .collect();
+    // The new changes continue from the live state: rebuild them on top of it.
+    all.extend(more);
+    let format = &FORMATS[3];
+    let mut rng = Lcg(1);
+    put_changes(&kinesis, format, &all[150..], &mut rng).await;
+    let expected = model(&all);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows(&client, format.table).await != expected {
+        assert!(
+            Instant::now() < deadline,
+            "the auto-refreshed mirror never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    client
+        .batch_execute("DROP TABLE items_dms")
+        .await
+        .expect("a mirror table is dropped like a table");
+}
+
+/// kill -9 several times while a mirror applies thousands of changes with AUTO REFRESH and
+/// frequent folds; after the last restart the mirror equals the source table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_mirroring_loses_and_repeats_nothing() {
+    let kinesis_server = KinesisServer::start(KinesisFlavor::Kinesalite);
+    let endpoint = kinesis_server.endpoint();
+    let kinesis = kinesis(&endpoint).await;
+    create_stream(&kinesis, FORMATS[0].stream, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap().to_string();
+    let envs = [
+        ("TRIBUTARY_KINESIS_ENDPOINT", endpoint.clone()),
+        ("TRIBUTARY_REFRESH_INTERVAL_MS", "50".to_string()),
+        ("TRIBUTARY_MIRROR_FOLD_CHANGES", "200".to_string()),
+    ];
+    let (child, port) = spawn_server(&data, &envs);
+    let mut server = Running(child);
+    let client = connect(port).await;
+    client
+        .batch_execute(&format!(
+            r#"CREATE EXTERNAL SCHEMA cdc FROM KINESIS IAM_ROLE default;
+               CREATE MIRROR TABLE items ({COLUMNS}) FROM cdc."{}"
+                 FORMAT DEBEZIUM ORDER BY source.lsn AUTO REFRESH YES;"#,
+            FORMATS[0].stream
+        ))
+        .await
+        .unwrap();
+    // Many keys, so that a lost change would most likely be a key's last one.
+    let all: Vec<Change> = (0..6)
+        .flat_map(|part| {
+            changes(1_000, 40 + part).into_iter().map(move |mut c| {
+                c.id += 10 * part as i64;
+                c
+            })
+        })
+        .enumerate()
+        .map(|(i, mut c)| {
+            c.seq = 1000 + i as u64;
+            c
+        })
+        .collect();
+    let writer = {
+        let kinesis = kinesis.clone();
+        let all = all.clone();
+        tokio::spawn(async move {
+            let mut rng = Lcg(3);
+            for chunk in all.chunks(500) {
+                put_changes(&kinesis, &FORMATS[0], chunk, &mut rng).await;
+            }
+        })
+    };
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600 + 300 * round)).await;
+        server.0.kill().expect("kill -9");
+        server.0.wait().unwrap();
+        server = Running(spawn_server(&data, &envs).0);
+    }
+    writer.await.unwrap();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    let (child, port) = spawn_server(&data, &envs);
+    server = Running(child);
+    let client = connect(port).await;
+    let expected = model(&all);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = rows(&client, "items").await;
+        if found == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mirror never reached the source state: {} rows, expected {}",
+            found.len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        crate::streaming::count(&client, "SELECT count(*) FROM sys_stream_scan_errors").await,
+        0
+    );
+    drop(server);
+}
+
+/// A server process, killed (-9) when dropped, so that a failing test leaves none behind.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
