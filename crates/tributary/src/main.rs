@@ -81,8 +81,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // delta-rs warns on every data file with a binary column (VARBYTE, a mirror's ordering
+    // column) that it keeps no statistics for it: expected here, so not logged unless the
+    // filter names delta-rs itself.
+    let filter = if args.log.contains("deltalake") {
+        args.log.clone()
+    } else {
+        format!("{},deltalake_core::writer::stats=error", args.log)
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(args.log.as_str())
+        .with_env_filter(filter.as_str())
         .with_target(false)
         // Logs go to stderr; stdout carries only the "listening on" line that scripts wait for.
         .with_writer(std::io::stderr)

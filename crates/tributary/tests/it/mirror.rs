@@ -559,6 +559,60 @@ async fn mirrors_equal_the_source_in_every_format() {
         .batch_execute("DROP TABLE items_dms")
         .await
         .expect("a mirror table is dropped like a table");
+
+    // A backfill from files: COPY applies change records as the stream would, and the
+    // stream's changes land on top. A record that cannot be applied is a load error.
+    let backfill = changes(80, 77);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snapshot.json");
+    let mut lines: Vec<String> = backfill[..50]
+        .iter()
+        .map(|c| operation_row(c).to_string())
+        .collect();
+    lines.insert(10, r#"{"op": "U", "seq": 5}"#.to_string());
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    create_stream(&kinesis, "items-backfill", 1).await;
+    client
+        .batch_execute(&format!(
+            r#"CREATE MIRROR TABLE items_backfill ({COLUMNS}) FROM cdc."items-backfill"
+               FORMAT OPERATION COLUMN op ORDER BY seq"#
+        ))
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute(&format!(
+            "COPY items_backfill FROM 'file://{}' FORMAT JSON 'auto'",
+            file.display()
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .is_some_and(|e| e.message().contains("stl_load_errors")),
+        "{err:?}"
+    );
+    client
+        .batch_execute(&format!(
+            "COPY items_backfill FROM 'file://{}' FORMAT JSON 'auto' MAXERROR 1",
+            file.display()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&client, "items_backfill").await,
+        model(&backfill[..50])
+    );
+    let mut rng = Lcg(9);
+    let format = Format {
+        stream: "items-backfill",
+        ..FORMATS[3]
+    };
+    put_changes(&kinesis, &format, &backfill[50..], &mut rng).await;
+    client
+        .batch_execute("REFRESH MIRROR TABLE items_backfill")
+        .await
+        .unwrap();
+    assert_eq!(rows(&client, "items_backfill").await, model(&backfill));
 }
 
 /// kill -9 several times while a mirror applies thousands of changes with AUTO REFRESH and
