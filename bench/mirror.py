@@ -7,20 +7,29 @@ changes (60% updates, 20% inserts, 20% deletes, one per key) are applied with CO
 the same decode-and-apply path as a stream refresh. Then the table is read whole (the reader
 merges the stored changes with the base) and folded again. DuckDB runs the seeds' delete +
 insert SQL on the same rows and changes in the same run, and both results are compared.
+Then, continuously: the mirror refreshes itself (AUTO REFRESH) from a Kinesis-compatible
+stream (kinesalite) while a producer puts changes (80% updates, 20% inserts) at a steady
+rate; freshness is the time from PutRecords returning to the change being visible (the start
+of the first query whose snapshot shows it, polled every 20 ms), per PutRecords call of 500.
 Prints figures; asserts nothing about speed.
 
     cargo build --release -p tributary
-    python3 bench/mirror.py [--rows 10000000] [--changes 100000]
+    npm install --prefix tests/node
+    python3 bench/mirror.py [--rows 10000000] [--changes 100000] [--rate 10000] [--seconds 10]
 """
 
 import argparse
 import os
 import random
+import statistics
 import tempfile
+import threading
 import time
 
+import boto3
 import psycopg
 
+from streaming import create_stream, start_kinesalite
 from tributary_server import DEFAULT_BINARY, cpu_seconds, memory_mib, start_server
 
 FILES = 10
@@ -58,15 +67,85 @@ def write_changes(path, rows, changes):
                       f'"price":"{key % 90}.{key % 100:02d}","items":{(key + 1) % 11}}}\n')
 
 
-def tributary_run(binary, data, base_dir, changes_path):
-    proc, port = start_server(binary, data, "--mirror-fold-changes", "1000000000")
+def change_record(op, seq, key):
+    return (f'{{"op":"{op}","seq":{seq},"id":{key},"user_id":{key % 977},'
+            f'"price":"{key % 90}.{key % 100:02d}","items":{(key + 1) % 11}}}').encode()
+
+
+def freshness(conn, kinesis, rows, first_seq, rate, seconds):
+    """Puts changes at `rate` per second for `seconds` into the auto-refreshing mirror."""
+    create_stream(kinesis, "cart", 4)
+    conn.execute("ALTER MIRROR TABLE cart AUTO REFRESH YES")
+    batch = 500
+    calls = int(rate * seconds / batch)
+    interval = batch / rate
+    rng = random.Random(7)
+    returned = []  # (newest seq of the call, time PutRecords returned)
+    done = threading.Event()
+    visible = []  # (time the query started, newest seq visible)
+    last = first_seq + calls * batch - 1
+
+    def poll():
+        with psycopg.connect(conn.info.dsn, autocommit=True) as c:
+            while not done.is_set():
+                at = time.perf_counter()
+                n = c.execute(f"SELECT max(seq) FROM cart WHERE seq >= {first_seq}").fetchone()[0]
+                visible.append((at, n or 0))
+                time.sleep(0.02)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    started = time.perf_counter()
+    new_key = rows * 2
+    for k in range(calls):
+        due = started + k * interval
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)
+        entries = []
+        for n in range(batch):
+            seq = first_seq + k * batch + n
+            if rng.random() < 0.2:
+                new_key += 1
+                op, key = "I", new_key
+            else:
+                op, key = "U", rng.randrange(1, rows + 1)
+            entries.append({"PartitionKey": str(key), "Data": change_record(op, seq, key)})
+        while entries:
+            out = kinesis.put_records(StreamName="cart", Records=entries)
+            entries = [e for e, r in zip(entries, out["Records"]) if "ErrorCode" in r]
+        returned.append((first_seq + (k + 1) * batch - 1, time.perf_counter()))
+    achieved = calls * batch / (time.perf_counter() - started)
+    deadline = time.perf_counter() + 30
+    while time.perf_counter() < deadline and (not visible or visible[-1][1] < last):
+        time.sleep(0.05)
+    done.set()
+    poller.join()
+    latencies = []
+    j = 0
+    for newest, at in returned:
+        while j < len(visible) and (visible[j][1] < newest or visible[j][0] < at):
+            j += 1
+        if j == len(visible):
+            break
+        latencies.append(max(0.0, visible[j][0] - at))
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return achieved, p50, p99, len(latencies), len(returned)
+
+
+def tributary_run(binary, data, base_dir, changes_path, endpoint, kinesis, rate, seconds,
+                  rows):
+    proc, port = start_server(binary, data, "--mirror-fold-changes", "1000000000",
+                              "--kinesis-endpoint", endpoint, "--refresh-interval-ms", "100")
     try:
         conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev",
                                autocommit=True)
         conn.execute("CREATE EXTERNAL SCHEMA cdc FROM KINESIS IAM_ROLE default")
         conn.execute(
             'CREATE MIRROR TABLE cart (id BIGINT, user_id BIGINT, price DECIMAL(6,2), '
-            'items INT, PRIMARY KEY (id)) FROM cdc."cart" '
+            'items INT, seq BIGINT, PRIMARY KEY (id)) FROM cdc."cart" '
             'FORMAT OPERATION COLUMN op ENCODE JSON ORDER BY seq')
         figures = {}
         started = time.perf_counter()
@@ -90,6 +169,9 @@ def tributary_run(binary, data, base_dir, changes_path):
         folded = conn.execute("SELECT count(*), sum(items), sum(price) FROM cart").fetchone()
         figures["read folded"] = time.perf_counter() - started
         assert folded == result, (folded, result)
+        cpu = cpu_seconds(proc.pid)
+        figures["freshness"] = freshness(conn, kinesis, rows, rows * 3, rate, seconds)
+        figures["stream cpu"] = cpu_seconds(proc.pid) - cpu
         figures["peak rss"] = memory_mib(proc.pid, "VmHWM")
         return figures, result
     finally:
@@ -103,7 +185,7 @@ def duckdb_run(rows, changes_path):
     db.execute(
         "CREATE TABLE cart AS SELECT CAST(i AS BIGINT) AS id, CAST(i % 50000 AS BIGINT) AS user_id, "
         "CAST(((i % 10000) // 100) + (i % 100) / 100.0 AS DECIMAL(6,2)) AS price, "
-        f"CAST(i % 7 AS INT) AS items FROM range(1, {rows + 1}) t(i)")
+        f"CAST(i % 7 AS INT) AS items, CAST(i AS BIGINT) AS seq FROM range(1, {rows + 1}) t(i)")
     db.execute(
         "CREATE TABLE staging AS SELECT op, seq, CAST(id AS BIGINT) AS id, CAST(user_id AS BIGINT) AS user_id, "
         "CAST(price AS DECIMAL(6,2)) AS price, CAST(items AS INT) AS items "
@@ -114,7 +196,7 @@ def duckdb_run(rows, changes_path):
     db.execute("BEGIN")
     db.execute("DELETE FROM cart WHERE id IN (SELECT id FROM staging)")
     db.execute(
-        "INSERT INTO cart SELECT id, user_id, price, items FROM ("
+        "INSERT INTO cart SELECT id, user_id, price, items, seq FROM ("
         "SELECT *, row_number() OVER (PARTITION BY id ORDER BY seq DESC) AS rn FROM staging) "
         "WHERE rn = 1 AND op <> 'D'")
     db.execute("COMMIT")
@@ -130,7 +212,12 @@ def main():
     parser.add_argument("--binary", default=DEFAULT_BINARY)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--changes", type=int, default=100_000)
+    parser.add_argument("--rate", type=int, default=10_000)
+    parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
+    kinesalite, endpoint = start_kinesalite()
+    kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
+                           aws_access_key_id="bench", aws_secret_access_key="bench")
     with tempfile.TemporaryDirectory() as scratch:
         base_dir = os.path.join(scratch, "base")
         changes_path = os.path.join(scratch, "changes.json")
@@ -139,8 +226,13 @@ def main():
         write_changes(changes_path, args.rows, args.changes)
         print(f"generated {args.rows:,} insert records and {args.changes:,} changes "
               f"in {time.perf_counter() - started:.1f} s")
-        figures, result = tributary_run(args.binary, os.path.join(scratch, "data"), base_dir,
-                                        changes_path)
+        try:
+            figures, result = tributary_run(args.binary, os.path.join(scratch, "data"),
+                                            base_dir, changes_path, endpoint, kinesis,
+                                            args.rate, args.seconds, args.rows)
+        finally:
+            kinesalite.kill()
+            kinesalite.wait()
         merge, read, duck = duckdb_run(args.rows, changes_path)
     print(f"tributary  load {figures['load']:.1f} s ({args.rows / figures['load']:,.0f} changes/s), "
           f"fold of the loaded rows {figures['fold base']:.1f} s")
@@ -150,6 +242,11 @@ def main():
     print(f"tributary  full read with unfolded changes {figures['read merged']:.3f} s, "
           f"fold {figures['fold']:.1f} s, read after fold {figures['read folded']:.3f} s")
     print(f"duckdb     full read {read:.3f} s")
+    achieved, p50, p99, measured, sent = figures["freshness"]
+    print(f"tributary  AUTO REFRESH at {achieved:,.0f} changes/s offered ({args.rate:,} asked), "
+          f"{measured}/{sent} batches: freshness p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; "
+          f"{achieved * args.seconds / max(figures['stream cpu'], 1e-9):,.0f} changes per CPU-second "
+          f"of the server")
     print(f"tributary  peak RSS {figures['peak rss']:.0f} MiB")
     same = tuple(result) == tuple(duck)
     print(f"results    tributary {tuple(result)}  duckdb {tuple(duck)}  "

@@ -200,6 +200,14 @@ pub struct MirrorSpec {
     pub unfolded: u64,
     /// Base rows (tombstones included) written by the last fold.
     pub base_rows: u64,
+    /// The newest ordering value among the base rows (set by each fold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_newest: Option<Vec<u8>>,
+    /// The oldest ordering value among the changes stored since the last fold. While it is
+    /// not older than `base_newest`, every stored change is newer than every base row and
+    /// readers skip comparing them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes_oldest: Option<Vec<u8>>,
 }
 
 /// The shape of the change records of a mirror table's stream.

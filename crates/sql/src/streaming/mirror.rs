@@ -212,6 +212,8 @@ pub(crate) async fn create(
             next_sequence: 1,
             unfolded: 0,
             base_rows: 0,
+            base_newest: None,
+            changes_oldest: None,
         }),
     }));
     let handle = session.engine().storage.table(&table.path)?;
@@ -513,6 +515,8 @@ fn number_bytes(text: &str) -> Option<Vec<u8>> {
 struct Decoded {
     rows: Option<RecordBatch>,
     rejected: Vec<(usize, Rejection)>,
+    /// The oldest ordering value among the rows.
+    oldest: Option<Vec<u8>>,
 }
 
 /// Turns records into the mirror's stored rows: decodes each, converts its values to the
@@ -655,11 +659,17 @@ fn changes(
     }
     let mut kept: Vec<u32> = newest.into_values().map(|row| row as u32).collect();
     kept.sort_unstable();
+    let oldest = kept
+        .iter()
+        .map(|&row| &decoded[row as usize].1.order)
+        .min()
+        .cloned();
     rejected.sort_by_key(|(index, _)| *index);
     if kept.is_empty() {
         return Ok(Decoded {
             rows: None,
             rejected,
+            oldest: None,
         });
     }
     let indices = UInt32Array::from(kept);
@@ -675,6 +685,7 @@ fn changes(
     Ok(Decoded {
         rows: Some(RecordBatch::try_new(schema, columns)?),
         rejected,
+        oldest,
     })
 }
 
@@ -726,30 +737,22 @@ async fn apply_records(
     };
     let stored = rows.num_rows() as u64;
     let storage = catalogs.engine().storage.table(&table.path)?;
-    let mut version = storage.append(table.version, vec![rows]).await?.version;
-    let mut unfolded = spec.unfolded + stored;
-    let mut base_rows = spec.base_rows;
+    let version = storage.append(table.version, vec![rows]).await?.version;
+    let mut updated = spec.clone();
+    // Every record uses a number: COPY positions its records with them.
+    updated.next_sequence += records.len().max(1) as i64;
+    updated.unfolded += stored;
+    updated.changes_oldest = match (updated.changes_oldest.take(), decoded.oldest) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let fold_at = catalogs.engine().streams.settings().mirror_fold_changes;
-    if unfolded >= fold_at.max(base_rows / FOLD_BASE_FRACTION) {
-        (version, base_rows) = fold(catalogs, &table, version).await?;
-        unfolded = 0;
-    }
-    catalogs.record_written(&table.path);
-    catalogs.modify(|state| {
-        let target = state.table_mut(database, schema, name)?;
-        target.version = version;
-        if let Some(spec) = target
-            .materialized
-            .as_mut()
-            .and_then(|mv| mv.mirror.as_mut())
-        {
-            // Every record uses a number: COPY positions its records with them.
-            spec.next_sequence += records.len().max(1) as i64;
-            spec.unfolded = unfolded;
-            spec.base_rows = base_rows;
-        }
-        Ok(())
-    })?;
+    let version = if updated.unfolded >= fold_at.max(updated.base_rows / FOLD_BASE_FRACTION) {
+        fold(catalogs, &table, version, &mut updated).await?
+    } else {
+        version
+    };
+    commit_spec(catalogs, [database, schema, name], &table.path, version, updated)?;
     Ok((stored, decoded.rejected, mv))
 }
 
@@ -850,31 +853,51 @@ pub(crate) async fn vacuum(session: &mut Session, name: Option<ObjectName>) -> R
         if spec(&table).is_some_and(|s| s.unfolded == 0) {
             continue;
         }
-        let (version, rows) = fold(catalogs, &table, table.version).await?;
-        catalogs.record_written(&table.path);
-        catalogs.modify(|state| {
-            let target = state.table_mut(&database, &schema, &name)?;
-            target.version = version;
-            if let Some(spec) = target
-                .materialized
-                .as_mut()
-                .and_then(|mv| mv.mirror.as_mut())
-            {
-                spec.unfolded = 0;
-                spec.base_rows = rows;
-            }
-            Ok(())
-        })?;
+        let mut updated = spec(&table)
+            .cloned()
+            .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
+        let version = fold(catalogs, &table, table.version, &mut updated).await?;
+        commit_spec(
+            catalogs,
+            [&database, &schema, &name],
+            &table.path,
+            version,
+            updated,
+        )?;
     }
     Ok(Output::command("VACUUM"))
 }
 
+/// Pins the mirror's new table version with its updated bookkeeping in the transaction.
+fn commit_spec(
+    catalogs: &SessionCatalogs,
+    [database, schema, name]: [&String; 3],
+    path: &str,
+    version: u64,
+    updated: MirrorSpec,
+) -> Result<()> {
+    catalogs.record_written(path);
+    catalogs.modify(|state| {
+        let target = state.table_mut(database, schema, name)?;
+        target.version = version;
+        if let Some(mv) = target.materialized.as_mut() {
+            mv.mirror = Some(updated);
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
 /// Rewrites the mirror's rows as one base (tombstones kept, stored changes merged), on top of
-/// `version`. Returns the new version and its row count.
-async fn fold(catalogs: &SessionCatalogs, table: &Table, version: u64) -> Result<(u64, u64)> {
+/// `version`, and records it in `spec`. Returns the new version.
+async fn fold(
+    catalogs: &SessionCatalogs,
+    table: &Table,
+    version: u64,
+    spec: &mut MirrorSpec,
+) -> Result<u64> {
     let storage = catalogs.engine().storage.table(&table.path)?;
     let delta = storage.provider(version).await?;
-    let spec = spec(table).ok_or_else(|| Error::Internal("not a mirror table".into()))?;
     let plan = merged_plan(delta, table, spec, true)?;
     let context = crate::session::expression_context();
     let batches = context.execute_logical_plan(plan).await?.collect().await?;
@@ -884,9 +907,21 @@ async fn fold(catalogs: &SessionCatalogs, table: &Table, version: u64) -> Result
         .iter()
         .map(|b| crate::ddl::cast_batch(b, &schema))
         .collect::<Result<Vec<_>>>()?;
+    let order_index = table.columns.len();
+    let newest = batches
+        .iter()
+        .filter_map(|b| {
+            let orders = b.column(order_index).as_any().downcast_ref::<BinaryArray>()?;
+            arrow::compute::max_binary(orders).map(<[u8]>::to_vec)
+        })
+        .max();
     let version = storage.overwrite(version, batches, &schema).await?;
     tracing::debug!(table = %table.path, rows, "folded the mirror's changes into its base");
-    Ok((version, rows as u64))
+    spec.unfolded = 0;
+    spec.base_rows = rows as u64;
+    spec.base_newest = newest;
+    spec.changes_oldest = None;
+    Ok(version)
 }
 
 /// The table readers see: the merge of the base rows and the stored changes.
@@ -946,15 +981,26 @@ fn merged_plan(
             .collect()
     };
     let order = |alias: &str| column(alias, ORDER_COLUMN);
+    // When no stored change is older than the newest base row (the usual case: changes arrive
+    // in order), a stored change always supersedes its key's base row.
+    let in_order = match (&spec.changes_oldest, &spec.base_newest) {
+        (Some(oldest), Some(newest)) => oldest >= newest,
+        _ => true,
+    };
     // Base rows no stored change of their key supersedes...
     let mut on = same_key("b", "l");
-    on.push(order("l").gt_eq(order("b")));
+    if !in_order {
+        on.push(order("l").gt_eq(order("b")));
+    }
     let kept_base = base("b")?.join_on(latest.clone(), JoinType::LeftAnti, on)?;
     // ...and the newest changes no base row supersedes.
-    let mut on = same_key("l", "b");
-    on.push(order("b").gt(order("l")));
-    let kept_changes =
-        LogicalPlanBuilder::from(latest).join_on(base("b")?.build()?, JoinType::LeftAnti, on)?;
+    let kept_changes = if in_order {
+        LogicalPlanBuilder::from(latest)
+    } else {
+        let mut on = same_key("l", "b");
+        on.push(order("b").gt(order("l")));
+        LogicalPlanBuilder::from(latest).join_on(base("b")?.build()?, JoinType::LeftAnti, on)?
+    };
     let output = |builder: LogicalPlanBuilder, alias: &str| -> Result<LogicalPlan> {
         let columns = table
             .columns
