@@ -194,6 +194,10 @@ pub struct MirrorSpec {
     /// The path in the change record whose value orders changes of one key; None orders them
     /// by stream position.
     pub order: Option<Vec<String>>,
+    /// Set when the mirror reads its stream through a streaming view's query (`FROM view`):
+    /// the view's name. The view's rows are the change records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through_view: Option<String>,
     /// The apply sequence number the next stored change gets (monotonic; 0 marks folded rows).
     pub next_sequence: i64,
     /// Change rows stored since the last fold into the base rows.

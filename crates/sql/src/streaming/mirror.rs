@@ -155,30 +155,7 @@ pub(crate) async fn create(
             })?;
         column.nullable = false;
     }
-    let (source_schema, stream) = match clauses.source.as_slice() {
-        [schema, stream] => (schema.clone(), stream.clone()),
-        _ => {
-            return Err(Error::InvalidStatement(
-                "a mirror table reads a stream of an external schema: FROM schema.\"stream\""
-                    .into(),
-            ));
-        }
-    };
-    let external = pinned
-        .schema(&database, &source_schema)
-        .ok()
-        .and_then(|s| s.external.as_ref());
-    if external.is_none() {
-        let what = match pinned.relation(&database, &source_schema, &stream) {
-            Some(_) => format!(
-                "\"{source_schema}\".\"{stream}\" is a relation, not a stream; name the stream the view reads"
-            ),
-            None => format!("\"{source_schema}\" is not an external schema"),
-        };
-        return Err(Error::InvalidStatement(format!(
-            "a mirror table reads a stream of an external schema (CREATE EXTERNAL SCHEMA ... FROM KINESIS): {what}"
-        )));
-    }
+    let (source_schema, stream, sql, through_view) = source(session, &clauses.source)?;
     let format = match (clauses.format.as_str(), clauses.operation_column) {
         ("debezium", _) => ChangeFormat::Debezium,
         ("dms", _) => ChangeFormat::Dms,
@@ -191,12 +168,6 @@ pub(crate) async fn create(
     let owner = session.user().to_string();
     let mut table = super::view_table(&database, &schema, &name, &owner, columns, &[]);
     table.constraints = constraints;
-    // The stream's records pass through as they are: the mirror decodes them itself.
-    let sql = format!(
-        "SELECT shard_id, sequence_number, kinesis_data FROM {}.{}",
-        quote(&source_schema),
-        quote(&stream)
-    );
     table.materialized = Some(Box::new(MaterializedView {
         sql,
         input: ViewInput::Stream,
@@ -209,6 +180,7 @@ pub(crate) async fn create(
             format,
             key,
             order: clauses.order,
+            through_view,
             next_sequence: 1,
             unfolded: 0,
             base_rows: 0,
@@ -224,6 +196,55 @@ pub(crate) async fn create(
         state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
     })?;
     Ok(Output::command("CREATE TABLE"))
+}
+
+/// The mirror's source: a stream of an external schema, read as it is, or a streaming view,
+/// whose stream the mirror reads through the view's query. Returns the external schema, the
+/// stream, the query the mirror's rounds run, and the view's name.
+fn source(session: &Session, parts: &[String]) -> Result<(String, String, String, Option<String>)> {
+    let database = session.database();
+    let pinned = session.catalogs().pinned();
+    if let [schema, stream] = parts
+        && pinned
+            .schema(database, schema)
+            .is_ok_and(|s| s.external.is_some())
+    {
+        // The records pass through as they are: the mirror decodes them itself.
+        let sql = format!(
+            "SELECT shard_id, sequence_number, kinesis_data FROM {}.{}",
+            quote(schema),
+            quote(stream)
+        );
+        return Ok((schema.clone(), stream.clone(), sql, None));
+    }
+    let idents: Vec<datafusion::sql::sqlparser::ast::Ident> = parts
+        .iter()
+        .map(|p| datafusion::sql::sqlparser::ast::Ident::with_quote('"', p))
+        .collect();
+    let refused = |what: String| {
+        Error::InvalidStatement(format!(
+            "a mirror table reads a stream of an external schema (FROM schema.\"stream\") or a streaming materialized view: {what}"
+        ))
+    };
+    let (schema, name) = session
+        .resolve_existing(&ObjectName::from(idents))
+        .map_err(|_| refused(format!("\"{}\" is neither", parts.join("."))))?;
+    match pinned.relation(database, &schema, &name) {
+        Some(Relation::Table(table)) => match table.materialized.as_deref() {
+            Some(mv) if mv.input.is_stream() && mv.mirror.is_none() && mv.aggregate.is_none() => {
+                Ok((
+                    mv.source_schema.clone(),
+                    mv.stream.clone(),
+                    mv.sql.clone(),
+                    Some(name),
+                ))
+            }
+            _ => Err(refused(format!(
+                "\"{name}\" is not a streaming view (one without GROUP BY)"
+            ))),
+        },
+        _ => Err(refused(format!("\"{name}\" is not a streaming view"))),
+    }
 }
 
 fn quote(name: &str) -> String {
@@ -709,6 +730,68 @@ pub(crate) async fn apply(
     Ok((stored, errors))
 }
 
+/// A streaming view's rows as change records, one per row: the document of the view's only
+/// SUPER column if it has exactly one, else the row as an object of its columns. The
+/// records keep the row's `shard_id` and `sequence_number` when the view selects them.
+pub(crate) fn view_records(batches: &[RecordBatch]) -> Result<Vec<StreamRecord>> {
+    let mut records = Vec::new();
+    for batch in batches {
+        let schema = batch.schema();
+        let supers: Vec<usize> = (0..batch.num_columns())
+            .filter(|&i| crate::partiql::is_super(schema.field(i)))
+            .collect();
+        let options = arrow::util::display::FormatOptions::default();
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let text = |column: usize, row: usize| -> Option<String> {
+            (!batch.column(column).is_null(row)).then(|| formatters[column].value(row).to_string())
+        };
+        let position = |name: &str, row: usize| {
+            schema
+                .index_of(name)
+                .ok()
+                .and_then(|i| text(i, row))
+                .unwrap_or_default()
+        };
+        for row in 0..batch.num_rows() {
+            let data = match supers.as_slice() {
+                [only] => text(*only, row).unwrap_or_else(|| "null".into()),
+                _ => {
+                    let mut object = Map::new();
+                    for (i, field) in schema.fields().iter().enumerate() {
+                        let value = match text(i, row) {
+                            None => Value::Null,
+                            Some(t) if supers.contains(&i) => {
+                                serde_json::from_str(&t).unwrap_or(Value::String(t))
+                            }
+                            Some(t)
+                                if field.data_type().is_numeric()
+                                    || field.data_type() == &DataType::Boolean =>
+                            {
+                                serde_json::from_str(&t).unwrap_or(Value::String(t))
+                            }
+                            Some(t) => Value::String(t),
+                        };
+                        object.insert(field.name().clone(), value);
+                    }
+                    Value::Object(object).to_string()
+                }
+            };
+            records.push(StreamRecord {
+                shard_id: position("shard_id", row),
+                sequence_number: position("sequence_number", row),
+                partition_key: String::new(),
+                arrival_micros: 0,
+                data: bytes::Bytes::from(data),
+            });
+        }
+    }
+    Ok(records)
+}
+
 /// Applies change records to a mirror table in the current transaction: the newest change of
 /// each key is stored, and the stored changes are folded into the base once they are many.
 /// Returns the changes stored, the records rejected (by index, with why) and the view's
@@ -752,7 +835,13 @@ async fn apply_records(
     } else {
         version
     };
-    commit_spec(catalogs, [database, schema, name], &table.path, version, updated)?;
+    commit_spec(
+        catalogs,
+        [database, schema, name],
+        &table.path,
+        version,
+        updated,
+    )?;
     Ok((stored, decoded.rejected, mv))
 }
 
@@ -911,7 +1000,10 @@ async fn fold(
     let newest = batches
         .iter()
         .filter_map(|b| {
-            let orders = b.column(order_index).as_any().downcast_ref::<BinaryArray>()?;
+            let orders = b
+                .column(order_index)
+                .as_any()
+                .downcast_ref::<BinaryArray>()?;
             arrow::compute::max_binary(orders).map(<[u8]>::to_vec)
         })
         .max();

@@ -654,7 +654,25 @@ pub(crate) async fn round(
                 ),
             ));
         }
-        if !usable.is_empty() && mv.mirror.is_some() {
+        if !usable.is_empty() && mv.mirror.as_ref().is_some_and(|m| m.through_view.is_some()) {
+            // Through a view: its query turns records into rows, which are the changes.
+            let input = tributary_ingest::records_to_batch(&usable, refresh_micros);
+            let (rows, failures) = pipeline.transform(&input, &[]).await;
+            for (row, reason) in failures {
+                skipped.push(ScanError::record(
+                    view,
+                    &mv,
+                    usable[row],
+                    "transform_failed",
+                    reason,
+                ));
+            }
+            let records = mirror::view_records(&rows)?;
+            let records: Vec<&StreamRecord> = records.iter().collect();
+            let (stored, rejected) = mirror::apply(catalogs, view, &records).await?;
+            stats.rows += stored;
+            skipped.extend(rejected);
+        } else if !usable.is_empty() && mv.mirror.is_some() {
             let (stored, rejected) = mirror::apply(catalogs, view, &usable).await?;
             stats.rows += stored;
             skipped.extend(rejected);
