@@ -304,9 +304,9 @@ fn decode(
                     }
                 ))),
             };
-            match op {
-                "c" | "r" | "u" => (false, row("after")?, payload),
-                "d" => (true, row("before")?, payload),
+            let (delete, side) = match op {
+                "c" | "r" | "u" => (false, "after"),
+                "d" => (true, "before"),
                 "m" => return Ok(None),
                 "t" => {
                     return Err(invalid(
@@ -314,7 +314,12 @@ fn decode(
                     ));
                 }
                 other => return Err(invalid(format!("unknown Debezium op \"{other}\""))),
+            };
+            let mut image = row(side)?;
+            if let (Some(schema), Some(_)) = (object.get("schema"), object.get("payload")) {
+                debezium_values(schema, side, &mut image).map_err(invalid)?;
             }
+            (delete, image, payload)
         }
         ChangeFormat::Dms => {
             let metadata = object
@@ -420,6 +425,112 @@ fn decode(
         order,
         image,
     }))
+}
+
+/// Turns the values Debezium encodes by logical type, as the schema envelope names them, into
+/// plain ones: Kafka Connect decimals (base64 of a big-endian unscaled integer), variable
+/// scale decimals, and dates and timestamps counted from the epoch.
+fn debezium_values(
+    schema: &Value,
+    side: &str,
+    row: &mut Map<String, Value>,
+) -> std::result::Result<(), String> {
+    let fields = schema
+        .get("fields")
+        .and_then(Value::as_array)
+        .and_then(|fields| {
+            fields
+                .iter()
+                .find(|f| f.get("field").and_then(Value::as_str) == Some(side))
+        })
+        .and_then(|f| f.get("fields"))
+        .and_then(Value::as_array);
+    for field in fields.into_iter().flatten() {
+        let (Some(column), Some(logical)) = (
+            field.get("field").and_then(Value::as_str),
+            field.get("name").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let Some(value) = row.get_mut(column).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let integer = |value: &Value| {
+            value.as_i64().ok_or_else(|| {
+                format!("column \"{column}\": {logical} needs an integer, not {value}")
+            })
+        };
+        let instant = |micros: Option<i64>| {
+            micros
+                .and_then(chrono::DateTime::from_timestamp_micros)
+                .map(|t| Value::String(t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string()))
+                .ok_or_else(|| {
+                    format!("column \"{column}\": {value} is out of range for {logical}")
+                })
+        };
+        *value = match logical {
+            "org.apache.kafka.connect.data.Decimal" => {
+                let scale = field
+                    .get("parameters")
+                    .and_then(|p| p.get("scale"))
+                    .and_then(|s| s.as_str().and_then(|s| s.parse().ok()).or(s.as_u64()))
+                    .unwrap_or(0);
+                match value {
+                    Value::String(text) => Value::String(decimal_from_base64(text, scale)?),
+                    _ => continue,
+                }
+            }
+            "io.debezium.data.VariableScaleDecimal" => {
+                let scale = value.get("scale").and_then(Value::as_u64).unwrap_or(0);
+                let digits = value.get("value").and_then(Value::as_str).ok_or_else(|| {
+                    format!("column \"{column}\": a VariableScaleDecimal needs \"value\"")
+                })?;
+                Value::String(decimal_from_base64(digits, scale)?)
+            }
+            "io.debezium.time.Date" | "org.apache.kafka.connect.data.Date" => {
+                let days = integer(value)?;
+                chrono::NaiveDate::from_ymd_opt(1970, 1, 1)
+                    .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::days(days)))
+                    .map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
+                    .ok_or_else(|| {
+                        format!("column \"{column}\": {days} is out of range for a date")
+                    })?
+            }
+            "io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp" => {
+                instant(integer(value)?.checked_mul(1_000))?
+            }
+            "io.debezium.time.MicroTimestamp" => instant(Some(integer(value)?))?,
+            "io.debezium.time.NanoTimestamp" => instant(Some(integer(value)?.div_euclid(1_000)))?,
+            _ => continue,
+        };
+    }
+    Ok(())
+}
+
+/// A Kafka Connect decimal: base64 of the unscaled value as a big-endian two's complement
+/// integer, shown with `scale` fraction digits.
+fn decimal_from_base64(text: &str, scale: u64) -> std::result::Result<String, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("not a base64 decimal: {text} ({e})"))?;
+    if bytes.is_empty() || bytes.len() > 16 {
+        return Err(format!("not a decimal of at most 38 digits: {text}"));
+    }
+    let mut unscaled: i128 = if bytes[0] & 0x80 != 0 { -1 } else { 0 };
+    for byte in bytes {
+        unscaled = (unscaled << 8) | i128::from(byte);
+    }
+    let digits = unscaled.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    let sign = if unscaled < 0 { "-" } else { "" };
+    Ok(if scale == 0 {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    })
 }
 
 fn invalid(reason: String) -> Rejection {
@@ -1161,6 +1272,53 @@ mod tests {
             order(serde_json::json!("007.0"))
         );
         assert_eq!(order_bytes(&serde_json::json!(true)), None);
+    }
+
+    #[test]
+    fn debezium_logical_types_follow_the_schema_envelope() {
+        assert_eq!(decimal_from_base64("AOY=", 2).unwrap(), "2.30");
+        assert_eq!(decimal_from_base64("/xg=", 2).unwrap(), "-2.32");
+        assert_eq!(decimal_from_base64("Bw==", 0).unwrap(), "7");
+        assert!(decimal_from_base64("not base64!", 2).is_err());
+        let spec = MirrorSpec {
+            format: ChangeFormat::Debezium,
+            key: vec!["id".into()],
+            order: None,
+            through_view: None,
+            next_sequence: 1,
+            unfolded: 0,
+            base_rows: 0,
+            base_newest: None,
+            changes_oldest: None,
+        };
+        let record = serde_json::json!({
+            "schema": {"type": "struct", "fields": [
+                {"type": "struct", "field": "after", "fields": [
+                    {"type": "int32", "field": "id"},
+                    {"type": "bytes", "field": "price", "name": "org.apache.kafka.connect.data.Decimal",
+                     "parameters": {"scale": "2", "connect.decimal.precision": "10"}},
+                    {"type": "int32", "field": "born", "name": "io.debezium.time.Date"},
+                    {"type": "int64", "field": "seen", "name": "io.debezium.time.MicroTimestamp"},
+                    {"type": "int64", "field": "at", "name": "io.debezium.time.Timestamp"}
+                ]}
+            ]},
+            "payload": {"op": "c", "before": null,
+                "after": {"id": 1, "price": "AOY=", "born": 19000, "seen": 1700000000123456i64, "at": 1700000000123i64}}
+        });
+        let record = StreamRecord {
+            shard_id: "s".into(),
+            sequence_number: "1".into(),
+            partition_key: "1".into(),
+            arrival_micros: 0,
+            data: bytes::Bytes::from(record.to_string()),
+        };
+        let change = decode(&spec, &record).unwrap().unwrap();
+        assert!(!change.delete);
+        assert_eq!(
+            Value::Object(change.image),
+            serde_json::json!({"id": 1, "price": "2.30", "born": "2022-01-08",
+                "seen": "2023-11-14 22:13:20.123456", "at": "2023-11-14 22:13:20.123000"})
+        );
     }
 
     #[test]
