@@ -10,7 +10,7 @@ insert SQL on the same rows and changes in the same run, and both results are co
 Then, continuously: the mirror refreshes itself (AUTO REFRESH) from a Kinesis-compatible
 stream (kinesalite) while a producer puts changes (80% updates, 20% inserts) at a steady
 rate; freshness is the time from PutRecords returning to the change being visible (the start
-of the first query whose snapshot shows it, polled every 20 ms), per PutRecords call of 500.
+of the first query whose snapshot shows it, polled every 20 ms by default), per PutRecords call of 500.
 Prints figures; asserts nothing about speed.
 
     cargo build --release -p tributary
@@ -72,7 +72,7 @@ def change_record(op, seq, key):
             f'"price":"{key % 90}.{key % 100:02d}","items":{(key + 1) % 11}}}').encode()
 
 
-def freshness(conn, kinesis, rows, first_seq, rate, seconds):
+def freshness(conn, kinesis, rows, first_seq, rate, seconds, poll_ms):
     """Puts changes at `rate` per second for `seconds` into the auto-refreshing mirror."""
     create_stream(kinesis, "cart", 4)
     conn.execute("ALTER MIRROR TABLE cart AUTO REFRESH YES")
@@ -91,7 +91,7 @@ def freshness(conn, kinesis, rows, first_seq, rate, seconds):
                 at = time.perf_counter()
                 n = c.execute(f"SELECT max(seq) FROM cart WHERE seq >= {first_seq}").fetchone()[0]
                 visible.append((at, n or 0))
-                time.sleep(0.02)
+                time.sleep(poll_ms / 1000)
 
     poller = threading.Thread(target=poll)
     poller.start()
@@ -136,7 +136,7 @@ def freshness(conn, kinesis, rows, first_seq, rate, seconds):
 
 
 def tributary_run(binary, data, base_dir, changes_path, endpoint, kinesis, rate, seconds,
-                  rows):
+                  rows, poll_ms):
     proc, port = start_server(binary, data, "--mirror-fold-changes", "1000000000",
                               "--kinesis-endpoint", endpoint, "--refresh-interval-ms", "100")
     try:
@@ -170,7 +170,7 @@ def tributary_run(binary, data, base_dir, changes_path, endpoint, kinesis, rate,
         figures["read folded"] = time.perf_counter() - started
         assert folded == result, (folded, result)
         cpu = cpu_seconds(proc.pid)
-        figures["freshness"] = freshness(conn, kinesis, rows, rows * 3, rate, seconds)
+        figures["freshness"] = freshness(conn, kinesis, rows, rows * 3, rate, seconds, poll_ms)
         figures["stream cpu"] = cpu_seconds(proc.pid) - cpu
         figures["peak rss"] = memory_mib(proc.pid, "VmHWM")
         return figures, result
@@ -214,6 +214,8 @@ def main():
     parser.add_argument("--changes", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--poll-ms", type=int, default=20,
+                        help="how often the freshness poller queries the mirror")
     args = parser.parse_args()
     kinesalite, endpoint = start_kinesalite()
     kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
@@ -229,7 +231,7 @@ def main():
         try:
             figures, result = tributary_run(args.binary, os.path.join(scratch, "data"),
                                             base_dir, changes_path, endpoint, kinesis,
-                                            args.rate, args.seconds, args.rows)
+                                            args.rate, args.seconds, args.rows, args.poll_ms)
         finally:
             kinesalite.kill()
             kinesalite.wait()
