@@ -9,8 +9,10 @@ mod error;
 mod kinesis;
 mod position;
 mod record;
+pub mod service;
 
 pub use error::{Error, Result};
 pub use kinesis::{KinesisReader, KinesisSource, ReadBatch, ReadLimits, ShardLag};
 pub use position::{Gap, Positions};
 pub use record::{StreamRecord, kinesis_schema, records_to_batch};
+pub use service::{ServiceSettings, StreamService};

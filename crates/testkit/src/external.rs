@@ -94,18 +94,25 @@ pub enum KinesisFlavor {
     Kinesalite,
     /// kinesis-local (kinesis-mock): faithful resharding (ChildShards, UpdateShardCount).
     KinesisLocal,
+    /// Tributary's own embedded stream service, in this process, on a fresh store.
+    Embedded,
 }
 
 /// A Kinesis-compatible server (from `tests/node`, installed by `.ci/run` with npm) on a free
 /// loopback port.
 pub struct KinesisServer {
-    child: Child,
+    child: Option<Child>,
+    /// The embedded service's runtime and store directory.
+    embedded: Option<(tokio::runtime::Runtime, tempfile::TempDir)>,
     pub port: u16,
     pub flavor: KinesisFlavor,
 }
 
 impl KinesisServer {
     pub fn start(flavor: KinesisFlavor) -> Self {
+        if flavor == KinesisFlavor::Embedded {
+            return Self::embedded();
+        }
         let node = require_program("node", "install Node.js");
         let modules = crate::repo_root().join("tests/node");
         let loopback = modules.join("bind-loopback.js");
@@ -148,6 +155,7 @@ impl KinesisServer {
                     .env("MERGE_SHARDS_DURATION", "10ms")
                     .env("DELETE_STREAM_DURATION", "10ms");
             }
+            KinesisFlavor::Embedded => unreachable!("started in-process above"),
         }
         let child = command
             .stdout(Stdio::null())
@@ -156,9 +164,38 @@ impl KinesisServer {
             .expect("start the Kinesis-compatible server");
         wait_for_port(port, Duration::from_secs(30));
         Self {
-            child,
+            child: Some(child),
+            embedded: None,
             port,
             flavor,
+        }
+    }
+
+    /// The embedded stream service on its own runtime, so that it outlives test runtimes.
+    fn embedded() -> Self {
+        let dir = tempfile::tempdir().expect("a directory for the stream service");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the stream service");
+        let service = tributary_ingest::StreamService::open(dir.path(), Default::default())
+            .expect("open the stream service");
+        // Bound here, without blocking: tests start servers from inside their runtime.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the stream service");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let port = listener.local_addr().expect("its address").port();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+            service.serve(listener).await;
+        });
+        Self {
+            child: None,
+            embedded: Some((runtime, dir)),
+            port,
+            flavor: KinesisFlavor::Embedded,
         }
     }
 
@@ -169,8 +206,13 @@ impl KinesisServer {
 
 impl Drop for KinesisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some((runtime, _dir)) = self.embedded.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

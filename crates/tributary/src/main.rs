@@ -62,6 +62,26 @@ struct ServeArgs {
     /// SDK's configuration chain (which also reads AWS_ENDPOINT_URL_KINESIS).
     #[arg(long, env = "TRIBUTARY_KINESIS_ENDPOINT")]
     kinesis_endpoint: Option<String>,
+    /// Address of the embedded Kinesis-compatible stream service (any AWS SDK, the AWS CLI or
+    /// an agent can write to it). When no Kinesis endpoint is configured, external schemas
+    /// FROM KINESIS read it.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:4567",
+        env = "TRIBUTARY_STREAM_LISTEN"
+    )]
+    stream_listen: SocketAddr,
+    /// Do not run the embedded stream service (external schemas then use the AWS SDK's
+    /// configuration chain, i.e. Amazon Kinesis, unless --kinesis-endpoint is given).
+    #[arg(long, env = "TRIBUTARY_NO_STREAM_SERVICE")]
+    no_stream_service: bool,
+    /// Where the embedded stream service keeps its records (default: _streams in the data
+    /// directory; required when the data lives in S3).
+    #[arg(long, env = "TRIBUTARY_STREAM_DIR")]
+    stream_dir: Option<std::path::PathBuf>,
+    /// Hours the embedded stream service keeps a record.
+    #[arg(long, default_value_t = 24, env = "TRIBUTARY_STREAM_RETENTION_HOURS")]
+    stream_retention_hours: u32,
     /// Log filter, in tracing's env-filter syntax (also read from RUST_LOG).
     #[arg(long, default_value = "info", env = "RUST_LOG")]
     log: String,
@@ -113,10 +133,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             vacuum_retention: std::time::Duration::from_secs(args.vacuum_retention),
             ..Default::default()
         });
+        let embedded = start_stream_service(&args).await?;
+        let configured = args.kinesis_endpoint.is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL_KINESIS").is_some_and(|v| !v.is_empty());
+        let use_embedded = embedded.filter(|_| !configured);
+        if let Some(address) = use_embedded {
+            tracing::info!(%address, "no Kinesis endpoint is configured: external schemas FROM KINESIS read the embedded stream service");
+        }
         engine.spawn_streaming(tributary_sql::StreamingSettings {
             refresh_interval: std::time::Duration::from_millis(args.refresh_interval_ms.max(10)),
             max_record_bytes: args.max_record_bytes,
-            kinesis_endpoint: args.kinesis_endpoint.clone(),
+            kinesis_endpoint: match use_embedded {
+                Some(address) => Some(format!("http://{address}")),
+                None => args.kinesis_endpoint.clone(),
+            },
+            embedded_stream_service: use_embedded.is_some(),
             mirror_fold_changes: args.mirror_fold_changes.max(1),
             ..Default::default()
         });
@@ -146,6 +177,51 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shut down");
         Ok(())
     })
+}
+
+/// Starts the embedded stream service unless it is turned off; returns where it listens.
+/// When the default address is taken (another server on this machine), the server runs
+/// without it and says so; an address given explicitly must be free.
+async fn start_stream_service(args: &ServeArgs) -> anyhow::Result<Option<SocketAddr>> {
+    if args.no_stream_service {
+        return Ok(None);
+    }
+    let dir = match &args.stream_dir {
+        Some(dir) => dir.clone(),
+        None if args.data.starts_with("s3://") => {
+            tracing::warn!(
+                "the embedded stream service needs a local directory (--stream-dir) when the data lives in S3; it is not started"
+            );
+            return Ok(None);
+        }
+        None => std::path::Path::new(&args.data).join("_streams"),
+    };
+    let service = tributary_ingest::StreamService::open(
+        &dir,
+        tributary_ingest::ServiceSettings {
+            retention_hours: args.stream_retention_hours,
+        },
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the stream service's directory {}",
+            dir.display()
+        )
+    })?;
+    let explicit = std::env::var_os("TRIBUTARY_STREAM_LISTEN").is_some()
+        || std::env::args().any(|a| a.starts_with("--stream-listen"));
+    match service.spawn(args.stream_listen).await {
+        Ok(address) => {
+            tracing::info!(%address, dir = %dir.display(), "embedded stream service (Kinesis API) listening");
+            Ok(Some(address))
+        }
+        Err(err) if !explicit => {
+            tracing::warn!(address = %args.stream_listen, %err, "the embedded stream service could not listen; running without it (--stream-listen moves it)");
+            Ok(None)
+        }
+        Err(err) => Err(err)
+            .with_context(|| format!("the stream service cannot listen on {}", args.stream_listen)),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -241,6 +241,13 @@ pub(crate) async fn create_external_schema(
         state.schema_mut(&database, &schema)?.external = Some(external);
         Ok(())
     })?;
+    let settings = session.engine().streams.settings();
+    if settings.embedded_stream_service {
+        session.notice(format!(
+            "no Kinesis endpoint is configured: the streams of \"{schema}\" are read from the embedded stream service at {}",
+            settings.kinesis_endpoint.unwrap_or_default()
+        ));
+    }
     Ok(Output::command("CREATE SCHEMA"))
 }
 

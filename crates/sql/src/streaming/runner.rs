@@ -29,6 +29,9 @@ pub struct StreamingSettings {
     /// The Kinesis endpoint, overriding the AWS SDK's configuration chain (which reads
     /// `AWS_ENDPOINT_URL_KINESIS`, the region and credentials from the environment).
     pub kinesis_endpoint: Option<String>,
+    /// Set when `kinesis_endpoint` is the embedded stream service (CREATE EXTERNAL SCHEMA says
+    /// so to the client).
+    pub embedded_stream_service: bool,
     /// A mirror table folds its stored changes into its base rows once there are at least
     /// this many of them (and at least a quarter of the base).
     pub mirror_fold_changes: u64,
@@ -41,6 +44,7 @@ impl Default for StreamingSettings {
             max_record_bytes: super::VARBYTE_MAX as usize,
             records_per_shard: 10_000,
             kinesis_endpoint: None,
+            embedded_stream_service: false,
             mirror_fold_changes: 500_000,
         }
     }

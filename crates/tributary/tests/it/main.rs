@@ -12,5 +12,6 @@ mod maintenance;
 mod mirror;
 mod s3;
 mod slt;
+mod stream_service;
 mod streaming;
 mod transactions;

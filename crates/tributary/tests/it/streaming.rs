@@ -361,6 +361,11 @@ async fn statement_forms_against_kinesis_local() {
     statement_forms(KinesisFlavor::KinesisLocal).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_forms_against_the_embedded_stream_service() {
+    statement_forms(KinesisFlavor::Embedded).await;
+}
+
 /// The streaming statements of seeds 000, 002 and 003 as written (the role ARNs and stream
 /// names the captures lost are filled in).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,83 @@
+//! The embedded stream service of `tributary serve`: boto3 writes and reads it with Kinesis'
+//! operations, limits and errors; external schemas read it when no Kinesis endpoint is
+//! configured; records and view positions survive a kill -9 and a restart.
+
+use std::process::Command;
+
+use tributary_testkit::{free_port, python, repo_root};
+
+use crate::durability::{connect, spawn_server};
+
+fn boto3_check(port: u16, phase: &str) {
+    let python = python(&["boto3"]);
+    let script = repo_root().join("tests/clients/stream_service_check.py");
+    let output = Command::new(python)
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(phase)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "stream_service_check.py {phase} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_stream_service_serves_kinesis_clients_and_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap().to_string();
+    let stream_port = free_port();
+    let envs = [(
+        "TRIBUTARY_STREAM_LISTEN",
+        format!("127.0.0.1:{stream_port}"),
+    )];
+    let (mut child, port) = spawn_server(&data, &envs);
+    boto3_check(stream_port, "write");
+
+    // No Kinesis endpoint is configured: the external schema reads the embedded service.
+    let client = connect(port).await;
+    client
+        .batch_execute(
+            "CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE default;
+             CREATE MATERIALIZED VIEW orders_mv AS
+               SELECT shard_id, CAST(json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'order') AS int) AS order_id
+               FROM kds.orders;
+             REFRESH MATERIALIZED VIEW orders_mv;",
+        )
+        .await
+        .unwrap();
+    let count = |client: tokio_postgres::Client| async move {
+        let row = client
+            .query_one(
+                "SELECT count(*), count(DISTINCT order_id), count(DISTINCT shard_id) FROM orders_mv",
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        )
+    };
+    assert_eq!(count(client).await, (1002, 1002, 3));
+
+    // kill -9, then a restart on the same data: the records, the stream and the view's
+    // positions are all still there.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, port) = spawn_server(&data, &envs);
+    boto3_check(stream_port, "read");
+    let client = connect(port).await;
+    client
+        .batch_execute("REFRESH MATERIALIZED VIEW orders_mv")
+        .await
+        .unwrap();
+    assert_eq!(count(client).await, (1012, 1012, 3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
