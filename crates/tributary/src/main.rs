@@ -1,5 +1,7 @@
 //! The `tributary` command: CLI parsing and wiring of the engine to the wire server.
 
+mod demo;
+
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -21,6 +23,29 @@ struct Cli {
 enum Command {
     /// Start the server.
     Serve(ServeArgs),
+    /// Show the whole product on the embedded default: a generator writes a cart CDC stream
+    /// into the built-in stream service, a streaming view and a mirror table fill, and the
+    /// rate, freshness and row counts are printed live. Clients can connect meanwhile.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Cart changes written per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Stop after this many seconds (default: at Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// The demo's data directory (kept afterwards; a later demo continues in it).
+    #[arg(long, default_value = "./tributary-demo")]
+    data: String,
+    /// Address for Postgres-protocol clients (a free port if this one is taken).
+    #[arg(long, default_value = "127.0.0.1:5439")]
+    listen: SocketAddr,
+    /// Address of the embedded stream service (a free port if this one is taken).
+    #[arg(long, default_value = "127.0.0.1:4567")]
+    stream_listen: SocketAddr,
 }
 
 #[derive(clap::Args)]
@@ -97,17 +122,60 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Demo(args) => demo(args),
     }
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&args.log);
+    runtime()?.block_on(async move {
+        let started = start(&args, false).await?;
+        let address = started.address;
+        tracing::info!(%address, "listening; connect with: psql -h {} -p {} -U admin dev", address.ip(), address.port());
+        // Tell scripts where we listen (useful with port 0).
+        println!("tributary listening on {address}");
+        tributary_wire::serve(started.listener, started.engine, password_method(&args), shutdown_signal()).await?;
+        tracing::info!("shut down");
+        Ok(())
+    })
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    // The server's own settings, with the demo's addresses and a short refresh interval.
+    let Command::Serve(serve) = Cli::parse_from([
+        "tributary",
+        "serve",
+        "--data",
+        &args.data,
+        "--listen",
+        &args.listen.to_string(),
+        "--stream-listen",
+        &args.stream_listen.to_string(),
+        "--refresh-interval-ms",
+        "100",
+        // The demo prints its own progress; only errors are logged.
+        "--log",
+        "error",
+    ])
+    .command
+    else {
+        unreachable!("parsed as serve");
+    };
+    init_logging(&serve.log);
+    runtime()?.block_on(async move {
+        let started = start(&serve, true).await?;
+        demo::run(started, args.rate, args.seconds, password_method(&serve)).await
+    })
+}
+
+fn init_logging(log: &str) {
     // delta-rs warns on every data file with a binary column (VARBYTE, a mirror's ordering
     // column) that it keeps no statistics for it: expected here, so not logged unless the
     // filter names delta-rs itself.
-    let filter = if args.log.contains("deltalake") {
-        args.log.clone()
+    let filter = if log.contains("deltalake") {
+        log.to_string()
     } else {
-        format!("{},deltalake_core::writer::stats=error", args.log)
+        format!("{log},deltalake_core::writer::stats=error")
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter.as_str())
@@ -115,74 +183,113 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Logs go to stderr; stdout carries only the "listening on" line that scripts wait for.
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(tributary_sql::THREAD_STACK_BYTES)
         .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        // The password is read only when the data directory is created; later starts keep the
-        // stored verifiers.
-        let password = std::env::var("TRIBUTARY_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
-        let verifiers = password.as_deref().map(|p| tributary_wire::password_verifiers("admin", p));
-        let engine = tributary_sql::Engine::open(&args.data, verifiers)
-            .await
-            .with_context(|| format!("cannot open the data directory {}", args.data))?;
-        engine.spawn_maintenance(tributary_sql::MaintenanceSettings {
-            interval: std::time::Duration::from_secs(args.maintenance_interval.max(1)),
-            compact_min_files: args.compact_min_files.max(2),
-            vacuum_retention: std::time::Duration::from_secs(args.vacuum_retention),
-            ..Default::default()
-        });
-        let embedded = start_stream_service(&args).await?;
-        let configured = args.kinesis_endpoint.is_some()
-            || std::env::var_os("AWS_ENDPOINT_URL_KINESIS").is_some_and(|v| !v.is_empty());
-        let use_embedded = embedded.filter(|_| !configured);
-        if let Some(address) = use_embedded {
-            tracing::info!(%address, "no Kinesis endpoint is configured: external schemas FROM KINESIS read the embedded stream service");
+        .build()?)
+}
+
+fn password_method(args: &ServeArgs) -> PasswordMethod {
+    match args.password_auth {
+        AuthMethod::Scram => PasswordMethod::ScramSha256,
+        AuthMethod::Md5 => PasswordMethod::Md5,
+    }
+}
+
+/// A server ready to accept clients.
+struct Started {
+    engine: std::sync::Arc<tributary_sql::Engine>,
+    listener: tokio::net::TcpListener,
+    address: SocketAddr,
+    /// The embedded stream service, when it runs, and where.
+    stream_service: Option<(tributary_ingest::StreamService, SocketAddr)>,
+}
+
+/// Opens the data directory, starts maintenance, the stream service and streaming, and binds
+/// the client listener. With `any_port`, a taken default address falls back to a free port
+/// (the demo must run next to a server).
+async fn start(args: &ServeArgs, any_port: bool) -> anyhow::Result<Started> {
+    // The password is read only when the data directory is created; later starts keep the
+    // stored verifiers.
+    let password = std::env::var("TRIBUTARY_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let verifiers = password
+        .as_deref()
+        .map(|p| tributary_wire::password_verifiers("admin", p));
+    let engine = tributary_sql::Engine::open(&args.data, verifiers)
+        .await
+        .with_context(|| format!("cannot open the data directory {}", args.data))?;
+    engine.spawn_maintenance(tributary_sql::MaintenanceSettings {
+        interval: std::time::Duration::from_secs(args.maintenance_interval.max(1)),
+        compact_min_files: args.compact_min_files.max(2),
+        vacuum_retention: std::time::Duration::from_secs(args.vacuum_retention),
+        ..Default::default()
+    });
+    let stream_service = start_stream_service(args, any_port).await?;
+    let configured = args.kinesis_endpoint.is_some()
+        || std::env::var_os("AWS_ENDPOINT_URL_KINESIS").is_some_and(|v| !v.is_empty());
+    let use_embedded = stream_service
+        .as_ref()
+        .map(|(_, address)| *address)
+        .filter(|_| !configured);
+    if let Some(address) = use_embedded {
+        tracing::info!(%address, "no Kinesis endpoint is configured: external schemas FROM KINESIS read the embedded stream service");
+    }
+    engine.spawn_streaming(tributary_sql::StreamingSettings {
+        refresh_interval: std::time::Duration::from_millis(args.refresh_interval_ms.max(10)),
+        max_record_bytes: args.max_record_bytes,
+        kinesis_endpoint: match use_embedded {
+            Some(address) => Some(format!("http://{address}")),
+            None => args.kinesis_endpoint.clone(),
+        },
+        embedded_stream_service: use_embedded.is_some(),
+        mirror_fold_changes: args.mirror_fold_changes.max(1),
+        ..Default::default()
+    });
+    let listener = match tributary_wire::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(_) if any_port => {
+            let mut address = args.listen;
+            address.set_port(0);
+            tributary_wire::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?
         }
-        engine.spawn_streaming(tributary_sql::StreamingSettings {
-            refresh_interval: std::time::Duration::from_millis(args.refresh_interval_ms.max(10)),
-            max_record_bytes: args.max_record_bytes,
-            kinesis_endpoint: match use_embedded {
-                Some(address) => Some(format!("http://{address}")),
-                None => args.kinesis_endpoint.clone(),
-            },
-            embedded_stream_service: use_embedded.is_some(),
-            mirror_fold_changes: args.mirror_fold_changes.max(1),
-            ..Default::default()
-        });
-        let listener = tributary_wire::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let address = listener.local_addr()?;
-        let admin_has_password = engine
-            .catalog_snapshot()
-            .users
-            .get("admin")
-            .is_some_and(|u| u.password.is_some());
-        tracing::info!(data = %engine.location(), created = engine.was_created(), "data directory open");
-        if admin_has_password {
-            tracing::info!("user admin needs its password");
-        } else {
-            tracing::warn!("user admin has no password: connections from this machine are trusted, others refused; set TRIBUTARY_ADMIN_PASSWORD when creating a data directory to require one");
-        }
-        tracing::info!(%address, "listening; connect with: psql -h {} -p {} -U admin dev", address.ip(), address.port());
-        // Tell scripts where we listen (useful with port 0).
-        println!("tributary listening on {address}");
-        let method = match args.password_auth {
-            AuthMethod::Scram => PasswordMethod::ScramSha256,
-            AuthMethod::Md5 => PasswordMethod::Md5,
-        };
-        tributary_wire::serve(listener, engine, method, shutdown_signal()).await?;
-        tracing::info!("shut down");
-        Ok(())
+        Err(err) => return Err(err).with_context(|| format!("cannot listen on {}", args.listen)),
+    };
+    let address = listener.local_addr()?;
+    let admin_has_password = engine
+        .catalog_snapshot()
+        .users
+        .get("admin")
+        .is_some_and(|u| u.password.is_some());
+    tracing::info!(data = %engine.location(), created = engine.was_created(), "data directory open");
+    if admin_has_password {
+        tracing::info!("user admin needs its password");
+    } else {
+        tracing::warn!(
+            "user admin has no password: connections from this machine are trusted, others refused; set TRIBUTARY_ADMIN_PASSWORD when creating a data directory to require one"
+        );
+    }
+    Ok(Started {
+        engine,
+        listener,
+        address,
+        stream_service,
     })
 }
 
 /// Starts the embedded stream service unless it is turned off; returns where it listens.
 /// When the default address is taken (another server on this machine), the server runs
 /// without it and says so; an address given explicitly must be free.
-async fn start_stream_service(args: &ServeArgs) -> anyhow::Result<Option<SocketAddr>> {
+async fn start_stream_service(
+    args: &ServeArgs,
+    any_port: bool,
+) -> anyhow::Result<Option<(tributary_ingest::StreamService, SocketAddr)>> {
     if args.no_stream_service {
         return Ok(None);
     }
@@ -210,10 +317,16 @@ async fn start_stream_service(args: &ServeArgs) -> anyhow::Result<Option<SocketA
     })?;
     let explicit = std::env::var_os("TRIBUTARY_STREAM_LISTEN").is_some()
         || std::env::args().any(|a| a.starts_with("--stream-listen"));
-    match service.spawn(args.stream_listen).await {
+    let mut result = service.clone().spawn(args.stream_listen).await;
+    if result.is_err() && any_port && !explicit {
+        let mut address = args.stream_listen;
+        address.set_port(0);
+        result = service.clone().spawn(address).await;
+    }
+    match result {
         Ok(address) => {
             tracing::info!(%address, dir = %dir.display(), "embedded stream service (Kinesis API) listening");
-            Ok(Some(address))
+            Ok(Some((service, address)))
         }
         Err(err) if !explicit => {
             tracing::warn!(address = %args.stream_listen, %err, "the embedded stream service could not listen; running without it (--stream-listen moves it)");

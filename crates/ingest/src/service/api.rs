@@ -56,6 +56,10 @@ impl Api {
         Self { store }
     }
 
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub(super) fn call(&self, operation: &str, body: &[u8]) -> Reply {
         let request: Value = match serde_json::from_slice(body) {
             Ok(Value::Object(o)) => Value::Object(o),

@@ -61,6 +61,39 @@ impl StreamService {
         })
     }
 
+    /// Creates a stream (in-process, as CreateStream would); Ok(false) if it exists already.
+    pub fn create_stream(&self, name: &str, shards: u32) -> Result<bool> {
+        match self.api.store().create(name, shards) {
+            Ok(()) => Ok(true),
+            Err(store::StoreError::InUse(_)) => Ok(false),
+            Err(err) => Err(Error::Source {
+                stream: name.to_string(),
+                reason: format!("{err:?}"),
+            }),
+        }
+    }
+
+    /// Appends records (partition key, data) in-process, routed as PutRecords routes them.
+    pub fn put(&self, stream: &str, records: &[(String, Vec<u8>)]) -> Result<()> {
+        let source = |err: store::StoreError| Error::Source {
+            stream: stream.to_string(),
+            reason: format!("{err:?}"),
+        };
+        let target = self.api.store().stream(stream).map_err(source)?;
+        let mut by_shard: std::collections::BTreeMap<usize, Vec<(&str, &[u8])>> =
+            Default::default();
+        for (key, data) in records {
+            by_shard
+                .entry(target.route(key, None))
+                .or_default()
+                .push((key.as_str(), data.as_slice()));
+        }
+        for (shard, group) in by_shard {
+            target.append(shard, &group).map_err(source)?;
+        }
+        Ok(())
+    }
+
     /// Serves the Kinesis API on `listener` until the task is dropped.
     pub async fn serve(self, listener: TcpListener) {
         loop {

@@ -396,7 +396,16 @@ fn bad_records(format: &Format) -> Vec<(String, Vec<u8>)> {
 /// Folds are forced often (a low fold threshold), so merges against base rows are covered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrors_equal_the_source_in_every_format() {
-    let kinesis_server = KinesisServer::start(KinesisFlavor::Kinesalite);
+    mirrors_equal_the_source_in_every_format_against(KinesisFlavor::Kinesalite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_equal_the_source_in_every_format_on_the_embedded_stream_service() {
+    mirrors_equal_the_source_in_every_format_against(KinesisFlavor::Embedded).await;
+}
+
+async fn mirrors_equal_the_source_in_every_format_against(flavor: KinesisFlavor) {
+    let kinesis_server = KinesisServer::start(flavor);
     let endpoint = kinesis_server.endpoint();
     let kinesis = kinesis(&endpoint).await;
     for format in &FORMATS {

@@ -81,3 +81,63 @@ async fn embedded_stream_service_serves_kinesis_clients_and_survives_restarts() 
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `tributary demo` runs on the embedded default: the generator's changes reach the streaming
+/// view and the mirror table, and freshness is printed; it stops by itself after --seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_fills_a_view_and_a_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["demo", "--data"])
+        .arg(dir.path().join("demo"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--stream-listen",
+            "127.0.0.1:0",
+            "--rate",
+            "200",
+            "--seconds",
+            "5",
+        ])
+        .output()
+        .expect("run tributary demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("psql -h 127.0.0.1 -p "), "{stdout}");
+    let last = stdout
+        .lines()
+        .rfind(|l| l.contains("records/s"))
+        .unwrap_or_else(|| panic!("no progress line:\n{stdout}"));
+    let number_before = |word: &str| -> i64 {
+        let head = &last[..last
+            .find(word)
+            .unwrap_or_else(|| panic!("{word} in {last}"))];
+        head.split_whitespace()
+            .next_back()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a count before {word} in {last}"))
+    };
+    assert!(
+        last.contains("freshness p50 ") && last.contains(" ms"),
+        "{last}"
+    );
+    let view_rows = number_before("rows  cart (mirror)");
+    let mirror_rows = number_before_end(last);
+    assert!(view_rows > 0, "{last}");
+    assert!(mirror_rows > 0, "{last}");
+}
+
+/// The number before the last word of a line ("... cart (mirror) 95 rows" -> 95).
+fn number_before_end(line: &str) -> i64 {
+    let mut words = line.split_whitespace().rev();
+    words.next();
+    words
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count at the end of {line}"))
+}

@@ -370,7 +370,16 @@ async fn statement_forms_against_the_embedded_stream_service() {
 /// names the captures lost are filled in).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_statements_run_as_written() {
-    let kinesis_server = KinesisServer::start(KinesisFlavor::Kinesalite);
+    seed_statements_run_as_written_against(KinesisFlavor::Kinesalite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_statements_run_as_written_on_the_embedded_stream_service() {
+    seed_statements_run_as_written_against(KinesisFlavor::Embedded).await;
+}
+
+async fn seed_statements_run_as_written_against(flavor: KinesisFlavor) {
+    let kinesis_server = KinesisServer::start(flavor);
     let endpoint = kinesis_server.endpoint();
     let kinesis = kinesis(&endpoint).await;
     for stream in ["actions", "cart", "my_stream_name", "hubert-redshift"] {
@@ -495,7 +504,16 @@ REFRESH MATERIALIZED VIEW postgres_users_checked;"#,
 /// goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_are_skipped_and_logged() {
-    let kinesis_server = KinesisServer::start(KinesisFlavor::Kinesalite);
+    bad_records_are_skipped_and_logged_against(KinesisFlavor::Kinesalite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_skipped_and_logged_on_the_embedded_stream_service() {
+    bad_records_are_skipped_and_logged_against(KinesisFlavor::Embedded).await;
+}
+
+async fn bad_records_are_skipped_and_logged_against(flavor: KinesisFlavor) {
+    let kinesis_server = KinesisServer::start(flavor);
     let endpoint = kinesis_server.endpoint();
     let kinesis = kinesis(&endpoint).await;
     create_stream(&kinesis, "events", 2).await;
