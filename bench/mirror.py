@@ -8,7 +8,7 @@ the same decode-and-apply path as a stream refresh. Then the table is read whole
 merges the stored changes with the base) and folded again. DuckDB runs the seeds' delete +
 insert SQL on the same rows and changes in the same run, and both results are compared.
 Then, continuously: the mirror refreshes itself (AUTO REFRESH) from a Kinesis-compatible
-stream (kinesalite) while a producer puts changes (80% updates, 20% inserts) at a steady
+stream (Tributary's embedded stream service, or kinesalite with --source kinesalite) while a producer puts changes (80% updates, 20% inserts) at a steady
 rate; freshness is the time from PutRecords returning to the change being visible (the start
 of the first query whose snapshot shows it, polled every 20 ms by default), per PutRecords call of 500.
 Prints figures; asserts nothing about speed.
@@ -29,7 +29,7 @@ import time
 import boto3
 import psycopg
 
-from streaming import create_stream, start_kinesalite
+from streaming import create_stream, free_port, start_kinesalite
 from tributary_server import DEFAULT_BINARY, cpu_seconds, memory_mib, start_server
 
 FILES = 10
@@ -135,10 +135,10 @@ def freshness(conn, kinesis, rows, first_seq, rate, seconds, poll_ms):
     return achieved, p50, p99, len(latencies), len(returned)
 
 
-def tributary_run(binary, data, base_dir, changes_path, endpoint, kinesis, rate, seconds,
+def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, rate, seconds,
                   rows, poll_ms):
     proc, port = start_server(binary, data, "--mirror-fold-changes", "1000000000",
-                              "--kinesis-endpoint", endpoint, "--refresh-interval-ms", "100")
+                              "--refresh-interval-ms", "100", *source_args)
     try:
         conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev",
                                autocommit=True)
@@ -216,8 +216,17 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--poll-ms", type=int, default=20,
                         help="how often the freshness poller queries the mirror")
+    parser.add_argument("--source", choices=["embedded", "kinesalite"], default="embedded",
+                        help="the stream the mirror reads: Tributary's embedded service or kinesalite")
     args = parser.parse_args()
-    kinesalite, endpoint = start_kinesalite()
+    if args.source == "kinesalite":
+        kinesalite, endpoint = start_kinesalite()
+        source_args = ["--kinesis-endpoint", endpoint, "--no-stream-service"]
+    else:
+        kinesalite = None
+        stream_port = free_port()
+        endpoint = f"http://127.0.0.1:{stream_port}"
+        source_args = ["--stream-listen", f"127.0.0.1:{stream_port}"]
     kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="bench", aws_secret_access_key="bench")
     with tempfile.TemporaryDirectory() as scratch:
@@ -230,11 +239,12 @@ def main():
               f"in {time.perf_counter() - started:.1f} s")
         try:
             figures, result = tributary_run(args.binary, os.path.join(scratch, "data"),
-                                            base_dir, changes_path, endpoint, kinesis,
+                                            base_dir, changes_path, source_args, kinesis,
                                             args.rate, args.seconds, args.rows, args.poll_ms)
         finally:
-            kinesalite.kill()
-            kinesalite.wait()
+            if kinesalite is not None:
+                kinesalite.kill()
+                kinesalite.wait()
         merge, read, duck = duckdb_run(args.rows, changes_path)
     print(f"tributary  load {figures['load']:.1f} s ({args.rows / figures['load']:,.0f} changes/s), "
           f"fold of the loaded rows {figures['fold base']:.1f} s")
