@@ -38,12 +38,39 @@ async fn embedded_stream_service_serves_kinesis_clients_and_survives_restarts() 
     let (mut child, port) = spawn_server(&data, &envs);
     boto3_check(stream_port, "write");
 
-    // No Kinesis endpoint is configured: the external schema reads the embedded service.
-    let client = connect(port).await;
+    // No Kinesis endpoint is configured: the external schema reads the embedded service,
+    // and the client is told so.
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=admin dbname=dev"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    let (notices, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut connection = connection;
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(notice) = message {
+                let _ = notices.send(notice.message().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute("CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE default")
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(std::time::Duration::from_secs(5), received.recv())
+        .await
+        .expect("a notice")
+        .expect("a notice");
+    assert!(
+        notice.contains("embedded stream service") && notice.contains(&stream_port.to_string()),
+        "{notice}"
+    );
     client
         .batch_execute(
-            "CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE default;
-             CREATE MATERIALIZED VIEW orders_mv AS
+            "CREATE MATERIALIZED VIEW orders_mv AS
                SELECT shard_id, CAST(json_extract_path_text(from_varbyte(kinesis_data, 'utf-8'), 'order') AS int) AS order_id
                FROM kds.orders;
              REFRESH MATERIALIZED VIEW orders_mv;",
