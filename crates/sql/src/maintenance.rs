@@ -136,7 +136,19 @@ impl Engine {
             return Ok(());
         }
         let mut version = pinned;
-        if table.file_count(pinned).await? >= settings.compact_min_files
+        // A mirror table is compacted by its fold (a rewrite its own rounds schedule):
+        // compacting it here would hold its lock while its rounds wait.
+        let snapshot = self.catalog_snapshot();
+        let is_mirror = snapshot
+            .databases
+            .values()
+            .flat_map(|db| db.schemas.values())
+            .flat_map(|schema| schema.relations.values())
+            .any(|relation| {
+                matches!(relation, tributary_catalog::Relation::Table(t)
+                    if t.path == path && crate::streaming::mirror::spec(t).is_some())
+            });
+        if !is_mirror && table.file_count(pinned).await? >= settings.compact_min_files
             && let Some(compacted) = table.compact(pinned, settings.target_file_bytes).await?
         {
             self.catalog
