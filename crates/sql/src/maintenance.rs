@@ -148,7 +148,8 @@ impl Engine {
                 matches!(relation, tributary_catalog::Relation::Table(t)
                     if t.path == path && crate::streaming::mirror::spec(t).is_some())
             });
-        if !is_mirror && table.file_count(pinned).await? >= settings.compact_min_files
+        if !is_mirror
+            && table.file_count(pinned).await? >= settings.compact_min_files
             && let Some(compacted) = table.compact(pinned, settings.target_file_bytes).await?
         {
             self.catalog
