@@ -102,17 +102,8 @@ async fn create_table(session: &mut Session, create: CreateTable) -> Result<Outp
     }
     let (schema, name) = session.resolve_for_create(&create.name)?;
     let database = session.database().to_string();
-    let pinned = session.catalogs().pinned();
-    pinned.schema(&database, &schema)?;
-    if pinned.relation(&database, &schema, &name).is_some() {
-        if create.if_not_exists {
-            session.notice(format!("relation \"{name}\" already exists, skipping"));
-            return Ok(Output::command("CREATE TABLE"));
-        }
-        return Err(Error::Duplicate {
-            kind: "relation",
-            name,
-        });
+    if !crate::ddl::relation_is_new(session, &schema, &name, create.if_not_exists)? {
+        return Ok(Output::command("CREATE TABLE"));
     }
     let (columns, batches) = if let Some(query) = &create.query {
         let output = query_rows(session, Statement::Query(query.clone())).await?;
@@ -156,6 +147,31 @@ async fn create_table(session: &mut Session, create: CreateTable) -> Result<Outp
             rows: Some(rows),
         },
         None => Output::command("CREATE TABLE"),
+    })
+}
+
+/// Whether relation `name` can be created in `schema` (which must exist): false when it
+/// exists and IF NOT EXISTS was given (a notice says it is skipped), an error when it exists
+/// otherwise.
+pub(crate) fn relation_is_new(
+    session: &mut Session,
+    schema: &str,
+    name: &str,
+    if_not_exists: bool,
+) -> Result<bool> {
+    let database = session.database().to_string();
+    let pinned = session.catalogs().pinned();
+    pinned.schema(&database, schema)?;
+    if pinned.relation(&database, schema, name).is_none() {
+        return Ok(true);
+    }
+    if if_not_exists {
+        session.notice(format!("relation \"{name}\" already exists, skipping"));
+        return Ok(false);
+    }
+    Err(Error::Duplicate {
+        kind: "relation",
+        name: name.to_string(),
     })
 }
 

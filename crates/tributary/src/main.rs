@@ -43,9 +43,10 @@ struct DemoArgs {
     /// Address for Postgres-protocol clients (a free port if this one is taken).
     #[arg(long, default_value = "127.0.0.1:5439")]
     listen: SocketAddr,
-    /// Address of the embedded stream service (a free port if this one is taken).
-    #[arg(long, default_value = "127.0.0.1:4567")]
-    stream_listen: SocketAddr,
+    /// Address of the embedded stream service (default 127.0.0.1:4567, or a free port if
+    /// that one is taken).
+    #[arg(long)]
+    stream_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -90,12 +91,10 @@ struct ServeArgs {
     /// Address of the embedded Kinesis-compatible stream service (any AWS SDK, the AWS CLI or
     /// an agent can write to it). When no Kinesis endpoint is configured, external schemas
     /// FROM KINESIS read it.
-    #[arg(
-        long,
-        default_value = "127.0.0.1:4567",
-        env = "TRIBUTARY_STREAM_LISTEN"
-    )]
-    stream_listen: SocketAddr,
+    /// Default 127.0.0.1:4567; when that is taken, the server runs without the service and
+    /// says so, while an address given here must be free.
+    #[arg(long, env = "TRIBUTARY_STREAM_LISTEN")]
+    stream_listen: Option<SocketAddr>,
     /// Do not run the embedded stream service (external schemas then use the AWS SDK's
     /// configuration chain, i.e. Amazon Kinesis, unless --kinesis-endpoint is given).
     #[arg(long, env = "TRIBUTARY_NO_STREAM_SERVICE")]
@@ -142,23 +141,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
     // The server's own settings, with the demo's addresses and a short refresh interval.
-    let Command::Serve(serve) = Cli::parse_from([
+    let listen = args.listen.to_string();
+    let stream_listen = args.stream_listen.map(|a| a.to_string());
+    let mut serve_args = vec![
         "tributary",
         "serve",
         "--data",
         &args.data,
         "--listen",
-        &args.listen.to_string(),
-        "--stream-listen",
-        &args.stream_listen.to_string(),
+        &listen,
         "--refresh-interval-ms",
         "100",
         // The demo prints its own progress; only errors are logged.
         "--log",
         "error",
-    ])
-    .command
-    else {
+    ];
+    if let Some(address) = &stream_listen {
+        serve_args.extend(["--stream-listen", address.as_str()]);
+    }
+    let Command::Serve(serve) = Cli::parse_from(serve_args).command else {
         unreachable!("parsed as serve");
     };
     init_logging(&serve.log);
@@ -283,6 +284,12 @@ async fn start(args: &ServeArgs, any_port: bool) -> anyhow::Result<Started> {
     })
 }
 
+/// Where the embedded stream service listens unless told otherwise.
+const DEFAULT_STREAM_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    4567,
+));
+
 /// Starts the embedded stream service unless it is turned off; returns where it listens.
 /// When the default address is taken (another server on this machine), the server runs
 /// without it and says so; an address given explicitly must be free.
@@ -315,11 +322,11 @@ async fn start_stream_service(
             dir.display()
         )
     })?;
-    let explicit = std::env::var_os("TRIBUTARY_STREAM_LISTEN").is_some()
-        || std::env::args().any(|a| a.starts_with("--stream-listen"));
-    let mut result = service.clone().spawn(args.stream_listen).await;
+    let explicit = args.stream_listen.is_some();
+    let listen = args.stream_listen.unwrap_or(DEFAULT_STREAM_LISTEN);
+    let mut result = service.clone().spawn(listen).await;
     if result.is_err() && any_port && !explicit {
-        let mut address = args.stream_listen;
+        let mut address = listen;
         address.set_port(0);
         result = service.clone().spawn(address).await;
     }
@@ -329,11 +336,12 @@ async fn start_stream_service(
             Ok(Some((service, address)))
         }
         Err(err) if !explicit => {
-            tracing::warn!(address = %args.stream_listen, %err, "the embedded stream service could not listen; running without it (--stream-listen moves it)");
+            tracing::warn!(address = %listen, %err, "the embedded stream service could not listen; running without it (--stream-listen moves it)");
             Ok(None)
         }
-        Err(err) => Err(err)
-            .with_context(|| format!("the stream service cannot listen on {}", args.stream_listen)),
+        Err(err) => {
+            Err(err).with_context(|| format!("the stream service cannot listen on {listen}"))
+        }
     }
 }
 

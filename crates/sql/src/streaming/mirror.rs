@@ -98,17 +98,8 @@ pub(crate) async fn create(
     }
     let (schema, name) = session.resolve_for_create(&create.name)?;
     let database = session.database().to_string();
-    let pinned = session.catalogs().pinned();
-    pinned.schema(&database, &schema)?;
-    if pinned.relation(&database, &schema, &name).is_some() {
-        if create.if_not_exists {
-            session.notice(format!("relation \"{name}\" already exists, skipping"));
-            return Ok(Output::command("CREATE TABLE"));
-        }
-        return Err(Error::Duplicate {
-            kind: "relation",
-            name,
-        });
+    if !crate::ddl::relation_is_new(session, &schema, &name, create.if_not_exists)? {
+        return Ok(Output::command("CREATE TABLE"));
     }
     let mut columns = crate::ddl::declared_columns(&create.columns)?;
     for column in &columns {

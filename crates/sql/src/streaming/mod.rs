@@ -265,18 +265,10 @@ pub(crate) async fn create_materialized_view(
 ) -> Result<Output> {
     let (schema, name) = session.resolve_for_create(&view.name)?;
     let database = session.database().to_string();
-    let pinned = session.catalogs().pinned();
-    pinned.schema(&database, &schema)?;
-    if pinned.relation(&database, &schema, &name).is_some() {
-        if view.if_not_exists {
-            session.notice(format!("relation \"{name}\" already exists, skipping"));
-            return Ok(Output::command("CREATE MATERIALIZED VIEW"));
-        }
-        return Err(Error::Duplicate {
-            kind: "relation",
-            name,
-        });
+    if !crate::ddl::relation_is_new(session, &schema, &name, view.if_not_exists)? {
+        return Ok(Output::command("CREATE MATERIALIZED VIEW"));
     }
+    let pinned = session.catalogs().pinned();
     let default_schema = session.creation_schema()?;
     let options = view_options(&view);
     if !query_view::reads_stream(&view.query, &pinned, &database, &default_schema) {
@@ -661,31 +653,21 @@ pub(crate) async fn round(
                 ),
             ));
         }
-        if !usable.is_empty() && mv.mirror.as_ref().is_some_and(|m| m.through_view.is_some()) {
-            // Through a view: its query turns records into rows, which are the changes.
-            let input = tributary_ingest::records_to_batch(&usable, refresh_micros);
-            let (rows, failures) = pipeline.transform(&input, &[]).await;
-            for (row, reason) in failures {
-                skipped.push(ScanError::record(
-                    view,
-                    &mv,
-                    usable[row],
-                    "transform_failed",
-                    reason,
-                ));
-            }
-            let records = mirror::view_records(&rows)?;
-            let records: Vec<&StreamRecord> = records.iter().collect();
-            let (stored, rejected) = mirror::apply(catalogs, view, &records).await?;
-            stats.rows += stored;
-            skipped.extend(rejected);
-        } else if !usable.is_empty() && mv.mirror.is_some() {
+        let raw_mirror = mv.mirror.as_ref().is_some_and(|m| m.through_view.is_none());
+        if !usable.is_empty() && raw_mirror {
+            // The mirror decodes the records themselves.
             let (stored, rejected) = mirror::apply(catalogs, view, &usable).await?;
             stats.rows += stored;
             skipped.extend(rejected);
         } else if !usable.is_empty() {
             let input = tributary_ingest::records_to_batch(&usable, refresh_micros);
-            let (rows, failures) = pipeline.transform(&input, &slot.table.columns).await;
+            // A view's rows must fit its columns; a mirror through a view takes them as they
+            // are, as change records.
+            let columns: &[Column] = match &mv.mirror {
+                Some(_) => &[],
+                None => &slot.table.columns,
+            };
+            let (rows, failures) = pipeline.transform(&input, columns).await;
             for (row, reason) in failures {
                 skipped.push(ScanError::record(
                     view,
@@ -695,9 +677,16 @@ pub(crate) async fn round(
                     reason,
                 ));
             }
-            stats.rows += match &mv.aggregate {
-                Some(layout) => aggregate::merge(catalogs, view, layout, rows).await?,
-                None => crate::table::append(catalogs, &name, rows).await?,
+            stats.rows += match (&mv.mirror, &mv.aggregate) {
+                (Some(_), _) => {
+                    let records = mirror::view_records(&rows)?;
+                    let records: Vec<&StreamRecord> = records.iter().collect();
+                    let (stored, rejected) = mirror::apply(catalogs, view, &records).await?;
+                    skipped.extend(rejected);
+                    stored
+                }
+                (None, Some(layout)) => aggregate::merge(catalogs, view, layout, rows).await?,
+                (None, None) => crate::table::append(catalogs, &name, rows).await?,
             };
         }
         stats.skipped += skipped

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tributary_sql::StreamingSettings;
 use tributary_testkit::{KinesisFlavor, KinesisServer, TestServer};
 
+use crate::cdc::Lcg;
 use crate::durability::{connect, spawn_server};
 use crate::streaming::{create_stream, kinesis, put};
 
@@ -33,19 +34,6 @@ struct Change {
     op: char,
     before: Option<Row>,
     row: Row,
-}
-
-/// A small deterministic generator (no seeding crate needed for a test).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
 }
 
 /// `n` changes over a handful of keys, so that one batch holds many changes of one key and
