@@ -8,9 +8,12 @@ the same decode-and-apply path as a stream refresh. Then the table is read whole
 merges the stored changes with the base) and folded again. DuckDB runs the seeds' delete +
 insert SQL on the same rows and changes in the same run, and both results are compared.
 Then, continuously: the mirror refreshes itself (AUTO REFRESH) from a Kinesis-compatible
-stream (Tributary's embedded stream service, or kinesalite with --source kinesalite) while a producer puts changes (80% updates, 20% inserts) at a steady
-rate; freshness is the time from PutRecords returning to the change being visible (the start
-of the first query whose snapshot shows it, polled every 20 ms by default), per PutRecords call of 500.
+stream (Tributary's embedded stream service, or kinesalite with --source kinesalite) while a
+producer puts changes (80% updates, 20% inserts) at a steady rate, with the server's own fold
+policy (--fold-changes); freshness is the time from PutRecords returning to the change being
+visible: the start of the first query whose snapshot shows it, per PutRecords call of 500. A
+poller looks up the key of the newest call's last change (a point query) every 20 ms by
+default. The PutRecords bodies are built before the run, so one producer reaches 50k/s.
 Prints figures; asserts nothing about speed.
 
     cargo build --release -p tributary
@@ -19,12 +22,18 @@ Prints figures; asserts nothing about speed.
 """
 
 import argparse
+import base64
+import http.client
+import json
 import os
 import random
+import signal
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 
 import boto3
 import psycopg
@@ -72,37 +81,15 @@ def change_record(op, seq, key):
             f'"price":"{key % 90}.{key % 100:02d}","items":{(key + 1) % 11}}}').encode()
 
 
-def freshness(conn, kinesis, rows, first_seq, rate, seconds, poll_ms):
-    """Puts changes at `rate` per second for `seconds` into the auto-refreshing mirror."""
-    create_stream(kinesis, "cart", 4)
-    conn.execute("ALTER MIRROR TABLE cart AUTO REFRESH YES")
-    batch = 500
-    calls = int(rate * seconds / batch)
-    interval = batch / rate
+def put_bodies(rows, first_seq, calls, batch):
+    """The PutRecords request bodies of the continuous run, built before it starts so that the
+    producer's own cost does not limit the rate (one Python process builds ~30k records/s)."""
     rng = random.Random(7)
-    returned = []  # (newest seq of the call, time PutRecords returned)
-    done = threading.Event()
-    visible = []  # (time the query started, newest seq visible)
-    last = first_seq + calls * batch - 1
-
-    def poll():
-        with psycopg.connect(conn.info.dsn, autocommit=True) as c:
-            while not done.is_set():
-                at = time.perf_counter()
-                n = c.execute(f"SELECT max(seq) FROM cart WHERE seq >= {first_seq}").fetchone()[0]
-                visible.append((at, n or 0))
-                time.sleep(poll_ms / 1000)
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    started = time.perf_counter()
     new_key = rows * 2
+    bodies = []
     for k in range(calls):
-        due = started + k * interval
-        now = time.perf_counter()
-        if due > now:
-            time.sleep(due - now)
         entries = []
+        key = None
         for n in range(batch):
             seq = first_seq + k * batch + n
             if rng.random() < 0.2:
@@ -110,35 +97,103 @@ def freshness(conn, kinesis, rows, first_seq, rate, seconds, poll_ms):
                 op, key = "I", new_key
             else:
                 op, key = "U", rng.randrange(1, rows + 1)
-            entries.append({"PartitionKey": str(key), "Data": change_record(op, seq, key)})
-        while entries:
-            out = kinesis.put_records(StreamName="cart", Records=entries)
-            entries = [e for e, r in zip(entries, out["Records"]) if "ErrorCode" in r]
-        returned.append((first_seq + (k + 1) * batch - 1, time.perf_counter()))
+            data = base64.b64encode(change_record(op, seq, key)).decode()
+            entries.append({"PartitionKey": str(key), "Data": data})
+        # With the key of the call's last change, whose row shows the change once visible.
+        bodies.append((json.dumps({"StreamName": "cart", "Records": entries}).encode(), key))
+    return bodies
+
+
+def freshness(conn, kinesis, endpoint, rows, first_seq, rate, seconds, poll_ms):
+    """Puts changes at `rate` per second for `seconds` into the auto-refreshing mirror."""
+    create_stream(kinesis, "cart", 4)
+    conn.execute("ALTER MIRROR TABLE cart AUTO REFRESH YES")
+    batch = 500
+    calls = int(rate * seconds / batch)
+    interval = batch / rate
+    bodies = put_bodies(rows, first_seq, calls, batch)
+    address = urllib.parse.urlsplit(endpoint)
+    connection = http.client.HTTPConnection(address.hostname, address.port)
+    headers = {
+        "Content-Type": "application/x-amz-json-1.1",
+        "X-Amz-Target": "Kinesis_20131202.PutRecords",
+        "X-Amz-Date": "20260101T000000Z",
+        # Neither kinesalite nor the embedded service checks signatures.
+        "Authorization": "AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/kinesis/"
+                         "aws4_request, SignedHeaders=content-type;host, Signature=0",
+    }
+    returned = []  # (newest seq of the call, its key, time PutRecords returned)
+    done = threading.Event()
+    latencies = []  # per call: from PutRecords returning to the first query that sees it
+    durations = []  # how long each poll took
+
+    def poll():
+        # Takes the newest call and looks up the key of its last change (a point query, cheap
+        # next to a scan of the table) until its row shows that change; then the call and the
+        # calls before it are visible, as of the query's start.
+        seen = 0
+        target = -1
+        with psycopg.connect(conn.info.dsn, autocommit=True) as c:
+            while not done.is_set() or seen < len(returned):
+                if target < seen:
+                    target = len(returned) - 1
+                if target < seen:
+                    time.sleep(poll_ms / 1000)
+                    continue
+                newest = target
+                seq, key, _ = returned[newest]
+                at = time.perf_counter()
+                row = c.execute(f"SELECT seq FROM cart WHERE id = {key}").fetchone()
+                durations.append(time.perf_counter() - at)
+                if row is not None and row[0] >= seq:
+                    latencies.extend(max(0.0, at - put) for _, _, put in returned[seen:newest + 1])
+                    seen = newest + 1
+                else:
+                    time.sleep(poll_ms / 1000)
+                if done.is_set() and time.perf_counter() > give_up:
+                    return
+
+    give_up = float("inf")
+    poller = threading.Thread(target=poll)
+    poller.start()
+    started = time.perf_counter()
+    for k, (body, key) in enumerate(bodies):
+        due = started + k * interval
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)
+        connection.request("POST", "/", body=body, headers=headers)
+        response = connection.getresponse()
+        out = json.loads(response.read())
+        assert response.status == 200, out
+        if out.get("FailedRecordCount"):
+            # Throttled entries are put again through the SDK, as a producer would.
+            entries = [e for e, r in zip(json.loads(body)["Records"], out["Records"])
+                       if "ErrorCode" in r]
+            entries = [{"PartitionKey": e["PartitionKey"], "Data": base64.b64decode(e["Data"])}
+                       for e in entries]
+            while entries:
+                out = kinesis.put_records(StreamName="cart", Records=entries)
+                entries = [e for e, r in zip(entries, out["Records"]) if "ErrorCode" in r]
+        returned.append((first_seq + (k + 1) * batch - 1, key, time.perf_counter()))
     achieved = calls * batch / (time.perf_counter() - started)
-    deadline = time.perf_counter() + 30
-    while time.perf_counter() < deadline and (not visible or visible[-1][1] < last):
-        time.sleep(0.05)
+    connection.close()
+    give_up = time.perf_counter() + 30
     done.set()
     poller.join()
-    latencies = []
-    j = 0
-    for newest, at in returned:
-        while j < len(visible) and (visible[j][1] < newest or visible[j][0] < at):
-            j += 1
-        if j == len(visible):
-            break
-        latencies.append(max(0.0, visible[j][0] - at))
     latencies.sort()
     p50 = statistics.median(latencies)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return achieved, p50, p99, len(latencies), len(returned)
+    durations.sort()
+    poll = (statistics.median(durations), durations[int(len(durations) * 0.99)], durations[-1])
+    return achieved, p50, p99, len(latencies), len(returned), poll
 
 
-def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, rate, seconds,
-                  rows, poll_ms):
-    proc, port = start_server(binary, data, "--mirror-fold-changes", "1000000000",
-                              "--refresh-interval-ms", "100", *source_args)
+def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, endpoint, rate,
+                  seconds, rows, poll_ms, perf, fold_changes):
+    # Loading folds only when asked (VACUUM), so that the load and the 100k apply measure
+    # applying alone.
+    proc, port = start_server(binary, data, "--mirror-fold-changes", "1000000000", *source_args)
     try:
         conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev",
                                autocommit=True)
@@ -169,10 +224,32 @@ def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, ra
         folded = conn.execute("SELECT count(*), sum(items), sum(price) FROM cart").fetchone()
         figures["read folded"] = time.perf_counter() - started
         assert folded == result, (folded, result)
-        cpu = cpu_seconds(proc.pid)
-        figures["freshness"] = freshness(conn, kinesis, rows, rows * 3, rate, seconds, poll_ms)
-        figures["stream cpu"] = cpu_seconds(proc.pid) - cpu
         figures["peak rss"] = memory_mib(proc.pid, "VmHWM")
+        conn.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    # The continuous run, on the same data, with the server's own fold policy.
+    proc, port = start_server(binary, data, "--refresh-interval-ms", "100",
+                              "--mirror-fold-changes", str(fold_changes), *source_args)
+    try:
+        conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev",
+                               autocommit=True)
+        cpu = cpu_seconds(proc.pid)
+        profiler = None
+        if perf:
+            profiler = subprocess.Popen(["perf", "record", "-F", "99", "--call-graph", "dwarf,16384",
+                                         "-o", perf,
+                                         "-p", str(proc.pid)], stderr=subprocess.DEVNULL)
+        figures["freshness"] = freshness(conn, kinesis, endpoint, rows, rows * 3, rate, seconds,
+                                         poll_ms)
+        figures["stream cpu"] = cpu_seconds(proc.pid) - cpu
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait()
+        figures["stream peak rss"] = memory_mib(proc.pid, "VmHWM")
+        figures["unsorted"] = conn.execute(
+            "SELECT unsorted FROM svv_table_info WHERE \"table\" = 'cart'").fetchone()[0]
         return figures, result
     finally:
         proc.kill()
@@ -218,6 +295,10 @@ def main():
                         help="how often the freshness poller queries the mirror")
     parser.add_argument("--source", choices=["embedded", "kinesalite"], default="embedded",
                         help="the stream the mirror reads: Tributary's embedded service or kinesalite")
+    parser.add_argument("--perf", metavar="FILE",
+                        help="record the server with `perf record -g` during the continuous run")
+    parser.add_argument("--fold-changes", type=int, default=500_000,
+                        help="the server's --mirror-fold-changes during the continuous run")
     args = parser.parse_args()
     if args.source == "kinesalite":
         kinesalite, endpoint = start_kinesalite()
@@ -239,8 +320,9 @@ def main():
               f"in {time.perf_counter() - started:.1f} s")
         try:
             figures, result = tributary_run(args.binary, os.path.join(scratch, "data"),
-                                            base_dir, changes_path, source_args, kinesis,
-                                            args.rate, args.seconds, args.rows, args.poll_ms)
+                                            base_dir, changes_path, source_args, kinesis, endpoint,
+                                            args.rate, args.seconds, args.rows, args.poll_ms,
+                                            args.perf, args.fold_changes)
         finally:
             if kinesalite is not None:
                 kinesalite.kill()
@@ -254,12 +336,16 @@ def main():
     print(f"tributary  full read with unfolded changes {figures['read merged']:.3f} s, "
           f"fold {figures['fold']:.1f} s, read after fold {figures['read folded']:.3f} s")
     print(f"duckdb     full read {read:.3f} s")
-    achieved, p50, p99, measured, sent = figures["freshness"]
+    achieved, p50, p99, measured, sent, poll = figures["freshness"]
     print(f"tributary  AUTO REFRESH at {achieved:,.0f} changes/s offered ({args.rate:,} asked), "
           f"{measured}/{sent} batches: freshness p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; "
           f"{achieved * args.seconds / max(figures['stream cpu'], 1e-9):,.0f} changes per CPU-second "
           f"of the server")
-    print(f"tributary  peak RSS {figures['peak rss']:.0f} MiB")
+    print(f"tributary  freshness query (a full scan of the mirror) p50 {poll[0] * 1000:.0f} ms, "
+          f"p99 {poll[1] * 1000:.0f} ms, max {poll[2] * 1000:.0f} ms; unfolded changes at the "
+          f"end {figures['unsorted']:.1f}% of stored rows")
+    print(f"tributary  peak RSS {figures['peak rss']:.0f} MiB loading and folding, "
+          f"{figures['stream peak rss']:.0f} MiB in the continuous run")
     same = tuple(result) == tuple(duck)
     print(f"results    tributary {tuple(result)}  duckdb {tuple(duck)}  "
           f"{'identical' if same else 'DIFFERENT'}")

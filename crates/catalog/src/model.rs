@@ -212,6 +212,10 @@ pub struct MirrorSpec {
     /// readers skip comparing them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changes_oldest: Option<Vec<u8>>,
+    /// Folds so far. A fold computed in the background commits only if no other fold
+    /// committed since it read the table.
+    #[serde(default)]
+    pub folds: u64,
 }
 
 /// The shape of the change records of a mirror table's stream.

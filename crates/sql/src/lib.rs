@@ -6,6 +6,7 @@
 //! and transaction control are handled here. This crate knows nothing of the wire protocol:
 //! its errors say whose fault they are, and the wire crate maps them to SQLSTATE codes.
 
+mod background;
 mod catalog_list;
 mod copy;
 mod ddl;

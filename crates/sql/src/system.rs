@@ -573,6 +573,7 @@ fn table_info(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
         utf8("diststyle"),
         utf8("sortkey1"),
         utf8("location"),
+        Field::new("unsorted", DataType::Float64, true),
     ]));
     Ok(RecordBatch::try_new(
         schema,
@@ -593,6 +594,19 @@ fn table_info(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
                     .map(|(_, _, t)| t.distribution.sortkey.first().cloned()),
             ),
             strings(rows.iter().map(|(_, _, t)| Some(t.path.clone()))),
+            // A mirror's stored changes are its unsorted rows: VACUUM folds them into the
+            // base, as Redshift's VACUUM sorts unsorted rows.
+            Arc::new(arrow::array::Float64Array::from_iter(rows.iter().map(
+                |(_, _, t)| {
+                    let spec = t.materialized.as_ref()?.mirror.as_ref()?;
+                    let stored = spec.base_rows + spec.unfolded;
+                    Some(if stored == 0 {
+                        0.0
+                    } else {
+                        spec.unfolded as f64 * 100.0 / stored as f64
+                    })
+                },
+            ))),
         ],
     )?)
 }

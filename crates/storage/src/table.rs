@@ -6,7 +6,11 @@ use arrow::datatypes::Schema;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use deltalake::DeltaTableBuilder;
+use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
+use deltalake::kernel::Action;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt as _;
@@ -25,6 +29,14 @@ pub struct TableHandle {
     root: Arc<StorageRoot>,
     path: String,
     url: Url,
+}
+
+/// Data files written by [`TableHandle::stage`] and not committed yet.
+#[derive(Debug)]
+pub struct StagedFiles {
+    adds: Vec<deltalake::kernel::Add>,
+    /// Rows in the files.
+    pub rows: u64,
 }
 
 /// What an append committed.
@@ -122,6 +134,73 @@ impl TableHandle {
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
             .await?;
+        self.remember(&table)
+    }
+
+    /// Writes `batches` as data files of the table without committing them: the expensive
+    /// half of a rewrite that [`Self::replace_files`] commits later, under the caller's lock.
+    /// Files that are never committed are deleted by [`Self::vacuum`].
+    pub async fn stage(&self, version: u64, batches: &[RecordBatch]) -> Result<StagedFiles> {
+        use deltalake::table::config::TablePropertiesExt as _;
+        let table = self.load(version).await?;
+        let Some(first) = batches.first() else {
+            return Ok(StagedFiles {
+                adds: Vec::new(),
+                rows: 0,
+            });
+        };
+        let config = WriterConfig::new(
+            first.schema(),
+            Vec::new(),
+            None,
+            None,
+            None,
+            table.snapshot()?.table_config().num_indexed_cols(),
+            None,
+        );
+        let mut writer = DeltaWriter::new(table.object_store(), config);
+        for batch in batches {
+            writer.write(batch).await?;
+        }
+        Ok(StagedFiles {
+            adds: writer.close().await?,
+            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+        })
+    }
+
+    /// Commits `staged` in place of every file `read_version` reads, as a new version on top
+    /// of `on_version`; files that commits after `read_version` added stay. The caller holds
+    /// the table's write lock and makes sure those commits only added files, so that the
+    /// staged rows replace exactly the rows they were computed from.
+    pub async fn replace_files(
+        &self,
+        read_version: u64,
+        on_version: u64,
+        staged: StagedFiles,
+    ) -> Result<u64> {
+        let read = self.load(read_version).await?;
+        let on = self.load(on_version).await?;
+        let removes = read
+            .snapshot()?
+            .log_data()
+            .iter()
+            .map(|file| Action::Remove(file.remove_action(true)))
+            .collect::<Vec<_>>();
+        let actions = removes
+            .into_iter()
+            .chain(staged.adds.into_iter().map(Action::Add))
+            .collect();
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: None,
+            predicate: None,
+        };
+        let commit = CommitBuilder::default()
+            .with_actions(actions)
+            .build(Some(on.snapshot()?), on.log_store(), operation)
+            .await?;
+        let mut table = on.clone();
+        table.state = Some(commit.snapshot());
         self.remember(&table)
     }
 
@@ -305,6 +384,35 @@ mod tests {
             .await
             .unwrap();
         batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    #[tokio::test]
+    async fn staged_files_replace_what_they_were_computed_from_and_keep_later_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let table = root.table("dev/public/t-2").unwrap();
+        let v0 = table.create(&schema()).await.unwrap();
+        let v1 = table.append(v0, vec![batch(&[1, 2, 3])]).await.unwrap();
+        // Computed from v1 (three rows become one), committed after another append.
+        let staged = table.stage(v1.version, &[batch(&[9])]).await.unwrap();
+        assert_eq!(staged.rows, 1);
+        let v2 = table
+            .append(v1.version, vec![batch(&[4, 5])])
+            .await
+            .unwrap();
+        assert_eq!(count(&table, v2.version).await, 5);
+        let v3 = table
+            .replace_files(v1.version, v2.version, staged)
+            .await
+            .unwrap();
+        assert_eq!(v3, v2.version + 1);
+        assert_eq!(count(&table, v3).await, 3, "9, then 4 and 5");
+        assert_eq!(
+            count(&table, v2.version).await,
+            5,
+            "older versions still read"
+        );
+        assert_eq!(table.latest_version().await.unwrap(), v3);
     }
 
     #[tokio::test]

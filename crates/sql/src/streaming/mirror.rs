@@ -27,9 +27,10 @@ use arrow::row::{RowConverter, SortField};
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::view::ViewTable;
 use datafusion::datasource::provider_as_source;
-use datafusion::functions_window::expr_fn::row_number;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{
-    ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, col, lit,
+    ColumnarValue, JoinType, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, TypeSignature, Volatility, col, lit,
 };
 use datafusion::prelude::Expr;
 use datafusion::sql::sqlparser::ast::{CreateTable, ObjectName};
@@ -41,6 +42,7 @@ use tributary_ingest::StreamRecord;
 
 use super::{ScanError, ViewId};
 use crate::catalog_list::SessionCatalogs;
+use crate::engine::Engine;
 use crate::session::{Output, Session};
 use crate::syntax::MirrorClauses;
 use crate::transaction::WriteKind;
@@ -177,6 +179,7 @@ pub(crate) async fn create(
             base_rows: 0,
             base_newest: None,
             changes_oldest: None,
+            folds: 0,
         }),
     }));
     let handle = session.engine().storage.table(&table.path)?;
@@ -824,7 +827,7 @@ pub(crate) async fn apply(
         view.schema.clone(),
         view.name.clone(),
     ];
-    let (stored, rejected, mv) = apply_records(catalogs, &name, records).await?;
+    let (stored, rejected, mv) = apply_records(catalogs, &name, records, true).await?;
     let errors = rejected
         .into_iter()
         .map(|(index, (code, reason))| ScanError::record(view, &mv, records[index], code, reason))
@@ -895,13 +898,15 @@ pub(crate) fn view_records(batches: &[RecordBatch]) -> Result<Vec<StreamRecord>>
 }
 
 /// Applies change records to a mirror table in the current transaction: the newest change of
-/// each key is stored, and the stored changes are folded into the base once they are many.
+/// each key is stored, and the stored changes are folded into the base once they are many, in
+/// this transaction or, with `in_background`, by a task that commits on its own.
 /// Returns the changes stored, the records rejected (by index, with why) and the view's
 /// definition as it was.
 async fn apply_records(
     catalogs: &SessionCatalogs,
     [database, schema, name]: &[String; 3],
     records: &[&StreamRecord],
+    in_background: bool,
 ) -> Result<(u64, Vec<(usize, Rejection)>, MaterializedView)> {
     let table = catalogs
         .lock_table(database, schema, name, WriteKind::Rewrite)
@@ -932,7 +937,8 @@ async fn apply_records(
         (a, b) => a.or(b),
     };
     let fold_at = catalogs.engine().streams.settings().mirror_fold_changes;
-    let version = if updated.unfolded >= fold_at.max(updated.base_rows / FOLD_BASE_FRACTION) {
+    let fold_due = updated.unfolded >= fold_at.max(updated.base_rows / FOLD_BASE_FRACTION);
+    let version = if fold_due && !in_background {
         fold(catalogs, &table, version, &mut updated).await?
     } else {
         version
@@ -944,6 +950,13 @@ async fn apply_records(
         version,
         updated,
     )?;
+    if fold_due && in_background {
+        start_background_fold(
+            catalogs.engine(),
+            &[database.clone(), schema.clone(), name.clone()],
+            &table.path,
+        );
+    }
     Ok((stored, decoded.rejected, mv))
 }
 
@@ -986,7 +999,7 @@ pub(crate) async fn copy_records(
             })
             .collect();
         let refs: Vec<&StreamRecord> = records.iter().collect();
-        let (count, bad, _) = apply_records(catalogs, name, &refs).await?;
+        let (count, bad, _) = apply_records(catalogs, name, &refs, false).await?;
         stored += count;
         for (index, (_, reason)) in bad {
             let (line, data) = chunk[index];
@@ -1079,20 +1092,19 @@ fn commit_spec(
     Ok(())
 }
 
-/// Rewrites the mirror's rows as one base (tombstones kept, stored changes merged), on top of
-/// `version`, and records it in `spec`. Returns the new version.
-async fn fold(
-    catalogs: &SessionCatalogs,
+/// The mirror's rows at `version` as one base: the stored changes merged in, tombstones kept
+/// (sequence 0). Returns the rows in the stored schema and their newest ordering value.
+async fn folded_rows(
+    engine: &Engine,
     table: &Table,
     version: u64,
-    spec: &mut MirrorSpec,
-) -> Result<u64> {
-    let storage = catalogs.engine().storage.table(&table.path)?;
+    spec: &MirrorSpec,
+) -> Result<(Vec<RecordBatch>, Option<Vec<u8>>)> {
+    let storage = engine.storage.table(&table.path)?;
     let delta = storage.provider(version).await?;
     let plan = merged_plan(delta, table, spec, true)?;
     let context = crate::session::expression_context();
     let batches = context.execute_logical_plan(plan).await?.collect().await?;
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let schema = Arc::new(crate::ddl::storage_schema(table));
     let batches = batches
         .iter()
@@ -1109,13 +1121,149 @@ async fn fold(
             arrow::compute::max_binary(orders).map(<[u8]>::to_vec)
         })
         .max();
+    Ok((batches, newest))
+}
+
+/// Rewrites the mirror's rows as one base (tombstones kept, stored changes merged), on top of
+/// `version`, and records it in `spec`. Returns the new version.
+async fn fold(
+    catalogs: &SessionCatalogs,
+    table: &Table,
+    version: u64,
+    spec: &mut MirrorSpec,
+) -> Result<u64> {
+    let (batches, newest) = folded_rows(catalogs.engine(), table, version, spec).await?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let schema = Arc::new(crate::ddl::storage_schema(table));
+    let storage = catalogs.engine().storage.table(&table.path)?;
     let version = storage.overwrite(version, batches, &schema).await?;
     tracing::debug!(table = %table.path, rows, "folded the mirror's changes into its base");
     spec.unfolded = 0;
     spec.base_rows = rows as u64;
     spec.base_newest = newest;
     spec.changes_oldest = None;
+    spec.folds += 1;
     Ok(version)
+}
+
+/// Starts folding a mirror in the background unless a fold of it is running. A stream round
+/// must not fold in line: a fold of a large mirror takes seconds, and the round holds the
+/// table's lock, so every later round would wait for it.
+fn start_background_fold(engine: &Arc<Engine>, name: &[String; 3], path: &str) {
+    if !engine.streams.begin_fold(path) {
+        return;
+    }
+    let engine = engine.clone();
+    let name = name.clone();
+    let path = path.to_string();
+    crate::background::spawn(async move {
+        let started = std::time::Instant::now();
+        match background_fold(&engine, &name, &path).await {
+            Ok(Some(rows)) => tracing::info!(
+                table = %name[2],
+                rows,
+                seconds = started.elapsed().as_secs_f64(),
+                "folded the mirror's stored changes into its base"
+            ),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(table = %name[2], error = %err, "mirror fold failed; a later round retries")
+            }
+        }
+        engine.streams.end_fold(&path);
+    });
+}
+
+/// Folds the mirror as of its committed version without holding its lock, then, holding it
+/// briefly, commits the folded rows in place of that version's files; changes stored by
+/// rounds meanwhile stay as stored changes. Returns the base rows, or None when the mirror
+/// was dropped, replaced or folded by someone else meanwhile.
+async fn background_fold(
+    engine: &Arc<Engine>,
+    [database, schema, name]: &[String; 3],
+    path: &str,
+) -> Result<Option<u64>> {
+    let read = engine
+        .catalog_snapshot()
+        .table(database, schema, name)?
+        .clone();
+    let Some(read_spec) = spec(&read).cloned() else {
+        return Ok(None);
+    };
+    if read.path != path {
+        return Ok(None);
+    }
+    let (batches, newest) = folded_rows(engine, &read, read.version, &read_spec).await?;
+    let storage = engine.storage.table(path)?;
+    let staged = storage.stage(read.version, &batches).await?;
+    drop(batches);
+    let rows = staged.rows;
+    let session = engine.session(&read.owner, database)?;
+    let catalogs = session.catalogs().clone();
+    catalogs.begin(false);
+    let result = async {
+        catalogs.prelock(database, schema, name).await?;
+        let current = catalogs
+            .lock_table(database, schema, name, WriteKind::Rewrite)
+            .await?
+            .table;
+        let Some(now) = spec(&current).filter(|s| s.folds == read_spec.folds) else {
+            return Ok(None);
+        };
+        if current.path != path {
+            return Ok(None);
+        }
+        let version = storage
+            .replace_files(read.version, current.version, staged)
+            .await?;
+        let mut updated = now.clone();
+        updated.unfolded = now.unfolded.saturating_sub(read_spec.unfolded);
+        updated.base_rows = rows;
+        updated.base_newest = newest;
+        updated.folds += 1;
+        updated.changes_oldest = if updated.unfolded == 0 {
+            None
+        } else {
+            oldest_change_since(&storage, version, read_spec.next_sequence).await?
+        };
+        commit_spec(&catalogs, [database, schema, name], path, version, updated)?;
+        Ok(Some(rows))
+    }
+    .await;
+    match result {
+        Ok(folded) => {
+            catalogs.commit().await?;
+            Ok(folded)
+        }
+        Err(err) => {
+            catalogs.rollback().await;
+            Err(err)
+        }
+    }
+}
+
+/// The oldest ordering value among the changes stored with a sequence from `sequence` on.
+async fn oldest_change_since(
+    storage: &tributary_storage::TableHandle,
+    version: u64,
+    sequence: i64,
+) -> Result<Option<Vec<u8>>> {
+    let context = crate::session::expression_context();
+    let batches = context
+        .read_table(storage.provider(version).await?)?
+        .filter(col(SEQUENCE_COLUMN).gt_eq(lit(sequence)))?
+        .aggregate(
+            vec![],
+            vec![datafusion::functions_aggregate::expr_fn::min(col(ORDER_COLUMN)).alias("oldest")],
+        )?
+        .collect()
+        .await?;
+    let oldest = batches.first().and_then(|b| {
+        let column = arrow::compute::cast(b.column(0), &DataType::Binary).ok()?;
+        let column = column.as_any().downcast_ref::<BinaryArray>()?;
+        (!column.is_empty() && !column.is_null(0)).then(|| column.value(0).to_vec())
+    });
+    Ok(oldest)
 }
 
 /// The table readers see: the merge of the base rows and the stored changes.
@@ -1125,7 +1273,53 @@ pub(crate) fn reader(
 ) -> Result<Arc<dyn TableProvider>> {
     let spec = spec(table).ok_or_else(|| Error::Internal("not a mirror table".into()))?;
     let plan = merged_plan(delta, table, spec, false)?;
-    Ok(Arc::new(ViewTable::new(plan, None)))
+    Ok(Arc::new(MergedTable(ViewTable::new(plan, None))))
+}
+
+/// The merge plan as a table. Its joins are planned without dynamic filters: the query's
+/// physical optimizer runs again over the planned merge and may swap a join's inputs, which
+/// DataFusion refuses once the join has a dynamic filter.
+#[derive(Debug)]
+struct MergedTable(ViewTable);
+
+#[async_trait::async_trait]
+impl TableProvider for MergedTable {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        self.0.table_type()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>>
+    {
+        self.0.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let Some(session) = state.as_any().downcast_ref::<SessionState>() else {
+            return self.0.scan(state, projection, filters, limit).await;
+        };
+        let mut config = session.config().clone();
+        config
+            .options_mut()
+            .optimizer
+            .enable_join_dynamic_filter_pushdown = false;
+        let session = SessionStateBuilder::new_from_existing(session.clone())
+            .with_config(config)
+            .build();
+        self.0.scan(&session, projection, filters, limit).await
+    }
 }
 
 /// The merge of base rows and stored changes: with `fold`, every column and the tombstones,
@@ -1147,24 +1341,37 @@ fn merged_plan(
         .map(|c| c.name.clone())
         .chain([ORDER_COLUMN, DELETED_COLUMN, SEQUENCE_COLUMN].map(String::from))
         .collect();
-    let keys: Vec<Expr> = spec
+    let keys: Vec<Expr> = spec.key.iter().map(|k| column("n", k)).collect();
+    // The newest stored change of each key: the change whose (order, sequence) is the key's
+    // greatest. A hash aggregate and a join, because a window partitioned by key costs a
+    // partition's state per key, many times more with a million stored changes.
+    let rank = || newest_rank().call(vec![col(ORDER_COLUMN), col(SEQUENCE_COLUMN)]);
+    let changes = |alias: &str| -> Result<LogicalPlanBuilder> {
+        Ok(LogicalPlanBuilder::scan(alias, source.clone(), None)?
+            .filter(col(SEQUENCE_COLUMN).gt(lit(0i64)))?)
+    };
+    let newest = changes("n")?
+        .aggregate(
+            keys.clone(),
+            vec![datafusion::functions_aggregate::expr_fn::max(rank()).alias(RANK_COLUMN)],
+        )?
+        .alias("n")?
+        .build()?;
+    let mut on: Vec<Expr> = spec
         .key
         .iter()
-        .map(|k| Expr::Column(datafusion::common::Column::new_unqualified(k)))
+        .map(|k| column("c", k).eq(column("n", k)))
         .collect();
-    // The newest stored change of each key.
-    let newest = row_number()
-        .partition_by(keys)
-        .order_by(vec![
-            col(ORDER_COLUMN).sort(false, false),
-            col(SEQUENCE_COLUMN).sort(false, false),
-        ])
-        .build()?
-        .alias("__tributary_rank");
-    let latest = LogicalPlanBuilder::scan("c", source.clone(), None)?
-        .filter(col(SEQUENCE_COLUMN).gt(lit(0i64)))?
-        .window(vec![newest])?
-        .filter(col("__tributary_rank").eq(lit(1u64)))?
+    on.push(column("c", RANK_COLUMN).eq(column("n", RANK_COLUMN)));
+    let latest = changes("c")?
+        .project(
+            all_columns
+                .iter()
+                .map(|c| column("c", c))
+                .chain([rank().alias(RANK_COLUMN)]),
+        )?
+        .alias("c")?
+        .join_on(newest, JoinType::LeftSemi, on)?
         .project(all_columns.iter().map(|c| column("c", c)))?
         .alias("l")?
         .build()?;
@@ -1225,6 +1432,79 @@ fn column(relation: &str, name: &str) -> Expr {
     Expr::Column(datafusion::common::Column::new(Some(relation), name))
 }
 
+/// The merge plan's name for a change's rank (see [`NewestRank`]).
+const RANK_COLUMN: &str = "__tributary_rank";
+
+/// The function ranking a key's stored changes for the merge plan.
+fn newest_rank() -> Arc<ScalarUDF> {
+    static FUNCTION: std::sync::OnceLock<Arc<ScalarUDF>> = std::sync::OnceLock::new();
+    FUNCTION
+        .get_or_init(|| {
+            Arc::new(ScalarUDF::new_from_impl(NewestRank {
+                signature: Signature::one_of(
+                    [DataType::Binary, DataType::BinaryView]
+                        .map(|order| TypeSignature::Exact(vec![order, DataType::Int64]))
+                        .to_vec(),
+                    Volatility::Immutable,
+                ),
+            }))
+        })
+        .clone()
+}
+
+/// `(order, sequence)` as one binary value whose byte order is the pairs' order, so that
+/// `max` finds a key's newest change: the order bytes escaped to be prefix-free (0x00 becomes
+/// 0x00 0xFF, then a 0x00 0x00 terminator), then the sequence big-endian.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NewestRank {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for NewestRank {
+    fn name(&self) -> &str {
+        "__tributary_newest_rank"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Binary)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let orders = arrow::compute::cast(&arrays[0], &DataType::Binary)?;
+        let orders = orders.as_any().downcast_ref::<BinaryArray>();
+        let sequences = arrays[1].as_any().downcast_ref::<Int64Array>();
+        let (Some(orders), Some(sequences)) = (orders, sequences) else {
+            return datafusion::common::exec_err!("__tributary_newest_rank takes binary, bigint");
+        };
+        let mut ranks = arrow::array::BinaryBuilder::with_capacity(
+            orders.len(),
+            orders.values().len() + orders.len() * 10,
+        );
+        let mut rank = Vec::new();
+        for (order, sequence) in orders.iter().zip(sequences.iter()) {
+            rank.clear();
+            for &byte in order.unwrap_or_default() {
+                rank.push(byte);
+                if byte == 0 {
+                    rank.push(0xFF);
+                }
+            }
+            rank.extend_from_slice(&[0, 0]);
+            rank.extend_from_slice(&sequence.unwrap_or_default().to_be_bytes());
+            ranks.append_value(&rank);
+        }
+        Ok(ColumnarValue::Array(Arc::new(ranks.finish())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1281,6 +1561,7 @@ mod tests {
             base_rows: 0,
             base_newest: None,
             changes_oldest: None,
+            folds: 0,
         };
         let record = serde_json::json!({
             "schema": {"type": "struct", "fields": [

@@ -53,7 +53,7 @@ pub(crate) const VARBYTE_MAX: u32 = 1_024_000;
 const HISTORY_KEPT: usize = 10_000;
 
 /// The streaming state of an engine: settings, stream clients, per-view counters, the
-/// refresh history and the auto-refresh tasks.
+/// refresh history, the auto-refresh tasks and the running mirror folds.
 #[derive(Debug, Default)]
 pub(crate) struct Streams {
     settings: Mutex<StreamingSettings>,
@@ -62,6 +62,8 @@ pub(crate) struct Streams {
     history: Mutex<VecDeque<RefreshRecord>>,
     errors: errors::ErrorLog,
     runners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Storage paths of the mirror tables a background fold is running for.
+    folds: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Counters of one view since the server started.
@@ -121,6 +123,21 @@ impl Streams {
 
     pub(crate) fn set_settings(&self, settings: StreamingSettings) {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+    }
+
+    /// Marks a background fold of the mirror stored at `path` as running; false if one is.
+    pub(crate) fn begin_fold(&self, path: &str) -> bool {
+        self.folds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_string())
+    }
+
+    pub(crate) fn end_fold(&self, path: &str) {
+        self.folds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
     }
 
     async fn source(&self, external: &ExternalSource) -> KinesisSource {

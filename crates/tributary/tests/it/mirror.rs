@@ -379,6 +379,30 @@ fn bad_records(format: &Format) -> Vec<(String, Vec<u8>)> {
     .collect()
 }
 
+/// Waits until a fold of the mirror committed: its stored changes (svv_table_info.unsorted,
+/// in percent of its stored rows) are no longer all of its rows.
+async fn wait_for_fold(client: &tokio_postgres::Client, table: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let unsorted: f64 = client
+            .query_one(
+                "SELECT unsorted FROM svv_table_info WHERE \"table\" = $1",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if unsorted < 100.0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table}: no fold committed in 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Each format, three rounds of changes plus bad records and (for sequence-ordered formats)
 /// a replay of everything already applied; after every refresh the mirror equals the model.
 /// Folds are forced often (a low fold threshold), so merges against base rows are covered.
@@ -438,6 +462,15 @@ async fn mirrors_equal_the_source_in_every_format_against(flavor: KinesisFlavor)
                 format.table
             );
         }
+        // Rounds fold in the background: a fold commits (the stored changes are no longer
+        // all of the table's rows) and leaves the table as it was.
+        wait_for_fold(&client, format.table).await;
+        assert_eq!(
+            rows(&client, format.table).await,
+            model(&all),
+            "{} after a background fold",
+            format.table
+        );
         let errors = crate::streaming::count(
             &client,
             &format!(
