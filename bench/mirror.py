@@ -341,7 +341,7 @@ def main():
           f"{measured}/{sent} batches: freshness p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; "
           f"{achieved * args.seconds / max(figures['stream cpu'], 1e-9):,.0f} changes per CPU-second "
           f"of the server")
-    print(f"tributary  freshness query (a full scan of the mirror) p50 {poll[0] * 1000:.0f} ms, "
+    print(f"tributary  freshness poll (a point query by key) p50 {poll[0] * 1000:.0f} ms, "
           f"p99 {poll[1] * 1000:.0f} ms, max {poll[2] * 1000:.0f} ms; unfolded changes at the "
           f"end {figures['unsorted']:.1f}% of stored rows")
     print(f"tributary  peak RSS {figures['peak rss']:.0f} MiB loading and folding, "

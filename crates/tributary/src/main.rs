@@ -80,7 +80,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1_024_000, env = "TRIBUTARY_MAX_RECORD_BYTES")]
     max_record_bytes: usize,
     /// A mirror table folds its stored changes into its base rows (one rewrite) once there
-    /// are at least this many of them and at least a quarter of the base; reads merge the
+    /// are at least this many of them and at least a twentieth of the base; reads merge the
     /// changes in until then.
     #[arg(long, default_value_t = 500_000, env = "TRIBUTARY_MIRROR_FOLD_CHANGES")]
     mirror_fold_changes: u64,

@@ -33,7 +33,7 @@ pub struct StreamingSettings {
     /// so to the client).
     pub embedded_stream_service: bool,
     /// A mirror table folds its stored changes into its base rows once there are at least
-    /// this many of them (and at least a quarter of the base).
+    /// this many of them (and at least a twentieth of the base).
     pub mirror_fold_changes: u64,
 }
 
