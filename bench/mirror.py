@@ -296,7 +296,7 @@ def main():
     parser.add_argument("--source", choices=["embedded", "kinesalite"], default="embedded",
                         help="the stream the mirror reads: Tributary's embedded service or kinesalite")
     parser.add_argument("--perf", metavar="FILE",
-                        help="record the server with `perf record -g` during the continuous run")
+                        help="record the server with `perf record --call-graph dwarf` during the continuous run")
     parser.add_argument("--fold-changes", type=int, default=500_000,
                         help="the server's --mirror-fold-changes during the continuous run")
     args = parser.parse_args()
