@@ -1156,10 +1156,20 @@ fn start_background_fold(engine: &Arc<Engine>, name: &[String; 3], path: &str) {
     if !engine.streams.begin_fold(path) {
         return;
     }
+    /// Ends the fold's mark however its task ends (a panic included), so that a later round
+    /// can start another.
+    struct Running(Arc<Engine>, String);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.streams.end_fold(&self.1);
+        }
+    }
+    let running = Running(engine.clone(), path.to_string());
     let engine = engine.clone();
     let name = name.clone();
     let path = path.to_string();
     crate::background::spawn(async move {
+        let _running = running;
         let started = std::time::Instant::now();
         match background_fold(&engine, &name, &path).await {
             Ok(Some(rows)) => tracing::info!(
@@ -1173,7 +1183,6 @@ fn start_background_fold(engine: &Arc<Engine>, name: &[String; 3], path: &str) {
                 tracing::warn!(table = %name[2], error = %err, "mirror fold failed; a later round retries")
             }
         }
-        engine.streams.end_fold(&path);
     });
 }
 
