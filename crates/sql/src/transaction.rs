@@ -185,6 +185,33 @@ impl SessionCatalogs {
         }
     }
 
+    /// Runs `work` in a transaction of its own that first takes the write lock of one table
+    /// (and the snapshot after it), then commits, or rolls back if `work` fails: the shape of
+    /// background writers (auto refresh rounds, mirror folds). `work` starts only once the
+    /// lock is held.
+    pub(crate) async fn locked_transaction<T>(
+        &self,
+        [database, schema, name]: [&str; 3],
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.begin(false);
+        let result = async {
+            self.prelock(database, schema, name).await?;
+            work.await
+        }
+        .await;
+        match result {
+            Ok(value) => {
+                self.commit().await?;
+                Ok(value)
+            }
+            Err(err) => {
+                self.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
     /// Takes the write lock of a table before the autocommit statement that writes it reads
     /// anything, then retakes the snapshot: the statement sees what the lock's previous holder
     /// committed.

@@ -185,13 +185,7 @@ pub(crate) async fn create(
             folds: 0,
         }),
     }));
-    let handle = session.engine().storage.table(&table.path)?;
-    session.catalogs().record_created(&table.path);
-    table.version = handle.create(&crate::ddl::storage_schema(&table)).await?;
-    session.catalogs().modify(|state| {
-        table.oid = state.allocate_oid();
-        state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
-    })?;
+    super::store_view_table(session, [&database, &schema, &name], table).await?;
     Ok(Output::command("CREATE TABLE"))
 }
 
@@ -1212,9 +1206,7 @@ async fn background_fold(
     let rows = staged.rows;
     let session = engine.session(&read.owner, database)?;
     let catalogs = session.catalogs().clone();
-    catalogs.begin(false);
-    let result = async {
-        catalogs.prelock(database, schema, name).await?;
+    let commit = async {
         let current = catalogs
             .lock_table(database, schema, name, WriteKind::Rewrite)
             .await?
@@ -1240,18 +1232,10 @@ async fn background_fold(
         };
         commit_spec(&catalogs, [database, schema, name], path, version, updated)?;
         Ok(Some(rows))
-    }
-    .await;
-    match result {
-        Ok(folded) => {
-            catalogs.commit().await?;
-            Ok(folded)
-        }
-        Err(err) => {
-            catalogs.rollback().await;
-            Err(err)
-        }
-    }
+    };
+    catalogs
+        .locked_transaction([database, schema, name], commit)
+        .await
 }
 
 /// The oldest ordering value among the changes stored with a sequence from `sequence` on.

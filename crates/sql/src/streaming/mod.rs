@@ -311,14 +311,25 @@ pub(crate) async fn create_materialized_view(
         aggregate: layout,
         mirror: None,
     }));
+    store_view_table(session, [&database, &schema, &name], table).await?;
+    Ok(Output::command("CREATE MATERIALIZED VIEW"))
+}
+
+/// Creates the Delta table of a new streaming view or mirror table and adds the relation to
+/// the session's transaction.
+pub(crate) async fn store_view_table(
+    session: &Session,
+    [database, schema, name]: [&str; 3],
+    mut table: Table,
+) -> Result<()> {
     let handle = session.engine().storage.table(&table.path)?;
     session.catalogs().record_created(&table.path);
     table.version = handle.create(&crate::ddl::storage_schema(&table)).await?;
     session.catalogs().modify(|state| {
         table.oid = state.allocate_oid();
-        state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
+        state.insert_relation(database, schema, name, Relation::Table(table.clone()))
     })?;
-    Ok(Output::command("CREATE MATERIALIZED VIEW"))
+    Ok(())
 }
 
 /// The table of a new materialized view, with its attributes (DISTKEY, SORTKEY, BACKUP).

@@ -208,22 +208,10 @@ async fn round(
         return Err(crate::Error::Internal("no compiled view".into()));
     };
     let catalogs = pipeline.catalogs().clone();
-    catalogs.begin(false);
-    let result = async {
-        catalogs
-            .prelock(&view.database, &view.schema, &view.name)
-            .await?;
-        super::round(engine, &catalogs, view, pipeline, reader, false).await
-    }
-    .await;
-    match result {
-        Ok(stats) => {
-            catalogs.commit().await?;
-            Ok(stats)
-        }
-        Err(err) => {
-            catalogs.rollback().await;
-            Err(err)
-        }
-    }
+    catalogs
+        .locked_transaction(
+            [&view.database, &view.schema, &view.name],
+            super::round(engine, &catalogs, view, pipeline, reader, false),
+        )
+        .await
 }
