@@ -12,4 +12,4 @@ mod table;
 pub use error::{Error, Result};
 pub use files::ExternalLocation;
 pub use root::StorageRoot;
-pub use table::{AppendOutcome, StagedFiles, TableHandle};
+pub use table::{AppendOutcome, DataFile, Replaced, StagedFiles, TableHandle};

@@ -23,12 +23,41 @@ use crate::{Error, Result};
 /// Commits between Delta checkpoints of tables created here.
 const CHECKPOINT_INTERVAL: &str = "10";
 
+/// Rows per Parquet row group of the files written here (parquet's default): the number of
+/// distinct values a row group's bloom filter is sized for at most.
+const ROW_GROUP_ROWS: usize = 1024 * 1024;
+
+/// False-positive rate of the bloom filters written for [`TableHandle::with_bloom_filters`].
+const BLOOM_FILTER_FPP: f64 = 0.01;
+
 /// A table stored under the root. Cheap to create; holds no open state of its own.
 #[derive(Debug, Clone)]
 pub struct TableHandle {
     root: Arc<StorageRoot>,
     path: String,
     url: Url,
+    /// Columns whose values the files written through this handle index in bloom filters.
+    bloom_columns: Arc<[String]>,
+}
+
+/// Which files [`TableHandle::replace_files`] replaces.
+#[derive(Debug, Clone, Copy)]
+pub enum Replaced<'a> {
+    /// Every file of the version the staged rows were computed from.
+    All,
+    /// These files (paths as [`DataFile::path`] gives them).
+    Only(&'a [String]),
+}
+
+/// One data file of a table version, as its Delta log entry describes it.
+#[derive(Debug, Clone)]
+pub struct DataFile {
+    /// The path relative to the table, as the log holds it.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// The smallest value of each column with statistics (the log's `minValues`).
+    pub min_values: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Data files written by [`TableHandle::stage`] and not committed yet.
@@ -50,7 +79,20 @@ pub struct AppendOutcome {
 
 impl TableHandle {
     pub(crate) fn new(root: Arc<StorageRoot>, path: String, url: Url) -> Self {
-        Self { root, path, url }
+        Self {
+            root,
+            path,
+            url,
+            bloom_columns: Arc::from([]),
+        }
+    }
+
+    /// The same table, with files written from now on indexing `columns` in bloom filters,
+    /// so that a lookup of one value (`col = v`, `col IN (...)`) skips the row groups that
+    /// do not hold it even when the column's values are spread over every file.
+    pub fn with_bloom_filters(mut self, columns: &[String]) -> Self {
+        self.bloom_columns = columns.into();
+        self
     }
 
     /// The table's path relative to the storage root.
@@ -105,10 +147,11 @@ impl TableHandle {
             });
         }
         let table = self.load(base_version).await?;
-        let table = table
-            .write(batches)
-            .with_save_mode(SaveMode::Append)
-            .await?;
+        let mut write = table.write(batches).with_save_mode(SaveMode::Append);
+        if let Some(properties) = self.writer_properties(rows) {
+            write = write.with_writer_properties(properties);
+        }
+        let table = write.await?;
         Ok(AppendOutcome {
             version: self.remember(&table)?,
             rows: rows as u64,
@@ -129,11 +172,15 @@ impl TableHandle {
         } else {
             batches
         };
-        let table = table
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        let mut write = table
             .write(batches)
             .with_save_mode(SaveMode::Overwrite)
-            .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
-            .await?;
+            .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
+        if let Some(properties) = self.writer_properties(rows) {
+            write = write.with_writer_properties(properties);
+        }
+        let table = write.await?;
         self.remember(&table)
     }
 
@@ -149,10 +196,11 @@ impl TableHandle {
                 rows: 0,
             });
         };
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
         let config = WriterConfig::new(
             first.schema(),
             Vec::new(),
-            None,
+            self.writer_properties(rows),
             None,
             None,
             table.snapshot()?.table_config().num_indexed_cols(),
@@ -168,24 +216,49 @@ impl TableHandle {
         })
     }
 
-    /// Commits `staged` in place of every file `read_version` reads, as a new version on top
-    /// of `on_version`; files that commits after `read_version` added stay. The caller holds
-    /// the table's write lock and makes sure those commits only added files, so that the
-    /// staged rows replace exactly the rows they were computed from.
+    /// Commits `staged` in place of `replaced` files of `read_version` (the version the
+    /// staged rows were computed from), as a new version on top of `on_version`; other files,
+    /// such as those commits after `read_version` added, stay. The caller holds the table's
+    /// write lock. Fails with [`Error::Conflict`] if a replaced file is no longer in
+    /// `on_version` (another rewrite removed it), so that staged rows never bring back rows
+    /// that were rewritten meanwhile.
     pub async fn replace_files(
         &self,
         read_version: u64,
         on_version: u64,
+        replaced: Replaced<'_>,
         staged: StagedFiles,
     ) -> Result<u64> {
         let read = self.load(read_version).await?;
         let on = self.load(on_version).await?;
-        let removes = read
+        let present: std::collections::HashSet<String> = on
             .snapshot()?
             .log_data()
             .iter()
-            .map(|file| Action::Remove(file.remove_action(true)))
-            .collect::<Vec<_>>();
+            .map(|file| file.path().to_string())
+            .collect();
+        let wanted: Option<std::collections::HashSet<&str>> = match replaced {
+            Replaced::All => None,
+            Replaced::Only(paths) => Some(paths.iter().map(String::as_str).collect()),
+        };
+        let mut removes = Vec::new();
+        for file in read.snapshot()?.log_data().iter() {
+            let path = file.path();
+            if wanted.as_ref().is_some_and(|w| !w.contains(path.as_ref())) {
+                continue;
+            }
+            if !present.contains(path.as_ref()) {
+                return Err(Error::Conflict {
+                    path: self.path.clone(),
+                });
+            }
+            removes.push(Action::Remove(file.remove_action(true)));
+        }
+        if wanted.is_some_and(|w| w.len() != removes.len()) {
+            return Err(Error::Conflict {
+                path: self.path.clone(),
+            });
+        }
         let actions = removes
             .into_iter()
             .chain(staged.adds.into_iter().map(Action::Add))
@@ -202,6 +275,49 @@ impl TableHandle {
         let mut table = on.clone();
         table.state = Some(commit.snapshot());
         self.remember(&table)
+    }
+
+    /// The data files `version` reads.
+    pub async fn files(&self, version: u64) -> Result<Vec<DataFile>> {
+        let table = self.load(version).await?;
+        let files = table
+            .snapshot()?
+            .log_data()
+            .iter()
+            .map(|file| {
+                let stats: Option<serde_json::Value> = file
+                    .stats()
+                    .and_then(|text| serde_json::from_str(&text).ok());
+                let min_values = stats
+                    .as_ref()
+                    .and_then(|s| s.get("minValues"))
+                    .and_then(serde_json::Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                DataFile {
+                    path: file.path().to_string(),
+                    rows: file.num_records().unwrap_or_default() as u64,
+                    min_values,
+                }
+            })
+            .collect();
+        Ok(files)
+    }
+
+    /// A DataFusion provider that reads only `paths` (as [`Self::files`] gives them) of
+    /// `version`.
+    pub async fn provider_of(
+        &self,
+        version: u64,
+        paths: &[String],
+    ) -> Result<Arc<dyn TableProvider>> {
+        let table = self.load(version).await?;
+        let provider = table
+            .table_provider()
+            .with_file_paths(paths.iter().cloned())
+            .build()
+            .await?;
+        Ok(Arc::new(provider))
     }
 
     /// A DataFusion provider that reads exactly `version`. Versions are immutable, so providers
@@ -328,6 +444,33 @@ impl TableHandle {
         Ok(table)
     }
 
+    /// Parquet properties for writing `rows` rows: bloom filters on the handle's bloom
+    /// columns, sized for the rows of one row group. None without bloom columns (delta-rs's
+    /// defaults).
+    fn writer_properties(
+        &self,
+        rows: usize,
+    ) -> Option<deltalake::parquet::file::properties::WriterProperties> {
+        use deltalake::parquet::basic::Compression;
+        use deltalake::parquet::file::properties::WriterProperties;
+        use deltalake::parquet::schema::types::ColumnPath;
+        if self.bloom_columns.is_empty() {
+            return None;
+        }
+        let distinct = rows.clamp(1_000, ROW_GROUP_ROWS) as u64;
+        let mut builder = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+        for column in self.bloom_columns.iter() {
+            let path = ColumnPath::from(column.as_str());
+            builder = builder
+                .set_column_bloom_filter_enabled(path.clone(), true)
+                .set_column_bloom_filter_max_ndv(path.clone(), distinct)
+                .set_column_bloom_filter_fpp(path, BLOOM_FILTER_FPP);
+        }
+        Some(builder.build())
+    }
+
     /// Remembers a table state a write produced, for the reads and writes that follow.
     fn remember(&self, table: &deltalake::DeltaTable) -> Result<u64> {
         let version = table_version(table)?;
@@ -402,7 +545,7 @@ mod tests {
             .unwrap();
         assert_eq!(count(&table, v2.version).await, 5);
         let v3 = table
-            .replace_files(v1.version, v2.version, staged)
+            .replace_files(v1.version, v2.version, Replaced::All, staged)
             .await
             .unwrap();
         assert_eq!(v3, v2.version + 1);
@@ -411,6 +554,68 @@ mod tests {
             count(&table, v2.version).await,
             5,
             "older versions still read"
+        );
+        assert_eq!(table.latest_version().await.unwrap(), v3);
+    }
+
+    #[tokio::test]
+    async fn chosen_files_are_replaced_unless_another_rewrite_removed_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let table = root
+            .table("dev/public/t-3")
+            .unwrap()
+            .with_bloom_filters(&["id".to_string()]);
+        let v0 = table.create(&schema()).await.unwrap();
+        let v1 = table.append(v0, vec![batch(&[1, 2])]).await.unwrap();
+        let v2 = table
+            .append(v1.version, vec![batch(&[3, 4])])
+            .await
+            .unwrap();
+        let files = table.files(v2.version).await.unwrap();
+        assert_eq!(files.iter().map(|f| f.rows).sum::<u64>(), 4);
+        assert!(files.iter().all(|f| f.min_values.contains_key("id")));
+        let second: Vec<String> = files
+            .iter()
+            .filter(|f| f.min_values["id"] == 3)
+            .map(|f| f.path.clone())
+            .collect();
+        assert_eq!(second.len(), 1);
+        // Every written file indexes the bloom column.
+        let bytes = std::fs::read(dir.path().join("dev/public/t-3").join(&second[0])).unwrap();
+        let reader =
+            deltalake::parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
+                .unwrap();
+        use deltalake::parquet::file::reader::FileReader as _;
+        let column = reader.metadata().row_group(0).column(0);
+        assert!(
+            column.bloom_filter_offset().is_some(),
+            "id has a bloom filter"
+        );
+
+        // The second file's rows (3, 4) become one, with the first file untouched.
+        let staged = table.stage(v2.version, &[batch(&[7])]).await.unwrap();
+        let v3 = table
+            .replace_files(v2.version, v2.version, Replaced::Only(&second), staged)
+            .await
+            .unwrap();
+        assert_eq!(count(&table, v3).await, 3, "1, 2 and 7");
+        // The same files again, computed from v2 too: they are gone, so nothing commits.
+        let staged = table.stage(v2.version, &[batch(&[8])]).await.unwrap();
+        let outcome = table
+            .replace_files(v2.version, v3, Replaced::Only(&second), staged)
+            .await;
+        assert!(
+            matches!(outcome, Err(Error::Conflict { .. })),
+            "{outcome:?}"
+        );
+        let staged = table.stage(v2.version, &[batch(&[8])]).await.unwrap();
+        let outcome = table
+            .replace_files(v2.version, v3, Replaced::All, staged)
+            .await;
+        assert!(
+            matches!(outcome, Err(Error::Conflict { .. })),
+            "{outcome:?}"
         );
         assert_eq!(table.latest_version().await.unwrap(), v3);
     }

@@ -14,7 +14,10 @@
 //! change of a key unless a base row is newer or the change is a delete. Comparing orders on
 //! both sides makes replays and out-of-order changes harmless: an older change never wins.
 //! When the stored changes outgrow a share of the base, the round folds them into a new base
-//! (one rewrite, tombstones kept so that a late older change stays ignored).
+//! (one rewrite, tombstones kept so that a late older change stays ignored). Until then,
+//! rounds coalesce their change files in the background (the newest change per key of the
+//! smallest files, into one file), so that a read opens a few files rather than one per
+//! round; a change dropped that way is one a newer change of its key supersedes anyway.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{
     ColumnarValue, JoinType, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, TypeSignature, Volatility, col, lit,
+    ScalarUDFImpl, Signature, TableSource, TypeSignature, Volatility, col, lit,
 };
 use datafusion::prelude::Expr;
 use datafusion::sql::sqlparser::ast::{CreateTable, ObjectName};
@@ -39,8 +42,9 @@ use tributary_catalog::{
     ChangeFormat, Constraint, MaterializedView, MirrorSpec, Relation, SqlType, Table, ViewInput,
 };
 use tributary_ingest::StreamRecord;
+use tributary_storage::{DataFile, Replaced};
 
-use super::{ScanError, ViewId};
+use super::{ScanError, ViewId, Work};
 use crate::catalog_list::SessionCatalogs;
 use crate::engine::Engine;
 use crate::session::{Output, Session};
@@ -923,7 +927,7 @@ async fn apply_records(
         return Ok((0, decoded.rejected, mv));
     };
     let stored = rows.num_rows() as u64;
-    let storage = catalogs.engine().storage.table(&table.path)?;
+    let storage = storage(catalogs.engine(), &table.path, spec)?;
     let version = storage.append(table.version, vec![rows]).await?.version;
     let mut updated = spec.clone();
     // Every record uses a number: COPY positions its records with them.
@@ -947,11 +951,13 @@ async fn apply_records(
         version,
         updated,
     )?;
-    if fold_due && in_background {
-        start_background_fold(
+    if in_background {
+        let work = if fold_due { Work::Fold } else { Work::Coalesce };
+        start_background(
             catalogs.engine(),
             &[database.clone(), schema.clone(), name.clone()],
             &table.path,
+            work,
         );
     }
     Ok((stored, decoded.rejected, mv))
@@ -1097,8 +1103,7 @@ async fn folded_rows(
     version: u64,
     spec: &MirrorSpec,
 ) -> Result<(Vec<RecordBatch>, Option<Vec<u8>>)> {
-    let storage = engine.storage.table(&table.path)?;
-    let delta = storage.provider(version).await?;
+    let delta = engine.storage.table(&table.path)?.provider(version).await?;
     let plan = merged_plan(delta, table, spec, true)?;
     let context = crate::session::expression_context();
     let batches = context.execute_logical_plan(plan).await?.collect().await?;
@@ -1132,7 +1137,7 @@ async fn fold(
     let (batches, newest) = folded_rows(catalogs.engine(), table, version, spec).await?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let schema = Arc::new(crate::ddl::storage_schema(table));
-    let storage = catalogs.engine().storage.table(&table.path)?;
+    let storage = storage(catalogs.engine(), &table.path, spec)?;
     let version = storage.overwrite(version, batches, &schema).await?;
     tracing::debug!(table = %table.path, rows, "folded the mirror's changes into its base");
     spec.unfolded = 0;
@@ -1143,38 +1148,54 @@ async fn fold(
     Ok(version)
 }
 
-/// Starts folding a mirror in the background unless a fold of it is running. A stream round
-/// must not fold in line: a fold of a large mirror takes seconds, and the round holds the
-/// table's lock, so every later round would wait for it.
-fn start_background_fold(engine: &Arc<Engine>, name: &[String; 3], path: &str) {
-    if !engine.streams.begin_fold(path) {
+/// The mirror's Delta table, whose files index the key in bloom filters: a lookup by key
+/// then skips every change file (and base row group) that does not hold the key.
+fn storage(
+    engine: &Engine,
+    path: &str,
+    spec: &MirrorSpec,
+) -> Result<tributary_storage::TableHandle> {
+    Ok(engine.storage.table(path)?.with_bloom_filters(&spec.key))
+}
+
+/// Starts background work on a mirror unless it may not start now (see
+/// [`super::Streams::begin_work`]); a later round asks again. A stream round must not fold
+/// in line: a fold of a large mirror takes seconds, and the round holds the table's lock, so
+/// every later round would wait for it.
+fn start_background(engine: &Arc<Engine>, name: &[String; 3], path: &str, work: Work) {
+    if !engine.streams.begin_work(path, work) {
         return;
     }
-    /// Ends the fold's mark however its task ends (a panic included), so that a later round
-    /// can start another.
-    struct Running(Arc<Engine>, String);
+    /// Ends the work's mark however its task ends (a panic included), so that a later round
+    /// can start it again.
+    struct Running(Arc<Engine>, String, Work);
     impl Drop for Running {
         fn drop(&mut self) {
-            self.0.streams.end_fold(&self.1);
+            self.0.streams.end_work(&self.1, self.2);
         }
     }
-    let running = Running(engine.clone(), path.to_string());
+    let running = Running(engine.clone(), path.to_string(), work);
     let engine = engine.clone();
     let name = name.clone();
     let path = path.to_string();
     crate::background::spawn(async move {
         let _running = running;
         let started = std::time::Instant::now();
-        match background_fold(&engine, &name, &path).await {
-            Ok(Some(rows)) => tracing::info!(
+        let done = match work {
+            Work::Fold => background_fold(&engine, &name, &path).await,
+            Work::Coalesce => background_coalesce(&engine, &name, &path).await,
+        };
+        match done {
+            Ok(Some(rows)) => tracing::debug!(
                 table = %name[2],
+                ?work,
                 rows,
                 seconds = started.elapsed().as_secs_f64(),
-                "folded the mirror's stored changes into its base"
+                "rewrote the mirror's files"
             ),
             Ok(None) => {}
             Err(err) => {
-                tracing::warn!(table = %name[2], error = %err, "mirror fold failed; a later round retries")
+                tracing::warn!(table = %name[2], ?work, error = %err, "mirror rewrite failed; a later round retries")
             }
         }
     });
@@ -1199,8 +1220,9 @@ async fn background_fold(
     if read.path != path {
         return Ok(None);
     }
+    engine.streams.fold_reads(path, read.version);
     let (batches, newest) = folded_rows(engine, &read, read.version, &read_spec).await?;
-    let storage = engine.storage.table(path)?;
+    let storage = storage(engine, path, &read_spec)?;
     let staged = storage.stage(read.version, &batches).await?;
     drop(batches);
     let rows = staged.rows;
@@ -1217,9 +1239,14 @@ async fn background_fold(
         if current.path != path {
             return Ok(None);
         }
-        let version = storage
-            .replace_files(read.version, current.version, staged)
-            .await?;
+        let Some(version) = replaced(
+            storage
+                .replace_files(read.version, current.version, Replaced::All, staged)
+                .await,
+        )?
+        else {
+            return Ok(None);
+        };
         let mut updated = now.clone();
         updated.unfolded = now.unfolded.saturating_sub(read_spec.unfolded);
         updated.base_rows = rows;
@@ -1230,6 +1257,150 @@ async fn background_fold(
         } else {
             oldest_change_since(&storage, version, read_spec.next_sequence).await?
         };
+        commit_spec(&catalogs, [database, schema, name], path, version, updated)?;
+        Ok(Some(rows))
+    };
+    catalogs
+        .locked_transaction([database, schema, name], commit)
+        .await
+}
+
+/// The version [`tributary_storage::TableHandle::replace_files`] committed, or None if a
+/// file it was to replace had been rewritten meanwhile (the work is given up).
+fn replaced(outcome: tributary_storage::Result<u64>) -> Result<Option<u64>> {
+    match outcome {
+        Ok(version) => Ok(Some(version)),
+        Err(tributary_storage::Error::Conflict { .. }) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A coalesce starts once a mirror has this many change files (files of stored changes, one
+/// per round that stored any), and merges at least this many.
+const COALESCE_FILES: usize = 8;
+
+/// Change files a mirror may have before a coalesce merges the smallest ones whatever their
+/// sizes.
+const COALESCE_FILES_MAX: usize = 16;
+
+/// True for a file of stored changes (not of the base), from its log statistics. A file
+/// without statistics of the sequence column is never coalesced.
+fn is_change_file(file: &DataFile) -> bool {
+    file.min_values
+        .get(SEQUENCE_COLUMN)
+        .and_then(Value::as_i64)
+        .is_some_and(|sequence| sequence > 0)
+}
+
+/// The change files a coalesce merges, smallest first: each next file while it holds no more
+/// rows than the files taken before it together, so that a row is rewritten about log2 of
+/// (stored changes / round size) times before a fold, as in a binary counter. Nothing while
+/// that would take fewer than [`COALESCE_FILES`] and there are fewer than
+/// [`COALESCE_FILES_MAX`].
+fn coalesce_choice(mut files: Vec<DataFile>) -> Vec<DataFile> {
+    files.sort_by_key(|f| f.rows);
+    let mut total = 0;
+    let mut taken = 0;
+    for file in &files {
+        if taken >= 2 && file.rows > total {
+            break;
+        }
+        total += file.rows;
+        taken += 1;
+    }
+    if taken < COALESCE_FILES {
+        if files.len() < COALESCE_FILES_MAX {
+            return Vec::new();
+        }
+        taken = COALESCE_FILES;
+    }
+    files.truncate(taken);
+    files
+}
+
+/// Merges some of the mirror's change files into one that holds the newest change of each
+/// key among them (tombstones and orders kept), so that reads open and aggregate fewer files
+/// between folds. Reads its committed version without holding its lock, then commits the new
+/// file in place of exactly the merged ones. Files a running fold reads are left alone: the
+/// fold replaces them. Returns the rows written, or None with nothing to merge or when the
+/// mirror changed under it.
+async fn background_coalesce(
+    engine: &Arc<Engine>,
+    [database, schema, name]: &[String; 3],
+    path: &str,
+) -> Result<Option<u64>> {
+    let read = engine
+        .catalog_snapshot()
+        .table(database, schema, name)?
+        .clone();
+    let Some(read_spec) = spec(&read).cloned() else {
+        return Ok(None);
+    };
+    if read.path != path {
+        return Ok(None);
+    }
+    let storage = storage(engine, path, &read_spec)?;
+    let folding: std::collections::HashSet<String> = match engine.streams.folding(path) {
+        Some(version) => storage
+            .files(version)
+            .await?
+            .into_iter()
+            .map(|f| f.path)
+            .collect(),
+        None => Default::default(),
+    };
+    let changes = storage
+        .files(read.version)
+        .await?
+        .into_iter()
+        .filter(|f| is_change_file(f) && !folding.contains(&f.path))
+        .collect();
+    let chosen = coalesce_choice(changes);
+    if chosen.is_empty() {
+        return Ok(None);
+    }
+    let paths: Vec<String> = chosen.iter().map(|f| f.path.clone()).collect();
+    let merged_rows: u64 = chosen.iter().map(|f| f.rows).sum();
+    let source = provider_as_source(storage.provider_of(read.version, &paths).await?);
+    let plan = newest_changes(&source, &read, &read_spec)?;
+    let context = crate::session::expression_context();
+    let batches = context.execute_logical_plan(plan).await?.collect().await?;
+    let stored_schema = Arc::new(crate::ddl::storage_schema(&read));
+    let batches = batches
+        .iter()
+        .map(|b| crate::ddl::cast_batch(b, &stored_schema))
+        .collect::<Result<Vec<_>>>()?;
+    let staged = storage.stage(read.version, &batches).await?;
+    drop(batches);
+    let rows = staged.rows;
+    let session = engine.session(&read.owner, database)?;
+    let catalogs = session.catalogs().clone();
+    let commit = async {
+        let current = catalogs
+            .lock_table(database, schema, name, WriteKind::Rewrite)
+            .await?
+            .table;
+        let Some(now) = spec(&current).filter(|s| s.folds == read_spec.folds) else {
+            return Ok(None);
+        };
+        if current.path != path {
+            return Ok(None);
+        }
+        let Some(version) = replaced(
+            storage
+                .replace_files(
+                    read.version,
+                    current.version,
+                    Replaced::Only(&paths),
+                    staged,
+                )
+                .await,
+        )?
+        else {
+            return Ok(None);
+        };
+        let mut updated = now.clone();
+        updated.unfolded = now.unfolded.saturating_sub(merged_rows - rows);
         commit_spec(&catalogs, [database, schema, name], path, version, updated)?;
         Ok(Some(rows))
     };
@@ -1331,46 +1502,7 @@ fn merged_plan(
         Ok(LogicalPlanBuilder::scan(alias, source.clone(), None)?
             .filter(col(SEQUENCE_COLUMN).eq(lit(0i64)))?)
     };
-    let all_columns: Vec<String> = table
-        .columns
-        .iter()
-        .map(|c| c.name.clone())
-        .chain([ORDER_COLUMN, DELETED_COLUMN, SEQUENCE_COLUMN].map(String::from))
-        .collect();
-    let keys: Vec<Expr> = spec.key.iter().map(|k| column("n", k)).collect();
-    // The newest stored change of each key: the change whose (order, sequence) is the key's
-    // greatest. A hash aggregate and a join, because a window partitioned by key costs a
-    // partition's state per key, many times more with a million stored changes.
-    let rank = || newest_rank().call(vec![col(ORDER_COLUMN), col(SEQUENCE_COLUMN)]);
-    let changes = |alias: &str| -> Result<LogicalPlanBuilder> {
-        Ok(LogicalPlanBuilder::scan(alias, source.clone(), None)?
-            .filter(col(SEQUENCE_COLUMN).gt(lit(0i64)))?)
-    };
-    let newest = changes("n")?
-        .aggregate(
-            keys.clone(),
-            vec![datafusion::functions_aggregate::expr_fn::max(rank()).alias(RANK_COLUMN)],
-        )?
-        .alias("n")?
-        .build()?;
-    let mut on: Vec<Expr> = spec
-        .key
-        .iter()
-        .map(|k| column("c", k).eq(column("n", k)))
-        .collect();
-    on.push(column("c", RANK_COLUMN).eq(column("n", RANK_COLUMN)));
-    let latest = changes("c")?
-        .project(
-            all_columns
-                .iter()
-                .map(|c| column("c", c))
-                .chain([rank().alias(RANK_COLUMN)]),
-        )?
-        .alias("c")?
-        .join_on(newest, JoinType::LeftSemi, on)?
-        .project(all_columns.iter().map(|c| column("c", c)))?
-        .alias("l")?
-        .build()?;
+    let latest = newest_changes(&source, table, spec)?;
     let same_key = |left: &str, right: &str| -> Vec<Expr> {
         spec.key
             .iter()
@@ -1421,6 +1553,56 @@ fn merged_plan(
         .union(output(kept_changes, "l")?)?
         .build()?;
     Ok(plan)
+}
+
+/// The newest stored change of each key (tombstones included), every stored column, as
+/// relation "l".
+fn newest_changes(
+    source: &Arc<dyn TableSource>,
+    table: &Table,
+    spec: &MirrorSpec,
+) -> Result<LogicalPlan> {
+    let all_columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| c.name.clone())
+        .chain([ORDER_COLUMN, DELETED_COLUMN, SEQUENCE_COLUMN].map(String::from))
+        .collect();
+    let keys: Vec<Expr> = spec.key.iter().map(|k| column("n", k)).collect();
+    // The newest stored change of each key: the change whose (order, sequence) is the key's
+    // greatest. A hash aggregate and a join, because a window partitioned by key costs a
+    // partition's state per key, many times more with a million stored changes.
+    let rank = || newest_rank().call(vec![col(ORDER_COLUMN), col(SEQUENCE_COLUMN)]);
+    let changes = |alias: &str| -> Result<LogicalPlanBuilder> {
+        Ok(LogicalPlanBuilder::scan(alias, source.clone(), None)?
+            .filter(col(SEQUENCE_COLUMN).gt(lit(0i64)))?)
+    };
+    let newest = changes("n")?
+        .aggregate(
+            keys,
+            vec![datafusion::functions_aggregate::expr_fn::max(rank()).alias(RANK_COLUMN)],
+        )?
+        .alias("n")?
+        .build()?;
+    let mut on: Vec<Expr> = spec
+        .key
+        .iter()
+        .map(|k| column("c", k).eq(column("n", k)))
+        .collect();
+    on.push(column("c", RANK_COLUMN).eq(column("n", RANK_COLUMN)));
+    let latest = changes("c")?
+        .project(
+            all_columns
+                .iter()
+                .map(|c| column("c", c))
+                .chain([rank().alias(RANK_COLUMN)]),
+        )?
+        .alias("c")?
+        .join_on(newest, JoinType::LeftSemi, on)?
+        .project(all_columns.iter().map(|c| column("c", c)))?
+        .alias("l")?
+        .build()?;
+    Ok(latest)
 }
 
 /// A column of a relation in the merge plan, by its exact name.
@@ -1504,6 +1686,56 @@ impl ScalarUDFImpl for NewestRank {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn files(rows: &[u64]) -> Vec<DataFile> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, &rows)| DataFile {
+                path: format!("f{i}"),
+                rows,
+                min_values: Default::default(),
+            })
+            .collect()
+    }
+
+    fn chosen(rows: &[u64]) -> Vec<u64> {
+        coalesce_choice(files(rows))
+            .into_iter()
+            .map(|f| f.rows)
+            .collect()
+    }
+
+    #[test]
+    fn coalesces_take_the_smallest_files_like_a_binary_counter() {
+        // Too few files: nothing.
+        assert!(chosen(&[5; 7]).is_empty());
+        // Eight rounds' files become one.
+        assert_eq!(chosen(&[5; 8]), vec![5; 8]);
+        // The merged file joins once the small ones add up to it.
+        assert_eq!(
+            chosen(&[40, 5, 5, 5, 5, 5, 5, 5, 5]),
+            [vec![5; 8], vec![40]].concat()
+        );
+        // A big file stays out while the small ones are fewer than it.
+        assert!(chosen(&[1000, 5, 5, 5, 5, 5, 5, 5]).is_empty());
+        assert_eq!(chosen(&[1000, 80, 5, 5, 5, 5, 5, 5, 5, 5]), vec![5; 8]);
+        // Files that keep doubling never qualify alone; at 16 files the smallest 8 merge.
+        let doubling: Vec<u64> = (0..16).map(|i| 1 << i).collect();
+        assert_eq!(chosen(&doubling), doubling[..8].to_vec());
+        assert!(chosen(&doubling[..15]).is_empty());
+    }
+
+    #[test]
+    fn change_files_are_told_from_base_files_by_their_sequences() {
+        let mut file = files(&[10]).remove(0);
+        assert!(!is_change_file(&file), "no statistics: never coalesced");
+        file.min_values
+            .insert(SEQUENCE_COLUMN.into(), serde_json::json!(0));
+        assert!(!is_change_file(&file), "a base file");
+        file.min_values
+            .insert(SEQUENCE_COLUMN.into(), serde_json::json!(17));
+        assert!(is_change_file(&file));
+    }
 
     fn order(value: Value) -> Vec<u8> {
         order_bytes(&value).expect("orderable")

@@ -62,8 +62,26 @@ pub(crate) struct Streams {
     history: Mutex<VecDeque<RefreshRecord>>,
     errors: errors::ErrorLog,
     runners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-    /// Storage paths of the mirror tables a background fold is running for.
-    folds: Mutex<std::collections::HashSet<String>>,
+    /// The background work running on mirror tables, by storage path.
+    mirror_work: Mutex<HashMap<String, MirrorWork>>,
+}
+
+/// Background work on one mirror table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Work {
+    /// Rewriting the base with the stored changes merged in.
+    Fold,
+    /// Merging some stored change files into one.
+    Coalesce,
+}
+
+/// What background work runs on one mirror table. A fold replaces every file of the version
+/// it read, so a coalesce may run beside it only on files added after that version.
+#[derive(Debug, Clone, Copy, Default)]
+struct MirrorWork {
+    /// A fold runs: with the version it reads once it has read it.
+    fold: Option<Option<u64>>,
+    coalesce: bool,
 }
 
 /// Counters of one view since the server started.
@@ -125,19 +143,52 @@ impl Streams {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
     }
 
-    /// Marks a background fold of the mirror stored at `path` as running; false if one is.
-    pub(crate) fn begin_fold(&self, path: &str) -> bool {
-        self.folds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(path.to_string())
+    /// Marks background work on the mirror stored at `path` as running; false if it may not
+    /// start: the same work runs, a fold waits for a coalesce to end, and a coalesce for a
+    /// fold to say which version it reads.
+    pub(crate) fn begin_work(&self, path: &str, work: Work) -> bool {
+        let mut all = self.mirror_work.lock().unwrap_or_else(|e| e.into_inner());
+        let running = all.entry(path.to_string()).or_default();
+        match work {
+            Work::Fold if running.fold.is_none() && !running.coalesce => {
+                running.fold = Some(None);
+                true
+            }
+            Work::Coalesce if !running.coalesce && running.fold != Some(None) => {
+                running.coalesce = true;
+                true
+            }
+            _ => false,
+        }
     }
 
-    pub(crate) fn end_fold(&self, path: &str) {
-        self.folds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(path);
+    pub(crate) fn end_work(&self, path: &str, work: Work) {
+        let mut all = self.mirror_work.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = all.get_mut(path) {
+            match work {
+                Work::Fold => running.fold = None,
+                Work::Coalesce => running.coalesce = false,
+            }
+            if running.fold.is_none() && !running.coalesce {
+                all.remove(path);
+            }
+        }
+    }
+
+    /// Records the version the running fold of the mirror at `path` reads.
+    pub(crate) fn fold_reads(&self, path: &str, version: u64) {
+        let mut all = self.mirror_work.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = all.get_mut(path)
+            && running.fold.is_some()
+        {
+            running.fold = Some(Some(version));
+        }
+    }
+
+    /// The version the running fold of the mirror at `path` reads, if a fold runs.
+    pub(crate) fn folding(&self, path: &str) -> Option<u64> {
+        let all = self.mirror_work.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(path).and_then(|running| running.fold.flatten())
     }
 
     async fn source(&self, external: &ExternalSource) -> KinesisSource {

@@ -39,13 +39,18 @@ struct Change {
 /// `n` changes over a handful of keys, so that one batch holds many changes of one key and
 /// keys are deleted and inserted again. Sequence numbers leave gaps.
 fn changes(n: usize, seed: u64) -> Vec<Change> {
+    changes_over(n, 7, seed)
+}
+
+/// `n` changes over `keys` keys.
+fn changes_over(n: usize, keys: u64, seed: u64) -> Vec<Change> {
     let mut rng = Lcg(seed);
     let mut live: BTreeMap<i64, Row> = BTreeMap::new();
     let mut out = Vec::new();
     let mut seq = 1000;
     for _ in 0..n {
         seq += 1 + rng.next(3);
-        let id = 1 + rng.next(7) as i64;
+        let id = 1 + rng.next(keys) as i64;
         let row = Row {
             name: (rng.next(5) != 0).then(|| {
                 format!(
@@ -401,6 +406,91 @@ async fn wait_for_fold(client: &tokio_postgres::Client, table: &str) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Many small rounds: a mirror's change files (one per round) are coalesced in the
+/// background between folds, and folds run beside coalesces. After every round, after the
+/// files were coalesced, after a replay of every change and after VACUUM, the mirror equals
+/// the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_files_coalesce_between_folds() {
+    let kinesis_server = KinesisServer::start(KinesisFlavor::Embedded);
+    let endpoint = kinesis_server.endpoint();
+    let kinesis = kinesis(&endpoint).await;
+    let format = &FORMATS[0];
+    create_stream(&kinesis, format.stream, 2).await;
+    let server = TestServer::start_streaming(StreamingSettings {
+        kinesis_endpoint: Some(endpoint.clone()),
+        // A fold every ~12 rounds; a coalesce starts at 8 change files.
+        mirror_fold_changes: 120,
+        ..Default::default()
+    })
+    .await;
+    let client = server.client().await;
+    client
+        .batch_execute(&format!(
+            r#"CREATE EXTERNAL SCHEMA cdc FROM KINESIS IAM_ROLE default;
+               CREATE MIRROR TABLE {} ({COLUMNS}) FROM cdc."{}" {}"#,
+            format.table, format.stream, format.clauses
+        ))
+        .await
+        .unwrap();
+    const ROUNDS: usize = 40;
+    const PER_ROUND: usize = 10;
+    // Over enough keys that most changes of a round are of different keys and are stored.
+    let all = changes_over(ROUNDS * PER_ROUND, 60, 99);
+    let mut rng = Lcg(17);
+    for round in 0..ROUNDS {
+        let end = (round + 1) * PER_ROUND;
+        put_changes(&kinesis, format, &all[round * PER_ROUND..end], &mut rng).await;
+        client
+            .batch_execute(&format!("REFRESH MIRROR TABLE {}", format.table))
+            .await
+            .unwrap();
+        assert_eq!(
+            rows(&client, format.table).await,
+            model(&all[..end]),
+            "after round {round}"
+        );
+    }
+    let files = || async {
+        server
+            .engine
+            .table_file_count("dev", "public", format.table)
+            .await
+            .unwrap()
+    };
+    // Without coalescing, the rounds since the last fold left a change file each.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while files().await > 8 {
+        assert!(Instant::now() < deadline, "change files never coalesced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows(&client, format.table).await, model(&all));
+    // A replay of every change, in small rounds again, changes nothing: an older change
+    // never wins over a newer one, stored, coalesced or folded.
+    for chunk in all.chunks(ROUNDS * PER_ROUND / 10) {
+        put_changes(&kinesis, format, chunk, &mut rng).await;
+        client
+            .batch_execute(&format!("REFRESH MIRROR TABLE {}", format.table))
+            .await
+            .unwrap();
+        assert_eq!(
+            rows(&client, format.table).await,
+            model(&all),
+            "after a replayed round"
+        );
+    }
+    client
+        .batch_execute(&format!("VACUUM {}", format.table))
+        .await
+        .unwrap();
+    assert_eq!(
+        files().await,
+        1,
+        "VACUUM folds everything into one base file"
+    );
+    assert_eq!(rows(&client, format.table).await, model(&all));
 }
 
 /// Each format, three rounds of changes plus bad records and (for sequence-ordered formats)
