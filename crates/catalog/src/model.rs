@@ -147,6 +147,20 @@ pub enum ExternalSource {
         /// `default`, or the role's ARN as given.
         iam_role: String,
     },
+    /// `FROM KAFKA ... URI 'host:port,...'` or `FROM MSK ... { URI | CLUSTER_ARN }`.
+    Kafka {
+        /// `MSK` or `KAFKA`, as written.
+        flavor: String,
+        /// The bootstrap brokers (`URI`).
+        uri: Option<String>,
+        cluster_arn: Option<String>,
+        iam_role: Option<String>,
+        /// `none`, `iam` (MSK), `mtls`, or beyond Redshift `sasl`.
+        authentication: String,
+        /// The rest of the options as written (lower-case keys): `authentication_arn`,
+        /// `secret_arn`, and for self-managed clusters the TLS and SASL settings.
+        options: BTreeMap<String, String>,
+    },
 }
 
 impl ExternalSource {
@@ -154,7 +168,14 @@ impl ExternalSource {
     pub fn kind_name(&self) -> &'static str {
         match self {
             ExternalSource::Kinesis { .. } => "KINESIS",
+            ExternalSource::Kafka { flavor, .. } if flavor == "MSK" => "MSK",
+            ExternalSource::Kafka { .. } => "KAFKA",
         }
+    }
+
+    /// True for a Kafka cluster (MSK, Apache Kafka, Confluent).
+    pub fn is_kafka(&self) -> bool {
+        matches!(self, ExternalSource::Kafka { .. })
     }
 }
 

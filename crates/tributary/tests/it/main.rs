@@ -8,6 +8,7 @@ mod concurrency;
 mod copy;
 mod durability;
 mod errors;
+mod kafka;
 mod maintenance;
 mod mirror;
 mod s3;
