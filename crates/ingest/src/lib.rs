@@ -18,9 +18,6 @@ pub use error::{Error, Result};
 pub use kafka::{KafkaReader, KafkaSource};
 pub use kinesis::{KinesisReader, KinesisSource, ReadBatch, ReadLimits, ShardLag};
 pub use position::{Gap, Positions};
-pub use record::{
-    KafkaMeta, SUPER_METADATA_KEY, StreamRecord, kafka_records_to_batch, kafka_schema,
-    kinesis_schema, records_to_batch,
-};
+pub use record::{KafkaMeta, SQL_TYPE_METADATA, StreamRecord};
 pub use service::{ServiceSettings, StreamService};
 pub use source::{StreamReader, StreamSource, stream_schema};

@@ -92,13 +92,14 @@ pub fn kafka_schema() -> SchemaRef {
         Field::new("kafka_key", DataType::Binary, true),
         Field::new("kafka_value", DataType::Binary, true),
         Field::new("kafka_headers", DataType::Utf8, true)
-            .with_metadata([(SUPER_METADATA_KEY.to_string(), "super".to_string())].into()),
+            .with_metadata([(SQL_TYPE_METADATA.to_string(), "super".to_string())].into()),
         Field::new("refresh_time", timestamp, true),
     ]))
 }
 
-/// The field metadata that marks a column as SUPER (JSON text) for the SQL layer.
-pub const SUPER_METADATA_KEY: &str = "tributary.sql_type";
+/// The field metadata key the SQL layer reads a column's SQL type from; `super` marks JSON
+/// text as SUPER. Defined here because stream batches are built here.
+pub const SQL_TYPE_METADATA: &str = "tributary.sql_type";
 
 /// Kafka records as one batch of [`kafka_schema`].
 pub fn kafka_records_to_batch(records: &[&StreamRecord], refresh_micros: i64) -> RecordBatch {

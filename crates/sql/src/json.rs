@@ -23,8 +23,8 @@ use datafusion::prelude::SessionContext;
 use crate::error::{DataErrorKind, Error};
 
 /// Field metadata naming the Redshift type of an Arrow field where the Arrow type alone is
-/// ambiguous (SUPER is carried as text).
-pub(crate) const SQL_TYPE_METADATA: &str = "tributary.sql_type";
+/// ambiguous (SUPER is carried as text). The ingest crate's, whose stream batches carry it.
+pub(crate) const SQL_TYPE_METADATA: &str = tributary_ingest::SQL_TYPE_METADATA;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {

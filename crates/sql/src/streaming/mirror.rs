@@ -1116,14 +1116,7 @@ async fn folded_rows(
     spec: &MirrorSpec,
 ) -> Result<(Vec<RecordBatch>, Option<Vec<u8>>)> {
     let delta = engine.storage.table(&table.path)?.provider(version).await?;
-    let plan = merged_plan(delta, table, spec, true)?;
-    let context = crate::session::expression_context();
-    let batches = context.execute_logical_plan(plan).await?.collect().await?;
-    let schema = Arc::new(crate::ddl::storage_schema(table));
-    let batches = batches
-        .iter()
-        .map(|b| crate::ddl::cast_batch(b, &schema))
-        .collect::<Result<Vec<_>>>()?;
+    let batches = stored_rows(merged_plan(delta, table, spec, true)?, table).await?;
     let order_index = table.columns.len();
     let newest = batches
         .iter()
@@ -1136,6 +1129,18 @@ async fn folded_rows(
         })
         .max();
     Ok((batches, newest))
+}
+
+/// Runs a plan whose rows are in the order of the mirror's stored columns, and casts them to
+/// the stored schema.
+async fn stored_rows(plan: LogicalPlan, table: &Table) -> Result<Vec<RecordBatch>> {
+    let context = crate::session::expression_context();
+    let batches = context.execute_logical_plan(plan).await?.collect().await?;
+    let schema = Arc::new(crate::ddl::storage_schema(table));
+    batches
+        .iter()
+        .map(|b| crate::ddl::cast_batch(b, &schema))
+        .collect()
 }
 
 /// Rewrites the mirror's rows as one base (tombstones kept, stored changes merged), on top of
@@ -1219,46 +1224,19 @@ fn start_background(engine: &Arc<Engine>, name: &[String; 3], path: &str, work: 
 /// was dropped, replaced or folded by someone else meanwhile.
 async fn background_fold(
     engine: &Arc<Engine>,
-    [database, schema, name]: &[String; 3],
+    name: &[String; 3],
     path: &str,
 ) -> Result<Option<u64>> {
-    let read = engine
-        .catalog_snapshot()
-        .table(database, schema, name)?
-        .clone();
-    let Some(read_spec) = spec(&read).cloned() else {
+    let Some((read, read_spec)) = committed(engine, name, path)? else {
         return Ok(None);
     };
-    if read.path != path {
-        return Ok(None);
-    }
     engine.streams.fold_reads(path, read.version);
     let (batches, newest) = folded_rows(engine, &read, read.version, &read_spec).await?;
     let storage = storage(engine, path, &read_spec)?;
     let staged = storage.stage(read.version, &batches).await?;
     drop(batches);
     let rows = staged.rows;
-    let session = engine.session(&read.owner, database)?;
-    let catalogs = session.catalogs().clone();
-    let commit = async {
-        let current = catalogs
-            .lock_table(database, schema, name, WriteKind::Rewrite)
-            .await?
-            .table;
-        let Some(now) = spec(&current).filter(|s| s.folds == read_spec.folds) else {
-            return Ok(None);
-        };
-        if current.path != path {
-            return Ok(None);
-        }
-        let Some(version) = replaced(
-            storage
-                .replace_files(read.version, current.version, Replaced::All, staged)
-                .await,
-        )?
-        else {
-            return Ok(None);
-        };
+    let update = async |now: &MirrorSpec, version: u64| -> Result<MirrorSpec> {
         let mut updated = now.clone();
         updated.unfolded = now.unfolded.saturating_sub(read_spec.unfolded);
         updated.base_rows = rows;
@@ -1269,7 +1247,80 @@ async fn background_fold(
         } else {
             oldest_change_since(&storage, version, read_spec.next_sequence).await?
         };
-        commit_spec(&catalogs, [database, schema, name], path, version, updated)?;
+        Ok(updated)
+    };
+    commit_staged(
+        engine,
+        name,
+        (&read, &read_spec),
+        Replaced::All,
+        staged,
+        update,
+    )
+    .await
+}
+
+/// The mirror stored at `path` as committed, with its bookkeeping; None when it was dropped or
+/// replaced.
+fn committed(
+    engine: &Engine,
+    [database, schema, name]: &[String; 3],
+    path: &str,
+) -> Result<Option<(Table, MirrorSpec)>> {
+    let read = engine
+        .catalog_snapshot()
+        .table(database, schema, name)?
+        .clone();
+    Ok(match spec(&read).cloned() {
+        Some(read_spec) if read.path == path => Some((read, read_spec)),
+        _ => None,
+    })
+}
+
+/// Holding the mirror's lock briefly, commits `staged` in place of the `replaced` files of
+/// the version `read` it was computed from, with the bookkeeping `update` makes of the
+/// current one and the new version. Returns the staged rows, or None (nothing committed)
+/// when the mirror was dropped, replaced or folded by someone else, or a replaced file was
+/// rewritten meanwhile.
+async fn commit_staged(
+    engine: &Arc<Engine>,
+    [database, schema, name]: &[String; 3],
+    (read, read_spec): (&Table, &MirrorSpec),
+    replaced_files: Replaced<'_>,
+    staged: tributary_storage::StagedFiles,
+    update: impl AsyncFnOnce(&MirrorSpec, u64) -> Result<MirrorSpec>,
+) -> Result<Option<u64>> {
+    let rows = staged.rows;
+    let storage = storage(engine, &read.path, read_spec)?;
+    let session = engine.session(&read.owner, database)?;
+    let catalogs = session.catalogs().clone();
+    let commit = async {
+        let current = catalogs
+            .lock_table(database, schema, name, WriteKind::Rewrite)
+            .await?
+            .table;
+        let Some(now) = spec(&current).filter(|s| s.folds == read_spec.folds) else {
+            return Ok(None);
+        };
+        if current.path != read.path {
+            return Ok(None);
+        }
+        let Some(version) = replaced(
+            storage
+                .replace_files(read.version, current.version, replaced_files, staged)
+                .await,
+        )?
+        else {
+            return Ok(None);
+        };
+        let updated = update(now, version).await?;
+        commit_spec(
+            &catalogs,
+            [database, schema, name],
+            &read.path,
+            version,
+            updated,
+        )?;
         Ok(Some(rows))
     };
     catalogs
@@ -1338,19 +1389,12 @@ fn coalesce_choice(mut files: Vec<DataFile>) -> Vec<DataFile> {
 /// mirror changed under it.
 async fn background_coalesce(
     engine: &Arc<Engine>,
-    [database, schema, name]: &[String; 3],
+    name: &[String; 3],
     path: &str,
 ) -> Result<Option<u64>> {
-    let read = engine
-        .catalog_snapshot()
-        .table(database, schema, name)?
-        .clone();
-    let Some(read_spec) = spec(&read).cloned() else {
+    let Some((read, read_spec)) = committed(engine, name, path)? else {
         return Ok(None);
     };
-    if read.path != path {
-        return Ok(None);
-    }
     let storage = storage(engine, path, &read_spec)?;
     let folding: std::collections::HashSet<String> = match engine.streams.folding(path) {
         Some(version) => storage
@@ -1374,51 +1418,24 @@ async fn background_coalesce(
     let paths: Vec<String> = chosen.iter().map(|f| f.path.clone()).collect();
     let merged_rows: u64 = chosen.iter().map(|f| f.rows).sum();
     let source = provider_as_source(storage.provider_of(read.version, &paths).await?);
-    let plan = newest_changes(&source, &read, &read_spec)?;
-    let context = crate::session::expression_context();
-    let batches = context.execute_logical_plan(plan).await?.collect().await?;
-    let stored_schema = Arc::new(crate::ddl::storage_schema(&read));
-    let batches = batches
-        .iter()
-        .map(|b| crate::ddl::cast_batch(b, &stored_schema))
-        .collect::<Result<Vec<_>>>()?;
+    let batches = stored_rows(newest_changes(&source, &read, &read_spec)?, &read).await?;
     let staged = storage.stage(read.version, &batches).await?;
     drop(batches);
     let rows = staged.rows;
-    let session = engine.session(&read.owner, database)?;
-    let catalogs = session.catalogs().clone();
-    let commit = async {
-        let current = catalogs
-            .lock_table(database, schema, name, WriteKind::Rewrite)
-            .await?
-            .table;
-        let Some(now) = spec(&current).filter(|s| s.folds == read_spec.folds) else {
-            return Ok(None);
-        };
-        if current.path != path {
-            return Ok(None);
-        }
-        let Some(version) = replaced(
-            storage
-                .replace_files(
-                    read.version,
-                    current.version,
-                    Replaced::Only(&paths),
-                    staged,
-                )
-                .await,
-        )?
-        else {
-            return Ok(None);
-        };
+    let update = async |now: &MirrorSpec, _version: u64| -> Result<MirrorSpec> {
         let mut updated = now.clone();
         updated.unfolded = now.unfolded.saturating_sub(merged_rows - rows);
-        commit_spec(&catalogs, [database, schema, name], path, version, updated)?;
-        Ok(Some(rows))
+        Ok(updated)
     };
-    catalogs
-        .locked_transaction([database, schema, name], commit)
-        .await
+    commit_staged(
+        engine,
+        name,
+        (&read, &read_spec),
+        Replaced::Only(&paths),
+        staged,
+        update,
+    )
+    .await
 }
 
 /// The oldest ordering value among the changes stored with a sequence from `sequence` on.
