@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, Timestamp};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -59,8 +60,8 @@ impl KafkaSource {
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest");
-        let consumer: BaseConsumer = config
-            .create()
+        let consumer: BaseConsumer<ReaderContext> = config
+            .create_with_context(ReaderContext)
             .map_err(|e| Error::Kafka(format!("cannot create a Kafka client: {e}")))?;
         Ok(KafkaReader {
             consumer: Arc::new(consumer),
@@ -70,15 +71,35 @@ impl KafkaSource {
             listed: None,
             assigned: false,
             at_end: BTreeSet::new(),
+            held: BTreeMap::new(),
             lag: BTreeMap::new(),
             measured: None,
         })
     }
 }
 
+/// librdkafka reports every event through the client context, a partition's end included;
+/// the default context logs each at error level. A reader's context keeps the end of a
+/// partition quiet (it is how a reader knows it caught up) and logs other client errors as
+/// warnings: the reader also reports them in `sys_stream_lag.last_error`.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::warn!("Kafka client: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// Reads one topic, every partition, from saved offsets.
 pub struct KafkaReader {
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<BaseConsumer<ReaderContext>>,
     topic: String,
     positions: Positions,
     partitions: Vec<i32>,
@@ -87,6 +108,9 @@ pub struct KafkaReader {
     assigned: bool,
     /// Partitions read to their end since their last record.
     at_end: BTreeSet<i32>,
+    /// Records fetched but not yet returned because they arrived after a refresh's limit,
+    /// in offset order, per partition. Their partition is paused until they are returned.
+    held: BTreeMap<i32, Vec<StreamRecord>>,
     lag: BTreeMap<String, ShardLag>,
     measured: Option<Instant>,
 }
@@ -106,8 +130,8 @@ struct Polled {
     records: Vec<StreamRecord>,
     /// Per partition polled: whether its last event was its end (else a record).
     ends: BTreeMap<i32, bool>,
-    /// Records were left unread for the next refresh (they arrived after its limit).
-    stopped_early: bool,
+    /// Records that arrived after the limit, per partition (now paused), in offset order.
+    late: BTreeMap<i32, Vec<StreamRecord>>,
     error: Option<String>,
     /// The high watermark of each partition, when measured.
     tips: BTreeMap<i32, i64>,
@@ -131,8 +155,34 @@ impl KafkaReader {
         }
     }
 
+    /// Returns held records that arrived before `limit` (all of them without one), and
+    /// resumes the partitions whose held records are all returned.
+    fn release_held(&mut self, limit: Option<i64>, budget: usize) -> Result<Vec<StreamRecord>> {
+        let mut released = Vec::new();
+        let mut resumed = TopicPartitionList::new();
+        for (partition, records) in &mut self.held {
+            let due = records
+                .iter()
+                .take_while(|r| limit.is_none_or(|limit| r.arrival_micros < limit))
+                .count()
+                .min(budget.saturating_sub(released.len()));
+            released.extend(records.drain(..due));
+            if records.is_empty() {
+                resumed.add_partition(&self.topic, *partition);
+            }
+        }
+        self.held.retain(|_, records| !records.is_empty());
+        if resumed.count() > 0 {
+            self.consumer
+                .resume(&resumed)
+                .map_err(|e| Error::Kafka(format!("cannot read topic \"{}\": {e}", self.topic)))?;
+        }
+        Ok(released)
+    }
+
     /// Reads what is buffered or arrives within a short wait, up to `records_per_shard` per
-    /// partition.
+    /// partition. With `arrived_before_micros` (a manual refresh), a partition is done at its
+    /// end or at its first record that arrived later; that record is held for the next read.
     pub async fn read(&mut self, limits: ReadLimits) -> Result<ReadBatch> {
         if self.listed.is_none_or(|at| at.elapsed() >= RELIST_INTERVAL) {
             self.relist().await?;
@@ -147,20 +197,24 @@ impl KafkaReader {
         if !self.assigned {
             self.assign()?;
         }
-        let consumer = self.consumer.clone();
         let budget = limits.records_per_shard.max(1) as usize * self.partitions.len();
         let before = limits.arrived_before_micros;
+        let mut records = self.release_held(before, budget)?;
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let paused: BTreeSet<i32> = self.held.keys().copied().collect();
+        let budget = budget - records.len();
         // The tips, for the lag, at most once per LAG_INTERVAL (a request per partition).
         let measure = self
             .measured
             .is_none_or(|at| at.elapsed() >= LAG_INTERVAL)
-            .then(|| (self.topic.clone(), self.partitions.clone()));
+            .then(|| self.partitions.clone());
         if measure.is_some() {
             self.measured = Some(Instant::now());
         }
         let polled = tokio::task::spawn_blocking(move || {
-            let mut polled = poll(&consumer, budget, before);
-            if let Some((topic, partitions)) = measure {
+            let mut polled = poll(&consumer, &topic, paused, budget, before);
+            if let Some(partitions) = measure {
                 polled.tips = partitions
                     .into_iter()
                     .filter_map(|p| {
@@ -183,7 +237,11 @@ impl KafkaReader {
                 self.at_end.remove(&partition);
             }
         }
-        for record in &polled.records {
+        for (partition, late) in polled.late {
+            self.held.entry(partition).or_default().extend(late);
+        }
+        records.extend(polled.records);
+        for record in &records {
             self.positions.set(
                 &record.shard_id,
                 ShardPosition::After(record.sequence_number.clone()),
@@ -191,10 +249,6 @@ impl KafkaReader {
             let lag = self.lag.entry(record.shard_id.clone()).or_default();
             lag.records_read += 1;
             lag.bytes_read += record.data.len() as u64;
-        }
-        if polled.stopped_early {
-            // The consumer ran ahead of the positions: start again from them next time.
-            self.assigned = false;
         }
         for partition in &self.partitions {
             let lag = self.lag.entry(partition.to_string()).or_default();
@@ -207,10 +261,13 @@ impl KafkaReader {
                 lag.records_behind = (high >= 0).then(|| (high - next).max(0));
             }
         }
-        let caught_up =
-            !polled.stopped_early && self.partitions.iter().all(|p| self.at_end.contains(p));
+        // Done: every partition is at its end, or holds a record that arrived after the limit.
+        let caught_up = self
+            .partitions
+            .iter()
+            .all(|p| self.at_end.contains(p) || self.held.contains_key(p));
         Ok(ReadBatch {
-            records: polled.records,
+            records,
             positions: self.positions.clone(),
             caught_up,
             gaps: Vec::new(),
@@ -264,9 +321,12 @@ impl KafkaReader {
             list.add_partition_offset(&self.topic, *partition, offset)
                 .map_err(|e| Error::Kafka(e.to_string()))?;
         }
-        self.consumer
-            .assign(&list)
-            .map_err(|e| Error::Kafka(format!("cannot read topic \"{}\": {e}", self.topic)))?;
+        let unreadable =
+            |e: KafkaError| Error::Kafka(format!("cannot read topic \"{}\": {e}", self.topic));
+        self.consumer.assign(&list).map_err(unreadable)?;
+        // Reading starts again at the positions: nothing is held, nothing paused.
+        self.consumer.resume(&list).map_err(unreadable)?;
+        self.held.clear();
         self.at_end.clear();
         self.assigned = true;
         Ok(())
@@ -274,11 +334,19 @@ impl KafkaReader {
 }
 
 /// Polls up to `budget` records: waits a little for the first, then takes what is buffered.
-fn poll(consumer: &BaseConsumer, budget: usize, arrived_before: Option<i64>) -> Polled {
+/// A record that arrived at or after `arrived_before` pauses its partition: it and any later
+/// record of that partition still in flight are returned as late, in offset order.
+fn poll(
+    consumer: &BaseConsumer<ReaderContext>,
+    topic: &str,
+    mut paused: BTreeSet<i32>,
+    budget: usize,
+    arrived_before: Option<i64>,
+) -> Polled {
     let mut polled = Polled {
         records: Vec::new(),
         ends: BTreeMap::new(),
-        stopped_early: false,
+        late: BTreeMap::new(),
         error: None,
         tips: BTreeMap::new(),
     };
@@ -290,13 +358,23 @@ fn poll(consumer: &BaseConsumer, budget: usize, arrived_before: Option<i64>) -> 
         wait = Duration::ZERO;
         match next {
             Ok(message) => {
+                let partition = message.partition();
                 let record = record(&message);
-                if arrived_before.is_some_and(|limit| record.arrival_micros >= limit) {
-                    polled.stopped_early = true;
-                    break;
+                let late = paused.contains(&partition)
+                    || arrived_before.is_some_and(|limit| record.arrival_micros >= limit);
+                if !late {
+                    polled.ends.insert(partition, false);
+                    polled.records.push(record);
+                    continue;
                 }
-                polled.ends.insert(message.partition(), false);
-                polled.records.push(record);
+                if paused.insert(partition) {
+                    let mut list = TopicPartitionList::new();
+                    list.add_partition(topic, partition);
+                    if let Err(error) = consumer.pause(&list) {
+                        polled.error = Some(format!("cannot pause partition {partition}: {error}"));
+                    }
+                }
+                polled.late.entry(partition).or_default().push(record);
             }
             Err(KafkaError::PartitionEOF(partition)) => {
                 polled.ends.insert(partition, true);

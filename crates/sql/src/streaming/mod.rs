@@ -829,6 +829,9 @@ impl RoundStats {
     }
 }
 
+/// How long a manual refresh may read nothing before it gives up.
+const MANUAL_STALL: Duration = Duration::from_secs(30);
+
 /// One refresh round in the open transaction of `catalogs`. A manual round reads until every
 /// shard is at the tip it had when the round began; an automatic one reads once per shard.
 pub(crate) async fn round(
@@ -865,12 +868,34 @@ pub(crate) async fn round(
     let mut stats = RoundStats::default();
     let mut positions = committed;
     let deadline = Instant::now() + settings.refresh_interval.max(Duration::from_millis(50));
+    let mut progressed = Instant::now();
     loop {
         let batch = reader
             .read(limits)
             .await
             .map_err(|e| Error::Stream(e.to_string()))?;
         stats.records += batch.records.len() as u64;
+        if !batch.records.is_empty() || batch.positions != positions {
+            progressed = Instant::now();
+        } else if manual && !batch.caught_up && progressed.elapsed() >= MANUAL_STALL {
+            // A shard that never reports its end (a broker down, a partition without a
+            // leader) must not hold a REFRESH forever; nothing read is committed.
+            let errors: Vec<String> = reader
+                .lag()
+                .iter()
+                .filter_map(|(shard, lag)| Some(format!("{shard}: {}", lag.last_error.as_ref()?)))
+                .collect();
+            return Err(Error::Stream(format!(
+                "REFRESH of {} read nothing for {} s before reaching the end of every shard{}",
+                view.name,
+                MANUAL_STALL.as_secs(),
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", errors.join("; "))
+                }
+            )));
+        }
         let mut skipped: Vec<ScanError> = batch
             .gaps
             .iter()

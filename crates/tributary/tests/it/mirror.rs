@@ -851,7 +851,7 @@ async fn kill_9_during_mirroring_loses_and_repeats_nothing() {
 }
 
 /// A server process, killed (-9) when dropped, so that a failing test leaves none behind.
-struct Running(std::process::Child);
+pub(crate) struct Running(pub(crate) std::process::Child);
 
 impl Drop for Running {
     fn drop(&mut self) {

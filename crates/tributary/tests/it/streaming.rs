@@ -118,7 +118,7 @@ pub(crate) async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
 }
 
 /// Waits until `sql` (a count) returns `expected`.
-async fn wait_for_count(client: &tokio_postgres::Client, sql: &str, expected: i64) {
+pub(crate) async fn wait_for_count(client: &tokio_postgres::Client, sql: &str, expected: i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let found = count(client, sql).await;
