@@ -28,6 +28,9 @@ pub(crate) const ALTER_AUTO_REFRESH_PROCEDURE: &str = "__tributary_alter_materia
 /// `CREATE [OR REPLACE] PROCEDURE name(...) AS $$ body $$ LANGUAGE plpgsql` is
 /// `CALL <this>(name, '<ProcedureDefinition as JSON>')`.
 pub(crate) const CREATE_PROCEDURE: &str = "__tributary_create_procedure";
+/// `ALTER EXTERNAL SCHEMA name <option value>...` is `CALL <this>(name, 'option', 'value',
+/// ...)`, options lower-cased.
+pub(crate) const ALTER_EXTERNAL_SCHEMA_PROCEDURE: &str = "__tributary_alter_external_schema";
 /// `SHOW PROCEDURE name[(types)]` is `CALL <this>(name, 'type', ...)` (no types: any).
 pub(crate) const SHOW_PROCEDURE: &str = "__tributary_show_procedure";
 /// The option of a `CREATE TABLE` that makes it a mirror table; its value is the
@@ -69,6 +72,7 @@ pub(crate) fn parse(parser: &mut Parser) -> Option<Result<Statement, ParserError
     let (first, second, third) = (word(0), word(1), word(2));
     match (first.as_deref(), second.as_deref(), third.as_deref()) {
         (Some("CREATE"), Some("EXTERNAL"), Some("SCHEMA")) => Some(external_schema(parser)),
+        (Some("ALTER"), Some("EXTERNAL"), Some("SCHEMA")) => Some(alter_external_schema(parser)),
         (Some("CREATE"), Some("MATERIALIZED"), Some("VIEW")) => Some(materialized_view(parser)),
         (Some("REFRESH"), Some("MATERIALIZED"), Some("VIEW")) => Some(refresh(parser)),
         (Some("ALTER"), Some("MATERIALIZED"), Some("VIEW")) => Some(alter(parser)),
@@ -137,11 +141,28 @@ fn external_schema(parser: &mut Parser) -> Result<Statement, ParserError> {
         )));
     };
     let mut options = vec![option(EXTERNAL_OPTION, source.to_ascii_lowercase())];
+    for (key, value) in schema_options(parser, "CREATE")? {
+        options.push(option(&key, value));
+    }
+    Ok(Statement::CreateSchema {
+        schema_name: SchemaName::Simple(name),
+        if_not_exists,
+        with: None,
+        options: Some(options),
+        default_collate_spec: None,
+        clone: None,
+    })
+}
+
+/// The `<option value>...` of an external schema statement up to its end, options
+/// lower-cased; a value is a string literal or a word (`IAM_ROLE default`).
+fn schema_options(parser: &mut Parser, verb: &str) -> Result<Vec<(String, String)>, ParserError> {
+    let mut options = Vec::new();
     while !at_end(parser) {
         let key = parser.next_token();
         let Some(key) = upper(&key.token) else {
             return Err(ParserError::ParserError(format!(
-                "expected an option of CREATE EXTERNAL SCHEMA, found {}",
+                "expected an option of {verb} EXTERNAL SCHEMA, found {}",
                 key.token
             )));
         };
@@ -155,16 +176,21 @@ fn external_schema(parser: &mut Parser) -> Result<Statement, ParserError> {
                 )));
             }
         };
-        options.push(option(&key.to_ascii_lowercase(), value));
+        options.push((key.to_ascii_lowercase(), value));
     }
-    Ok(Statement::CreateSchema {
-        schema_name: SchemaName::Simple(name),
-        if_not_exists,
-        with: None,
-        options: Some(options),
-        default_collate_spec: None,
-        clone: None,
-    })
+    Ok(options)
+}
+
+/// `ALTER EXTERNAL SCHEMA name <option value>...`.
+fn alter_external_schema(parser: &mut Parser) -> Result<Statement, ParserError> {
+    skip_words(parser, 3);
+    let name = parser.parse_object_name(false)?;
+    let mut args = vec![name_expr(name)];
+    for (key, value) in schema_options(parser, "ALTER")? {
+        args.push(Expr::Value(Value::SingleQuotedString(key).into()));
+        args.push(Expr::Value(Value::SingleQuotedString(value).into()));
+    }
+    Ok(call(ALTER_EXTERNAL_SCHEMA_PROCEDURE, args))
 }
 
 /// `CREATE MATERIALIZED VIEW name [BACKUP {YES|NO}] [DISTSTYLE s] [DISTKEY (c)]

@@ -264,15 +264,53 @@ struct Change {
 /// Why a record was not applied: (scan-error code, reason).
 type Rejection = (&'static str, String);
 
+/// A Kafka tombstone (a null value). Debezium writes one after each delete event, keyed by the
+/// row's key, so that log compaction can drop the key's older records, the delete event
+/// included. Ordered by stream position, the tombstone is a delete of its key, which keeps a
+/// mirror right when compaction removed the delete event. Ordered by a source value (ORDER BY
+/// source.lsn) it carries none, so it is left to the delete event before it.
+fn tombstone(
+    spec: &MirrorSpec,
+    record: &StreamRecord,
+    key: Option<&[u8]>,
+) -> std::result::Result<Option<Change>, Rejection> {
+    if !matches!(spec.format, ChangeFormat::Debezium) || spec.order.is_some() {
+        return Ok(None);
+    }
+    let key: Value = serde_json::from_slice(key.unwrap_or_default()).map_err(|e| {
+        (
+            INVALID_JSON,
+            format!("the key of a tombstone is not a Debezium JSON key: {e}"),
+        )
+    })?;
+    // With the schema envelope, the key is the payload.
+    let key = match key {
+        Value::Object(mut object) if object.contains_key("schema") => {
+            object.remove("payload").unwrap_or(Value::Null)
+        }
+        other => other,
+    };
+    let Value::Object(image) = key else {
+        return Err(invalid(
+            "the key of a tombstone is not a JSON object of the key's columns".into(),
+        ));
+    };
+    Ok(Some(Change {
+        delete: true,
+        order: order_bytes(&Value::String(record.sequence_number.clone()))
+            .ok_or_else(|| invalid("the record has no stream position".into()))?,
+        image,
+    }))
+}
+
 /// Decodes one change record. `Ok(None)` is a record that carries no change (a Debezium
 /// tombstone, a DMS control record, a Debezium message event).
 fn decode(
     spec: &MirrorSpec,
     record: &StreamRecord,
 ) -> std::result::Result<Option<Change>, Rejection> {
-    // A Kafka tombstone (a null value) follows a Debezium delete, which already applied it.
-    if record.kafka.as_ref().is_some_and(|k| k.tombstone) {
-        return Ok(None);
+    if let Some(kafka) = record.kafka.as_ref().filter(|k| k.tombstone) {
+        return tombstone(spec, record, kafka.key.as_deref());
     }
     let value: Value = serde_json::from_slice(&record.data).map_err(|e| {
         (

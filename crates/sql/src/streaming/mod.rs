@@ -652,7 +652,104 @@ pub(crate) async fn execute_call(
         let enable = args.first().is_some_and(|v| v == "yes");
         return Some(alter_auto_refresh(session, &name, enable, autocommit).await);
     }
+    if procedure == syntax::ALTER_EXTERNAL_SCHEMA_PROCEDURE {
+        let (name, args) = syntax::call_arguments(function);
+        let options: Vec<(String, String)> = args
+            .chunks(2)
+            .map(|pair| (pair[0].clone(), pair.get(1).cloned().unwrap_or_default()))
+            .collect();
+        return Some(alter_external_schema(session, &name, options));
+    }
     None
+}
+
+/// The options that carry a Kafka schema's credentials: a new AUTHENTICATION drops those it
+/// is not given again.
+const KAFKA_CREDENTIALS: &[&str] = &[
+    "authentication_arn",
+    "secret_arn",
+    "ssl_certificate_location",
+    "ssl_key_location",
+    "ssl_key_password",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+];
+
+/// `ALTER EXTERNAL SCHEMA name [IAM_ROLE ...] [AUTHENTICATION ...] [AUTHENTICATION_ARN ... |
+/// SECRET_ARN ...] [URI ...]` (and the TLS / SASL options) of a Kafka or MSK schema. Views
+/// over the schema read with the new settings from their next round, at their positions.
+fn alter_external_schema(
+    session: &mut Session,
+    name: &[datafusion::sql::sqlparser::ast::Ident],
+    options: Vec<(String, String)>,
+) -> Result<Output> {
+    let schema = name
+        .last()
+        .map(crate::rewrite::normalize_ident)
+        .unwrap_or_default();
+    let database = session.database().to_string();
+    let external = session
+        .catalogs()
+        .pinned()
+        .schema(&database, &schema)
+        .map_err(|_| Error::UndefinedSchema(format!("schema \"{schema}\" does not exist")))?
+        .external
+        .clone();
+    let Some(ExternalSource::Kafka {
+        flavor,
+        uri,
+        cluster_arn,
+        iam_role,
+        authentication,
+        options: mut rest,
+    }) = external
+    else {
+        return Err(Error::NotSupported(format!(
+            "ALTER EXTERNAL SCHEMA alters schemas FROM KAFKA or MSK; \"{schema}\" is not one (drop and create it again)"
+        )));
+    };
+    if options.is_empty() {
+        return Err(Error::Syntax(
+            "ALTER EXTERNAL SCHEMA needs an option: IAM_ROLE, AUTHENTICATION, AUTHENTICATION_ARN, SECRET_ARN or URI".into(),
+        ));
+    }
+    let (mut uri, mut cluster_arn, mut iam_role, mut authentication) =
+        (uri, cluster_arn, iam_role, authentication);
+    if options.iter().any(|(key, _)| key == "authentication") {
+        rest.retain(|key, _| !KAFKA_CREDENTIALS.contains(&key.as_str()));
+    }
+    for (key, value) in options {
+        match key.as_str() {
+            "uri" => uri = Some(value),
+            "cluster_arn" => cluster_arn = Some(value),
+            "iam_role" => iam_role = Some(value),
+            "authentication" => authentication = value.to_ascii_lowercase(),
+            other if KAFKA_OPTIONS.contains(&other) => {
+                rest.insert(key, value);
+            }
+            other => {
+                return Err(Error::Syntax(format!(
+                    "ALTER EXTERNAL SCHEMA ... does not take {}",
+                    other.to_ascii_uppercase()
+                )));
+            }
+        }
+    }
+    let altered = ExternalSource::Kafka {
+        flavor,
+        uri,
+        cluster_arn,
+        iam_role,
+        authentication,
+        options: rest,
+    };
+    kafka_properties(&altered)?;
+    session.catalogs().modify(|state| {
+        state.schema_mut(&database, &schema)?.external = Some(altered);
+        Ok(())
+    })?;
+    Ok(Output::command("ALTER SCHEMA"))
 }
 
 async fn alter_auto_refresh(

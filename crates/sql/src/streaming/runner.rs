@@ -127,7 +127,7 @@ fn current(state: &CatalogState, path: &str) -> Option<ViewId> {
 }
 
 async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
-    let mut compiled: Option<(String, Pipeline, tributary_ingest::StreamReader)> = None;
+    let mut compiled: Option<Compiled> = None;
     let mut backoff = Duration::from_millis(500);
     let mut last_error: Option<(String, Instant)> = None;
     loop {
@@ -183,28 +183,45 @@ async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
     }
 }
 
+/// A view's compiled query and its reader, and what they were made from: the view's SQL and
+/// its external schema's source (an ALTER EXTERNAL SCHEMA makes a new reader).
+struct Compiled {
+    definition: Option<(String, Option<tributary_catalog::ExternalSource>)>,
+    pipeline: Pipeline,
+    reader: tributary_ingest::StreamReader,
+}
+
 /// One automatic round in a transaction of the view's own session.
 async fn round(
     engine: &Arc<Engine>,
     view: &ViewId,
-    compiled: &mut Option<(String, Pipeline, tributary_ingest::StreamReader)>,
+    compiled: &mut Option<Compiled>,
 ) -> Result<super::RoundStats> {
-    let (sql, owner) = {
+    let (definition, owner) = {
         let state = engine.catalog_snapshot();
         let table = state.table(&view.database, &view.schema, &view.name)?;
-        let sql = table
-            .materialized
-            .as_ref()
-            .map(|m| m.sql.clone())
-            .unwrap_or_default();
-        (sql, table.owner.clone())
+        let definition = table.materialized.as_ref().map(|mv| {
+            let source = state
+                .schema(&view.database, &mv.source_schema)
+                .ok()
+                .and_then(|schema| schema.external.clone());
+            (mv.sql.clone(), source)
+        });
+        (definition, table.owner.clone())
     };
-    if compiled.as_ref().is_none_or(|(s, _, _)| *s != sql) {
+    if compiled.as_ref().is_none_or(|c| c.definition != definition) {
         let session = engine.session(&owner, &view.database)?;
         let (reader, pipeline) = super::prepare(engine, session.catalogs(), view).await?;
-        *compiled = Some((sql, pipeline, reader));
+        *compiled = Some(Compiled {
+            definition,
+            pipeline,
+            reader,
+        });
     }
-    let Some((_, pipeline, reader)) = compiled.as_mut() else {
+    let Some(Compiled {
+        pipeline, reader, ..
+    }) = compiled.as_mut()
+    else {
         return Err(crate::Error::Internal("no compiled view".into()));
     };
     let catalogs = pipeline.catalogs().clone();

@@ -587,3 +587,169 @@ async fn a_refresh_during_steady_writes_ends_and_the_next_reads_the_rest() {
         ]]
     );
 }
+
+/// ALTER EXTERNAL SCHEMA ... URI moves a schema's views to another cluster (as after a
+/// migration that kept offsets): AUTO REFRESH and REFRESH go on from the stored offsets there.
+/// Kinesis schemas, unknown options and incomplete authentication are refused, and leave the
+/// schema as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_external_schema_moves_views_to_the_new_uri() {
+    let (old, new) = (Tansu::start(), Tansu::start());
+    for broker in [&old, &new] {
+        create_topic(broker, "moves", 1).await;
+    }
+    let labelled = |label: &str, range: std::ops::Range<usize>| -> Vec<String> {
+        range
+            .map(|i| json!({"cluster": label, "i": i}).to_string())
+            .collect()
+    };
+    send_all(&producer(&old), "moves", 1, &labelled("old", 0..10)).await;
+    // The new cluster holds the same first ten records, then more.
+    send_all(&producer(&new), "moves", 1, &labelled("old", 0..10)).await;
+    send_all(&producer(&new), "moves", 1, &labelled("new", 10..25)).await;
+    let (_server, client) = start(&old).await;
+    client
+        .batch_execute(
+            r#"CREATE MATERIALIZED VIEW moves_auto AUTO REFRESH YES AS
+                 SELECT kafka_offset, JSON_PARSE(kafka_value) AS payload FROM k."moves";
+               CREATE MATERIALIZED VIEW moves_manual AS
+                 SELECT kafka_offset, JSON_PARSE(kafka_value) AS payload FROM k."moves";
+               REFRESH MATERIALIZED VIEW moves_manual;"#,
+        )
+        .await
+        .unwrap();
+    wait_for_count(&client, "SELECT count(*) FROM moves_auto", 10).await;
+    client
+        .batch_execute(&format!(
+            "ALTER EXTERNAL SCHEMA k URI '{}'",
+            new.bootstrap()
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute("REFRESH MATERIALIZED VIEW moves_manual")
+        .await
+        .unwrap();
+    wait_for_count(&client, "SELECT count(*) FROM moves_auto", 25).await;
+    for view in ["moves_auto", "moves_manual"] {
+        assert_eq!(
+            text_rows(
+                &client,
+                &format!(
+                    "SELECT payload.cluster::VARCHAR, count(*), min(kafka_offset), max(kafka_offset) \
+                     FROM {view} GROUP BY 1 ORDER BY 1"
+                ),
+            )
+            .await,
+            vec![
+                vec![
+                    Some("new".into()),
+                    Some("15".into()),
+                    Some("10".into()),
+                    Some("24".into())
+                ],
+                vec![
+                    Some("old".into()),
+                    Some("10".into()),
+                    Some("0".into()),
+                    Some("9".into())
+                ],
+            ],
+            "{view}"
+        );
+    }
+    let uri = || async {
+        text_rows(
+            &client,
+            "SELECT json_extract_path_text(esoptions, 'URI') FROM svv_external_schemas WHERE schemaname = 'k'",
+        )
+        .await
+    };
+    assert_eq!(uri().await, vec![vec![Some(new.bootstrap())]]);
+    // Refusals leave the schema as it was.
+    for (sql, state) in [
+        ("ALTER EXTERNAL SCHEMA k AUTHENTICATION mtls", "42601"),
+        ("ALTER EXTERNAL SCHEMA k COLOR 'red'", "42601"),
+        ("ALTER EXTERNAL SCHEMA k", "42601"),
+        ("ALTER EXTERNAL SCHEMA k AUTHENTICATION iam", "0A000"),
+        ("ALTER EXTERNAL SCHEMA nope URI 'b:9092'", "3F000"),
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some(state), "{sql}: {err:?}");
+    }
+    client
+        .batch_execute("CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE default")
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute("ALTER EXTERNAL SCHEMA kds URI 'b:9092'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err:?}");
+    assert_eq!(uri().await, vec![vec![Some(new.bootstrap())]]);
+    // Another authentication and back: the views keep reading.
+    client
+        .batch_execute(
+            "ALTER EXTERNAL SCHEMA k AUTHENTICATION sasl SASL_USERNAME 'u' SASL_PASSWORD 'p'; \
+             ALTER EXTERNAL SCHEMA k AUTHENTICATION none;",
+        )
+        .await
+        .unwrap();
+    send_all(&producer(&new), "moves", 1, &labelled("new", 25..30)).await;
+    wait_for_count(&client, "SELECT count(*) FROM moves_auto", 30).await;
+}
+
+/// A Debezium mirror ordered by stream position takes a tombstone as a delete of its key, so
+/// that it stays right when log compaction removed the delete event before it (keys with and
+/// without the schema envelope).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_deletes_its_key_when_the_delete_event_was_compacted_away() {
+    let broker = Tansu::start();
+    create_topic(&broker, "accounts", 1).await;
+    let producer = producer(&broker);
+    let created = |id: i64, name: &str| {
+        json!({"op": "c", "before": null, "after": {"id": id, "name": name}}).to_string()
+    };
+    let enveloped_key = |id: i64| {
+        json!({"schema": {"type": "struct", "fields": [{"field": "id", "type": "int64"}]},
+               "payload": {"id": id}})
+        .to_string()
+    };
+    let records = [
+        (json!({"id": 1}).to_string(), Some(created(1, "ann"))),
+        (json!({"id": 2}).to_string(), Some(created(2, "bob"))),
+        (enveloped_key(3), Some(created(3, "cy"))),
+        // What compaction leaves of deleted keys 1 and 3: their tombstones.
+        (json!({"id": 1}).to_string(), None),
+        (enveloped_key(3), None),
+        // A key deleted, then created again.
+        (json!({"id": 2}).to_string(), None),
+        (json!({"id": 2}).to_string(), Some(created(2, "bea"))),
+    ];
+    for (key, value) in &records {
+        send(&producer, "accounts", 0, key, value.as_deref()).await;
+    }
+    // A tombstone whose key is not JSON is a scan error, not a silent skip.
+    send(&producer, "accounts", 0, "not json", None).await;
+    let (_server, client) = start(&broker).await;
+    client
+        .batch_execute(
+            r#"CREATE MIRROR TABLE accounts (id BIGINT, name VARCHAR(20), PRIMARY KEY (id))
+                 FROM k."accounts" FORMAT DEBEZIUM;
+               REFRESH MIRROR TABLE accounts;"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        text_rows(&client, "SELECT id, name FROM accounts ORDER BY id").await,
+        vec![vec![Some("2".into()), Some("bea".into())]]
+    );
+    assert_eq!(
+        text_rows(
+            &client,
+            "SELECT position, error_code FROM sys_stream_scan_errors WHERE mv_name = 'accounts'"
+        )
+        .await,
+        vec![vec![Some("7".into()), Some("invalid_json".into())]]
+    );
+}
