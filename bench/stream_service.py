@@ -13,7 +13,6 @@ record being counted by a SELECT). Prints figures; asserts nothing about speed.
 """
 
 import argparse
-import os
 import tempfile
 import threading
 import time
@@ -21,7 +20,7 @@ import time
 import boto3
 import psycopg
 
-from streaming import create_stream, free_port, freshness
+from streaming import KinesisSource, create_stream, free_port, freshness
 from tributary_server import DEFAULT_BINARY, cpu_seconds, memory_mib, start_server
 
 
@@ -72,11 +71,9 @@ def main():
             print(f"PutRecords, 1 KB records, {args.producers} boto3 producers: {records / elapsed:,.0f} "
                   f"records/s = {records * 1000 / elapsed / 1e6:.1f} MB/s "
                   f"(the server used {used:.1f} CPU-s: {records / max(used, 1e-9):,.0f} records per CPU-second)")
-            kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
-                                   aws_access_key_id="bench", aws_secret_access_key="bench")
             conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev", autocommit=True)
             conn.execute("CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE default")
-            achieved, p50, p99, measured, sent = freshness(conn, kinesis, args.rate, args.seconds)
+            achieved, p50, p99, measured, sent = freshness(conn, KinesisSource(endpoint), args.rate, args.seconds)
             print(f"freshness through the embedded service at {achieved:,.0f} records/s offered "
                   f"({args.rate:,} asked), {measured}/{sent} batches: p50 {p50 * 1000:.0f} ms, "
                   f"p99 {p99 * 1000:.0f} ms")

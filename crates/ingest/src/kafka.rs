@@ -59,6 +59,10 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
+            // A broker answers a fetch as soon as it has records; with none it waits this
+            // long. Lower than librdkafka's 500 ms so that a broker that holds every fetch
+            // for part of it (tansu does) still delivers within freshness targets.
+            .set("fetch.wait.max.ms", "100")
             .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer<ReaderContext> = config
             .create_with_context(ReaderContext)

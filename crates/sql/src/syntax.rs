@@ -779,5 +779,16 @@ mod tests {
             panic!("not a call");
         };
         assert_eq!(call_arguments(&function).1, vec!["no".to_string()]);
+        let Statement::Call(function) =
+            one("ALTER EXTERNAL SCHEMA k AUTHENTICATION none URI 'b:9092'")
+        else {
+            panic!("not a call");
+        };
+        assert_eq!(function.name.to_string(), ALTER_EXTERNAL_SCHEMA_PROCEDURE);
+        assert_eq!(
+            call_arguments(&function).1,
+            ["authentication", "none", "uri", "b:9092"].map(String::from)
+        );
+        assert!(parse_statements("ALTER EXTERNAL SCHEMA k URI").is_err());
     }
 }
