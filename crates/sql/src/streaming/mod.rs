@@ -692,16 +692,15 @@ fn alter_external_schema(
     let external = session
         .catalogs()
         .pinned()
-        .schema(&database, &schema)
-        .map_err(|_| Error::UndefinedSchema(format!("schema \"{schema}\" does not exist")))?
+        .schema(&database, &schema)?
         .external
         .clone();
     let Some(ExternalSource::Kafka {
         flavor,
-        uri,
-        cluster_arn,
-        iam_role,
-        authentication,
+        mut uri,
+        mut cluster_arn,
+        mut iam_role,
+        mut authentication,
         options: mut rest,
     }) = external
     else {
@@ -714,8 +713,6 @@ fn alter_external_schema(
             "ALTER EXTERNAL SCHEMA needs an option: IAM_ROLE, AUTHENTICATION, AUTHENTICATION_ARN, SECRET_ARN or URI".into(),
         ));
     }
-    let (mut uri, mut cluster_arn, mut iam_role, mut authentication) =
-        (uri, cluster_arn, iam_role, authentication);
     if options.iter().any(|(key, _)| key == "authentication") {
         rest.retain(|key, _| !KAFKA_CREDENTIALS.contains(&key.as_str()));
     }
@@ -855,12 +852,7 @@ async fn prepare(
         .schema(&view.database, &mv.source_schema)
         .ok()
         .and_then(|s| s.external.clone())
-        .ok_or_else(|| {
-            Error::UndefinedSchema(format!(
-                "external schema \"{}\" of materialized view \"{}\" does not exist",
-                mv.source_schema, view.name
-            ))
-        })?;
+        .ok_or_else(|| Error::UndefinedSchema(mv.source_schema.clone()))?;
     let pipeline = compile(engine, &state, view, table).await?;
     let source = engine.streams.source(&external).await?;
     let positions =
