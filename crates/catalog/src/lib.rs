@@ -16,8 +16,9 @@ pub use error::{Error, Result};
 pub use log::Catalog;
 pub use model::{
     AggregateLayout, ArgumentMode, CatalogState, ChangeFormat, Column, Constraint,
-    DEFAULT_DATABASE, DEFAULT_SCHEMA, Database, Distribution, ExternalSource, Identity,
-    MaterializedView, MirrorSpec, Procedure, ProcedureArgument, Relation, SUPERUSER, Schema,
-    StoredPassword, Table, User, View, ViewInput, procedure_signature,
+    DEFAULT_DATABASE, DEFAULT_SCHEMA, Database, Datashare, Distribution, ExternalSource, Grantee,
+    Group, Identity, MaterializedView, MirrorSpec, Privilege, Procedure, ProcedureArgument,
+    Relation, SUPERUSER, Schema, SharedDatabase, StoredPassword, Table, User, View, ViewInput,
+    procedure_signature,
 };
 pub use types::{SqlType, VARCHAR_LENGTH_DEFAULT, VARCHAR_LENGTH_MAX};

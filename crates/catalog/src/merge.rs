@@ -7,24 +7,38 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{CatalogState, Database, Procedure, Relation, Schema, User};
+use std::collections::BTreeSet;
+
+use crate::model::{
+    CatalogState, Database, Datashare, Grantee, Group, Privilege, Procedure, Relation, Schema,
+    SharedDatabase, User,
+};
 use crate::{Error, Result};
 
 /// One catalog object, named by its place in the hierarchy. The order puts parents first.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
     User(String),
+    Group(String),
     Database(String),
     Schema(String, String),
     Relation(String, String, String),
     /// A stored procedure, by database, schema and signature.
     Procedure(String, String, String),
+    /// The privileges of one grantee on one object (by oid).
+    Grant(u32, Grantee),
+    Datashare(String),
 }
 
 impl Key {
     fn describe(&self) -> String {
         match self {
             Key::User(name) => format!("user \"{name}\""),
+            Key::Group(name) => format!("group \"{name}\""),
+            Key::Grant(oid, grantee) => {
+                format!("the privileges of {} on object {oid}", grantee.describe())
+            }
+            Key::Datashare(name) => format!("datashare \"{name}\""),
             Key::Database(name) => format!("database \"{name}\""),
             Key::Schema(_, name) => format!("schema \"{name}\""),
             Key::Relation(_, schema, name) => format!("relation \"{schema}.{name}\""),
@@ -39,9 +53,11 @@ impl Key {
 #[derive(Debug, Clone, PartialEq)]
 enum Entry {
     User(User),
+    Group(Group),
     Database {
         oid: u32,
         owner: String,
+        share: Option<SharedDatabase>,
     },
     Schema {
         oid: u32,
@@ -50,6 +66,8 @@ enum Entry {
     },
     Relation(Relation),
     Procedure(Procedure),
+    Grant(BTreeSet<Privilege>),
+    Datashare(Datashare),
 }
 
 fn flatten(state: &CatalogState) -> BTreeMap<Key, Entry> {
@@ -57,12 +75,30 @@ fn flatten(state: &CatalogState) -> BTreeMap<Key, Entry> {
     for (name, user) in &state.users {
         entries.insert(Key::User(name.clone()), Entry::User(user.clone()));
     }
+    for (name, group) in &state.groups {
+        entries.insert(Key::Group(name.clone()), Entry::Group(group.clone()));
+    }
+    for (oid, grants) in &state.grants {
+        for (grantee, privileges) in grants {
+            entries.insert(
+                Key::Grant(*oid, grantee.clone()),
+                Entry::Grant(privileges.clone()),
+            );
+        }
+    }
+    for (name, share) in &state.datashares {
+        entries.insert(
+            Key::Datashare(name.clone()),
+            Entry::Datashare(share.clone()),
+        );
+    }
     for (db_name, db) in &state.databases {
         entries.insert(
             Key::Database(db_name.clone()),
             Entry::Database {
                 oid: db.oid,
                 owner: db.owner.clone(),
+                share: db.share.clone(),
             },
         );
         for (schema_name, schema) in &db.schemas {
@@ -98,7 +134,10 @@ fn unflatten(template: &CatalogState, entries: BTreeMap<Key, Entry>) -> Result<C
         namespace: template.namespace,
         next_oid: template.next_oid,
         users: BTreeMap::new(),
+        groups: BTreeMap::new(),
         databases: BTreeMap::new(),
+        grants: BTreeMap::new(),
+        datashares: BTreeMap::new(),
     };
     let orphan = |key: &Key| {
         Error::ConcurrentChange(format!(
@@ -111,13 +150,27 @@ fn unflatten(template: &CatalogState, entries: BTreeMap<Key, Entry>) -> Result<C
             (Key::User(name), Entry::User(user)) => {
                 state.users.insert(name, user);
             }
-            (Key::Database(name), Entry::Database { oid, owner }) => {
+            (Key::Group(name), Entry::Group(group)) => {
+                state.groups.insert(name, group);
+            }
+            (Key::Grant(oid, grantee), Entry::Grant(privileges)) => {
+                state
+                    .grants
+                    .entry(oid)
+                    .or_default()
+                    .insert(grantee, privileges);
+            }
+            (Key::Datashare(name), Entry::Datashare(share)) => {
+                state.datashares.insert(name, share);
+            }
+            (Key::Database(name), Entry::Database { oid, owner, share }) => {
                 state.databases.insert(
                     name,
                     Database {
                         oid,
                         owner,
                         schemas: BTreeMap::new(),
+                        share,
                     },
                 );
             }

@@ -2,7 +2,7 @@
 //!
 //! Names are stored exactly as the SQL layer normalised them; this module never folds case.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -27,13 +27,160 @@ pub struct CatalogState {
     /// The next object identifier to hand out (pg_class.oid and friends).
     pub next_oid: u32,
     pub users: BTreeMap<String, User>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Group>,
     pub databases: BTreeMap<String, Database>,
+    /// Privileges granted on objects, by the object's oid (oids are never reused, so a
+    /// dropped object's grants never reach a new one), then by grantee.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grants: BTreeMap<u32, BTreeMap<Grantee, BTreeSet<Privilege>>>,
+    /// Datashares this namespace produces, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub datashares: BTreeMap<String, Datashare>,
+}
+
+/// A group of users (`CREATE GROUP`); privileges granted to it apply to its members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub oid: u32,
+    pub members: BTreeSet<String>,
+}
+
+/// Who a privilege is granted to. Stored as a map key: `user:name`, `group:name`, `public`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Grantee {
+    User(String),
+    Group(String),
+    Public,
+}
+
+impl Grantee {
+    /// The grantee as Redshift's system views print it.
+    pub fn describe(&self) -> String {
+        match self {
+            Grantee::User(name) => name.clone(),
+            Grantee::Group(name) => format!("group {name}"),
+            Grantee::Public => "public".into(),
+        }
+    }
+}
+
+impl Serialize for Grantee {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        let text = match self {
+            Grantee::User(name) => format!("user:{name}"),
+            Grantee::Group(name) => format!("group:{name}"),
+            Grantee::Public => "public".into(),
+        };
+        serializer.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Grantee {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == "public" {
+            return Ok(Grantee::Public);
+        }
+        if let Some(name) = text.strip_prefix("user:") {
+            return Ok(Grantee::User(name.to_string()));
+        }
+        if let Some(name) = text.strip_prefix("group:") {
+            return Ok(Grantee::Group(name.to_string()));
+        }
+        Err(serde::de::Error::custom(format!(
+            "unknown grantee {text:?}"
+        )))
+    }
+}
+
+/// A privilege on a database object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Privilege {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    References,
+    /// Schemas, databases, datashares and languages.
+    Usage,
+    /// Schemas and databases.
+    Create,
+    /// Databases: temporary tables.
+    Temp,
+    /// Procedures and functions.
+    Execute,
+}
+
+impl Privilege {
+    pub fn name(self) -> &'static str {
+        match self {
+            Privilege::Select => "SELECT",
+            Privilege::Insert => "INSERT",
+            Privilege::Update => "UPDATE",
+            Privilege::Delete => "DELETE",
+            Privilege::References => "REFERENCES",
+            Privilege::Usage => "USAGE",
+            Privilege::Create => "CREATE",
+            Privilege::Temp => "TEMP",
+            Privilege::Execute => "EXECUTE",
+        }
+    }
+}
+
+/// A datashare (`CREATE DATASHARE`): objects of one database that other namespaces may read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Datashare {
+    pub oid: u32,
+    pub owner: String,
+    /// The database whose objects the share holds.
+    pub database: String,
+    /// Schemas added (`ADD SCHEMA`): consumers see these schemas.
+    pub schemas: BTreeSet<String>,
+    /// Tables and views added (`ADD TABLE`), as (schema, name).
+    pub relations: BTreeSet<(String, String)>,
+    /// `SET INCLUDENEW = TRUE FOR SCHEMA s`: every relation of these schemas is shared,
+    /// including ones created later.
+    pub include_new: BTreeSet<String>,
+    /// Namespaces granted USAGE.
+    pub consumers: BTreeSet<Uuid>,
+    /// `SET PUBLICACCESSIBLE`, recorded.
+    #[serde(default)]
+    pub publicly_accessible: bool,
+}
+
+impl Datashare {
+    /// True if the share exposes `schema.name` (its schema must be in the share too).
+    pub fn shares_relation(&self, schema: &str, name: &str) -> bool {
+        self.schemas.contains(schema)
+            && (self.include_new.contains(schema)
+                || self
+                    .relations
+                    .contains(&(schema.to_string(), name.to_string())))
+    }
+}
+
+/// A consumer's database made from another namespace's datashare
+/// (`CREATE DATABASE d FROM DATASHARE s OF NAMESPACE 'guid'`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedDatabase {
+    pub namespace: Uuid,
+    pub datashare: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub oid: u32,
     pub superuser: bool,
+    /// CREATEDB: may create databases.
+    #[serde(default)]
+    pub create_database: bool,
     /// None: no password is set, so the user can only log in where trust applies (loopback).
     pub password: Option<StoredPassword>,
 }
@@ -54,6 +201,10 @@ pub struct Database {
     pub oid: u32,
     pub owner: String,
     pub schemas: BTreeMap<String, Schema>,
+    /// Set for a database made from another namespace's datashare: it has no schemas of its
+    /// own; its contents are the producer's shared objects, read in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<SharedDatabase>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,6 +312,9 @@ pub enum ExternalSource {
         /// `secret_arn`, and for self-managed clusters the TLS and SASL settings.
         options: BTreeMap<String, String>,
     },
+    /// `FROM REDSHIFT DATABASE 'd' SCHEMA 's'`: a schema of another database of this
+    /// instance (usually one made from a datashare), under a local name.
+    Redshift { database: String, schema: String },
 }
 
 impl ExternalSource {
@@ -170,7 +324,13 @@ impl ExternalSource {
             ExternalSource::Kinesis { .. } => "KINESIS",
             ExternalSource::Kafka { flavor, .. } if flavor == "MSK" => "MSK",
             ExternalSource::Kafka { .. } => "KAFKA",
+            ExternalSource::Redshift { .. } => "REDSHIFT",
         }
+    }
+
+    /// True for a stream source (Kinesis or Kafka), whose relations are streams.
+    pub fn is_stream(&self) -> bool {
+        !matches!(self, ExternalSource::Redshift { .. })
     }
 
     /// True for a Kafka cluster (MSK, Apache Kafka, Confluent).
@@ -395,7 +555,10 @@ impl CatalogState {
             namespace: Uuid::new_v4(),
             next_oid: 100_000,
             users: BTreeMap::new(),
+            groups: BTreeMap::new(),
             databases: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            datashares: BTreeMap::new(),
         };
         let oid = state.allocate_oid();
         state.users.insert(
@@ -403,6 +566,7 @@ impl CatalogState {
             User {
                 oid,
                 superuser: true,
+                create_database: true,
                 password: admin_password,
             },
         );
@@ -450,6 +614,14 @@ impl CatalogState {
             })
     }
 
+    /// A relation's owner.
+    pub fn relation_owner(relation: &Relation) -> &str {
+        match relation {
+            Relation::Table(t) => &t.owner,
+            Relation::View(v) => &v.owner,
+        }
+    }
+
     pub fn relation(&self, database: &str, schema: &str, name: &str) -> Option<&Relation> {
         self.databases
             .get(database)?
@@ -494,6 +666,18 @@ impl CatalogState {
         }
         let oid = self.allocate_oid();
         let schema_oid = self.allocate_oid();
+        // As in Redshift: everyone may use and create in `public`, and make temporary tables.
+        self.grants.insert(
+            schema_oid,
+            BTreeMap::from([(
+                Grantee::Public,
+                BTreeSet::from([Privilege::Usage, Privilege::Create]),
+            )]),
+        );
+        self.grants.insert(
+            oid,
+            BTreeMap::from([(Grantee::Public, BTreeSet::from([Privilege::Temp]))]),
+        );
         let mut schemas = BTreeMap::new();
         schemas.insert(
             DEFAULT_SCHEMA.to_string(),
@@ -511,6 +695,7 @@ impl CatalogState {
                 oid,
                 owner: owner.to_string(),
                 schemas,
+                share: None,
             },
         );
         Ok(())
@@ -561,6 +746,103 @@ impl CatalogState {
         }
         target.relations.insert(name.to_string(), relation);
         Ok(())
+    }
+
+    pub fn is_superuser(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|u| u.superuser)
+    }
+
+    /// True if `user` holds `privilege` on the object `oid` owned by `owner`: as a superuser,
+    /// as the owner, or through a grant to the user, one of its groups or PUBLIC.
+    pub fn holds(&self, user: &str, oid: u32, owner: &str, privilege: Privilege) -> bool {
+        if user == owner || self.is_superuser(user) {
+            return true;
+        }
+        let Some(grants) = self.grants.get(&oid) else {
+            return false;
+        };
+        grants.iter().any(|(grantee, privileges)| {
+            privileges.contains(&privilege)
+                && match grantee {
+                    Grantee::Public => true,
+                    Grantee::User(name) => name == user,
+                    Grantee::Group(name) => self
+                        .groups
+                        .get(name)
+                        .is_some_and(|g| g.members.contains(user)),
+                }
+        })
+    }
+
+    /// Adds `privileges` on `oid` for `grantee`.
+    pub fn grant(&mut self, oid: u32, grantee: &Grantee, privileges: &[Privilege]) {
+        self.grants
+            .entry(oid)
+            .or_default()
+            .entry(grantee.clone())
+            .or_default()
+            .extend(privileges.iter().copied());
+    }
+
+    /// Removes `privileges` on `oid` from `grantee`.
+    pub fn revoke(&mut self, oid: u32, grantee: &Grantee, privileges: &[Privilege]) {
+        let Some(grants) = self.grants.get_mut(&oid) else {
+            return;
+        };
+        if let Some(held) = grants.get_mut(grantee) {
+            for privilege in privileges {
+                held.remove(privilege);
+            }
+            if held.is_empty() {
+                grants.remove(grantee);
+            }
+        }
+        if grants.is_empty() {
+            self.grants.remove(&oid);
+        }
+    }
+
+    /// Forgets every privilege of `grantee` (a dropped user or group).
+    pub fn revoke_all_from(&mut self, grantee: &Grantee) {
+        for grants in self.grants.values_mut() {
+            grants.remove(grantee);
+        }
+        self.grants.retain(|_, grants| !grants.is_empty());
+    }
+
+    /// The objects `user` owns, described (`table "s.t"`), for refusing DROP USER.
+    pub fn owned_by(&self, user: &str) -> Vec<String> {
+        let mut owned = Vec::new();
+        for (db_name, db) in &self.databases {
+            if db.owner == user {
+                owned.push(format!("database \"{db_name}\""));
+            }
+            for (schema_name, schema) in &db.schemas {
+                if schema.owner == user {
+                    owned.push(format!("schema \"{schema_name}\""));
+                }
+                for (name, relation) in &schema.relations {
+                    let owner = match relation {
+                        Relation::Table(t) => &t.owner,
+                        Relation::View(v) => &v.owner,
+                    };
+                    if owner == user {
+                        owned.push(format!("relation \"{schema_name}.{name}\""));
+                    }
+                }
+                for procedure in schema.procedures.values() {
+                    if procedure.owner == user {
+                        owned.push(format!("procedure \"{schema_name}.{}\"", procedure.name));
+                    }
+                }
+            }
+        }
+        for (name, share) in &self.datashares {
+            if share.owner == user {
+                owned.push(format!("datashare \"{name}\""));
+            }
+        }
+        owned
     }
 
     /// Every table path in the catalog with its pinned version (used by recovery).

@@ -42,6 +42,8 @@ struct Inner {
     context: RwLock<Weak<SessionContext>>,
     /// The open transaction, if any. Never held across an await.
     transaction: Mutex<Option<Transaction>>,
+    /// The producer catalog versions the open transaction reads through datashares.
+    producers: Mutex<crate::sharing::PinnedProducers>,
 }
 
 impl SessionCatalogs {
@@ -55,6 +57,7 @@ impl SessionCatalogs {
                 temp: Arc::new(MemorySchemaProvider::new()),
                 context: RwLock::new(Weak::new()),
                 transaction: Mutex::new(None),
+                producers: Mutex::new(Default::default()),
             }),
         }
     }
@@ -76,6 +79,22 @@ impl SessionCatalogs {
 
     pub(crate) fn set_pinned(&self, state: Arc<CatalogState>) {
         *self.inner.pinned.write().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    pub(crate) fn producers(&self) -> MutexGuard<'_, crate::sharing::PinnedProducers> {
+        self.inner
+            .producers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn producers_mut(&self) -> MutexGuard<'_, crate::sharing::PinnedProducers> {
+        self.producers()
+    }
+
+    /// Forgets the producer versions of the transaction that ended.
+    pub(crate) fn unpin_producers(&self) {
+        *self.producers() = Default::default();
     }
 
     pub(crate) fn transaction_slot(&self) -> MutexGuard<'_, Option<Transaction>> {
@@ -126,8 +145,12 @@ impl CatalogProviderList for SessionCatalogs {
     }
 
     fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
-        if !self.pinned().databases.contains_key(name) {
-            return None;
+        let database = self.pinned().databases.get(name).cloned()?;
+        if database.share.is_some() {
+            return Some(Arc::new(crate::sharing::SharedCatalog {
+                catalogs: self.clone(),
+                database: name.to_string(),
+            }));
         }
         Some(Arc::new(DatabaseCatalog {
             catalogs: self.clone(),
@@ -179,7 +202,14 @@ impl CatalogProvider for DatabaseCatalog {
         if let Some(schema) = self.catalogs.registered_schema(name) {
             return Some(schema);
         }
-        self.catalogs.pinned().schema(&self.database, name).ok()?;
+        let pinned = self.catalogs.pinned();
+        let found = pinned.schema(&self.database, name).ok()?;
+        if let Some(tributary_catalog::ExternalSource::Redshift { database, schema }) =
+            &found.external
+        {
+            // A local name for a schema of another database (usually a datashare's).
+            return self.catalogs.catalog(database)?.schema(schema);
+        }
         Some(Arc::new(UserSchema {
             catalogs: self.catalogs.clone(),
             database: self.database.clone(),

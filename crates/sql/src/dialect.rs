@@ -21,7 +21,8 @@ pub struct TributaryDialect {
 /// Parses one or more statements.
 pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
     let dialect = TributaryDialect::default();
-    let tokens = Tokenizer::new(&dialect, sql)
+    let sql = straighten_quotes(sql);
+    let tokens = Tokenizer::new(&dialect, &sql)
         .with_unescape(true)
         .tokenize_with_location()?;
     let tokens = abort_as_rollback(move_backup_first(normalise_table_attributes(tokens)));
@@ -30,6 +31,69 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
     Parser::new(&dialect)
         .with_tokens_with_locations(tokens)
         .parse_statements()
+}
+
+/// Typographic quotes around names and strings (`“etl_to_bi”`, `‘guid’`), as statements
+/// copied from articles have them, become the ASCII quotes they stand for. Inside a quoted
+/// string, identifier, comment or dollar-quoted body they are left alone.
+fn straighten_quotes(sql: &str) -> std::borrow::Cow<'_, str> {
+    const DOUBLE: [char; 2] = ['\u{201c}', '\u{201d}'];
+    const SINGLE: [char; 2] = ['\u{2018}', '\u{2019}'];
+    if !sql.contains(DOUBLE) && !sql.contains(SINGLE) {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    // The character that ends the quoted region we are in, if any.
+    let mut closing: Option<&[char]> = None;
+    while let Some(c) = chars.next() {
+        if let Some(end) = closing {
+            if end.contains(&c) {
+                closing = None;
+                out.push(if DOUBLE.contains(&c) {
+                    '"'
+                } else if SINGLE.contains(&c) {
+                    '\''
+                } else {
+                    c
+                });
+            } else {
+                out.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\'' => closing = Some(&['\'']),
+            '"' => closing = Some(&['"']),
+            '-' if chars.peek() == Some(&'-') => closing = Some(&['\n']),
+            '$' if chars.peek() == Some(&'$') => {
+                out.push(c);
+                out.push(chars.next().unwrap_or('$'));
+                // Copy the body up to the closing `$$` untouched.
+                while let Some(b) = chars.next() {
+                    out.push(b);
+                    if b == '$' && chars.peek() == Some(&'$') {
+                        out.push(chars.next().unwrap_or('$'));
+                        break;
+                    }
+                }
+                continue;
+            }
+            c if DOUBLE.contains(&c) => {
+                out.push('"');
+                closing = Some(&DOUBLE);
+                continue;
+            }
+            c if SINGLE.contains(&c) => {
+                out.push('\'');
+                closing = Some(&SINGLE);
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The marker that carries COPY's `MAXERROR [AS] n` through the parser, which has no such

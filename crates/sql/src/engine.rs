@@ -33,6 +33,14 @@ pub struct Engine {
     pub(crate) vacuumed: Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
     /// Streaming views: settings, stream clients, counters, history, auto-refresh tasks.
     pub(crate) streams: crate::streaming::Streams,
+    /// The namespace registry and the producers read through datashares.
+    pub(crate) sharing: crate::sharing::Sharing,
+    /// Dropped tables whose files wait for the vacuum retention before maintenance deletes
+    /// them, with when they were dropped. (A restart forgets them: their files stay behind
+    /// as garbage.)
+    pub(crate) retired: Mutex<Vec<(String, std::time::Instant)>>,
+    /// Computes password verifiers for CREATE / ALTER USER (set by the wire crate).
+    password_hasher: std::sync::OnceLock<crate::access::PasswordHasher>,
 }
 
 impl Engine {
@@ -53,6 +61,9 @@ impl Engine {
             equivalent: Default::default(),
             vacuumed: Default::default(),
             streams: Default::default(),
+            sharing: Default::default(),
+            retired: Default::default(),
+            password_hasher: Default::default(),
         });
         engine.recover().await?;
         Ok(engine)
@@ -61,6 +72,39 @@ impl Engine {
     /// The storage root URL (for logs and the start-up banner).
     pub fn location(&self) -> String {
         self.storage.url().to_string()
+    }
+
+    /// Schedules the files of dropped tables for deletion after the vacuum retention.
+    pub(crate) fn retire_tables(&self, paths: &[String]) {
+        let now = std::time::Instant::now();
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(paths.iter().map(|p| (p.clone(), now)));
+    }
+
+    /// Installs how CREATE / ALTER USER turn a password into stored verifiers.
+    pub fn set_password_hasher(&self, hasher: crate::access::PasswordHasher) {
+        let _ = self.password_hasher.set(hasher);
+    }
+
+    pub(crate) fn password_hasher(&self) -> Option<crate::access::PasswordHasher> {
+        self.password_hasher.get().copied()
+    }
+
+    /// Writes this namespace and its storage root to the namespace registry at `url`
+    /// (`file:///dir` or `s3://bucket/prefix`), where other instances find it to read its
+    /// datashares; this instance finds producers there too.
+    pub async fn register_namespace(&self, url: &str) -> Result<()> {
+        let namespace = self.catalog.snapshot().namespace;
+        self.sharing
+            .register(url, namespace, self.storage.url().as_str())
+            .await
+    }
+
+    /// This data root's namespace GUID.
+    pub fn namespace(&self) -> uuid::Uuid {
+        self.catalog.snapshot().namespace
     }
 
     /// True if this open created a brand-new data root.

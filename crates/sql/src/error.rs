@@ -94,6 +94,9 @@ pub enum Error {
     /// A statement that cannot run inside a transaction block (CREATE DATABASE, VACUUM).
     #[error("{0} cannot run inside a transaction block")]
     ActiveTransaction(String),
+    /// The user lacks a privilege the statement needs.
+    #[error("permission denied for {0}")]
+    PermissionDenied(String),
     /// A password or user that does not check out.
     #[error("{0}")]
     InvalidAuthorization(String),
@@ -157,6 +160,10 @@ impl From<tributary_catalog::Error> for Error {
                 kind: "schema",
                 name,
             } => Error::UndefinedSchema(name),
+            C::NotFound {
+                kind: kind @ ("user" | "group" | "datashare"),
+                name,
+            } => Error::UndefinedObject(format!("{kind} \"{name}\" does not exist")),
             C::NotFound { name, .. } => Error::UndefinedTable(name),
             C::AlreadyExists { kind, name } => Error::Duplicate { kind, name },
             C::Invalid(message) => Error::InvalidStatement(message),

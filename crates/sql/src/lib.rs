@@ -6,6 +6,7 @@
 //! and transaction control are handled here. This crate knows nothing of the wire protocol:
 //! its errors say whose fault they are, and the wire crate maps them to SQLSTATE codes.
 
+mod access;
 mod background;
 mod catalog_list;
 mod copy;
@@ -23,6 +24,7 @@ mod procedure;
 mod rewrite;
 mod session;
 mod settings;
+mod sharing;
 mod streaming;
 mod syntax;
 mod system;

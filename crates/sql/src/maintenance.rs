@@ -99,6 +99,20 @@ impl Engine {
     /// One maintenance pass over every table whose write lock is free.
     pub async fn maintain(&self, settings: &MaintenanceSettings) -> Result<MaintenanceReport> {
         let mut report = MaintenanceReport::default();
+        // Files of dropped tables go once no reader can need them: after the retention, and
+        // not before the oldest open transaction here started.
+        let retention = settings.vacuum_retention.max(self.active.oldest_age());
+        let due: Vec<String> = {
+            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            let (due, kept): (Vec<_>, Vec<_>) = retired
+                .drain(..)
+                .partition(|(_, at)| at.elapsed() >= retention);
+            *retired = kept;
+            due.into_iter().map(|(path, _)| path).collect()
+        };
+        for path in due {
+            crate::transaction::delete_files(self, &path, "dropped").await;
+        }
         for (path, _) in self.catalog_snapshot().table_pins() {
             let owner = self.next_transaction_id();
             // Wait a little for the table's writer, like any other writer: a stream of short

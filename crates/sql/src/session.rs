@@ -139,6 +139,17 @@ impl Session {
         &self.database
     }
 
+    /// Makes `user` the user whose privileges statements are checked against (a SECURITY
+    /// DEFINER procedure's owner while its body runs); returns the previous one.
+    pub(crate) fn swap_user(&mut self, user: String) -> String {
+        std::mem::replace(&mut self.user, user)
+    }
+
+    /// The schemas unqualified names are looked up in, in order.
+    pub(crate) fn search_path(&self) -> Vec<String> {
+        self.settings.search_path(&self.user)
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -391,11 +402,22 @@ impl Session {
             }
         }
         self.catalogs.pin_statement();
+        crate::sharing::pin_producers(self).await?;
         if let Statement::Call(function) = &statement {
+            if let Some(json) = crate::access::carried(function) {
+                return crate::access::execute(self, &json).await;
+            }
             if let Some(result) = crate::streaming::execute_call(self, function, autocommit).await {
                 return result;
             }
             return crate::procedure::execute_call(self, function, autocommit).await;
+        }
+        if matches!(
+            statement,
+            Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_)
+        ) || dml_with_cte(&statement).is_some()
+        {
+            crate::access::check_statement(self, &self.rewrite(statement.clone())?)?;
         }
         if let Some((dml, with)) = dml_with_cte(&statement) {
             return crate::dml::execute(self, dml, with).await;
@@ -403,6 +425,7 @@ impl Session {
         if is_planned_by_datafusion(&statement) {
             let is_insert = matches!(statement, Statement::Insert(_));
             let statement = self.rewrite(statement)?;
+            crate::access::check_statement(self, &statement)?;
             let plan = self.plan(&statement).await?;
             let plan = match params {
                 Some(params) => plan.with_param_values(params)?,
@@ -648,6 +671,7 @@ impl Session {
     }
 
     async fn execute_utility(&mut self, statement: Statement) -> Result<Output> {
+        crate::access::check_utility(self, &statement)?;
         match statement {
             Statement::Set(set) => self.set(set),
             Statement::ShowVariable { variable } => self.show(&variable),
@@ -871,6 +895,14 @@ fn dml_with_cte(
         }
         _ => None,
     }
+}
+
+/// The names of the tables a statement writes.
+pub(crate) fn write_target_names(statement: &Statement) -> Vec<ObjectName> {
+    write_targets(statement)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// The tables a statement writes, with how: an autocommit statement locks them first.

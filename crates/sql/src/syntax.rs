@@ -86,7 +86,7 @@ pub(crate) fn parse(parser: &mut Parser) -> Option<Result<Statement, ParserError
         {
             Some(create_procedure(parser, true))
         }
-        _ => None,
+        _ => crate::access::syntax::parse(parser),
     }
 }
 
@@ -190,7 +190,7 @@ fn alter_external_schema(parser: &mut Parser) -> Result<Statement, ParserError> 
         args.push(Expr::Value(Value::SingleQuotedString(key).into()));
         args.push(Expr::Value(Value::SingleQuotedString(value).into()));
     }
-    Ok(call(ALTER_EXTERNAL_SCHEMA_PROCEDURE, args))
+    Ok(reserved_call(ALTER_EXTERNAL_SCHEMA_PROCEDURE, args))
 }
 
 /// `CREATE MATERIALIZED VIEW name [BACKUP {YES|NO}] [DISTSTYLE s] [DISTKEY (c)]
@@ -295,7 +295,7 @@ fn materialized_view(parser: &mut Parser) -> Result<Statement, ParserError> {
     }))
 }
 
-fn call(procedure: &str, args: Vec<Expr>) -> Statement {
+pub(crate) fn reserved_call(procedure: &str, args: Vec<Expr>) -> Statement {
     match crate::rewrite::call(procedure, args) {
         Expr::Function(function) => Statement::Call(function),
         _ => unreachable!("rewrite::call builds a function call"),
@@ -455,7 +455,7 @@ pub(crate) fn mirror_clauses(
 fn refresh(parser: &mut Parser) -> Result<Statement, ParserError> {
     skip_words(parser, 3);
     let name = parser.parse_object_name(false)?;
-    Ok(call(REFRESH_PROCEDURE, vec![name_expr(name)]))
+    Ok(reserved_call(REFRESH_PROCEDURE, vec![name_expr(name)]))
 }
 
 /// `ALTER MATERIALIZED VIEW name AUTO REFRESH {YES|NO}` (and `ALTER MIRROR TABLE`).
@@ -474,7 +474,7 @@ fn alter(parser: &mut Parser) -> Result<Statement, ParserError> {
             )));
         }
     };
-    Ok(call(
+    Ok(reserved_call(
         ALTER_AUTO_REFRESH_PROCEDURE,
         vec![
             name_expr(name),
@@ -586,7 +586,7 @@ fn create_procedure(parser: &mut Parser, or_replace: bool) -> Result<Statement, 
     }
     let json = serde_json::to_string(&definition)
         .map_err(|e| ParserError::ParserError(format!("procedure definition: {e}")))?;
-    Ok(call(
+    Ok(reserved_call(
         CREATE_PROCEDURE,
         vec![
             name_expr(name),
@@ -614,7 +614,7 @@ fn show_procedure(parser: &mut Parser) -> Result<Statement, ParserError> {
             }
         }
     }
-    Ok(call(SHOW_PROCEDURE, args))
+    Ok(reserved_call(SHOW_PROCEDURE, args))
 }
 
 /// `[argname] [IN | OUT | INOUT] argtype` (Redshift's order), or `[IN | OUT | INOUT]

@@ -25,6 +25,7 @@ const REDSHIFT_VIEWS: &[&str] = &[
     "pg_table_def",
     "svv_table_info",
     "stl_load_errors",
+    "pg_group",
 ];
 
 /// True if an unqualified name should resolve to `pg_catalog` when no user relation has it.
@@ -176,6 +177,14 @@ impl SystemSchema {
                     })?
             }
             "pg_user" => users(&state)?,
+            "pg_group" => groups(&state)?,
+            "svv_datashares" | "svv_datashare_objects" | "svv_datashare_consumers" => {
+                crate::sharing::system_view(&self.catalogs, &state, name)
+                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+                    .ok_or_else(|| {
+                        datafusion::error::DataFusionError::Internal(format!("no view {name}"))
+                    })?
+            }
             "stl_load_errors" => {
                 crate::copy::load_errors_batch(&self.catalogs.engine().load_errors.snapshot())
                     .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
@@ -195,6 +204,7 @@ impl SchemaProvider for SystemSchema {
         let mut names: Vec<String> = REDSHIFT_VIEWS
             .iter()
             .chain(crate::streaming::SYSTEM_VIEWS)
+            .chain(crate::sharing::VIEWS)
             .map(|s| s.to_string())
             .collect();
         if let Some(postgres) = &self.postgres {
@@ -236,6 +246,7 @@ impl SchemaProvider for SystemSchema {
     fn table_exist(&self, name: &str) -> bool {
         REDSHIFT_VIEWS.contains(&name)
             || crate::streaming::SYSTEM_VIEWS.contains(&name)
+            || crate::sharing::VIEWS.contains(&name)
             || self.postgres.as_ref().is_some_and(|p| p.table_exist(name))
     }
 }
@@ -643,6 +654,35 @@ fn external_view(name: &str) -> RecordBatch {
     RecordBatch::new_empty(Arc::new(Schema::new(fields)))
 }
 
+/// `pg_group`: each group with its members' user ids.
+fn groups(state: &CatalogState) -> DfResult<RecordBatch> {
+    let groups: Vec<_> = state.groups.iter().collect();
+    let schema = Arc::new(Schema::new(vec![
+        utf8("groname"),
+        int("grosysid"),
+        Field::new("grolist", DataType::new_list(DataType::Int32, true), true),
+    ]));
+    let mut lists = arrow::array::ListBuilder::new(arrow::array::Int32Builder::new());
+    for (_, group) in &groups {
+        for member in &group.members {
+            let id = state
+                .users
+                .get(member)
+                .map(|u| if member == SUPERUSER { 0 } else { u.oid as i32 });
+            lists.values().append_option(id);
+        }
+        lists.append(true);
+    }
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            strings(groups.iter().map(|(name, _)| Some(name.to_string()))),
+            ints(groups.iter().map(|(_, g)| Some(g.oid as i32))),
+            Arc::new(lists.finish()),
+        ],
+    )?)
+}
+
 fn users(state: &CatalogState) -> DfResult<RecordBatch> {
     let users: Vec<_> = state.users.iter().collect();
     let schema = Arc::new(Schema::new(vec![
@@ -667,7 +707,9 @@ fn users(state: &CatalogState) -> DfResult<RecordBatch> {
                     .map(|(name, u)| Some(if *name == SUPERUSER { 0 } else { u.oid as i32 })),
             ),
             Arc::new(BooleanArray::from_iter(
-                users.iter().map(|(_, u)| Some(u.superuser)),
+                users
+                    .iter()
+                    .map(|(_, u)| Some(u.superuser || u.create_database)),
             )),
             Arc::new(BooleanArray::from_iter(
                 users.iter().map(|(_, u)| Some(u.superuser)),

@@ -38,6 +38,8 @@ pub struct TributaryTable {
     schema: SchemaRef,
     inner: Arc<dyn TableProvider>,
     defaults: HashMap<String, Expr>,
+    /// Set for another namespace's table read through a datashare: INSERT is refused.
+    read_only: bool,
 }
 
 impl TributaryTable {
@@ -46,9 +48,20 @@ impl TributaryTable {
         name: [String; 3],
         definition: Table,
     ) -> Result<Self> {
-        let mut inner = catalogs
-            .engine()
-            .storage
+        let storage = catalogs.engine().storage.clone();
+        Self::open_in(catalogs, &storage, name, definition, false).await
+    }
+
+    /// Opens a table stored under `storage` (this engine's root, or a producer's root for a
+    /// shared table, which is `read_only`).
+    pub async fn open_in(
+        catalogs: &SessionCatalogs,
+        storage: &Arc<tributary_storage::StorageRoot>,
+        name: [String; 3],
+        definition: Table,
+        read_only: bool,
+    ) -> Result<Self> {
+        let mut inner = storage
             .table(&definition.path)?
             .provider(definition.version)
             .await?;
@@ -64,6 +77,7 @@ impl TributaryTable {
             schema,
             inner,
             defaults,
+            read_only,
         })
     }
 
@@ -189,6 +203,12 @@ impl TableProvider for TributaryTable {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.read_only {
+            return Err(DataFusionError::Plan(format!(
+                "\"{}\" is a datashare database: its tables are read-only",
+                self.name[0]
+            )));
+        }
         if insert_op != InsertOp::Append {
             return Err(DataFusionError::NotImplemented(format!(
                 "{insert_op} into a table"

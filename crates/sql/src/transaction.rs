@@ -153,6 +153,7 @@ impl SessionCatalogs {
         }
         let txn = Transaction::new(self.engine(), explicit);
         self.set_pinned(txn.working.clone());
+        self.unpin_producers();
         *slot = Some(txn);
         true
     }
@@ -394,10 +395,11 @@ impl SessionCatalogs {
             .await;
         match result {
             Ok(_) => {
-                for path in &txn.dropped {
-                    // The catalog no longer names these files; deleting them is clean-up.
-                    delete_files(self.engine(), path, "dropped").await;
-                }
+                // The catalog no longer names these files, but transactions that started
+                // before the drop (here, or consumers in other namespaces reading through a
+                // datashare) may still read them: maintenance deletes them after the vacuum
+                // retention.
+                self.engine().retire_tables(&txn.dropped);
                 self.end(txn);
                 Ok(Ended::Committed)
             }
@@ -471,7 +473,7 @@ impl SessionCatalogs {
 
 /// Deletes a table's files that no catalog version names any more; a failure only leaves
 /// garbage behind, so it is logged.
-async fn delete_files(engine: &Engine, path: &str, what: &str) {
+pub(crate) async fn delete_files(engine: &Engine, path: &str, what: &str) {
     let result = match engine.storage.table(path) {
         Ok(table) => table.delete().await,
         Err(err) => Err(err),

@@ -61,6 +61,11 @@ struct ServeArgs {
     /// How clients with a password authenticate: scram (SCRAM-SHA-256) or md5 (old drivers).
     #[arg(long, value_enum, default_value_t = AuthMethod::Scram)]
     password_auth: AuthMethod,
+    /// The namespace registry (file:///dir or s3://bucket/prefix) shared by instances that
+    /// share data: this instance writes its namespace and storage location there, and finds
+    /// producers of datashares there.
+    #[arg(long, env = "TRIBUTARY_NAMESPACE_REGISTRY")]
+    namespace_registry: Option<String>,
     /// Seconds between background table maintenance passes (compaction and vacuum).
     #[arg(long, default_value_t = 10, env = "TRIBUTARY_MAINTENANCE_INTERVAL")]
     maintenance_interval: u64,
@@ -263,6 +268,13 @@ async fn start(args: &ServeArgs, any_port: bool) -> anyhow::Result<Started> {
         Err(err) => return Err(err).with_context(|| format!("cannot listen on {}", args.listen)),
     };
     let address = listener.local_addr()?;
+    if let Some(registry) = &args.namespace_registry {
+        engine
+            .register_namespace(registry)
+            .await
+            .with_context(|| format!("cannot write to the namespace registry {registry}"))?;
+        tracing::info!(namespace = %engine.namespace(), %registry, "namespace registered");
+    }
     let admin_has_password = engine
         .catalog_snapshot()
         .users

@@ -36,6 +36,7 @@ pub async fn serve(
     password_method: PasswordMethod,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    engine.set_password_hasher(auth::password_verifiers);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

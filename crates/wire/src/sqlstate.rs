@@ -21,6 +21,10 @@ pub fn sqlstate(err: &Error) -> &'static str {
             kind: "procedure", ..
         } => "42723",
         Error::Duplicate { kind: "column", .. } => "42701",
+        Error::Duplicate {
+            kind: "user" | "group" | "datashare",
+            ..
+        } => "42710",
         Error::Duplicate { .. } => "42P07",
         Error::WrongObjectType(_) => "42809",
         Error::NotNull { .. } => "23502",
@@ -45,6 +49,7 @@ pub fn sqlstate(err: &Error) -> &'static str {
         Error::InFailedTransaction => "25P02",
         Error::ActiveTransaction(_) => "25001",
         Error::InvalidAuthorization(_) => "28000",
+        Error::PermissionDenied(_) => "42501",
         Error::Storage(_) => "58030",
         Error::ResourcesExhausted(_) => "53000",
         Error::Raised(_) => "P0001",

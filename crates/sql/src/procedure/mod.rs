@@ -72,6 +72,7 @@ fn create(session: &mut Session, function: &Function) -> Result<Output> {
     let (schema, name) = session.resolve_for_create(&ObjectName::from(name))?;
     let database = session.database().to_string();
     session.catalogs().pinned().schema(&database, &schema)?;
+    crate::access::check_create_in(session, &schema)?;
     let mut arguments = Vec::new();
     for (arg_name, mode, type_text) in &definition.arguments {
         let mode = match mode.as_str() {
@@ -343,6 +344,12 @@ async fn call(session: &mut Session, function: &Function, autocommit: bool) -> R
             arguments.len()
         ))
     })?;
+    crate::access::check_execute(
+        session,
+        procedure.oid,
+        &procedure.owner,
+        &function.name.to_string(),
+    )?;
     if session.calls.depth >= MAX_DEPTH {
         return Err(Error::ResourcesExhausted(format!(
             "procedure calls nest deeper than {MAX_DEPTH} levels"
@@ -355,7 +362,14 @@ async fn call(session: &mut Session, function: &Function, autocommit: bool) -> R
     }
     session.calls.depth += 1;
     let saved = apply_settings(session, &procedure.settings)?;
+    // SECURITY DEFINER: the body's statements are checked against the owner's privileges.
+    let caller = procedure
+        .security_definer
+        .then(|| session.swap_user(procedure.owner.clone()));
     let result = run::run(session, &procedure, values).await;
+    if let Some(caller) = caller {
+        session.swap_user(caller);
+    }
     restore_settings(session, saved);
     session.calls.depth -= 1;
     if outermost {

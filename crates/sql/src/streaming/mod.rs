@@ -17,7 +17,7 @@ pub(crate) mod mirror;
 mod pipeline;
 mod query_view;
 mod runner;
-mod views;
+pub(crate) mod views;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -200,6 +200,11 @@ impl Streams {
                     external,
                 )?)));
             }
+            ExternalSource::Redshift { database, schema } => {
+                return Err(Error::WrongObjectType(format!(
+                    "the external schema maps {database}.{schema}, which is not a stream source"
+                )));
+            }
         };
         let mut sources = self.sources.lock().await;
         if let Some(source) = sources.get(region) {
@@ -323,6 +328,38 @@ pub(crate) async fn create_external_schema(
             kafka_properties(&external)?;
             external
         }
+        "redshift" => {
+            let mut database = None;
+            let mut schema = None;
+            for (key, value) in &options {
+                match key.as_str() {
+                    syntax::EXTERNAL_OPTION => {}
+                    "database" => database = Some(value.clone()),
+                    "schema" => schema = Some(value.clone()),
+                    other => {
+                        return Err(Error::Syntax(format!(
+                            "CREATE EXTERNAL SCHEMA ... FROM REDSHIFT does not take {}",
+                            other.to_ascii_uppercase()
+                        )));
+                    }
+                }
+            }
+            let database = database.ok_or_else(|| {
+                Error::Syntax(
+                    "CREATE EXTERNAL SCHEMA ... FROM REDSHIFT needs DATABASE 'name'".into(),
+                )
+            })?;
+            let schema = schema.unwrap_or_else(|| "public".into());
+            let pinned = session.catalogs().pinned();
+            let target = pinned
+                .database(&database)
+                .map_err(|_| Error::UndefinedDatabase(database.clone()))?;
+            if target.share.is_none() && target.schemas.get(&schema).is_none() {
+                return Err(Error::UndefinedSchema(schema));
+            }
+            crate::access::require_superuser(session, "CREATE EXTERNAL SCHEMA")?;
+            ExternalSource::Redshift { database, schema }
+        }
         other => {
             return Err(Error::NotSupported(format!(
                 "CREATE EXTERNAL SCHEMA ... FROM {} is not supported",
@@ -342,13 +379,14 @@ pub(crate) async fn create_external_schema(
         session.notice(format!("schema \"{schema}\" already exists, skipping"));
         return Ok(Output::command("CREATE SCHEMA"));
     }
+    let is_stream = external.is_stream();
     session.catalogs().modify(|state| {
         state.create_schema(&database, &schema, &owner)?;
         state.schema_mut(&database, &schema)?.external = Some(external);
         Ok(())
     })?;
     let settings = session.engine().streams.settings();
-    if settings.embedded_stream_service {
+    if settings.embedded_stream_service && is_stream {
         session.notice(format!(
             "no Kinesis endpoint is configured: the streams of \"{schema}\" are read from the embedded stream service at {}",
             settings.kinesis_endpoint.unwrap_or_default()
@@ -645,14 +683,29 @@ pub(crate) async fn execute_call(
     let procedure = function.name.to_string();
     if procedure == syntax::REFRESH_PROCEDURE {
         let (name, _) = syntax::call_arguments(function);
+        let object = datafusion::sql::sqlparser::ast::ObjectName::from(name.clone());
+        if let Ok((schema, view)) = session.resolve_existing(&object)
+            && let Err(err) = crate::access::check_owner(session, &schema, &view)
+        {
+            return Some(Err(err));
+        }
         return Some(refresh(session, &name, autocommit).await);
     }
     if procedure == syntax::ALTER_AUTO_REFRESH_PROCEDURE {
         let (name, args) = syntax::call_arguments(function);
+        let object = datafusion::sql::sqlparser::ast::ObjectName::from(name.clone());
+        if let Ok((schema, view)) = session.resolve_existing(&object)
+            && let Err(err) = crate::access::check_owner(session, &schema, &view)
+        {
+            return Some(Err(err));
+        }
         let enable = args.first().is_some_and(|v| v == "yes");
         return Some(alter_auto_refresh(session, &name, enable, autocommit).await);
     }
     if procedure == syntax::ALTER_EXTERNAL_SCHEMA_PROCEDURE {
+        if let Err(err) = crate::access::require_superuser(session, "ALTER EXTERNAL SCHEMA") {
+            return Some(Err(err));
+        }
         let (name, args) = syntax::call_arguments(function);
         let options: Vec<(String, String)> = args
             .chunks(2)

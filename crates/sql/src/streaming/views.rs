@@ -22,34 +22,46 @@ pub(crate) const VIEWS: &[&str] = &[
     "svv_external_schemas",
 ];
 
-struct Columns {
+pub(crate) struct Columns {
     fields: Vec<Field>,
     arrays: Vec<ArrayRef>,
 }
 
 impl Columns {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             fields: Vec::new(),
             arrays: Vec::new(),
         }
     }
 
-    fn text<I: IntoIterator<Item = Option<String>>>(mut self, name: &str, values: I) -> Self {
+    pub(crate) fn text<I: IntoIterator<Item = Option<String>>>(
+        mut self,
+        name: &str,
+        values: I,
+    ) -> Self {
         self.fields.push(Field::new(name, DataType::Utf8, true));
         self.arrays
             .push(Arc::new(values.into_iter().collect::<StringArray>()));
         self
     }
 
-    fn int<I: IntoIterator<Item = Option<i64>>>(mut self, name: &str, values: I) -> Self {
+    pub(crate) fn int<I: IntoIterator<Item = Option<i64>>>(
+        mut self,
+        name: &str,
+        values: I,
+    ) -> Self {
         self.fields.push(Field::new(name, DataType::Int64, true));
         self.arrays
             .push(Arc::new(values.into_iter().collect::<Int64Array>()));
         self
     }
 
-    fn boolean<I: IntoIterator<Item = Option<bool>>>(mut self, name: &str, values: I) -> Self {
+    pub(crate) fn boolean<I: IntoIterator<Item = Option<bool>>>(
+        mut self,
+        name: &str,
+        values: I,
+    ) -> Self {
         self.fields.push(Field::new(name, DataType::Boolean, true));
         self.arrays
             .push(Arc::new(values.into_iter().collect::<BooleanArray>()));
@@ -75,7 +87,7 @@ impl Columns {
         self
     }
 
-    fn finish(self) -> Result<RecordBatch> {
+    pub(crate) fn finish(self) -> Result<RecordBatch> {
         Ok(RecordBatch::try_new(
             Arc::new(Schema::new(self.fields)),
             self.arrays,
@@ -325,6 +337,11 @@ pub(crate) fn system_view(
                                 "CLUSTER_ARN": cluster_arn,
                                 "IAM_ROLE": iam_role,
                                 "AUTHENTICATION": authentication,
+                            }),
+                            ExternalSource::Redshift { database, schema } => serde_json::json!({
+                                "SOURCE": s.2.kind_name(),
+                                "DATABASE": database,
+                                "SCHEMA": schema,
                             }),
                         };
                         Some(options.to_string())

@@ -2,6 +2,7 @@
 //! ports (Tributary itself, moto for S3, the Python client drivers) and assert what a user
 //! would see.
 
+mod access;
 mod cdc;
 mod clients;
 mod concurrency;
