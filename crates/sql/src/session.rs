@@ -237,6 +237,7 @@ impl Session {
             });
         }
         self.catalogs.pin_statement();
+        crate::sharing::pin_producers(self).await?;
         let prepared = self.rewrite(statement.clone())?;
         let plan = self.plan(&prepared).await?;
         let types = plan.get_parameter_types()?;

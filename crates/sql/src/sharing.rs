@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use object_store::path::Path;
 use tributary_catalog::{
     Catalog, CatalogState, Database, Datashare, Privilege, Relation, SharedDatabase,
 };
@@ -118,8 +117,7 @@ impl Sharing {
                     "no namespace registry is configured: start the server with --namespace-registry URL".into(),
                 )
             })?;
-        let path = Path::from(format!("{}{namespace}.json", registry_prefix(&registry)));
-        let bytes = match registry.read(&path).await {
+        let bytes = match registry.read_suffix(&format!("{namespace}.json")).await {
             Ok(bytes) => bytes,
             Err(tributary_storage::Error::ObjectStore(object_store::Error::NotFound {
                 ..
@@ -146,14 +144,6 @@ impl Sharing {
     }
 }
 
-fn registry_prefix(registry: &ExternalLocation) -> String {
-    // The registry's objects are `<prefix><namespace>.json`; `url_of` of an empty path is
-    // the base, so the prefix is what `write` prepends.
-    let probe = registry.url_of(&Path::from(""));
-    let base = registry.base().to_string();
-    probe.strip_prefix(&base).unwrap_or_default().to_string()
-}
-
 /// The producer states a transaction reads, pinned at its first use of each producer.
 #[derive(Debug, Default)]
 pub(crate) struct PinnedProducers {
@@ -170,6 +160,10 @@ impl PinnedProducers {
 /// datashare that the transaction has not pinned yet. Called before each statement is
 /// planned, because DataFusion resolves tables synchronously.
 pub(crate) async fn pin_producers(session: &Session) -> Result<()> {
+    if session.catalogs().transaction_slot().is_none() {
+        // Outside a transaction (describing a prepared statement): read the newest.
+        session.catalogs().unpin_producers();
+    }
     let state = session.catalogs().pinned();
     let wanted: Vec<Uuid> = state
         .databases
@@ -263,8 +257,11 @@ impl CatalogProvider for SharedCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        let (_, state, share) = shared_view(&self.catalogs, &self.database).ok()?;
-        if !share.schemas.contains(name) || state.schema(&share.database, name).is_err() {
+        // When the share itself is unreadable (revoked, dropped, producer unreachable), the
+        // schema's tables say why instead of "does not exist".
+        if let Ok((_, state, share)) = shared_view(&self.catalogs, &self.database)
+            && (!share.schemas.contains(name) || state.schema(&share.database, name).is_err())
+        {
             return None;
         }
         Some(Arc::new(SharedSchema {
@@ -304,8 +301,10 @@ impl SchemaProvider for SharedSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let (producer, state, share) = shared_view(&self.catalogs, &self.database)
-            .map_err(|message| DataFusionError::Plan(message))?;
+        let (producer, state, share) =
+            shared_view(&self.catalogs, &self.database).map_err(|message| {
+                DataFusionError::External(Box::new(Error::PermissionDenied(message)))
+            })?;
         if !share.shares_relation(&self.schema, name) {
             return Ok(None);
         }

@@ -467,6 +467,7 @@ impl SessionCatalogs {
 
     fn end(&self, txn: Transaction) {
         drop(txn);
+        self.unpin_producers();
         self.pin_latest();
     }
 }

@@ -110,6 +110,12 @@ impl ExternalLocation {
         Ok(self.store.get(path).await?.bytes().await?)
     }
 
+    /// Reads the object named `<prefix><suffix>`.
+    pub async fn read_suffix(&self, suffix: &str) -> Result<Bytes> {
+        self.read(&Path::from(format!("{}{suffix}", self.prefix)))
+            .await
+    }
+
     /// Writes one object named `<prefix><suffix>` and returns its URL.
     pub async fn write(&self, suffix: &str, bytes: Bytes) -> Result<String> {
         let path = Path::from(format!("{}{suffix}", self.prefix));

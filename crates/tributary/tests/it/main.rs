@@ -13,6 +13,7 @@ mod kafka;
 mod maintenance;
 mod mirror;
 mod s3;
+mod sharing;
 mod slt;
 mod stream_service;
 mod streaming;
