@@ -987,12 +987,12 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
                 )));
             }
         }
-        Statement::CreateDatabase { .. } => {
-            if !state.users.get(user).is_some_and(|u| u.create_database) {
-                return Err(Error::PermissionDenied(
-                    "CREATE DATABASE: needs CREATEDB or a superuser".into(),
-                ));
-            }
+        Statement::CreateDatabase { .. }
+            if !state.users.get(user).is_some_and(|u| u.create_database) =>
+        {
+            return Err(Error::PermissionDenied(
+                "CREATE DATABASE: needs CREATEDB or a superuser".into(),
+            ));
         }
         Statement::Drop {
             object_type, names, ..

@@ -354,7 +354,7 @@ pub(crate) async fn create_external_schema(
             let target = pinned
                 .database(&database)
                 .map_err(|_| Error::UndefinedDatabase(database.clone()))?;
-            if target.share.is_none() && target.schemas.get(&schema).is_none() {
+            if target.share.is_none() && !target.schemas.contains_key(&schema) {
                 return Err(Error::UndefinedSchema(schema));
             }
             crate::access::require_superuser(session, "CREATE EXTERNAL SCHEMA")?;
