@@ -56,6 +56,28 @@ fn accept_any_types<T>(_: &Vec<T>, _: &Vec<T>) -> bool {
 
 /// Runs one file against a fresh in-process engine.
 pub async fn run_slt_in_process(file: &Path) -> Result<(), String> {
+    // Sessions run on threads with the server's stack size (deep procedure nesting needs
+    // it), not on the test's thread.
+    let file = file.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::thread::Builder::new()
+            .stack_size(tributary_sql::THREAD_STACK_BYTES)
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?
+                    .block_on(run_in_process(&file))
+            })
+            .map_err(|e| e.to_string())?
+            .join()
+            .map_err(|_| "the slt runner panicked".to_string())?
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+async fn run_in_process(file: &Path) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let engine = Engine::open(dir.path().to_str().expect("utf-8"), None)
         .await

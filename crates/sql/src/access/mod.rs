@@ -876,6 +876,15 @@ pub(crate) fn check_relation(
     let Ok(db) = state.database(&database) else {
         return Ok(());
     };
+    if let Access::Write(privilege) = access
+        && database != session.database()
+    {
+        // As in Redshift, other databases are read-only through three-part names.
+        return Err(Error::NotSupported(format!(
+            "{} is not allowed on \"{database}\": other databases are read-only; connect to \"{database}\" to write",
+            privilege.name()
+        )));
+    }
     if db.share.is_some() {
         if let Access::Write(privilege) = access {
             return Err(read_only_share(&database, privilege));

@@ -345,3 +345,56 @@ async fn privileges_are_enforced_for_each_statement_kind() {
     admin.batch_execute("DROP GROUP bi_users").await.unwrap();
     server.stop().await;
 }
+
+/// Queries across databases of one instance read with three-part names; writes are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_databases_are_read_only_by_three_part_names() {
+    let server = TestServer::start().await;
+    let admin = server.client().await;
+    admin.batch_execute("CREATE DATABASE sales").await.unwrap();
+    let (sales, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=admin dbname=sales",
+            server.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sales
+        .batch_execute(
+            "CREATE TABLE public.orders (id INT); INSERT INTO public.orders VALUES (1), (2)",
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE TABLE public.local (id INT); INSERT INTO public.local VALUES (2)")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM sales.public.orders o JOIN public.local l ON l.id = o.id"
+        )
+        .await,
+        1
+    );
+    refused(
+        &admin,
+        "INSERT INTO sales.public.orders VALUES (3)",
+        "0A000",
+        "read-only",
+    )
+    .await;
+    refused(
+        &admin,
+        "DELETE FROM sales.public.orders",
+        "0A000",
+        "read-only",
+    )
+    .await;
+    server.stop().await;
+}
