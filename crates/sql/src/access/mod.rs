@@ -982,10 +982,16 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
         Statement::CreateTable(create) => {
             let (schema, _) = session.resolve_for_create(&create.name)?;
             check_create_in(session, &schema)?;
+            if let Some(query) = &create.query {
+                check_reads(session, query)?;
+            }
         }
         Statement::CreateView(create) => {
             let (schema, _) = session.resolve_for_create(&create.name)?;
             check_create_in(session, &schema)?;
+            // A view's (or a streaming view's) query reads what it names: USAGE on an
+            // external schema, SELECT on tables.
+            check_reads(session, &create.query)?;
         }
         Statement::CreateSchema { .. } => {
             let db = state.database(session.database())?;
@@ -1080,6 +1086,16 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
         _ => {}
     }
     Ok(())
+}
+
+/// Checks the relations a CREATE ... AS query reads.
+fn check_reads(session: &Session, query: &Query) -> Result<()> {
+    let statement = Statement::Query(Box::new(query.clone()));
+    // A query the rewrite cannot handle fails later with its own error.
+    match session.rewrite(statement) {
+        Ok(qualified) => check_statement(session, &qualified),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Checks that the user may call a procedure (EXECUTE).

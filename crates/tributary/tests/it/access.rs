@@ -109,6 +109,21 @@ async fn privileges_are_enforced_for_each_statement_kind() {
         "relation recent",
     )
     .await;
+    // CREATE ... AS reads need SELECT too.
+    refused(
+        &alice,
+        "CREATE TABLE public.copy AS SELECT * FROM website.clicks",
+        "42501",
+        "relation clicks",
+    )
+    .await;
+    refused(
+        &alice,
+        "CREATE VIEW public.v AS SELECT * FROM website.clicks",
+        "42501",
+        "relation clicks",
+    )
+    .await;
     admin
         .batch_execute("GRANT SELECT ON ALL TABLES IN SCHEMA website TO GROUP bi_users")
         .await
