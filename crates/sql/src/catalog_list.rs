@@ -42,6 +42,8 @@ struct Inner {
     context: RwLock<Weak<SessionContext>>,
     /// The open transaction, if any. Never held across an await.
     transaction: Mutex<Option<Transaction>>,
+    /// The user whose privileges apply (the session's, or a SECURITY DEFINER owner's).
+    user: RwLock<String>,
     /// The producer catalog versions the open transaction reads through datashares.
     producers: Mutex<crate::sharing::PinnedProducers>,
 }
@@ -57,6 +59,7 @@ impl SessionCatalogs {
                 temp: Arc::new(MemorySchemaProvider::new()),
                 context: RwLock::new(Weak::new()),
                 transaction: Mutex::new(None),
+                user: RwLock::new(String::new()),
                 producers: Mutex::new(Default::default()),
             }),
         }
@@ -79,6 +82,18 @@ impl SessionCatalogs {
 
     pub(crate) fn set_pinned(&self, state: Arc<CatalogState>) {
         *self.inner.pinned.write().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    pub(crate) fn set_user(&self, user: &str) {
+        *self.inner.user.write().unwrap_or_else(|e| e.into_inner()) = user.to_string();
+    }
+
+    pub(crate) fn user(&self) -> String {
+        self.inner
+            .user
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn producers(&self) -> MutexGuard<'_, crate::sharing::PinnedProducers> {

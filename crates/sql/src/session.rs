@@ -112,6 +112,7 @@ pub struct Notice {
 impl Session {
     pub(crate) fn new(engine: Arc<Engine>, user: &str, database: &str) -> Result<Self> {
         let catalogs = SessionCatalogs::new(engine.clone());
+        catalogs.set_user(user);
         catalogs.pinned().database(database)?;
         let clock = functions::StatementClock::default();
         let case_sensitive = crate::partiql::CaseSensitivity::default();
@@ -142,6 +143,7 @@ impl Session {
     /// Makes `user` the user whose privileges statements are checked against (a SECURITY
     /// DEFINER procedure's owner while its body runs); returns the previous one.
     pub(crate) fn swap_user(&mut self, user: String) -> String {
+        self.catalogs.set_user(&user);
         std::mem::replace(&mut self.user, user)
     }
 

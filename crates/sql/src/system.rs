@@ -191,11 +191,70 @@ impl SystemSchema {
             }
             _ => return Ok(None),
         };
+        let batch = visible_rows(&state, &self.catalogs.user(), &self.database, name, batch)?;
         Ok(Some(Arc::new(MemTable::try_new(
             batch.schema(),
             vec![vec![batch]],
         )?)))
     }
+}
+
+/// The rows of a catalog view a user may see, as in Redshift: a user who is not a superuser
+/// sees the relations it may use (USAGE on the schema and a privilege on the relation).
+fn visible_rows(
+    state: &CatalogState,
+    user: &str,
+    database: &str,
+    view: &str,
+    batch: RecordBatch,
+) -> DfResult<RecordBatch> {
+    use tributary_catalog::Privilege as P;
+    if state.is_superuser(user) {
+        return Ok(batch);
+    }
+    let (schema_column, name_column) = match view {
+        "svv_tables" | "svv_all_tables" | "svv_columns" | "svv_all_columns" => {
+            ("table_schema", "table_name")
+        }
+        "pg_table_def" => ("schemaname", "tablename"),
+        "svv_table_info" => ("schema", "table"),
+        "stv_mv_info" => ("schema", "name"),
+        _ => return Ok(batch),
+    };
+    let text = |column: &str| -> Option<Vec<Option<String>>> {
+        let array = batch.column_by_name(column)?;
+        let array = arrow::compute::cast(array, &DataType::Utf8).ok()?;
+        let array = array.as_any().downcast_ref::<StringArray>()?.clone();
+        Some(array.iter().map(|v| v.map(str::to_string)).collect())
+    };
+    let (Some(schemas), Some(names)) = (text(schema_column), text(name_column)) else {
+        return Ok(batch);
+    };
+    let keep: BooleanArray = schemas
+        .iter()
+        .zip(&names)
+        .map(|(schema, name)| {
+            let (Some(schema), Some(name)) = (schema, name) else {
+                return Some(false);
+            };
+            let Ok(found) = state.schema(database, schema) else {
+                return Some(false);
+            };
+            if !state.holds(user, found.oid, &found.owner, P::Usage) {
+                return Some(false);
+            }
+            let Some(relation) = found.relations.get(name) else {
+                return Some(false);
+            };
+            let owner = CatalogState::relation_owner(relation);
+            Some(
+                [P::Select, P::Insert, P::Update, P::Delete, P::References]
+                    .into_iter()
+                    .any(|p| state.holds(user, relation.oid(), owner, p)),
+            )
+        })
+        .collect();
+    Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
 }
 
 #[async_trait]

@@ -109,6 +109,23 @@ async fn privileges_are_enforced_for_each_statement_kind() {
         "relation recent",
     )
     .await;
+    // Catalog views show a user what it may use.
+    assert_eq!(
+        count(
+            &alice,
+            "SELECT count(*) FROM svv_tables WHERE table_schema = 'website'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM svv_tables WHERE table_schema = 'website'"
+        )
+        .await,
+        2
+    );
     // CREATE ... AS reads need SELECT too.
     refused(
         &alice,
@@ -130,6 +147,14 @@ async fn privileges_are_enforced_for_each_statement_kind() {
         .unwrap();
     assert_eq!(
         count(&alice, "SELECT count(*) FROM website.clicks").await,
+        2
+    );
+    assert_eq!(
+        count(
+            &alice,
+            "SELECT count(*) FROM svv_tables WHERE table_schema = 'website'"
+        )
+        .await,
         2
     );
     assert_eq!(
