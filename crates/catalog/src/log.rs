@@ -51,22 +51,24 @@ impl Catalog {
     }
 
     /// Reads the newest catalog version in `store` without opening it for writing (another
-    /// namespace's catalog, read by a consumer of its datashares). None if there is none.
-    pub async fn read_latest(store: Arc<dyn ObjectStore>) -> Result<Option<CatalogState>> {
-        match latest_version(store.as_ref()).await? {
-            Some(version) => match read_version(store.as_ref(), version).await {
-                Ok(state) => Ok(Some(state)),
-                // Deleted between the listing and the read (it was old): read the newest again.
-                Err(Error::Storage(object_store::Error::NotFound { .. })) => {
-                    match latest_version(store.as_ref()).await? {
-                        Some(version) => Ok(Some(read_version(store.as_ref(), version).await?)),
-                        None => Ok(None),
-                    }
-                }
-                Err(err) => Err(err),
-            },
-            None => Ok(None),
+    /// namespace's catalog, read by a consumer of its datashares), if it is newer than
+    /// `known` (0: any). One listing, and one read only when there is a newer version.
+    pub async fn read_newer(
+        store: Arc<dyn ObjectStore>,
+        known: u64,
+    ) -> Result<Option<CatalogState>> {
+        for _ in 0..2 {
+            let Some(version) = latest_version(store.as_ref()).await?.filter(|v| *v > known) else {
+                return Ok(None);
+            };
+            match read_version(store.as_ref(), version).await {
+                Ok(state) => return Ok(Some(state)),
+                // Deleted between the listing and the read (it was old): list again.
+                Err(Error::Storage(object_store::Error::NotFound { .. })) => continue,
+                Err(err) => return Err(err),
+            }
         }
+        Ok(None)
     }
 
     /// True if this `open` created the catalog (a brand-new data root).

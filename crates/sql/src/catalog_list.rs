@@ -103,10 +103,6 @@ impl SessionCatalogs {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn producers_mut(&self) -> MutexGuard<'_, crate::sharing::PinnedProducers> {
-        self.producers()
-    }
-
     /// Forgets the producer versions of the transaction that ended.
     pub(crate) fn unpin_producers(&self) {
         *self.producers() = Default::default();

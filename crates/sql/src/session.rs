@@ -147,11 +147,6 @@ impl Session {
         std::mem::replace(&mut self.user, user)
     }
 
-    /// The schemas unqualified names are looked up in, in order.
-    pub(crate) fn search_path(&self) -> Vec<String> {
-        self.settings.search_path(&self.user)
-    }
-
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

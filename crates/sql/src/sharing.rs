@@ -52,25 +52,33 @@ pub(crate) struct Producer {
 }
 
 impl Producer {
-    /// Reads the producer's newest catalog version.
+    /// The producer's newest catalog version; the catalog file is read only when the
+    /// listing shows a version newer than the one already read.
     async fn refresh(&self) -> Result<Arc<CatalogState>> {
-        let state = Catalog::read_latest(self.storage.object_store())
-            .await?
-            .ok_or_else(|| {
-                Error::UndefinedObject(format!(
-                    "namespace {} has no catalog at {}",
-                    self.namespace,
-                    self.storage.url()
-                ))
-            })?;
+        let known = self
+            .latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let newer = Catalog::read_newer(
+            self.storage.object_store(),
+            known.as_ref().map_or(0, |k| k.version),
+        )
+        .await?;
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        // Never go back: a listing that raced a commit may return an older version.
-        let state = match latest.as_ref() {
-            Some(known) if known.version > state.version => known.clone(),
-            _ => Arc::new(state),
-        };
-        *latest = Some(state.clone());
-        Ok(state)
+        if let Some(state) = newer
+            // Another refresh may have stored a newer one meanwhile: never go back.
+            && latest.as_ref().is_none_or(|l| l.version < state.version)
+        {
+            *latest = Some(Arc::new(state));
+        }
+        latest.clone().ok_or_else(|| {
+            Error::UndefinedObject(format!(
+                "namespace {} has no catalog at {}",
+                self.namespace,
+                self.storage.url()
+            ))
+        })
     }
 }
 
@@ -194,9 +202,7 @@ impl SessionCatalogs {
     }
 
     fn pin_producer(&self, namespace: Uuid, producer: Arc<Producer>, state: Arc<CatalogState>) {
-        self.producers_mut()
-            .states
-            .insert(namespace, (producer, state));
+        self.producers().states.insert(namespace, (producer, state));
     }
 }
 

@@ -500,27 +500,66 @@ fn grant(
     Ok(Output::command(if revoke { "REVOKE" } else { "GRANT" }))
 }
 
-/// Resolves a schema name (`s` or `db.s`) in the current database.
-fn schema_target(session: &Session, state: &CatalogState, name: &Name) -> Result<Target> {
-    let (database, schema) = match name.as_slice() {
-        [schema] => (session.database().to_string(), schema.clone()),
-        [database, schema] => (database.clone(), schema.clone()),
-        _ => {
-            return Err(Error::Syntax(format!(
-                "improper schema name {}",
-                name.join(".")
-            )));
+impl Target {
+    fn relation(name: &str, relation: &Relation) -> Self {
+        Target {
+            oid: relation.oid(),
+            owner: CatalogState::relation_owner(relation).to_string(),
+            kind: "relation",
+            describe: format!("relation {name}"),
         }
-    };
-    let found = state
+    }
+
+    fn schema(name: &str, schema: &tributary_catalog::Schema) -> Self {
+        Target {
+            oid: schema.oid,
+            owner: schema.owner.clone(),
+            kind: "schema",
+            describe: format!("schema {name}"),
+        }
+    }
+
+    fn procedure(procedure: &tributary_catalog::Procedure) -> Self {
+        Target {
+            oid: procedure.oid,
+            owner: procedure.owner.clone(),
+            kind: "procedure",
+            describe: format!("procedure {}", procedure.name),
+        }
+    }
+}
+
+/// `s` (in the current database) or `db.s`: its database and name.
+fn schema_name(session: &Session, name: &Name) -> Result<(String, String)> {
+    match name.as_slice() {
+        [schema] => Ok((session.database().to_string(), schema.clone())),
+        [database, schema] => Ok((database.clone(), schema.clone())),
+        _ => Err(Error::Syntax(format!(
+            "improper schema name {}",
+            name.join(".")
+        ))),
+    }
+}
+
+/// The schema a name refers to.
+fn find_schema<'a>(
+    session: &Session,
+    state: &'a CatalogState,
+    name: &Name,
+) -> Result<&'a tributary_catalog::Schema> {
+    let (database, schema) = schema_name(session, name)?;
+    state
         .schema(&database, &schema)
-        .map_err(|_| Error::UndefinedSchema(schema.clone()))?;
-    Ok(Target {
-        oid: found.oid,
-        owner: found.owner.clone(),
-        kind: "schema",
-        describe: format!("schema {schema}"),
-    })
+        .map_err(|_| Error::UndefinedSchema(schema))
+}
+
+/// A name as written, for the resolvers that take parsed names (its parts keep their case).
+fn object_name(name: &Name) -> datafusion::sql::sqlparser::ast::ObjectName {
+    datafusion::sql::sqlparser::ast::ObjectName::from(
+        name.iter()
+            .map(|part| datafusion::sql::sqlparser::ast::Ident::with_quote('"', part))
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn grant_targets(
@@ -532,7 +571,7 @@ fn grant_targets(
     match object {
         GrantObject::Tables(names) => {
             for name in names {
-                let (database, schema, relation) = relation_name(session, state, name)?;
+                let (database, schema, relation) = relation_name(session, name)?;
                 if state.database(&database).is_ok_and(|d| d.share.is_some()) {
                     return Err(Error::NotSupported(format!(
                         "\"{database}\" is a database made from a datashare: grant USAGE ON DATABASE {database} instead"
@@ -541,36 +580,20 @@ fn grant_targets(
                 let found = state
                     .relation(&database, &schema, &relation)
                     .ok_or_else(|| Error::UndefinedTable(format!("{schema}.{relation}")))?;
-                targets.push(Target {
-                    oid: found.oid(),
-                    owner: CatalogState::relation_owner(found).to_string(),
-                    kind: "relation",
-                    describe: format!("relation {relation}"),
-                });
+                targets.push(Target::relation(&relation, found));
             }
         }
         GrantObject::AllTablesInSchema(schemas) => {
             for name in schemas {
-                schema_target(session, state, name)?;
-                let (database, schema) = match name.as_slice() {
-                    [schema] => (session.database().to_string(), schema.clone()),
-                    [database, schema] => (database.clone(), schema.clone()),
-                    _ => unreachable!("schema_target accepted it"),
-                };
-                let found = state.schema(&database, &schema)?;
-                for (relation_name, relation) in &found.relations {
-                    targets.push(Target {
-                        oid: relation.oid(),
-                        owner: CatalogState::relation_owner(relation).to_string(),
-                        kind: "relation",
-                        describe: format!("relation {relation_name}"),
-                    });
+                for (relation_name, relation) in &find_schema(session, state, name)?.relations {
+                    targets.push(Target::relation(relation_name, relation));
                 }
             }
         }
         GrantObject::Schemas(names) => {
             for name in names {
-                targets.push(schema_target(session, state, name)?);
+                let schema = find_schema(session, state, name)?;
+                targets.push(Target::schema(&name.join("."), schema));
             }
         }
         GrantObject::Databases(names) => {
@@ -588,56 +611,16 @@ fn grant_targets(
             }
         }
         GrantObject::Procedures(names) => {
-            for (name, _types) in names {
-                let (schema, procedure) = match name.as_slice() {
-                    [procedure] => (session.creation_schema()?, procedure.clone()),
-                    [schema, procedure] => (schema.clone(), procedure.clone()),
-                    _ => {
-                        return Err(Error::Syntax(format!(
-                            "improper procedure name {}",
-                            name.join(".")
-                        )));
-                    }
-                };
-                let found = state
-                    .schema(session.database(), &schema)
-                    .map_err(|_| Error::UndefinedSchema(schema.clone()))?;
-                let overloads: Vec<_> = found
-                    .procedures
-                    .values()
-                    .filter(|p| p.name == procedure)
-                    .collect();
-                if overloads.is_empty() {
-                    return Err(Error::UndefinedFunction(format!(
-                        "procedure {schema}.{procedure} does not exist"
-                    )));
-                }
-                for p in overloads {
-                    targets.push(Target {
-                        oid: p.oid,
-                        owner: p.owner.clone(),
-                        kind: "procedure",
-                        describe: format!("procedure {procedure}"),
-                    });
-                }
+            for (name, types) in names {
+                let (_, procedure) =
+                    crate::procedure::resolve(session, &object_name(name), types.as_deref())?;
+                targets.push(Target::procedure(&procedure));
             }
         }
         GrantObject::AllProceduresInSchema(schemas) => {
             for name in schemas {
-                schema_target(session, state, name)?;
-                let schema = name.last().cloned().unwrap_or_default();
-                let database = if name.len() == 2 {
-                    name[0].clone()
-                } else {
-                    session.database().to_string()
-                };
-                for p in state.schema(&database, &schema)?.procedures.values() {
-                    targets.push(Target {
-                        oid: p.oid,
-                        owner: p.owner.clone(),
-                        kind: "procedure",
-                        describe: format!("procedure {}", p.name),
-                    });
+                for procedure in find_schema(session, state, name)?.procedures.values() {
+                    targets.push(Target::procedure(procedure));
                 }
             }
         }
@@ -645,28 +628,17 @@ fn grant_targets(
     Ok(targets)
 }
 
-/// `[[db.]schema.]name` of an existing relation: (database, schema, name).
-fn relation_name(
-    session: &Session,
-    state: &CatalogState,
-    name: &Name,
-) -> Result<(String, String, String)> {
-    let database = session.database().to_string();
+/// `[[db.]schema.]name` of an existing relation: (database, schema, name). A name in another
+/// database is taken as written; others resolve as statements resolve them.
+fn relation_name(session: &Session, name: &Name) -> Result<(String, String, String)> {
     match name.as_slice() {
-        [relation] => {
-            let schema = session
-                .search_path()
-                .into_iter()
-                .find(|s| state.relation(&database, s, relation).is_some())
-                .ok_or_else(|| Error::UndefinedTable(relation.clone()))?;
-            Ok((database, schema, relation.clone()))
+        [database, schema, relation] if database != session.database() => {
+            Ok((database.clone(), schema.clone(), relation.clone()))
         }
-        [schema, relation] => Ok((database, schema.clone(), relation.clone())),
-        [db, schema, relation] => Ok((db.clone(), schema.clone(), relation.clone())),
-        _ => Err(Error::Syntax(format!(
-            "improper qualified name (too many dotted names): {}",
-            name.join(".")
-        ))),
+        _ => {
+            let (schema, relation) = session.resolve_existing(&object_name(name))?;
+            Ok((session.database().to_string(), schema, relation))
+        }
     }
 }
 
@@ -697,7 +669,7 @@ fn set_owner(session: &mut Session, kind: ObjectKind, name: Name, owner: String)
     };
     match kind {
         ObjectKind::Table | ObjectKind::View => {
-            let (db, schema, relation) = relation_name(session, &pinned, &name)?;
+            let (db, schema, relation) = relation_name(session, &name)?;
             let found = pinned
                 .relation(&db, &schema, &relation)
                 .ok_or_else(|| Error::UndefinedTable(relation.clone()))?;
@@ -715,11 +687,11 @@ fn set_owner(session: &mut Session, kind: ObjectKind, name: Name, owner: String)
             })?;
         }
         ObjectKind::Schema => {
-            let target = schema_target(session, &pinned, &name)?;
-            not_owner(&target.owner, target.describe)?;
-            let schema = name.last().cloned().unwrap_or_default();
+            let (db, schema) = schema_name(session, &name)?;
+            let found = find_schema(session, &pinned, &name)?;
+            not_owner(&found.owner, format!("schema {schema}"))?;
             session.catalogs().modify(|state| {
-                state.schema_mut(&database, &schema)?.owner = owner.clone();
+                state.schema_mut(&db, &schema)?.owner = owner.clone();
                 Ok(())
             })?;
         }
@@ -737,29 +709,17 @@ fn set_owner(session: &mut Session, kind: ObjectKind, name: Name, owner: String)
             })?;
         }
         ObjectKind::Procedure => {
-            let (schema, procedure) = match name.as_slice() {
-                [procedure] => (session.creation_schema()?, procedure.clone()),
-                [schema, procedure] => (schema.clone(), procedure.clone()),
-                _ => return Err(Error::Syntax("improper procedure name".into())),
-            };
-            let found = pinned
-                .schema(&database, &schema)
-                .map_err(|_| Error::UndefinedSchema(schema.clone()))?;
-            let Some(current) = found.procedures.values().find(|p| p.name == procedure) else {
-                return Err(Error::UndefinedFunction(format!(
-                    "procedure {schema}.{procedure} does not exist"
-                )));
-            };
-            not_owner(&current.owner, format!("procedure {procedure}"))?;
+            let (schema, procedure) =
+                crate::procedure::resolve(session, &object_name(&name), None)?;
+            not_owner(&procedure.owner, format!("procedure {}", procedure.name))?;
+            let signature = procedure.signature();
             session.catalogs().modify(|state| {
-                for p in state
+                if let Some(p) = state
                     .schema_mut(&database, &schema)?
                     .procedures
-                    .values_mut()
+                    .get_mut(&signature)
                 {
-                    if p.name == procedure {
-                        p.owner = owner.clone();
-                    }
+                    p.owner = owner.clone();
                 }
                 Ok(())
             })?;
@@ -798,10 +758,9 @@ pub(crate) enum Access {
 pub(crate) fn check_statement(session: &Session, statement: &Statement) -> Result<()> {
     let state = session.catalogs().pinned();
     let user = session.user();
-    let targets: Vec<(Vec<String>, Vec<Privilege>)> = write_privileges(statement);
+    let mut pending_targets = write_privileges(statement);
     let mut collector = Relations::default();
     let _ = statement.visit(&mut collector);
-    let mut pending_targets: Vec<(Vec<String>, Vec<Privilege>)> = targets;
     for name in collector.names {
         if name.len() == 1 && collector.ctes.contains(&name[0]) {
             continue;

@@ -316,6 +316,36 @@ fn find(
     Ok(None)
 }
 
+/// The procedure a GRANT or ALTER names: `[schema.]name`, with its input argument types when
+/// given (without them the name must be unique, as in Postgres).
+pub(crate) fn resolve(
+    session: &Session,
+    name: &ObjectName,
+    types: Option<&[String]>,
+) -> Result<(String, Procedure)> {
+    let wanted = types
+        .map(|types| {
+            types
+                .iter()
+                .map(|t| resolve_type(t).map(|t| t.base_name()))
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?;
+    find(session, name, |p| match &wanted {
+        None => true,
+        Some(wanted) => {
+            let inputs: Vec<String> = p
+                .arguments
+                .iter()
+                .filter(|a| a.mode.is_input())
+                .map(|a| a.sql_type.base_name())
+                .collect();
+            inputs == *wanted
+        }
+    })?
+    .ok_or_else(|| Error::UndefinedFunction(format!("procedure {name} does not exist")))
+}
+
 /// `CALL name(args)`.
 async fn call(session: &mut Session, function: &Function, autocommit: bool) -> Result<Output> {
     let arguments: Vec<Expr> = match &function.args {
