@@ -622,18 +622,26 @@ async fn database_from_share(
 }
 
 /// `svv_datashares`, `svv_datashare_objects` and `svv_datashare_consumers`: outbound shares
-/// of this namespace, and inbound ones (databases made from shares).
+/// of this namespace, and inbound ones (databases made from shares). As in Redshift, a user
+/// who is not a superuser sees its own: the outbound shares it owns, and the inbound ones
+/// whose database it may use.
 pub(crate) fn system_view(
     catalogs: &SessionCatalogs,
     state: &CatalogState,
     name: &str,
 ) -> Result<Option<RecordBatch>> {
     use crate::streaming::views::Columns;
+    let user = catalogs.user();
     let namespace = state.namespace.to_string();
-    let outbound: Vec<(&String, &Datashare)> = state.datashares.iter().collect();
+    let outbound: Vec<(&String, &Datashare)> = state
+        .datashares
+        .iter()
+        .filter(|(_, share)| share.owner == user || state.is_superuser(&user))
+        .collect();
     let inbound: Vec<(&String, &SharedDatabase)> = state
         .databases
         .iter()
+        .filter(|(_, d)| state.holds(&user, d.oid, &d.owner, Privilege::Usage))
         .filter_map(|(db, d)| d.share.as_ref().map(|s| (db, s)))
         .collect();
     let batch = match name {

@@ -199,9 +199,10 @@ impl SystemSchema {
     }
 }
 
-/// The rows of a catalog view a user may see, as in Redshift: a user who is not a superuser
-/// sees the relations it may use (USAGE on the schema and a privilege on the relation).
-fn visible_rows(
+/// The rows of a system view a user may see, as in Redshift: a user who is not a superuser
+/// sees the relations it may use (USAGE on the schema and a privilege on the relation), the
+/// streaming views' rows of those relations, and its own load errors.
+pub(crate) fn visible_rows(
     state: &CatalogState,
     user: &str,
     database: &str,
@@ -219,6 +220,20 @@ fn visible_rows(
         "pg_table_def" => ("schemaname", "tablename"),
         "svv_table_info" => ("schema", "table"),
         "stv_mv_info" => ("schema", "name"),
+        "sys_mv_refresh_history"
+        | "sys_stream_scan_states"
+        | "sys_stream_lag"
+        | "sys_stream_scan_errors" => ("schema_name", "mv_name"),
+        "stl_load_errors" => {
+            let Some(users) = batch
+                .column_by_name("userid")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            else {
+                return Ok(batch);
+            };
+            let own: BooleanArray = users.iter().map(|u| Some(u == Some(user))).collect();
+            return Ok(arrow::compute::filter_record_batch(&batch, &own)?);
+        }
         _ => return Ok(batch),
     };
     let text = |column: &str| -> Option<Vec<Option<String>>> {
@@ -275,10 +290,17 @@ impl SchemaProvider for SystemSchema {
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if name == "sys_stream_scan_errors" {
             let engine = self.catalogs.engine();
-            return crate::streaming::scan_errors_table(engine, &self.database)
+            let batches = crate::streaming::scan_errors(engine, &self.database)
                 .await
-                .map(Some)
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            let state = self.catalogs.pinned();
+            let user = self.catalogs.user();
+            let batches = batches
+                .into_iter()
+                .map(|batch| visible_rows(&state, &user, &self.database, name, batch))
+                .collect::<DfResult<Vec<_>>>()?;
+            let schema = crate::streaming::scan_errors_schema();
+            return Ok(Some(Arc::new(MemTable::try_new(schema, vec![batches])?)));
         }
         let views = if matches!(name, "svv_columns" | "svv_all_columns") {
             self.view_columns().await

@@ -43,10 +43,10 @@ use crate::syntax;
 use crate::transaction::WriteKind;
 use crate::{Error, Result};
 
-pub(crate) use errors::ScanError;
+pub(crate) use errors::{ScanError, schema as scan_errors_schema};
 pub(crate) use pipeline::Pipeline;
 pub use runner::StreamingSettings;
-pub(crate) use views::{VIEWS as SYSTEM_VIEWS, scan_errors_table, system_view};
+pub(crate) use views::{VIEWS as SYSTEM_VIEWS, scan_errors, system_view};
 
 /// Redshift's largest VARBYTE, and its default limit on a stream record's size.
 pub(crate) const VARBYTE_MAX: u32 = 1_024_000;

@@ -6,7 +6,6 @@ use arrow::array::{
     ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use datafusion::catalog::{MemTable, TableProvider};
 use tributary_catalog::{CatalogState, ExternalSource, Relation};
 
 use crate::Result;
@@ -355,10 +354,7 @@ pub(crate) fn system_view(
 }
 
 /// `sys_stream_scan_errors`, limited to the session's database.
-pub(crate) async fn scan_errors_table(
-    engine: &Engine,
-    database: &str,
-) -> Result<Arc<dyn TableProvider>> {
+pub(crate) async fn scan_errors(engine: &Engine, database: &str) -> Result<Vec<RecordBatch>> {
     let batches = engine.streams.errors.read(engine).await?;
     let schema = super::errors::schema();
     let mut kept = Vec::new();
@@ -378,5 +374,5 @@ pub(crate) async fn scan_errors_table(
             .collect();
         kept.push(arrow::compute::filter_record_batch(&batch, &mask)?);
     }
-    Ok(Arc::new(MemTable::try_new(schema, vec![kept])?))
+    Ok(kept)
 }

@@ -5,7 +5,7 @@
 use tokio_postgres::Client;
 use tributary_testkit::TestServer;
 
-async fn login(server: &TestServer, user: &str, password: &str) -> Client {
+pub(crate) async fn login(server: &TestServer, user: &str, password: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(
         &format!(
             "host=127.0.0.1 port={} user={user} password={password} dbname=dev",

@@ -73,6 +73,18 @@ async fn copy_from_stdin_loads_text_and_csv() {
     let (rows, sum, notes): (i64, f64, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!((rows, sum, notes), (4, 8.0, 1));
 
+    // The failed load is in stl_load_errors; another user sees only its own loads there.
+    let errors = "SELECT count(*) FROM stl_load_errors WHERE tbl = 'readings'";
+    let loaded: i64 = client.query_one(errors, &[]).await.unwrap().get(0);
+    assert_eq!(loaded, 1);
+    client
+        .batch_execute("CREATE USER loader PASSWORD 'Loader123'")
+        .await
+        .unwrap();
+    let other = crate::access::login(&server, "loader", "Loader123").await;
+    let seen: i64 = other.query_one(errors, &[]).await.unwrap().get(0);
+    assert_eq!(seen, 0);
+
     // psql's \copy sends the file as COPY FROM STDIN.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("more.csv");

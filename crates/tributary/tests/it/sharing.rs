@@ -233,6 +233,41 @@ async fn seed_004_etl_to_bi_between_two_servers() {
         5
     );
 
+    // Heavy ingestion on the producer: a consumer transaction keeps its snapshot through
+    // every commit, and the consumer's queries never wait for the writer.
+    analyst.batch_execute("BEGIN").await.unwrap();
+    let snapshot = count(&analyst, "SELECT count(*) FROM website.clicks").await;
+    assert_eq!(snapshot, 5);
+    let writer = connect(producer_port).await;
+    let ingestion = tokio::spawn(async move {
+        for _ in 0..20 {
+            writer
+                .batch_execute(
+                    "INSERT INTO website.clicks \
+                     SELECT value, '/bulk', NULL FROM generate_series(1, 5000)",
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let mut reads = 0;
+    while !ingestion.is_finished() {
+        assert_eq!(
+            count(&analyst, "SELECT count(*) FROM website.clicks").await,
+            snapshot,
+            "a consumer transaction reads one producer state"
+        );
+        reads += 1;
+    }
+    ingestion.await.unwrap();
+    assert!(reads > 1, "the consumer read during the ingestion");
+    analyst.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        count(&analyst, "SELECT count(*) FROM website.clicks").await,
+        5 + 20 * 5000
+    );
+    println!("the consumer ran {reads} queries in one transaction during the ingestion");
+
     // The system views on both sides.
     let outbound: i64 = count(
         &producer,
@@ -269,6 +304,14 @@ async fn seed_004_etl_to_bi_between_two_servers() {
         .await,
         1
     );
+    // A user who is not a superuser sees the inbound shares whose database it may use.
+    let inbound = "SELECT count(*) FROM svv_datashares WHERE share_type = 'INBOUND'";
+    assert_eq!(count(&outsider, inbound).await, 0);
+    consumer
+        .batch_execute("GRANT USAGE ON DATABASE etl_to_bi TO outsider")
+        .await
+        .unwrap();
+    assert_eq!(count(&outsider, inbound).await, 1);
 
     // Removing the table, then revoking the share, take effect for the next query.
     producer

@@ -606,6 +606,37 @@ async fn bad_records_are_skipped_and_logged_against(flavor: KinesisFlavor) {
         count(&client, "SELECT count(*) FROM sys_stream_scan_errors").await,
         4
     );
+
+    // A user who is not a superuser sees the rows of the views it may read, as in Redshift.
+    client
+        .batch_execute("CREATE USER viewer PASSWORD 'Viewer123'")
+        .await
+        .unwrap();
+    let viewer = crate::access::login(&server, "viewer", "Viewer123").await;
+    let views = [
+        "sys_stream_scan_errors",
+        "sys_mv_refresh_history",
+        "sys_stream_lag",
+        "sys_stream_scan_states",
+        "stv_mv_info",
+    ];
+    for view in views {
+        let sql = format!("SELECT count(*) FROM {view}");
+        assert!(count(&client, &sql).await > 0, "{sql} as the superuser");
+        assert_eq!(count(&viewer, &sql).await, 0, "{sql} before the grant");
+    }
+    client
+        .batch_execute("GRANT SELECT ON events_mv TO viewer")
+        .await
+        .unwrap();
+    for view in views {
+        let sql = format!("SELECT count(*) FROM {view}");
+        assert_eq!(
+            count(&viewer, &sql).await,
+            count(&client, &sql).await,
+            "{sql} after the grant"
+        );
+    }
     server.stop().await;
 }
 
