@@ -17,7 +17,6 @@ Asserts nothing about speed.
 
 import argparse
 import json
-import os
 import random
 import statistics
 import tempfile
@@ -26,8 +25,6 @@ import time
 import psycopg
 
 from tributary_server import DEFAULT_BINARY, memory_mib, start_server
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def documents(rows, seed=7):
@@ -73,28 +70,22 @@ def timed(fn, runs):
     return statistics.median(times)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--binary", default=DEFAULT_BINARY)
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+PATHS = dict(
+    max='a.doc.dynamodb."NewImage"."OutofPockMax"."N"',
+    pct='a.doc.dynamodb."NewImage"."OutofPockPercent"."N"',
+    prov='a.doc.dynamodb."NewImage"."Provider"."S"',
+    ts='a.doc.dynamodb."NewImage"."completionDateTime"."S"',
+    deps='a.doc.dynamodb."NewImage"."calculationRequirements"."M"."dependentIds"."L"',
+    event='a.doc."eventName"',
+)
 
-    texts = list(documents(args.rows))
-    megabytes = sum(len(t) for t in texts) / 1e6
-    print(f"{args.rows} documents, {megabytes:.1f} MB of JSON text")
 
-    paths = dict(
-        max='a.doc.dynamodb."NewImage"."OutofPockMax"."N"',
-        pct='a.doc.dynamodb."NewImage"."OutofPockPercent"."N"',
-        prov='a.doc.dynamodb."NewImage"."Provider"."S"',
-        ts='a.doc.dynamodb."NewImage"."completionDateTime"."S"',
-        deps='a.doc.dynamodb."NewImage"."calculationRequirements"."M"."dependentIds"."L"',
-        event='a.doc."eventName"',
-    )
+def tributary_figures(binary, texts, runs):
+    """Median seconds of parse, navigate and unnest; the navigation result, the unnested row
+    count and the server's peak RSS in MiB."""
     results = {}
     with tempfile.TemporaryDirectory() as data:
-        server, port = start_server(args.binary, data)
+        server, port = start_server(binary, data)
         try:
             conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev",
                                    autocommit=True)
@@ -107,48 +98,63 @@ def main():
             def parse():
                 conn.execute("DROP TABLE IF EXISTS docs")
                 conn.execute("CREATE TABLE docs AS SELECT json_parse(j) AS doc FROM raw")
-            results["parse", "tributary"] = timed(parse, args.runs)
-            nav = NAVIGATE.format(table="docs a", **paths)
-            expected = conn.execute(nav).fetchone()
-            results["navigate", "tributary"] = timed(lambda: conn.execute(nav).fetchone(), args.runs)
+            results["parse"] = timed(parse, runs)
+            nav = NAVIGATE.format(table="docs a", **PATHS)
+            results["navigation result"] = conn.execute(nav).fetchone()
+            results["navigate"] = timed(lambda: conn.execute(nav).fetchone(), runs)
             unnest = UNNEST.format(table="docs")
-            unnested = conn.execute(unnest).fetchone()[0]
-            results["unnest", "tributary"] = timed(lambda: conn.execute(unnest).fetchone(), args.runs)
-            rss = memory_mib(server.pid, "VmHWM")
+            results["unnested rows"] = conn.execute(unnest).fetchone()[0]
+            results["unnest"] = timed(lambda: conn.execute(unnest).fetchone(), runs)
+            results["peak rss"] = memory_mib(server.pid, "VmHWM")
         finally:
             server.terminate()
             server.wait()
+    return results
 
-    try:
-        import duckdb
-    except ImportError:
-        duckdb = None
-    if duckdb is not None:
-        db = duckdb.connect()
-        db.execute("CREATE TABLE raw AS SELECT unnest(?::VARCHAR[]) AS j", [texts])
 
-        def dparse():
-            db.execute("DROP TABLE IF EXISTS docs")
-            db.execute("CREATE TABLE docs AS SELECT j::JSON AS doc FROM raw")
-        results["parse", "duckdb"] = timed(dparse, args.runs)
-        dpaths = {k: f"(a.doc->>'{v}')" for k, v in dict(
-            max="$.dynamodb.NewImage.OutofPockMax.N", pct="$.dynamodb.NewImage.OutofPockPercent.N",
-            prov="$.dynamodb.NewImage.Provider.S", ts="$.dynamodb.NewImage.completionDateTime.S",
-            event="$.eventName").items()}
-        dpaths["deps"] = "a.doc->'$.dynamodb.NewImage.calculationRequirements.M.dependentIds.L'"
-        dnav = NAVIGATE.replace("get_array_length", "json_array_length").format(table="docs a", **dpaths)
-        results["navigate", "duckdb"] = timed(lambda: db.execute(dnav).fetchone(), args.runs)
-        dunnest = ("SELECT count(*) FROM docs a LEFT JOIN LATERAL (SELECT unnest(json_extract("
-                   "a.doc, '$.dynamodb.NewImage.calculationRequirements.M.dependentIds.L[*]')) AS b) ON true")
-        results["unnest", "duckdb"] = timed(lambda: db.execute(dunnest).fetchone(), args.runs)
+def duckdb_figures(texts, runs):
+    """DuckDB's median seconds of the same three steps on the same documents."""
+    import duckdb
+    results = {}
+    db = duckdb.connect()
+    db.execute("CREATE TABLE raw AS SELECT unnest(?::VARCHAR[]) AS j", [texts])
 
-    print(f"navigation result: {expected}; unnested rows: {unnested}")
+    def parse():
+        db.execute("DROP TABLE IF EXISTS docs")
+        db.execute("CREATE TABLE docs AS SELECT j::JSON AS doc FROM raw")
+    results["parse"] = timed(parse, runs)
+    paths = {k: f"(a.doc->>'{v}')" for k, v in dict(
+        max="$.dynamodb.NewImage.OutofPockMax.N", pct="$.dynamodb.NewImage.OutofPockPercent.N",
+        prov="$.dynamodb.NewImage.Provider.S", ts="$.dynamodb.NewImage.completionDateTime.S",
+        event="$.eventName").items()}
+    paths["deps"] = "a.doc->'$.dynamodb.NewImage.calculationRequirements.M.dependentIds.L'"
+    nav = NAVIGATE.replace("get_array_length", "json_array_length").format(table="docs a", **paths)
+    results["navigate"] = timed(lambda: db.execute(nav).fetchone(), runs)
+    unnest = ("SELECT count(*) FROM docs a LEFT JOIN LATERAL (SELECT unnest(json_extract("
+              "a.doc, '$.dynamodb.NewImage.calculationRequirements.M.dependentIds.L[*]')) AS b) ON true")
+    results["unnested rows"] = db.execute(unnest).fetchone()[0]
+    results["unnest"] = timed(lambda: db.execute(unnest).fetchone(), runs)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--binary", default=DEFAULT_BINARY)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    texts = list(documents(args.rows))
+    megabytes = sum(len(t) for t in texts) / 1e6
+    print(f"{args.rows} documents, {megabytes:.1f} MB of JSON text")
+    ours = tributary_figures(args.binary, texts, args.runs)
+    theirs = duckdb_figures(texts, args.runs)
+    print(f"navigation result: {ours['navigation result']}; unnested rows: {ours['unnested rows']}")
     print(f"{'benchmark':<10} {'tributary MB/s':>15} {'duckdb MB/s':>12} {'ratio':>6}")
     for name in ["parse", "navigate", "unnest"]:
-        ours = megabytes / results[name, "tributary"]
-        theirs = megabytes / results[name, "duckdb"] if (name, "duckdb") in results else float("nan")
-        print(f"{name:<10} {ours:>15.1f} {theirs:>12.1f} {ours / theirs:>6.2f}")
-    print(f"tributary peak RSS: {rss:.0f} MiB")
+        mine, peer = megabytes / ours[name], megabytes / theirs[name]
+        print(f"{name:<10} {mine:>15.1f} {peer:>12.1f} {mine / peer:>6.2f}")
+    print(f"tributary peak RSS: {ours['peak rss']:.0f} MiB")
 
 
 if __name__ == "__main__":

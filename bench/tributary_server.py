@@ -10,10 +10,10 @@ DEFAULT_BINARY = os.path.join(
     "release", "tributary")
 
 
-def start_server(binary, data, *extra_args):
+def start_server(binary, data, *extra_args, log="warn"):
     """Starts `tributary serve`; returns the process and the port it listens on."""
     proc = subprocess.Popen(
-        [binary, "serve", "--data", data, "--listen", "127.0.0.1:0", "--log", "warn",
+        [binary, "serve", "--data", data, "--listen", "127.0.0.1:0", "--log", log,
          *extra_args],
         stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()

@@ -3,6 +3,7 @@
 //! would see.
 
 mod access;
+mod bench;
 mod cdc;
 mod clients;
 mod concurrency;
