@@ -80,12 +80,12 @@ PATHS = dict(
 )
 
 
-def tributary_figures(binary, texts, runs):
+def tributary_figures(binary, texts, runs, log="warn"):
     """Median seconds of parse, navigate and unnest; the navigation result, the unnested row
     count and the server's peak RSS in MiB."""
     results = {}
     with tempfile.TemporaryDirectory() as data:
-        server, port = start_server(binary, data)
+        server, port = start_server(binary, data, log=log)
         try:
             conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev",
                                    autocommit=True)

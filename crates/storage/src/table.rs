@@ -314,6 +314,7 @@ impl TableHandle {
         let table = self.load(version).await?;
         let provider = table
             .table_provider()
+            .with_session(scan_session())
             .with_file_paths(paths.iter().cloned())
             .build()
             .await?;
@@ -332,7 +333,13 @@ impl TableHandle {
             },
             None => self.load(version).await?,
         };
-        let provider = table.table_provider().await?;
+        let provider: Arc<dyn TableProvider> = Arc::new(
+            table
+                .table_provider()
+                .with_session(scan_session())
+                .build()
+                .await?,
+        );
         self.root.snapshots().set_provider(&key, provider.clone());
         Ok(provider)
     }
@@ -488,6 +495,18 @@ fn table_version(table: &deltalake::DeltaTable) -> Result<u64> {
 }
 
 use futures::StreamExt as _;
+
+/// The session whose configuration scans take their defaults from: DataFusion's, which
+/// evaluates filters after decoding (`parquet.pushdown_filters` off). delta-rs turns Parquet
+/// row filters on without a session; on unsorted data they cost more than they save (the
+/// analytics benchmark's TPC-H Q6 spent a third of its time building row selections).
+fn scan_session() -> Arc<datafusion::execution::SessionState> {
+    static SESSION: std::sync::OnceLock<Arc<datafusion::execution::SessionState>> =
+        std::sync::OnceLock::new();
+    SESSION
+        .get_or_init(|| Arc::new(datafusion::execution::SessionStateBuilder::new().build()))
+        .clone()
+}
 
 #[cfg(test)]
 mod tests {
