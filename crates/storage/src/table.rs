@@ -496,15 +496,23 @@ fn table_version(table: &deltalake::DeltaTable) -> Result<u64> {
 
 use futures::StreamExt as _;
 
-/// The session whose configuration scans take their defaults from: DataFusion's, which
-/// evaluates filters after decoding (`parquet.pushdown_filters` off). delta-rs turns Parquet
-/// row filters on without a session; on unsorted data they cost more than they save (the
-/// analytics benchmark's TPC-H Q6 spent a third of its time building row selections).
+/// The session delta-rs takes scan settings from. It says so explicitly: Parquet row filters
+/// off (filters run after decoding), which delta-rs turns on when given no session. On
+/// unsorted data they cost more than they save (the analytics benchmark's TPC-H Q6 spent a
+/// third of its time building row selections).
 fn scan_session() -> Arc<datafusion::execution::SessionState> {
     static SESSION: std::sync::OnceLock<Arc<datafusion::execution::SessionState>> =
         std::sync::OnceLock::new();
     SESSION
-        .get_or_init(|| Arc::new(datafusion::execution::SessionStateBuilder::new().build()))
+        .get_or_init(|| {
+            let mut config = datafusion::prelude::SessionConfig::new();
+            config.options_mut().execution.parquet.pushdown_filters = false;
+            Arc::new(
+                datafusion::execution::SessionStateBuilder::new()
+                    .with_config(config)
+                    .build(),
+            )
+        })
         .clone()
 }
 
