@@ -326,6 +326,19 @@ impl KinesisReader {
     /// position on a shard that no longer exists is a gap.
     async fn relist(&mut self) -> Result<Vec<Gap>> {
         let shards = list_shards(&self.client, &self.stream).await?;
+        if self.listed.is_some() {
+            let new: Vec<&ShardInfo> = shards
+                .iter()
+                .filter(|s| !self.shards.iter().any(|known| known.id == s.id))
+                .collect();
+            if !new.is_empty() {
+                let described: Vec<String> = new
+                    .iter()
+                    .map(|s| format!("{} (from {})", s.id, s.parents.join(" + ")))
+                    .collect();
+                tracing::info!(stream = %self.stream, shards = %described.join(", "), "resharding seen: new shards are read once their parents are read to their end");
+            }
+        }
         let mut gaps = Vec::new();
         for (shard, position) in self.positions.describe() {
             if position != "SHARD_END" && !shards.iter().any(|s| s.id == shard) {

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use tributary_catalog::{Catalog, CatalogState, StoredPassword};
 use tributary_storage::StorageRoot;
 
@@ -41,6 +43,11 @@ pub struct Engine {
     pub(crate) retired: Mutex<Vec<(String, std::time::Instant)>>,
     /// Computes password verifiers for CREATE / ALTER USER (set by the wire crate).
     password_hasher: std::sync::OnceLock<crate::access::PasswordHasher>,
+    /// Counters and histograms for `/metrics`, and the recent queries.
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// The runtime client sessions plan and run in (its memory pool enforces the query
+    /// memory limit), with that limit.
+    runtime: std::sync::RwLock<(Arc<RuntimeEnv>, Option<u64>)>,
 }
 
 impl Engine {
@@ -64,6 +71,8 @@ impl Engine {
             sharing: Default::default(),
             retired: Default::default(),
             password_hasher: Default::default(),
+            metrics: Default::default(),
+            runtime: std::sync::RwLock::new((Arc::new(RuntimeEnv::default()), None)),
         });
         engine.recover().await?;
         Ok(engine)
@@ -81,6 +90,37 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(paths.iter().map(|p| (p.clone(), now)));
+    }
+
+    /// Limits the memory the queries of sessions opened from now on may hold together: a
+    /// sort or aggregation over the limit spills to temporary files, and a query that cannot
+    /// spill fails with SQLSTATE 53000 instead of exhausting the machine. None: no limit.
+    pub fn set_query_memory_limit(&self, bytes: Option<u64>) -> Result<()> {
+        let mut builder = RuntimeEnvBuilder::new();
+        if let Some(limit) = bytes {
+            builder = builder.with_memory_pool(Arc::new(TrackConsumersPool::new(
+                GreedyMemoryPool::new(usize::try_from(limit).unwrap_or(usize::MAX)),
+                std::num::NonZeroUsize::MIN.saturating_add(4),
+            )));
+        }
+        let runtime = builder.build_arc()?;
+        *self.runtime.write().unwrap_or_else(|e| e.into_inner()) = (runtime, bytes);
+        Ok(())
+    }
+
+    /// The runtime new sessions use.
+    pub(crate) fn runtime_env(&self) -> Arc<RuntimeEnv> {
+        self.runtime
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Bytes queries hold now, and the limit.
+    pub fn query_memory(&self) -> (usize, Option<u64>) {
+        let runtime = self.runtime.read().unwrap_or_else(|e| e.into_inner());
+        (runtime.0.memory_pool.reserved(), runtime.1)
     }
 
     /// Installs how CREATE / ALTER USER turn a password into stored verifiers.

@@ -9,6 +9,7 @@
 mod access;
 mod background;
 mod catalog_list;
+mod console;
 mod copy;
 mod ddl;
 mod dialect;
@@ -19,6 +20,7 @@ mod functions;
 mod json;
 mod locks;
 mod maintenance;
+mod metrics;
 mod partiql;
 mod procedure;
 mod rewrite;
@@ -40,6 +42,7 @@ pub use engine::Engine;
 pub use error::{DataErrorKind, Error, Result};
 pub use functions::VERSION;
 pub use maintenance::{MaintenanceReport, MaintenanceSettings};
+pub use metrics::{QueryRecord, SessionGuard, resident_memory_bytes};
 pub use session::{Notice, Output, Prepared, Session};
 pub use streaming::StreamingSettings;
 

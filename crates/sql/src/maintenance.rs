@@ -179,6 +179,7 @@ impl Engine {
             self.record_equivalent(path, pinned, compacted);
             version = compacted;
             report.compacted += 1;
+            self.metrics.compactions.inc();
         }
         // Vacuum when the table changed since its last vacuum, or a retention period later
         // (when files removed then have become deletable).
@@ -193,7 +194,9 @@ impl Engine {
         };
         if due {
             let retention = settings.vacuum_retention.max(self.active.oldest_age());
-            report.files_deleted += table.vacuum(retention).await?;
+            let deleted = table.vacuum(retention).await?;
+            report.files_deleted += deleted;
+            self.metrics.vacuumed_files.inc_by(deleted as u64);
             self.vacuumed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -81,6 +81,8 @@ pub struct Prepared {
     pub param_types: Vec<Option<DataType>>,
     /// The result columns, for statements that return rows.
     pub schema: Option<SchemaRef>,
+    /// The text the client sent (for the recent queries).
+    pub text: String,
 }
 
 /// One client session.
@@ -206,7 +208,13 @@ impl Session {
 
     /// Runs one statement of the simple protocol.
     pub async fn execute(&mut self, statement: Statement) -> Result<Output> {
-        self.execute_with_params(statement, None).await
+        self.execute_with_params(statement, None, None).await
+    }
+
+    /// Runs one statement the client sent as `text` (the recent queries show that text
+    /// rather than the parsed statement).
+    pub async fn execute_text(&mut self, statement: Statement, text: &str) -> Result<Output> {
+        self.execute_with_params(statement, None, Some(text)).await
     }
 
     /// Parses a statement for the extended protocol and works out its parameter and result
@@ -223,6 +231,7 @@ impl Session {
                 statement: None,
                 param_types: vec![],
                 schema: None,
+                text: sql.to_string(),
             });
         };
         if !is_planned_by_datafusion(&statement) {
@@ -231,6 +240,7 @@ impl Session {
                 statement: Some(statement),
                 param_types: vec![],
                 schema,
+                text: sql.to_string(),
             });
         }
         self.catalogs.pin_statement();
@@ -251,6 +261,7 @@ impl Session {
             statement: Some(statement),
             param_types,
             schema,
+            text: sql.to_string(),
         })
     }
 
@@ -263,15 +274,69 @@ impl Session {
         match &prepared.statement {
             None => Ok(Output::command("")),
             Some(statement) => {
-                self.execute_with_params(statement.clone(), Some(params))
+                self.execute_with_params(statement.clone(), Some(params), Some(&prepared.text))
                     .await
             }
         }
     }
 
+    /// Runs a client's statement, and records it in the metrics and the recent queries.
+    async fn execute_with_params(
+        &mut self,
+        statement: Statement,
+        params: Option<ParamValues>,
+        text: Option<&str>,
+    ) -> Result<Output> {
+        let timer = self.query_timer(match text {
+            Some(text) => text.trim().to_string(),
+            None => crate::metrics::statement_text(&statement),
+        });
+        // Boxed: the statement's future is large, and nesting it would make every caller's
+        // future larger still.
+        let result = Box::pin(self.execute_statement(statement, params)).await;
+        Ok(match result {
+            Ok(Output::Rows { schema, stream }) => {
+                let mut timer = timer;
+                timer.record.command = crate::metrics::row_command(&timer.record.text);
+                Output::Rows {
+                    schema,
+                    stream: Box::pin(crate::metrics::TimedStream::new(stream, timer)),
+                }
+            }
+            Ok(Output::Command { tag, rows }) => {
+                let mut timer = timer;
+                timer.record.command = tag.clone();
+                timer.finish(None);
+                Output::Command { tag, rows }
+            }
+            // Recorded when its data has been loaded.
+            Ok(output @ Output::CopyIn { .. }) => output,
+            Err(err) => {
+                timer.finish(Some(err.to_string()));
+                return Err(err);
+            }
+        })
+    }
+
+    fn query_timer(&self, text: String) -> crate::metrics::QueryTimer {
+        crate::metrics::QueryTimer {
+            engine: self.engine.clone(),
+            record: crate::QueryRecord {
+                user: self.user.clone(),
+                database: self.database.clone(),
+                command: String::new(),
+                text,
+                start_micros: chrono::Utc::now().timestamp_micros(),
+                duration_micros: 0,
+                status: String::new(),
+            },
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// Runs a statement in the open transaction, or in a transaction of its own that commits
     /// when it succeeds (autocommit).
-    async fn execute_with_params(
+    async fn execute_statement(
         &mut self,
         statement: Statement,
         params: Option<ParamValues>,
@@ -298,6 +363,8 @@ impl Session {
             .pending_copy
             .take()
             .ok_or_else(|| Error::Internal("copy data without a COPY FROM STDIN".into()))?;
+        let mut timer = self.query_timer("COPY ... FROM STDIN".to_string());
+        timer.record.command = "COPY".to_string();
         self.clock.start_statement();
         let autocommit = self.catalogs.begin(false);
         let result = async {
@@ -313,7 +380,9 @@ impl Session {
             })
         }
         .await;
-        self.finish_statement(autocommit, result).await
+        let result = self.finish_statement(autocommit, result).await;
+        timer.finish(result.as_ref().err().map(ToString::to_string));
+        result
     }
 
     /// Forgets a `COPY ... FROM STDIN` the client abandoned.
@@ -1088,6 +1157,7 @@ fn new_context(
         .skip_physical_aggregate_schema_check = true;
     let builder = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(catalogs.engine().runtime_env())
         .with_default_features()
         .with_catalog_list(Arc::new(catalogs.clone()));
     let state = crate::partiql::configure(builder, case_sensitive.clone()).build();

@@ -209,7 +209,6 @@ pub(crate) fn visible_rows(
     view: &str,
     batch: RecordBatch,
 ) -> DfResult<RecordBatch> {
-    use tributary_catalog::Privilege as P;
     if state.is_superuser(user) {
         return Ok(batch);
     }
@@ -252,24 +251,38 @@ pub(crate) fn visible_rows(
             let (Some(schema), Some(name)) = (schema, name) else {
                 return Some(false);
             };
-            let Ok(found) = state.schema(database, schema) else {
-                return Some(false);
-            };
-            if !state.holds(user, found.oid, &found.owner, P::Usage) {
-                return Some(false);
-            }
-            let Some(relation) = found.relations.get(name) else {
-                return Some(false);
-            };
-            let owner = CatalogState::relation_owner(relation);
-            Some(
-                [P::Select, P::Insert, P::Update, P::Delete, P::References]
-                    .into_iter()
-                    .any(|p| state.holds(user, relation.oid(), owner, p)),
-            )
+            Some(may_see(state, user, database, schema, name))
         })
         .collect();
     Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
+}
+
+/// True if `user` may see the relation in system views: it may use the schema and holds some
+/// privilege on the relation (superusers see everything).
+pub(crate) fn may_see(
+    state: &CatalogState,
+    user: &str,
+    database: &str,
+    schema: &str,
+    name: &str,
+) -> bool {
+    use tributary_catalog::Privilege as P;
+    if state.is_superuser(user) {
+        return true;
+    }
+    let Ok(found) = state.schema(database, schema) else {
+        return false;
+    };
+    if !state.holds(user, found.oid, &found.owner, P::Usage) {
+        return false;
+    }
+    let Some(relation) = found.relations.get(name) else {
+        return false;
+    };
+    let owner = CatalogState::relation_owner(relation);
+    [P::Select, P::Insert, P::Update, P::Delete, P::References]
+        .into_iter()
+        .any(|p| state.holds(user, relation.oid(), owner, p))
 }
 
 #[async_trait]

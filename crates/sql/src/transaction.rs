@@ -385,6 +385,7 @@ impl SessionCatalogs {
             return Ok(Ended::Committed);
         }
         let (base, working) = (txn.base.clone(), txn.working.clone());
+        let started = std::time::Instant::now();
         let result = self
             .engine()
             .catalog
@@ -393,6 +394,7 @@ impl SessionCatalogs {
                 Ok(())
             })
             .await;
+        self.engine().metrics.observe_commit(started.elapsed());
         match result {
             Ok(_) => {
                 // The catalog no longer names these files, but transactions that started

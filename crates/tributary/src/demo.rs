@@ -46,6 +46,8 @@ pub(crate) async fn run(
         listener,
         address,
         stream_service,
+        http,
+        ready: _,
     } = started;
     let Some((service, stream_address)) = stream_service else {
         anyhow::bail!("the demo needs the embedded stream service (drop --no-stream-service)");
@@ -75,6 +77,11 @@ pub(crate) async fn run(
     println!(
         "  Streams: any AWS SDK or the AWS CLI with --endpoint-url http://{stream_address} (stream \"{STREAM}\")"
     );
+    if let Some(http) = http {
+        println!(
+            "  Console: http://{http}/ (live throughput, freshness and lag; metrics on /metrics)"
+        );
+    }
     println!(
         "  Try:     SELECT count(*) FROM cart_staging;  SELECT * FROM cart ORDER BY id LIMIT 10;"
     );

@@ -1,6 +1,7 @@
 //! The `tributary` command: CLI parsing and wiring of the engine to the wire server.
 
 mod demo;
+mod http;
 
 use std::net::SocketAddr;
 
@@ -111,9 +112,69 @@ struct ServeArgs {
     /// Hours the embedded stream service keeps a record.
     #[arg(long, default_value_t = 24, env = "TRIBUTARY_STREAM_RETENTION_HOURS")]
     stream_retention_hours: u32,
+    /// Address of the HTTP listener: Prometheus metrics (/metrics), health checks (/healthz,
+    /// /readyz) and the web console (/). From loopback no login is needed; from elsewhere,
+    /// HTTP Basic authentication as a SQL user with a password.
+    /// Default 127.0.0.1:9439; when that is taken, the server runs without it and says so,
+    /// while an address given here must be free.
+    #[arg(long, env = "TRIBUTARY_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Do not run the HTTP listener.
+    #[arg(long, env = "TRIBUTARY_NO_HTTP")]
+    no_http: bool,
+    /// Memory the queries of all sessions may hold together, in bytes or with a unit
+    /// (512MiB, 4GiB): sorts and aggregations over it spill to disk, and a query that cannot
+    /// spill fails (SQLSTATE 53000) instead of exhausting the machine. Default: three
+    /// quarters of the machine's memory; 0 for no limit.
+    #[arg(long, env = "TRIBUTARY_MEMORY_LIMIT", value_parser = parse_bytes)]
+    memory_limit: Option<u64>,
     /// Log filter, in tracing's env-filter syntax (also read from RUST_LOG).
     #[arg(long, default_value = "info", env = "RUST_LOG")]
     log: String,
+    /// Log line format: text for people, json (one object per line) for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TRIBUTARY_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses a byte count: digits with an optional unit (K, M, G, T; KB/KiB alike, powers of 1024).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count such as 4GiB or 512MiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown unit {other:?} (use K, M, G or T)")),
+    };
+    Ok((number * scale as f64) as u64)
+}
+
+/// Three quarters of the machine's memory (Linux), the default query memory limit.
+fn default_memory_limit() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024 / 4 * 3)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -131,14 +192,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(&args.log);
+    init_logging(&args.log, args.log_format);
     runtime()?.block_on(async move {
         let started = start(&args, false).await?;
         let address = started.address;
         tracing::info!(%address, "listening; connect with: psql -h {} -p {} -U admin dev", address.ip(), address.port());
         // Tell scripts where we listen (useful with port 0).
         println!("tributary listening on {address}");
-        tributary_wire::serve(started.listener, started.engine, password_method(&args), shutdown_signal()).await?;
+        if let Some(http) = started.http {
+            println!("tributary http on {http}");
+        }
+        started.ready.store(true, std::sync::atomic::Ordering::Release);
+        let ready = started.ready.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            ready.store(false, std::sync::atomic::Ordering::Release);
+        };
+        tributary_wire::serve(started.listener, started.engine, password_method(&args), shutdown).await?;
         tracing::info!("shut down");
         Ok(())
     })
@@ -167,28 +237,38 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let Command::Serve(serve) = Cli::parse_from(serve_args).command else {
         unreachable!("parsed as serve");
     };
-    init_logging(&serve.log);
+    init_logging(&serve.log, serve.log_format);
     runtime()?.block_on(async move {
         let started = start(&serve, true).await?;
+        started
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
         demo::run(started, args.rate, args.seconds, password_method(&serve)).await
     })
 }
 
-fn init_logging(log: &str) {
-    // delta-rs warns on every data file with a binary column (VARBYTE, a mirror's ordering
-    // column) that it keeps no statistics for it: expected here, so not logged unless the
-    // filter names delta-rs itself.
-    let filter = if log.contains("deltalake") {
+fn init_logging(log: &str, format: LogFormat) {
+    // delta-rs (and its Delta kernel) logs every snapshot, checkpoint and scan at INFO, and warns on every data file
+    // with a binary column (VARBYTE, a mirror's ordering column) that it keeps no statistics
+    // for it: routine here, so only its errors are logged unless the filter names it.
+    let filter = if log.contains("delta") || log.contains("kernel") {
         log.to_string()
     } else {
-        format!("{log},deltalake_core::writer::stats=error")
+        format!(
+            "{log},deltalake_core=error,deltalake=error,delta_kernel=error,buoyant_kernel=error"
+        )
     };
-    tracing_subscriber::fmt()
+    // Logs go to stderr; stdout carries only the lines that scripts wait for.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter.as_str())
-        .with_target(false)
-        // Logs go to stderr; stdout carries only the "listening on" line that scripts wait for.
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -212,6 +292,10 @@ struct Started {
     address: SocketAddr,
     /// The embedded stream service, when it runs, and where.
     stream_service: Option<(tributary_ingest::StreamService, SocketAddr)>,
+    /// Where the HTTP listener (metrics, health, console) listens, when it runs.
+    http: Option<SocketAddr>,
+    /// What /readyz reports: set while SQL clients are accepted.
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Opens the data directory, starts maintenance, the stream service and streaming, and binds
@@ -229,6 +313,12 @@ async fn start(args: &ServeArgs, any_port: bool) -> anyhow::Result<Started> {
     let engine = tributary_sql::Engine::open(&args.data, verifiers)
         .await
         .with_context(|| format!("cannot open the data directory {}", args.data))?;
+    let memory_limit = match args.memory_limit {
+        Some(0) => None,
+        Some(limit) => Some(limit),
+        None => default_memory_limit(),
+    };
+    engine.set_query_memory_limit(memory_limit)?;
     engine.spawn_maintenance(tributary_sql::MaintenanceSettings {
         interval: std::time::Duration::from_secs(args.maintenance_interval.max(1)),
         compact_min_files: args.compact_min_files.max(2),
@@ -288,12 +378,62 @@ async fn start(args: &ServeArgs, any_port: bool) -> anyhow::Result<Started> {
             "user admin has no password: connections from this machine are trusted, others refused; set TRIBUTARY_ADMIN_PASSWORD when creating a data directory to require one"
         );
     }
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http = start_http(args, any_port, &engine, &ready).await?;
     Ok(Started {
         engine,
         listener,
         address,
         stream_service,
+        http,
+        ready,
     })
+}
+
+/// Where the HTTP listener listens unless told otherwise.
+const DEFAULT_HTTP_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9439,
+));
+
+/// Starts the HTTP listener unless it is turned off; returns where it listens. A taken
+/// default address is handled as the stream service's is.
+async fn start_http(
+    args: &ServeArgs,
+    any_port: bool,
+    engine: &std::sync::Arc<tributary_sql::Engine>,
+    ready: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    if args.no_http {
+        return Ok(None);
+    }
+    let explicit = args.http_listen.is_some();
+    let listen = args.http_listen.unwrap_or(DEFAULT_HTTP_LISTEN);
+    let mut bound = tokio::net::TcpListener::bind(listen).await;
+    if bound.is_err() && any_port && !explicit {
+        let mut address = listen;
+        address.set_port(0);
+        bound = tokio::net::TcpListener::bind(address).await;
+    }
+    let listener = match bound {
+        Ok(listener) => listener,
+        Err(err) if !explicit => {
+            tracing::warn!(address = %listen, %err, "the HTTP listener (metrics, console) could not listen; running without it (--http-listen moves it)");
+            return Ok(None);
+        }
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("the HTTP listener cannot listen on {listen}"));
+        }
+    };
+    let address = listener.local_addr()?;
+    http::Http {
+        engine: engine.clone(),
+        ready: ready.clone(),
+    }
+    .spawn(listener);
+    tracing::info!(%address, "console on http://{address}/, metrics on /metrics");
+    Ok(Some(address))
 }
 
 /// Where the embedded stream service listens unless told otherwise.

@@ -45,6 +45,24 @@ pub fn password_verifiers(user: &str, password: &str) -> StoredPassword {
     }
 }
 
+/// True if `password` is the one `stored` was computed from (for logins outside the
+/// protocol, such as the HTTP console's). Compares in constant time.
+pub fn check_password(stored: &StoredPassword, password: &str) -> bool {
+    let (Ok(salt), Ok(expected)) = (
+        hex::decode(&stored.scram_salt_hex),
+        hex::decode(&stored.scram_salted_hex),
+    ) else {
+        return false;
+    };
+    let salted = gen_salted_password(password, &salt, stored.scram_iterations as usize);
+    salted.len() == expected.len()
+        && salted
+            .iter()
+            .zip(&expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
 /// The parameters sent after authentication. Drivers parse `server_version` as a number.
 pub fn server_parameters() -> DefaultServerParameterProvider {
     let mut parameters = DefaultServerParameterProvider::default();

@@ -189,8 +189,13 @@ impl SimpleQueryHandler for Queries {
         let statements = session.parse(query).map_err(to_pgwire)?;
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
         let mut responses = Vec::with_capacity(statements.len());
+        let single = statements.len() == 1;
         for statement in statements {
-            let result = session.execute(statement).await;
+            let result = if single {
+                session.execute_text(statement, query).await
+            } else {
+                session.execute(statement).await
+            };
             send_notices(client, session).await?;
             match result {
                 Ok(output) => {

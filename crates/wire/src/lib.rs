@@ -13,7 +13,7 @@ use datafusion_postgres::pgwire::tokio::process_socket;
 use tokio::net::TcpListener;
 use tributary_sql::Engine;
 
-pub use auth::{PasswordMethod, password_verifiers};
+pub use auth::{PasswordMethod, check_password, password_verifiers};
 pub use sqlstate::sqlstate;
 
 /// How the server listens.
@@ -50,7 +50,9 @@ pub async fn serve(
                     }
                 };
                 let connection = Arc::new(handler::Connection::new(engine.clone(), password_method));
+                let open = engine.session_opened();
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Err(err) = process_socket(socket, None, connection.clone()).await {
                         tracing::debug!(%err, %peer, "connection ended with an error");
                     }

@@ -1240,6 +1240,17 @@ fn start_background(engine: &Arc<Engine>, name: &[String; 3], path: &str, work: 
             Work::Fold => background_fold(&engine, &name, &path).await,
             Work::Coalesce => background_coalesce(&engine, &name, &path).await,
         };
+        if let Ok(Some(_)) = done {
+            let kind = match work {
+                Work::Fold => "fold",
+                Work::Coalesce => "coalesce",
+            };
+            engine
+                .metrics
+                .mirror_work
+                .get_or_create(&vec![("kind", kind.to_string())])
+                .inc();
+        }
         match done {
             Ok(Some(rows)) => tracing::debug!(
                 table = %name[2],

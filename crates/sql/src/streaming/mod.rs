@@ -62,6 +62,9 @@ pub(crate) struct Streams {
     stats: Mutex<HashMap<String, ViewStats>>,
     history: Mutex<VecDeque<RefreshRecord>>,
     errors: errors::ErrorLog,
+    /// The latest skipped records, for the console (sys_stream_scan_errors keeps them all).
+    recent_skips: Mutex<VecDeque<ScanError>>,
+    skip_log: Mutex<HashMap<String, SkipLog>>,
     runners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// The background work running on mirror tables, by storage path.
     mirror_work: Mutex<HashMap<String, MirrorWork>>,
@@ -90,7 +93,32 @@ struct MirrorWork {
 pub(crate) struct ViewStats {
     pub shards: BTreeMap<String, ShardLag>,
     pub last_refresh: Option<chrono::NaiveDateTime>,
+    /// Records read, payload bytes read, rows stored and records skipped.
+    pub records: u64,
+    pub bytes: u64,
+    pub rows: u64,
+    pub skipped: u64,
+    /// Median and largest arrival-to-visible time of the last automatic round that read
+    /// records, in seconds.
+    pub freshness: Option<(f64, f64)>,
+    /// Why the last round failed, until one succeeds.
+    pub last_error: Option<String>,
 }
+
+/// Skipped records not yet reported in the log, per view.
+#[derive(Debug, Default)]
+struct SkipLog {
+    /// Skips since the last line, by reason code.
+    pending: BTreeMap<String, u64>,
+    /// One reason of those, as an example.
+    example: Option<String>,
+    logged: Option<Instant>,
+}
+
+/// At most one log line per view per this long about skipped records.
+const SKIP_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Skipped records kept in memory for the console.
+const RECENT_SKIPS: usize = 100;
 
 /// One refresh, for `sys_mv_refresh_history`.
 #[derive(Debug, Clone)]
@@ -233,11 +261,105 @@ impl Streams {
             .collect()
     }
 
+    /// Keeps the latest skipped records and logs them: the first skip of a view at once, then
+    /// one line per view per [`SKIP_LOG_EVERY`] with the counts by reason, so that a flood of
+    /// bad records leaves a log a person can read. Called every round, with or without skips,
+    /// so that the last counts of a flood are logged too.
+    fn note_skipped(&self, view: &ViewId, skipped: &[ScanError]) {
+        if !skipped.is_empty() {
+            let mut recent = self.recent_skips.lock().unwrap_or_else(|e| e.into_inner());
+            for error in skipped.iter().rev().take(RECENT_SKIPS).rev() {
+                if recent.len() >= RECENT_SKIPS {
+                    recent.pop_front();
+                }
+                recent.push_back(error.clone());
+            }
+        }
+        let mut logs = self.skip_log.lock().unwrap_or_else(|e| e.into_inner());
+        if skipped.is_empty() && !logs.contains_key(&view.path) {
+            return;
+        }
+        let log = logs.entry(view.path.clone()).or_default();
+        for error in skipped {
+            *log.pending.entry(error.code.clone()).or_default() += 1;
+            if log.example.is_none() {
+                log.example = Some(format!(
+                    "shard {} position {}: {}",
+                    error.shard_id, error.position, error.reason
+                ));
+            }
+        }
+        if log.pending.is_empty() || log.logged.is_some_and(|at| at.elapsed() < SKIP_LOG_EVERY) {
+            return;
+        }
+        let total: u64 = log.pending.values().sum();
+        let reasons = log
+            .pending
+            .iter()
+            .map(|(code, n)| format!("{code}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let example = log.example.take().unwrap_or_default();
+        tracing::warn!(
+            view = %format!("{}.{}.{}", view.database, view.schema, view.name),
+            skipped = total,
+            %reasons,
+            %example,
+            "stream records skipped (details in sys_stream_scan_errors)"
+        );
+        log.pending.clear();
+        log.logged = Some(Instant::now());
+    }
+
+    /// The latest skipped records, oldest first.
+    pub(crate) fn recent_skips(&self) -> Vec<ScanError> {
+        self.recent_skips
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     fn update_stats(&self, path: &str, reader: &StreamReader) {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let entry = stats.entry(path.to_string()).or_default();
         entry.shards = reader.lag().clone();
         entry.last_refresh = Some(chrono::Utc::now().naive_utc());
+    }
+
+    /// Counts records read, per shard, in the metrics and the view's counters.
+    fn count_read(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        view: &ViewId,
+        records: &[StreamRecord],
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        let mut per_shard: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for record in records {
+            let counts = per_shard.entry(&record.shard_id).or_default();
+            counts.0 += 1;
+            counts.1 += record.data.len() as u64;
+        }
+        let (mut records_total, mut bytes_total) = (0, 0);
+        for (shard, (records, bytes)) in per_shard {
+            let mut labels = view.labels();
+            labels.push(("shard", shard.to_string()));
+            metrics
+                .stream_records
+                .get_or_create(&labels)
+                .inc_by(records);
+            metrics.stream_bytes.get_or_create(&labels).inc_by(bytes);
+            records_total += records;
+            bytes_total += bytes;
+        }
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = stats.entry(view.path.clone()).or_default();
+        entry.records += records_total;
+        entry.bytes += bytes_total;
     }
 
     pub(crate) fn stats(&self, path: &str) -> ViewStats {
@@ -257,6 +379,100 @@ pub(crate) struct ViewId {
     pub schema: String,
     pub name: String,
     pub path: String,
+}
+
+impl ViewId {
+    /// The view's metric labels.
+    pub(crate) fn labels(&self) -> crate::metrics::Labels {
+        vec![
+            ("database", self.database.clone()),
+            ("schema", self.schema.clone()),
+            ("view", self.name.clone()),
+        ]
+    }
+}
+
+/// Every materialized view that reads a stream (streaming views and mirror tables).
+pub(crate) fn streaming_views(state: &tributary_catalog::CatalogState) -> Vec<ViewId> {
+    let mut views = Vec::new();
+    for (database, db) in &state.databases {
+        for (schema, s) in &db.schemas {
+            for (name, relation) in &s.relations {
+                if let Relation::Table(table) = relation
+                    && table
+                        .materialized
+                        .as_ref()
+                        .is_some_and(|m| m.input.is_stream())
+                {
+                    views.push(ViewId {
+                        database: database.clone(),
+                        schema: schema.clone(),
+                        name: name.clone(),
+                        path: table.path.clone(),
+                    });
+                }
+            }
+        }
+    }
+    views
+}
+
+/// Counts a finished refresh round in the metrics and the view's counters. `took` covers the
+/// round and its commit; with `visible_micros` (when its rows became visible), the round's
+/// records give the view's freshness.
+pub(crate) fn observe_round(
+    engine: &Engine,
+    view: &ViewId,
+    outcome: &Result<RoundStats>,
+    took: Duration,
+    visible_micros: Option<i64>,
+) {
+    let metrics = &engine.metrics;
+    let labels = view.labels();
+    let mut stats = engine
+        .streams
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let entry = stats.entry(view.path.clone()).or_default();
+    let mut with_status = labels.clone();
+    match outcome {
+        Ok(round) => {
+            entry.last_error = None;
+            if round.records == 0 && round.skipped == 0 {
+                return;
+            }
+            with_status.push(("status", "ok".to_string()));
+            metrics.view_rows.get_or_create(&labels).inc_by(round.rows);
+            entry.rows += round.rows;
+            entry.skipped += round.skipped;
+            if let Some(visible) = visible_micros
+                && !round.arrivals.is_empty()
+            {
+                let freshness = metrics.freshness.get_or_create(&labels);
+                let mut seconds: Vec<f64> = round
+                    .arrivals
+                    .iter()
+                    .map(|arrival| (visible - arrival).max(0) as f64 / 1e6)
+                    .collect();
+                for value in &seconds {
+                    freshness.observe(*value);
+                }
+                seconds.sort_by(f64::total_cmp);
+                entry.freshness = Some((seconds[seconds.len() / 2], seconds[seconds.len() - 1]));
+            }
+        }
+        Err(err) => {
+            with_status.push(("status", "failed".to_string()));
+            entry.last_error = Some(err.to_string());
+        }
+    }
+    drop(stats);
+    metrics.refreshes.get_or_create(&with_status).inc();
+    metrics
+        .refresh_seconds
+        .get_or_create(&labels)
+        .observe(took.as_secs_f64());
 }
 
 /// `CREATE EXTERNAL SCHEMA name FROM KINESIS [REGION 'r'] IAM_ROLE {default | 'arn'}`.
@@ -869,6 +1085,7 @@ async fn refresh(
             .await?;
     }
     let start = chrono::Utc::now().naive_utc();
+    let started = Instant::now();
     let engine = session.engine().clone();
     let catalogs = session.catalogs().clone();
     let result = async {
@@ -876,6 +1093,8 @@ async fn refresh(
         round(&engine, &catalogs, &view, &pipeline, &mut reader, true).await
     }
     .await;
+    // The statement's transaction commits later (at COMMIT in a block): no freshness here.
+    observe_round(&engine, &view, &result, started.elapsed(), None);
     engine
         .streams
         .record(RefreshRecord::new(&view, true, start, &result));
@@ -950,12 +1169,14 @@ async fn compile(
 }
 
 /// What a refresh round did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct RoundStats {
     pub records: u64,
     pub rows: u64,
     pub skipped: u64,
     pub caught_up: bool,
+    /// When each record read arrived in the stream (microseconds since the epoch).
+    pub arrivals: Vec<i64>,
 }
 
 impl RoundStats {
@@ -1017,6 +1238,12 @@ pub(crate) async fn round(
             .await
             .map_err(|e| Error::Stream(e.to_string()))?;
         stats.records += batch.records.len() as u64;
+        stats
+            .arrivals
+            .extend(batch.records.iter().map(|r| r.arrival_micros));
+        engine
+            .streams
+            .count_read(&engine.metrics, view, &batch.records);
         if !batch.records.is_empty() || batch.positions != positions {
             progressed = Instant::now();
         } else if manual && !batch.caught_up && progressed.elapsed() >= MANUAL_STALL {
@@ -1100,10 +1327,13 @@ pub(crate) async fn round(
             .iter()
             .filter(|e| e.code != errors::GAP_CODE)
             .count() as u64;
+        for error in &skipped {
+            let mut labels = view.labels();
+            labels.push(("reason", error.code.clone()));
+            engine.metrics.skipped.get_or_create(&labels).inc();
+        }
+        engine.streams.note_skipped(view, &skipped);
         if !skipped.is_empty() {
-            for error in &skipped {
-                tracing::debug!(view = %view.name, shard = %error.shard_id, position = %error.position, reason = %error.reason, "skipped a stream record");
-            }
             engine.streams.errors.write(engine, skipped).await?;
         }
         if batch.positions != positions {

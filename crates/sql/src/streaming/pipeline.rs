@@ -178,10 +178,77 @@ impl TableProvider for StreamInput {
     }
 }
 
+/// True if every leaf of `plan` is the stream input (an in-memory source over `input`) and no
+/// operator keeps state across rows (aggregates, joins, sorts, windows).
+fn is_stateless_over(plan: &Arc<dyn ExecutionPlan>, input: &SchemaRef) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut stateless = true;
+    let _ = plan.apply(|node| {
+        let children = node.children().len();
+        let name = node.name();
+        let is_input = memory_source(node).is_some_and(|m| m.original_schema() == *input);
+        let passes_rows = matches!(
+            name,
+            "ProjectionExec"
+                | "FilterExec"
+                | "CoalesceBatchesExec"
+                | "CoalescePartitionsExec"
+                | "RepartitionExec"
+                | "GlobalLimitExec"
+                | "LocalLimitExec"
+        );
+        if (children == 0 && !is_input) || (children > 0 && !passes_rows) {
+            stateless = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    stateless
+}
+
+fn memory_source(node: &Arc<dyn ExecutionPlan>) -> Option<&MemorySourceConfig> {
+    node.downcast_ref::<datafusion::datasource::source::DataSourceExec>()?
+        .data_source()
+        .downcast_ref::<MemorySourceConfig>()
+}
+
+/// `plan` with `batch` as its input (operators are rebuilt, so none carries state over).
+fn with_input(
+    plan: &Arc<dyn ExecutionPlan>,
+    batch: &RecordBatch,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::datasource::source::DataSource;
+    Ok(plan
+        .clone()
+        .transform_up(|node| {
+            let Some(memory) = memory_source(&node) else {
+                return Ok(Transformed::no(node));
+            };
+            let source = MemorySourceConfig::try_new(
+                &[vec![batch.clone()]],
+                memory.original_schema(),
+                memory.projection().clone(),
+            )?
+            .with_limit(memory.fetch());
+            let exec: Arc<dyn ExecutionPlan> =
+                datafusion::datasource::source::DataSourceExec::from_data_source(source);
+            Ok(Transformed::yes(exec))
+        })?
+        .data)
+}
+
 /// A view's compiled query.
 pub(crate) struct Pipeline {
     session: Session,
     plan: LogicalPlan,
+    /// The physical plan, when the query is stateless over the stream alone (projections and
+    /// filters): each batch then runs it again with the batch in place of the input it was
+    /// planned with, skipping planning. That matters most when records fail and the batch is
+    /// split down to single records. Queries with aggregates or other inputs are planned per
+    /// batch: DataFusion may fold an aggregate over an input's exact statistics into a
+    /// constant.
+    physical: Option<Arc<dyn ExecutionPlan>>,
     input: Arc<StreamInput>,
     /// The rows the query produces, with Postgres column names.
     pub output: SchemaRef,
@@ -232,9 +299,17 @@ impl Pipeline {
                     .with_nullable(true)
             })
             .collect();
+        let physical = session
+            .context()
+            .state()
+            .create_physical_plan(&plan)
+            .await
+            .ok()
+            .filter(|physical| is_stateless_over(physical, &input.schema));
         Ok(Self {
             session,
             plan,
+            physical,
             input,
             output: Arc::new(Schema::new(fields)),
         })
@@ -246,6 +321,17 @@ impl Pipeline {
     }
 
     async fn run(&self, batch: RecordBatch, columns: &[Column]) -> Result<Vec<RecordBatch>> {
+        let result = match &self.physical {
+            Some(physical) => {
+                let plan = with_input(physical, &batch)?;
+                datafusion::physical_plan::collect(plan, self.session.context().task_ctx()).await
+            }
+            None => self.plan_and_run(batch).await,
+        };
+        self.check(result?, columns)
+    }
+
+    async fn plan_and_run(&self, batch: RecordBatch) -> DfResult<Vec<RecordBatch>> {
         *self.input.batches.lock().unwrap_or_else(|e| e.into_inner()) = vec![batch];
         let result = async {
             let frame = self
@@ -261,7 +347,11 @@ impl Pipeline {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        let batches = result?;
+        result
+    }
+
+    /// The query's output as the view's rows.
+    fn check(&self, batches: Vec<RecordBatch>, columns: &[Column]) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::with_capacity(batches.len());
         for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
             // Values the view's columns cannot hold fail here, so that the records that

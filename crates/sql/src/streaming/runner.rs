@@ -110,7 +110,7 @@ impl Engine {
             if runners.contains_key(&view.path) {
                 continue;
             }
-            tracing::info!(view = %view.name, "auto refresh started");
+            tracing::debug!(view = %view.name, "auto refresh started");
             let engine = Arc::downgrade(self);
             let path = view.path.clone();
             runners.insert(path, tokio::spawn(run(engine, view)));
@@ -140,6 +140,14 @@ async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
         let start = chrono::Utc::now().naive_utc();
         let started = Instant::now();
         let result = round(&engine, &view, &mut compiled).await;
+        // The round's transaction has committed (or failed): its rows are visible now.
+        super::observe_round(
+            &engine,
+            &view,
+            &result,
+            started.elapsed(),
+            Some(chrono::Utc::now().timestamp_micros()),
+        );
         let interval = engine.streams.settings().refresh_interval;
         let pause = match &result {
             Ok(stats) => {
@@ -165,7 +173,7 @@ async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
                     *last == text && at.elapsed() < Duration::from_secs(60)
                 });
                 if !repeat {
-                    tracing::warn!(view = %view.name, error = %text, "auto refresh failed; retrying");
+                    tracing::warn!(view = %format!("{}.{}.{}", view.database, view.schema, view.name), error = %text, "refresh failed; retrying with backoff");
                     last_error = Some((text, Instant::now()));
                     engine
                         .streams
@@ -212,6 +220,21 @@ async fn round(
     if compiled.as_ref().is_none_or(|c| c.definition != definition) {
         let session = engine.session(&owner, &view.database)?;
         let (reader, pipeline) = super::prepare(engine, session.catalogs(), view).await?;
+        if let Some((_, source)) = &definition {
+            let state = engine.catalog_snapshot();
+            let stream = state
+                .table(&view.database, &view.schema, &view.name)
+                .ok()
+                .and_then(|t| t.materialized.as_ref())
+                .map(|mv| format!("{}.{}", mv.source_schema, mv.stream))
+                .unwrap_or_default();
+            tracing::info!(
+                view = %format!("{}.{}.{}", view.database, view.schema, view.name),
+                %stream,
+                source = source.as_ref().map_or("?", |s| s.kind_name()),
+                "stream attached"
+            );
+        }
         *compiled = Some(Compiled {
             definition,
             pipeline,

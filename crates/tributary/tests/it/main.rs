@@ -13,6 +13,7 @@ mod errors;
 mod kafka;
 mod maintenance;
 mod mirror;
+mod operability;
 mod s3;
 mod sharing;
 mod slt;

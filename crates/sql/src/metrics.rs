@@ -1,0 +1,440 @@
+//! Prometheus metrics of a running engine, and the recent queries the console lists.
+//!
+//! Events (records read, refreshes, queries, commits, maintenance) update counters and
+//! histograms kept in [`Metrics`]. What is a state rather than an event (lag per shard,
+//! sessions, memory) is read when a scrape asks for it, so that a dropped view or an ended
+//! shard leaves no stale series behind. Names follow Prometheus conventions: a `tributary_`
+//! prefix, base units as suffixes (`_seconds`, `_bytes`) and `_total` on counters.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::engine::Engine;
+
+/// A series' labels, in order.
+pub(crate) type Labels = Vec<(&'static str, String)>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Queries kept for the console's list.
+const RECENT_QUERIES: usize = 100;
+/// Characters of a query's text kept for that list.
+const QUERY_TEXT_CHARS: usize = 300;
+
+/// Buckets from a millisecond to a minute: query, refresh and commit times, and freshness.
+fn seconds_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+/// The engine's event metrics.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub stream_records: Family<Labels, Counter>,
+    pub stream_bytes: Family<Labels, Counter>,
+    pub view_rows: Family<Labels, Counter>,
+    pub skipped: Family<Labels, Counter>,
+    pub freshness: Histograms,
+    pub refreshes: Family<Labels, Counter>,
+    pub refresh_seconds: Histograms,
+    pub commit_seconds: Histogram,
+    pub queries: Family<Labels, Counter>,
+    pub query_seconds: Histograms,
+    pub sessions: Gauge,
+    pub connections: Counter,
+    pub compactions: Counter,
+    pub vacuumed_files: Counter,
+    pub mirror_work: Family<Labels, Counter>,
+    recent: Mutex<VecDeque<QueryRecord>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            stream_records: Family::default(),
+            stream_bytes: Family::default(),
+            view_rows: Family::default(),
+            skipped: Family::default(),
+            freshness: Family::new_with_constructor(seconds_histogram),
+            refreshes: Family::default(),
+            refresh_seconds: Family::new_with_constructor(seconds_histogram),
+            commit_seconds: seconds_histogram(),
+            queries: Family::default(),
+            query_seconds: Family::new_with_constructor(seconds_histogram),
+            sessions: Gauge::default(),
+            connections: Counter::default(),
+            compactions: Counter::default(),
+            vacuumed_files: Counter::default(),
+            mirror_work: Family::default(),
+            recent: Mutex::default(),
+        }
+    }
+}
+
+/// One finished statement, for the console.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueryRecord {
+    pub user: String,
+    pub database: String,
+    /// The statement's text, cut to a few hundred characters.
+    pub text: String,
+    /// The command tag (`SELECT`, `INSERT`, ...).
+    pub command: String,
+    /// Microseconds since the epoch.
+    pub start_micros: i64,
+    pub duration_micros: i64,
+    /// `ok`, or the error's message.
+    pub status: String,
+}
+
+/// Counts a client connection while it lives.
+#[derive(Debug)]
+pub struct SessionGuard(Gauge);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    /// Records a finished statement.
+    pub(crate) fn query(&self, mut record: QueryRecord, failed: bool) {
+        let command = vec![("command", record.command.clone())];
+        let mut labels = command.clone();
+        labels.push(("status", if failed { "error" } else { "ok" }.to_string()));
+        self.queries.get_or_create(&labels).inc();
+        self.query_seconds
+            .get_or_create(&command)
+            .observe(record.duration_micros as f64 / 1e6);
+        if let Some((cut, _)) = record.text.char_indices().nth(QUERY_TEXT_CHARS) {
+            record.text.truncate(cut);
+            record.text.push('…');
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= RECENT_QUERIES {
+            recent.pop_front();
+        }
+        recent.push_back(record);
+    }
+
+    /// The latest finished statements, oldest first.
+    pub(crate) fn recent_queries(&self) -> Vec<QueryRecord> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn observe_commit(&self, took: Duration) {
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+}
+
+/// The resident memory of this process, in bytes (Linux; None elsewhere).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // Every Linux platform this runs on uses 4 KiB pages.
+    Some(pages * 4096)
+}
+
+impl Engine {
+    /// Counts a client session until the returned guard is dropped.
+    pub fn session_opened(&self) -> SessionGuard {
+        self.metrics.sessions.inc();
+        self.metrics.connections.inc();
+        SessionGuard(self.metrics.sessions.clone())
+    }
+
+    /// The latest statements clients ran, oldest first (at most a hundred).
+    pub fn recent_queries(&self) -> Vec<QueryRecord> {
+        self.metrics.recent_queries()
+    }
+
+    /// Every metric in Prometheus' text exposition format.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.metrics;
+        let mut registry = Registry::with_prefix("tributary");
+        registry.register(
+            "build",
+            "The server's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
+        );
+        registry.register(
+            "stream_records_read",
+            "Stream records read, per view and shard (a Kafka partition's number)",
+            m.stream_records.clone(),
+        );
+        registry.register_with_unit(
+            "stream_read",
+            "Bytes of stream record payloads read, per view and shard",
+            Unit::Bytes,
+            m.stream_bytes.clone(),
+        );
+        registry.register(
+            "view_rows_written",
+            "Rows a streaming view or mirror table stored",
+            m.view_rows.clone(),
+        );
+        registry.register(
+            "stream_records_skipped",
+            "Stream records a view skipped, by reason (see sys_stream_scan_errors)",
+            m.skipped.clone(),
+        );
+        registry.register_with_unit(
+            "stream_freshness",
+            "Time from a record's arrival in the stream to its being visible in the view",
+            Unit::Seconds,
+            m.freshness.clone(),
+        );
+        registry.register(
+            "refreshes",
+            "Refresh rounds that read records, per view and outcome",
+            m.refreshes.clone(),
+        );
+        registry.register_with_unit(
+            "refresh_duration",
+            "Duration of refresh rounds that read records, commit included",
+            Unit::Seconds,
+            m.refresh_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "commit_duration",
+            "Duration of the catalog commit of writing transactions",
+            Unit::Seconds,
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "queries",
+            "Statements clients ran, by command and outcome",
+            m.queries.clone(),
+        );
+        registry.register_with_unit(
+            "query_duration",
+            "Statement duration, by command, until the last row is sent",
+            Unit::Seconds,
+            m.query_seconds.clone(),
+        );
+        registry.register("sessions", "Open client sessions", m.sessions.clone());
+        registry.register(
+            "connections",
+            "Client sessions opened",
+            m.connections.clone(),
+        );
+        registry.register(
+            "compactions",
+            "Tables compacted by background maintenance",
+            m.compactions.clone(),
+        );
+        registry.register(
+            "vacuum_deleted_files",
+            "Data files vacuum deleted",
+            m.vacuumed_files.clone(),
+        );
+        registry.register(
+            "mirror_background_work",
+            "Mirror table folds and coalesces finished, by kind",
+            m.mirror_work.clone(),
+        );
+        self.register_states(&mut registry);
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &registry);
+        text
+    }
+
+    /// Gauges read from the current state.
+    fn register_states(&self, registry: &mut Registry) {
+        let lag_seconds: Family<Labels, FloatGauge> = Family::default();
+        let lag_records: Family<Labels, Gauge> = Family::default();
+        let last_read: Family<Labels, FloatGauge> = Family::default();
+        for view in crate::streaming::streaming_views(&self.catalog_snapshot()) {
+            let stats = self.streams.stats(&view.path);
+            let labels = view.labels();
+            if let Some(at) = stats.last_refresh {
+                last_read
+                    .get_or_create(&labels)
+                    .set(at.and_utc().timestamp_micros() as f64 / 1e6);
+            }
+            for (shard, lag) in &stats.shards {
+                let mut labels = labels.clone();
+                labels.push(("shard", shard.clone()));
+                if let Some(millis) = lag.millis_behind {
+                    lag_seconds
+                        .get_or_create(&labels)
+                        .set(millis as f64 / 1000.0);
+                }
+                if let Some(records) = lag.records_behind {
+                    lag_records.get_or_create(&labels).set(records);
+                }
+            }
+        }
+        registry.register_with_unit(
+            "stream_lag",
+            "How far a view's reader is behind the stream's tip, per shard (Kinesis)",
+            Unit::Seconds,
+            lag_seconds,
+        );
+        registry.register(
+            "stream_lag_records",
+            "Records between a view's reader and the tip, per partition (Kafka)",
+            lag_records,
+        );
+        registry.register_with_unit(
+            "stream_last_read_timestamp",
+            "When a view last read its stream (Unix time)",
+            Unit::Seconds,
+            last_read,
+        );
+        let resident: Gauge = Gauge::default();
+        resident.set(resident_memory_bytes().unwrap_or(0) as i64);
+        registry.register_with_unit(
+            "memory_resident",
+            "Resident memory of the server process",
+            Unit::Bytes,
+            resident,
+        );
+        let (used, limit) = self.query_memory();
+        let reserved: Gauge = Gauge::default();
+        reserved.set(used as i64);
+        registry.register_with_unit(
+            "query_memory_reserved",
+            "Memory queries hold against the query memory limit",
+            Unit::Bytes,
+            reserved,
+        );
+        let limit_gauge: Gauge = Gauge::default();
+        limit_gauge.set(limit.map_or(-1, |l| l as i64));
+        registry.register_with_unit(
+            "query_memory_limit",
+            "The query memory limit (--memory-limit; -1 when unlimited)",
+            Unit::Bytes,
+            limit_gauge,
+        );
+    }
+}
+
+/// The start of a statement's text: formatting stops after [`QUERY_TEXT_CHARS`], so a large
+/// INSERT costs no more than a small one.
+pub(crate) fn statement_text(statement: &impl std::fmt::Display) -> String {
+    struct Limited(String);
+    impl std::fmt::Write for Limited {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            if self.0.len() >= QUERY_TEXT_CHARS * 4 {
+                return Err(std::fmt::Error);
+            }
+            self.0.push_str(s);
+            Ok(())
+        }
+    }
+    let mut text = Limited(String::new());
+    let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{statement}"));
+    text.0
+}
+
+/// The command of a statement that returns rows, from its first word: `SELECT` for queries
+/// (`WITH` and parenthesized ones included), else the word (`SHOW`, `EXPLAIN`, `FETCH`, ...).
+pub(crate) fn row_command(text: &str) -> String {
+    let word: String = text
+        .trim_start_matches(|c: char| c == '(' || c.is_whitespace())
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_uppercase();
+    match word.as_str() {
+        "" | "WITH" | "VALUES" | "TABLE" => "SELECT".to_string(),
+        _ => word,
+    }
+}
+
+/// A statement being timed: recorded when its result is complete (for rows, when the last
+/// one is sent or the client stops reading).
+pub(crate) struct QueryTimer {
+    pub engine: std::sync::Arc<Engine>,
+    pub record: QueryRecord,
+    pub started: std::time::Instant,
+}
+
+impl QueryTimer {
+    pub(crate) fn finish(mut self, error: Option<String>) {
+        self.record.duration_micros = self.started.elapsed().as_micros() as i64;
+        let failed = error.is_some();
+        self.record.status = error.unwrap_or_else(|| "ok".to_string());
+        if self.record.command.is_empty() {
+            self.record.command = row_command(&self.record.text);
+        }
+        self.engine.metrics.query(self.record, failed);
+    }
+}
+
+/// Rows passed through to the client; the statement is recorded when they end.
+pub(crate) struct TimedStream {
+    inner: datafusion::execution::SendableRecordBatchStream,
+    timer: Option<QueryTimer>,
+}
+
+impl TimedStream {
+    pub(crate) fn new(
+        inner: datafusion::execution::SendableRecordBatchStream,
+        timer: QueryTimer,
+    ) -> Self {
+        Self {
+            inner,
+            timer: Some(timer),
+        }
+    }
+}
+
+impl futures::Stream for TimedStream {
+    type Item = datafusion::error::Result<arrow::array::RecordBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => {
+                if let Some(timer) = self.timer.take() {
+                    timer.finish(None);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(err))) => {
+                if let Some(timer) = self.timer.take() {
+                    timer.finish(Some(err.to_string()));
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl datafusion::physical_plan::RecordBatchStream for TimedStream {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.inner.schema()
+    }
+}
+
+impl Drop for TimedStream {
+    fn drop(&mut self) {
+        // The client stopped reading (a cursor closed, a connection lost).
+        if let Some(timer) = self.timer.take() {
+            timer.finish(None);
+        }
+    }
+}

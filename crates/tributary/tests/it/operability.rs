@@ -1,0 +1,522 @@
+//! Operability: `/metrics` moves with ingestion and queries, `/healthz` and `/readyz` answer,
+//! the console's JSON and page work (the page in Debian's headless Chromium), and a flood of
+//! bad records leaves a short, readable log.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tributary_testkit::{KinesisFlavor, KinesisServer, repo_root, require_program};
+
+use crate::durability::connect;
+use crate::streaming::{count, create_stream, kinesis, put};
+
+/// A `tributary serve` process reading `kinesis_endpoint`, with its log in a file.
+struct Server {
+    child: Child,
+    sql_port: u16,
+    http: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(kinesis_endpoint: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["serve", "--data"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args([
+                "--no-stream-service",
+                "--kinesis-endpoint",
+                kinesis_endpoint,
+            ])
+            .args(["--refresh-interval-ms", "100"])
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start tributary");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = |prefix: &str| -> String {
+            let line = lines.next().expect("a line").expect("stdout");
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .to_string()
+        };
+        let sql = next("tributary listening on ");
+        let http = next("tributary http on ");
+        Self {
+            child,
+            sql_port: sql.rsplit(':').next().unwrap().parse().unwrap(),
+            http: format!("http://{http}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String, String) {
+        let response = http_get(&format!("{}{path}", self.http)).await;
+        (response.0, response.1, response.2)
+    }
+
+    async fn metrics(&self) -> Metrics {
+        let (status, content_type, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        Metrics::parse(&body)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET over a TCP socket: status, content type and body.
+async fn http_get(url: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut socket = tokio::net::TcpStream::connect(host).await.expect("connect");
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).expect("utf-8");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_string())
+}
+
+/// Samples of a scrape, by name and labels, and the declared type of each family.
+struct Metrics {
+    samples: BTreeMap<String, f64>,
+    types: BTreeMap<String, String>,
+}
+
+impl Metrics {
+    fn parse(text: &str) -> Self {
+        let mut samples = BTreeMap::new();
+        let mut types = BTreeMap::new();
+        assert!(
+            text.trim_end().ends_with("# EOF"),
+            "an OpenMetrics exposition"
+        );
+        for line in text.lines() {
+            if let Some(declared) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = declared.split_once(' ').unwrap();
+                types.insert(name.to_string(), kind.to_string());
+            } else if !line.starts_with('#') && !line.is_empty() {
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                samples.insert(series.to_string(), value.parse().expect("a number"));
+            }
+        }
+        Self { samples, types }
+    }
+
+    /// The sum of a metric's samples whose series contains every one of `labels`.
+    fn sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(series, _)| {
+                series.split('{').next() == Some(name) && labels.iter().all(|l| series.contains(l))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    fn series(&self, name: &str) -> Vec<&String> {
+        self.samples
+            .keys()
+            .filter(|s| s.split('{').next() == Some(name))
+            .collect()
+    }
+}
+
+const VIEW: &str = "view=\"events\"";
+
+async fn create_view(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "CREATE EXTERNAL SCHEMA k FROM KINESIS IAM_ROLE default;
+             CREATE MATERIALIZED VIEW events AUTO REFRESH YES AS
+               SELECT approximate_arrival_timestamp, JSON_PARSE(kinesis_data) AS payload FROM k.events;",
+        )
+        .await
+        .unwrap();
+}
+
+fn records(range: std::ops::Range<i64>, bad_every: i64) -> Vec<(String, Vec<u8>)> {
+    range
+        .map(|i| {
+            let data = if bad_every > 0 && i % bad_every == 0 {
+                format!("not json {i}").into_bytes()
+            } else {
+                format!(r#"{{"i":{i}}}"#).into_bytes()
+            };
+            (format!("k{i}"), data)
+        })
+        .collect()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_console_data_move_with_ingestion() {
+    let stream = KinesisServer::start(KinesisFlavor::Embedded);
+    let server = Server::start(&stream.endpoint(), &["--memory-limit", "1GiB"]);
+    assert_eq!(server.get("/healthz").await.0, 200);
+    assert_eq!(server.get("/readyz").await.0, 200);
+    assert_eq!(server.get("/nothing-here").await.0, 404);
+    let kinesis_client = kinesis(&stream.endpoint()).await;
+    create_stream(&kinesis_client, "events", 2).await;
+    let client = connect(server.sql_port).await;
+    create_view(&client).await;
+
+    // 1,000 records, every 100th of them not JSON.
+    put(&kinesis_client, "events", records(0..1000, 100)).await;
+    wait_for("1,000 records read", Duration::from_secs(60), async || {
+        server
+            .metrics()
+            .await
+            .sum("tributary_stream_records_read_total", &[VIEW])
+            >= 1000.0
+    })
+    .await;
+    wait_for("990 rows", Duration::from_secs(30), async || {
+        count(&client, "SELECT count(*) FROM events").await == 990
+    })
+    .await;
+    let before = server.metrics().await;
+    // Names follow Prometheus conventions: counters end in _total, units are suffixes.
+    for (family, kind) in &before.types {
+        assert!(family.starts_with("tributary_"), "{family}");
+        if kind == "counter" {
+            assert!(
+                !before.series(&format!("{family}_total")).is_empty() || family.ends_with("_info"),
+                "counter {family} has _total samples"
+            );
+        }
+    }
+    assert_eq!(
+        before.types["tributary_stream_freshness_seconds"],
+        "histogram"
+    );
+    assert_eq!(
+        before.types["tributary_query_duration_seconds"],
+        "histogram"
+    );
+    assert_eq!(before.types["tributary_stream_lag_seconds"], "gauge");
+    // Both shards are counted and have a lag.
+    assert_eq!(
+        before.series("tributary_stream_records_read_total").len(),
+        2
+    );
+    assert_eq!(before.series("tributary_stream_lag_seconds").len(), 2);
+    assert!(before.sum("tributary_stream_read_bytes_total", &[VIEW]) > 8000.0);
+    assert_eq!(
+        before.sum(
+            "tributary_stream_records_skipped_total",
+            &[VIEW, "reason=\"transform_failed\""]
+        ),
+        10.0
+    );
+    assert_eq!(
+        before.sum("tributary_view_rows_written_total", &[VIEW]),
+        990.0
+    );
+    assert!(before.sum("tributary_stream_freshness_seconds_count", &[VIEW]) >= 1000.0);
+    assert!(before.sum("tributary_refreshes_total", &[VIEW, "status=\"ok\""]) >= 1.0);
+    assert!(before.sum("tributary_refresh_duration_seconds_count", &[VIEW]) >= 1.0);
+    assert!(before.sum("tributary_commit_duration_seconds_count", &[]) >= 1.0);
+    assert!(before.sum("tributary_sessions", &[]) >= 1.0);
+    assert!(before.sum("tributary_memory_resident_bytes", &[]) > 1e6);
+    assert_eq!(
+        before.sum("tributary_query_memory_limit_bytes", &[]),
+        1024.0 * 1024.0 * 1024.0
+    );
+
+    // More records and queries move the counters.
+    put(&kinesis_client, "events", records(1000..1500, 0)).await;
+    wait_for("1,490 rows", Duration::from_secs(30), async || {
+        count(&client, "SELECT count(*) FROM events").await == 1490
+    })
+    .await;
+    assert!(
+        client
+            .simple_query("SELECT no_such_column FROM events")
+            .await
+            .is_err()
+    );
+    let after = server.metrics().await;
+    assert!(after.sum("tributary_stream_records_read_total", &[VIEW]) >= 1500.0);
+    assert_eq!(
+        after.sum("tributary_view_rows_written_total", &[VIEW]),
+        1490.0
+    );
+    assert!(
+        after.sum("tributary_stream_freshness_seconds_count", &[VIEW])
+            >= before.sum("tributary_stream_freshness_seconds_count", &[VIEW]) + 500.0
+    );
+    let selects = |m: &Metrics, status: &str| {
+        m.sum(
+            "tributary_queries_total",
+            &["command=\"SELECT\"", &format!("status=\"{status}\"")],
+        )
+    };
+    assert!(selects(&after, "ok") > selects(&before, "ok"));
+    assert_eq!(selects(&after, "error") - selects(&before, "error"), 1.0);
+    assert!(
+        after.sum(
+            "tributary_query_duration_seconds_count",
+            &["command=\"SELECT\""]
+        ) > before.sum(
+            "tributary_query_duration_seconds_count",
+            &["command=\"SELECT\""]
+        )
+    );
+
+    // The console's data: the view with its counters, the skipped records, the queries.
+    let (status, content_type, body) = server.get("/api/status").await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "application/json");
+    let console: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let view = &console["views"][0];
+    assert_eq!(view["name"], "events");
+    assert_eq!(view["kind"], "streaming view");
+    assert_eq!(view["state"], "running");
+    assert_eq!(view["rows"], 1490);
+    assert_eq!(view["skipped"], 10);
+    assert_eq!(view["shards"].as_array().unwrap().len(), 2);
+    assert!(view["freshness_p50_seconds"].as_f64().is_some());
+    assert_eq!(console["sources"][0]["source"], "KINESIS");
+    let skipped = console["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 10);
+    assert!(skipped.iter().all(|s| s["code"] == "transform_failed"));
+    let queries = console["queries"].as_array().unwrap();
+    assert!(
+        queries
+            .iter()
+            .any(|q| q["text"] == "SELECT no_such_column FROM events" && q["status"] != "ok"),
+        "{queries:?}"
+    );
+    assert!(!console["refreshes"].as_array().unwrap().is_empty());
+    // The page and its files come from the binary.
+    let (status, content_type, page) = server.get("/").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/html"));
+    assert!(page.contains("chart-throughput") && page.contains("/console.js"));
+    assert_eq!(server.get("/console.js").await.0, 200);
+    assert_eq!(server.get("/console.css").await.0, 200);
+
+    // The log tells what happened, one line per event.
+    let log = server.log();
+    assert!(log.contains("stream attached"), "{log}");
+    assert!(log.contains("stream records skipped"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_records_leaves_a_short_readable_log() {
+    const BAD: i64 = 100_000;
+    let stream = KinesisServer::start(KinesisFlavor::Embedded);
+    let server = Server::start(
+        &stream.endpoint(),
+        &["--log", "info", "--log-format", "json"],
+    );
+    let kinesis_client = kinesis(&stream.endpoint()).await;
+    create_stream(&kinesis_client, "events", 2).await;
+    let client = connect(server.sql_port).await;
+    create_view(&client).await;
+    // 100,000 records that are not JSON, then one that is.
+    put(&kinesis_client, "events", records(0..BAD, 1)).await;
+    put(
+        &kinesis_client,
+        "events",
+        vec![("k".into(), br#"{"last":true}"#.to_vec())],
+    )
+    .await;
+    wait_for("every record read", Duration::from_secs(300), async || {
+        server
+            .metrics()
+            .await
+            .sum("tributary_stream_records_skipped_total", &[VIEW])
+            >= BAD as f64
+            && count(&client, "SELECT count(*) FROM events").await == 1
+    })
+    .await;
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM sys_stream_scan_errors WHERE mv_name = 'events'"
+        )
+        .await,
+        BAD,
+        "every bad record is in sys_stream_scan_errors"
+    );
+    assert_eq!(
+        server
+            .metrics()
+            .await
+            .sum("tributary_stream_records_skipped_total", &[VIEW]),
+        BAD as f64
+    );
+    // Give the last summary its time (one line per view per ten seconds).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(count(&client, "SELECT 1").await, 1);
+
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        lines.len() <= 40 && log.len() <= 16 * 1024,
+        "{} lines, {} bytes:\n{log}",
+        lines.len(),
+        log.len()
+    );
+    let skips: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            l["fields"]["message"] == "stream records skipped (details in sys_stream_scan_errors)"
+        })
+        .collect();
+    assert!(!skips.is_empty(), "{log}");
+    let logged: u64 = skips
+        .iter()
+        .map(|l| l["fields"]["skipped"].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(
+        logged, BAD as u64,
+        "the summaries add up to every skipped record:\n{log}"
+    );
+    for skip in &skips {
+        assert_eq!(skip["level"], "WARN");
+        assert_eq!(skip["fields"]["view"], "dev.public.events");
+        assert!(
+            skip["fields"]["reasons"]
+                .as_str()
+                .unwrap()
+                .starts_with("transform_failed: "),
+            "{skip}"
+        );
+    }
+}
+
+/// Where tests keep files for people to look at (the console screenshot): `test-artifacts`
+/// in the build's target directory.
+fn artifacts() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/it-*: two levels up is the profile directory's parent's child.
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_charts_render_and_update_in_chromium() {
+    let node = require_program("node", "install Node.js");
+    let chromium = require_program(
+        "chromium",
+        "install Debian's chromium package (.ci/run does this)",
+    );
+    let script = repo_root().join("tests/node/console-check.js");
+    assert!(
+        repo_root()
+            .join("tests/node/node_modules/playwright-core")
+            .is_dir(),
+        "playwright-core is not installed; run: npm install --prefix tests/node (.ci/run does this)"
+    );
+    let stream = KinesisServer::start(KinesisFlavor::Embedded);
+    let server = Server::start(&stream.endpoint(), &[]);
+    let kinesis_client = kinesis(&stream.endpoint()).await;
+    create_stream(&kinesis_client, "events", 2).await;
+    let client = connect(server.sql_port).await;
+    create_view(&client).await;
+
+    // Ingest continuously while the page is open.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let producer = {
+        let kinesis_client = kinesis_client.clone();
+        tokio::spawn(async move {
+            let mut next = 0;
+            while !*stopped.borrow() {
+                put(&kinesis_client, "events", records(next..next + 200, 50)).await;
+                next += 200;
+                let _ = tokio::time::timeout(Duration::from_millis(200), stopped.changed()).await;
+            }
+        })
+    };
+    let screenshot = artifacts().join("console.png");
+    let output = tokio::process::Command::new(node)
+        .arg(&script)
+        .arg(format!("{}/", server.http))
+        .arg(&screenshot)
+        .arg("dev.public.events")
+        .env("CHROMIUM", chromium)
+        .current_dir(repo_root().join("tests/node"))
+        .output()
+        .await
+        .expect("run console-check.js");
+    stop.send(true).unwrap();
+    producer.await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "console check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON summary");
+    assert_eq!(summary["failures"], serde_json::json!([]));
+    assert!(
+        summary["row"].as_str().unwrap().contains("running"),
+        "{summary}"
+    );
+    let png = std::fs::read(&screenshot).expect("the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    eprintln!("console screenshot: {}", screenshot.display());
+}
