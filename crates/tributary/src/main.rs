@@ -197,11 +197,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let started = start(&args, false).await?;
         let address = started.address;
         tracing::info!(%address, "listening; connect with: psql -h {} -p {} -U admin dev", address.ip(), address.port());
-        // Tell scripts where we listen (useful with port 0).
-        println!("tributary listening on {address}");
+        // Tell scripts where we listen (useful with port 0). A script that read what it needed
+        // and closed its end must not stop the server.
+        let mut announce = format!("tributary listening on {address}\n");
         if let Some(http) = started.http {
-            println!("tributary http on {http}");
+            announce.push_str(&format!("tributary http on {http}\n"));
         }
+        let mut stdout = std::io::stdout();
+        let _ = std::io::Write::write_all(&mut stdout, announce.as_bytes())
+            .and_then(|()| std::io::Write::flush(&mut stdout));
         started.ready.store(true, std::sync::atomic::Ordering::Release);
         let ready = started.ready.clone();
         let shutdown = async move {
