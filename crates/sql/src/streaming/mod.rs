@@ -301,7 +301,7 @@ impl Streams {
             .join(", ");
         let example = log.example.take().unwrap_or_default();
         tracing::warn!(
-            view = %format!("{}.{}.{}", view.database, view.schema, view.name),
+            view = %view.qualified(),
             skipped = total,
             %reasons,
             %example,
@@ -382,6 +382,11 @@ pub(crate) struct ViewId {
 }
 
 impl ViewId {
+    /// `database.schema.name`, for logs.
+    pub(crate) fn qualified(&self) -> String {
+        format!("{}.{}.{}", self.database, self.schema, self.name)
+    }
+
     /// The view's metric labels.
     pub(crate) fn labels(&self) -> crate::metrics::Labels {
         vec![
@@ -394,15 +399,20 @@ impl ViewId {
 
 /// Every materialized view that reads a stream (streaming views and mirror tables).
 pub(crate) fn streaming_views(state: &tributary_catalog::CatalogState) -> Vec<ViewId> {
+    views_where(state, |mv| mv.input.is_stream())
+}
+
+/// The materialized views, of every database, for which `keep` holds.
+pub(crate) fn views_where(
+    state: &tributary_catalog::CatalogState,
+    keep: impl Fn(&MaterializedView) -> bool,
+) -> Vec<ViewId> {
     let mut views = Vec::new();
     for (database, db) in &state.databases {
         for (schema, s) in &db.schemas {
             for (name, relation) in &s.relations {
                 if let Relation::Table(table) = relation
-                    && table
-                        .materialized
-                        .as_ref()
-                        .is_some_and(|m| m.input.is_stream())
+                    && table.materialized.as_deref().is_some_and(&keep)
                 {
                     views.push(ViewId {
                         database: database.clone(),

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tributary_catalog::{CatalogState, Relation};
+use tributary_catalog::CatalogState;
 
 use super::{Pipeline, RefreshRecord, ViewId};
 use crate::Result;
@@ -51,24 +51,7 @@ impl Default for StreamingSettings {
 }
 
 fn auto_refresh_views(state: &CatalogState) -> Vec<ViewId> {
-    let mut views = Vec::new();
-    for (database, db) in &state.databases {
-        for (schema, s) in &db.schemas {
-            for (name, relation) in &s.relations {
-                if let Relation::Table(table) = relation
-                    && table.materialized.as_ref().is_some_and(|m| m.auto_refresh)
-                {
-                    views.push(ViewId {
-                        database: database.clone(),
-                        schema: schema.clone(),
-                        name: name.clone(),
-                        path: table.path.clone(),
-                    });
-                }
-            }
-        }
-    }
-    views
+    super::views_where(state, |mv| mv.auto_refresh)
 }
 
 impl Engine {
@@ -173,7 +156,7 @@ async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
                     *last == text && at.elapsed() < Duration::from_secs(60)
                 });
                 if !repeat {
-                    tracing::warn!(view = %format!("{}.{}.{}", view.database, view.schema, view.name), error = %text, "refresh failed; retrying with backoff");
+                    tracing::warn!(view = %view.qualified(), error = %text, "refresh failed; retrying with backoff");
                     last_error = Some((text, Instant::now()));
                     engine
                         .streams
@@ -229,7 +212,7 @@ async fn round(
                 .map(|mv| format!("{}.{}", mv.source_schema, mv.stream))
                 .unwrap_or_default();
             tracing::info!(
-                view = %format!("{}.{}.{}", view.database, view.schema, view.name),
+                view = %view.qualified(),
                 %stream,
                 source = source.as_ref().map_or("?", |s| s.kind_name()),
                 "stream attached"
