@@ -121,10 +121,7 @@ async fn create_table(session: &mut Session, create: CreateTable) -> Result<Outp
     let mut table = Table {
         oid: 0,
         owner: session.user().to_string(),
-        path: format!(
-            "{database}/{schema}/{name}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        ),
+        path: tributary_storage::new_table_path(&database, &schema, &name),
         version: 0,
         constraints: constraints(&create.columns, &create.constraints),
         distribution: distribution(&create),

@@ -74,6 +74,7 @@ impl Engine {
             metrics: Default::default(),
             runtime: std::sync::RwLock::new((Arc::new(RuntimeEnv::default()), None)),
         });
+        engine.relocate_legacy_tables().await?;
         engine.recover().await?;
         Ok(engine)
     }
@@ -191,6 +192,43 @@ impl Engine {
         Session::new(self.clone(), user, database)
     }
 
+    /// Points the catalog at where earlier releases really stored tables whose names held
+    /// characters their paths misread (`#`, `?`, `%`, `\`, `..`): the same files, now under
+    /// a path that means one directory everywhere. A table that was put outside the storage
+    /// root is left alone and reported; it cannot be read until it is moved back.
+    async fn relocate_legacy_tables(&self) -> Result<()> {
+        let mut moves = Vec::new();
+        for (path, _) in self.catalog.snapshot().table_pins() {
+            if tributary_storage::check_table_path(&path).is_ok() {
+                continue;
+            }
+            match tributary_storage::legacy_location(self.storage.url(), &path) {
+                Some(location) => {
+                    tracing::warn!(table = %path, %location, "a table stored under a misread path by an earlier release is read where its files are");
+                    moves.push((path, location));
+                }
+                None => tracing::error!(
+                    table = %path,
+                    "a table stored by an earlier release lies outside the storage root and cannot be read; move its files inside the root"
+                ),
+            }
+        }
+        if moves.is_empty() {
+            return Ok(());
+        }
+        self.catalog
+            .commit(|state| {
+                for (path, location) in &moves {
+                    if let Some(table) = crate::transaction::table_by_path_mut(state, path) {
+                        table.path = location.clone();
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Undoes table commits that never became visible: a crash between a table's Delta commit
     /// and the catalog commit that pins it leaves a Delta version newer than the pin. Such a
     /// table is restored to its pinned content, and the catalog pins the restoring commit.
@@ -198,7 +236,10 @@ impl Engine {
         let pins = self.catalog.snapshot().table_pins();
         let mut repins = Vec::new();
         for (path, pinned) in pins {
-            let table = self.storage.table(&path)?;
+            // A path outside the root was reported by relocate_legacy_tables.
+            let Ok(table) = self.storage.table(&path) else {
+                continue;
+            };
             // Most tables end at their pin; only those with a later commit are examined.
             if !table.has_commits_after(pinned).await? {
                 continue;

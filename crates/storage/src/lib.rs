@@ -6,10 +6,12 @@
 
 mod error;
 mod files;
+mod location;
 mod root;
 mod table;
 
 pub use error::{Error, Result};
 pub use files::ExternalLocation;
+pub use location::{check_table_path, legacy_location, new_table_path};
 pub use root::StorageRoot;
 pub use table::{AppendOutcome, DataFile, Replaced, StagedFiles, TableHandle};

@@ -110,19 +110,11 @@ impl StorageRoot {
     }
 
     /// A handle on the table stored at `path` (relative to the root, `/`-separated).
+    /// Refused unless the path stays inside the root and means one directory everywhere
+    /// ([`crate::check_table_path`]).
     pub fn table(self: &Arc<Self>, path: &str) -> Result<TableHandle> {
-        let url = self
-            .url
-            .join(&format!("{}/", path.trim_matches('/')))
-            .map_err(|e| Error::InvalidLocation {
-                location: path.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(TableHandle::new(
-            self.clone(),
-            path.trim_matches('/').to_string(),
-            url,
-        ))
+        let url = crate::location::table_url(&self.url, path)?;
+        Ok(TableHandle::new(self.clone(), path.to_string(), url))
     }
 
     pub(crate) fn snapshots(&self) -> std::sync::MutexGuard<'_, SnapshotCache> {

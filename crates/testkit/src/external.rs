@@ -78,6 +78,32 @@ impl Moto {
             .expect("run python3");
         assert!(status.success(), "creating bucket {bucket} in moto failed");
     }
+
+    /// Every object key in `bucket`, through moto's S3 API.
+    pub fn list_keys(&self, bucket: &str) -> Vec<String> {
+        let python = python(&["boto3"]);
+        let script = format!(
+            "import boto3, json\n\
+             s3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n\
+             for page in s3.get_paginator('list_objects_v2').paginate(Bucket='{bucket}'):\n\
+             \x20   for item in page.get('Contents', []): print(json.dumps(item['Key']))\n",
+            self.endpoint()
+        );
+        let output = Command::new(python)
+            .args(["-c", &script])
+            .output()
+            .expect("run python3");
+        assert!(
+            output.status.success(),
+            "listing bucket {bucket} in moto failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Keys are printed as JSON strings, so that any character survives the trip.
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str::<String>(line).expect("a JSON string"))
+            .collect()
+    }
 }
 
 impl Drop for Moto {

@@ -828,10 +828,7 @@ fn view_table(
     Table {
         oid: 0,
         owner: owner.to_string(),
-        path: format!(
-            "{database}/{schema}/{name}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        ),
+        path: tributary_storage::new_table_path(database, schema, name),
         version: 0,
         columns,
         constraints: vec![],

@@ -6,8 +6,32 @@ use std::process::{Child, Command, Stdio};
 use tributary_testkit::{TestServer, require_program};
 use tributary_wire::PasswordMethod;
 
+/// A server process, killed (-9) when dropped, so that a failing test leaves none behind.
+pub struct ServerProcess(pub Child);
+
+impl std::ops::Deref for ServerProcess {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the `tributary` binary and returns it with the port it listens on.
-pub fn spawn_server(data: &str, envs: &[(&str, String)]) -> (Child, u16) {
+pub fn spawn_server(data: &str, envs: &[(&str, String)]) -> (ServerProcess, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args([
             "serve",
@@ -37,7 +61,7 @@ pub fn spawn_server(data: &str, envs: &[(&str, String)]) -> (Child, u16) {
         .next()
         .and_then(|p| p.parse().ok())
         .expect("port");
-    (child, port)
+    (ServerProcess(child), port)
 }
 
 pub async fn connect(port: u16) -> tokio_postgres::Client {

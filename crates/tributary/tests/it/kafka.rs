@@ -18,7 +18,6 @@ use tributary_testkit::{Tansu, TestServer};
 
 use crate::cdc::text_rows;
 use crate::durability::{connect, spawn_server};
-use crate::mirror::Running;
 use crate::streaming::{count, wait_for_count};
 
 async fn create_topic(broker: &Tansu, topic: &str, partitions: i32) {
@@ -454,7 +453,7 @@ async fn kill_9_during_auto_refresh_keeps_every_record_once() {
     let data = data.to_str().unwrap().to_string();
     let envs = [("TRIBUTARY_REFRESH_INTERVAL_MS", "50".to_string())];
     let (child, port) = spawn_server(&data, &envs);
-    let mut server = Running(child);
+    let mut server = child;
     let client = connect(port).await;
     client
         .batch_execute(&format!(
@@ -481,13 +480,13 @@ async fn kill_9_during_auto_refresh_keeps_every_record_once() {
         tokio::time::sleep(Duration::from_millis(600 + 300 * round)).await;
         server.0.kill().expect("kill -9");
         server.0.wait().unwrap();
-        server = Running(spawn_server(&data, &envs).0);
+        server = spawn_server(&data, &envs).0;
     }
     writer.await.unwrap();
     server.0.kill().unwrap();
     server.0.wait().unwrap();
     let (child, port) = spawn_server(&data, &envs);
-    let _server = Running(child);
+    let _server = child;
     let client = connect(port).await;
     wait_for_count(&client, "SELECT count(*) FROM clicks_mv", TOTAL as i64).await;
     let ids: HashSet<i64> = client

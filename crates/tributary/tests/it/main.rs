@@ -13,6 +13,7 @@ mod errors;
 mod kafka;
 mod maintenance;
 mod mirror;
+mod names;
 mod operability;
 mod s3;
 mod sharing;

@@ -781,7 +781,7 @@ async fn kill_9_during_mirroring_loses_and_repeats_nothing() {
         ("TRIBUTARY_MIRROR_FOLD_CHANGES", "200".to_string()),
     ];
     let (child, port) = spawn_server(&data, &envs);
-    let mut server = Running(child);
+    let mut server = child;
     let client = connect(port).await;
     client
         .batch_execute(&format!(
@@ -820,13 +820,13 @@ async fn kill_9_during_mirroring_loses_and_repeats_nothing() {
         tokio::time::sleep(Duration::from_millis(600 + 300 * round)).await;
         server.0.kill().expect("kill -9");
         server.0.wait().unwrap();
-        server = Running(spawn_server(&data, &envs).0);
+        server = spawn_server(&data, &envs).0;
     }
     writer.await.unwrap();
     server.0.kill().unwrap();
     server.0.wait().unwrap();
     let (child, port) = spawn_server(&data, &envs);
-    server = Running(child);
+    server = child;
     let client = connect(port).await;
     let expected = model(&all);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -848,14 +848,4 @@ async fn kill_9_during_mirroring_loses_and_repeats_nothing() {
         0
     );
     drop(server);
-}
-
-/// A server process, killed (-9) when dropped, so that a failing test leaves none behind.
-pub(crate) struct Running(pub(crate) std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

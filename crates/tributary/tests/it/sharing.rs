@@ -8,21 +8,10 @@ use tokio_postgres::Client;
 use tributary_testkit::Moto;
 
 use crate::access::refused;
-use crate::durability::{connect, spawn_server};
+use crate::durability::{ServerProcess, connect, spawn_server};
 
-/// A server process, killed when the test ends, however it ends.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(data: &std::path::Path, envs: &[(&str, String)]) -> (Killed, u16) {
-    let (child, port) = spawn_server(data.to_str().unwrap(), envs);
-    (Killed(child), port)
+fn start(data: &std::path::Path, envs: &[(&str, String)]) -> (ServerProcess, u16) {
+    spawn_server(data.to_str().unwrap(), envs)
 }
 
 async fn namespace(client: &Client) -> String {
