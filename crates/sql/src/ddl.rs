@@ -705,7 +705,18 @@ async fn drop_relation(
         session.catalogs().temp().deregister_table(&parts[0])?;
         return Ok(vec![]);
     }
-    let (schema, relation) = match session.resolve_existing(name) {
+    let database = session.database().to_string();
+    let resolved = session
+        .resolve_existing(name)
+        .and_then(|(schema, relation)| {
+            let pinned = session.catalogs().pinned();
+            pinned.schema(&database, &schema)?;
+            match pinned.relation(&database, &schema, &relation) {
+                Some(_) => Ok((schema, relation)),
+                None => Err(Error::UndefinedTable(relation)),
+            }
+        });
+    let (schema, relation) = match resolved {
         Ok(resolved) => resolved,
         Err(Error::UndefinedTable(_) | Error::UndefinedSchema(_)) if if_exists => {
             session.notice(format!(
@@ -721,7 +732,6 @@ async fn drop_relation(
         }
         Err(err) => return Err(err),
     };
-    let database = session.database().to_string();
     let is_table = matches!(
         session
             .catalogs()

@@ -100,52 +100,39 @@ fn straighten_quotes(sql: &str) -> std::borrow::Cow<'_, str> {
 /// option: it becomes `EXTENSION '<marker>n'`, an option COPY has no other use for.
 pub(crate) const MAXERROR_MARKER: &str = "tributary-maxerror=";
 
-fn maxerror_as_option(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+fn maxerror_as_option(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
-    let mut iter = tokens.into_iter().peekable();
-    while let Some(token) = iter.next() {
+    let mut index = 0;
+    while index < tokens.len() {
+        let token = take(&mut tokens, index);
+        index += 1;
         if word_upper(&token.token).as_deref() != Some("MAXERROR") {
             out.push(token);
             continue;
         }
         // MAXERROR [AS] <number>
-        let mut lookahead = iter.clone();
-        let mut skipped = 0;
-        let mut number = None;
-        for next in lookahead.by_ref() {
-            skipped += 1;
-            match &next.token {
-                Token::Whitespace(_) => continue,
-                t if word_upper(t).as_deref() == Some("AS") => continue,
-                Token::Number(n, _) => {
-                    number = Some(n.clone());
-                    break;
-                }
-                _ => break,
-            }
+        let mut next = significant_from(&tokens, index);
+        if let Some(at) = next
+            && word_upper(&tokens[at].token).as_deref() == Some("AS")
+        {
+            next = significant_from(&tokens, at + 1);
         }
-        match number {
-            Some(n) => {
-                for _ in 0..skipped {
-                    iter.next();
-                }
-                out.push(TokenWithSpan {
-                    token: Token::make_keyword("EXTENSION"),
-                    span: token.span,
-                });
-                out.push(TokenWithSpan {
-                    token: Token::Whitespace(
-                        datafusion::sql::sqlparser::tokenizer::Whitespace::Space,
-                    ),
-                    span: token.span,
-                });
-                out.push(TokenWithSpan {
-                    token: Token::SingleQuotedString(format!("{MAXERROR_MARKER}{n}")),
-                    span: token.span,
-                });
-            }
-            None => out.push(token),
-        }
+        let Some((at, Token::Number(n, _))) = next.map(|at| (at, &tokens[at].token)) else {
+            out.push(token);
+            continue;
+        };
+        let marker = format!("{MAXERROR_MARKER}{n}");
+        index = at + 1;
+        let span = token.span;
+        out.push(TokenWithSpan {
+            token: Token::make_keyword("EXTENSION"),
+            span,
+        });
+        out.push(space(span));
+        out.push(TokenWithSpan {
+            token: Token::SingleQuotedString(marker),
+            span,
+        });
     }
     out
 }
@@ -154,35 +141,28 @@ fn maxerror_as_option(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
 /// parser does not know: it becomes `WHEN NOT MATCHED THEN INSERT VALUES ('<marker>')`.
 pub(crate) const REMOVE_DUPLICATES_MARKER: &str = "tributary-remove-duplicates";
 
-fn remove_duplicates_as_clause(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+fn remove_duplicates_as_clause(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
-    let mut iter = tokens.into_iter().peekable();
-    while let Some(token) = iter.next() {
-        let next_is_duplicates = word_upper(&token.token).as_deref() == Some("REMOVE")
-            && iter
-                .clone()
-                .find(|t| !matches!(t.token, Token::Whitespace(_)))
-                .is_some_and(|t| word_upper(&t.token).as_deref() == Some("DUPLICATES"));
-        if !next_is_duplicates {
+    let mut index = 0;
+    while index < tokens.len() {
+        let token = take(&mut tokens, index);
+        index += 1;
+        let duplicates = (word_upper(&token.token).as_deref() == Some("REMOVE"))
+            .then(|| significant_from(&tokens, index))
+            .flatten()
+            .filter(|&at| word_upper(&tokens[at].token).as_deref() == Some("DUPLICATES"));
+        let Some(at) = duplicates else {
             out.push(token);
             continue;
-        }
-        for skipped in iter.by_ref() {
-            if word_upper(&skipped.token).as_deref() == Some("DUPLICATES") {
-                break;
-            }
-        }
-        let span = token.span;
-        let space = || TokenWithSpan {
-            token: Token::Whitespace(datafusion::sql::sqlparser::tokenizer::Whitespace::Space),
-            span,
         };
+        index = at + 1;
+        let span = token.span;
         for word in ["WHEN", "NOT", "MATCHED", "THEN", "INSERT", "VALUES"] {
             out.push(TokenWithSpan {
                 token: Token::make_keyword(word),
                 span,
             });
-            out.push(space());
+            out.push(space(span));
         }
         for token in [
             Token::LParen,
@@ -198,26 +178,23 @@ fn remove_duplicates_as_clause(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan>
 /// PartiQL's object unpivoting in FROM (`FROM t, UNPIVOT t.obj AS v AT k`), which the parser
 /// does not know: the path becomes the argument of a table function the PartiQL rewrite
 /// recognises (`__tributary_unpivot(t.obj) AS v AT k`).
-fn unpivot_as_function(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+fn unpivot_as_function(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
-    let mut iter = tokens.into_iter().peekable();
-    while let Some(token) = iter.next() {
-        let starts_from_item = out
-            .iter()
-            .rev()
-            .find(|t| !matches!(t.token, Token::Whitespace(_)))
-            .is_some_and(|t| {
-                t.token == Token::Comma
-                    || matches!(word_upper(&t.token).as_deref(), Some("FROM" | "JOIN"))
-            });
-        let next_is_paren = iter
-            .clone()
-            .find(|t| !matches!(t.token, Token::Whitespace(_)))
-            .is_some_and(|t| t.token == Token::LParen);
-        if word_upper(&token.token).as_deref() != Some("UNPIVOT")
-            || !starts_from_item
-            || next_is_paren
-        {
+    let mut index = 0;
+    while index < tokens.len() {
+        let token = take(&mut tokens, index);
+        index += 1;
+        let is_unpivot = word_upper(&token.token).as_deref() == Some("UNPIVOT")
+            && out
+                .iter()
+                .rev()
+                .find(|t| !matches!(t.token, Token::Whitespace(_)))
+                .is_some_and(|t| {
+                    t.token == Token::Comma
+                        || matches!(word_upper(&t.token).as_deref(), Some("FROM" | "JOIN"))
+                })
+            && significant_from(&tokens, index).is_none_or(|at| tokens[at].token != Token::LParen);
+        if !is_unpivot {
             out.push(token);
             continue;
         }
@@ -231,23 +208,24 @@ fn unpivot_as_function(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
             span,
         });
         let mut depth = 0usize;
-        while let Some(next) = iter.peek() {
-            let upper = word_upper(&next.token);
+        while index < tokens.len() {
+            let next = &tokens[index].token;
             let ends = depth == 0
-                && (matches!(next.token, Token::Comma | Token::SemiColon | Token::RParen)
+                && (matches!(next, Token::Comma | Token::SemiColon | Token::RParen)
                     || matches!(
-                        upper.as_deref(),
+                        word_upper(next).as_deref(),
                         Some("AS" | "WHERE" | "JOIN" | "LEFT" | "GROUP" | "ORDER" | "LIMIT")
                     ));
             if ends {
                 break;
             }
-            match next.token {
+            match next {
                 Token::LParen | Token::LBracket => depth += 1,
                 Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
                 _ => {}
             }
-            out.extend(iter.next());
+            out.push(take(&mut tokens, index));
+            index += 1;
         }
         out.push(TokenWithSpan {
             token: Token::RParen,
@@ -280,51 +258,35 @@ fn abort_as_rollback(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
 /// Redshift writes `[COMPOUND | INTERLEAVED] SORTKEY (...)`, `SORTKEY AUTO` and a table-level
 /// `ENCODE AUTO`; sqlparser knows only `SORTKEY (...)`. The sort key kind has no effect on a
 /// single node, so the extra words are dropped here.
-fn normalise_table_attributes(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
-    let significant = |t: &TokenWithSpan| !matches!(t.token, Token::Whitespace(_));
+fn normalise_table_attributes(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
-    let mut iter = tokens.into_iter().peekable();
     let mut depth = 0i32;
-    while let Some(token) = iter.next() {
+    let mut index = 0;
+    while index < tokens.len() {
+        let token = take(&mut tokens, index);
+        index += 1;
         match &token.token {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
             _ => {}
         }
         let word = word_upper(&token.token);
+        let next_word =
+            || significant_from(&tokens, index).and_then(|at| word_upper(&tokens[at].token));
         if depth == 0
-            && (word.as_deref() == Some("COMPOUND") || word.as_deref() == Some("INTERLEAVED"))
+            && matches!(word.as_deref(), Some("COMPOUND" | "INTERLEAVED"))
+            && next_word().as_deref() == Some("SORTKEY")
         {
-            let next_is_sortkey = iter
-                .clone()
-                .find(significant)
-                .is_some_and(|t| word_upper(&t.token).as_deref() == Some("SORTKEY"));
-            if next_is_sortkey {
-                continue;
-            }
+            continue;
         }
         if depth == 0
-            && matches!(
-                word.as_deref(),
-                Some("ENCODE") | Some("SORTKEY") | Some("DISTSTYLE")
-            )
+            && matches!(word.as_deref(), Some("ENCODE" | "SORTKEY"))
+            && next_word().as_deref() == Some("AUTO")
         {
-            let next = iter.clone().find(significant);
-            if next
-                .as_ref()
-                .is_some_and(|t| word_upper(&t.token).as_deref() == Some("AUTO"))
-            {
-                // Drop the keyword and its AUTO argument: automatic choices are the default.
-                let is_diststyle = word.as_deref() == Some("DISTSTYLE");
-                if !is_diststyle {
-                    for t in iter.by_ref() {
-                        if significant(&t) {
-                            break;
-                        }
-                    }
-                    continue;
-                }
-            }
+            // Drop the keyword and its AUTO argument: automatic choices are the default.
+            // (DISTSTYLE AUTO is parsed, and kept.)
+            index = significant_from(&tokens, index).map_or(tokens.len(), |at| at + 1);
+            continue;
         }
         out.push(token);
     }
@@ -371,6 +333,24 @@ fn move_backup_first(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
         index += 1;
     }
     tokens
+}
+
+/// Moves the token at `index` out of `tokens`, leaving an end-of-file token in its place:
+/// the passes above walk the vector once, looking ahead by index, and never clone it.
+fn take(tokens: &mut [TokenWithSpan], index: usize) -> TokenWithSpan {
+    std::mem::replace(&mut tokens[index], TokenWithSpan::wrap(Token::EOF))
+}
+
+/// The first token at or after `from` that is not whitespace.
+fn significant_from(tokens: &[TokenWithSpan], from: usize) -> Option<usize> {
+    (from..tokens.len()).find(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+}
+
+fn space(span: datafusion::sql::sqlparser::tokenizer::Span) -> TokenWithSpan {
+    TokenWithSpan {
+        token: Token::Whitespace(datafusion::sql::sqlparser::tokenizer::Whitespace::Space),
+        span,
+    }
 }
 
 fn word_upper(token: &Token) -> Option<String> {
