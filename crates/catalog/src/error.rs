@@ -24,6 +24,9 @@ pub enum Error {
     /// A catalog file could not be decoded: the data root is damaged or from another version.
     #[error("catalog file {path} is unreadable: {reason}")]
     Corrupt { path: String, reason: String },
+    /// A bug: the task that writes a catalog version failed.
+    #[error("internal catalog error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -19,9 +19,9 @@ const VERSIONS_KEPT: u64 = 20;
 #[derive(Debug)]
 pub struct Catalog {
     store: Arc<dyn ObjectStore>,
-    current: RwLock<Arc<CatalogState>>,
+    current: Arc<RwLock<Arc<CatalogState>>>,
     /// Serialises writers inside this process; put-if-absent guards against other processes.
-    writer: tokio::sync::Mutex<()>,
+    writer: Arc<tokio::sync::Mutex<()>>,
     created: bool,
 }
 
@@ -44,8 +44,8 @@ impl Catalog {
         };
         Ok(Self {
             store,
-            current: RwLock::new(Arc::new(state)),
-            writer: tokio::sync::Mutex::new(()),
+            current: Arc::new(RwLock::new(Arc::new(state))),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
             created,
         })
     }
@@ -90,13 +90,23 @@ impl Catalog {
         &self,
         change: impl FnOnce(&mut CatalogState) -> Result<T>,
     ) -> Result<(T, Arc<CatalogState>)> {
-        let _guard = self.writer.lock().await;
+        let guard = self.writer.clone().lock_owned().await;
         let mut next = (*self.snapshot()).clone();
         let output = change(&mut next)?;
         next.version += 1;
-        write_version(self.store.as_ref(), &next).await?;
         let next = Arc::new(next);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        // The write and its publication run as a task of their own, which finishes even if
+        // the caller is cancelled (its client went away, the server shuts down): a version
+        // written but not published would make every later commit of this process conflict.
+        let (store, current, published) = (self.store.clone(), self.current.clone(), next.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            write_version(store.as_ref(), &published).await?;
+            *current.write().unwrap_or_else(|e| e.into_inner()) = published;
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("the catalog commit task failed: {e}")))??;
         self.forget_old_versions(next.version).await;
         Ok((output, next))
     }

@@ -170,6 +170,7 @@ impl From<tributary_catalog::Error> for Error {
             C::Conflict => Error::SerializationFailure(C::Conflict.to_string()),
             other @ C::ConcurrentChange(_) => Error::SerializationFailure(other.to_string()),
             other @ (C::Storage(_) | C::Corrupt { .. }) => Error::Storage(other.to_string()),
+            C::Internal(message) => Error::Internal(message),
         }
     }
 }

@@ -7,7 +7,6 @@
 //! its errors say whose fault they are, and the wire crate maps them to SQLSTATE codes.
 
 mod access;
-mod background;
 mod catalog_list;
 mod console;
 mod copy;
@@ -21,9 +20,11 @@ mod json;
 mod locks;
 mod maintenance;
 mod metrics;
+mod params;
 mod partiql;
 mod procedure;
 mod rewrite;
+pub mod runtime;
 mod session;
 mod settings;
 mod sharing;

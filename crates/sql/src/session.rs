@@ -74,7 +74,7 @@ impl Output {
 }
 
 /// A statement parsed for the extended protocol, with what Describe needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Prepared {
     pub statement: Option<Statement>,
     /// Parameter types DataFusion inferred, in `$1, $2, ...` order (None: unknown).
@@ -234,25 +234,30 @@ impl Session {
                 text: sql.to_string(),
             });
         };
-        if !is_planned_by_datafusion(&statement) {
+        let placeholders = crate::params::placeholder_count(&statement);
+        if !is_planned_by_datafusion(&statement) || dml_with_cte(&statement).is_some() {
             let schema = self.describe_utility(&statement);
             return Ok(Prepared {
                 statement: Some(statement),
-                param_types: vec![],
+                // Bound as literals at execution: the client's own types decide.
+                param_types: vec![None; placeholders],
                 schema,
                 text: sql.to_string(),
             });
         }
         self.catalogs.pin_statement();
         crate::sharing::pin_producers(self).await?;
-        let prepared = self.rewrite(statement.clone())?;
+        let mut prepared = self.rewrite(statement.clone())?;
+        // Table functions are planned with their arguments' values, which come later.
+        crate::params::bind_table_functions(&mut prepared, None)?;
         let plan = self.plan(&prepared).await?;
         let types = plan.get_parameter_types()?;
         let count = types
             .keys()
             .filter_map(|k| k.trim_start_matches('$').parse::<usize>().ok())
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(placeholders);
         let param_types = (1..=count)
             .map(|i| types.get(&format!("${i}")).cloned().flatten())
             .collect();
@@ -293,7 +298,10 @@ impl Session {
         });
         // Boxed: the statement's future is large, and nesting it would make every caller's
         // future larger still.
-        let result = Box::pin(self.execute_statement(statement, params)).await;
+        let result = match bind_parameters(statement, params) {
+            Ok((statement, params)) => Box::pin(self.execute_statement(statement, params)).await,
+            Err(err) => Err(err),
+        };
         Ok(match result {
             Ok(Output::Rows { schema, stream }) => {
                 let mut timer = timer;
@@ -940,6 +948,24 @@ fn is_catalog_query(sql: &str) -> bool {
 fn compatibility_parser() -> &'static PostgresCompatibilityParser {
     static PARSER: OnceLock<PostgresCompatibilityParser> = OnceLock::new();
     PARSER.get_or_init(PostgresCompatibilityParser::new)
+}
+
+/// Binds the parameters DataFusion cannot bind itself ([`crate::params`]); the rest stay
+/// for DataFusion.
+fn bind_parameters(
+    mut statement: Statement,
+    params: Option<ParamValues>,
+) -> Result<(Statement, Option<ParamValues>)> {
+    let Some(params) = params else {
+        return Ok((statement, None));
+    };
+    if is_planned_by_datafusion(&statement) && dml_with_cte(&statement).is_none() {
+        crate::params::bind_table_functions(&mut statement, Some(&params))?;
+        Ok((statement, Some(params)))
+    } else {
+        crate::params::bind_everywhere(&mut statement, &params)?;
+        Ok((statement, None))
+    }
 }
 
 fn is_planned_by_datafusion(statement: &Statement) -> bool {

@@ -193,10 +193,14 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log, args.log_format);
-    runtime()?.block_on(async move {
+    let runtime = runtime()?;
+    let result = runtime.block_on(async move {
         let started = start(&args, false).await?;
         let address = started.address;
         tracing::info!(%address, "listening; connect with: psql -h {} -p {} -U admin dev", address.ip(), address.port());
+        // Ready before the announcement: the listener is bound, so clients queue, and a script
+        // that asks /readyz as soon as it reads the address must hear yes.
+        started.ready.store(true, std::sync::atomic::Ordering::Release);
         // Tell scripts where we listen (useful with port 0). A script that read what it needed
         // and closed its end must not stop the server.
         let mut announce = format!("tributary listening on {address}\n");
@@ -206,7 +210,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut stdout = std::io::stdout();
         let _ = std::io::Write::write_all(&mut stdout, announce.as_bytes())
             .and_then(|()| std::io::Write::flush(&mut stdout));
-        started.ready.store(true, std::sync::atomic::Ordering::Release);
         let ready = started.ready.clone();
         let shutdown = async move {
             shutdown_signal().await;
@@ -215,7 +218,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tributary_wire::serve(started.listener, started.engine, password_method(&args), shutdown).await?;
         tracing::info!("shut down");
         Ok(())
-    })
+    });
+    exit(result)
+}
+
+/// Ends the process once the server has shut down, without waiting for work still running
+/// (a statement being cancelled, a refresh round, maintenance): nothing it has not committed
+/// is visible, and the next start undoes its uncommitted table writes. Waiting for it could
+/// keep a stopping server alive for as long as its longest statement.
+fn exit(result: anyhow::Result<()>) -> ! {
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(err) => {
+            eprintln!("Error: {err:?}");
+            std::process::exit(1)
+        }
+    }
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -242,13 +260,15 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         unreachable!("parsed as serve");
     };
     init_logging(&serve.log, serve.log_format);
-    runtime()?.block_on(async move {
+    let runtime = runtime()?;
+    let result = runtime.block_on(async move {
         let started = start(&serve, true).await?;
         started
             .ready
             .store(true, std::sync::atomic::Ordering::Release);
         demo::run(started, args.rate, args.seconds, password_method(&serve)).await
-    })
+    });
+    exit(result)
 }
 
 fn init_logging(log: &str, format: LogFormat) {

@@ -15,6 +15,7 @@ use datafusion_postgres::pgwire::api::auth::{
 };
 use datafusion_postgres::pgwire::api::{ClientInfo, PgWireConnectionState};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::startup::PasswordMessageFamily;
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use futures::Sink;
 use tokio::sync::Mutex;
@@ -115,7 +116,8 @@ impl AuthSource for CatalogAuthSource {
 
 enum Mode {
     Undecided,
-    Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
+    /// The handler, and whether the client's first SASL message has been read.
+    Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>, bool),
     Md5(Md5PasswordAuthStartupHandler<CatalogAuthSource, DefaultServerParameterProvider>),
 }
 
@@ -145,7 +147,10 @@ impl Startup {
             PasswordMethod::ScramSha256 => {
                 let mut scram = ScramAuth::new(source);
                 scram.set_iterations(SCRAM_ITERATIONS);
-                Mode::Scram(SASLAuthStartupHandler::new(parameters).with_scram(scram))
+                Mode::Scram(
+                    SASLAuthStartupHandler::new(parameters).with_scram(scram),
+                    false,
+                )
             }
             PasswordMethod::Md5 => {
                 Mode::Md5(Md5PasswordAuthStartupHandler::new(source, parameters))
@@ -205,8 +210,23 @@ impl StartupHandler for Startup {
                 return Ok(());
             }
         }
+        if let (
+            Mode::Scram(_, initial_seen),
+            PgWireFrontendMessage::PasswordMessageFamily(PasswordMessageFamily::Raw(body)),
+        ) = (&mut *mode, &message)
+        {
+            // pgwire reads the first SASL message's fields without bounds checks; its
+            // structure is checked here, where it is known to be the first.
+            if !*initial_seen && !crate::frames::is_sasl_initial_response(body) {
+                return Err(login_error(
+                    "08P01",
+                    "malformed SASLInitialResponse message".to_string(),
+                ));
+            }
+            *initial_seen = true;
+        }
         match &*mode {
-            Mode::Scram(handler) => handler.on_startup(client, message).await,
+            Mode::Scram(handler, _) => handler.on_startup(client, message).await,
             Mode::Md5(handler) => handler.on_startup(client, message).await,
             Mode::Undecided => Ok(()),
         }

@@ -8,6 +8,7 @@ use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use datafusion::common::metadata::ScalarAndMetadata;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{
     arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type,
@@ -18,20 +19,22 @@ use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryH
 use datafusion_postgres::pgwire::api::results::{
     CopyResponse, FieldInfo, QueryResponse, Response, Tag,
 };
-use datafusion_postgres::pgwire::api::stmt::QueryParser;
+use datafusion_postgres::pgwire::api::stmt::{QueryParser, StoredStatement};
 use datafusion_postgres::pgwire::api::store::PortalStore;
-use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, Type};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use datafusion_postgres::pgwire::messages::response::CommandComplete;
 use datafusion_postgres::pgwire::messages::response::NoticeResponse;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
+use futures::future::BoxFuture;
 use futures::{Sink, SinkExt, StreamExt, stream};
 use tokio::sync::Mutex;
-use tributary_sql::{Engine, Output, Prepared, Session};
+use tributary_sql::{Engine, Notice, Output, Prepared, Session};
 
 use crate::auth::{PasswordMethod, Startup};
+use crate::connection::Hangup;
 use crate::sqlstate::{error_info, to_pgwire};
 
 /// The handlers of one connection. pgwire asks for them once per connection, so the state
@@ -42,12 +45,15 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(engine: Arc<Engine>, method: PasswordMethod) -> Self {
+    pub(crate) fn new(engine: Arc<Engine>, method: PasswordMethod, hangup: Option<Hangup>) -> Self {
         Self {
             startup: Arc::new(Startup::new(engine.clone(), method)),
             queries: Arc::new(Queries {
-                engine,
-                session: Arc::new(Mutex::new(None)),
+                runner: SessionRunner {
+                    engine,
+                    session: Arc::new(Mutex::new(None)),
+                    hangup,
+                },
                 copy_data: std::sync::Mutex::new(Vec::new()),
             }),
         }
@@ -55,69 +61,177 @@ impl Connection {
 }
 
 impl Connection {
+    /// The handlers of the message loop.
+    pub(crate) fn handlers(&self) -> (Arc<Startup>, Arc<Queries>) {
+        (self.startup.clone(), self.queries.clone())
+    }
+
     /// Ends the connection's session, rolling back its open transaction.
     pub async fn close(&self) {
-        if let Some(mut session) = self.queries.session.lock().await.take() {
+        if let Some(mut session) = self.queries.runner.session.lock().await.take() {
             session.close().await;
         }
-    }
-}
-
-impl PgWireServerHandlers for Connection {
-    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.queries.clone()
-    }
-
-    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.queries.clone()
-    }
-
-    fn startup_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::auth::StartupHandler> {
-        self.startup.clone()
-    }
-
-    fn copy_handler(&self) -> Arc<impl CopyHandler> {
-        self.queries.clone()
     }
 }
 
 type SharedSession = Arc<Mutex<Option<Session>>>;
 
 pub struct Queries {
-    engine: Arc<Engine>,
-    session: SharedSession,
+    runner: SessionRunner,
     /// The data of a `COPY ... FROM STDIN` in progress.
     copy_data: std::sync::Mutex<Vec<u8>>,
 }
 
-/// Opens the session on first use, for the user and database of the startup message.
-async fn session_of<'a, C: ClientInfo>(
-    engine: &Arc<Engine>,
-    slot: &'a Mutex<Option<Session>>,
-    client: &C,
-) -> PgWireResult<tokio::sync::MutexGuard<'a, Option<Session>>> {
-    let mut guard = slot.lock().await;
-    if guard.is_none() {
-        let metadata = client.metadata();
-        let user = metadata
-            .get("user")
-            .cloned()
-            .unwrap_or_else(|| "admin".to_string());
-        let database = metadata
-            .get("database")
-            .cloned()
-            .unwrap_or_else(|| user.clone());
-        *guard = Some(engine.session(&user, &database).map_err(to_pgwire)?);
-    }
-    Ok(guard)
+/// Runs statements with a connection's session.
+#[derive(Clone)]
+struct SessionRunner {
+    engine: Arc<Engine>,
+    session: SharedSession,
+    /// Tells when the client went away while a statement of it runs.
+    hangup: Option<Hangup>,
 }
 
-async fn send_notices<C>(client: &mut C, session: &mut Session) -> PgWireResult<()>
+/// The session of a connection, held by the statement that uses it.
+type SessionGuard = tokio::sync::OwnedMutexGuard<Option<Session>>;
+
+/// The user and database of the startup message.
+fn login<C: ClientInfo>(client: &C) -> (String, String) {
+    let metadata = client.metadata();
+    let user = metadata
+        .get("user")
+        .cloned()
+        .unwrap_or_else(|| "admin".to_string());
+    let database = metadata
+        .get("database")
+        .cloned()
+        .unwrap_or_else(|| user.clone());
+    (user, database)
+}
+
+impl SessionRunner {
+    /// Runs `work` with the connection's session (opened on first use) on the compute
+    /// runtime, so that parsing, planning and running a statement never hold up the threads
+    /// that accept and answer other clients. If the client hangs up meanwhile, the work is
+    /// cancelled and the connection's close rolls its transaction back.
+    async fn on_session<C, T>(
+        &self,
+        client: &C,
+        work: impl FnOnce(SessionGuard) -> BoxFuture<'static, PgWireResult<T>> + Send + 'static,
+    ) -> PgWireResult<T>
+    where
+        C: ClientInfo,
+        T: Send + 'static,
+    {
+        let (user, database) = login(client);
+        let engine = self.engine.clone();
+        let slot = self.session.clone();
+        let job = tributary_sql::runtime::spawn(async move {
+            let mut guard = slot.lock_owned().await;
+            if guard.is_none() {
+                *guard = Some(engine.session(&user, &database).map_err(to_pgwire)?);
+            }
+            work(guard).await
+        });
+        let hangup = async {
+            match &self.hangup {
+                Some(hangup) => hangup.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            finished = job => finished.unwrap_or_else(|err| {
+                tracing::error!(%err, "a statement's task failed");
+                Err(to_pgwire(tributary_sql::Error::Internal(format!(
+                    "the statement's task failed: {err}"
+                ))))
+            }),
+            () = hangup => Err(PgWireError::IoError(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the client closed the connection; its statement was cancelled",
+            ))),
+        }
+    }
+}
+
+impl SessionRunner {
+    /// A result whose rows stop with an error once the client hangs up: rows are computed
+    /// while they are sent, after [`Self::on_session`] has returned, and a client that waits
+    /// for the first row of a long query sends nothing the message loop would notice.
+    /// Dropping the rows stops their computation.
+    fn watched(&self, output: Output) -> Output {
+        match (output, &self.hangup) {
+            (Output::Rows { schema, stream }, Some(hangup)) => {
+                let hangup = hangup.clone();
+                let rows = stream::unfold(Some(stream), move |stream| {
+                    let hangup = hangup.clone();
+                    async move {
+                        let mut stream = stream?;
+                        tokio::select! {
+                            batch = stream.next() => batch.map(|batch| (batch, Some(stream))),
+                            () = hangup.wait() => Some((Err(client_gone()), None)),
+                        }
+                    }
+                });
+                Output::Rows {
+                    schema: schema.clone(),
+                    stream: Box::pin(RecordBatchStreamAdapter::new(schema, rows)),
+                }
+            }
+            (output, _) => output,
+        }
+    }
+}
+
+/// The error that ends a hung-up client's rows.
+fn client_gone() -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::External(
+        "the client closed the connection; its statement was cancelled".into(),
+    )
+}
+
+/// The open session a guard holds.
+fn session(guard: &mut SessionGuard) -> &mut Session {
+    guard
+        .as_mut()
+        .expect("on_session opens the session before running work")
+}
+
+/// A statement's result, with its rows (if any) computed on the compute runtime as the
+/// client reads them.
+fn detached(output: Output) -> Output {
+    match output {
+        Output::Rows { schema, stream } => Output::Rows {
+            schema,
+            stream: tributary_sql::runtime::detach_stream(stream),
+        },
+        other => other,
+    }
+}
+
+/// Postgres refuses a Bind whose result formats are neither one for all columns nor one per
+/// column; encoding such a portal would index past the codes.
+fn check_result_formats(format: &Format, columns: usize) -> PgWireResult<()> {
+    match format {
+        Format::Individual(codes) if codes.len() != columns => {
+            Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "08P01".into(),
+                format!(
+                    "bind message has {} result formats but query has {columns} columns",
+                    codes.len()
+                ),
+            ))))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn send_notices<C>(client: &mut C, notices: Vec<Notice>) -> PgWireResult<()>
 where
     C: Sink<PgWireBackendMessage> + Unpin + Send,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
-    for notice in session.take_notices() {
+    for notice in notices {
         let code = if notice.severity == "WARNING" {
             "01000"
         } else {
@@ -184,23 +298,41 @@ impl SimpleQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let mut guard = session_of(&self.engine, &self.session, client).await?;
-        let session = guard.as_mut().expect("session_of opened it");
-        let statements = session.parse(query).map_err(to_pgwire)?;
+        let query = query.to_string();
+        let (results, notices) = self
+            .runner
+            .on_session(client, move |mut guard| {
+                Box::pin(async move {
+                    let session = session(&mut guard);
+                    let statements = session.parse(&query).map_err(to_pgwire)?;
+                    let single = statements.len() == 1;
+                    let mut results = Vec::with_capacity(statements.len());
+                    for statement in statements {
+                        let result = if single {
+                            session.execute_text(statement, &query).await
+                        } else {
+                            session.execute(statement).await
+                        };
+                        let failed = result.is_err();
+                        results.push(result.map(detached));
+                        if failed {
+                            break;
+                        }
+                    }
+                    Ok((results, session.take_notices()))
+                })
+            })
+            .await?;
+        send_notices(client, notices).await?;
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        let mut responses = Vec::with_capacity(statements.len());
-        let single = statements.len() == 1;
-        for statement in statements {
-            let result = if single {
-                session.execute_text(statement, query).await
-            } else {
-                session.execute(statement).await
-            };
-            send_notices(client, session).await?;
+        let mut responses = Vec::with_capacity(results.len());
+        for result in results {
             match result {
-                Ok(output) => {
-                    responses.push(respond(output, &Format::UnifiedText, options.clone())?)
-                }
+                Ok(output) => responses.push(respond(
+                    self.runner.watched(output),
+                    &Format::UnifiedText,
+                    options.clone(),
+                )?),
                 Err(err) => {
                     // Statements before the failing one keep their results, as in Postgres.
                     if matches!(
@@ -222,6 +354,8 @@ impl SimpleQueryHandler for Queries {
 /// decoded as the client sent it and then cast to the type the statement needs, as Postgres
 /// does; untyped values are decoded as the needed type directly.
 fn decode_parameters(portal: &Portal<Prepared>, prepared: &Prepared) -> PgWireResult<ParamValues> {
+    let nulls_as_text = nulls_as_text(portal);
+    let portal = nulls_as_text.as_ref().unwrap_or(portal);
     let client_types = &portal.statement.parameter_types;
     let decode_as: Vec<Option<&DataType>> = prepared
         .param_types
@@ -232,7 +366,19 @@ fn decode_parameters(portal: &Portal<Prepared>, prepared: &Prepared) -> PgWireRe
             _ => t.as_ref(),
         })
         .collect();
-    let decoded = deserialize_parameters(portal, &decode_as)?;
+    let decoded = deserialize_parameters(portal, &decode_as).map_err(|err| match err {
+        // Postgres tells a malformed binary value (22P03) from malformed text (22P02).
+        PgWireError::FailedToParseParameter(_)
+            if (0..portal.parameters.len()).any(|i| portal.parameter_format.is_binary(i)) =>
+        {
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "22P03".into(),
+                err.to_string(),
+            )))
+        }
+        err => err,
+    })?;
     let ParamValues::List(values) = decoded else {
         return Ok(decoded);
     };
@@ -255,10 +401,38 @@ fn decode_parameters(portal: &Portal<Prepared>, prepared: &Prepared) -> PgWireRe
     Ok(ParamValues::List(cast))
 }
 
+/// arrow-pg leaves out a NULL parameter of a type it does not decode (an unknown or
+/// unspecified type), which moves every later parameter one place and fails the statement
+/// ("No value found for placeholder"). A NULL needs no decoding: the portal given to arrow-pg
+/// says every NULL is text, and the cast to the type the statement needs makes it a typed
+/// NULL. None if the portal has no NULL parameter.
+fn nulls_as_text(portal: &Portal<Prepared>) -> Option<Portal<Prepared>> {
+    if portal.parameters.iter().all(Option::is_some) {
+        return None;
+    }
+    let mut types = portal.statement.parameter_types.clone();
+    types.resize(types.len().max(portal.parameters.len()), None);
+    for (index, value) in portal.parameters.iter().enumerate() {
+        if value.is_none() {
+            types[index] = Some(Type::TEXT);
+        }
+    }
+    let mut patched = Portal::<Prepared>::default();
+    patched.name = portal.name.clone();
+    patched.statement = Arc::new(StoredStatement::new(
+        portal.statement.id.clone(),
+        portal.statement.statement.clone(),
+        types,
+    ));
+    patched.parameter_format = portal.parameter_format.clone();
+    patched.parameters = portal.parameters.clone();
+    patched.result_column_format = portal.result_column_format.clone();
+    Some(patched)
+}
+
 /// Parses extended-protocol statements with the connection's session.
 pub struct Parser {
-    engine: Arc<Engine>,
-    session: SharedSession,
+    runner: SessionRunner,
 }
 
 #[async_trait]
@@ -274,9 +448,13 @@ impl QueryParser for Parser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let mut guard = session_of(&self.engine, &self.session, client).await?;
-        let session = guard.as_mut().expect("session_of opened it");
-        let prepared = session.prepare(sql).await.map_err(to_pgwire)?;
+        let sql = sql.to_string();
+        let prepared = self
+            .runner
+            .on_session(client, move |mut guard| {
+                Box::pin(async move { session(&mut guard).prepare(&sql).await.map_err(to_pgwire) })
+            })
+            .await?;
         Ok(prepared.statement.is_some().then_some(prepared))
     }
 
@@ -298,7 +476,9 @@ impl QueryParser for Parser {
     ) -> PgWireResult<Vec<FieldInfo>> {
         match &prepared.schema {
             Some(schema) => {
-                arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
+                let format = format.unwrap_or(&Format::UnifiedText);
+                check_result_formats(format, schema.fields().len())?;
+                arrow_schema_to_pg_fields(schema, format, None)
             }
             None => Ok(vec![]),
         }
@@ -312,8 +492,7 @@ impl ExtendedQueryHandler for Queries {
 
     fn query_parser(&self) -> Arc<Parser> {
         Arc::new(Parser {
-            engine: self.engine.clone(),
-            session: self.session.clone(),
+            runner: self.runner.clone(),
         })
     }
 
@@ -329,15 +508,25 @@ impl ExtendedQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let prepared = &portal.statement.statement;
-        let params = decode_parameters(portal, prepared)?;
-        let mut guard = session_of(&self.engine, &self.session, client).await?;
-        let session = guard.as_mut().expect("session_of opened it");
-        let result = session.execute_prepared(prepared, params).await;
-        send_notices(client, session).await?;
+        let prepared = portal.statement.statement.clone();
+        if let Some(schema) = &prepared.schema {
+            check_result_formats(&portal.result_column_format, schema.fields().len())?;
+        }
+        let params = decode_parameters(portal, &prepared)?;
+        let (result, notices) = self
+            .runner
+            .on_session(client, move |mut guard| {
+                Box::pin(async move {
+                    let session = session(&mut guard);
+                    let result = session.execute_prepared(&prepared, params).await;
+                    Ok((result.map(detached), session.take_notices()))
+                })
+            })
+            .await?;
+        send_notices(client, notices).await?;
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
         respond(
-            result.map_err(to_pgwire)?,
+            self.runner.watched(result.map_err(to_pgwire)?),
             &portal.result_column_format,
             options,
         )
@@ -367,10 +556,17 @@ impl CopyHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let data = std::mem::take(&mut *self.copy_data.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut guard = session_of(&self.engine, &self.session, client).await?;
-        let session = guard.as_mut().expect("session_of opened it");
-        let result = session.copy_in(bytes::Bytes::from(data)).await;
-        send_notices(client, session).await?;
+        let (result, notices) = self
+            .runner
+            .on_session(client, move |mut guard| {
+                Box::pin(async move {
+                    let session = session(&mut guard);
+                    let result = session.copy_in(bytes::Bytes::from(data)).await;
+                    Ok((result, session.take_notices()))
+                })
+            })
+            .await?;
+        send_notices(client, notices).await?;
         let rows = match result.map_err(to_pgwire)? {
             tributary_sql::Output::Command { rows, .. } => rows.unwrap_or(0),
             _ => 0,
@@ -384,7 +580,7 @@ impl CopyHandler for Queries {
         Ok(())
     }
 
-    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -394,9 +590,7 @@ impl CopyHandler for Queries {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        if let Ok(mut guard) = session_of(&self.engine, &self.session, client).await
-            && let Some(session) = guard.as_mut()
-        {
+        if let Some(session) = self.runner.session.lock().await.as_mut() {
             session.cancel_copy();
         }
         PgWireError::UserError(Box::new(ErrorInfo::new(

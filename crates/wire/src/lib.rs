@@ -3,18 +3,25 @@
 //! errors (with SQLSTATE codes) for the client.
 
 mod auth;
+mod connection;
+mod frames;
 mod handler;
 mod sqlstate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use datafusion_postgres::pgwire::tokio::process_socket;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tributary_sql::Engine;
 
 pub use auth::{PasswordMethod, check_password, password_verifiers};
 pub use sqlstate::sqlstate;
+
+/// How long a shutdown waits for connections to roll back their open transactions.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// How the server listens.
 #[derive(Debug, Clone)]
@@ -29,7 +36,14 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections until `shutdown` resolves. Each connection runs on its own task; a
-/// failing connection never affects the others.
+/// failing connection never affects the others, and statements run on the compute runtime
+/// ([`tributary_sql::runtime`]), so that accepting, authenticating and answering clients
+/// never waits behind a running statement.
+///
+/// At shutdown the listener closes, every connection's running statement is cancelled and
+/// its open transaction rolled back; connections that have not finished after a short grace
+/// period are left to the process's exit (their transactions never committed, so nothing of
+/// them is visible).
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
@@ -37,10 +51,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     engine.set_password_hasher(auth::password_verifiers);
+    let connections = TaskTracker::new();
+    let closing = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
             accepted = listener.accept() => {
                 let (socket, peer) = match accepted {
                     Ok(accepted) => accepted,
@@ -49,12 +65,25 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let connection = Arc::new(handler::Connection::new(engine.clone(), password_method));
-                let open = engine.session_opened();
-                tokio::spawn(async move {
-                    let _open = open;
-                    if let Err(err) = process_socket(socket, None, connection.clone()).await {
-                        tracing::debug!(%err, %peer, "connection ended with an error");
+                let engine = engine.clone();
+                let closing = closing.clone();
+                connections.spawn(async move {
+                    let _open = engine.session_opened();
+                    let (socket, hangup) = match connection::Hangup::watch(socket) {
+                        Ok(split) => split,
+                        Err(err) => {
+                            tracing::debug!(%err, %peer, "connection lost before it started");
+                            return;
+                        }
+                    };
+                    let connection = Arc::new(handler::Connection::new(engine, password_method, hangup));
+                    tokio::select! {
+                        ended = connection::messages(socket, connection.clone()) => {
+                            if let Err(err) = ended {
+                                tracing::debug!(%err, %peer, "connection ended with an error");
+                            }
+                        }
+                        () = closing.cancelled() => {}
                     }
                     // A transaction left open by the client is rolled back.
                     connection.close().await;
@@ -62,4 +91,17 @@ pub async fn serve(
             }
         }
     }
+    drop(listener);
+    closing.cancel();
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "some connections were still closing after {} s; their open transactions are undone at the next start",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    Ok(())
 }

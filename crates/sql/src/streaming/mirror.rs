@@ -1233,7 +1233,7 @@ fn start_background(engine: &Arc<Engine>, name: &[String; 3], path: &str, work: 
     let engine = engine.clone();
     let name = name.clone();
     let path = path.to_string();
-    crate::background::spawn(async move {
+    crate::runtime::spawn_background(async move {
         let _running = running;
         let started = std::time::Instant::now();
         let done = match work {

@@ -59,7 +59,7 @@ impl Engine {
     pub fn spawn_streaming(self: &Arc<Self>, settings: super::StreamingSettings) {
         self.streams.set_settings(settings);
         let engine = Arc::downgrade(self);
-        tokio::spawn(async move {
+        crate::runtime::compute().spawn(async move {
             loop {
                 let Some(engine) = engine.upgrade() else {
                     return;
@@ -96,7 +96,7 @@ impl Engine {
             tracing::debug!(view = %view.name, "auto refresh started");
             let engine = Arc::downgrade(self);
             let path = view.path.clone();
-            runners.insert(path, tokio::spawn(run(engine, view)));
+            runners.insert(path, crate::runtime::compute().spawn(run(engine, view)));
         }
     }
 }

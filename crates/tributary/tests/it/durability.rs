@@ -32,6 +32,15 @@ impl Drop for ServerProcess {
 
 /// Starts the `tributary` binary and returns it with the port it listens on.
 pub fn spawn_server(data: &str, envs: &[(&str, String)]) -> (ServerProcess, u16) {
+    spawn_server_logging_to(data, envs, Stdio::inherit())
+}
+
+/// As [`spawn_server`], with the server's log going to `log`.
+pub fn spawn_server_logging_to(
+    data: &str,
+    envs: &[(&str, String)],
+    log: impl Into<Stdio>,
+) -> (ServerProcess, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args([
             "serve",
@@ -44,7 +53,7 @@ pub fn spawn_server(data: &str, envs: &[(&str, String)]) -> (ServerProcess, u16)
         ])
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("start tributary");
     let stdout = child.stdout.take().expect("stdout");
