@@ -33,7 +33,13 @@ def task_analytics(directory, runs):
     return analytics.duckdb_figures(directory, runs)
 
 
-TASKS = {"super": task_super, "cdc": task_cdc, "analytics": task_analytics}
+def task_statements(scale, runs):
+    import statements
+    return statements.duckdb_figures(scale, runs)
+
+
+TASKS = {"super": task_super, "cdc": task_cdc, "analytics": task_analytics,
+         "statements": task_statements}
 
 
 def main():

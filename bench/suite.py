@@ -29,6 +29,7 @@ import psycopg
 
 import analytics
 import mirror
+import statements
 import streaming
 import super as superbench
 from tributary_server import DEFAULT_BINARY, cpu_seconds, memory_mib, start_server
@@ -330,12 +331,43 @@ def bench_analytics(args, results):
     results.add("analytics", "peak RSS", [peak], "MiB", peer=[theirs["peak_rss_mib"]])
 
 
+def bench_statements(args, results):
+    """Large statements and a busy server (bench/statements.py): an INSERT with bind
+    parameters at a quarter of the protocol's limit and at the limit (32,764), and a
+    multi-row VALUES of 25,000 and 100,000 rows (times --scale, at most 1), per parameter and per row (equal figures at
+    both sizes: linear time), next to DuckDB running the same statements; then connecting
+    and running SELECT 1 while another client's statement keeps every core busy."""
+    with tempfile.TemporaryDirectory() as data:
+        server = Server(args, data)
+        try:
+            ours = statements.tributary_figures(connect, server.port, args.scale, args.runs)
+        finally:
+            server.stop()
+    theirs = peer("statements", scale=args.scale, runs=args.runs)
+    parameter_rows, literal_rows = statements.sizes(args.scale)
+    for rows in parameter_rows:
+        count = rows * statements.COLUMNS
+        key = f"params {count}"
+        results.add("statements", f"INSERT, {count:,} parameters", [ours[key] / count * 1e6],
+                    "us/parameter", peer=[theirs[key] / count * 1e6])
+    for rows in literal_rows:
+        key = f"values {rows}"
+        results.add("statements", f"INSERT VALUES, {rows:,} rows", [ours[key] / rows * 1e6],
+                    "us/row", peer=[theirs[key] / rows * 1e6])
+    latencies = sorted(ours["latencies"])
+    results.add("statements", "connect + SELECT 1 beside a heavy query, median",
+                [statistics.median(latencies) * 1000], "ms")
+    results.add("statements", "connect + SELECT 1 beside a heavy query, slowest",
+                [latencies[-1] * 1000], "ms", note=f"{len(latencies)} tries")
+
+
 BENCHMARKS = {
     "freshness": bench_freshness,
     "stateless": bench_stateless,
     "super": bench_super,
     "cdc": bench_cdc,
     "analytics": bench_analytics,
+    "statements": bench_statements,
 }
 
 
