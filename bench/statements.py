@@ -1,7 +1,7 @@
 """Large statements and a busy server: the figures of bench/suite.py's `statements` benchmark.
 
 - an INSERT with bind parameters, at a quarter of the protocol's limit and at the limit
-  (32,764 parameters: 8,191 rows of 4 columns), in microseconds per parameter: the same
+  (32,767 parameters: 4,681 rows of 7 columns), in microseconds per parameter: the same
   figure at both sizes means time linear in the statement's size;
 - a multi-row INSERT ... VALUES of 25,000 and 100,000 rows written out as text, in
   microseconds per row;
@@ -13,9 +13,10 @@ DuckDB runs the same INSERT statements in process (its parameters through its Py
 import threading
 import time
 
-COLUMNS = 4
+COLUMNS = 7
 
-CREATE = "CREATE TABLE wide (a INT, b BIGINT, c VARCHAR(20), d DOUBLE PRECISION)"
+CREATE = ("CREATE TABLE wide (a INT, b BIGINT, c VARCHAR(20), d DOUBLE PRECISION, e BOOLEAN, "
+          "f VARCHAR(20), g BIGINT)")
 
 # Keeps every core busy for a minute or more, in long polls (a nested-loop join).
 HEAVY = ("SELECT count(*) FROM generate_series(1, 20000) a(x) "
@@ -23,7 +24,7 @@ HEAVY = ("SELECT count(*) FROM generate_series(1, 20000) a(x) "
 
 
 def row_values(i):
-    return (i, i * 1_000_003, f"name {i}", i / 7)
+    return (i, i * 1_000_003, f"name {i}", i / 7, i % 2 == 0, f"x{i}", -i)
 
 
 def parameter_insert(rows, placeholder):
@@ -38,11 +39,13 @@ def parameters(rows):
 
 def literal_insert(rows):
     return "INSERT INTO wide VALUES " + ", ".join(
-        f"({a}, {b}, '{c}', {d!r})" for a, b, c, d in map(row_values, range(rows)))
+        f"({a}, {b}, '{c}', {d!r}, {e}, '{f}', {g})"
+        for a, b, c, d, e, f, g in map(row_values, range(rows)))
 
 
-# At scale 1: a quarter of the protocol's limit and the limit; 25,000 and 100,000 rows.
-PARAMETER_ROWS = [2_048, 8_191]
+# At scale 1: a quarter of the protocol's limit and the limit (32,767 = 7 x 4,681); 25,000
+# and 100,000 rows.
+PARAMETER_ROWS = [1_170, 4_681]
 LITERAL_ROWS = [25_000, 100_000]
 
 

@@ -333,7 +333,7 @@ def bench_analytics(args, results):
 
 def bench_statements(args, results):
     """Large statements and a busy server (bench/statements.py): an INSERT with bind
-    parameters at a quarter of the protocol's limit and at the limit (32,764), and a
+    parameters at a quarter of the protocol's limit and at the limit (32,767), and a
     multi-row VALUES of 25,000 and 100,000 rows (times --scale, at most 1), per parameter and per row (equal figures at
     both sizes: linear time), next to DuckDB running the same statements; then connecting
     and running SELECT 1 while another client's statement keeps every core busy."""

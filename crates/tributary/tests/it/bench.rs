@@ -74,5 +74,5 @@ fn benchmark_suite_runs_end_to_end_at_a_small_scale() {
     assert!(with_peer("super", "JSON_PARSE into a table"));
     assert!(with_peer("cdc-apply", "apply changes"));
     assert!(with_peer("analytics", "q1"));
-    assert!(with_peer("statements", "INSERT, 324 parameters"));
+    assert!(with_peer("statements", "INSERT, 322 parameters"));
 }

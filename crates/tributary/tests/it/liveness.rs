@@ -106,8 +106,9 @@ async fn a_heavy_statement_stalls_no_one() {
         assert_eq!(one, 1);
         slowest = slowest.max(started.elapsed());
     }
+    println!("the slowest connection and SELECT 1 beside a heavy statement: {slowest:?}");
     assert!(
-        slowest < Duration::from_secs(3),
+        slowest < Duration::from_secs(1),
         "a connection and SELECT 1 took {slowest:?} beside a heavy statement"
     );
     // So do sessions that were open before it.
