@@ -393,6 +393,17 @@ impl Session {
         result
     }
 
+    /// Ends a statement that was stopped half way (a cancel request): in a block, the block
+    /// fails, as after an error; an autocommit statement's transaction is rolled back.
+    pub async fn abort_statement(&mut self) {
+        self.pending_copy = None;
+        if self.catalogs.in_explicit_transaction() {
+            self.catalogs.mark_failed();
+        } else {
+            self.catalogs.rollback().await;
+        }
+    }
+
     /// Forgets a `COPY ... FROM STDIN` the client abandoned.
     pub fn cancel_copy(&mut self) {
         self.pending_copy = None;

@@ -10,8 +10,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion_postgres::pgwire::api::{ClientInfo, NoopHandler, PgWireConnectionState};
+use datafusion_postgres::pgwire::api::{ClientInfo, PgWireConnectionState};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError};
+use datafusion_postgres::pgwire::messages::startup::SecretKey;
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::pgwire::tokio::server::{
     MaybeTls, PgWireMessageServerCodec, negotiate_tls, process_error, process_message,
@@ -20,6 +21,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, FramedParts};
 
+use crate::cancel::{CancelRequests, Cancels, Registration};
 use crate::frames::{BrokenFrame, Guarded};
 use crate::handler::Connection;
 
@@ -71,7 +73,12 @@ impl Hangup {
 }
 
 /// Runs one connection's messages until the client leaves or the protocol breaks.
-pub(crate) async fn messages(socket: TcpStream, connection: Arc<Connection>) -> io::Result<()> {
+pub(crate) async fn messages(
+    socket: TcpStream,
+    connection: Arc<Connection>,
+    registration: &Registration,
+    cancels: Arc<Cancels>,
+) -> io::Result<()> {
     let deadline = tokio::time::sleep(STARTUP_TIMEOUT);
     tokio::pin!(deadline);
     let negotiated = tokio::select! {
@@ -83,8 +90,10 @@ pub(crate) async fn messages(socket: TcpStream, connection: Arc<Connection>) -> 
         return Ok(());
     };
     let mut socket = guard(negotiated);
+    // Sent to the client at login (BackendKeyData), for its cancel requests.
+    socket.set_pid_and_secret_key(registration.pid, SecretKey::I32(registration.secret));
     let (startup, queries) = connection.handlers();
-    let cancel = Arc::new(NoopHandler);
+    let cancel = Arc::new(CancelRequests(cancels));
     loop {
         let authenticating = matches!(
             socket.state(),

@@ -30,7 +30,7 @@ use datafusion_postgres::pgwire::messages::response::NoticeResponse;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use futures::future::BoxFuture;
 use futures::{Sink, SinkExt, StreamExt, stream};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tributary_sql::{Engine, Notice, Output, Prepared, Session};
 
 use crate::auth::{PasswordMethod, Startup};
@@ -45,7 +45,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(engine: Arc<Engine>, method: PasswordMethod, hangup: Option<Hangup>) -> Self {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        method: PasswordMethod,
+        hangup: Option<Hangup>,
+        cancel: Arc<Notify>,
+    ) -> Self {
         Self {
             startup: Arc::new(Startup::new(engine.clone(), method)),
             queries: Arc::new(Queries {
@@ -53,6 +58,7 @@ impl Connection {
                     engine,
                     session: Arc::new(Mutex::new(None)),
                     hangup,
+                    cancel,
                 },
                 copy_data: std::sync::Mutex::new(Vec::new()),
             }),
@@ -89,6 +95,8 @@ struct SessionRunner {
     session: SharedSession,
     /// Tells when the client went away while a statement of it runs.
     hangup: Option<Hangup>,
+    /// Woken by a cancel request for this connection.
+    cancel: Arc<Notify>,
 }
 
 /// The session of a connection, held by the statement that uses it.
@@ -125,7 +133,7 @@ impl SessionRunner {
         let (user, database) = login(client);
         let engine = self.engine.clone();
         let slot = self.session.clone();
-        let job = tributary_sql::runtime::spawn(async move {
+        let mut job = tributary_sql::runtime::spawn(async move {
             let mut guard = slot.lock_owned().await;
             if guard.is_none() {
                 *guard = Some(engine.session(&user, &database).map_err(to_pgwire)?);
@@ -138,8 +146,14 @@ impl SessionRunner {
                 None => std::future::pending().await,
             }
         };
+        let cancelled = self.cancel.notified();
         tokio::select! {
-            finished = job => finished.unwrap_or_else(|err| {
+            () = cancelled => {
+                drop(job);
+                self.abort_statement().await;
+                Err(query_canceled())
+            }
+            finished = &mut job => finished.unwrap_or_else(|err| {
                 tracing::error!(%err, "a statement's task failed");
                 Err(to_pgwire(tributary_sql::Error::Internal(format!(
                     "the statement's task failed: {err}"
@@ -154,21 +168,46 @@ impl SessionRunner {
 }
 
 impl SessionRunner {
-    /// A result whose rows stop with an error once the client hangs up: rows are computed
-    /// while they are sent, after [`Self::on_session`] has returned, and a client that waits
-    /// for the first row of a long query sends nothing the message loop would notice.
-    /// Dropping the rows stops their computation.
+    /// After a cancel: waits for the stopped statement to let go of the session, then ends
+    /// its transaction as an error would.
+    async fn abort_statement(&self) {
+        let slot = self.session.clone();
+        let aborted = tributary_sql::runtime::spawn(async move {
+            if let Some(session) = slot.lock_owned().await.as_mut() {
+                session.abort_statement().await;
+            }
+        });
+        if let Err(err) = aborted.await {
+            tracing::error!(%err, "ending a cancelled statement failed");
+        }
+    }
+
+    /// A result whose rows stop with an error once the client hangs up or cancels: rows are
+    /// computed while they are sent, after [`Self::on_session`] has returned, and a client
+    /// that waits for the first row of a long query sends nothing the message loop would
+    /// notice. Dropping the rows stops their computation.
     fn watched(&self, output: Output) -> Output {
         match (output, &self.hangup) {
-            (Output::Rows { schema, stream }, Some(hangup)) => {
-                let hangup = hangup.clone();
+            (Output::Rows { schema, stream }, hangup) => {
+                let (hangup, runner) = (hangup.clone(), self.clone());
                 let rows = stream::unfold(Some(stream), move |stream| {
-                    let hangup = hangup.clone();
+                    let (hangup, runner) = (hangup.clone(), runner.clone());
                     async move {
                         let mut stream = stream?;
+                        let hangup = async {
+                            match &hangup {
+                                Some(hangup) => hangup.wait().await,
+                                None => std::future::pending().await,
+                            }
+                        };
                         tokio::select! {
                             batch = stream.next() => batch.map(|batch| (batch, Some(stream))),
-                            () = hangup.wait() => Some((Err(client_gone()), None)),
+                            () = hangup => Some((Err(client_gone()), None)),
+                            () = runner.cancel.notified() => {
+                                drop(stream);
+                                runner.abort_statement().await;
+                                Some((Err(canceled_rows()), None))
+                            }
                         }
                     }
                 });
@@ -182,11 +221,49 @@ impl SessionRunner {
     }
 }
 
+/// The error of a cancelled statement (Postgres's words and SQLSTATE).
+fn query_canceled() -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        "57014".into(),
+        "canceling statement due to user request".into(),
+    )))
+}
+
+/// The error that ends a cancelled query's rows.
+fn canceled_rows() -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::External(Box::new(Canceled))
+}
+
+/// A query's rows were cancelled by a cancel request.
+#[derive(Debug, thiserror::Error)]
+#[error("canceling statement due to user request")]
+struct Canceled;
+
 /// The error that ends a hung-up client's rows.
 fn client_gone() -> datafusion::error::DataFusionError {
-    datafusion::error::DataFusionError::External(
-        "the client closed the connection; its statement was cancelled".into(),
-    )
+    datafusion::error::DataFusionError::External(Box::new(ClientGone))
+}
+
+/// A query's client closed the connection while its rows were computed.
+#[derive(Debug, thiserror::Error)]
+#[error("the client closed the connection; its statement was cancelled")]
+struct ClientGone;
+
+/// The error that ends a query's rows.
+fn rows_error(err: datafusion::error::DataFusionError) -> PgWireError {
+    if let datafusion::error::DataFusionError::External(inner) = &err {
+        if inner.is::<Canceled>() {
+            return query_canceled();
+        }
+        if inner.is::<ClientGone>() {
+            return PgWireError::IoError(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                inner.to_string(),
+            ));
+        }
+    }
+    to_pgwire(tributary_sql::Error::from(err))
 }
 
 /// The open session a guard holds.
@@ -281,7 +358,7 @@ fn respond(output: Output, format: &Format, options: Arc<FormatOptions>) -> PgWi
                     Ok(batch) => stream::iter(
                         encode_recordbatch(row_fields.clone(), batch).collect::<Vec<_>>(),
                     ),
-                    Err(err) => stream::iter(vec![Err(to_pgwire(tributary_sql::Error::from(err)))]),
+                    Err(err) => stream::iter(vec![Err(rows_error(err))]),
                 })
                 .flatten();
             Ok(Response::Query(QueryResponse::new(fields, rows)))

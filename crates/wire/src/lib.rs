@@ -3,6 +3,7 @@
 //! errors (with SQLSTATE codes) for the client.
 
 mod auth;
+mod cancel;
 mod connection;
 mod frames;
 mod handler;
@@ -52,6 +53,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     engine.set_password_hasher(auth::password_verifiers);
     let connections = TaskTracker::new();
+    let cancels = Arc::new(cancel::Cancels::default());
     let closing = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
@@ -67,6 +69,7 @@ pub async fn serve(
                 };
                 let engine = engine.clone();
                 let closing = closing.clone();
+                let cancels = cancels.clone();
                 connections.spawn(async move {
                     let _open = engine.session_opened();
                     let (socket, hangup) = match connection::Hangup::watch(socket) {
@@ -76,9 +79,15 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let connection = Arc::new(handler::Connection::new(engine, password_method, hangup));
+                    let registration = cancels.register();
+                    let connection = Arc::new(handler::Connection::new(
+                        engine,
+                        password_method,
+                        hangup,
+                        registration.signal.clone(),
+                    ));
                     tokio::select! {
-                        ended = connection::messages(socket, connection.clone()) => {
+                        ended = connection::messages(socket, connection.clone(), &registration, cancels) => {
                             if let Err(err) = ended {
                                 tracing::debug!(%err, %peer, "connection ended with an error");
                             }

@@ -1,12 +1,14 @@
 //! Liveness: one client's CPU-heavy statement stalls no other client, a client that hangs up
-//! has its statement cancelled (and its transaction rolled back), and SIGTERM stops a busy
-//! server within seconds.
+//! or sends a cancel request has its statement stopped (and its writes undone), and SIGTERM
+//! stops a busy server within seconds.
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 use tributary_testkit::require_program;
 
 use crate::durability::{ServerProcess, connect, spawn_server};
@@ -57,7 +59,12 @@ async fn start_heavy(
     let running = tokio::spawn(async move {
         let _ = client.simple_query(&heavy).await;
     });
-    // Busy means the server uses most of a core.
+    wait_until_busy(server).await;
+    (connection.connection, running)
+}
+
+/// Waits until the server uses most of a core.
+async fn wait_until_busy(server: &ServerProcess) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while cpu_cores_used(server, Duration::from_millis(500)).await < 0.8 {
         assert!(
@@ -65,7 +72,22 @@ async fn start_heavy(
             "the heavy statement never got busy"
         );
     }
-    (connection.connection, running)
+}
+
+/// Waits until the server is idle: a stopped statement stops at its next yield (within a
+/// poll of the join: about a second).
+async fn wait_until_idle(server: &ServerProcess, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let used = cpu_cores_used(server, Duration::from_secs(1)).await;
+        if used < 0.2 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still uses {used:.2} cores 10 s after {why}"
+        );
+    }
 }
 
 /// How many cores the server process used over `window` (from /proc).
@@ -157,19 +179,88 @@ async fn a_client_that_hangs_up_has_its_statement_cancelled_and_rolled_back() {
             3 + 2 * round as i64,
             "the hung-up client's insert was rolled back"
         );
-        // And the computation stops (within a poll of the join: about a second).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let used = cpu_cores_used(&server, Duration::from_secs(1)).await;
-            if used < 0.2 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server still uses {used:.2} cores 10 s after the client hung up ({heavy})"
-            );
-        }
+        // And the computation stops.
+        wait_until_idle(&server, &format!("the client hung up ({heavy})")).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_stops_the_statement_and_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, port) = spawn_server(dir.path().to_str().unwrap(), &[]);
+    let other = connect(port).await;
+    other
+        .batch_execute("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let client = Arc::new(connect(port).await);
+    // A query in a block (cancelled while its rows are computed), then an autocommit
+    // INSERT ... SELECT (cancelled while it executes).
+    let cases = [
+        (SHORT_POLLS.to_string(), true),
+        (format!("INSERT INTO t SELECT ({SHORT_POLLS})::int"), false),
+    ];
+    for (round, (statement, in_block)) in cases.into_iter().enumerate() {
+        if in_block {
+            client
+                .batch_execute("BEGIN; INSERT INTO t VALUES (100)")
+                .await
+                .unwrap();
+        }
+        let running = {
+            let client = client.clone();
+            tokio::spawn(async move { client.simple_query(&statement).await })
+        };
+        wait_until_busy(&server).await;
+        // What psql's Ctrl-C sends: a cancel request on a connection of its own.
+        client
+            .cancel_token()
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the cancelled statement ended")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+        if in_block {
+            // As after an error, the block fails until ROLLBACK.
+            let err = client.simple_query("SELECT 1").await.unwrap_err();
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+                "{err}"
+            );
+            client.batch_execute("ROLLBACK").await.unwrap();
+        }
+        // The session goes on, the statement's writes are undone and its lock released.
+        client.simple_query("SELECT 1").await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            other.batch_execute("INSERT INTO t VALUES (2)"),
+        )
+        .await
+        .expect("the cancelled statement's lock was released")
+        .unwrap();
+        let sum: i64 = other
+            .query_one("SELECT sum(a) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(sum, 3 + 2 * round as i64);
+        wait_until_idle(&server, "the cancel").await;
+    }
+    // A cancel request for a connection that runs nothing does nothing.
+    client
+        .cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    // (The request is sent when cancel_query returns; one that arrived while the next
+    // statement runs would cancel that one, in Postgres too.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client.simple_query("SELECT 1").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
