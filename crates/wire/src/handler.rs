@@ -120,7 +120,8 @@ impl SessionRunner {
     /// Runs `work` with the connection's session (opened on first use) on the compute
     /// runtime, so that parsing, planning and running a statement never hold up the threads
     /// that accept and answer other clients. If the client hangs up meanwhile, the work is
-    /// cancelled and the connection's close rolls its transaction back.
+    /// cancelled and the connection's close rolls its transaction back; if a cancel request
+    /// names the connection, the work is cancelled and fails with 57014.
     async fn on_session<C, T>(
         &self,
         client: &C,
@@ -187,9 +188,9 @@ impl SessionRunner {
     /// that waits for the first row of a long query sends nothing the message loop would
     /// notice. Dropping the rows stops their computation.
     fn watched(&self, output: Output) -> Output {
-        match (output, &self.hangup) {
-            (Output::Rows { schema, stream }, hangup) => {
-                let (hangup, runner) = (hangup.clone(), self.clone());
+        match output {
+            Output::Rows { schema, stream } => {
+                let (hangup, runner) = (self.hangup.clone(), self.clone());
                 let rows = stream::unfold(Some(stream), move |stream| {
                     let (hangup, runner) = (hangup.clone(), runner.clone());
                     async move {
@@ -216,7 +217,7 @@ impl SessionRunner {
                     stream: Box::pin(RecordBatchStreamAdapter::new(schema, rows)),
                 }
             }
-            (output, _) => output,
+            other => other,
         }
     }
 }
