@@ -71,16 +71,9 @@ def timed(execute, runs):
 
 def tributary_figures(connect, port, scale, runs):
     """Seconds per statement at each size, and connection latencies beside HEAVY."""
-    parameter_rows, literal_rows = sizes(scale)
     conn = connect(port)
     conn.execute(CREATE)
-    figures = {}
-    for rows in parameter_rows:
-        sql, values = parameter_insert(rows, "%s"), parameters(rows)
-        figures[f"params {rows * COLUMNS}"] = timed(lambda: conn.execute(sql, values), runs)
-    for rows in literal_rows:
-        sql = literal_insert(rows)
-        figures[f"values {rows}"] = timed(lambda: conn.execute(sql), runs)
+    figures = insert_figures(conn, "%s", scale, runs)
     figures["latencies"] = latencies_beside_heavy(connect, port)
     conn.close()
     return figures
@@ -111,12 +104,18 @@ def _run_ignoring_errors(conn, sql):
 
 def duckdb_figures(scale, runs):
     import duckdb
-    parameter_rows, literal_rows = sizes(scale)
     conn = duckdb.connect()
     conn.execute(CREATE.replace("DOUBLE PRECISION", "DOUBLE"))
+    return insert_figures(conn, "?", scale, runs)
+
+
+def insert_figures(conn, placeholder, scale, runs):
+    """Seconds per INSERT at each size, through `conn` (psycopg's or DuckDB's), whose
+    parameters are written as `placeholder`."""
+    parameter_rows, literal_rows = sizes(scale)
     figures = {}
     for rows in parameter_rows:
-        sql, values = parameter_insert(rows, "?"), parameters(rows)
+        sql, values = parameter_insert(rows, placeholder), parameters(rows)
         figures[f"params {rows * COLUMNS}"] = timed(lambda: conn.execute(sql, values), runs)
     for rows in literal_rows:
         sql = literal_insert(rows)

@@ -1,6 +1,5 @@
 //! One client connection from accept to close: TLS negotiation, the message guard
-//! ([`crate::frames`]), the message loop, and the watch for a client that hangs up while one
-//! of its statements runs.
+//! ([`crate::frames`]) and the message loop; the hang-up watch is [`crate::hangup`].
 //!
 //! The loop is pgwire's own (`process_socket`), written out here so that the guard can sit
 //! between the socket and pgwire's decoder, and so that no error while a client
@@ -29,48 +28,7 @@ use crate::handler::Connection;
 /// `authentication_timeout`).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often a running statement's connection is checked for a hang-up while the client has
-/// sent more than the check can see past.
-const HANGUP_POLL_INTERVAL: Duration = Duration::from_millis(200);
-
-/// A Terminate message: what a client that gives up politely sends before it closes.
-const TERMINATE: &[u8] = b"X\0\0\0\x04";
-
 type Socket = Framed<Guarded<MaybeTls>, PgWireMessageServerCodec<tributary_sql::Prepared>>;
-
-/// Tells whether the client went away, by peeking at the connection through a second handle
-/// on the socket: the protocol loop does not read while a statement runs.
-#[derive(Clone)]
-pub(crate) struct Hangup(Arc<TcpStream>);
-
-impl Hangup {
-    /// Splits `socket` into the stream the protocol uses and a watch on it.
-    pub(crate) fn watch(socket: TcpStream) -> io::Result<(TcpStream, Option<Self>)> {
-        let socket = socket.into_std()?;
-        let watch = socket.try_clone().and_then(TcpStream::from_std);
-        let socket = TcpStream::from_std(socket)?;
-        match watch {
-            Ok(watch) => Ok((socket, Some(Self(Arc::new(watch))))),
-            Err(err) => {
-                tracing::debug!(%err, "no hang-up watch for a connection");
-                Ok((socket, None))
-            }
-        }
-    }
-
-    /// Resolves once the client has closed the connection (or sent only a Terminate).
-    pub(crate) async fn wait(&self) {
-        let mut pending = [0u8; 64];
-        loop {
-            match self.0.peek(&mut pending).await {
-                Ok(0) | Err(_) => return,
-                Ok(count) if pending[..count] == *TERMINATE => return,
-                // The client sent more (a pipelined message): look again later.
-                Ok(_) => tokio::time::sleep(HANGUP_POLL_INTERVAL).await,
-            }
-        }
-    }
-}
 
 /// Runs one connection's messages until the client leaves or the protocol breaks.
 pub(crate) async fn messages(

@@ -34,7 +34,7 @@ use tokio::sync::{Mutex, Notify};
 use tributary_sql::{Engine, Notice, Output, Prepared, Session};
 
 use crate::auth::{PasswordMethod, Startup};
-use crate::connection::Hangup;
+use crate::hangup::Hangup;
 use crate::sqlstate::{error_info, to_pgwire};
 
 /// The handlers of one connection. pgwire asks for them once per connection, so the state

@@ -7,6 +7,7 @@ mod cancel;
 mod connection;
 mod frames;
 mod handler;
+mod hangup;
 mod sqlstate;
 
 use std::net::SocketAddr;
@@ -72,7 +73,7 @@ pub async fn serve(
                 let cancels = cancels.clone();
                 connections.spawn(async move {
                     let _open = engine.session_opened();
-                    let (socket, hangup) = match connection::Hangup::watch(socket) {
+                    let (socket, hangup) = match hangup::Hangup::watch(socket) {
                         Ok(split) => split,
                         Err(err) => {
                             tracing::debug!(%err, %peer, "connection lost before it started");
