@@ -26,11 +26,11 @@ use futures::StreamExt;
 use tributary_catalog::{SqlType, Table};
 use tributary_storage::ExternalLocation;
 
-use crate::dialect::MAXERROR_MARKER;
 use crate::error::DataErrorKind;
-use crate::rewrite::{name_parts, normalize_ident};
 use crate::session::{Output, Session};
 use crate::{Error, Result};
+use tributary_syntax::dialect::MAXERROR_MARKER;
+use tributary_syntax::rewrite::{name_parts, normalize_ident};
 
 /// Rows converted per chunk of text input.
 const CHUNK_ROWS: usize = 8192;
@@ -1094,7 +1094,7 @@ fn parse_dates(values: &[Option<String>], format: &str) -> arrow::array::Date32A
     let patterns: Vec<String> = if format.eq_ignore_ascii_case("auto") {
         AUTO_DATES.iter().map(|s| s.to_string()).collect()
     } else {
-        vec![crate::rewrite::chrono_pattern(format)]
+        vec![tributary_syntax::rewrite::chrono_pattern(format)]
     };
     values
         .iter()
@@ -1136,9 +1136,12 @@ fn parse_timestamps(
                             .and_then(|d| d.and_hms_opt(0, 0, 0))
                     })
                     .map(|t| t.and_utc().timestamp_micros()),
-                _ => NaiveDateTime::parse_from_str(v, &crate::rewrite::chrono_pattern(format))
-                    .ok()
-                    .map(|t| t.and_utc().timestamp_micros()),
+                _ => NaiveDateTime::parse_from_str(
+                    v,
+                    &tributary_syntax::rewrite::chrono_pattern(format),
+                )
+                .ok()
+                .map(|t| t.and_utc().timestamp_micros()),
             }
         })
         .collect()
@@ -1161,7 +1164,10 @@ pub(crate) async fn unload(session: &mut Session, statement: Statement) -> Resul
         (Some(query), _) => Statement::Query(query),
         (None, Some(text)) => {
             let mut statements = session.parse(&text)?;
-            match (statements.pop(), statements.is_empty()) {
+            match (
+                statements.pop().and_then(|s| s.into_sql()),
+                statements.is_empty(),
+            ) {
                 (Some(statement @ Statement::Query(_)), true) => statement,
                 _ => {
                     return Err(Error::Syntax("UNLOAD takes one SELECT statement".into()));

@@ -18,10 +18,10 @@ use tributary_catalog::{
     CatalogState, Column, Constraint, Distribution, Identity, Relation, SqlType, Table, View,
 };
 
-use crate::rewrite::{name_parts, normalize_ident};
 use crate::session::{Output, Session};
 use crate::transaction::WriteKind;
 use crate::{Error, Result, types};
+use tributary_syntax::rewrite::{name_parts, normalize_ident};
 
 pub(crate) async fn execute(session: &mut Session, statement: Statement) -> Result<Output> {
     match statement {
@@ -30,17 +30,6 @@ pub(crate) async fn execute(session: &mut Session, statement: Statement) -> Resu
             crate::streaming::create_materialized_view(session, view).await
         }
         Statement::CreateView(view) => create_view(session, view).await,
-        Statement::CreateSchema {
-            schema_name: SchemaName::Simple(name),
-            if_not_exists,
-            options: Some(options),
-            ..
-        } if crate::syntax::options(&options)
-            .iter()
-            .any(|(key, _)| key == crate::syntax::EXTERNAL_OPTION) =>
-        {
-            crate::streaming::create_external_schema(session, &name, if_not_exists, &options).await
-        }
         Statement::CreateSchema {
             schema_name,
             if_not_exists,
@@ -93,10 +82,6 @@ pub(crate) struct NewTable {
 }
 
 async fn create_table(session: &mut Session, create: CreateTable) -> Result<Output> {
-    if let Some(clauses) = crate::syntax::mirror_clauses(&create) {
-        let clauses = clauses.map_err(|e| Error::Internal(format!("mirror clauses: {e}")))?;
-        return crate::streaming::mirror::create(session, create, clauses).await;
-    }
     if create.temporary {
         return create_temp_table(session, create).await;
     }

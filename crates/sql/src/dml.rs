@@ -25,11 +25,11 @@ use datafusion::sql::sqlparser::ast::{
 };
 use tributary_catalog::Table;
 
-use crate::rewrite::{name_parts, normalize_ident};
 use crate::session::{Output, Session};
 use crate::table::{TributaryTable, prepare_batch};
 use crate::transaction::WriteKind;
 use crate::{Error, Result};
+use tributary_syntax::rewrite::{name_parts, normalize_ident};
 
 const ROW_ID: &str = "__tributary_rid";
 const ACTION: &str = "__tributary_action";
@@ -481,7 +481,7 @@ fn is_simplified(clauses: &[MergeClause]) -> bool {
         values.rows.as_slice(),
         [row] if matches!(
             row.content.as_slice(),
-            [Expr::Value(v)] if v.value.to_string().contains(crate::dialect::REMOVE_DUPLICATES_MARKER)
+            [Expr::Value(v)] if v.value.to_string().contains(tributary_syntax::dialect::REMOVE_DUPLICATES_MARKER)
         )
     )
 }
@@ -611,6 +611,7 @@ async fn run_changes(
     let mut statements = session.parse(sql)?;
     let statement = statements
         .pop()
+        .and_then(|s| s.into_sql())
         .ok_or_else(|| Error::Internal("empty DML query".into()))?;
     let statement = session.rewrite(statement)?;
     let plan = session.plan(&statement).await?;

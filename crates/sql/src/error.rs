@@ -198,6 +198,18 @@ impl From<datafusion::sql::sqlparser::parser::ParserError> for Error {
     }
 }
 
+impl From<tributary_syntax::Error> for Error {
+    fn from(err: tributary_syntax::Error) -> Self {
+        use tributary_syntax::Error as S;
+        match err {
+            S::Syntax(message) => Error::Syntax(message),
+            S::NotSupported(message) => Error::NotSupported(message),
+            S::InvalidStatement(message) => Error::InvalidStatement(message),
+            S::Internal(message) => Error::Internal(message),
+        }
+    }
+}
+
 impl From<arrow::error::ArrowError> for Error {
     fn from(err: arrow::error::ArrowError) -> Self {
         classify_arrow(&err)

@@ -11,7 +11,6 @@ mod catalog_list;
 mod console;
 mod copy;
 mod ddl;
-mod dialect;
 mod dml;
 mod engine;
 mod error;
@@ -23,13 +22,11 @@ mod metrics;
 mod params;
 mod partiql;
 mod procedure;
-mod rewrite;
 pub mod runtime;
 mod session;
 mod settings;
 mod sharing;
 mod streaming;
-mod syntax;
 mod system;
 mod table;
 mod transaction;
@@ -37,8 +34,6 @@ mod types;
 
 pub use copy::CopyPlan;
 pub use datafusion::common::ParamValues;
-pub use datafusion::sql::sqlparser::ast::Statement;
-pub use dialect::parse_statements;
 pub use engine::Engine;
 pub use error::{DataErrorKind, Error, Result};
 pub use functions::VERSION;
@@ -46,6 +41,8 @@ pub use maintenance::{MaintenanceReport, MaintenanceSettings};
 pub use metrics::{QueryRecord, SessionGuard, resident_memory_bytes};
 pub use session::{Notice, Output, Prepared, Session};
 pub use streaming::StreamingSettings;
+pub use tributary_syntax::dialect::parse_statements;
+pub use tributary_syntax::{ExtStatement, Statement};
 
 /// Stack size of the threads that run sessions. Planning a deep statement (a procedure body's
 /// statements inside a CALL, nested subqueries, long CASE chains) recurses further than the

@@ -162,7 +162,11 @@ mod tests {
     use datafusion::common::metadata::ScalarAndMetadata;
 
     fn check(sql: &str, values: Vec<ScalarValue>, everywhere: bool, expected: &str) {
-        let mut statement = crate::dialect::parse_statements(sql).unwrap().remove(0);
+        let mut statement = tributary_syntax::dialect::parse_statements(sql)
+            .unwrap()
+            .remove(0)
+            .into_sql()
+            .unwrap();
         let params = ParamValues::List(values.into_iter().map(ScalarAndMetadata::from).collect());
         if everywhere {
             bind_everywhere(&mut statement, &params).unwrap();
@@ -192,9 +196,11 @@ mod tests {
         );
         assert_eq!(
             placeholder_count(
-                &crate::dialect::parse_statements("UPDATE t SET a = $3 WHERE b = $1")
+                &tributary_syntax::dialect::parse_statements("UPDATE t SET a = $3 WHERE b = $1")
                     .unwrap()
                     .remove(0)
+                    .into_sql()
+                    .unwrap()
             ),
             3
         );

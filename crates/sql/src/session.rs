@@ -12,21 +12,25 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{Expr, ObjectName, SelectItem, SetExpr, Statement};
+use datafusion::sql::sqlparser::ast::{
+    Expr, ObjectName, SelectItem, SetExpr, Statement as SqlStatement,
+};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::StreamExt;
+use tributary_syntax::rewrite::idents;
+use tributary_syntax::{ExtStatement, Statement};
 
 use crate::catalog_list::{SYSTEM_SCHEMA, SessionCatalogs, TEMP_SCHEMA};
-use crate::dialect::parse_statements;
 use crate::engine::Engine;
-use crate::rewrite::{
-    alias_repeated_projections, name_parts, qualify_relations, rewrite_functions,
-    substitute_where_alias, top_to_limit,
-};
 use crate::settings::Settings;
 use crate::transaction::{Ended, WriteKind};
 use crate::{Error, Result, functions, system};
+use tributary_syntax::dialect::parse_statements;
+use tributary_syntax::rewrite::{
+    alias_repeated_projections, name_parts, qualify_relations, rewrite_functions,
+    substitute_where_alias, top_to_limit,
+};
 
 /// What a statement produced.
 pub enum Output {
@@ -201,7 +205,7 @@ impl Session {
             // Introspection queries of psql and drivers: the compatibility rewrites of
             // datafusion-pg-catalog make them plannable. They are not applied to other
             // queries, because some of them trade exactness for coverage.
-            return Ok(statements);
+            return Ok(statements.into_iter().map(Statement::Sql).collect());
         }
         Ok(ours?)
     }
@@ -234,20 +238,31 @@ impl Session {
                 text: sql.to_string(),
             });
         };
-        let placeholders = crate::params::placeholder_count(&statement);
-        if !is_planned_by_datafusion(&statement) || dml_with_cte(&statement).is_some() {
-            let schema = self.describe_utility(&statement);
-            return Ok(Prepared {
-                statement: Some(statement),
-                // Bound as literals at execution: the client's own types decide.
-                param_types: vec![None; placeholders],
-                schema,
-                text: sql.to_string(),
-            });
-        }
+        let query = match &statement {
+            Statement::Sql(query)
+                if is_planned_by_datafusion(query) && dml_with_cte(query).is_none() =>
+            {
+                query.clone()
+            }
+            _ => {
+                let placeholders = match &statement {
+                    Statement::Sql(other) => crate::params::placeholder_count(other),
+                    Statement::Ext(_) => 0,
+                };
+                let schema = self.describe_utility(&statement);
+                return Ok(Prepared {
+                    statement: Some(statement),
+                    // Bound as literals at execution: the client's own types decide.
+                    param_types: vec![None; placeholders],
+                    schema,
+                    text: sql.to_string(),
+                });
+            }
+        };
+        let placeholders = crate::params::placeholder_count(&query);
         self.catalogs.pin_statement();
         crate::sharing::pin_producers(self).await?;
-        let mut prepared = self.rewrite(statement.clone())?;
+        let mut prepared = self.rewrite(query.clone())?;
         // Table functions are planned with their arguments' values, which come later.
         crate::params::bind_table_functions(&mut prepared, None)?;
         let plan = self.plan(&prepared).await?;
@@ -261,7 +276,7 @@ impl Session {
         let param_types = (1..=count)
             .map(|i| types.get(&format!("${i}")).cloned().flatten())
             .collect();
-        let schema = returns_rows(&statement).then(|| output_schema(&prepared, &plan));
+        let schema = returns_rows(&query).then(|| output_schema(&prepared, &plan));
         Ok(Prepared {
             statement: Some(statement),
             param_types,
@@ -351,13 +366,13 @@ impl Session {
     ) -> Result<Output> {
         self.clock.start_statement();
         let failed = self.catalogs.in_failed_transaction();
-        match statement {
-            Statement::Commit { .. } => return self.commit_block().await,
-            Statement::Rollback {
+        match &statement {
+            Statement::Sql(SqlStatement::Commit { .. }) => return self.commit_block().await,
+            Statement::Sql(SqlStatement::Rollback {
                 savepoint: None, ..
-            } => return self.rollback_block().await,
+            }) => return self.rollback_block().await,
             _ if failed => return Err(Error::InFailedTransaction),
-            Statement::StartTransaction { .. } => return Ok(self.begin_block()),
+            Statement::Sql(SqlStatement::StartTransaction { .. }) => return Ok(self.begin_block()),
             _ => {}
         }
         let autocommit = self.catalogs.begin(false);
@@ -466,6 +481,14 @@ impl Session {
         params: Option<ParamValues>,
         autocommit: bool,
     ) -> Result<Output> {
+        let statement = match statement {
+            Statement::Sql(statement) => statement,
+            Statement::Ext(statement) => {
+                self.catalogs.pin_statement();
+                crate::sharing::pin_producers(self).await?;
+                return self.execute_ext(statement, autocommit).await;
+            }
+        };
         if autocommit {
             // An autocommit write takes its target's lock before its snapshot, so that
             // waiting for another writer never makes it conflict.
@@ -489,18 +512,12 @@ impl Session {
         }
         self.catalogs.pin_statement();
         crate::sharing::pin_producers(self).await?;
-        if let Statement::Call(function) = &statement {
-            if let Some(json) = crate::access::carried(function) {
-                return crate::access::execute(self, &json).await;
-            }
-            if let Some(result) = crate::streaming::execute_call(self, function, autocommit).await {
-                return result;
-            }
-            return crate::procedure::execute_call(self, function, autocommit).await;
+        if let SqlStatement::Call(function) = &statement {
+            return crate::procedure::call(self, function, autocommit).await;
         }
         if matches!(
             statement,
-            Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_)
+            SqlStatement::Update(_) | SqlStatement::Delete(_) | SqlStatement::Merge(_)
         ) || dml_with_cte(&statement).is_some()
         {
             crate::access::check_statement(self, &self.rewrite(statement.clone())?)?;
@@ -509,7 +526,7 @@ impl Session {
             return crate::dml::execute(self, dml, with).await;
         }
         if is_planned_by_datafusion(&statement) {
-            let is_insert = matches!(statement, Statement::Insert(_));
+            let is_insert = matches!(statement, SqlStatement::Insert(_));
             let statement = self.rewrite(statement)?;
             crate::access::check_statement(self, &statement)?;
             let plan = self.plan(&statement).await?;
@@ -549,6 +566,48 @@ impl Session {
             });
         }
         self.execute_utility(statement).await
+    }
+
+    /// Runs a Redshift statement that sqlparser lacks, after its privileges are checked.
+    async fn execute_ext(&mut self, statement: ExtStatement, autocommit: bool) -> Result<Output> {
+        crate::access::check_ext(self, &statement)?;
+        match statement {
+            ExtStatement::Access(access) => crate::access::execute(self, access).await,
+            ExtStatement::CreateExternalSchema {
+                name,
+                if_not_exists,
+                source,
+                options,
+            } => {
+                crate::streaming::create_external_schema(
+                    self,
+                    &name,
+                    if_not_exists,
+                    &source,
+                    options,
+                )
+                .await
+            }
+            ExtStatement::AlterExternalSchema { name, options } => {
+                crate::streaming::alter_external_schema(self, &idents(&name), options)
+            }
+            ExtStatement::CreateMirrorTable { table, clauses } => {
+                crate::streaming::mirror::create(self, *table, clauses).await
+            }
+            ExtStatement::Refresh { name } => {
+                crate::streaming::refresh(self, &idents(&name), autocommit).await
+            }
+            ExtStatement::AlterAutoRefresh { name, enable } => {
+                crate::streaming::alter_auto_refresh(self, &idents(&name), enable, autocommit).await
+            }
+            ExtStatement::CreateProcedure { name, definition } => {
+                crate::procedure::create(self, &name, definition)
+            }
+            ExtStatement::ShowProcedure {
+                name,
+                argument_types,
+            } => crate::procedure::show(self, &name, argument_types.as_deref()),
+        }
     }
 
     /// Runs one statement of a procedure body in the current transaction. Boxed, because a
@@ -600,8 +659,11 @@ impl Session {
 
     /// Applies the rewrites every planned statement gets: Redshift function forms, then
     /// search_path resolution of unqualified table names.
-    pub(crate) fn rewrite(&self, mut statement: Statement) -> Result<Statement> {
-        crate::partiql::from::rewrite(&mut statement, self.settings.case_sensitive_identifiers())?;
+    pub(crate) fn rewrite(&self, mut statement: SqlStatement) -> Result<SqlStatement> {
+        tributary_syntax::partiql::rewrite(
+            &mut statement,
+            self.settings.case_sensitive_identifiers(),
+        )?;
         rewrite_functions(&mut statement);
         alias_repeated_projections(&mut statement);
         top_to_limit(&mut statement);
@@ -622,7 +684,7 @@ impl Session {
             system::is_system_relation(name).then(|| SYSTEM_SCHEMA.to_string())
         };
         qualify_relations(&mut statement, &resolve);
-        if let Statement::Insert(insert) = &mut statement {
+        if let SqlStatement::Insert(insert) = &mut statement {
             self.expand_defaults(insert)?;
         }
         Ok(statement)
@@ -632,7 +694,7 @@ impl Session {
     /// column by position; this names it as Postgres does (23502, column and table).
     fn insert_error(
         &self,
-        statement: &Statement,
+        statement: &SqlStatement,
         err: datafusion::error::DataFusionError,
     ) -> Error {
         let text = err.to_string();
@@ -640,7 +702,7 @@ impl Session {
             .split_once("Invalid batch column at '")
             .and_then(|(_, rest)| rest.split_once("' has null but schema specifies non-nullable"))
             .and_then(|(index, _)| index.parse::<usize>().ok());
-        let Statement::Insert(insert) = statement else {
+        let SqlStatement::Insert(insert) = statement else {
             return err.into();
         };
         let datafusion::sql::sqlparser::ast::TableObject::TableName(name) = &insert.table else {
@@ -682,11 +744,11 @@ impl Session {
             },
             _ => return Ok(()),
         };
-        crate::rewrite::expand_insert_defaults(insert, &columns)?;
+        tributary_syntax::rewrite::expand_insert_defaults(insert, &columns)?;
         Ok(())
     }
 
-    pub(crate) async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
+    pub(crate) async fn plan(&self, statement: &SqlStatement) -> Result<LogicalPlan> {
         let state = self.context.state();
         let mut statement = statement.clone();
         // Each retry resolves one more WHERE reference to a select-list alias.
@@ -756,13 +818,13 @@ impl Session {
         }
     }
 
-    async fn execute_utility(&mut self, statement: Statement) -> Result<Output> {
+    async fn execute_utility(&mut self, statement: SqlStatement) -> Result<Output> {
         crate::access::check_utility(self, &statement)?;
         match statement {
-            Statement::Set(set) => self.set(set),
-            Statement::ShowVariable { variable } => self.show(&variable),
-            Statement::ShowVariables { .. } => self.show_all(),
-            Statement::Reset(reset) => {
+            SqlStatement::Set(set) => self.set(set),
+            SqlStatement::ShowVariable { variable } => self.show(&variable),
+            SqlStatement::ShowVariables { .. } => self.show_all(),
+            SqlStatement::Reset(reset) => {
                 match reset.reset {
                     datafusion::sql::sqlparser::ast::Reset::ALL => self.settings.reset_all(),
                     datafusion::sql::sqlparser::ast::Reset::ConfigurationParameter(name) => {
@@ -772,12 +834,12 @@ impl Session {
                 self.apply_settings()?;
                 Ok(Output::command("RESET"))
             }
-            Statement::Rollback { .. }
-            | Statement::Savepoint { .. }
-            | Statement::ReleaseSavepoint { .. } => Err(Error::NotSupported(
+            SqlStatement::Rollback { .. }
+            | SqlStatement::Savepoint { .. }
+            | SqlStatement::ReleaseSavepoint { .. } => Err(Error::NotSupported(
                 "savepoints are not supported yet".into(),
             )),
-            Statement::Copy { .. } => {
+            SqlStatement::Copy { .. } => {
                 let plan = crate::copy::plan(self, &statement)?;
                 if plan.from_stdin() {
                     let columns = plan.column_count();
@@ -790,13 +852,13 @@ impl Session {
                     rows: Some(rows),
                 })
             }
-            Statement::Unload { .. } => crate::copy::unload(self, statement).await,
-            Statement::Deallocate { .. } => Ok(Output::command("DEALLOCATE")),
-            Statement::Discard { .. } => Ok(Output::command("DISCARD")),
-            Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => {
+            SqlStatement::Unload { .. } => crate::copy::unload(self, statement).await,
+            SqlStatement::Deallocate { .. } => Ok(Output::command("DEALLOCATE")),
+            SqlStatement::Discard { .. } => Ok(Output::command("DISCARD")),
+            SqlStatement::Update(_) | SqlStatement::Delete(_) | SqlStatement::Merge(_) => {
                 crate::dml::execute(self, statement, None).await
             }
-            Statement::DropProcedure {
+            SqlStatement::DropProcedure {
                 if_exists,
                 proc_desc,
                 drop_behavior,
@@ -898,8 +960,15 @@ impl Session {
 
     /// Result columns of utility statements that return rows (SHOW).
     fn describe_utility(&self, statement: &Statement) -> Option<SchemaRef> {
+        let statement = match statement {
+            Statement::Sql(statement) => statement,
+            Statement::Ext(ExtStatement::ShowProcedure { .. }) => {
+                return Some(crate::procedure::show_schema());
+            }
+            Statement::Ext(_) => return None,
+        };
         match statement {
-            Statement::ShowVariable { variable } => {
+            SqlStatement::ShowVariable { variable } => {
                 let name = variable
                     .iter()
                     .map(|i| i.value.to_ascii_lowercase())
@@ -917,7 +986,7 @@ impl Session {
                     false,
                 )])))
             }
-            Statement::Call(function) => crate::procedure::describe_call(self, function),
+            SqlStatement::Call(function) => crate::procedure::describe_call(self, function),
             _ => None,
         }
     }
@@ -964,33 +1033,34 @@ fn compatibility_parser() -> &'static PostgresCompatibilityParser {
 /// Binds the parameters DataFusion cannot bind itself ([`crate::params`]); the rest stay
 /// for DataFusion.
 fn bind_parameters(
-    mut statement: Statement,
+    statement: Statement,
     params: Option<ParamValues>,
 ) -> Result<(Statement, Option<ParamValues>)> {
-    let Some(params) = params else {
-        return Ok((statement, None));
+    let (Statement::Sql(mut statement), Some(params)) = (statement.clone(), params.clone()) else {
+        // The extension statements take no parameters.
+        return Ok((statement, params));
     };
     if is_planned_by_datafusion(&statement) && dml_with_cte(&statement).is_none() {
         crate::params::bind_table_functions(&mut statement, Some(&params))?;
-        Ok((statement, Some(params)))
+        Ok((Statement::Sql(statement), Some(params)))
     } else {
         crate::params::bind_everywhere(&mut statement, &params)?;
-        Ok((statement, None))
+        Ok((Statement::Sql(statement), None))
     }
 }
 
-fn is_planned_by_datafusion(statement: &Statement) -> bool {
+fn is_planned_by_datafusion(statement: &SqlStatement) -> bool {
     matches!(
         statement,
-        Statement::Query(_) | Statement::Insert(_) | Statement::Explain { .. }
+        SqlStatement::Query(_) | SqlStatement::Insert(_) | SqlStatement::Explain { .. }
     )
 }
 
 /// `WITH ... DELETE` / `WITH ... UPDATE`: the statement and its WITH clause.
 fn dml_with_cte(
-    statement: &Statement,
-) -> Option<(Statement, Option<datafusion::sql::sqlparser::ast::With>)> {
-    let Statement::Query(query) = statement else {
+    statement: &SqlStatement,
+) -> Option<(SqlStatement, Option<datafusion::sql::sqlparser::ast::With>)> {
+    let SqlStatement::Query(query) = statement else {
         return None;
     };
     match query.body.as_ref() {
@@ -1002,7 +1072,7 @@ fn dml_with_cte(
 }
 
 /// The names of the tables a statement writes.
-pub(crate) fn write_target_names(statement: &Statement) -> Vec<ObjectName> {
+pub(crate) fn write_target_names(statement: &SqlStatement) -> Vec<ObjectName> {
     write_targets(statement)
         .into_iter()
         .map(|(n, _)| n)
@@ -1010,7 +1080,7 @@ pub(crate) fn write_target_names(statement: &Statement) -> Vec<ObjectName> {
 }
 
 /// The tables a statement writes, with how: an autocommit statement locks them first.
-fn write_targets(statement: &Statement) -> Vec<(ObjectName, WriteKind)> {
+fn write_targets(statement: &SqlStatement) -> Vec<(ObjectName, WriteKind)> {
     if let Some((inner, _)) = dml_with_cte(statement) {
         return write_targets(&inner);
     }
@@ -1020,15 +1090,15 @@ fn write_targets(statement: &Statement) -> Vec<(ObjectName, WriteKind)> {
         _ => None,
     };
     match statement {
-        Statement::Insert(insert) => match &insert.table {
+        SqlStatement::Insert(insert) => match &insert.table {
             TableObject::TableName(name) => vec![(name.clone(), WriteKind::Append)],
             _ => vec![],
         },
-        Statement::Update(update) => table_name(&update.table.relation)
+        SqlStatement::Update(update) => table_name(&update.table.relation)
             .map(|n| (n, WriteKind::Rewrite))
             .into_iter()
             .collect(),
-        Statement::Delete(delete) => {
+        SqlStatement::Delete(delete) => {
             let tables = match &delete.from {
                 FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables) => tables,
             };
@@ -1039,17 +1109,17 @@ fn write_targets(statement: &Statement) -> Vec<(ObjectName, WriteKind)> {
                 .into_iter()
                 .collect()
         }
-        Statement::Merge(merge) => table_name(&merge.table)
+        SqlStatement::Merge(merge) => table_name(&merge.table)
             .map(|n| (n, WriteKind::Rewrite))
             .into_iter()
             .collect(),
-        Statement::Truncate(truncate) => truncate
+        SqlStatement::Truncate(truncate) => truncate
             .table_names
             .iter()
             .map(|t| (t.name.clone(), WriteKind::Rewrite))
             .collect(),
-        Statement::AlterTable(alter) => vec![(alter.name.clone(), WriteKind::Rewrite)],
-        Statement::Copy {
+        SqlStatement::AlterTable(alter) => vec![(alter.name.clone(), WriteKind::Rewrite)],
+        SqlStatement::Copy {
             source: datafusion::sql::sqlparser::ast::CopySource::Table { table_name, .. },
             to: false,
             ..
@@ -1058,8 +1128,11 @@ fn write_targets(statement: &Statement) -> Vec<(ObjectName, WriteKind)> {
     }
 }
 
-fn returns_rows(statement: &Statement) -> bool {
-    matches!(statement, Statement::Query(_) | Statement::Explain { .. })
+fn returns_rows(statement: &SqlStatement) -> bool {
+    matches!(
+        statement,
+        SqlStatement::Query(_) | SqlStatement::Explain { .. }
+    )
 }
 
 fn count_rows(batches: &[RecordBatch]) -> u64 {
@@ -1073,9 +1146,9 @@ fn count_rows(batches: &[RecordBatch]) -> u64 {
 
 /// The result schema with Postgres's column names: DataFusion names an unaliased expression
 /// after its text (`count(*)`, `Int64(1)`); Postgres says `count` and `?column?`.
-pub(crate) fn output_schema(statement: &Statement, plan: &LogicalPlan) -> SchemaRef {
+pub(crate) fn output_schema(statement: &SqlStatement, plan: &LogicalPlan) -> SchemaRef {
     let arrow_schema = Arc::new(plan.schema().as_arrow().clone());
-    let Statement::Query(query) = statement else {
+    let SqlStatement::Query(query) = statement else {
         return arrow_schema;
     };
     // A set operation takes its column names from its leftmost SELECT.
@@ -1116,10 +1189,10 @@ pub(crate) fn output_schema(statement: &Statement, plan: &LogicalPlan) -> Schema
 /// Postgres's FigureColname: the name a result column gets when it has no alias.
 fn postgres_column_name(expr: &Expr) -> String {
     match expr {
-        Expr::Identifier(ident) => crate::rewrite::normalize_ident(ident),
+        Expr::Identifier(ident) => tributary_syntax::rewrite::normalize_ident(ident),
         Expr::CompoundIdentifier(parts) => parts
             .last()
-            .map(crate::rewrite::normalize_ident)
+            .map(tributary_syntax::rewrite::normalize_ident)
             .unwrap_or_default(),
         Expr::Function(function) => function
             .name
@@ -1230,10 +1303,15 @@ pub(crate) async fn plan_sql(
 ) -> datafusion::error::Result<LogicalPlan> {
     let mut statements = parse_statements(sql)
         .map_err(|e| datafusion::error::DataFusionError::SQL(Box::new(e), None))?;
-    let mut statement = statements
+    let statement = statements
         .pop()
         .ok_or_else(|| datafusion::error::DataFusionError::Plan("empty view definition".into()))?;
-    crate::partiql::from::rewrite(&mut statement, false)
+    let Statement::Sql(mut statement) = statement else {
+        return Err(datafusion::error::DataFusionError::Plan(
+            "a view's definition is not a query".into(),
+        ));
+    };
+    tributary_syntax::partiql::rewrite(&mut statement, false)
         .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
     state
         .statement_to_plan(DfStatement::Statement(Box::new(statement)))

@@ -23,11 +23,11 @@ use tributary_catalog::{
 use tributary_storage::{ExternalLocation, StorageRoot};
 use uuid::Uuid;
 
-use crate::access::syntax::{AccessStatement, DatashareChange};
 use crate::catalog_list::SessionCatalogs;
 use crate::session::{Output, Session};
 use crate::table::TributaryTable;
 use crate::{Error, Result};
+use tributary_syntax::access::{AccessStatement, DatashareChange};
 
 /// What a namespace writes to the registry: where its storage root is.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -127,12 +127,14 @@ fn binary_length(length: &Option<BinaryLength>) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dialect::parse_statements;
     use datafusion::sql::sqlparser::ast::Statement;
+    use tributary_syntax::dialect::parse_statements;
 
     fn check(declared: &str, expected: &str) {
         let sql = format!("create table t (c {declared})");
-        let Statement::CreateTable(create) = parse_statements(&sql).unwrap().remove(0) else {
+        let Some(Statement::CreateTable(create)) =
+            parse_statements(&sql).unwrap().remove(0).into_sql()
+        else {
             panic!("not a CREATE TABLE");
         };
         let resolved = resolve(&create.columns[0].data_type).map(|t| t.display_name());

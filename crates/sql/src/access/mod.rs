@@ -7,8 +7,6 @@
 //! takes effect for the next statement. Superusers and owners hold every privilege on their
 //! objects; PUBLIC may use and create in each database's `public` schema, as in Redshift.
 
-pub(crate) mod syntax;
-
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
@@ -20,16 +18,15 @@ use tributary_catalog::{
 use crate::catalog_list::{SYSTEM_SCHEMA, TEMP_SCHEMA};
 use crate::session::{Output, Session};
 use crate::{Error, Result};
-use syntax::{AccessStatement, GrantObject, Name, ObjectKind, UserOptions};
+use tributary_syntax::ExtStatement;
+use tributary_syntax::access::{AccessStatement, GrantObject, Name, ObjectKind, UserOptions};
 
 /// Computes the stored verifiers of a password (installed by the wire crate, which owns the
 /// authentication methods).
 pub(crate) type PasswordHasher = fn(user: &str, password: &str) -> StoredPassword;
 
 /// Runs an access statement carried as `CALL __tributary_access('<json>')`.
-pub(crate) async fn execute(session: &mut Session, json: &str) -> Result<Output> {
-    let statement: AccessStatement = serde_json::from_str(json)
-        .map_err(|e| Error::Internal(format!("bad access statement: {e}")))?;
+pub(crate) async fn execute(session: &mut Session, statement: AccessStatement) -> Result<Output> {
     match statement {
         AccessStatement::CreateUser { name, options } => create_user(session, name, options),
         AccessStatement::AlterUser {
@@ -51,16 +48,6 @@ pub(crate) async fn execute(session: &mut Session, json: &str) -> Result<Output>
         AccessStatement::Owner { kind, name, owner } => set_owner(session, kind, name, owner),
         other => crate::sharing::execute(session, other).await,
     }
-}
-
-/// The JSON of an access statement carried as a reserved CALL, if `function` is one.
-pub(crate) fn carried(function: &datafusion::sql::sqlparser::ast::Function) -> Option<String> {
-    let name = crate::rewrite::name_parts(&function.name);
-    if name.last().map(String::as_str) != Some(syntax::ACCESS_PROCEDURE) {
-        return None;
-    }
-    let (_, args) = crate::syntax::call_arguments(function);
-    args.into_iter().next()
 }
 
 pub(crate) fn require_superuser(session: &Session, what: &str) -> Result<()> {
@@ -812,7 +799,12 @@ fn write_privileges(statement: &Statement) -> Vec<(Vec<String>, Vec<Privilege>)>
     };
     crate::session::write_target_names(statement)
         .into_iter()
-        .map(|name| (crate::rewrite::name_parts(&name), privileges.clone()))
+        .map(|name| {
+            (
+                tributary_syntax::rewrite::name_parts(&name),
+                privileges.clone(),
+            )
+        })
         .collect()
 }
 
@@ -929,6 +921,45 @@ pub(crate) fn check_owner(session: &Session, schema: &str, name: &str) -> Result
     )))
 }
 
+/// Checks the privileges of the statements sqlparser lacks; the access statements check their
+/// own as they run.
+pub(crate) fn check_ext(session: &Session, statement: &ExtStatement) -> Result<()> {
+    let superuser = session.catalogs().pinned().is_superuser(session.user());
+    match statement {
+        ExtStatement::CreateExternalSchema { .. } if !superuser => {
+            check_create_schema(session)?;
+        }
+        ExtStatement::CreateMirrorTable { table, .. } if !superuser => {
+            let (schema, _) = session.resolve_for_create(&table.name)?;
+            check_create_in(session, &schema)?;
+        }
+        ExtStatement::Refresh { name } | ExtStatement::AlterAutoRefresh { name, .. } => {
+            if let Ok((schema, view)) = session.resolve_existing(name) {
+                check_owner(session, &schema, &view)?;
+            }
+        }
+        ExtStatement::AlterExternalSchema { .. } => {
+            require_superuser(session, "ALTER EXTERNAL SCHEMA")?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// CREATE SCHEMA needs CREATE on the database.
+fn check_create_schema(session: &Session) -> Result<()> {
+    let state = session.catalogs().pinned();
+    let user = session.user();
+    let db = state.database(session.database())?;
+    if !state.holds(user, db.oid, &db.owner, Privilege::Create) {
+        return Err(Error::PermissionDenied(format!(
+            "database {}",
+            session.database()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks the privileges of statements that are not queries or DML: DDL needs CREATE on the
 /// target schema or ownership of the target; CREATE SCHEMA needs CREATE on the database.
 pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<()> {
@@ -952,15 +983,7 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
             // external schema, SELECT on tables.
             check_reads(session, &create.query)?;
         }
-        Statement::CreateSchema { .. } => {
-            let db = state.database(session.database())?;
-            if !state.holds(user, db.oid, &db.owner, Privilege::Create) {
-                return Err(Error::PermissionDenied(format!(
-                    "database {}",
-                    session.database()
-                )));
-            }
-        }
+        Statement::CreateSchema { .. } => check_create_schema(session)?,
         Statement::CreateDatabase { .. }
             if !state.users.get(user).is_some_and(|u| u.create_database) =>
         {
@@ -980,7 +1003,7 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
             }
             ObjectType::Schema => {
                 for name in names {
-                    let schema = crate::rewrite::name_parts(name)
+                    let schema = tributary_syntax::rewrite::name_parts(name)
                         .last()
                         .cloned()
                         .unwrap_or_default();
@@ -995,7 +1018,7 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
             }
             ObjectType::Database => {
                 for name in names {
-                    let database = crate::rewrite::name_parts(name).join(".");
+                    let database = tributary_syntax::rewrite::name_parts(name).join(".");
                     if let Ok(found) = state.database(&database)
                         && found.owner != user
                     {
@@ -1081,7 +1104,7 @@ impl Visitor for Relations {
         if let Some(with) = &query.with {
             for cte in &with.cte_tables {
                 self.ctes
-                    .insert(crate::rewrite::normalize_ident(&cte.alias.name));
+                    .insert(tributary_syntax::rewrite::normalize_ident(&cte.alias.name));
             }
         }
         ControlFlow::Continue(())
@@ -1092,7 +1115,7 @@ impl Visitor for Relations {
             name, args: None, ..
         } = factor
         {
-            self.names.push(crate::rewrite::name_parts(name));
+            self.names.push(tributary_syntax::rewrite::name_parts(name));
         }
         ControlFlow::Continue(())
     }
@@ -1101,7 +1124,7 @@ impl Visitor for Relations {
         if let Statement::Insert(insert) = statement
             && let datafusion::sql::sqlparser::ast::TableObject::TableName(name) = &insert.table
         {
-            self.names.push(crate::rewrite::name_parts(name));
+            self.names.push(tributary_syntax::rewrite::name_parts(name));
         }
         ControlFlow::Continue(())
     }

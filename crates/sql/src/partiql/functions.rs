@@ -57,16 +57,13 @@ pub(crate) enum Kind {
     ToVarbyte,
 }
 
+pub(crate) use tributary_syntax::functions::{ELEMENTS, INDEXES, KEYS, MARK, VALUES};
+
 pub(crate) const GET: &str = "__tributary_super_get";
-pub(crate) const MARK: &str = "__tributary_super";
 pub(crate) const TO_SUPER: &str = "__tributary_to_super";
 pub(crate) const TEXT: &str = "__tributary_super_text";
 pub(crate) const INT: &str = "__tributary_super_int";
 pub(crate) const BOOL: &str = "__tributary_super_bool";
-pub(crate) const ELEMENTS: &str = "__tributary_super_elements";
-pub(crate) const INDEXES: &str = "__tributary_super_indexes";
-pub(crate) const VALUES: &str = "__tributary_super_values";
-pub(crate) const KEYS: &str = "__tributary_super_keys";
 
 const ALL: &[Kind] = &[
     Kind::Get,

@@ -11,7 +11,6 @@
 //!   dynamic typing (casts from SUPER, comparisons, SUPER into SUPER columns).
 //! - [`functions`] are the SUPER functions; [`value`] the JSON-text primitives under them.
 
-pub mod from;
 mod functions;
 mod planner;
 pub mod value;

@@ -11,7 +11,6 @@
 //! in the body end the current transaction and start a new one, and are refused when the call
 //! is inside a block. NONATOMIC procedures commit each statement on its own.
 
-mod parse;
 mod run;
 
 use arrow::array::RecordBatch;
@@ -24,9 +23,9 @@ use std::sync::Arc;
 use tributary_catalog::{ArgumentMode, Procedure, ProcedureArgument, SqlType};
 
 use crate::error::{Error, Result};
-use crate::rewrite::name_parts;
 use crate::session::{Output, Session};
-use crate::syntax::{self, ProcedureDefinition};
+use tributary_syntax::extension::ProcedureDefinition;
+use tributary_syntax::rewrite::name_parts;
 
 /// How deep procedure calls may nest, as in Redshift.
 const MAX_DEPTH: usize = 16;
@@ -40,36 +39,19 @@ pub(crate) struct CallStack {
     pub owns_transaction: bool,
 }
 
-/// Runs the CALLs that are not reserved by other statements: `CREATE PROCEDURE` (carried as
-/// a reserved CALL) and calls of stored procedures.
-pub(crate) async fn execute_call(
+/// `CREATE [OR REPLACE] PROCEDURE`.
+pub(crate) fn create(
     session: &mut Session,
-    function: &Function,
-    autocommit: bool,
+    name: &ObjectName,
+    definition: ProcedureDefinition,
 ) -> Result<Output> {
-    if function.name.to_string() == syntax::CREATE_PROCEDURE {
-        return create(session, function);
-    }
-    if function.name.to_string() == syntax::SHOW_PROCEDURE {
-        return show(session, function);
-    }
-    call(session, function, autocommit).await
-}
-
-fn create(session: &mut Session, function: &Function) -> Result<Output> {
-    let (name, args) = syntax::call_arguments(function);
-    let json = args
-        .first()
-        .ok_or_else(|| Error::Internal("CREATE PROCEDURE without its definition".into()))?;
-    let definition: ProcedureDefinition = serde_json::from_str(json)
-        .map_err(|e| Error::Internal(format!("procedure definition: {e}")))?;
     if definition.language != "plpgsql" {
         return Err(Error::NotSupported(format!(
             "procedures in language \"{}\" are not supported; use LANGUAGE plpgsql",
             definition.language
         )));
     }
-    let (schema, name) = session.resolve_for_create(&ObjectName::from(name))?;
+    let (schema, name) = session.resolve_for_create(name)?;
     let database = session.database().to_string();
     session.catalogs().pinned().schema(&database, &schema)?;
     crate::access::check_create_in(session, &schema)?;
@@ -87,7 +69,7 @@ fn create(session: &mut Session, function: &Function) -> Result<Output> {
         });
     }
     // Parse now, so that a body that cannot run is refused at CREATE.
-    parse::parse_body(&definition.body)?;
+    tributary_syntax::plpgsql::parse_body(&definition.body)?;
     for (setting, _) in &definition.settings {
         session.settings().get(setting)?;
     }
@@ -128,19 +110,20 @@ fn create(session: &mut Session, function: &Function) -> Result<Output> {
 }
 
 /// `SHOW PROCEDURE name[(types)]`: the definition as a CREATE statement, as Redshift shows it.
-fn show(session: &mut Session, function: &Function) -> Result<Output> {
-    let (name, args) = syntax::call_arguments(function);
-    let name = ObjectName::from(name);
-    let types = match args.split_first() {
-        Some((marker, types)) if marker == "(" => Some(
+pub(crate) fn show(
+    session: &mut Session,
+    name: &ObjectName,
+    argument_types: Option<&[String]>,
+) -> Result<Output> {
+    let types = argument_types
+        .map(|types| {
             types
                 .iter()
                 .map(|t| resolve_type(t).map(|t| t.base_name()))
-                .collect::<Result<Vec<_>>>()?,
-        ),
-        _ => None,
-    };
-    let (schema, procedure) = find(session, &name, |p| match &types {
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?;
+    let (schema, procedure) = find(session, name, |p| match &types {
         Some(types) => {
             input_types(p)
                 .iter()
@@ -185,11 +168,7 @@ fn show(session: &mut Session, function: &Function) -> Result<Output> {
         text.push_str(&format!("SET {setting} TO '{value}'\n"));
     }
     text.push_str(&format!("AS $$\n{}\n$$", procedure.body.trim_matches('\n')));
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "Stored Procedure Definition",
-        arrow::datatypes::DataType::Utf8,
-        false,
-    )]));
+    let schema = show_schema();
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![Arc::new(arrow::array::StringArray::from(vec![text]))],
@@ -197,9 +176,18 @@ fn show(session: &mut Session, function: &Function) -> Result<Output> {
     Ok(Output::rows(schema, vec![batch]))
 }
 
+/// The result columns of `SHOW PROCEDURE`.
+pub(crate) fn show_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![Field::new(
+        "Stored Procedure Definition",
+        arrow::datatypes::DataType::Utf8,
+        false,
+    )]))
+}
+
 /// Resolves a type written in SQL text (`varchar(256)`, `int`).
 fn resolve_type(text: &str) -> Result<SqlType> {
-    let dialect = crate::dialect::TributaryDialect::default();
+    let dialect = tributary_syntax::dialect::TributaryDialect::default();
     let data_type = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
         .try_with_sql(text)
         .and_then(|mut p| p.parse_data_type())
@@ -347,7 +335,11 @@ pub(crate) fn resolve(
 }
 
 /// `CALL name(args)`.
-async fn call(session: &mut Session, function: &Function, autocommit: bool) -> Result<Output> {
+pub(crate) async fn call(
+    session: &mut Session,
+    function: &Function,
+    autocommit: bool,
+) -> Result<Output> {
     let arguments: Vec<Expr> = match &function.args {
         FunctionArguments::None => vec![],
         FunctionArguments::List(list) => list
@@ -437,16 +429,6 @@ fn output_schema(procedure: &Procedure) -> Option<Arc<Schema>> {
 
 /// What a CALL returns, for the extended protocol's Describe (before it runs).
 pub(crate) fn describe_call(session: &Session, function: &Function) -> Option<Arc<Schema>> {
-    if function.name.to_string() == syntax::SHOW_PROCEDURE {
-        return Some(Arc::new(Schema::new(vec![Field::new(
-            "Stored Procedure Definition",
-            arrow::datatypes::DataType::Utf8,
-            false,
-        )])));
-    }
-    if function.name.to_string().starts_with("__tributary_") {
-        return None;
-    }
     let count = match &function.args {
         FunctionArguments::List(list) => list.args.len(),
         _ => 0,

@@ -17,11 +17,12 @@ use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use tributary_catalog::{Procedure, SqlType};
 
-use super::parse::{
-    self, Block, Declaration, DeclarationKind, QuerySource, RaiseLevel, Statement, StatementKind,
-};
 use crate::error::{Error, Result};
 use crate::session::{Output, Session};
+use tributary_syntax::Statement as Parsed;
+use tributary_syntax::plpgsql::{
+    Block, Declaration, DeclarationKind, QuerySource, RaiseLevel, Statement, StatementKind,
+};
 
 /// A value a variable holds.
 #[derive(Debug, Clone)]
@@ -84,7 +85,7 @@ pub(crate) async fn run(
     procedure: &Procedure,
     inputs: Vec<ScalarValue>,
 ) -> Result<Vec<ScalarValue>> {
-    let block = parse::parse_body(&procedure.body)?;
+    let block = tributary_syntax::plpgsql::parse_body(&procedure.body)?;
     let mut frame = Frame {
         procedure,
         scopes: vec![HashMap::new()],
@@ -491,7 +492,7 @@ impl<'p> Frame<'p> {
     }
 
     /// Parses one SQL statement of the body and substitutes the variables into it.
-    fn prepare(&self, session: &Session, sql: &str) -> Result<SqlStatement> {
+    fn prepare(&self, session: &Session, sql: &str) -> Result<Parsed> {
         let mut statements = session.parse(sql)?;
         if statements.len() != 1 {
             return Err(Error::Syntax(format!(
@@ -500,23 +501,25 @@ impl<'p> Frame<'p> {
             )));
         }
         let mut statement = statements.pop().expect("one statement");
-        if matches!(
-            statement,
-            SqlStatement::Commit { .. }
-                | SqlStatement::Rollback { .. }
-                | SqlStatement::StartTransaction { .. }
-        ) {
-            return Err(Error::NotSupported(format!(
-                "{statement} in a procedure: use COMMIT or ROLLBACK of the procedure language"
-            )));
+        if let Parsed::Sql(sql) = &mut statement {
+            if matches!(
+                sql,
+                SqlStatement::Commit { .. }
+                    | SqlStatement::Rollback { .. }
+                    | SqlStatement::StartTransaction { .. }
+            ) {
+                return Err(Error::NotSupported(format!(
+                    "{sql} in a procedure: use COMMIT or ROLLBACK of the procedure language"
+                )));
+            }
+            self.substitute(sql)?;
         }
-        self.substitute(&mut statement)?;
         Ok(statement)
     }
 
     /// The statement an EXECUTE's expression evaluates to (not substituted: dynamic SQL sees
     /// only what the string says).
-    async fn dynamic(&mut self, session: &mut Session, expression: &str) -> Result<SqlStatement> {
+    async fn dynamic(&mut self, session: &mut Session, expression: &str) -> Result<Parsed> {
         let sql = self
             .evaluate(session, expression, Some("varchar(65535)"))
             .await?;
@@ -537,11 +540,11 @@ impl<'p> Frame<'p> {
     async fn run_sql(
         &mut self,
         session: &mut Session,
-        statement: SqlStatement,
+        statement: Parsed,
         into: &[String],
         dynamic: bool,
     ) -> Result<()> {
-        let is_query = matches!(statement, SqlStatement::Query(_));
+        let is_query = matches!(statement, Parsed::Sql(SqlStatement::Query(_)));
         let output = session.run_in_procedure(statement).await?;
         match output {
             Output::Rows { schema, stream } => {
@@ -757,7 +760,7 @@ impl<'p> Frame<'p> {
         let _ = visit_expressions_mut(statement, |expr| {
             let replacement = match expr {
                 Expr::Identifier(ident) => {
-                    let name = crate::rewrite::normalize_ident(ident);
+                    let name = tributary_syntax::rewrite::normalize_ident(ident);
                     match name.as_str() {
                         "sqlerrm" if !self.handling.is_empty() => Some(Ok(string_literal(
                             &self
@@ -770,8 +773,8 @@ impl<'p> Frame<'p> {
                     }
                 }
                 Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                    let record = crate::rewrite::normalize_ident(&parts[0]);
-                    let field = crate::rewrite::normalize_ident(&parts[1]);
+                    let record = tributary_syntax::rewrite::normalize_ident(&parts[0]);
+                    let field = tributary_syntax::rewrite::normalize_ident(&parts[1]);
                     self.literal_of(&record, Some(&field))
                 }
                 Expr::Value(value) => match &value.value {
@@ -910,7 +913,7 @@ fn literal(value: &ScalarValue, type_sql: Option<&str>) -> Result<Expr> {
         }
         Some(text) => format!("CAST('{}' AS {type_sql})", text.replace('\'', "''")),
     };
-    let dialect = crate::dialect::TributaryDialect::default();
+    let dialect = tributary_syntax::dialect::TributaryDialect::default();
     datafusion::sql::sqlparser::parser::Parser::new(&dialect)
         .try_with_sql(&sql)
         .and_then(|mut p| p.parse_expr())
@@ -948,7 +951,7 @@ fn cast_to(value: &ScalarValue, type_sql: &str) -> Result<ScalarValue> {
 /// Runs a statement and collects its rows.
 async fn collect_rows(
     session: &mut Session,
-    statement: SqlStatement,
+    statement: Parsed,
 ) -> Result<Vec<Vec<(String, ScalarValue, String)>>> {
     match session.run_in_procedure(statement).await? {
         Output::Rows { schema, stream } => {

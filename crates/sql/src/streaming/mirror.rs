@@ -48,9 +48,9 @@ use super::{ScanError, ViewId, Work};
 use crate::catalog_list::SessionCatalogs;
 use crate::engine::Engine;
 use crate::session::{Output, Session};
-use crate::syntax::MirrorClauses;
 use crate::transaction::WriteKind;
 use crate::{Error, Result};
+use tributary_syntax::extension::MirrorClauses;
 
 /// The hidden column holding a change's ordering value (see [`order_bytes`]).
 pub(crate) const ORDER_COLUMN: &str = "__tributary_order";

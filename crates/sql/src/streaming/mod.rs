@@ -23,9 +23,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datafusion::sql::sqlparser::ast::{
-    CreateTableOptions, CreateView, Function, ObjectName, SqlOption,
-};
+use datafusion::sql::sqlparser::ast::{CreateTableOptions, CreateView, ObjectName};
 use tributary_catalog::{
     Column, Distribution, ExternalSource, MaterializedView, Relation, SqlType, Table,
     VARCHAR_LENGTH_MAX, ViewInput,
@@ -37,11 +35,11 @@ use tributary_ingest::{
 
 use crate::catalog_list::SessionCatalogs;
 use crate::engine::Engine;
-use crate::rewrite::name_parts;
 use crate::session::{Output, Session};
-use crate::syntax;
 use crate::transaction::WriteKind;
 use crate::{Error, Result};
+use tributary_syntax::extension as syntax;
+use tributary_syntax::rewrite::name_parts;
 
 pub(crate) use errors::{ScanError, schema as scan_errors_schema};
 pub(crate) use pipeline::Pipeline;
@@ -490,23 +488,19 @@ pub(crate) async fn create_external_schema(
     session: &mut Session,
     name: &ObjectName,
     if_not_exists: bool,
-    options: &[SqlOption],
+    source: &str,
+    options: Vec<(String, String)>,
 ) -> Result<Output> {
-    let options = syntax::options(options);
     let get = |key: &str| {
         options
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
     };
-    let source = get(syntax::EXTERNAL_OPTION).unwrap_or_default();
-    let external = match source.as_str() {
+    let external = match source {
         "kinesis" => {
             for (key, _) in &options {
-                if !matches!(
-                    key.as_str(),
-                    syntax::EXTERNAL_OPTION | "region" | "iam_role"
-                ) {
+                if !matches!(key.as_str(), "region" | "iam_role") {
                     return Err(Error::Syntax(format!(
                         "CREATE EXTERNAL SCHEMA ... FROM KINESIS does not take {}",
                         key.to_ascii_uppercase()
@@ -527,9 +521,6 @@ pub(crate) async fn create_external_schema(
         "kafka" | "msk" => {
             let mut rest = std::collections::BTreeMap::new();
             for (key, value) in &options {
-                if key == syntax::EXTERNAL_OPTION {
-                    continue;
-                }
                 if !KAFKA_OPTIONS.contains(&key.as_str()) {
                     return Err(Error::Syntax(format!(
                         "CREATE EXTERNAL SCHEMA ... FROM {} does not take {}",
@@ -559,7 +550,6 @@ pub(crate) async fn create_external_schema(
             let mut schema = None;
             for (key, value) in &options {
                 match key.as_str() {
-                    syntax::EXTERNAL_OPTION => {}
                     "database" => database = Some(value.clone()),
                     "schema" => schema = Some(value.clone()),
                     other => {
@@ -896,49 +886,6 @@ fn resolve_view(
     }
 }
 
-/// `REFRESH MATERIALIZED VIEW` and `ALTER MATERIALIZED VIEW ... AUTO REFRESH`, carried as
-/// reserved CALLs. Returns None for any other CALL.
-pub(crate) async fn execute_call(
-    session: &mut Session,
-    function: &Function,
-    autocommit: bool,
-) -> Option<Result<Output>> {
-    let procedure = function.name.to_string();
-    if procedure == syntax::REFRESH_PROCEDURE {
-        let (name, _) = syntax::call_arguments(function);
-        let object = datafusion::sql::sqlparser::ast::ObjectName::from(name.clone());
-        if let Ok((schema, view)) = session.resolve_existing(&object)
-            && let Err(err) = crate::access::check_owner(session, &schema, &view)
-        {
-            return Some(Err(err));
-        }
-        return Some(refresh(session, &name, autocommit).await);
-    }
-    if procedure == syntax::ALTER_AUTO_REFRESH_PROCEDURE {
-        let (name, args) = syntax::call_arguments(function);
-        let object = datafusion::sql::sqlparser::ast::ObjectName::from(name.clone());
-        if let Ok((schema, view)) = session.resolve_existing(&object)
-            && let Err(err) = crate::access::check_owner(session, &schema, &view)
-        {
-            return Some(Err(err));
-        }
-        let enable = args.first().is_some_and(|v| v == "yes");
-        return Some(alter_auto_refresh(session, &name, enable, autocommit).await);
-    }
-    if procedure == syntax::ALTER_EXTERNAL_SCHEMA_PROCEDURE {
-        if let Err(err) = crate::access::require_superuser(session, "ALTER EXTERNAL SCHEMA") {
-            return Some(Err(err));
-        }
-        let (name, args) = syntax::call_arguments(function);
-        let options: Vec<(String, String)> = args
-            .chunks(2)
-            .map(|pair| (pair[0].clone(), pair.get(1).cloned().unwrap_or_default()))
-            .collect();
-        return Some(alter_external_schema(session, &name, options));
-    }
-    None
-}
-
 /// The options that carry a Kafka schema's credentials: a new AUTHENTICATION drops those it
 /// is not given again.
 const KAFKA_CREDENTIALS: &[&str] = &[
@@ -955,14 +902,14 @@ const KAFKA_CREDENTIALS: &[&str] = &[
 /// `ALTER EXTERNAL SCHEMA name [IAM_ROLE ...] [AUTHENTICATION ...] [AUTHENTICATION_ARN ... |
 /// SECRET_ARN ...] [URI ...]` (and the TLS / SASL options) of a Kafka or MSK schema. Views
 /// over the schema read with the new settings from their next round, at their positions.
-fn alter_external_schema(
+pub(crate) fn alter_external_schema(
     session: &mut Session,
     name: &[datafusion::sql::sqlparser::ast::Ident],
     options: Vec<(String, String)>,
 ) -> Result<Output> {
     let schema = name
         .last()
-        .map(crate::rewrite::normalize_ident)
+        .map(tributary_syntax::rewrite::normalize_ident)
         .unwrap_or_default();
     let database = session.database().to_string();
     let external = session
@@ -1025,7 +972,7 @@ fn alter_external_schema(
     Ok(Output::command("ALTER SCHEMA"))
 }
 
-async fn alter_auto_refresh(
+pub(crate) async fn alter_auto_refresh(
     session: &mut Session,
     name: &[datafusion::sql::sqlparser::ast::Ident],
     enable: bool,
@@ -1063,7 +1010,7 @@ async fn alter_auto_refresh(
     Ok(Output::command("ALTER MATERIALIZED VIEW"))
 }
 
-async fn refresh(
+pub(crate) async fn refresh(
     session: &mut Session,
     name: &[datafusion::sql::sqlparser::ast::Ident],
     autocommit: bool,
@@ -1153,8 +1100,10 @@ async fn compile(
         .materialized
         .as_ref()
         .ok_or_else(|| Error::Internal("not a materialized view".into()))?;
-    let mut statements = crate::dialect::parse_statements(&mv.sql)?;
-    let Some(datafusion::sql::sqlparser::ast::Statement::Query(query)) = statements.pop() else {
+    let mut statements = tributary_syntax::dialect::parse_statements(&mv.sql)?;
+    let Some(datafusion::sql::sqlparser::ast::Statement::Query(query)) =
+        statements.pop().and_then(|s| s.into_sql())
+    else {
         return Err(Error::Internal(format!(
             "the stored query of \"{}\" does not parse",
             view.name

@@ -19,9 +19,9 @@ use datafusion::sql::sqlparser::ast::{
 use tributary_catalog::{CatalogState, Column};
 
 use crate::engine::Engine;
-use crate::rewrite::normalize_ident;
 use crate::session::Session;
 use crate::{Error, Result};
+use tributary_syntax::rewrite::normalize_ident;
 
 /// The name the stream's records go by while a view's query runs (in the private session's
 /// temporary schema).

@@ -10,10 +10,10 @@ use tributary_catalog::{CatalogState, MaterializedView, Table, ViewInput};
 
 use super::ViewId;
 use crate::ddl::{NewTable, cast_batch, logical_schema, storage_schema};
-use crate::rewrite::name_parts;
 use crate::session::{Output, Session};
 use crate::transaction::WriteKind;
 use crate::{Error, Result};
+use tributary_syntax::rewrite::name_parts;
 
 /// Whether the query reads a stream of an external schema (then it is a streaming view).
 pub(super) fn reads_stream(
@@ -94,7 +94,7 @@ pub(super) async fn create(
 /// session's transaction. Returns the number of rows.
 pub(super) async fn refresh(session: &mut Session, view: &ViewId, sql: &str) -> Result<u64> {
     let mut statements = session.parse(sql)?;
-    let Some(statement) = statements.pop() else {
+    let Some(statement) = statements.pop().and_then(|s| s.into_sql()) else {
         return Err(Error::Internal(format!(
             "materialized view \"{}\" has no query",
             view.name

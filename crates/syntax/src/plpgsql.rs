@@ -5,14 +5,14 @@
 //! variables have been substituted. The text is rebuilt from the tokens, so string literals and
 //! comments come back as written.
 
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
 
 use crate::dialect::TributaryDialect;
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// `[<<label>>] [DECLARE ...] BEGIN ... [EXCEPTION WHEN OTHERS THEN ...] END`.
 #[derive(Debug, Clone)]
-pub(crate) struct Block {
+pub struct Block {
     pub label: Option<String>,
     pub declarations: Vec<Declaration>,
     pub body: Vec<Statement>,
@@ -21,7 +21,7 @@ pub(crate) struct Block {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct Declaration {
+pub struct Declaration {
     pub name: String,
     pub kind: DeclarationKind,
     pub constant: bool,
@@ -31,7 +31,7 @@ pub(crate) struct Declaration {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) enum DeclarationKind {
+pub enum DeclarationKind {
     /// A scalar of this type (SQL text, resolved when the block runs).
     Scalar(String),
     /// `RECORD`: takes the shape of the row assigned to it.
@@ -42,13 +42,13 @@ pub(crate) enum DeclarationKind {
 
 /// One statement, with its line in the body (1-based) for error reports.
 #[derive(Debug, Clone)]
-pub(crate) struct Statement {
+pub struct Statement {
     pub line: u64,
     pub kind: StatementKind,
 }
 
 #[derive(Debug, Clone)]
-pub(crate) enum StatementKind {
+pub enum StatementKind {
     Block(Block),
     /// `target := expression` (or `=`); the target may be `record.field`.
     Assign {
@@ -123,13 +123,13 @@ pub(crate) enum StatementKind {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) enum QuerySource {
+pub enum QuerySource {
     Query(String),
     Execute(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RaiseLevel {
+pub enum RaiseLevel {
     Log,
     Info,
     Notice,
@@ -138,7 +138,7 @@ pub(crate) enum RaiseLevel {
 }
 
 impl RaiseLevel {
-    pub(crate) fn severity(self) -> &'static str {
+    pub fn severity(self) -> &'static str {
         match self {
             RaiseLevel::Log => "LOG",
             RaiseLevel::Info => "INFO",
@@ -150,7 +150,7 @@ impl RaiseLevel {
 }
 
 /// Parses a procedure body.
-pub(crate) fn parse_body(body: &str) -> Result<Block> {
+pub fn parse_body(body: &str) -> Result<Block> {
     let dialect = TributaryDialect::default();
     let tokens = Tokenizer::new(&dialect, body)
         .with_unescape(false)

@@ -2,14 +2,14 @@
 //! lacks (`IDENTITY(seed, step)`, `ENCODE`, column-level `DISTKEY` / `SORTKEY`), and a token
 //! pre-pass for table attributes that sqlparser accepts only in one form.
 
-use datafusion::sql::sqlparser::ast::{
+use sqlparser::ast::{
     ColumnOption, IdentityParameters, IdentityProperty, IdentityPropertyFormatKind,
-    IdentityPropertyKind, Statement,
+    IdentityPropertyKind,
 };
-use datafusion::sql::sqlparser::dialect::{Dialect, RedshiftSqlDialect};
-use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use sqlparser::dialect::{Dialect, RedshiftSqlDialect};
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 /// The Redshift dialect with Tributary's extensions. It reports itself as Redshift so that
 /// every Redshift-specific rule inside sqlparser still applies.
@@ -18,8 +18,9 @@ pub struct TributaryDialect {
     inner: RedshiftSqlDialect,
 }
 
-/// Parses one or more statements.
-pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
+/// Parses one or more statements: Redshift's that sqlparser lacks ([`crate::extension`]) as
+/// [`crate::Statement::Ext`], the others by sqlparser.
+pub fn parse_statements(sql: &str) -> Result<Vec<crate::Statement>, ParserError> {
     let dialect = TributaryDialect::default();
     let sql = straighten_quotes(sql);
     let tokens = Tokenizer::new(&dialect, &sql)
@@ -28,9 +29,30 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
     let tokens = abort_as_rollback(move_backup_first(normalise_table_attributes(tokens)));
     let tokens = remove_duplicates_as_clause(maxerror_as_option(tokens));
     let tokens = unpivot_as_function(tokens);
-    Parser::new(&dialect)
-        .with_tokens_with_locations(tokens)
-        .parse_statements()
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    // sqlparser's own loop (`Parser::parse_statements`), with our statements tried first.
+    let mut statements = Vec::new();
+    let mut expecting_delimiter = false;
+    loop {
+        while parser.consume_token(&Token::SemiColon) {
+            expecting_delimiter = false;
+        }
+        match &parser.peek_token_ref().token {
+            Token::EOF => break,
+            Token::Word(word) if expecting_delimiter && word.keyword == Keyword::END => break,
+            _ => {}
+        }
+        if expecting_delimiter {
+            return parser.expected_ref("end of statement", parser.peek_token_ref());
+        }
+        let statement = match crate::extension::parse(&mut parser) {
+            Some(statement) => statement?,
+            None => crate::Statement::Sql(parser.parse_statement()?),
+        };
+        statements.push(statement);
+        expecting_delimiter = true;
+    }
+    Ok(statements)
 }
 
 /// Typographic quotes around names and strings (`“etl_to_bi”`, `‘guid’`), as statements
@@ -98,7 +120,7 @@ fn straighten_quotes(sql: &str) -> std::borrow::Cow<'_, str> {
 
 /// The marker that carries COPY's `MAXERROR [AS] n` through the parser, which has no such
 /// option: it becomes `EXTENSION '<marker>n'`, an option COPY has no other use for.
-pub(crate) const MAXERROR_MARKER: &str = "tributary-maxerror=";
+pub const MAXERROR_MARKER: &str = "tributary-maxerror=";
 
 fn maxerror_as_option(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
@@ -139,7 +161,7 @@ fn maxerror_as_option(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
 
 /// The marker of Redshift's simplified MERGE (`... ON cond REMOVE DUPLICATES`), which the
 /// parser does not know: it becomes `WHEN NOT MATCHED THEN INSERT VALUES ('<marker>')`.
-pub(crate) const REMOVE_DUPLICATES_MARKER: &str = "tributary-remove-duplicates";
+pub const REMOVE_DUPLICATES_MARKER: &str = "tributary-remove-duplicates";
 
 fn remove_duplicates_as_clause(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
@@ -200,7 +222,7 @@ fn unpivot_as_function(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
         }
         let span = token.span;
         out.push(TokenWithSpan {
-            token: Token::make_word(crate::partiql::from::UNPIVOT, None),
+            token: Token::make_word(crate::partiql::UNPIVOT, None),
             span,
         });
         out.push(TokenWithSpan {
@@ -319,7 +341,7 @@ fn move_backup_first(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
                 {
                     let clause: Vec<TokenWithSpan> = tokens.drain(index..=value).collect();
                     let space = TokenWithSpan::wrap(Token::Whitespace(
-                        datafusion::sql::sqlparser::tokenizer::Whitespace::Space,
+                        sqlparser::tokenizer::Whitespace::Space,
                     ));
                     tokens.splice(
                         target..target,
@@ -346,9 +368,9 @@ fn significant_from(tokens: &[TokenWithSpan], from: usize) -> Option<usize> {
     (from..tokens.len()).find(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
 }
 
-fn space(span: datafusion::sql::sqlparser::tokenizer::Span) -> TokenWithSpan {
+fn space(span: sqlparser::tokenizer::Span) -> TokenWithSpan {
     TokenWithSpan {
-        token: Token::Whitespace(datafusion::sql::sqlparser::tokenizer::Whitespace::Space),
+        token: Token::Whitespace(sqlparser::tokenizer::Whitespace::Space),
         span,
     }
 }
@@ -363,10 +385,6 @@ fn word_upper(token: &Token) -> Option<String> {
 impl Dialect for TributaryDialect {
     fn dialect(&self) -> std::any::TypeId {
         std::any::TypeId::of::<RedshiftSqlDialect>()
-    }
-
-    fn parse_statement(&self, parser: &mut Parser) -> Option<Result<Statement, ParserError>> {
-        crate::syntax::parse(parser)
     }
 
     fn is_delimited_identifier_start(&self, ch: char) -> bool {

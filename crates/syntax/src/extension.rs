@@ -3,43 +3,121 @@
 //! `ALTER MATERIALIZED VIEW ... AUTO REFRESH`, `CREATE [OR REPLACE] PROCEDURE`,
 //! `SHOW PROCEDURE`, and `CREATE` / `REFRESH` / `ALTER MIRROR TABLE`.
 //!
-//! They are parsed here and carried as sqlparser statements, so the rest of the pipeline keeps
-//! one statement type: an external schema is a `CREATE SCHEMA` whose options hold
-//! [`EXTERNAL_OPTION`]; a materialized view is a `CREATE MATERIALIZED VIEW` whose `WITH`
-//! options hold the attributes; a mirror table is a `CREATE TABLE` whose options hold
-//! [`MIRROR_OPTION`]; REFRESH, ALTER and the procedure statements are `CALL`s of reserved
-//! procedure names.
+//! Each becomes an [`ExtStatement`], typed, beside sqlparser's statements in
+//! [`crate::Statement`]. A materialized view stays sqlparser's `CREATE MATERIALIZED VIEW`,
+//! whose `WITH` options hold Redshift's attributes (see [`options`]).
 
-use datafusion::sql::sqlparser::ast::{
-    CreateTableOptions, CreateView, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArguments, Ident, ObjectName, SchemaName, SqlOption, Statement, Value,
+use sqlparser::ast::{
+    CreateTable, CreateTableOptions, CreateView, Expr, Ident, ObjectName, SqlOption, Statement,
+    Value,
 };
-use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::Token;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::Token;
 
-/// The option of a `CREATE SCHEMA` that makes it an external schema; its value is the source
-/// (`kinesis`), and the other options are the source's settings, lower-cased.
-pub(crate) const EXTERNAL_OPTION: &str = "tributary_external";
-/// `REFRESH MATERIALIZED VIEW name` is `CALL <this>(name)`.
-pub(crate) const REFRESH_PROCEDURE: &str = "__tributary_refresh_materialized_view";
-/// `ALTER MATERIALIZED VIEW name AUTO REFRESH YES` is `CALL <this>(name, 'yes')`.
-pub(crate) const ALTER_AUTO_REFRESH_PROCEDURE: &str = "__tributary_alter_materialized_view";
-/// `CREATE [OR REPLACE] PROCEDURE name(...) AS $$ body $$ LANGUAGE plpgsql` is
-/// `CALL <this>(name, '<ProcedureDefinition as JSON>')`.
-pub(crate) const CREATE_PROCEDURE: &str = "__tributary_create_procedure";
-/// `ALTER EXTERNAL SCHEMA name <option value>...` is `CALL <this>(name, 'option', 'value',
-/// ...)`, options lower-cased.
-pub(crate) const ALTER_EXTERNAL_SCHEMA_PROCEDURE: &str = "__tributary_alter_external_schema";
-/// `SHOW PROCEDURE name[(types)]` is `CALL <this>(name, 'type', ...)` (no types: any).
-pub(crate) const SHOW_PROCEDURE: &str = "__tributary_show_procedure";
-/// The option of a `CREATE TABLE` that makes it a mirror table; its value is the
-/// [`MirrorClauses`] as JSON.
-pub(crate) const MIRROR_OPTION: &str = "tributary_mirror";
+/// A Redshift statement sqlparser lacks, as parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExtStatement {
+    /// `CREATE EXTERNAL SCHEMA [IF NOT EXISTS] name FROM source <option value>...`: the source
+    /// lower-cased (`kinesis`, `kafka`, `msk`, `redshift`), options lower-cased.
+    CreateExternalSchema {
+        name: ObjectName,
+        if_not_exists: bool,
+        source: String,
+        options: Vec<(String, String)>,
+    },
+    /// `ALTER EXTERNAL SCHEMA name <option value>...`, options lower-cased.
+    AlterExternalSchema {
+        name: ObjectName,
+        options: Vec<(String, String)>,
+    },
+    /// `CREATE MIRROR TABLE`: the table as a `CREATE TABLE` and the clauses after its columns.
+    CreateMirrorTable {
+        table: Box<CreateTable>,
+        clauses: MirrorClauses,
+    },
+    /// `REFRESH MATERIALIZED VIEW name` or `REFRESH MIRROR TABLE name`.
+    Refresh { name: ObjectName },
+    /// `ALTER MATERIALIZED VIEW name AUTO REFRESH {YES | NO}` (or `ALTER MIRROR TABLE`).
+    AlterAutoRefresh { name: ObjectName, enable: bool },
+    /// `CREATE [OR REPLACE] PROCEDURE`.
+    CreateProcedure {
+        name: ObjectName,
+        definition: ProcedureDefinition,
+    },
+    /// `SHOW PROCEDURE name [(types)]`: None without a type list (any procedure of the name).
+    ShowProcedure {
+        name: ObjectName,
+        argument_types: Option<Vec<String>>,
+    },
+    /// Users, groups, grants, owners and datashares.
+    Access(crate::access::AccessStatement),
+}
+
+impl std::fmt::Display for ExtStatement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options = |options: &[(String, String)]| {
+            options
+                .iter()
+                .map(|(key, value)| {
+                    format!(
+                        " {} '{}'",
+                        key.to_ascii_uppercase(),
+                        value.replace('\'', "''")
+                    )
+                })
+                .collect::<String>()
+        };
+        match self {
+            ExtStatement::CreateExternalSchema {
+                name,
+                if_not_exists,
+                source,
+                options: given,
+            } => write!(
+                f,
+                "CREATE EXTERNAL SCHEMA {}{name} FROM {}{}",
+                if *if_not_exists { "IF NOT EXISTS " } else { "" },
+                source.to_ascii_uppercase(),
+                options(given)
+            ),
+            ExtStatement::AlterExternalSchema {
+                name,
+                options: given,
+            } => write!(f, "ALTER EXTERNAL SCHEMA {name}{}", options(given)),
+            ExtStatement::CreateMirrorTable { table, .. } => {
+                write!(f, "CREATE MIRROR TABLE {}", table.name)
+            }
+            ExtStatement::Refresh { name } => write!(f, "REFRESH MATERIALIZED VIEW {name}"),
+            ExtStatement::AlterAutoRefresh { name, enable } => write!(
+                f,
+                "ALTER MATERIALIZED VIEW {name} AUTO REFRESH {}",
+                if *enable { "YES" } else { "NO" }
+            ),
+            ExtStatement::CreateProcedure { name, definition } => write!(
+                f,
+                "CREATE {}PROCEDURE {name}",
+                if definition.or_replace {
+                    "OR REPLACE "
+                } else {
+                    ""
+                }
+            ),
+            ExtStatement::ShowProcedure {
+                name,
+                argument_types,
+            } => match argument_types {
+                Some(types) => write!(f, "SHOW PROCEDURE {name}({})", types.join(", ")),
+                None => write!(f, "SHOW PROCEDURE {name}"),
+            },
+            ExtStatement::Access(access) => write!(f, "{access}"),
+        }
+    }
+}
 
 /// The clauses of `CREATE MIRROR TABLE` after the column list.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct MirrorClauses {
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorClauses {
     /// The change stream: `[schema, stream]` (or `[stream]`), unquoted parts folded to lower
     /// case.
     pub source: Vec<String>,
@@ -54,8 +132,8 @@ pub(crate) struct MirrorClauses {
 }
 
 /// A `CREATE PROCEDURE` as parsed: what the procedure module needs to store it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct ProcedureDefinition {
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcedureDefinition {
     pub or_replace: bool,
     /// (name, mode `in` / `out` / `inout`, type as SQL text).
     pub arguments: Vec<(Option<String>, String, String)>,
@@ -67,26 +145,31 @@ pub(crate) struct ProcedureDefinition {
 }
 
 /// Parses the statement at the parser's position if it is one of ours.
-pub(crate) fn parse(parser: &mut Parser) -> Option<Result<Statement, ParserError>> {
+pub fn parse(parser: &mut Parser) -> Option<Result<crate::Statement, ParserError>> {
+    let ext =
+        |statement: Result<ExtStatement, ParserError>| Some(statement.map(crate::Statement::Ext));
     let word = |n: usize| upper(&parser.peek_nth_token(n).token);
     let (first, second, third) = (word(0), word(1), word(2));
     match (first.as_deref(), second.as_deref(), third.as_deref()) {
-        (Some("CREATE"), Some("EXTERNAL"), Some("SCHEMA")) => Some(external_schema(parser)),
-        (Some("ALTER"), Some("EXTERNAL"), Some("SCHEMA")) => Some(alter_external_schema(parser)),
-        (Some("CREATE"), Some("MATERIALIZED"), Some("VIEW")) => Some(materialized_view(parser)),
-        (Some("REFRESH"), Some("MATERIALIZED"), Some("VIEW")) => Some(refresh(parser)),
-        (Some("ALTER"), Some("MATERIALIZED"), Some("VIEW")) => Some(alter(parser)),
-        (Some("CREATE"), Some("PROCEDURE"), _) => Some(create_procedure(parser, false)),
-        (Some("SHOW"), Some("PROCEDURE"), _) => Some(show_procedure(parser)),
-        (Some("CREATE"), Some("MIRROR"), Some("TABLE")) => Some(create_mirror(parser)),
-        (Some("REFRESH"), Some("MIRROR"), Some("TABLE")) => Some(refresh(parser)),
-        (Some("ALTER"), Some("MIRROR"), Some("TABLE")) => Some(alter(parser)),
+        (Some("CREATE"), Some("EXTERNAL"), Some("SCHEMA")) => ext(external_schema(parser)),
+        (Some("ALTER"), Some("EXTERNAL"), Some("SCHEMA")) => ext(alter_external_schema(parser)),
+        (Some("CREATE"), Some("MATERIALIZED"), Some("VIEW")) => {
+            Some(materialized_view(parser).map(crate::Statement::Sql))
+        }
+        (Some("REFRESH"), Some("MATERIALIZED"), Some("VIEW")) => ext(refresh(parser)),
+        (Some("ALTER"), Some("MATERIALIZED"), Some("VIEW")) => ext(alter(parser)),
+        (Some("CREATE"), Some("PROCEDURE"), _) => ext(create_procedure(parser, false)),
+        (Some("SHOW"), Some("PROCEDURE"), _) => ext(show_procedure(parser)),
+        (Some("CREATE"), Some("MIRROR"), Some("TABLE")) => ext(create_mirror(parser)),
+        (Some("REFRESH"), Some("MIRROR"), Some("TABLE")) => ext(refresh(parser)),
+        (Some("ALTER"), Some("MIRROR"), Some("TABLE")) => ext(alter(parser)),
         (Some("CREATE"), Some("OR"), Some("REPLACE"))
             if word(3).as_deref() == Some("PROCEDURE") =>
         {
-            Some(create_procedure(parser, true))
+            ext(create_procedure(parser, true))
         }
-        _ => crate::access::syntax::parse(parser),
+        _ => crate::access::parse(parser)
+            .map(|access| access.map(|a| crate::Statement::Ext(ExtStatement::Access(a)))),
     }
 }
 
@@ -128,7 +211,7 @@ fn option(key: &str, value: String) -> SqlOption {
 
 /// `CREATE EXTERNAL SCHEMA [IF NOT EXISTS] name FROM <source> <option value>...`, where a value
 /// is a string literal or a word (`IAM_ROLE default`, `AUTHENTICATION none`).
-fn external_schema(parser: &mut Parser) -> Result<Statement, ParserError> {
+fn external_schema(parser: &mut Parser) -> Result<ExtStatement, ParserError> {
     skip_words(parser, 3);
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = parser.parse_object_name(false)?;
@@ -140,17 +223,11 @@ fn external_schema(parser: &mut Parser) -> Result<Statement, ParserError> {
             source.token
         )));
     };
-    let mut options = vec![option(EXTERNAL_OPTION, source.to_ascii_lowercase())];
-    for (key, value) in schema_options(parser, "CREATE")? {
-        options.push(option(&key, value));
-    }
-    Ok(Statement::CreateSchema {
-        schema_name: SchemaName::Simple(name),
+    Ok(ExtStatement::CreateExternalSchema {
+        name,
         if_not_exists,
-        with: None,
-        options: Some(options),
-        default_collate_spec: None,
-        clone: None,
+        source: source.to_ascii_lowercase(),
+        options: schema_options(parser, "CREATE")?,
     })
 }
 
@@ -182,15 +259,13 @@ fn schema_options(parser: &mut Parser, verb: &str) -> Result<Vec<(String, String
 }
 
 /// `ALTER EXTERNAL SCHEMA name <option value>...`.
-fn alter_external_schema(parser: &mut Parser) -> Result<Statement, ParserError> {
+fn alter_external_schema(parser: &mut Parser) -> Result<ExtStatement, ParserError> {
     skip_words(parser, 3);
     let name = parser.parse_object_name(false)?;
-    let mut args = vec![name_expr(name)];
-    for (key, value) in schema_options(parser, "ALTER")? {
-        args.push(Expr::Value(Value::SingleQuotedString(key).into()));
-        args.push(Expr::Value(Value::SingleQuotedString(value).into()));
-    }
-    Ok(reserved_call(ALTER_EXTERNAL_SCHEMA_PROCEDURE, args))
+    Ok(ExtStatement::AlterExternalSchema {
+        name,
+        options: schema_options(parser, "ALTER")?,
+    })
 }
 
 /// `CREATE MATERIALIZED VIEW name [BACKUP {YES|NO}] [DISTSTYLE s] [DISTKEY (c)]
@@ -226,7 +301,7 @@ fn materialized_view(parser: &mut Parser) -> Result<Statement, ParserError> {
             Some("DISTKEY") => {
                 parser.next_token();
                 let columns = parser.parse_parenthesized_column_list(
-                    datafusion::sql::sqlparser::parser::IsOptional::Mandatory,
+                    sqlparser::parser::IsOptional::Mandatory,
                     false,
                 )?;
                 let names: Vec<String> = columns.iter().map(|c| c.value.clone()).collect();
@@ -238,7 +313,7 @@ fn materialized_view(parser: &mut Parser) -> Result<Statement, ParserError> {
                 }
                 expect_word(parser, "SORTKEY")?;
                 let columns = parser.parse_parenthesized_column_list(
-                    datafusion::sql::sqlparser::parser::IsOptional::Mandatory,
+                    sqlparser::parser::IsOptional::Mandatory,
                     false,
                 )?;
                 let names: Vec<String> = columns.iter().map(|c| c.value.clone()).collect();
@@ -295,30 +370,13 @@ fn materialized_view(parser: &mut Parser) -> Result<Statement, ParserError> {
     }))
 }
 
-pub(crate) fn reserved_call(procedure: &str, args: Vec<Expr>) -> Statement {
-    match crate::rewrite::call(procedure, args) {
-        Expr::Function(function) => Statement::Call(function),
-        _ => unreachable!("rewrite::call builds a function call"),
-    }
-}
-
-fn name_expr(name: ObjectName) -> Expr {
-    let parts: Vec<Ident> = name
-        .0
-        .into_iter()
-        .filter_map(|part| part.as_ident().cloned())
-        .collect();
-    Expr::CompoundIdentifier(parts)
-}
-
 /// `CREATE MIRROR TABLE [IF NOT EXISTS] name (columns, PRIMARY KEY (k, ...))
 /// FROM schema."stream" FORMAT {DEBEZIUM | DMS | DYNAMODB | OPERATION COLUMN name}
-/// [ENCODE JSON] [ORDER BY path | ORDER BY STREAM POSITION] [AUTO REFRESH {YES | NO}]`,
-/// carried as a `CREATE TABLE` whose options hold [`MIRROR_OPTION`]. The clauses after the
-/// column list may come in any order.
-fn create_mirror(parser: &mut Parser) -> Result<Statement, ParserError> {
+/// [ENCODE JSON] [ORDER BY path | ORDER BY STREAM POSITION] [AUTO REFRESH {YES | NO}]`.
+/// The clauses after the column list may come in any order.
+fn create_mirror(parser: &mut Parser) -> Result<ExtStatement, ParserError> {
     skip_words(parser, 3);
-    let mut create = parser.parse_create_table(false, false, None, false)?;
+    let create = parser.parse_create_table(false, false, None, false)?;
     let mut clauses = MirrorClauses {
         source: Vec::new(),
         format: String::new(),
@@ -415,58 +473,37 @@ fn create_mirror(parser: &mut Parser) -> Result<Statement, ParserError> {
             "CREATE MIRROR TABLE needs the change format: FORMAT {DEBEZIUM | DMS | DYNAMODB | OPERATION COLUMN name}".into(),
         ));
     }
-    let json = serde_json::to_string(&clauses)
-        .map_err(|e| ParserError::ParserError(format!("mirror clauses: {e}")))?;
-    let marker = option(MIRROR_OPTION, json);
-    create.table_options = match std::mem::take(&mut create.table_options) {
-        CreateTableOptions::None => CreateTableOptions::With(vec![marker]),
-        CreateTableOptions::With(mut options) => {
-            options.push(marker);
-            CreateTableOptions::With(options)
-        }
-        CreateTableOptions::Plain(mut options) => {
-            options.push(marker);
-            CreateTableOptions::Plain(options)
-        }
-        _ => {
-            return Err(ParserError::ParserError(
-                "CREATE MIRROR TABLE takes no table options".into(),
-            ));
-        }
-    };
-    Ok(Statement::CreateTable(create))
-}
-
-/// The clauses of a `CREATE TABLE` made by [`create_mirror`], if it is one.
-pub(crate) fn mirror_clauses(
-    create: &datafusion::sql::sqlparser::ast::CreateTable,
-) -> Option<Result<MirrorClauses, serde_json::Error>> {
-    let options = match &create.table_options {
-        CreateTableOptions::With(o) | CreateTableOptions::Plain(o) => options(o),
-        _ => return None,
-    };
-    options
-        .into_iter()
-        .find(|(key, _)| key == MIRROR_OPTION)
-        .map(|(_, json)| serde_json::from_str(&json))
+    if !matches!(
+        create.table_options,
+        CreateTableOptions::None | CreateTableOptions::With(_) | CreateTableOptions::Plain(_)
+    ) {
+        return Err(ParserError::ParserError(
+            "CREATE MIRROR TABLE takes no table options".into(),
+        ));
+    }
+    Ok(ExtStatement::CreateMirrorTable {
+        table: Box::new(create),
+        clauses,
+    })
 }
 
 /// `REFRESH MATERIALIZED VIEW name` (and `REFRESH MIRROR TABLE name`).
-fn refresh(parser: &mut Parser) -> Result<Statement, ParserError> {
+fn refresh(parser: &mut Parser) -> Result<ExtStatement, ParserError> {
     skip_words(parser, 3);
     let name = parser.parse_object_name(false)?;
-    Ok(reserved_call(REFRESH_PROCEDURE, vec![name_expr(name)]))
+    Ok(ExtStatement::Refresh { name })
 }
 
 /// `ALTER MATERIALIZED VIEW name AUTO REFRESH {YES|NO}` (and `ALTER MIRROR TABLE`).
-fn alter(parser: &mut Parser) -> Result<Statement, ParserError> {
+fn alter(parser: &mut Parser) -> Result<ExtStatement, ParserError> {
     skip_words(parser, 3);
     let name = parser.parse_object_name(false)?;
     expect_word(parser, "AUTO")?;
     expect_word(parser, "REFRESH")?;
     let value = parser.next_token();
-    let value = match upper(&value.token).as_deref() {
-        Some(v @ ("YES" | "NO")) => v.to_ascii_lowercase(),
+    let enable = match upper(&value.token).as_deref() {
+        Some("YES") => true,
+        Some("NO") => false,
         _ => {
             return Err(ParserError::ParserError(format!(
                 "expected YES or NO after AUTO REFRESH, found {}",
@@ -474,20 +511,14 @@ fn alter(parser: &mut Parser) -> Result<Statement, ParserError> {
             )));
         }
     };
-    Ok(reserved_call(
-        ALTER_AUTO_REFRESH_PROCEDURE,
-        vec![
-            name_expr(name),
-            Expr::Value(Value::SingleQuotedString(value).into()),
-        ],
-    ))
+    Ok(ExtStatement::AlterAutoRefresh { name, enable })
 }
 
 /// `CREATE [OR REPLACE] PROCEDURE name ( [[argname] [IN | OUT | INOUT] argtype [, ...]] )
 /// [NONATOMIC] AS $$ body $$ LANGUAGE plpgsql [SECURITY {INVOKER | DEFINER}]
 /// [SET name {TO | =} value]`. The attributes after the name may come in any order, as
 /// Postgres allows.
-fn create_procedure(parser: &mut Parser, or_replace: bool) -> Result<Statement, ParserError> {
+fn create_procedure(parser: &mut Parser, or_replace: bool) -> Result<ExtStatement, ParserError> {
     skip_words(parser, if or_replace { 4 } else { 2 });
     let name = parser.parse_object_name(false)?;
     parser.expect_token(&Token::LParen)?;
@@ -584,29 +615,21 @@ fn create_procedure(parser: &mut Parser, or_replace: bool) -> Result<Statement, 
             "CREATE PROCEDURE needs a body: AS $$ ... $$ LANGUAGE plpgsql".into(),
         ));
     }
-    let json = serde_json::to_string(&definition)
-        .map_err(|e| ParserError::ParserError(format!("procedure definition: {e}")))?;
-    Ok(reserved_call(
-        CREATE_PROCEDURE,
-        vec![
-            name_expr(name),
-            Expr::Value(Value::SingleQuotedString(json).into()),
-        ],
-    ))
+    Ok(ExtStatement::CreateProcedure { name, definition })
 }
 
 /// `SHOW PROCEDURE name [( [argtype [, ...]] )]`.
-fn show_procedure(parser: &mut Parser) -> Result<Statement, ParserError> {
+fn show_procedure(parser: &mut Parser) -> Result<ExtStatement, ParserError> {
     skip_words(parser, 2);
     let name = parser.parse_object_name(false)?;
-    let mut args = vec![name_expr(name)];
+    let mut argument_types = None;
     if parser.consume_token(&Token::LParen) {
-        // A marker that the types were given, so `()` means "no arguments", not "any".
-        args.push(Expr::Value(Value::SingleQuotedString("(".into()).into()));
+        // `()` means "no arguments", not "any".
+        let types = argument_types.insert(Vec::new());
         if !parser.consume_token(&Token::RParen) {
             loop {
                 let (_, _, data_type) = procedure_argument(parser)?;
-                args.push(Expr::Value(Value::SingleQuotedString(data_type).into()));
+                types.push(data_type);
                 if parser.consume_token(&Token::RParen) {
                     break;
                 }
@@ -614,7 +637,10 @@ fn show_procedure(parser: &mut Parser) -> Result<Statement, ParserError> {
             }
         }
     }
-    Ok(reserved_call(SHOW_PROCEDURE, args))
+    Ok(ExtStatement::ShowProcedure {
+        name,
+        argument_types,
+    })
 }
 
 /// `[argname] [IN | OUT | INOUT] argtype` (Redshift's order), or `[IN | OUT | INOUT]
@@ -661,8 +687,8 @@ fn procedure_argument(
     ))
 }
 
-/// The options of a statement made by this module, as (key, value) pairs.
-pub(crate) fn options(options: &[SqlOption]) -> Vec<(String, String)> {
+/// The `WITH` options of a materialized view as parsed here, as (key, value) pairs.
+pub fn options(options: &[SqlOption]) -> Vec<(String, String)> {
     options
         .iter()
         .filter_map(|option| match option {
@@ -681,56 +707,49 @@ pub(crate) fn options(options: &[SqlOption]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The arguments of a reserved `CALL`: the view's name parts, then string arguments.
-pub(crate) fn call_arguments(function: &Function) -> (Vec<Ident>, Vec<String>) {
-    let mut name = Vec::new();
-    let mut rest = Vec::new();
-    if let FunctionArguments::List(list) = &function.args {
-        for (i, arg) in list.args.iter().enumerate() {
-            let FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) = arg else {
-                continue;
-            };
-            match (i, expr) {
-                (0, Expr::CompoundIdentifier(parts)) => name = parts.clone(),
-                (0, Expr::Identifier(ident)) => name = vec![ident.clone()],
-                (_, Expr::Value(v)) => match &v.value {
-                    Value::SingleQuotedString(s) => rest.push(s.clone()),
-                    other => rest.push(other.to_string()),
-                },
-                _ => {}
-            }
-        }
-    }
-    (name, rest)
-}
-
 #[cfg(test)]
 mod tests {
     use crate::dialect::parse_statements;
 
     use super::*;
 
-    fn one(sql: &str) -> Statement {
+    fn one(sql: &str) -> crate::Statement {
         let mut statements = parse_statements(sql).unwrap();
         assert_eq!(statements.len(), 1, "{sql}");
         statements.pop().unwrap()
     }
 
+    fn ext(sql: &str) -> ExtStatement {
+        match one(sql) {
+            crate::Statement::Ext(statement) => statement,
+            other => panic!("not an extension statement: {other:?}"),
+        }
+    }
+
+    fn sql(sql: &str) -> Statement {
+        match one(sql) {
+            crate::Statement::Sql(statement) => statement,
+            other => panic!("not a sqlparser statement: {other:?}"),
+        }
+    }
+
     #[test]
     fn external_schemas_parse_with_their_options() {
-        let Statement::CreateSchema {
-            schema_name,
-            options: Some(found),
-            ..
-        } = one("CREATE EXTERNAL SCHEMA kds FROM KINESIS REGION 'us-west-2' IAM_ROLE default;")
+        let ExtStatement::CreateExternalSchema {
+            name,
+            if_not_exists,
+            source,
+            options: found,
+        } = ext("CREATE EXTERNAL SCHEMA kds FROM KINESIS REGION 'us-west-2' IAM_ROLE default;")
         else {
             panic!("not a schema");
         };
-        assert_eq!(schema_name.to_string(), "kds");
+        assert_eq!(name.to_string(), "kds");
+        assert!(!if_not_exists);
+        assert_eq!(source, "kinesis");
         assert_eq!(
-            options(&found),
+            found,
             vec![
-                ("tributary_external".to_string(), "kinesis".to_string()),
                 ("region".to_string(), "us-west-2".to_string()),
                 ("iam_role".to_string(), "default".to_string()),
             ]
@@ -740,7 +759,7 @@ mod tests {
 
     #[test]
     fn materialized_views_keep_redshift_attributes() {
-        let Statement::CreateView(view) = one(
+        let Statement::CreateView(view) = sql(
             "CREATE MATERIALIZED VIEW mv BACKUP NO DISTKEY(id) SORTKEY(a, b) AUTO REFRESH YES AS \
              SELECT approximate_arrival_timestamp FROM kds.\"my-stream\"",
         ) else {
@@ -759,36 +778,80 @@ mod tests {
                 ("auto_refresh".to_string(), "yes".to_string()),
             ]
         );
-        let Statement::CreateView(plain) = one("CREATE MATERIALIZED VIEW mv AS SELECT 1") else {
+        let Statement::CreateView(plain) = sql("CREATE MATERIALIZED VIEW mv AS SELECT 1") else {
             panic!("not a view");
         };
         assert!(plain.materialized);
     }
 
     #[test]
-    fn refresh_and_alter_become_reserved_calls() {
-        let Statement::Call(function) = one("REFRESH MATERIALIZED VIEW s.\"Mv\"") else {
-            panic!("not a call");
+    fn refresh_and_alter_are_typed() {
+        let ExtStatement::Refresh { name } = ext("REFRESH MATERIALIZED VIEW s.\"Mv\"") else {
+            panic!("not a refresh");
         };
-        assert_eq!(function.name.to_string(), REFRESH_PROCEDURE);
-        let (name, rest) = call_arguments(&function);
-        assert_eq!(name.len(), 2);
-        assert_eq!(name[1].value, "Mv");
-        assert!(rest.is_empty());
-        let Statement::Call(function) = one("ALTER MATERIALIZED VIEW mv AUTO REFRESH NO") else {
-            panic!("not a call");
-        };
-        assert_eq!(call_arguments(&function).1, vec!["no".to_string()]);
-        let Statement::Call(function) =
-            one("ALTER EXTERNAL SCHEMA k AUTHENTICATION none URI 'b:9092'")
-        else {
-            panic!("not a call");
-        };
-        assert_eq!(function.name.to_string(), ALTER_EXTERNAL_SCHEMA_PROCEDURE);
+        let parts = crate::rewrite::idents(&name);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].value, "Mv");
         assert_eq!(
-            call_arguments(&function).1,
-            ["authentication", "none", "uri", "b:9092"].map(String::from)
+            ext("ALTER MATERIALIZED VIEW mv AUTO REFRESH NO"),
+            ExtStatement::AlterAutoRefresh {
+                name: ObjectName::from(vec![Ident::new("mv")]),
+                enable: false,
+            }
+        );
+        let ExtStatement::AlterExternalSchema { name, options } =
+            ext("ALTER EXTERNAL SCHEMA k AUTHENTICATION none URI 'b:9092'")
+        else {
+            panic!("not an ALTER EXTERNAL SCHEMA");
+        };
+        assert_eq!(name.to_string(), "k");
+        assert_eq!(
+            options,
+            [("authentication", "none"), ("uri", "b:9092")].map(|(k, v)| (k.into(), v.into()))
         );
         assert!(parse_statements("ALTER EXTERNAL SCHEMA k URI").is_err());
+    }
+
+    #[test]
+    fn mirror_tables_and_procedures_are_typed() {
+        let ExtStatement::CreateMirrorTable { table, clauses } = ext(
+            "CREATE MIRROR TABLE m (id int, PRIMARY KEY (id)) FROM s.\"Orders\" FORMAT DEBEZIUM \
+             ORDER BY payload.ts AUTO REFRESH YES",
+        ) else {
+            panic!("not a mirror");
+        };
+        assert_eq!(table.name.to_string(), "m");
+        assert_eq!(
+            clauses,
+            MirrorClauses {
+                source: vec!["s".into(), "Orders".into()],
+                format: "debezium".into(),
+                operation_column: None,
+                order: Some(vec!["payload".into(), "ts".into()]),
+                auto_refresh: true,
+            }
+        );
+        let ExtStatement::CreateProcedure { name, definition } =
+            ext("CREATE OR REPLACE PROCEDURE p(a int) AS $$ BEGIN NULL; END $$ LANGUAGE plpgsql")
+        else {
+            panic!("not a procedure");
+        };
+        assert_eq!(name.to_string(), "p");
+        assert!(definition.or_replace);
+        assert_eq!(definition.language, "plpgsql");
+        assert_eq!(
+            ext("SHOW PROCEDURE p()"),
+            ExtStatement::ShowProcedure {
+                name: ObjectName::from(vec![Ident::new("p")]),
+                argument_types: Some(vec![]),
+            }
+        );
+        assert_eq!(
+            ext("SHOW PROCEDURE p"),
+            ExtStatement::ShowProcedure {
+                name: ObjectName::from(vec![Ident::new("p")]),
+                argument_types: None,
+            }
+        );
     }
 }

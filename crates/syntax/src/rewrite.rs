@@ -4,14 +4,14 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
-use datafusion::sql::sqlparser::ast::{
+use sqlparser::ast::helpers::attached_token::AttachedToken;
+use sqlparser::ast::{
     BinaryOperator, CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
     FunctionArgumentList, FunctionArguments, Ident, Insert, LimitClause, ObjectName,
     ObjectNamePart, Query, SelectItem, SetExpr, Statement, TableFactor, TopQuantity, Value,
     VisitMut, VisitorMut, visit_expressions_mut,
 };
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use sqlparser::parser::{Parser, ParserError};
 
 /// The catalog-facing normal form of an identifier: unquoted names fold to lower case.
 pub fn normalize_ident(ident: &Ident) -> String {
@@ -30,6 +30,14 @@ pub fn name_parts(name: &ObjectName) -> Vec<String> {
             ObjectNamePart::Identifier(ident) => normalize_ident(ident),
             other => other.to_string(),
         })
+        .collect()
+}
+
+/// The identifiers of a name (`s."V"` is `[s, "V"]`), as written.
+pub fn idents(name: &ObjectName) -> Vec<sqlparser::ast::Ident> {
+    name.0
+        .iter()
+        .filter_map(|part| part.as_ident().cloned())
         .collect()
 }
 
@@ -457,7 +465,7 @@ fn redshift_alias(name: &str, function: &Function) -> Option<Expr> {
 }
 
 /// A plain function call expression `name(args...)`.
-pub(crate) fn call(name: &str, args: Vec<Expr>) -> Expr {
+pub fn call(name: &str, args: Vec<Expr>) -> Expr {
     Expr::Function(Function {
         name: ObjectName::from(vec![Ident::new(name)]),
         uses_odbc_syntax: false,
@@ -499,7 +507,7 @@ fn translate_format_argument(function: &mut Function) {
     }
 }
 
-pub(crate) fn chrono_pattern(pattern: &str) -> String {
+pub fn chrono_pattern(pattern: &str) -> String {
     // Longest tokens first, so that HH24 wins over HH and MONTH over MON and MM.
     const TOKENS: &[(&str, &str)] = &[
         ("HH24", "%H"),
@@ -618,7 +626,7 @@ mod tests {
     use crate::dialect::parse_statements;
 
     fn check(sql: &str, expected: &str) {
-        let mut statement = parse_statements(sql).unwrap().remove(0);
+        let mut statement = parse_statements(sql).unwrap().remove(0).into_sql().unwrap();
         rewrite_functions(&mut statement);
         qualify_relations(&mut statement, &|name| {
             (name == "t").then(|| "sales".to_string())

@@ -1,22 +1,16 @@
 //! Parsing of the access-control and data-sharing statements, which sqlparser parses in other
 //! dialects' forms or not at all: users, groups, GRANT / REVOKE, `ALTER ... OWNER TO`, and
-//! datashares. Each becomes an [`AccessStatement`], carried through the pipeline as
-//! `CALL <ACCESS_PROCEDURE>('<json>')`.
+//! datashares. Each becomes an [`AccessStatement`].
 
-use datafusion::sql::sqlparser::ast::{Expr, Statement, Value};
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::Token;
-use serde::{Deserialize, Serialize};
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::Token;
 use tributary_catalog::{Grantee, Privilege};
 
-/// The reserved procedure an access statement is carried as.
-pub(crate) const ACCESS_PROCEDURE: &str = "__tributary_access";
-
 /// A name as written: its parts, unquoted ones folded to lower case.
-pub(crate) type Name = Vec<String>;
+pub type Name = Vec<String>;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) enum AccessStatement {
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessStatement {
     CreateUser {
         name: String,
         options: UserOptions,
@@ -89,8 +83,8 @@ pub(crate) enum AccessStatement {
 }
 
 /// The options of CREATE / ALTER USER; None leaves a setting as it is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct UserOptions {
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserOptions {
     /// Some(None): PASSWORD DISABLE.
     pub password: Option<Option<String>>,
     /// CREATEUSER / NOCREATEUSER (a user who may create users is a superuser, as in
@@ -103,8 +97,8 @@ pub(crate) struct UserOptions {
     pub ignored: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) enum GrantObject {
+#[derive(Debug, Clone, PartialEq)]
+pub enum GrantObject {
     Tables(Vec<Name>),
     AllTablesInSchema(Vec<Name>),
     Schemas(Vec<Name>),
@@ -114,8 +108,8 @@ pub(crate) enum GrantObject {
     AllProceduresInSchema(Vec<Name>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum ObjectKind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
     Table,
     View,
     Schema,
@@ -124,8 +118,8 @@ pub(crate) enum ObjectKind {
     Datashare,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) enum DatashareChange {
+#[derive(Debug, Clone, PartialEq)]
+pub enum DatashareChange {
     AddSchema(String),
     RemoveSchema(String),
     AddTables(Vec<Name>),
@@ -142,7 +136,7 @@ pub(crate) enum DatashareChange {
 }
 
 /// Parses the statement at the parser's position if it is an access statement.
-pub(crate) fn parse(parser: &mut Parser) -> Option<Result<Statement, ParserError>> {
+pub fn parse(parser: &mut Parser) -> Option<Result<AccessStatement, ParserError>> {
     let word = |n: usize| word_at(parser, n);
     let statement = match (word(0).as_deref(), word(1).as_deref()) {
         (Some("CREATE"), Some("USER")) => create_user(parser),
@@ -170,13 +164,58 @@ pub(crate) fn parse(parser: &mut Parser) -> Option<Result<Statement, ParserError
         ) if owner_to_follows(parser) => owner(parser),
         _ => return None,
     };
-    Some(statement.map(|s| {
-        let json = serde_json::to_string(&s).expect("access statements serialize");
-        crate::syntax::reserved_call(
-            ACCESS_PROCEDURE,
-            vec![Expr::Value(Value::SingleQuotedString(json).into())],
-        )
-    }))
+    Some(statement)
+}
+
+impl std::fmt::Display for AccessStatement {
+    /// The statement's command and the objects it names; never a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessStatement::CreateUser { name, .. } => write!(f, "CREATE USER {name}"),
+            AccessStatement::AlterUser { name, .. } => write!(f, "ALTER USER {name}"),
+            AccessStatement::DropUser { names, .. } => write!(f, "DROP USER {}", names.join(", ")),
+            AccessStatement::CreateGroup { name, .. } => write!(f, "CREATE GROUP {name}"),
+            AccessStatement::AlterGroup { name, add, users } => write!(
+                f,
+                "ALTER GROUP {name} {} USER {}",
+                if *add { "ADD" } else { "DROP" },
+                users.join(", ")
+            ),
+            AccessStatement::RenameGroup { name, to } => {
+                write!(f, "ALTER GROUP {name} RENAME TO {to}")
+            }
+            AccessStatement::DropGroup { names, .. } => {
+                write!(f, "DROP GROUP {}", names.join(", "))
+            }
+            AccessStatement::Grant { revoke, .. } => {
+                f.write_str(if *revoke { "REVOKE" } else { "GRANT" })
+            }
+            AccessStatement::Owner { kind, name, owner } => {
+                write!(f, "ALTER {kind:?} {} OWNER TO {owner}", name.join("."))
+            }
+            AccessStatement::CreateDatashare { name, .. } => write!(f, "CREATE DATASHARE {name}"),
+            AccessStatement::AlterDatashare { name, .. } => write!(f, "ALTER DATASHARE {name}"),
+            AccessStatement::DropDatashare { name, .. } => write!(f, "DROP DATASHARE {name}"),
+            AccessStatement::DatashareUsage {
+                name,
+                namespace,
+                revoke,
+            } => write!(
+                f,
+                "{} USAGE ON DATASHARE {name} {} NAMESPACE '{namespace}'",
+                if *revoke { "REVOKE" } else { "GRANT" },
+                if *revoke { "FROM" } else { "TO" }
+            ),
+            AccessStatement::DatabaseFromShare {
+                name,
+                datashare,
+                namespace,
+            } => write!(
+                f,
+                "CREATE DATABASE {name} FROM DATASHARE {datashare} OF NAMESPACE '{namespace}'"
+            ),
+        }
+    }
 }
 
 fn word_at(parser: &Parser, n: usize) -> Option<String> {
@@ -769,11 +808,11 @@ mod tests {
 
     fn parse_one(sql: &str) -> AccessStatement {
         let statements = crate::dialect::parse_statements(sql).unwrap();
-        let Statement::Call(function) = &statements[0] else {
-            panic!("not a call: {:?}", statements[0]);
+        let crate::Statement::Ext(crate::extension::ExtStatement::Access(access)) = &statements[0]
+        else {
+            panic!("not an access statement: {:?}", statements[0]);
         };
-        let (_, args) = crate::syntax::call_arguments(function);
-        serde_json::from_str(&args[0]).unwrap()
+        access.clone()
     }
 
     #[test]

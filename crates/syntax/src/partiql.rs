@@ -20,19 +20,19 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{
+use sqlparser::ast::{
     AccessExpr, Expr, FunctionArg, FunctionArgExpr, Ident, JoinConstraint, JoinOperator,
     JsonPathElem, ObjectName, ObjectNamePart, Query, Select, SelectItem, SetExpr, Statement,
     Subscript, TableAlias, TableFactor, TableWithJoins, Value, VisitMut, VisitorMut,
     visit_expressions_mut,
 };
 
-use super::functions::{ELEMENTS, INDEXES, KEYS, MARK, VALUES};
+use crate::functions::{ELEMENTS, INDEXES, KEYS, MARK, VALUES};
 use crate::rewrite::normalize_ident;
 use crate::{Error, Result};
 
 /// The name the token pre-pass gives a FROM-clause `UNPIVOT path`.
-pub(crate) const UNPIVOT: &str = "__tributary_unpivot";
+pub const UNPIVOT: &str = "__tributary_unpivot";
 
 /// Applies both rewrites to a statement.
 pub fn rewrite(statement: &mut Statement, case_sensitive: bool) -> Result<()> {
@@ -308,7 +308,7 @@ fn rewrite_one(select: &mut Select, elements: &mut HashMap<String, String>) -> R
                                 None => condition.clone(),
                                 Some(existing) => Expr::BinaryOp {
                                     left: Box::new(existing),
-                                    op: datafusion::sql::sqlparser::ast::BinaryOperator::And,
+                                    op: sqlparser::ast::BinaryOperator::And,
                                     right: Box::new(condition.clone()),
                                 },
                             });
@@ -429,7 +429,7 @@ fn unnest_into(
     let sql = format!("SELECT * FROM (SELECT {projection} FROM __tributary_host) AS {alias}");
     let mut parsed = crate::dialect::parse_statements(&sql)
         .map_err(|e| Error::Internal(format!("unnesting {}: {e}", path.path)))?;
-    let Some(Statement::Query(mut query)) = parsed.pop() else {
+    let Some(crate::Statement::Sql(Statement::Query(mut query))) = parsed.pop() else {
         return Err(Error::Internal(format!("unnesting {}", path.path)));
     };
     let SetExpr::Select(outer_select) = query.body.as_mut() else {
@@ -465,7 +465,11 @@ mod tests {
     use super::*;
 
     fn check(sql: &str, expected: &str) {
-        let mut statement = crate::dialect::parse_statements(sql).unwrap().remove(0);
+        let mut statement = crate::dialect::parse_statements(sql)
+            .unwrap()
+            .remove(0)
+            .into_sql()
+            .unwrap();
         rewrite(&mut statement, false).unwrap();
         assert_eq!(statement.to_string(), expected);
     }
@@ -488,7 +492,9 @@ mod tests {
         let mut statement =
             crate::dialect::parse_statements("SELECT s FROM t a, a.orders o, o.items s")
                 .unwrap()
-                .remove(0);
+                .remove(0)
+                .into_sql()
+                .unwrap();
         rewrite(&mut statement, false).unwrap();
         let text = statement.to_string();
         assert!(
