@@ -1,7 +1,8 @@
 //! The catalog's commit log: `_catalog/<version>.json`, one full snapshot per version, each
 //! written with put-if-absent so that exactly one writer can create a given version.
 
-use std::sync::{Arc, RwLock};
+use parking_lot::RwLock;
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -78,10 +79,7 @@ impl Catalog {
 
     /// The current catalog version. Readers hold on to it for a whole statement.
     pub fn snapshot(&self) -> Arc<CatalogState> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     /// Applies `change` to a copy of the current state and commits it as the next version.
@@ -102,7 +100,7 @@ impl Catalog {
         tokio::spawn(async move {
             let _guard = guard;
             write_version(store.as_ref(), &published).await?;
-            *current.write().unwrap_or_else(|e| e.into_inner()) = published;
+            *current.write() = published;
             Ok::<_, Error>(())
         })
         .await

@@ -1,8 +1,9 @@
 //! DataFusion's view of the catalog for one session: databases are DataFusion catalogs, and
 //! every lookup reads the catalog version pinned for the running statement.
 
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use datafusion::catalog::{
@@ -66,41 +67,30 @@ impl SessionCatalogs {
     }
 
     pub fn set_context(&self, context: &Arc<SessionContext>) {
-        *self
-            .inner
-            .context
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(context);
+        *self.inner.context.write() = Arc::downgrade(context);
     }
 
     /// Pins the engine's current catalog version for the next statement and returns it.
     pub fn pin_latest(&self) -> Arc<CatalogState> {
         let latest = self.inner.engine.catalog_snapshot();
-        *self.inner.pinned.write().unwrap_or_else(|e| e.into_inner()) = latest.clone();
+        *self.inner.pinned.write() = latest.clone();
         latest
     }
 
     pub(crate) fn set_pinned(&self, state: Arc<CatalogState>) {
-        *self.inner.pinned.write().unwrap_or_else(|e| e.into_inner()) = state;
+        *self.inner.pinned.write() = state;
     }
 
     pub(crate) fn set_user(&self, user: &str) {
-        *self.inner.user.write().unwrap_or_else(|e| e.into_inner()) = user.to_string();
+        *self.inner.user.write() = user.to_string();
     }
 
     pub(crate) fn user(&self) -> String {
-        self.inner
-            .user
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.user.read().clone()
     }
 
     pub(crate) fn producers(&self) -> MutexGuard<'_, crate::sharing::PinnedProducers> {
-        self.inner
-            .producers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.producers.lock()
     }
 
     /// Forgets the producer versions of the transaction that ended.
@@ -109,18 +99,11 @@ impl SessionCatalogs {
     }
 
     pub(crate) fn transaction_slot(&self) -> MutexGuard<'_, Option<Transaction>> {
-        self.inner
-            .transaction
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.transaction.lock()
     }
 
     pub fn pinned(&self) -> Arc<CatalogState> {
-        self.inner
-            .pinned
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.pinned.read().clone()
     }
 
     pub fn temp(&self) -> &Arc<MemorySchemaProvider> {
@@ -128,12 +111,7 @@ impl SessionCatalogs {
     }
 
     pub fn registered_schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        self.inner
-            .registered
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.inner.registered.read().get(name).cloned()
     }
 
     pub(crate) fn engine(&self) -> &Arc<Engine> {
@@ -185,15 +163,7 @@ impl CatalogProvider for DatabaseCatalog {
             .get(&self.database)
             .map(|db| db.schemas.keys().cloned().collect())
             .unwrap_or_default();
-        names.extend(
-            self.catalogs
-                .inner
-                .registered
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-                .cloned(),
-        );
+        names.extend(self.catalogs.inner.registered.read().keys().cloned());
         names.push(TEMP_SCHEMA.to_string());
         names
     }
@@ -238,7 +208,6 @@ impl CatalogProvider for DatabaseCatalog {
             .inner
             .registered
             .write()
-            .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), schema))
     }
 }
@@ -278,13 +247,7 @@ impl SchemaProvider for UserSchema {
                 Ok(Some(Arc::new(provider)))
             }
             Relation::View(view) => {
-                let context = self
-                    .catalogs
-                    .inner
-                    .context
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .upgrade();
+                let context = self.catalogs.inner.context.read().upgrade();
                 let Some(context) = context else {
                     return Err(DataFusionError::Internal("the session has ended".into()));
                 };

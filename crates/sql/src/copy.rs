@@ -8,9 +8,10 @@
 //! versions of the statement's transaction, so a large load never sits in memory whole and
 //! still becomes visible at once.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
@@ -65,7 +66,7 @@ pub struct LoadErrors {
 
 impl LoadErrors {
     fn push(&self, error: LoadError) {
-        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows = self.rows.lock();
         rows.push_back(error);
         while rows.len() > LOAD_ERRORS_KEPT {
             rows.pop_front();
@@ -73,12 +74,7 @@ impl LoadErrors {
     }
 
     pub fn snapshot(&self) -> Vec<LoadError> {
-        self.rows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.rows.lock().iter().cloned().collect()
     }
 }
 

@@ -1,7 +1,8 @@
 //! The engine: one storage root and its catalog, shared by every session of a server.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -47,7 +48,7 @@ pub struct Engine {
     pub(crate) metrics: crate::metrics::Metrics,
     /// The runtime client sessions plan and run in (its memory pool enforces the query
     /// memory limit), with that limit.
-    runtime: std::sync::RwLock<(Arc<RuntimeEnv>, Option<u64>)>,
+    runtime: parking_lot::RwLock<(Arc<RuntimeEnv>, Option<u64>)>,
 }
 
 impl Engine {
@@ -72,7 +73,7 @@ impl Engine {
             retired: Default::default(),
             password_hasher: Default::default(),
             metrics: Default::default(),
-            runtime: std::sync::RwLock::new((Arc::new(RuntimeEnv::default()), None)),
+            runtime: parking_lot::RwLock::new((Arc::new(RuntimeEnv::default()), None)),
         });
         engine.relocate_legacy_tables().await?;
         engine.recover().await?;
@@ -89,7 +90,6 @@ impl Engine {
         let now = std::time::Instant::now();
         self.retired
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .extend(paths.iter().map(|p| (p.clone(), now)));
     }
 
@@ -105,22 +105,18 @@ impl Engine {
             )));
         }
         let runtime = builder.build_arc()?;
-        *self.runtime.write().unwrap_or_else(|e| e.into_inner()) = (runtime, bytes);
+        *self.runtime.write() = (runtime, bytes);
         Ok(())
     }
 
     /// The runtime new sessions use.
     pub(crate) fn runtime_env(&self) -> Arc<RuntimeEnv> {
-        self.runtime
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone()
+        self.runtime.read().0.clone()
     }
 
     /// Bytes queries hold now, and the limit.
     pub fn query_memory(&self) -> (usize, Option<u64>) {
-        let runtime = self.runtime.read().unwrap_or_else(|e| e.into_inner());
+        let runtime = self.runtime.read();
         (runtime.0.memory_pool.reserved(), runtime.1)
     }
 
@@ -160,7 +156,7 @@ impl Engine {
 
     /// Records that `newer` has the same rows as `older`.
     pub(crate) fn record_equivalent(&self, path: &str, older: u64, newer: u64) {
-        let mut map = self.equivalent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.equivalent.lock();
         map.entry(path.to_string())
             .or_default()
             .insert(older, newer);
@@ -168,7 +164,7 @@ impl Engine {
 
     /// The newest version known to have the same rows as `version`.
     pub(crate) fn newest_equivalent(&self, path: &str, mut version: u64) -> u64 {
-        let map = self.equivalent.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.equivalent.lock();
         if let Some(versions) = map.get(path) {
             while let Some(next) = versions.get(&version) {
                 version = *next;
@@ -183,7 +179,7 @@ impl Engine {
 
     /// Runs `f` with the engine's object identifier counter.
     pub(crate) fn with_oids<T>(&self, f: impl FnOnce(&mut u32) -> T) -> T {
-        let mut next = self.oids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = self.oids.lock();
         f(&mut next)
     }
 

@@ -2,8 +2,8 @@
 //! rolls back, as in Redshift: other writers of that table wait, readers never do. A wait that
 //! would close a cycle of waiting transactions fails at once with a deadlock error.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
@@ -34,7 +34,7 @@ impl TableLocks {
             // Registered before the check, so a release between the check and the wait wakes us.
             released.as_mut().enable();
             {
-                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut state = self.state.lock();
                 match state.holders.get(path).copied() {
                     None => {
                         state.holders.insert(path.to_string(), txn);
@@ -59,7 +59,7 @@ impl TableLocks {
 
     /// Releases every lock of `txn` and forgets what it waited for.
     pub(crate) fn release_all(&self, txn: u64) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         state.holders.retain(|_, holder| *holder != txn);
         state.waiting.remove(&txn);
         drop(state);

@@ -103,7 +103,7 @@ impl Engine {
         // not before the oldest open transaction here started.
         let retention = settings.vacuum_retention.max(self.active.oldest_age());
         let due: Vec<String> = {
-            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            let mut retired = self.retired.lock();
             let (due, kept): (Vec<_>, Vec<_>) = retired
                 .drain(..)
                 .partition(|(_, at)| at.elapsed() >= retention);
@@ -184,7 +184,7 @@ impl Engine {
         // Vacuum when the table changed since its last vacuum, or a retention period later
         // (when files removed then have become deletable).
         let due = {
-            let vacuumed = self.vacuumed.lock().unwrap_or_else(|e| e.into_inner());
+            let vacuumed = self.vacuumed.lock();
             match vacuumed.get(path) {
                 None => true,
                 Some((at_version, at)) => {
@@ -199,7 +199,6 @@ impl Engine {
             self.metrics.vacuumed_files.inc_by(deleted as u64);
             self.vacuumed
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
                 .insert(path.to_string(), (version, Instant::now()));
         }
         Ok(())

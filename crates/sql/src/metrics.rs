@@ -6,8 +6,8 @@
 //! shard leaves no stale series behind. Names follow Prometheus conventions: a `tributary_`
 //! prefix, base units as suffixes (`_seconds`, `_bytes`) and `_total` on counters.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -122,7 +122,7 @@ impl Metrics {
             record.text.truncate(cut);
             record.text.push('…');
         }
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = self.recent.lock();
         if recent.len() >= RECENT_QUERIES {
             recent.pop_front();
         }
@@ -131,12 +131,7 @@ impl Metrics {
 
     /// The latest finished statements, oldest first.
     pub(crate) fn recent_queries(&self) -> Vec<QueryRecord> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.recent.lock().iter().cloned().collect()
     }
 
     pub(crate) fn observe_commit(&self, took: Duration) {

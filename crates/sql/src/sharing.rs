@@ -9,8 +9,9 @@
 //! objects take effect at once. Nothing is copied, and nothing the consumer does takes a lock
 //! on the producer.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -55,17 +56,13 @@ impl Producer {
     /// The producer's newest catalog version; the catalog file is read only when the
     /// listing shows a version newer than the one already read.
     async fn refresh(&self) -> Result<Arc<CatalogState>> {
-        let known = self
-            .latest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let known = self.latest.lock().clone();
         let newer = Catalog::read_newer(
             self.storage.object_store(),
             known.as_ref().map_or(0, |k| k.version),
         )
         .await?;
-        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut latest = self.latest.lock();
         if let Some(state) = newer
             // Another refresh may have stored a newer one meanwhile: never go back.
             && latest.as_ref().is_none_or(|l| l.version < state.version)
@@ -101,24 +98,18 @@ impl Sharing {
         registry
             .write(&format!("{namespace}.json"), Bytes::from(json))
             .await?;
-        *self.registry.lock().unwrap_or_else(|e| e.into_inner()) = Some(registry);
+        *self.registry.lock() = Some(registry);
         Ok(())
     }
 
     /// The producer with `namespace`, looked up in the registry the first time.
     async fn producer(&self, namespace: Uuid) -> Result<Arc<Producer>> {
-        if let Some(producer) = self
-            .producers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&namespace)
-        {
+        if let Some(producer) = self.producers.lock().get(&namespace) {
             return Ok(producer.clone());
         }
         let registry = self
             .registry
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| {
                 Error::NotSupported(
@@ -144,10 +135,7 @@ impl Sharing {
             storage,
             latest: Mutex::new(None),
         });
-        self.producers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(namespace, producer.clone());
+        self.producers.lock().insert(namespace, producer.clone());
         Ok(producer)
     }
 }

@@ -17,8 +17,9 @@
 //! each written table to its committed content and deletes tables the transaction created. A
 //! crash leaves Delta versions newer than the catalog's pins; start-up recovery restores them.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tributary_catalog::{CatalogState, Relation, Table};
@@ -86,24 +87,17 @@ pub(crate) struct ActiveTransactions {
 
 impl ActiveTransactions {
     fn start(&self, id: u64) {
-        self.started
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Instant::now());
+        self.started.lock().insert(id, Instant::now());
     }
 
     fn end(&self, id: u64) {
-        self.started
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.started.lock().remove(&id);
     }
 
     /// How long the oldest open transaction has been running.
     pub(crate) fn oldest_age(&self) -> Duration {
         self.started
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .values()
             .map(Instant::elapsed)
             .max()

@@ -1,7 +1,8 @@
 //! The storage root: where every table and the catalog log live (a directory or an s3:// prefix).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Once};
 
 use datafusion::catalog::TableProvider;
 use object_store::ObjectStore;
@@ -117,9 +118,9 @@ impl StorageRoot {
         Ok(TableHandle::new(self.clone(), path.to_string(), url))
     }
 
-    pub(crate) fn snapshots(&self) -> std::sync::MutexGuard<'_, SnapshotCache> {
+    pub(crate) fn snapshots(&self) -> parking_lot::MutexGuard<'_, SnapshotCache> {
         // A poisoned cache only means a panic elsewhere; the cache itself stays consistent.
-        self.snapshots.lock().unwrap_or_else(|e| e.into_inner())
+        self.snapshots.lock()
     }
 }
 

@@ -4,8 +4,9 @@
 //! REFRESH; every second the demo prints the rate, the freshness of the view and the row
 //! counts. The server accepts clients meanwhile; Ctrl-C stops everything.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -119,7 +120,7 @@ pub(crate) async fn run(
         .await?;
         {
             let now = Instant::now();
-            let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = pending.lock();
             while pending.front().is_some_and(|(seq, _)| *seq <= visible) {
                 if let Some((_, at)) = pending.pop_front() {
                     latencies.push(now - at);
@@ -239,7 +240,7 @@ async fn generate(
         }
         service.put(STREAM, &records)?;
         let now = Instant::now();
-        pending.lock().unwrap_or_else(|e| e.into_inner()).extend(
+        pending.lock().extend(
             records
                 .iter()
                 .map(|(key, _)| (key.parse().unwrap_or(0), now)),

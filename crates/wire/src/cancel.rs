@@ -5,9 +5,10 @@
 //! key wakes the statement it runs, which stops with 57014. A request for a connection that
 //! runs nothing does nothing, as in Postgres.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion_postgres::pgwire::api::cancel::CancelHandler;
@@ -41,10 +42,7 @@ impl Cancels {
             & i32::MAX;
         let secret = rand::random::<i32>();
         let signal = Arc::new(Notify::new());
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(pid, (secret, signal.clone()));
+        self.open.lock().insert(pid, (secret, signal.clone()));
         Registration {
             cancels: self.clone(),
             pid,
@@ -56,11 +54,7 @@ impl Cancels {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.cancels
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.pid);
+        self.cancels.open.lock().remove(&self.pid);
     }
 }
 
@@ -71,7 +65,7 @@ pub(crate) struct CancelRequests(pub Arc<Cancels>);
 impl CancelHandler for CancelRequests {
     async fn on_cancel_request(&self, request: CancelRequest) {
         let signal = {
-            let open = self.0.open.lock().unwrap_or_else(|e| e.into_inner());
+            let open = self.0.open.lock();
             open.get(&request.pid)
                 .filter(|(secret, _)| SecretKey::I32(*secret).eq_value(&request.secret_key))
                 .map(|(_, signal)| signal.clone())

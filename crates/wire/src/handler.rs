@@ -60,7 +60,7 @@ impl Connection {
                     hangup,
                     cancel,
                 },
-                copy_data: std::sync::Mutex::new(Vec::new()),
+                copy_data: parking_lot::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -85,7 +85,7 @@ type SharedSession = Arc<Mutex<Option<Session>>>;
 pub struct Queries {
     runner: SessionRunner,
     /// The data of a `COPY ... FROM STDIN` in progress.
-    copy_data: std::sync::Mutex<Vec<u8>>,
+    copy_data: parking_lot::Mutex<Vec<u8>>,
 }
 
 /// Runs statements with a connection's session.
@@ -620,10 +620,7 @@ impl CopyHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self.copy_data
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(&copy_data.data);
+        self.copy_data.lock().extend_from_slice(&copy_data.data);
         Ok(())
     }
 
@@ -633,7 +630,7 @@ impl CopyHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let data = std::mem::take(&mut *self.copy_data.lock().unwrap_or_else(|e| e.into_inner()));
+        let data = std::mem::take(&mut *self.copy_data.lock());
         let (result, notices) = self
             .runner
             .on_session(client, move |mut guard| {
@@ -664,10 +661,7 @@ impl CopyHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self.copy_data
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.copy_data.lock().clear();
         if let Some(session) = self.runner.session.lock().await.as_mut() {
             session.cancel_copy();
         }

@@ -8,12 +8,13 @@
 //! mid-write) is cut off when the log is opened. Each shard keeps an in-memory index of its
 //! frames (sequence, arrival, offset, length); record bytes are read from the file.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -139,25 +140,15 @@ impl Store {
     }
 
     pub(crate) fn stream(&self, name: &str) -> StoreResult<Arc<Stream>> {
-        self.streams
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
-            .ok_or_else(|| {
-                StoreError::NotFound(format!(
-                    "Stream {name} under account 000000000000 not found."
-                ))
-            })
+        self.streams.read().get(name).cloned().ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "Stream {name} under account 000000000000 not found."
+            ))
+        })
     }
 
     pub(crate) fn names(&self) -> Vec<String> {
-        self.streams
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.streams.read().keys().cloned().collect()
     }
 
     /// Creates a stream whose shards split the hash key space evenly.
@@ -172,7 +163,7 @@ impl Store {
                 "ShardCount must be between 1 and {MAX_SHARDS}, not {shard_count}"
             )));
         }
-        let mut streams = self.streams.write().unwrap_or_else(|e| e.into_inner());
+        let mut streams = self.streams.write();
         if streams.contains_key(name) {
             return Err(StoreError::InUse(format!(
                 "Stream {name} under account 000000000000 already exists."
@@ -217,11 +208,7 @@ impl Store {
     }
 
     pub(crate) fn delete(&self, name: &str) -> StoreResult<()> {
-        let removed = self
-            .streams
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        let removed = self.streams.write().remove(name);
         if removed.is_none() {
             return Err(StoreError::NotFound(format!(
                 "Stream {name} under account 000000000000 not found."
@@ -277,7 +264,7 @@ impl Stream {
 
     /// Appends records to one shard; returns their sequence numbers.
     pub(crate) fn append(&self, shard: usize, records: &[(&str, &[u8])]) -> StoreResult<Vec<u64>> {
-        let mut shard = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shards[shard].lock();
         let arrival = now_millis();
         let mut buffer = Vec::new();
         let mut entries = Vec::with_capacity(records.len());
@@ -310,7 +297,7 @@ impl Stream {
 
     /// The position (index in the shard) of the first record a new iterator reads.
     pub(crate) fn position(&self, shard: usize, start: Start) -> usize {
-        let shard = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        let shard = self.shards[shard].lock();
         let horizon = self.trim_horizon(&shard);
         let found = match start {
             Start::TrimHorizon => horizon,
@@ -340,7 +327,7 @@ impl Stream {
         max_bytes: usize,
     ) -> StoreResult<(Vec<Record>, usize, i64)> {
         let (entries, start, newest, file) = {
-            let shard = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+            let shard = self.shards[shard].lock();
             let start = position.max(self.trim_horizon(&shard));
             let end = shard.index.len().min(start.saturating_add(limit));
             let entries: Vec<Entry> = shard.index[start.min(end)..end].to_vec();

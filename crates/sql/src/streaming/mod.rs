@@ -19,8 +19,9 @@ mod query_view;
 mod runner;
 pub(crate) mod views;
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::sql::sqlparser::ast::{CreateTableOptions, CreateView, ObjectName};
@@ -160,21 +161,18 @@ impl RefreshRecord {
 
 impl Streams {
     pub(crate) fn settings(&self) -> StreamingSettings {
-        self.settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.settings.lock().clone()
     }
 
     pub(crate) fn set_settings(&self, settings: StreamingSettings) {
-        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+        *self.settings.lock() = settings;
     }
 
     /// Marks background work on the mirror stored at `path` as running; false if it may not
     /// start: the same work runs, a fold waits for a coalesce to end, and a coalesce for a
     /// fold to say which version it reads.
     pub(crate) fn begin_work(&self, path: &str, work: Work) -> bool {
-        let mut all = self.mirror_work.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.mirror_work.lock();
         let running = all.entry(path.to_string()).or_default();
         match work {
             Work::Fold if running.fold.is_none() && !running.coalesce => {
@@ -190,7 +188,7 @@ impl Streams {
     }
 
     pub(crate) fn end_work(&self, path: &str, work: Work) {
-        let mut all = self.mirror_work.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.mirror_work.lock();
         if let Some(running) = all.get_mut(path) {
             match work {
                 Work::Fold => running.fold = None,
@@ -204,7 +202,7 @@ impl Streams {
 
     /// Records the version the running fold of the mirror at `path` reads.
     pub(crate) fn fold_reads(&self, path: &str, version: u64) {
-        let mut all = self.mirror_work.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.mirror_work.lock();
         if let Some(running) = all.get_mut(path)
             && running.fold.is_some()
         {
@@ -214,7 +212,7 @@ impl Streams {
 
     /// The version the running fold of the mirror at `path` reads, if a fold runs.
     pub(crate) fn folding(&self, path: &str) -> Option<u64> {
-        let all = self.mirror_work.lock().unwrap_or_else(|e| e.into_inner());
+        let all = self.mirror_work.lock();
         all.get(path).and_then(|running| running.fold.flatten())
     }
 
@@ -243,7 +241,7 @@ impl Streams {
     }
 
     fn record(&self, record: RefreshRecord) {
-        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let mut history = self.history.lock();
         if history.len() >= HISTORY_KEPT {
             history.pop_front();
         }
@@ -251,12 +249,7 @@ impl Streams {
     }
 
     pub(crate) fn history(&self) -> Vec<RefreshRecord> {
-        self.history
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.history.lock().iter().cloned().collect()
     }
 
     /// Keeps the latest skipped records and logs them: the first skip of a view at once, then
@@ -265,7 +258,7 @@ impl Streams {
     /// so that the last counts of a flood are logged too.
     fn note_skipped(&self, view: &ViewId, skipped: &[ScanError]) {
         if !skipped.is_empty() {
-            let mut recent = self.recent_skips.lock().unwrap_or_else(|e| e.into_inner());
+            let mut recent = self.recent_skips.lock();
             for error in skipped.iter().rev().take(RECENT_SKIPS).rev() {
                 if recent.len() >= RECENT_SKIPS {
                     recent.pop_front();
@@ -273,7 +266,7 @@ impl Streams {
                 recent.push_back(error.clone());
             }
         }
-        let mut logs = self.skip_log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut logs = self.skip_log.lock();
         if skipped.is_empty() && !logs.contains_key(&view.path) {
             return;
         }
@@ -311,16 +304,11 @@ impl Streams {
 
     /// The latest skipped records, oldest first.
     pub(crate) fn recent_skips(&self) -> Vec<ScanError> {
-        self.recent_skips
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.recent_skips.lock().iter().cloned().collect()
     }
 
     fn update_stats(&self, path: &str, reader: &StreamReader) {
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = self.stats.lock();
         let entry = stats.entry(path.to_string()).or_default();
         entry.shards = reader.lag().clone();
         entry.last_refresh = Some(chrono::Utc::now().naive_utc());
@@ -354,19 +342,14 @@ impl Streams {
             records_total += records;
             bytes_total += bytes;
         }
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = self.stats.lock();
         let entry = stats.entry(view.path.clone()).or_default();
         entry.records += records_total;
         entry.bytes += bytes_total;
     }
 
     pub(crate) fn stats(&self, path: &str) -> ViewStats {
-        self.stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-            .cloned()
-            .unwrap_or_default()
+        self.stats.lock().get(path).cloned().unwrap_or_default()
     }
 }
 
@@ -437,11 +420,7 @@ pub(crate) fn observe_round(
 ) {
     let metrics = &engine.metrics;
     let labels = view.labels();
-    let mut stats = engine
-        .streams
-        .stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut stats = engine.streams.stats.lock();
     let entry = stats.entry(view.path.clone()).or_default();
     let mut with_status = labels.clone();
     match outcome {
@@ -1321,10 +1300,5 @@ pub(crate) async fn round(
 
 /// Drops what a view's background ingestion keeps when the view is gone.
 pub(crate) fn forget(engine: &Engine, path: &str) {
-    engine
-        .streams
-        .stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(path);
+    engine.streams.stats.lock().remove(path);
 }

@@ -2,7 +2,8 @@
 //! over each micro-batch. A batch that fails is split until the failing records are isolated:
 //! they are skipped (and reported), and every other record of the batch goes through.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
@@ -165,11 +166,7 @@ impl TableProvider for StreamInput {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batches = self
-            .batches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let batches = self.batches.lock().clone();
         Ok(MemorySourceConfig::try_new_exec(
             &[batches],
             self.schema.clone(),
@@ -332,7 +329,7 @@ impl Pipeline {
     }
 
     async fn plan_and_run(&self, batch: RecordBatch) -> DfResult<Vec<RecordBatch>> {
-        *self.input.batches.lock().unwrap_or_else(|e| e.into_inner()) = vec![batch];
+        *self.input.batches.lock() = vec![batch];
         let result = async {
             let frame = self
                 .session
@@ -342,11 +339,7 @@ impl Pipeline {
             frame.collect().await
         }
         .await;
-        self.input
-            .batches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.input.batches.lock().clear();
         result
     }
 

@@ -74,11 +74,7 @@ impl Engine {
     fn supervise(self: &Arc<Self>) {
         let wanted = auto_refresh_views(&self.catalog_snapshot());
         let wanted_paths: HashSet<&str> = wanted.iter().map(|v| v.path.as_str()).collect();
-        let mut runners = self
-            .streams
-            .runners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut runners = self.streams.runners.lock();
         // A task whose view is gone or no longer auto-refreshing ends at its next round; it
         // is never aborted, because aborting it in the middle of a commit could leave the
         // catalog log ahead of the engine.
