@@ -1,0 +1,417 @@
+//! A mirror's rounds: change records decoded, converted to the declared types, reduced to the
+//! newest change of each key and stored, from a stream read, a streaming view's rows or COPY.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field};
+use arrow::row::{RowConverter, SortField};
+use serde_json::{Map, Value};
+use tributary_catalog::{ChangeFormat, MaterializedView, MirrorSpec, SqlType, Table};
+use tributary_ingest::StreamRecord;
+use tributary_ingest::change::{self, Change, ChangeSpec, Rejection, invalid, lookup};
+
+use super::FOLD_BASE_FRACTION;
+use super::fold::commit_spec;
+use super::fold::fold;
+use super::fold::start_background;
+use super::fold::storage;
+use super::spec;
+use crate::catalog_list::SessionCatalogs;
+use crate::streaming::{ScanError, ViewId, Work};
+use crate::transaction::WriteKind;
+use crate::{Error, Result};
+
+/// How the mirror's change records are decoded.
+fn change_spec(spec: &MirrorSpec) -> ChangeSpec<'_> {
+    ChangeSpec {
+        format: match &spec.format {
+            ChangeFormat::Debezium => change::ChangeFormat::Debezium,
+            ChangeFormat::Dms => change::ChangeFormat::Dms,
+            ChangeFormat::Dynamodb => change::ChangeFormat::Dynamodb,
+            ChangeFormat::Operation { column } => change::ChangeFormat::Operation { column },
+        },
+        order: spec.order.as_deref(),
+    }
+}
+
+/// What one batch of records produced: the rows to store (stored schema) and the records
+/// that were rejected, by index.
+struct Decoded {
+    rows: Option<RecordBatch>,
+    rejected: Vec<(usize, Rejection)>,
+    /// The oldest ordering value among the rows.
+    oldest: Option<Vec<u8>>,
+}
+
+/// Turns records into the mirror's stored rows: decodes each, converts its values to the
+/// declared types, and keeps the newest change of each key. `first_sequence` numbers the
+/// kept changes in stream order.
+fn changes(
+    table: &Table,
+    spec: &MirrorSpec,
+    records: &[&StreamRecord],
+    first_sequence: i64,
+) -> Result<Decoded> {
+    let mut rejected = Vec::new();
+    let mut decoded: Vec<(usize, Change)> = Vec::with_capacity(records.len());
+    let decoding = change_spec(spec);
+    for (index, record) in records.iter().enumerate() {
+        match change::decode(decoding, record) {
+            Ok(Some(change)) => decoded.push((index, change)),
+            Ok(None) => {}
+            Err(rejection) => rejected.push((index, rejection)),
+        }
+    }
+    // Each column's values as text (SUPER as JSON text), as COPY converts them.
+    let mut bad: Vec<Option<String>> = vec![None; decoded.len()];
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(table.columns.len() + 3);
+    for column in &table.columns {
+        let is_key = spec.key.contains(&column.name);
+        let values: Vec<Option<String>> = decoded
+            .iter()
+            .map(|(_, change)| {
+                if change.delete && !is_key {
+                    return None;
+                }
+                match lookup(&change.image, &column.name) {
+                    None | Some(Value::Null) => None,
+                    Some(value) if column.sql_type == SqlType::Super => Some(value.to_string()),
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(other) => Some(other.to_string()),
+                }
+            })
+            .collect();
+        let array = if column.sql_type == SqlType::Super {
+            Arc::new(arrow::array::StringArray::from(values.clone())) as ArrayRef
+        } else {
+            let (array, failures) =
+                crate::copy::convert_column(&values, &column.sql_type, Some("auto"), Some("auto"))?;
+            for (row, failure) in failures {
+                bad[row].get_or_insert_with(|| format!("column \"{}\": {failure}", column.name));
+            }
+            array
+        };
+        for (row, value) in values.iter().enumerate() {
+            if bad[row].is_some() {
+                continue;
+            }
+            match value {
+                None if is_key => {
+                    bad[row] = Some(format!(
+                        "the change has no value for key column \"{}\"",
+                        column.name
+                    ));
+                }
+                None if !column.nullable && !decoded[row].1.delete => {
+                    bad[row] = Some(format!(
+                        "the change has no value for NOT NULL column \"{}\"",
+                        column.name
+                    ));
+                }
+                Some(text) => {
+                    if let Some(length) = column.sql_type.length() {
+                        let bytes = match column.sql_type {
+                            SqlType::Char { .. } => text.trim_end_matches(' ').len(),
+                            _ => text.len(),
+                        };
+                        if bytes > length as usize {
+                            bad[row] = Some(format!(
+                                "column \"{}\": value too long for type {} ({bytes} bytes)",
+                                column.name,
+                                column.sql_type.display_name()
+                            ));
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        arrays.push(arrow::compute::cast(
+            &array,
+            &column.sql_type.to_storage_arrow(),
+        )?);
+    }
+    let orders = BinaryArray::from_iter_values(decoded.iter().map(|(_, c)| c.order.as_slice()));
+    let deleted = BooleanArray::from_iter(decoded.iter().map(|(_, c)| Some(c.delete)));
+    arrays.push(Arc::new(orders));
+    arrays.push(Arc::new(deleted));
+    arrays.push(Arc::new(Int64Array::from(vec![0i64; decoded.len()])));
+    let schema = Arc::new(crate::ddl::storage_schema(table));
+    // Rejected rows may lack their key: nullable until they are filtered out.
+    let nullable: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let all = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(nullable)), arrays)?;
+    for (row, reason) in bad.iter().enumerate() {
+        if let Some(reason) = reason {
+            rejected.push((decoded[row].0, invalid(reason.clone())));
+        }
+    }
+    // The newest change of each key: by order, then by stream position.
+    let key_indices: Vec<usize> = spec
+        .key
+        .iter()
+        .filter_map(|k| table.columns.iter().position(|c| &c.name == k))
+        .collect();
+    let converter = RowConverter::new(
+        key_indices
+            .iter()
+            .map(|&i| SortField::new(all.column(i).data_type().clone()))
+            .collect(),
+    )?;
+    let keys = converter.convert_columns(
+        &key_indices
+            .iter()
+            .map(|&i| all.column(i).clone())
+            .collect::<Vec<_>>(),
+    )?;
+    let mut newest: HashMap<&[u8], usize> = HashMap::new();
+    for row in 0..decoded.len() {
+        if bad[row].is_some() {
+            continue;
+        }
+        let key = keys.row(row);
+        newest
+            .entry(key.data())
+            .and_modify(|kept| {
+                if decoded[row].1.order >= decoded[*kept].1.order {
+                    *kept = row;
+                }
+            })
+            .or_insert(row);
+    }
+    let mut kept: Vec<u32> = newest.into_values().map(|row| row as u32).collect();
+    kept.sort_unstable();
+    let oldest = kept
+        .iter()
+        .map(|&row| &decoded[row as usize].1.order)
+        .min()
+        .cloned();
+    rejected.sort_by_key(|(index, _)| *index);
+    if kept.is_empty() {
+        return Ok(Decoded {
+            rows: None,
+            rejected,
+            oldest: None,
+        });
+    }
+    let indices = UInt32Array::from(kept);
+    let mut columns: Vec<ArrayRef> = all
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c, &indices, None))
+        .collect::<std::result::Result<_, _>>()?;
+    let sequences: Int64Array = (0..indices.len() as i64)
+        .map(|i| Some(first_sequence + i))
+        .collect();
+    *columns.last_mut().expect("the sequence column") = Arc::new(sequences);
+    Ok(Decoded {
+        rows: Some(RecordBatch::try_new(schema, columns)?),
+        rejected,
+        oldest,
+    })
+}
+
+/// Applies one read's usable records to the mirror in the round's transaction. Returns the
+/// changes stored and the scan errors of the records that were not applied.
+pub(crate) async fn apply(
+    catalogs: &SessionCatalogs,
+    view: &ViewId,
+    records: &[&StreamRecord],
+) -> Result<(u64, Vec<ScanError>)> {
+    let name = [
+        view.database.clone(),
+        view.schema.clone(),
+        view.name.clone(),
+    ];
+    let (stored, rejected, mv) = apply_records(catalogs, &name, records, true).await?;
+    let errors = rejected
+        .into_iter()
+        .map(|(index, (code, reason))| ScanError::record(view, &mv, records[index], code, reason))
+        .collect();
+    Ok((stored, errors))
+}
+
+/// A streaming view's rows as change records, one per row: the document of the view's only
+/// SUPER column if it has exactly one, else the row as an object of its columns. The
+/// records keep the row's `shard_id` and `sequence_number` when the view selects them.
+pub(crate) fn view_records(batches: &[RecordBatch]) -> Result<Vec<StreamRecord>> {
+    let mut records = Vec::new();
+    for batch in batches {
+        let schema = batch.schema();
+        let supers: Vec<usize> = (0..batch.num_columns())
+            .filter(|&i| crate::partiql::is_super(schema.field(i)))
+            .collect();
+        let options = arrow::util::display::FormatOptions::default();
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let text = |column: usize, row: usize| -> Option<String> {
+            (!batch.column(column).is_null(row)).then(|| formatters[column].value(row).to_string())
+        };
+        let position = |name: &str, row: usize| {
+            schema
+                .index_of(name)
+                .ok()
+                .and_then(|i| text(i, row))
+                .unwrap_or_default()
+        };
+        for row in 0..batch.num_rows() {
+            let data = match supers.as_slice() {
+                [only] => text(*only, row).unwrap_or_else(|| "null".into()),
+                _ => {
+                    let mut object = Map::new();
+                    for (i, field) in schema.fields().iter().enumerate() {
+                        let value = match text(i, row) {
+                            None => Value::Null,
+                            Some(t) if supers.contains(&i) => {
+                                serde_json::from_str(&t).unwrap_or(Value::String(t))
+                            }
+                            Some(t)
+                                if field.data_type().is_numeric()
+                                    || field.data_type() == &DataType::Boolean =>
+                            {
+                                serde_json::from_str(&t).unwrap_or(Value::String(t))
+                            }
+                            Some(t) => Value::String(t),
+                        };
+                        object.insert(field.name().clone(), value);
+                    }
+                    Value::Object(object).to_string()
+                }
+            };
+            records.push(StreamRecord {
+                shard_id: position("shard_id", row),
+                sequence_number: position("sequence_number", row),
+                partition_key: String::new(),
+                arrival_micros: 0,
+                kafka: None,
+                data: bytes::Bytes::from(data),
+            });
+        }
+    }
+    Ok(records)
+}
+
+/// Applies change records to a mirror table in the current transaction: the newest change of
+/// each key is stored, and the stored changes are folded into the base once they are many, in
+/// this transaction or, with `in_background`, by a task that commits on its own.
+/// Returns the changes stored, the records rejected (by index, with why) and the view's
+/// definition as it was.
+async fn apply_records(
+    catalogs: &SessionCatalogs,
+    [database, schema, name]: &[String; 3],
+    records: &[&StreamRecord],
+    in_background: bool,
+) -> Result<(u64, Vec<(usize, Rejection)>, MaterializedView)> {
+    let table = catalogs
+        .lock_table(database, schema, name, WriteKind::Rewrite)
+        .await?
+        .table;
+    let mv = table
+        .materialized
+        .as_deref()
+        .cloned()
+        .ok_or_else(|| Error::Internal("a mirror table without its definition".into()))?;
+    let spec = mv
+        .mirror
+        .as_ref()
+        .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
+    let decoded = changes(&table, spec, records, spec.next_sequence)?;
+    let Some(rows) = decoded.rows else {
+        return Ok((0, decoded.rejected, mv));
+    };
+    let stored = rows.num_rows() as u64;
+    let storage = storage(catalogs.engine(), &table.path, spec)?;
+    let version = storage.append(table.version, vec![rows]).await?.version;
+    let mut updated = spec.clone();
+    // Every record uses a number: COPY positions its records with them.
+    updated.next_sequence += records.len().max(1) as i64;
+    updated.unfolded += stored;
+    updated.changes_oldest = match (updated.changes_oldest.take(), decoded.oldest) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let fold_at = catalogs.engine().streams.settings().mirror_fold_changes;
+    let fold_due = updated.unfolded >= fold_at.max(updated.base_rows / FOLD_BASE_FRACTION);
+    let version = if fold_due && !in_background {
+        fold(catalogs, &table, version, &mut updated).await?
+    } else {
+        version
+    };
+    commit_spec(
+        catalogs,
+        [database, schema, name],
+        &table.path,
+        version,
+        updated,
+    )?;
+    if in_background {
+        let work = if fold_due { Work::Fold } else { Work::Coalesce };
+        start_background(
+            catalogs.engine(),
+            &[database.clone(), schema.clone(), name.clone()],
+            &table.path,
+            work,
+        );
+    }
+    Ok((stored, decoded.rejected, mv))
+}
+
+/// Change records read from files by COPY (one JSON record per line), applied to a mirror
+/// table as a stream read would apply them: a backfill, such as a DMS full load or a
+/// Debezium snapshot exported to files. Their stream position is their place in the input,
+/// after every earlier COPY's and before any stream record (Kinesis sequence numbers are far
+/// larger).
+/// Returns the changes stored and the rejected lines (line number, the line, why).
+pub(crate) async fn copy_records(
+    catalogs: &SessionCatalogs,
+    name: &[String; 3],
+    bytes: &[u8],
+) -> Result<(u64, Vec<(i64, String, String)>)> {
+    const CHUNK: usize = 100_000;
+    let lines: Vec<(i64, &[u8])> = bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, line)| (i as i64 + 1, line.trim_ascii()))
+        .filter(|(_, line)| !line.is_empty())
+        .collect();
+    let mut stored = 0;
+    let mut rejected = Vec::new();
+    for chunk in lines.chunks(CHUNK) {
+        let base = catalogs
+            .pinned()
+            .table(&name[0], &name[1], &name[2])
+            .ok()
+            .and_then(|t| spec(t).map(|s| s.next_sequence))
+            .unwrap_or(1);
+        let records: Vec<StreamRecord> = chunk
+            .iter()
+            .enumerate()
+            .map(|(index, (_, data))| StreamRecord {
+                shard_id: "copy".into(),
+                sequence_number: (base + index as i64).to_string(),
+                partition_key: String::new(),
+                arrival_micros: 0,
+                kafka: None,
+                data: bytes::Bytes::copy_from_slice(data),
+            })
+            .collect();
+        let refs: Vec<&StreamRecord> = records.iter().collect();
+        let (count, bad, _) = apply_records(catalogs, name, &refs, false).await?;
+        stored += count;
+        for (index, (_, reason)) in bad {
+            let (line, data) = chunk[index];
+            rejected.push((line, String::from_utf8_lossy(data).to_string(), reason));
+        }
+    }
+    Ok((stored, rejected))
+}
