@@ -9,6 +9,7 @@
 mod access;
 mod catalog_list;
 mod console;
+mod convert;
 mod copy;
 mod ddl;
 mod dml;

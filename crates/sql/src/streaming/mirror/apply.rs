@@ -88,8 +88,12 @@ fn changes(
         let array = if column.sql_type == SqlType::Super {
             Arc::new(arrow::array::StringArray::from(values.clone())) as ArrayRef
         } else {
-            let (array, failures) =
-                crate::copy::convert_column(&values, &column.sql_type, Some("auto"), Some("auto"))?;
+            let (array, failures) = crate::convert::convert_column(
+                &values,
+                &column.sql_type,
+                Some("auto"),
+                Some("auto"),
+            )?;
             for (row, failure) in failures {
                 bad[row].get_or_insert_with(|| format!("column \"{}\": {failure}", column.name));
             }
