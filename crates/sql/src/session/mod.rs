@@ -7,15 +7,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{
-    Expr, ObjectName, SelectItem, SetExpr, Statement as SqlStatement,
-};
-use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion::sql::sqlparser::ast::{ObjectName, Statement as SqlStatement};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::StreamExt;
 use tributary_syntax::rewrite::idents;
@@ -24,13 +20,29 @@ use tributary_syntax::{ExtStatement, Statement};
 use crate::catalog_list::{SYSTEM_SCHEMA, SessionCatalogs, TEMP_SCHEMA};
 use crate::engine::Engine;
 use crate::settings::Settings;
-use crate::transaction::{Ended, WriteKind};
+use crate::transaction::Ended;
 use crate::{Error, Result, functions, system};
 use tributary_syntax::dialect::parse_statements;
 use tributary_syntax::rewrite::{
     alias_repeated_projections, name_parts, qualify_relations, rewrite_functions,
     substitute_where_alias, top_to_limit,
 };
+
+mod classify;
+mod context;
+mod settings;
+
+use classify::count_rows;
+use classify::dml_with_cte;
+use classify::is_planned_by_datafusion;
+pub(crate) use classify::output_schema;
+use classify::rename_stream;
+use classify::returns_rows;
+pub(crate) use classify::write_target_names;
+use classify::write_targets;
+pub(crate) use context::expression_context;
+use context::new_context;
+pub(crate) use context::plan_sql;
 
 /// What a statement produced.
 pub enum Output {
@@ -867,97 +879,6 @@ impl Session {
         }
     }
 
-    /// Sets one setting and applies it (a procedure's `SET` clause).
-    pub(crate) fn set_setting(&mut self, name: &str, value: &str) -> Result<()> {
-        self.settings.set(name, value)?;
-        self.apply_settings()
-    }
-
-    fn set(&mut self, set: datafusion::sql::sqlparser::ast::Set) -> Result<Output> {
-        use datafusion::sql::sqlparser::ast::Set as S;
-        match set {
-            S::SingleAssignment {
-                variable, values, ..
-            } => {
-                let value = values
-                    .iter()
-                    .map(setting_value)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                self.settings.set(&variable.to_string(), &value)?;
-            }
-            S::SetTimeZone { value, .. } => {
-                self.settings.set("timezone", &setting_value(&value))?
-            }
-            S::SetNames { .. } | S::SetNamesDefault {} => {}
-            S::SetTransaction { .. } => {}
-            S::SetSessionAuthorization(_) | S::SetRole { .. } => {
-                return Err(Error::NotSupported(
-                    "SET SESSION AUTHORIZATION and SET ROLE are not supported yet".into(),
-                ));
-            }
-            other => return Err(Error::NotSupported(format!("{other} is not supported"))),
-        }
-        self.apply_settings()?;
-        Ok(Output::command("SET"))
-    }
-
-    /// Pushes settings that DataFusion needs to know into the session context.
-    fn apply_settings(&mut self) -> Result<()> {
-        let timezone = self.settings.get("timezone")?;
-        let state = self.context.state_ref();
-        let mut state = state.write();
-        let options = state.config_mut().options_mut();
-        options.execution.time_zone = Some(timezone);
-        self.case_sensitive.store(
-            self.settings.case_sensitive_identifiers(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        Ok(())
-    }
-
-    fn show(&self, variable: &[datafusion::sql::sqlparser::ast::Ident]) -> Result<Output> {
-        let name = variable
-            .iter()
-            .map(|i| i.value.clone())
-            .collect::<Vec<_>>()
-            .join(" ");
-        if name.eq_ignore_ascii_case("all") {
-            return self.show_all();
-        }
-        let value = match name.to_ascii_lowercase().as_str() {
-            "session_authorization" | "session authorization" => self.user.clone(),
-            _ => self.settings.get(&name)?,
-        };
-        let column = name.to_ascii_lowercase().replace(' ', "_");
-        let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(arrow::array::StringArray::from(vec![value]))],
-        )?;
-        Ok(Output::rows(schema, vec![batch]))
-    }
-
-    fn show_all(&self) -> Result<Output> {
-        let (names, values): (Vec<String>, Vec<String>) = self
-            .settings
-            .all()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .unzip();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("name", DataType::Utf8, false),
-            Field::new("setting", DataType::Utf8, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(arrow::array::StringArray::from(names)),
-                Arc::new(arrow::array::StringArray::from(values)),
-            ],
-        )?;
-        Ok(Output::rows(schema, vec![batch]))
-    }
-
     /// Result columns of utility statements that return rows (SHOW).
     fn describe_utility(&self, statement: &Statement) -> Option<SchemaRef> {
         let statement = match statement {
@@ -989,18 +910,6 @@ impl Session {
             SqlStatement::Call(function) => crate::procedure::describe_call(self, function),
             _ => None,
         }
-    }
-}
-
-fn setting_value(expr: &Expr) -> String {
-    match expr {
-        Expr::Value(v) => match &v.value {
-            datafusion::sql::sqlparser::ast::Value::SingleQuotedString(s)
-            | datafusion::sql::sqlparser::ast::Value::DoubleQuotedString(s) => s.clone(),
-            other => other.to_string(),
-        },
-        Expr::Identifier(ident) => ident.value.clone(),
-        other => other.to_string(),
     }
 }
 
@@ -1047,273 +956,4 @@ fn bind_parameters(
         crate::params::bind_everywhere(&mut statement, &params)?;
         Ok((Statement::Sql(statement), None))
     }
-}
-
-fn is_planned_by_datafusion(statement: &SqlStatement) -> bool {
-    matches!(
-        statement,
-        SqlStatement::Query(_) | SqlStatement::Insert(_) | SqlStatement::Explain { .. }
-    )
-}
-
-/// `WITH ... DELETE` / `WITH ... UPDATE`: the statement and its WITH clause.
-fn dml_with_cte(
-    statement: &SqlStatement,
-) -> Option<(SqlStatement, Option<datafusion::sql::sqlparser::ast::With>)> {
-    let SqlStatement::Query(query) = statement else {
-        return None;
-    };
-    match query.body.as_ref() {
-        SetExpr::Delete(inner) | SetExpr::Update(inner) => {
-            Some((inner.clone(), query.with.clone()))
-        }
-        _ => None,
-    }
-}
-
-/// The names of the tables a statement writes.
-pub(crate) fn write_target_names(statement: &SqlStatement) -> Vec<ObjectName> {
-    write_targets(statement)
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect()
-}
-
-/// The tables a statement writes, with how: an autocommit statement locks them first.
-fn write_targets(statement: &SqlStatement) -> Vec<(ObjectName, WriteKind)> {
-    if let Some((inner, _)) = dml_with_cte(statement) {
-        return write_targets(&inner);
-    }
-    use datafusion::sql::sqlparser::ast::{FromTable, TableFactor, TableObject};
-    let table_name = |factor: &TableFactor| match factor {
-        TableFactor::Table { name, .. } => Some(name.clone()),
-        _ => None,
-    };
-    match statement {
-        SqlStatement::Insert(insert) => match &insert.table {
-            TableObject::TableName(name) => vec![(name.clone(), WriteKind::Append)],
-            _ => vec![],
-        },
-        SqlStatement::Update(update) => table_name(&update.table.relation)
-            .map(|n| (n, WriteKind::Rewrite))
-            .into_iter()
-            .collect(),
-        SqlStatement::Delete(delete) => {
-            let tables = match &delete.from {
-                FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables) => tables,
-            };
-            tables
-                .first()
-                .and_then(|t| table_name(&t.relation))
-                .map(|n| (n, WriteKind::Rewrite))
-                .into_iter()
-                .collect()
-        }
-        SqlStatement::Merge(merge) => table_name(&merge.table)
-            .map(|n| (n, WriteKind::Rewrite))
-            .into_iter()
-            .collect(),
-        SqlStatement::Truncate(truncate) => truncate
-            .table_names
-            .iter()
-            .map(|t| (t.name.clone(), WriteKind::Rewrite))
-            .collect(),
-        SqlStatement::AlterTable(alter) => vec![(alter.name.clone(), WriteKind::Rewrite)],
-        SqlStatement::Copy {
-            source: datafusion::sql::sqlparser::ast::CopySource::Table { table_name, .. },
-            to: false,
-            ..
-        } => vec![(table_name.clone(), WriteKind::Append)],
-        _ => vec![],
-    }
-}
-
-fn returns_rows(statement: &SqlStatement) -> bool {
-    matches!(
-        statement,
-        SqlStatement::Query(_) | SqlStatement::Explain { .. }
-    )
-}
-
-fn count_rows(batches: &[RecordBatch]) -> u64 {
-    batches
-        .iter()
-        .filter_map(|b| b.column_by_name("count"))
-        .filter_map(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>())
-        .map(|a| a.iter().flatten().sum::<u64>())
-        .sum()
-}
-
-/// The result schema with Postgres's column names: DataFusion names an unaliased expression
-/// after its text (`count(*)`, `Int64(1)`); Postgres says `count` and `?column?`.
-pub(crate) fn output_schema(statement: &SqlStatement, plan: &LogicalPlan) -> SchemaRef {
-    let arrow_schema = Arc::new(plan.schema().as_arrow().clone());
-    let SqlStatement::Query(query) = statement else {
-        return arrow_schema;
-    };
-    // A set operation takes its column names from its leftmost SELECT.
-    let mut body = query.body.as_ref();
-    while let SetExpr::SetOperation { left, .. } = body {
-        body = left.as_ref();
-    }
-    let SetExpr::Select(select) = body else {
-        return arrow_schema;
-    };
-    if select.projection.len() != arrow_schema.fields().len()
-        || select.projection.iter().any(|item| {
-            matches!(
-                item,
-                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
-            )
-        })
-    {
-        return arrow_schema;
-    }
-    let fields: Vec<Field> = arrow_schema
-        .fields()
-        .iter()
-        .zip(&select.projection)
-        .map(|(field, item)| match item {
-            SelectItem::UnnamedExpr(expr) => {
-                field.as_ref().clone().with_name(postgres_column_name(expr))
-            }
-            _ => field.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(
-        fields,
-        arrow_schema.metadata().clone(),
-    ))
-}
-
-/// Postgres's FigureColname: the name a result column gets when it has no alias.
-fn postgres_column_name(expr: &Expr) -> String {
-    match expr {
-        Expr::Identifier(ident) => tributary_syntax::rewrite::normalize_ident(ident),
-        Expr::CompoundIdentifier(parts) => parts
-            .last()
-            .map(tributary_syntax::rewrite::normalize_ident)
-            .unwrap_or_default(),
-        Expr::Function(function) => function
-            .name
-            .0
-            .last()
-            .map(|p| p.to_string().trim_matches('"').to_lowercase())
-            .unwrap_or_default(),
-        Expr::Cast {
-            expr, data_type, ..
-        } => match postgres_column_name(expr).as_str() {
-            "?column?" => data_type.to_string().to_lowercase(),
-            name => name.to_string(),
-        },
-        Expr::Nested(inner) => postgres_column_name(inner),
-        Expr::Case { .. } => "case".into(),
-        Expr::Exists { .. } => "exists".into(),
-        Expr::Position { .. } => "position".into(),
-        Expr::Substring { .. } => "substring".into(),
-        Expr::Trim { .. } => "btrim".into(),
-        Expr::Extract { .. } => "extract".into(),
-        _ => "?column?".into(),
-    }
-}
-
-/// Relabels each batch of a stream with the Postgres-named schema.
-fn rename_stream(
-    schema: SchemaRef,
-    stream: SendableRecordBatchStream,
-) -> SendableRecordBatchStream {
-    let target = schema.clone();
-    let renamed = stream.map(move |batch| {
-        let batch = batch?;
-        if batch.schema().fields() == target.fields() {
-            return Ok(batch);
-        }
-        // Besides names, a physical batch can differ from the planned type (a UNION whose
-        // branches coerce late); the client was told the planned types, so cast to them.
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(target.fields())
-            .map(|(column, field)| {
-                if column.data_type() == field.data_type() {
-                    Ok(column.clone())
-                } else {
-                    arrow::compute::cast(column, field.data_type())
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new(target.clone(), columns)?)
-    });
-    Box::pin(RecordBatchStreamAdapter::new(schema, renamed))
-}
-
-/// Builds a session's DataFusion context: our catalogs, pg_catalog, and Redshift functions.
-fn new_context(
-    catalogs: &SessionCatalogs,
-    database: &str,
-    user: &str,
-    clock: &functions::StatementClock,
-    case_sensitive: &crate::partiql::CaseSensitivity,
-) -> Result<Arc<SessionContext>> {
-    let mut config = SessionConfig::new()
-        .with_default_catalog_and_schema(database, "public")
-        .with_create_default_catalog_and_schema(false)
-        .with_information_schema(true);
-    // Scans report SUPER columns without their field marker; the marker only steers
-    // planning, so the physical schema check must not compare it.
-    config
-        .options_mut()
-        .execution
-        .skip_physical_aggregate_schema_check = true;
-    let builder = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(catalogs.engine().runtime_env())
-        .with_default_features()
-        .with_catalog_list(Arc::new(catalogs.clone()));
-    let state = crate::partiql::configure(builder, case_sensitive.clone()).build();
-    let context = Arc::new(SessionContext::new_with_state(state));
-    catalogs.set_context(&context);
-    datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&context, database, EmptyContextProvider)
-        .map_err(|e| Error::Internal(format!("pg_catalog setup failed: {e}")))?;
-    functions::register(&context, user, catalogs.pinned().namespace, clock);
-    crate::partiql::register(&context);
-    Ok(context)
-}
-
-/// A context for evaluating column DEFAULT expressions: the same functions as sessions, no
-/// tables.
-pub(crate) fn expression_context() -> &'static SessionContext {
-    static CONTEXT: OnceLock<SessionContext> = OnceLock::new();
-    CONTEXT.get_or_init(|| {
-        let context = SessionContext::new();
-        functions::register(
-            &context,
-            "admin",
-            uuid::Uuid::nil(),
-            &functions::StatementClock::default(),
-        );
-        context
-    })
-}
-
-/// Plans SQL text (a view's definition) with the session's state.
-pub(crate) async fn plan_sql(
-    state: &SessionState,
-    sql: &str,
-) -> datafusion::error::Result<LogicalPlan> {
-    let mut statements = parse_statements(sql)
-        .map_err(|e| datafusion::error::DataFusionError::SQL(Box::new(e), None))?;
-    let statement = statements
-        .pop()
-        .ok_or_else(|| datafusion::error::DataFusionError::Plan("empty view definition".into()))?;
-    let Statement::Sql(mut statement) = statement else {
-        return Err(datafusion::error::DataFusionError::Plan(
-            "a view's definition is not a query".into(),
-        ));
-    };
-    tributary_syntax::partiql::rewrite(&mut statement, false)
-        .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
-    state
-        .statement_to_plan(DfStatement::Statement(Box::new(statement)))
-        .await
 }
