@@ -12,6 +12,7 @@ mod console;
 mod convert;
 mod copy;
 mod ddl;
+mod definition;
 mod dml;
 mod engine;
 mod error;

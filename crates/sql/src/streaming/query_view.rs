@@ -9,7 +9,7 @@ use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement, visit_relati
 use tributary_catalog::{CatalogState, MaterializedView, Table, ViewInput};
 
 use super::ViewId;
-use crate::ddl::{NewTable, cast_batch, logical_schema, storage_schema};
+use crate::definition::{NewTable, cast_batch, logical_schema, storage_schema};
 use crate::session::{Output, Session};
 use crate::transaction::WriteKind;
 use crate::{Error, Result};
@@ -61,8 +61,8 @@ pub(super) async fn create(
     }
     let database = session.database().to_string();
     let (output, batches) =
-        crate::ddl::query_rows(session, Statement::Query(view.query.clone())).await?;
-    let columns = crate::ddl::columns_from_arrow(&output)?;
+        crate::definition::query_rows(session, Statement::Query(view.query.clone())).await?;
+    let columns = crate::definition::columns_from_arrow(&output)?;
     let mut table = super::view_table(&database, &schema, &name, session.user(), columns, options);
     table.materialized = Some(Box::new(MaterializedView {
         sql: view.query.to_string(),
@@ -77,7 +77,7 @@ pub(super) async fn create(
     let handle = session.engine().storage.table(&table.path)?;
     session.catalogs().record_created(&table.path);
     table.version = handle.create(&storage_schema(&table)).await?;
-    crate::ddl::commit_new_table(
+    crate::definition::commit_new_table(
         session,
         NewTable {
             schema,
@@ -105,7 +105,7 @@ pub(super) async fn refresh(session: &mut Session, view: &ViewId, sql: &str) -> 
         .lock_table(&view.database, &view.schema, &view.name, WriteKind::Rewrite)
         .await?
         .table;
-    let (_, batches) = crate::ddl::query_rows(session, statement).await?;
+    let (_, batches) = crate::definition::query_rows(session, statement).await?;
     let logical = logical_schema(&table);
     let stored_schema = Arc::new(storage_schema(&table));
     let stored = batches

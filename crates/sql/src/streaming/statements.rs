@@ -282,7 +282,7 @@ pub(crate) async fn create_materialized_view(
 ) -> Result<Output> {
     let (schema, name) = session.resolve_for_create(&view.name)?;
     let database = session.database().to_string();
-    if !crate::ddl::relation_is_new(session, &schema, &name, view.if_not_exists)? {
+    if !crate::definition::relation_is_new(session, &schema, &name, view.if_not_exists)? {
         return Ok(Output::command("CREATE MATERIALIZED VIEW"));
     }
     let pinned = session.catalogs().pinned();
@@ -325,7 +325,9 @@ pub(crate) async fn store_view_table(
 ) -> Result<()> {
     let handle = session.engine().storage.table(&table.path)?;
     session.catalogs().record_created(&table.path);
-    table.version = handle.create(&crate::ddl::storage_schema(&table)).await?;
+    table.version = handle
+        .create(&crate::definition::storage_schema(&table))
+        .await?;
     session.catalogs().modify(|state| {
         table.oid = state.allocate_oid();
         state.insert_relation(database, schema, name, Relation::Table(table.clone()))
@@ -375,7 +377,7 @@ pub(super) fn view_table(
 /// The stored columns of a view's output: text as VARCHAR(65535) and bytes as
 /// VARBYTE(1024000), Redshift's limits, so that any record the stream can hold fits.
 fn view_columns(output: &arrow::datatypes::SchemaRef) -> Result<Vec<Column>> {
-    let mut columns = crate::ddl::columns_from_arrow(output)?;
+    let mut columns = crate::definition::columns_from_arrow(output)?;
     for column in &mut columns {
         column.sql_type = match column.sql_type {
             SqlType::Varchar { .. } | SqlType::Char { .. } => SqlType::Varchar {

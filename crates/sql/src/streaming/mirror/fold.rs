@@ -71,10 +71,10 @@ async fn folded_rows(
 async fn stored_rows(plan: LogicalPlan, table: &Table) -> Result<Vec<RecordBatch>> {
     let context = crate::session::expression_context();
     let batches = context.execute_logical_plan(plan).await?.collect().await?;
-    let schema = Arc::new(crate::ddl::storage_schema(table));
+    let schema = Arc::new(crate::definition::storage_schema(table));
     batches
         .iter()
-        .map(|b| crate::ddl::cast_batch(b, &schema))
+        .map(|b| crate::definition::cast_batch(b, &schema))
         .collect()
 }
 
@@ -88,7 +88,7 @@ pub(super) async fn fold(
 ) -> Result<u64> {
     let (batches, newest) = folded_rows(catalogs.engine(), table, version, spec).await?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let schema = Arc::new(crate::ddl::storage_schema(table));
+    let schema = Arc::new(crate::definition::storage_schema(table));
     let storage = storage(catalogs.engine(), &table.path, spec)?;
     let version = storage.overwrite(version, batches, &schema).await?;
     tracing::debug!(table = %table.path, rows, "folded the mirror's changes into its base");

@@ -93,10 +93,10 @@ pub(crate) async fn create(
     }
     let (schema, name) = session.resolve_for_create(&create.name)?;
     let database = session.database().to_string();
-    if !crate::ddl::relation_is_new(session, &schema, &name, create.if_not_exists)? {
+    if !crate::definition::relation_is_new(session, &schema, &name, create.if_not_exists)? {
         return Ok(Output::command("CREATE TABLE"));
     }
-    let mut columns = crate::ddl::declared_columns(&create.columns)?;
+    let mut columns = crate::definition::declared_columns(&create.columns)?;
     for column in &columns {
         if column.name.starts_with("__tributary_") {
             return Err(Error::InvalidStatement(format!(
@@ -118,7 +118,7 @@ pub(crate) async fn create(
             )));
         }
     }
-    let constraints = crate::ddl::constraints(&create.columns, &create.constraints);
+    let constraints = crate::definition::constraints(&create.columns, &create.constraints);
     let key = constraints
         .iter()
         .find_map(|c| match c {

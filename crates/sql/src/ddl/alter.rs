@@ -1,0 +1,324 @@
+//! ALTER TABLE and TRUNCATE: column changes and renames, and the rewrites they need.
+
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::{MemTable, SchemaProvider};
+use datafusion::sql::sqlparser::ast::{AlterTableOperation, ObjectName, RenameTableNameKind};
+use tributary_catalog::{Column, Relation, SqlType, Table};
+use tributary_syntax::rewrite::{name_parts, normalize_ident};
+
+use crate::definition::cast_batch;
+use crate::definition::declared_column;
+use crate::definition::logical_schema;
+use crate::definition::storage_schema;
+use crate::session::{Output, Session};
+use crate::transaction::WriteKind;
+use crate::{Error, Result};
+
+pub(super) async fn alter_table(
+    session: &mut Session,
+    name: &ObjectName,
+    if_exists: bool,
+    operations: Vec<AlterTableOperation>,
+) -> Result<Output> {
+    let (schema, table_name) = match session.resolve_existing(name) {
+        Ok(resolved) => resolved,
+        Err(Error::UndefinedTable(_)) if if_exists => return Ok(Output::command("ALTER TABLE")),
+        Err(err) => return Err(err),
+    };
+    let mut current_name = table_name;
+    for operation in operations {
+        current_name = alter_one(session, &schema, &current_name, operation).await?;
+    }
+    Ok(Output::command("ALTER TABLE"))
+}
+
+/// Applies one ALTER TABLE operation; returns the table's name afterwards.
+async fn alter_one(
+    session: &mut Session,
+    schema: &str,
+    name: &str,
+    operation: AlterTableOperation,
+) -> Result<String> {
+    let database = session.database().to_string();
+    match operation {
+        AlterTableOperation::RenameTable { table_name } => {
+            let new_name = match table_name {
+                RenameTableNameKind::As(n) | RenameTableNameKind::To(n) => {
+                    name_parts(&n).last().cloned().unwrap_or_default()
+                }
+            };
+            if matches!(
+                session
+                    .catalogs()
+                    .pinned()
+                    .relation(&database, schema, name),
+                Some(Relation::Table(_))
+            ) {
+                session
+                    .catalogs()
+                    .lock_table(&database, schema, name, WriteKind::Rewrite)
+                    .await?;
+            }
+            session.catalogs().modify(|state| {
+                let target = state.schema_mut(&database, schema)?;
+                if target.relations.contains_key(&new_name) {
+                    return Err(tributary_catalog::Error::AlreadyExists {
+                        kind: "relation",
+                        name: new_name.clone(),
+                    });
+                }
+                let relation = target.relations.remove(name).ok_or_else(|| {
+                    tributary_catalog::Error::NotFound {
+                        kind: "relation",
+                        name: name.to_string(),
+                    }
+                })?;
+                target.relations.insert(new_name.clone(), relation);
+                Ok(())
+            })?;
+            Ok(new_name)
+        }
+        AlterTableOperation::AddColumn {
+            column_def,
+            if_not_exists,
+            ..
+        } => {
+            let column = declared_column(&column_def)?;
+            let exists = session
+                .catalogs()
+                .pinned()
+                .table(&database, schema, name)?
+                .column(&column.name)
+                .is_some();
+            if exists {
+                if if_not_exists {
+                    return Ok(name.to_string());
+                }
+                return Err(Error::Duplicate {
+                    kind: "column",
+                    name: column.name,
+                });
+            }
+            if column.identity.is_some() {
+                return Err(Error::NotSupported(
+                    "ALTER TABLE ADD COLUMN cannot add an IDENTITY column".into(),
+                ));
+            }
+            rewrite_table(session, schema, name, |columns| {
+                columns.push(column.clone());
+                Ok(())
+            })
+            .await?;
+            Ok(name.to_string())
+        }
+        AlterTableOperation::DropColumn {
+            column_names,
+            if_exists,
+            ..
+        } => {
+            for column in column_names {
+                let column = normalize_ident(&column);
+                let result = rewrite_table(session, schema, name, |columns| {
+                    let before = columns.len();
+                    columns.retain(|c| c.name != column);
+                    if columns.len() == before {
+                        return Err(Error::UndefinedColumn(format!(
+                            "column \"{column}\" of relation \"{name}\" does not exist"
+                        )));
+                    }
+                    if columns.is_empty() {
+                        return Err(Error::InvalidStatement(
+                            "cannot drop the last column of a table".into(),
+                        ));
+                    }
+                    Ok(())
+                })
+                .await;
+                match result {
+                    Err(Error::UndefinedColumn(_)) if if_exists => {}
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            Ok(name.to_string())
+        }
+        AlterTableOperation::RenameColumn {
+            old_column_name,
+            new_column_name,
+        } => {
+            let old = normalize_ident(&old_column_name);
+            let new = normalize_ident(&new_column_name);
+            rewrite_table(session, schema, name, |columns| {
+                if columns.iter().any(|c| c.name == new) {
+                    return Err(Error::Duplicate {
+                        kind: "column",
+                        name: new.clone(),
+                    });
+                }
+                let column = columns.iter_mut().find(|c| c.name == old).ok_or_else(|| {
+                    Error::UndefinedColumn(format!("column \"{old}\" does not exist"))
+                })?;
+                column.name = new.clone();
+                Ok(())
+            })
+            .await?;
+            Ok(name.to_string())
+        }
+        other => Err(Error::NotSupported(format!(
+            "ALTER TABLE {other} is not supported"
+        ))),
+    }
+}
+
+/// Changes a table's columns by rewriting its data under the new schema (Delta tables have no
+/// column mapping here, so external readers see plain column names). Returns rows rewritten.
+async fn rewrite_table(
+    session: &mut Session,
+    schema: &str,
+    name: &str,
+    change: impl FnOnce(&mut Vec<Column>) -> Result<()>,
+) -> Result<u64> {
+    let database = session.database().to_string();
+    let engine = session.engine().clone();
+    let table = session
+        .catalogs()
+        .lock_table(&database, schema, name, WriteKind::Rewrite)
+        .await?
+        .table;
+    crate::streaming::mirror::refuse_write(&table, name)?;
+    let mut columns = table.columns.clone();
+    change(&mut columns)?;
+    // Read the current rows in the old logical shape, then project them into the new one.
+    let provider = crate::table::TributaryTable::open(
+        session.catalogs(),
+        [database.clone(), schema.to_string(), name.to_string()],
+        table.clone(),
+    )
+    .await?;
+    let context = datafusion::prelude::SessionContext::new();
+    context.register_table("t", Arc::new(provider))?;
+    let batches = rename_aware_select(&context, &table.columns, &columns).await?;
+    let new_table = Table {
+        columns,
+        ..table.clone()
+    };
+    let stored_schema = Arc::new(storage_schema(&new_table));
+    let logical = logical_schema(&new_table);
+    let stored = batches
+        .iter()
+        .map(|b| cast_batch(&cast_batch(b, &logical)?, &stored_schema))
+        .collect::<Result<Vec<_>>>()?;
+    let rows: usize = stored.iter().map(RecordBatch::num_rows).sum();
+    let version = engine
+        .storage
+        .table(&table.path)?
+        .overwrite(table.version, stored, &stored_schema)
+        .await?;
+    session.catalogs().record_written(&table.path);
+    session.catalogs().modify(|state| {
+        let target = state.table_mut(&database, schema, name)?;
+        target.columns = new_table.columns.clone();
+        target.version = version;
+        Ok(())
+    })?;
+    Ok(rows as u64)
+}
+
+/// Selects the old rows in the new column order. Renamed columns are matched by position of
+/// their definition: a rename keeps the column in place.
+async fn rename_aware_select(
+    context: &datafusion::prelude::SessionContext,
+    old: &[Column],
+    new: &[Column],
+) -> Result<Vec<RecordBatch>> {
+    let mut exprs = Vec::with_capacity(new.len());
+    for (index, column) in new.iter().enumerate() {
+        let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+        let source = if old.iter().any(|o| o.name == column.name) {
+            Some(column.name.clone())
+        } else if old.len() == new.len() {
+            // A rename: same position, new name.
+            Some(old[index].name.clone())
+        } else {
+            None
+        };
+        exprs.push(match source {
+            Some(source) => format!("{} AS {}", quoted(&source), quoted(&column.name)),
+            None => format!(
+                "CAST(NULL AS {}) AS {}",
+                arrow_sql_type(&column.sql_type),
+                quoted(&column.name)
+            ),
+        });
+    }
+    let sql = format!("SELECT {} FROM t", exprs.join(", "));
+    Ok(context.sql(&sql).await?.collect().await?)
+}
+
+/// A DataFusion SQL type name for a NULL of the given column type.
+fn arrow_sql_type(sql_type: &SqlType) -> &'static str {
+    match sql_type {
+        SqlType::SmallInt => "SMALLINT",
+        SqlType::Integer => "INT",
+        SqlType::BigInt => "BIGINT",
+        SqlType::Decimal { .. } => "DOUBLE",
+        SqlType::Real => "REAL",
+        SqlType::Double => "DOUBLE",
+        SqlType::Boolean => "BOOLEAN",
+        SqlType::Date => "DATE",
+        SqlType::Timestamp | SqlType::TimestampTz => "TIMESTAMP",
+        SqlType::Time => "TIME",
+        SqlType::Varbyte { .. } => "BYTEA",
+        _ => "VARCHAR",
+    }
+}
+
+pub(super) async fn truncate_tables(
+    session: &mut Session,
+    names: Vec<ObjectName>,
+) -> Result<Output> {
+    for name in names {
+        let parts = name_parts(&name);
+        if parts.len() == 1 && session.catalogs().temp().table_exist(&parts[0]) {
+            let provider = session.catalogs().temp().table(&parts[0]).await?;
+            if let Some(provider) = provider {
+                let empty = MemTable::try_new(provider.schema(), vec![vec![]])?;
+                session.catalogs().temp().deregister_table(&parts[0])?;
+                session
+                    .catalogs()
+                    .temp()
+                    .register_table(parts[0].clone(), Arc::new(empty))?;
+            }
+            continue;
+        }
+        let (schema, table) = session.resolve_existing(&name)?;
+        rewrite_table_empty(session, &schema, &table).await?;
+    }
+    Ok(Output::command("TRUNCATE TABLE"))
+}
+
+async fn rewrite_table_empty(session: &mut Session, schema: &str, name: &str) -> Result<()> {
+    let database = session.database().to_string();
+    let table = session
+        .catalogs()
+        .lock_table(&database, schema, name, WriteKind::Rewrite)
+        .await?
+        .table;
+    crate::streaming::mirror::refuse_write(&table, name)?;
+    let stored_schema = Arc::new(storage_schema(&table));
+    let version = session
+        .engine()
+        .storage
+        .table(&table.path)?
+        .overwrite(table.version, vec![], &stored_schema)
+        .await?;
+    session.catalogs().record_written(&table.path);
+    session.catalogs().modify(|state| {
+        state.table_mut(&database, schema, name)?.version = version;
+        Ok(())
+    })?;
+    Ok(())
+}

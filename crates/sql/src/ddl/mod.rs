@@ -1,0 +1,349 @@
+//! DDL: databases, schemas, tables (with Redshift attributes), views, ALTER and TRUNCATE.
+//! Every change edits the session transaction's catalog state, so DDL is transactional: table
+//! files are created before the commit that makes them visible (and deleted if it never
+//! happens), and deleted only after the commit that hides them.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Field, Schema};
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::{MemTable, SchemaProvider};
+use datafusion::sql::sqlparser::ast::{
+    ColumnOption, CreateTable, CreateTableLikeKind, CreateView, DistStyle, ObjectName, SchemaName,
+    Statement,
+};
+use datafusion::sql::sqlparser::tokenizer::Token;
+use tributary_catalog::{Column, Distribution, Identity, Relation, Table, View};
+
+use crate::definition::{
+    NewTable, cast_batch, columns_from_arrow, commit_new_table, constraints, declared_columns,
+    query_rows, storage_schema,
+};
+use crate::session::{Output, Session};
+use crate::{Error, Result};
+use tributary_syntax::rewrite::{name_parts, normalize_ident};
+
+mod alter;
+mod drop;
+
+use alter::{alter_table, truncate_tables};
+use drop::drop_objects;
+
+pub(crate) async fn execute(session: &mut Session, statement: Statement) -> Result<Output> {
+    match statement {
+        Statement::CreateTable(create) => create_table(session, create).await,
+        Statement::CreateView(view) if view.materialized => {
+            crate::streaming::create_materialized_view(session, view).await
+        }
+        Statement::CreateView(view) => create_view(session, view).await,
+        Statement::CreateSchema {
+            schema_name,
+            if_not_exists,
+            ..
+        } => create_schema(session, schema_name, if_not_exists).await,
+        Statement::CreateDatabase {
+            db_name,
+            if_not_exists,
+            ..
+        } => create_database(session, db_name, if_not_exists).await,
+        Statement::Drop {
+            object_type,
+            if_exists,
+            names,
+            cascade,
+            ..
+        } => drop_objects(session, object_type, if_exists, names, cascade).await,
+        Statement::AlterTable(alter) => {
+            alter_table(session, &alter.name, alter.if_exists, alter.operations).await
+        }
+        Statement::Truncate(truncate) => {
+            let names = truncate
+                .table_names
+                .iter()
+                .map(|t| t.name.clone())
+                .collect();
+            truncate_tables(session, names).await
+        }
+        Statement::Comment { .. } => Ok(Output::command("COMMENT")),
+        Statement::Analyze(_) => Ok(Output::command("ANALYZE")),
+        Statement::Vacuum(vacuum) => {
+            crate::streaming::mirror::vacuum(session, vacuum.table_name).await
+        }
+        other => Err(Error::NotSupported(format!(
+            "statement not supported: {}",
+            first_words(&other.to_string())
+        ))),
+    }
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+async fn create_table(session: &mut Session, create: CreateTable) -> Result<Output> {
+    if create.temporary {
+        return create_temp_table(session, create).await;
+    }
+    let (schema, name) = session.resolve_for_create(&create.name)?;
+    let database = session.database().to_string();
+    if !crate::definition::relation_is_new(session, &schema, &name, create.if_not_exists)? {
+        return Ok(Output::command("CREATE TABLE"));
+    }
+    let (columns, batches) = if let Some(query) = &create.query {
+        let output = query_rows(session, Statement::Query(query.clone())).await?;
+        (columns_from_arrow(&output.0)?, output.1)
+    } else if let Some(like) = &create.like {
+        (like_columns(session, like)?, vec![])
+    } else {
+        (declared_columns(&create.columns)?, vec![])
+    };
+    if columns.is_empty() {
+        return Err(Error::InvalidStatement(
+            "a table must have at least one column".into(),
+        ));
+    }
+    let mut table = Table {
+        oid: 0,
+        owner: session.user().to_string(),
+        path: tributary_storage::new_table_path(&database, &schema, &name),
+        version: 0,
+        constraints: constraints(&create.columns, &create.constraints),
+        distribution: distribution(&create),
+        backup: create.backup.unwrap_or(true),
+        materialized: None,
+        columns,
+    };
+    let handle = session.engine().storage.table(&table.path)?;
+    session.catalogs().record_created(&table.path);
+    table.version = handle.create(&storage_schema(&table)).await?;
+    let new = NewTable {
+        schema,
+        name,
+        table,
+    };
+    let rows = commit_new_table(session, new, batches).await?;
+    Ok(match create.query {
+        Some(_) => Output::Command {
+            tag: "SELECT".into(),
+            rows: Some(rows),
+        },
+        None => Output::command("CREATE TABLE"),
+    })
+}
+
+async fn create_temp_table(session: &mut Session, create: CreateTable) -> Result<Output> {
+    let parts = name_parts(&create.name);
+    let name = parts.last().cloned().unwrap_or_default();
+    if session.catalogs().temp().table_exist(&name) {
+        if create.if_not_exists {
+            return Ok(Output::command("CREATE TABLE"));
+        }
+        return Err(Error::Duplicate {
+            kind: "relation",
+            name,
+        });
+    }
+    let (schema, batches) = if let Some(query) = &create.query {
+        let (schema, batches) = query_rows(session, Statement::Query(query.clone())).await?;
+        let schema = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        let batches = batches
+            .iter()
+            .map(|b| cast_batch(b, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        (schema, batches)
+    } else {
+        let columns = match &create.like {
+            Some(like) => like_columns(session, like)?,
+            None => declared_columns(&create.columns)?,
+        };
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true))
+            .collect();
+        (Arc::new(Schema::new(fields)), vec![])
+    };
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let table = MemTable::try_new(schema, vec![batches])?;
+    session
+        .catalogs()
+        .temp()
+        .register_table(name, Arc::new(table))?;
+    Ok(match create.query {
+        Some(_) => Output::Command {
+            tag: "SELECT".into(),
+            rows: Some(rows as u64),
+        },
+        None => Output::command("CREATE TABLE"),
+    })
+}
+
+fn like_columns(session: &Session, like: &CreateTableLikeKind) -> Result<Vec<Column>> {
+    let source = match like {
+        CreateTableLikeKind::Parenthesized(like) | CreateTableLikeKind::Plain(like) => &like.name,
+    };
+    let (schema, name) = session.resolve_existing(source)?;
+    let pinned = session.catalogs().pinned();
+    let table = pinned.table(session.database(), &schema, &name)?;
+    Ok(table
+        .columns
+        .iter()
+        .map(|c| Column {
+            identity: c.identity.as_ref().map(|i| Identity {
+                next: i.seed,
+                ..i.clone()
+            }),
+            ..c.clone()
+        })
+        .collect())
+}
+
+fn distribution(create: &CreateTable) -> Distribution {
+    let mut distribution = Distribution {
+        diststyle: create.diststyle.as_ref().map(|d| match d {
+            DistStyle::Auto => "AUTO".to_string(),
+            DistStyle::Even => "EVEN".to_string(),
+            DistStyle::Key => "KEY".to_string(),
+            DistStyle::All => "ALL".to_string(),
+        }),
+        distkey: create
+            .distkey
+            .as_ref()
+            .map(|e| e.to_string().to_lowercase()),
+        sortkey: create
+            .sortkey
+            .iter()
+            .flatten()
+            .map(|e| e.to_string().to_lowercase())
+            .collect(),
+        sortkey_kind: None,
+    };
+    for column in &create.columns {
+        for option in &column.options {
+            if let ColumnOption::DialectSpecific(tokens) = &option.option
+                && let [Token::Word(keyword)] = tokens.as_slice()
+            {
+                let name = normalize_ident(&column.name);
+                if keyword.value.eq_ignore_ascii_case("distkey") {
+                    distribution.distkey = Some(name);
+                    distribution
+                        .diststyle
+                        .get_or_insert_with(|| "KEY".to_string());
+                } else if keyword.value.eq_ignore_ascii_case("sortkey") {
+                    distribution.sortkey.push(name);
+                }
+            }
+        }
+    }
+    distribution
+}
+
+async fn create_view(session: &mut Session, view: CreateView) -> Result<Output> {
+    if view.materialized {
+        return Err(Error::NotSupported(
+            "materialized views are not supported yet".into(),
+        ));
+    }
+    let (schema, name) = session.resolve_for_create(&view.name)?;
+    let database = session.database().to_string();
+    // Check the query plans now, so that a broken view is refused at creation.
+    let statement = session.rewrite(Statement::Query(view.query.clone()))?;
+    session.plan(&statement).await?;
+    let sql = statement.to_string();
+    let column_names: Vec<String> = view
+        .columns
+        .iter()
+        .map(|c| normalize_ident(&c.name))
+        .collect();
+    let owner = session.user().to_string();
+    let or_replace = view.or_replace;
+    let if_not_exists = view.if_not_exists;
+    let existed = session.catalogs().modify(|state| {
+        let oid = state.allocate_oid();
+        let target = state.schema_mut(&database, &schema)?;
+        match target.relations.get(&name) {
+            Some(Relation::Table(_)) => Err(tributary_catalog::Error::Invalid(format!(
+                "\"{name}\" is a table, not a view"
+            ))),
+            Some(Relation::View(_)) if if_not_exists => Ok(true),
+            Some(Relation::View(_)) if !or_replace => {
+                Err(tributary_catalog::Error::AlreadyExists {
+                    kind: "relation",
+                    name: name.clone(),
+                })
+            }
+            _ => {
+                target.relations.insert(
+                    name.clone(),
+                    Relation::View(View {
+                        oid,
+                        owner,
+                        sql,
+                        column_names,
+                    }),
+                );
+                Ok(false)
+            }
+        }
+    })?;
+    if existed {
+        session.notice(format!("relation \"{name}\" already exists, skipping"));
+    }
+    Ok(Output::command("CREATE VIEW"))
+}
+
+async fn create_schema(
+    session: &mut Session,
+    name: SchemaName,
+    if_not_exists: bool,
+) -> Result<Output> {
+    let name = match &name {
+        SchemaName::Simple(name) | SchemaName::NamedAuthorization(name, _) => {
+            name_parts(name).last().cloned().unwrap_or_default()
+        }
+        SchemaName::UnnamedAuthorization(ident) => normalize_ident(ident),
+    };
+    let database = session.database().to_string();
+    let owner = session.user().to_string();
+    let result = session
+        .catalogs()
+        .modify(|state| state.create_schema(&database, &name, &owner));
+    match result {
+        Err(tributary_catalog::Error::AlreadyExists { .. }) if if_not_exists => {
+            session.notice(format!("schema \"{name}\" already exists, skipping"));
+        }
+        other => {
+            other?;
+        }
+    }
+    Ok(Output::command("CREATE SCHEMA"))
+}
+
+async fn create_database(
+    session: &mut Session,
+    name: ObjectName,
+    if_not_exists: bool,
+) -> Result<Output> {
+    if session.catalogs().in_explicit_transaction() {
+        return Err(Error::ActiveTransaction("CREATE DATABASE".into()));
+    }
+    let name = name_parts(&name).last().cloned().unwrap_or_default();
+    let owner = session.user().to_string();
+    let result = session
+        .catalogs()
+        .modify(|state| state.create_database(&name, &owner));
+    match result {
+        Err(tributary_catalog::Error::AlreadyExists { .. }) if if_not_exists => {
+            session.notice(format!("database \"{name}\" already exists, skipping"));
+        }
+        other => {
+            other?;
+        }
+    }
+    Ok(Output::command("CREATE DATABASE"))
+}

@@ -1,0 +1,317 @@
+//! Table definitions shared by the statements that create or rewrite tables: columns from
+//! declarations or from Arrow, constraints, the stored and logical schemas, and the creation
+//! of a new table in the session's transaction.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::sql::sqlparser::ast::{
+    ColumnDef, ColumnOption, Expr, IdentityPropertyFormatKind, IdentityPropertyKind, Statement,
+    TableConstraint,
+};
+use datafusion::sql::sqlparser::tokenizer::Token;
+use tributary_catalog::{Column, Constraint, Identity, Relation, SqlType, Table};
+use tributary_syntax::rewrite::normalize_ident;
+
+use crate::session::Session;
+use crate::{Error, Result, types};
+
+/// A table whose files were written but which is not yet in the catalog.
+pub(crate) struct NewTable {
+    pub schema: String,
+    pub name: String,
+    pub table: Table,
+}
+
+/// Whether relation `name` can be created in `schema` (which must exist): false when it
+/// exists and IF NOT EXISTS was given (a notice says it is skipped), an error when it exists
+/// otherwise.
+pub(crate) fn relation_is_new(
+    session: &mut Session,
+    schema: &str,
+    name: &str,
+    if_not_exists: bool,
+) -> Result<bool> {
+    let database = session.database().to_string();
+    let pinned = session.catalogs().pinned();
+    pinned.schema(&database, schema)?;
+    if pinned.relation(&database, schema, name).is_none() {
+        return Ok(true);
+    }
+    if if_not_exists {
+        session.notice(format!("relation \"{name}\" already exists, skipping"));
+        return Ok(false);
+    }
+    Err(Error::Duplicate {
+        kind: "relation",
+        name: name.to_string(),
+    })
+}
+
+/// Makes a created table visible, with its first rows (CREATE TABLE AS) appended first.
+pub(crate) async fn commit_new_table(
+    session: &mut Session,
+    new: NewTable,
+    batches: Vec<RecordBatch>,
+) -> Result<u64> {
+    let database = session.database().to_string();
+    let engine = session.engine().clone();
+    let NewTable {
+        schema,
+        name,
+        mut table,
+    } = new;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows > 0 {
+        let logical = logical_schema(&table);
+        let batches = batches
+            .into_iter()
+            .map(|b| cast_batch(&b, &logical))
+            .collect::<Result<Vec<_>>>()?;
+        let stored = batches
+            .into_iter()
+            .map(|b| cast_batch(&b, &Arc::new(storage_schema(&table))))
+            .collect::<Result<Vec<_>>>()?;
+        table.version = engine
+            .storage
+            .table(&table.path)?
+            .append(table.version, stored)
+            .await?
+            .version;
+    }
+    session.catalogs().modify(|state| {
+        table.oid = state.allocate_oid();
+        state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
+    })?;
+    Ok(rows as u64)
+}
+
+/// Runs a query to completion (for CREATE TABLE AS).
+pub(crate) async fn query_rows(
+    session: &mut Session,
+    statement: Statement,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let statement = session.rewrite(statement)?;
+    let plan = session.plan(&statement).await?;
+    let frame = session.context().execute_logical_plan(plan).await?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    Ok((schema, frame.collect().await?))
+}
+
+pub(crate) fn columns_from_arrow(schema: &SchemaRef) -> Result<Vec<Column>> {
+    schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let declared = field.metadata().get(crate::json::SQL_TYPE_METADATA);
+            let sql_type = if declared.map(String::as_str) == Some("super") {
+                Some(SqlType::Super)
+            } else {
+                SqlType::from_arrow(field.data_type())
+            };
+            let sql_type = sql_type.ok_or_else(|| {
+                Error::NotSupported(format!(
+                    "column \"{}\" has type {} which cannot be stored",
+                    field.name(),
+                    field.data_type()
+                ))
+            })?;
+            Ok(Column {
+                name: field.name().clone(),
+                sql_type,
+                nullable: true,
+                default: None,
+                identity: None,
+                encode: None,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn declared_columns(definitions: &[ColumnDef]) -> Result<Vec<Column>> {
+    let mut columns: Vec<Column> = Vec::with_capacity(definitions.len());
+    for definition in definitions {
+        let column = declared_column(definition)?;
+        if columns.iter().any(|c| c.name == column.name) {
+            return Err(Error::Duplicate {
+                kind: "column",
+                name: column.name,
+            });
+        }
+        columns.push(column);
+    }
+    Ok(columns)
+}
+
+pub(crate) fn declared_column(definition: &ColumnDef) -> Result<Column> {
+    let mut column = Column {
+        name: normalize_ident(&definition.name),
+        sql_type: types::resolve(&definition.data_type)?,
+        nullable: true,
+        default: None,
+        identity: None,
+        encode: None,
+    };
+    for option in &definition.options {
+        match &option.option {
+            ColumnOption::NotNull => column.nullable = false,
+            ColumnOption::Null => column.nullable = true,
+            ColumnOption::PrimaryKey(_) => column.nullable = false,
+            ColumnOption::Default(expr) => column.default = Some(expr.to_string()),
+            ColumnOption::Identity(kind) => column.identity = Some(identity(kind, &column)?),
+            ColumnOption::DialectSpecific(tokens) => {
+                if let [Token::Word(keyword), Token::Word(value)] = tokens.as_slice()
+                    && keyword.value.eq_ignore_ascii_case("encode")
+                {
+                    column.encode = Some(value.value.to_lowercase());
+                }
+            }
+            ColumnOption::Unique(_) | ColumnOption::ForeignKey(_) | ColumnOption::Comment(_) => {}
+            other => {
+                return Err(Error::NotSupported(format!(
+                    "column option {other} is not supported"
+                )));
+            }
+        }
+    }
+    Ok(column)
+}
+
+pub(crate) fn identity(kind: &IdentityPropertyKind, column: &Column) -> Result<Identity> {
+    if !matches!(
+        column.sql_type,
+        SqlType::SmallInt | SqlType::Integer | SqlType::BigInt
+    ) {
+        return Err(Error::InvalidStatement(format!(
+            "IDENTITY column \"{}\" must be SMALLINT, INTEGER or BIGINT",
+            column.name
+        )));
+    }
+    let (IdentityPropertyKind::Identity(property) | IdentityPropertyKind::Autoincrement(property)) =
+        kind;
+    let (seed, step) = match &property.parameters {
+        Some(IdentityPropertyFormatKind::FunctionCall(p))
+        | Some(IdentityPropertyFormatKind::StartAndIncrement(p)) => {
+            (integer_literal(&p.seed)?, integer_literal(&p.increment)?)
+        }
+        None => (1, 1),
+    };
+    if step == 0 {
+        return Err(Error::InvalidStatement(
+            "IDENTITY step must not be zero".into(),
+        ));
+    }
+    Ok(Identity {
+        seed,
+        step,
+        next: seed,
+    })
+}
+
+fn integer_literal(expr: &Expr) -> Result<i64> {
+    let text = expr.to_string();
+    text.parse::<i64>().map_err(|_| {
+        Error::InvalidStatement(format!("IDENTITY arguments must be integers, got {text}"))
+    })
+}
+
+pub(crate) fn constraints(
+    columns: &[ColumnDef],
+    table_constraints: &[TableConstraint],
+) -> Vec<Constraint> {
+    let mut out = Vec::new();
+    for column in columns {
+        let name = normalize_ident(&column.name);
+        for option in &column.options {
+            match &option.option {
+                ColumnOption::PrimaryKey(_) => out.push(Constraint::PrimaryKey {
+                    columns: vec![name.clone()],
+                }),
+                ColumnOption::Unique(_) => out.push(Constraint::Unique {
+                    columns: vec![name.clone()],
+                }),
+                ColumnOption::ForeignKey(fk) => out.push(Constraint::ForeignKey {
+                    columns: vec![name.clone()],
+                    references: fk.foreign_table.to_string(),
+                    referenced_columns: fk.referred_columns.iter().map(normalize_ident).collect(),
+                }),
+                _ => {}
+            }
+        }
+    }
+    for constraint in table_constraints {
+        match constraint {
+            TableConstraint::PrimaryKey(pk) => out.push(Constraint::PrimaryKey {
+                columns: pk
+                    .columns
+                    .iter()
+                    .map(|c| c.column.expr.to_string().to_lowercase())
+                    .collect(),
+            }),
+            TableConstraint::Unique(unique) => out.push(Constraint::Unique {
+                columns: unique
+                    .columns
+                    .iter()
+                    .map(|c| c.column.expr.to_string().to_lowercase())
+                    .collect(),
+            }),
+            TableConstraint::ForeignKey(fk) => out.push(Constraint::ForeignKey {
+                columns: fk.columns.iter().map(normalize_ident).collect(),
+                references: fk.foreign_table.to_string(),
+                referenced_columns: fk.referred_columns.iter().map(normalize_ident).collect(),
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+/// The schema of the stored Delta table.
+/// The Delta schema of a table: its columns in their stored types, and a mirror table's
+/// hidden bookkeeping columns after them.
+pub(crate) fn storage_schema(table: &Table) -> Schema {
+    let hidden = match crate::streaming::mirror::spec(table) {
+        Some(_) => crate::streaming::mirror::hidden_fields(),
+        None => Vec::new(),
+    };
+    Schema::new(
+        table
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.sql_type.to_storage_arrow(), c.nullable))
+            .chain(hidden)
+            .collect::<Vec<_>>(),
+    )
+}
+
+pub(crate) fn logical_schema(table: &Table) -> SchemaRef {
+    Arc::new(Schema::new(
+        table
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Casts a batch column by column to `schema` (same column order), with SQL cast rules.
+pub(crate) fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(array, field)| {
+            if field.data_type() == &arrow::datatypes::DataType::Int64
+                && matches!(array.data_type(), arrow::datatypes::DataType::Time64(_))
+            {
+                let micros = arrow::compute::cast(
+                    array,
+                    &arrow::datatypes::DataType::Time64(arrow::datatypes::TimeUnit::Microsecond),
+                )?;
+                return Ok(arrow::compute::cast(&micros, field.data_type())?);
+            }
+            Ok(arrow::compute::cast(array, field.data_type())?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
