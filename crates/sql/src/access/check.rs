@@ -1,0 +1,412 @@
+//! The checks every statement passes before it runs: the privileges its relation references,
+//! its writes and its utility or extension statement need.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{ObjectType, Query, Statement, TableFactor, Visit, Visitor};
+use tributary_catalog::{CatalogState, ExternalSource, Privilege};
+use tributary_syntax::ExtStatement;
+
+use super::require_superuser;
+use crate::catalog_list::{SYSTEM_SCHEMA, TEMP_SCHEMA};
+use crate::session::Session;
+use crate::{Error, Result};
+
+/// What a relation reference in a statement needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    Write(Privilege),
+}
+
+/// Checks that the session's user may run `statement` (already qualified by `rewrite`):
+/// USAGE on every schema it names, and SELECT, INSERT, UPDATE or DELETE on each relation.
+/// Relations of a database made from a datashare are read-only.
+pub(crate) fn check_statement(session: &Session, statement: &Statement) -> Result<()> {
+    let state = session.catalogs().pinned();
+    let user = session.user();
+    let mut pending_targets = write_privileges(statement);
+    let mut collector = Relations::default();
+    let _ = statement.visit(&mut collector);
+    for name in collector.names {
+        if name.len() == 1 && collector.ctes.contains(&name[0]) {
+            continue;
+        }
+        // The first reference of a write target is the write; later ones read it.
+        let position = pending_targets
+            .iter()
+            .position(|(n, _)| same_name(n, &name));
+        let accesses: Vec<Access> = match position {
+            Some(i) => {
+                let (_, privileges) = pending_targets.remove(i);
+                privileges.into_iter().map(Access::Write).collect()
+            }
+            None => vec![Access::Read],
+        };
+        for access in accesses {
+            check_relation(session, &state, user, &name, access)?;
+        }
+    }
+    Ok(())
+}
+
+fn same_name(a: &[String], b: &[String]) -> bool {
+    a.len() <= b.len() && b[b.len() - a.len()..] == *a
+}
+
+/// The privileges a statement's write target needs.
+fn write_privileges(statement: &Statement) -> Vec<(Vec<String>, Vec<Privilege>)> {
+    let privileges = match statement {
+        Statement::Insert(_) => vec![Privilege::Insert],
+        Statement::Update(_) => vec![Privilege::Update],
+        Statement::Delete(_) => vec![Privilege::Delete],
+        Statement::Merge(merge) => {
+            use datafusion::sql::sqlparser::ast::MergeAction;
+            let mut needed = Vec::new();
+            for clause in &merge.clauses {
+                let privilege = match clause.action {
+                    MergeAction::Insert(_) => Privilege::Insert,
+                    MergeAction::Update { .. } => Privilege::Update,
+                    MergeAction::Delete { .. } => Privilege::Delete,
+                };
+                if !needed.contains(&privilege) {
+                    needed.push(privilege);
+                }
+            }
+            needed
+        }
+        _ => return Vec::new(),
+    };
+    crate::session::write_target_names(statement)
+        .into_iter()
+        .map(|name| {
+            (
+                tributary_syntax::rewrite::name_parts(&name),
+                privileges.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Checks one relation reference: `[db.]schema.name` after qualification.
+pub(crate) fn check_relation(
+    session: &Session,
+    state: &CatalogState,
+    user: &str,
+    name: &[String],
+    access: Access,
+) -> Result<()> {
+    let (database, schema, relation) = match name {
+        [schema, relation] => (session.database().to_string(), schema, relation),
+        [database, schema, relation] => (database.clone(), schema, relation),
+        _ => return Ok(()),
+    };
+    if schema == TEMP_SCHEMA || schema == SYSTEM_SCHEMA || schema == "information_schema" {
+        return Ok(());
+    }
+    let Ok(db) = state.database(&database) else {
+        return Ok(());
+    };
+    if let Access::Write(privilege) = access
+        && database != session.database()
+    {
+        // As in Redshift, other databases are read-only through three-part names.
+        return Err(Error::NotSupported(format!(
+            "{} is not allowed on \"{database}\": other databases are read-only; connect to \"{database}\" to write",
+            privilege.name()
+        )));
+    }
+    if db.share.is_some() {
+        if let Access::Write(privilege) = access {
+            return Err(read_only_share(&database, privilege));
+        }
+        if !state.holds(user, db.oid, &db.owner, Privilege::Usage) {
+            return Err(Error::PermissionDenied(format!("database {database}")));
+        }
+        return Ok(());
+    }
+    let Ok(found) = state.schema(&database, schema) else {
+        return Ok(());
+    };
+    if let Some(ExternalSource::Redshift {
+        database: target, ..
+    }) = &found.external
+    {
+        if let Access::Write(privilege) = access {
+            return Err(read_only_share(target, privilege));
+        }
+        // USAGE on a schema that maps another database's schema lets its users read it.
+        if !state.holds(user, found.oid, &found.owner, Privilege::Usage) {
+            return Err(Error::PermissionDenied(format!("schema {schema}")));
+        }
+        return Ok(());
+    }
+    if !state.holds(user, found.oid, &found.owner, Privilege::Usage) {
+        return Err(Error::PermissionDenied(format!("schema {schema}")));
+    }
+    let Some(object) = found.relations.get(relation) else {
+        return Ok(());
+    };
+    let privilege = match access {
+        Access::Read => Privilege::Select,
+        Access::Write(privilege) => privilege,
+    };
+    if !state.holds(
+        user,
+        object.oid(),
+        CatalogState::relation_owner(object),
+        privilege,
+    ) {
+        return Err(Error::PermissionDenied(format!("relation {relation}")));
+    }
+    Ok(())
+}
+
+fn read_only_share(database: &str, privilege: Privilege) -> Error {
+    Error::NotSupported(format!(
+        "{} is not allowed on \"{database}\": a database made from a datashare is read-only",
+        privilege.name()
+    ))
+}
+
+/// Checks that the user may create objects in `schema` of the current database.
+pub(crate) fn check_create_in(session: &Session, schema: &str) -> Result<()> {
+    let state = session.catalogs().pinned();
+    let database = session.database();
+    let db = state.database(database)?;
+    if db.share.is_some() {
+        return Err(read_only_share(database, Privilege::Create));
+    }
+    let Ok(found) = state.schema(database, schema) else {
+        return Ok(());
+    };
+    if !state.holds(session.user(), found.oid, &found.owner, Privilege::Create) {
+        return Err(Error::PermissionDenied(format!("schema {schema}")));
+    }
+    Ok(())
+}
+
+/// Checks that the user owns `[db.]schema.name` (or is a superuser): DROP, ALTER, REFRESH.
+pub(crate) fn check_owner(session: &Session, schema: &str, name: &str) -> Result<()> {
+    let state = session.catalogs().pinned();
+    let Some(relation) = state.relation(session.database(), schema, name) else {
+        return Ok(());
+    };
+    let owner = CatalogState::relation_owner(relation);
+    if owner == session.user() || state.is_superuser(session.user()) {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "relation {name}: must be its owner"
+    )))
+}
+
+/// Checks the privileges of the statements sqlparser lacks; the access statements check their
+/// own as they run.
+pub(crate) fn check_ext(session: &Session, statement: &ExtStatement) -> Result<()> {
+    let superuser = session.catalogs().pinned().is_superuser(session.user());
+    match statement {
+        ExtStatement::CreateExternalSchema { .. } if !superuser => {
+            check_create_schema(session)?;
+        }
+        ExtStatement::CreateMirrorTable { table, .. } if !superuser => {
+            let (schema, _) = session.resolve_for_create(&table.name)?;
+            check_create_in(session, &schema)?;
+        }
+        ExtStatement::Refresh { name } | ExtStatement::AlterAutoRefresh { name, .. } => {
+            if let Ok((schema, view)) = session.resolve_existing(name) {
+                check_owner(session, &schema, &view)?;
+            }
+        }
+        ExtStatement::AlterExternalSchema { .. } => {
+            require_superuser(session, "ALTER EXTERNAL SCHEMA")?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// CREATE SCHEMA needs CREATE on the database.
+fn check_create_schema(session: &Session) -> Result<()> {
+    let state = session.catalogs().pinned();
+    let user = session.user();
+    let db = state.database(session.database())?;
+    if !state.holds(user, db.oid, &db.owner, Privilege::Create) {
+        return Err(Error::PermissionDenied(format!(
+            "database {}",
+            session.database()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the privileges of statements that are not queries or DML: DDL needs CREATE on the
+/// target schema or ownership of the target; CREATE SCHEMA needs CREATE on the database.
+pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<()> {
+    let state = session.catalogs().pinned();
+    let user = session.user();
+    if state.is_superuser(user) {
+        return Ok(());
+    }
+    match statement {
+        Statement::CreateTable(create) => {
+            let (schema, _) = session.resolve_for_create(&create.name)?;
+            check_create_in(session, &schema)?;
+            if let Some(query) = &create.query {
+                check_reads(session, query)?;
+            }
+        }
+        Statement::CreateView(create) => {
+            let (schema, _) = session.resolve_for_create(&create.name)?;
+            check_create_in(session, &schema)?;
+            // A view's (or a streaming view's) query reads what it names: USAGE on an
+            // external schema, SELECT on tables.
+            check_reads(session, &create.query)?;
+        }
+        Statement::CreateSchema { .. } => check_create_schema(session)?,
+        Statement::CreateDatabase { .. }
+            if !state.users.get(user).is_some_and(|u| u.create_database) =>
+        {
+            return Err(Error::PermissionDenied(
+                "CREATE DATABASE: needs CREATEDB or a superuser".into(),
+            ));
+        }
+        Statement::Drop {
+            object_type, names, ..
+        } => match object_type {
+            ObjectType::Table | ObjectType::View | ObjectType::MaterializedView => {
+                for name in names {
+                    if let Ok((schema, relation)) = session.resolve_existing(name) {
+                        check_owner(session, &schema, &relation)?;
+                    }
+                }
+            }
+            ObjectType::Schema => {
+                for name in names {
+                    let schema = tributary_syntax::rewrite::name_parts(name)
+                        .last()
+                        .cloned()
+                        .unwrap_or_default();
+                    if let Ok(found) = state.schema(session.database(), &schema)
+                        && found.owner != user
+                    {
+                        return Err(Error::PermissionDenied(format!(
+                            "schema {schema}: must be its owner"
+                        )));
+                    }
+                }
+            }
+            ObjectType::Database => {
+                for name in names {
+                    let database = tributary_syntax::rewrite::name_parts(name).join(".");
+                    if let Ok(found) = state.database(&database)
+                        && found.owner != user
+                    {
+                        return Err(Error::PermissionDenied(format!(
+                            "database {database}: must be its owner"
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        },
+        Statement::AlterTable(alter) => {
+            if let Ok((schema, relation)) = session.resolve_existing(&alter.name) {
+                check_owner(session, &schema, &relation)?;
+            }
+        }
+        Statement::Truncate(truncate) => {
+            for table in &truncate.table_names {
+                if let Ok((schema, relation)) = session.resolve_existing(&table.name) {
+                    let name = vec![schema, relation];
+                    check_relation(
+                        session,
+                        &state,
+                        user,
+                        &name,
+                        Access::Write(Privilege::Delete),
+                    )?;
+                }
+            }
+        }
+        Statement::Copy {
+            source: datafusion::sql::sqlparser::ast::CopySource::Table { table_name, .. },
+            to: false,
+            ..
+        } => {
+            if let Ok((schema, relation)) = session.resolve_existing(table_name) {
+                let name = vec![schema, relation];
+                check_relation(
+                    session,
+                    &state,
+                    user,
+                    &name,
+                    Access::Write(Privilege::Insert),
+                )?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks the relations a CREATE ... AS query reads.
+fn check_reads(session: &Session, query: &Query) -> Result<()> {
+    let statement = Statement::Query(Box::new(query.clone()));
+    // A query the rewrite cannot handle fails later with its own error.
+    match session.rewrite(statement) {
+        Ok(qualified) => check_statement(session, &qualified),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Checks that the user may call a procedure (EXECUTE).
+pub(crate) fn check_execute(session: &Session, oid: u32, owner: &str, name: &str) -> Result<()> {
+    let state = session.catalogs().pinned();
+    if state.holds(session.user(), oid, owner, Privilege::Execute) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!("procedure {name}")))
+    }
+}
+
+/// The relation names a statement references (not table functions), and its CTE names.
+#[derive(Default)]
+struct Relations {
+    names: Vec<Vec<String>>,
+    ctes: HashSet<String>,
+}
+
+impl Visitor for Relations {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.ctes
+                    .insert(tributary_syntax::rewrite::normalize_ident(&cte.alias.name));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name, args: None, ..
+        } = factor
+        {
+            self.names.push(tributary_syntax::rewrite::name_parts(name));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        if let Statement::Insert(insert) = statement
+            && let datafusion::sql::sqlparser::ast::TableObject::TableName(name) = &insert.table
+        {
+            self.names.push(tributary_syntax::rewrite::name_parts(name));
+        }
+        ControlFlow::Continue(())
+    }
+}
