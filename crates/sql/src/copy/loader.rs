@@ -12,12 +12,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use tributary_catalog::{SqlType, Table};
 
-use super::APPEND_ROWS;
-use super::CHUNK_ROWS;
-use super::Compression;
-use super::CopyPlan;
-use super::Format;
-use super::LoadError;
+use super::{APPEND_ROWS, CHUNK_ROWS, Compression, CopyPlan, Format, LoadError};
 use crate::convert::{RAW_KEPT, convert_column, truncate};
 use crate::error::DataErrorKind;
 use crate::session::Session;

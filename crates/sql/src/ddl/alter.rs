@@ -8,10 +8,7 @@ use datafusion::sql::sqlparser::ast::{AlterTableOperation, ObjectName, RenameTab
 use tributary_catalog::{Column, Relation, SqlType, Table};
 use tributary_syntax::rewrite::{name_parts, normalize_ident};
 
-use crate::definition::cast_batch;
-use crate::definition::declared_column;
-use crate::definition::logical_schema;
-use crate::definition::storage_schema;
+use crate::definition::{cast_batch, declared_column, logical_schema, storage_schema};
 use crate::session::{Output, Session};
 use crate::transaction::WriteKind;
 use crate::{Error, Result};

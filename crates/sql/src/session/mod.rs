@@ -32,14 +32,11 @@ mod classify;
 mod context;
 mod settings;
 
-use classify::count_rows;
-use classify::dml_with_cte;
-use classify::is_planned_by_datafusion;
 pub(crate) use classify::output_schema;
-use classify::rename_stream;
-use classify::returns_rows;
 pub(crate) use classify::write_target_names;
 use classify::write_targets;
+use classify::{count_rows, dml_with_cte, is_planned_by_datafusion};
+use classify::{rename_stream, returns_rows};
 pub(crate) use context::expression_context;
 use context::new_context;
 pub(crate) use context::plan_sql;

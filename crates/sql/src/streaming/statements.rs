@@ -11,13 +11,9 @@ use tributary_catalog::{
 use tributary_syntax::extension as syntax;
 use tributary_syntax::rewrite::name_parts;
 
-use super::RefreshRecord;
-use super::VARBYTE_MAX;
-use super::ViewId;
-use super::observe_round;
-use super::round::prepare;
-use super::round::round;
+use super::round::{prepare, round};
 use super::{Pipeline, aggregate, pipeline, query_view};
+use super::{RefreshRecord, VARBYTE_MAX, ViewId, observe_round};
 use crate::session::{Output, Session};
 use crate::transaction::WriteKind;
 use crate::{Error, Result};

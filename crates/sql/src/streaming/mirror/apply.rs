@@ -15,10 +15,7 @@ use tributary_ingest::StreamRecord;
 use tributary_ingest::change::{self, Change, ChangeSpec, Rejection, invalid, lookup};
 
 use super::FOLD_BASE_FRACTION;
-use super::fold::commit_spec;
-use super::fold::fold;
-use super::fold::start_background;
-use super::fold::storage;
+use super::fold::{commit_spec, fold, start_background, storage};
 use super::spec;
 use crate::catalog_list::SessionCatalogs;
 use crate::streaming::{ScanError, ViewId, Work};

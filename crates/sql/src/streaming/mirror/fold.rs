@@ -11,11 +11,9 @@ use serde_json::Value;
 use tributary_catalog::{MirrorSpec, Table};
 use tributary_storage::{DataFile, Replaced};
 
-use super::ORDER_COLUMN;
-use super::SEQUENCE_COLUMN;
-use super::read::merged_plan;
-use super::read::newest_changes;
+use super::read::{merged_plan, newest_changes};
 use super::spec;
+use super::{ORDER_COLUMN, SEQUENCE_COLUMN};
 use crate::Result;
 use crate::catalog_list::SessionCatalogs;
 use crate::engine::Engine;

@@ -35,11 +35,8 @@ mod apply;
 mod fold;
 mod read;
 
-pub(crate) use apply::apply;
-pub(crate) use apply::copy_records;
-pub(crate) use apply::view_records;
-use fold::commit_spec;
-use fold::fold;
+pub(crate) use apply::{apply, copy_records, view_records};
+use fold::{commit_spec, fold};
 pub(crate) use read::reader;
 
 /// The hidden column holding a change's ordering value (see [`change::order_bytes`]).

@@ -15,10 +15,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::Expr;
 use tributary_catalog::{MirrorSpec, Table};
 
-use super::DELETED_COLUMN;
-use super::ORDER_COLUMN;
-use super::SEQUENCE_COLUMN;
-use super::spec;
+use super::{DELETED_COLUMN, ORDER_COLUMN, SEQUENCE_COLUMN, spec};
 use crate::{Error, Result};
 
 /// The table readers see: the merge of the base rows and the stored changes.
