@@ -21,4 +21,4 @@ pub use model::{
     Relation, SUPERUSER, Schema, SharedDatabase, StoredPassword, Table, User, View, ViewInput,
     procedure_signature,
 };
-pub use types::{SqlType, VARCHAR_LENGTH_DEFAULT, VARCHAR_LENGTH_MAX};
+pub use types::{SQL_TYPE_METADATA, SqlType, VARCHAR_LENGTH_DEFAULT, VARCHAR_LENGTH_MAX};

@@ -8,6 +8,10 @@ pub const VARCHAR_LENGTH_MAX: u32 = 65535;
 /// Length of a VARCHAR, TEXT or VARBYTE declared without one, as in Redshift.
 pub const VARCHAR_LENGTH_DEFAULT: u32 = 256;
 
+/// The Arrow field metadata key that names a column's SQL type where the Arrow type alone is
+/// ambiguous: `super` marks JSON text as SUPER. Stream batches and JSON_PARSE results carry it.
+pub const SQL_TYPE_METADATA: &str = "tributary.sql_type";
+
 /// A column type as the user declared it, with Redshift's defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

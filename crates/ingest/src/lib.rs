@@ -20,6 +20,6 @@ pub use error::{Error, Result};
 pub use kafka::{KafkaReader, KafkaSource};
 pub use kinesis::{KinesisReader, KinesisSource, ReadBatch, ReadLimits, ShardLag};
 pub use position::{Gap, Positions};
-pub use record::{KafkaMeta, SQL_TYPE_METADATA, StreamRecord};
+pub use record::{KafkaMeta, StreamRecord};
 pub use service::{ServiceSettings, StreamService};
 pub use source::{StreamReader, StreamSource, stream_schema};

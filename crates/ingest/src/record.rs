@@ -8,6 +8,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
+use tributary_catalog::SQL_TYPE_METADATA;
 
 /// One record read from a shard (a Kafka partition: `shard_id` is the partition number and
 /// `sequence_number` the offset).
@@ -96,10 +97,6 @@ pub fn kafka_schema() -> SchemaRef {
         Field::new("refresh_time", timestamp, true),
     ]))
 }
-
-/// The field metadata key the SQL layer reads a column's SQL type from; `super` marks JSON
-/// text as SUPER. Defined here because stream batches are built here.
-pub const SQL_TYPE_METADATA: &str = "tributary.sql_type";
 
 /// Kafka records as one batch of [`kafka_schema`].
 pub fn kafka_records_to_batch(records: &[&StreamRecord], refresh_micros: i64) -> RecordBatch {

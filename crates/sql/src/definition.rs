@@ -15,7 +15,8 @@ use tributary_catalog::{Column, Constraint, Identity, Relation, SqlType, Table};
 use tributary_syntax::rewrite::normalize_ident;
 
 use crate::session::Session;
-use crate::{Error, Result, types};
+use crate::{Error, Result};
+use tributary_engine::types;
 
 /// A table whose files were written but which is not yet in the catalog.
 pub(crate) struct NewTable {
@@ -104,7 +105,7 @@ pub(crate) fn columns_from_arrow(schema: &SchemaRef) -> Result<Vec<Column>> {
         .fields()
         .iter()
         .map(|field| {
-            let declared = field.metadata().get(crate::json::SQL_TYPE_METADATA);
+            let declared = field.metadata().get(tributary_catalog::SQL_TYPE_METADATA);
             let sql_type = if declared.map(String::as_str) == Some("super") {
                 Some(SqlType::Super)
             } else {

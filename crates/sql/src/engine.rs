@@ -10,8 +10,8 @@ use tributary_catalog::{Catalog, CatalogState, StoredPassword};
 use tributary_storage::StorageRoot;
 
 use crate::Result;
-use crate::locks::TableLocks;
 use crate::session::Session;
+use tributary_engine::locks::TableLocks;
 
 /// Shared state of a running server.
 #[derive(Debug)]

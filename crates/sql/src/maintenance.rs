@@ -56,7 +56,7 @@ impl Engine {
     /// Runs maintenance passes every `settings.interval` until the engine is dropped.
     pub fn spawn_maintenance(self: &Arc<Self>, settings: MaintenanceSettings) {
         let engine = Arc::downgrade(self);
-        crate::runtime::compute().spawn(async move {
+        tributary_engine::runtime::compute().spawn(async move {
             let mut ticker = tokio::time::interval(settings.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker.tick().await;

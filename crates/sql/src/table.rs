@@ -24,9 +24,9 @@ use futures::TryStreamExt;
 use tributary_catalog::{SqlType, Table};
 
 use crate::catalog_list::SessionCatalogs;
-use crate::error::DataErrorKind;
 use crate::transaction::WriteKind;
 use crate::{Error, Result};
+use tributary_engine::error::DataErrorKind;
 
 /// A table of the catalog, as of one catalog version.
 #[derive(Debug)]
@@ -104,7 +104,7 @@ fn logical_schema(definition: &Table, stored: &SchemaRef) -> SchemaRef {
             // nullable because INSERT leaves them NULL for the sink to fill.
             let nullable = column.is_none_or(|c| c.nullable || c.identity.is_some());
             if column.is_some_and(|c| c.sql_type == SqlType::Super) {
-                let marked = crate::partiql::super_field(field.name());
+                let marked = tributary_engine::partiql::super_field(field.name());
                 return marked.as_ref().clone().with_nullable(nullable);
             }
             Field::new(field.name(), data_type, nullable)

@@ -26,8 +26,8 @@ use tributary_catalog::{CatalogState, Relation, Table};
 
 use crate::catalog_list::SessionCatalogs;
 use crate::engine::Engine;
-use crate::locks::TableLocks;
 use crate::{Error, Result};
+use tributary_engine::locks::TableLocks;
 
 /// How a statement changes a table's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,10 +13,10 @@ use chrono::Utc;
 use tributary_catalog::{SqlType, Table};
 
 use super::{APPEND_ROWS, CHUNK_ROWS, Compression, CopyPlan, Format, LoadError};
-use crate::convert::{RAW_KEPT, convert_column, truncate};
-use crate::error::DataErrorKind;
 use crate::session::Session;
 use crate::{Error, Result};
+use tributary_engine::convert::{RAW_KEPT, convert_column, truncate};
+use tributary_engine::error::DataErrorKind;
 
 /// One input row before conversion.
 struct RawRow {

@@ -22,8 +22,8 @@ use datafusion::sql::sqlparser::ast::{
 use std::sync::Arc;
 use tributary_catalog::{ArgumentMode, Procedure, ProcedureArgument, SqlType};
 
-use crate::error::{Error, Result};
 use crate::session::{Output, Session};
+use tributary_engine::error::{Error, Result};
 use tributary_syntax::extension::ProcedureDefinition;
 use tributary_syntax::rewrite::name_parts;
 
@@ -192,7 +192,7 @@ fn resolve_type(text: &str) -> Result<SqlType> {
         .try_with_sql(text)
         .and_then(|mut p| p.parse_data_type())
         .map_err(|e| Error::Syntax(format!("type \"{text}\": {e}")))?;
-    crate::types::resolve(&data_type)
+    tributary_engine::types::resolve(&data_type)
 }
 
 /// `DROP PROCEDURE [IF EXISTS] name [(argtypes)] [, ...]`.
@@ -216,7 +216,7 @@ pub(crate) fn drop(
                     .filter(|a| {
                         !matches!(a.mode, Some(datafusion::sql::sqlparser::ast::ArgMode::Out))
                     })
-                    .map(|a| crate::types::resolve(&a.data_type))
+                    .map(|a| tributary_engine::types::resolve(&a.data_type))
                     .collect::<Result<Vec<_>>>()?,
             ),
             None => None,

@@ -16,8 +16,8 @@ use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use tributary_catalog::{Procedure, SqlType};
 
-use crate::error::{Error, Result};
 use crate::session::{Output, Session};
+use tributary_engine::error::{Error, Result};
 use tributary_syntax::Statement as Parsed;
 use tributary_syntax::plpgsql::{
     Block, Declaration, DeclarationKind, QuerySource, RaiseLevel, Statement, StatementKind,

@@ -12,7 +12,8 @@ use tributary_syntax::Statement;
 use tributary_syntax::dialect::parse_statements;
 
 use crate::catalog_list::SessionCatalogs;
-use crate::{Error, Result, functions};
+use crate::{Error, Result};
+use tributary_engine::functions;
 
 /// Builds a session's DataFusion context: our catalogs, pg_catalog, and Redshift functions.
 pub(super) fn new_context(
@@ -20,7 +21,7 @@ pub(super) fn new_context(
     database: &str,
     user: &str,
     clock: &functions::StatementClock,
-    case_sensitive: &crate::partiql::CaseSensitivity,
+    case_sensitive: &tributary_engine::partiql::CaseSensitivity,
 ) -> Result<Arc<SessionContext>> {
     let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(database, "public")
@@ -37,13 +38,13 @@ pub(super) fn new_context(
         .with_runtime_env(catalogs.engine().runtime_env())
         .with_default_features()
         .with_catalog_list(Arc::new(catalogs.clone()));
-    let state = crate::partiql::configure(builder, case_sensitive.clone()).build();
+    let state = tributary_engine::partiql::configure(builder, case_sensitive.clone()).build();
     let context = Arc::new(SessionContext::new_with_state(state));
     catalogs.set_context(&context);
     datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&context, database, EmptyContextProvider)
         .map_err(|e| Error::Internal(format!("pg_catalog setup failed: {e}")))?;
     functions::register(&context, user, catalogs.pinned().namespace, clock);
-    crate::partiql::register(&context);
+    tributary_engine::partiql::register(&context);
     Ok(context)
 }
 

@@ -19,9 +19,10 @@ use tributary_syntax::{ExtStatement, Statement};
 
 use crate::catalog_list::{SYSTEM_SCHEMA, SessionCatalogs, TEMP_SCHEMA};
 use crate::engine::Engine;
-use crate::settings::Settings;
 use crate::transaction::Ended;
-use crate::{Error, Result, functions, system};
+use crate::{Error, Result, system};
+use tributary_engine::functions;
+use tributary_engine::settings::Settings;
 use tributary_syntax::dialect::parse_statements;
 use tributary_syntax::rewrite::{
     alias_repeated_projections, name_parts, qualify_relations, rewrite_functions,
@@ -108,7 +109,7 @@ pub struct Session {
     clock: functions::StatementClock,
     context: Arc<SessionContext>,
     /// `enable_case_sensitive_identifier`, as the SUPER planner reads it.
-    case_sensitive: crate::partiql::CaseSensitivity,
+    case_sensitive: tributary_engine::partiql::CaseSensitivity,
     notices: Vec<Notice>,
     /// A `COPY ... FROM STDIN` waiting for the client's data.
     pending_copy: Option<crate::copy::CopyPlan>,
@@ -130,7 +131,7 @@ impl Session {
         catalogs.set_user(user);
         catalogs.pinned().database(database)?;
         let clock = functions::StatementClock::default();
-        let case_sensitive = crate::partiql::CaseSensitivity::default();
+        let case_sensitive = tributary_engine::partiql::CaseSensitivity::default();
         let context = new_context(&catalogs, database, user, &clock, &case_sensitive)?;
         Ok(Self {
             engine,
@@ -255,7 +256,7 @@ impl Session {
             }
             _ => {
                 let placeholders = match &statement {
-                    Statement::Sql(other) => crate::params::placeholder_count(other),
+                    Statement::Sql(other) => tributary_engine::params::placeholder_count(other),
                     Statement::Ext(_) => 0,
                 };
                 let schema = self.describe_utility(&statement);
@@ -268,12 +269,12 @@ impl Session {
                 });
             }
         };
-        let placeholders = crate::params::placeholder_count(&query);
+        let placeholders = tributary_engine::params::placeholder_count(&query);
         self.catalogs.pin_statement();
         crate::sharing::pin_producers(self).await?;
         let mut prepared = self.rewrite(query.clone())?;
         // Table functions are planned with their arguments' values, which come later.
-        crate::params::bind_table_functions(&mut prepared, None)?;
+        tributary_engine::params::bind_table_functions(&mut prepared, None)?;
         let plan = self.plan(&prepared).await?;
         let types = plan.get_parameter_types()?;
         let count = types
@@ -936,7 +937,7 @@ fn compatibility_parser() -> &'static PostgresCompatibilityParser {
     PARSER.get_or_init(PostgresCompatibilityParser::new)
 }
 
-/// Binds the parameters DataFusion cannot bind itself ([`crate::params`]); the rest stay
+/// Binds the parameters DataFusion cannot bind itself ([`tributary_engine::params`]); the rest stay
 /// for DataFusion.
 fn bind_parameters(
     statement: Statement,
@@ -947,10 +948,10 @@ fn bind_parameters(
         return Ok((statement, params));
     };
     if is_planned_by_datafusion(&statement) && dml_with_cte(&statement).is_none() {
-        crate::params::bind_table_functions(&mut statement, Some(&params))?;
+        tributary_engine::params::bind_table_functions(&mut statement, Some(&params))?;
         Ok((Statement::Sql(statement), Some(params)))
     } else {
-        crate::params::bind_everywhere(&mut statement, &params)?;
+        tributary_engine::params::bind_everywhere(&mut statement, &params)?;
         Ok((Statement::Sql(statement), None))
     }
 }

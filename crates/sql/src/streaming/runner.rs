@@ -59,7 +59,7 @@ impl Engine {
     pub fn spawn_streaming(self: &Arc<Self>, settings: super::StreamingSettings) {
         self.streams.set_settings(settings);
         let engine = Arc::downgrade(self);
-        crate::runtime::compute().spawn(async move {
+        tributary_engine::runtime::compute().spawn(async move {
             loop {
                 let Some(engine) = engine.upgrade() else {
                     return;
@@ -92,7 +92,10 @@ impl Engine {
             tracing::debug!(view = %view.name, "auto refresh started");
             let engine = Arc::downgrade(self);
             let path = view.path.clone();
-            runners.insert(path, crate::runtime::compute().spawn(run(engine, view)));
+            runners.insert(
+                path,
+                tributary_engine::runtime::compute().spawn(run(engine, view)),
+            );
         }
     }
 }

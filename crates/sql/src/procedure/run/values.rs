@@ -10,12 +10,12 @@ use tributary_catalog::SqlType;
 use tributary_syntax::Statement as Parsed;
 
 use super::Flow;
-use crate::error::{Error, Result};
 use crate::session::{Output, Session};
+use tributary_engine::error::{Error, Result};
 
 pub(super) fn null_not_allowed(variable: &str) -> Error {
     Error::data(
-        crate::error::DataErrorKind::Other,
+        tributary_engine::error::DataErrorKind::Other,
         format!("null value cannot be assigned to variable \"{variable}\" declared NOT NULL"),
     )
 }
@@ -175,7 +175,7 @@ pub(super) fn batch_rows(
         .fields()
         .iter()
         .map(|field| {
-            if crate::partiql::is_super(field) {
+            if tributary_engine::partiql::is_super(field) {
                 "super".to_string()
             } else {
                 SqlType::from_arrow(field.data_type())

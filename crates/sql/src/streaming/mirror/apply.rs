@@ -85,7 +85,7 @@ fn changes(
         let array = if column.sql_type == SqlType::Super {
             Arc::new(arrow::array::StringArray::from(values.clone())) as ArrayRef
         } else {
-            let (array, failures) = crate::convert::convert_column(
+            let (array, failures) = tributary_engine::convert::convert_column(
                 &values,
                 &column.sql_type,
                 Some("auto"),
@@ -247,7 +247,7 @@ pub(crate) fn view_records(batches: &[RecordBatch]) -> Result<Vec<StreamRecord>>
     for batch in batches {
         let schema = batch.schema();
         let supers: Vec<usize> = (0..batch.num_columns())
-            .filter(|&i| crate::partiql::is_super(schema.field(i)))
+            .filter(|&i| tributary_engine::partiql::is_super(schema.field(i)))
             .collect();
         let options = arrow::util::display::FormatOptions::default();
         let formatters = batch

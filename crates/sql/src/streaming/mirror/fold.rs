@@ -128,7 +128,7 @@ pub(super) fn start_background(engine: &Arc<Engine>, name: &[String; 3], path: &
     let engine = engine.clone();
     let name = name.clone();
     let path = path.to_string();
-    crate::runtime::spawn_background(async move {
+    tributary_engine::runtime::spawn_background(async move {
         let _running = running;
         let started = std::time::Instant::now();
         let done = match work {

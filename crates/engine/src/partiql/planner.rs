@@ -31,9 +31,9 @@ use super::{is_super, super_field};
 pub type CaseSensitivity = Arc<AtomicBool>;
 
 #[derive(Debug)]
-pub(crate) struct SuperPlanner {
-    pub(crate) case_sensitive: CaseSensitivity,
-    pub(crate) get: Arc<ScalarUDF>,
+pub struct SuperPlanner {
+    pub case_sensitive: CaseSensitivity,
+    pub get: Arc<ScalarUDF>,
 }
 
 impl SuperPlanner {
@@ -93,8 +93,8 @@ impl ExprPlanner for SuperPlanner {
 /// `SUPER` and `VARBYTE` in casts (`x::super`); other names go to the planner it wraps (the
 /// session has one type planner, and pg_catalog installs its own).
 #[derive(Debug)]
-pub(crate) struct RedshiftTypes {
-    pub(crate) fallback: Option<Arc<dyn TypePlanner>>,
+pub struct RedshiftTypes {
+    pub fallback: Option<Arc<dyn TypePlanner>>,
 }
 
 impl TypePlanner for RedshiftTypes {
@@ -122,7 +122,7 @@ impl TypePlanner for RedshiftTypes {
     }
 }
 
-pub(crate) fn is_super_expr(expr: &Expr, schema: &DFSchema) -> bool {
+pub fn is_super_expr(expr: &Expr, schema: &DFSchema) -> bool {
     expr.to_field(schema)
         .map(|(_, field)| is_super(&field))
         .unwrap_or(false)
@@ -130,18 +130,18 @@ pub(crate) fn is_super_expr(expr: &Expr, schema: &DFSchema) -> bool {
 
 /// Redshift's dynamic typing of SUPER, applied before DataFusion's type coercion.
 #[derive(Debug)]
-pub(crate) struct SuperCoercion {
-    pub(crate) udfs: SuperUdfs,
+pub struct SuperCoercion {
+    pub udfs: SuperUdfs,
 }
 
 /// The internal functions the rewrite calls.
 #[derive(Debug, Clone)]
-pub(crate) struct SuperUdfs {
-    pub(crate) mark: Arc<ScalarUDF>,
-    pub(crate) to_super: Arc<ScalarUDF>,
-    pub(crate) text: Arc<ScalarUDF>,
-    pub(crate) int: Arc<ScalarUDF>,
-    pub(crate) boolean: Arc<ScalarUDF>,
+pub struct SuperUdfs {
+    pub mark: Arc<ScalarUDF>,
+    pub to_super: Arc<ScalarUDF>,
+    pub text: Arc<ScalarUDF>,
+    pub int: Arc<ScalarUDF>,
+    pub boolean: Arc<ScalarUDF>,
 }
 
 impl AnalyzerRule for SuperCoercion {

@@ -25,7 +25,7 @@ use super::{super_field, to_super_text};
 use crate::error::DataErrorKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Kind {
+pub enum Kind {
     // Internal.
     Get,
     Mark,
@@ -57,13 +57,13 @@ pub(crate) enum Kind {
     ToVarbyte,
 }
 
-pub(crate) use tributary_syntax::functions::{ELEMENTS, INDEXES, KEYS, MARK, VALUES};
+pub use tributary_syntax::functions::{ELEMENTS, INDEXES, KEYS, MARK, VALUES};
 
-pub(crate) const GET: &str = "__tributary_super_get";
-pub(crate) const TO_SUPER: &str = "__tributary_to_super";
-pub(crate) const TEXT: &str = "__tributary_super_text";
-pub(crate) const INT: &str = "__tributary_super_int";
-pub(crate) const BOOL: &str = "__tributary_super_bool";
+pub const GET: &str = "__tributary_super_get";
+pub const TO_SUPER: &str = "__tributary_to_super";
+pub const TEXT: &str = "__tributary_super_text";
+pub const INT: &str = "__tributary_super_int";
+pub const BOOL: &str = "__tributary_super_bool";
 
 const ALL: &[Kind] = &[
     Kind::Get,
@@ -96,7 +96,7 @@ const ALL: &[Kind] = &[
 ];
 
 impl Kind {
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Get => GET,
             Kind::Mark => MARK,
@@ -130,7 +130,7 @@ impl Kind {
 
     /// Functions whose first argument is a SUPER value: a non-SUPER argument is converted as
     /// Redshift converts it (a string becomes a SUPER string), not read as JSON text.
-    pub(crate) fn takes_super(name: &str) -> bool {
+    pub fn takes_super(name: &str) -> bool {
         ALL.iter().any(|k| {
             k.name() == name
                 && matches!(
@@ -173,14 +173,14 @@ impl Kind {
     }
 }
 
-pub(crate) fn udf(kind: Kind) -> Arc<ScalarUDF> {
+pub fn udf(kind: Kind) -> Arc<ScalarUDF> {
     Arc::new(ScalarUDF::new_from_impl(SuperFunction {
         kind,
         signature: Signature::variadic_any(Volatility::Immutable),
     }))
 }
 
-pub(crate) fn register(context: &SessionContext) {
+pub fn register(context: &SessionContext) {
     for kind in ALL {
         context.register_udf(udf(*kind).as_ref().clone());
     }

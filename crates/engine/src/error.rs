@@ -1,4 +1,4 @@
-//! Errors of the SQL layer. Each variant names whose fault it is; the wire crate maps them to
+//! Errors of the SQL layers. Each variant names whose fault it is; the wire crate maps them to
 //! SQLSTATE codes (this crate never speaks of the protocol).
 
 use datafusion::error::DataFusionError;
@@ -140,7 +140,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn data(kind: DataErrorKind, message: impl Into<String>) -> Self {
+    pub fn data(kind: DataErrorKind, message: impl Into<String>) -> Self {
         Error::Data {
             kind,
             message: message.into(),

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 
 /// The write locks of one engine, by table path.
 #[derive(Debug, Default)]
-pub(crate) struct TableLocks {
+pub struct TableLocks {
     state: Mutex<LockState>,
     released: Notify,
 }
@@ -27,7 +27,7 @@ struct LockState {
 impl TableLocks {
     /// Takes the write lock of `path` for transaction `txn`, waiting while another transaction
     /// holds it. `table` names the table in errors.
-    pub(crate) async fn acquire(&self, txn: u64, path: &str, table: &str) -> Result<()> {
+    pub async fn acquire(&self, txn: u64, path: &str, table: &str) -> Result<()> {
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -58,7 +58,7 @@ impl TableLocks {
     }
 
     /// Releases every lock of `txn` and forgets what it waited for.
-    pub(crate) fn release_all(&self, txn: u64) {
+    pub fn release_all(&self, txn: u64) {
         let mut state = self.state.lock();
         state.holders.retain(|_, holder| *holder != txn);
         state.waiting.remove(&txn);

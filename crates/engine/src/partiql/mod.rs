@@ -1,7 +1,7 @@
 //! SUPER and PartiQL: semi-structured values queried the Redshift way.
 //!
 //! A SUPER value is stored and carried as compact JSON text in a UTF-8 column whose field is
-//! marked with [`crate::json::SQL_TYPE_METADATA`] = `super`. Text keeps the Delta tables
+//! marked with [`SQL_TYPE_METADATA`] = `super`. Text keeps the Delta tables
 //! readable as plain strings by Spark and Trino, the stream path stores what it received
 //! without re-encoding, and navigation (jiter, skipping what is off the path) costs about as
 //! much as reading the bytes once.
@@ -32,10 +32,10 @@ use datafusion::prelude::SessionContext;
 pub use planner::CaseSensitivity;
 use planner::{RedshiftTypes, SuperCoercion, SuperPlanner, SuperUdfs};
 
-use crate::json::SQL_TYPE_METADATA;
+use tributary_catalog::SQL_TYPE_METADATA;
 
 /// A nullable UTF-8 field marked SUPER.
-pub(crate) fn super_field(name: &str) -> FieldRef {
+pub fn super_field(name: &str) -> FieldRef {
     Arc::new(
         Field::new(name, DataType::Utf8, true).with_metadata(HashMap::from([(
             SQL_TYPE_METADATA.to_string(),
@@ -45,13 +45,13 @@ pub(crate) fn super_field(name: &str) -> FieldRef {
 }
 
 /// True if a field holds SUPER values.
-pub(crate) fn is_super(field: &Field) -> bool {
+pub fn is_super(field: &Field) -> bool {
     field.metadata().get(SQL_TYPE_METADATA).map(String::as_str) == Some("super")
 }
 
 /// Adds SUPER planning to a session: the navigation planner ahead of DataFusion's own, the
 /// SUPER type name, and the dynamic-typing rule ahead of type coercion.
-pub(crate) fn configure(
+pub fn configure(
     builder: SessionStateBuilder,
     case_sensitive: CaseSensitivity,
 ) -> SessionStateBuilder {
@@ -80,7 +80,7 @@ pub(crate) fn configure(
 
 /// Registers the SUPER functions and the SUPER type name. Runs after pg_catalog's setup,
 /// whose type planner ours wraps.
-pub(crate) fn register(context: &SessionContext) {
+pub fn register(context: &SessionContext) {
     functions::register(context);
     let state = context.state_ref();
     let existing = state.read().clone();
@@ -94,7 +94,7 @@ pub(crate) fn register(context: &SessionContext) {
 
 /// SQL values as SUPER text: strings become SUPER strings, numbers and booleans SUPER
 /// scalars, NULL stays NULL.
-pub(crate) fn to_super_text(array: &ArrayRef) -> DfResult<ArrayRef> {
+pub fn to_super_text(array: &ArrayRef) -> DfResult<ArrayRef> {
     let data_type = array.data_type();
     let text = cast(array, &DataType::Utf8)?;
     let text = text.as_string::<i32>();

@@ -121,7 +121,7 @@ pub fn detach_stream(mut stream: SendableRecordBatchStream) -> SendableRecordBat
 }
 
 /// Runs `future` on the background threads.
-pub(crate) fn spawn_background<F>(future: F)
+pub fn spawn_background<F>(future: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {

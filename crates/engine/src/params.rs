@@ -19,7 +19,7 @@ use std::ops::ControlFlow;
 use crate::{Error, Result};
 
 /// The highest `$n` in a statement: how many parameters its client binds.
-pub(crate) fn placeholder_count(statement: &Statement) -> usize {
+pub fn placeholder_count(statement: &Statement) -> usize {
     let mut count = 0;
     let _ = visit_expressions(statement, |expr| {
         if let Some(index) = placeholder_index(expr) {
@@ -31,16 +31,13 @@ pub(crate) fn placeholder_count(statement: &Statement) -> usize {
 }
 
 /// Replaces every placeholder of `statement` by the literal of its value.
-pub(crate) fn bind_everywhere(statement: &mut Statement, params: &ParamValues) -> Result<()> {
+pub fn bind_everywhere(statement: &mut Statement, params: &ParamValues) -> Result<()> {
     bind_in(statement, Some(params))
 }
 
 /// Replaces the placeholders in table functions' arguments by the literals of their values,
 /// or by NULL without values (describing a prepared statement, whose values come later).
-pub(crate) fn bind_table_functions(
-    statement: &mut Statement,
-    params: Option<&ParamValues>,
-) -> Result<()> {
+pub fn bind_table_functions(statement: &mut Statement, params: Option<&ParamValues>) -> Result<()> {
     let mut binder = TableFunctionBinder {
         params,
         error: None,

@@ -11,11 +11,11 @@ use tributary_catalog::SqlType;
 use crate::Result;
 
 /// Longest raw line or value kept in a load error.
-pub(crate) const RAW_KEPT: usize = 1024;
+pub const RAW_KEPT: usize = 1024;
 
 /// Converts text values to `sql_type` (DATEFORMAT / TIMEFORMAT as COPY takes them; None is
 /// ISO). Returns the column and, for each value that does not convert, its row and why.
-pub(crate) fn convert_column(
+pub fn convert_column(
     values: &[Option<String>],
     sql_type: &SqlType,
     date_format: Option<&str>,
@@ -78,7 +78,7 @@ const AUTO_TIMESTAMPS: [&str; 6] = [
     "%Y-%m-%dT%H:%M:%S%.fZ",
 ];
 
-pub(crate) fn parse_dates(values: &[Option<String>], format: &str) -> arrow::array::Date32Array {
+pub fn parse_dates(values: &[Option<String>], format: &str) -> arrow::array::Date32Array {
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
     let patterns: Vec<String> = if format.eq_ignore_ascii_case("auto") {
         AUTO_DATES.iter().map(|s| s.to_string()).collect()
@@ -103,7 +103,7 @@ pub(crate) fn parse_dates(values: &[Option<String>], format: &str) -> arrow::arr
         .collect()
 }
 
-pub(crate) fn parse_timestamps(
+pub fn parse_timestamps(
     values: &[Option<String>],
     format: &str,
 ) -> arrow::array::TimestampMicrosecondArray {
@@ -137,7 +137,7 @@ pub(crate) fn parse_timestamps(
 }
 
 /// A raw line or value as a load error keeps it: at most [`RAW_KEPT`] bytes.
-pub(crate) fn truncate(text: &str) -> String {
+pub fn truncate(text: &str) -> String {
     if text.len() <= RAW_KEPT {
         return text.to_string();
     }

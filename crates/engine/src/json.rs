@@ -4,7 +4,8 @@
 //! NULL; malformed input is a data error naming the position, unless the function only tests).
 //!
 //! A SUPER value is carried as JSON text; JSON_PARSE marks its result field with
-//! [`SQL_TYPE_METADATA`] so that a view or CTAS column built from it is declared SUPER.
+//! [`tributary_catalog::SQL_TYPE_METADATA`] so that a view or CTAS column built from it is
+//! declared SUPER.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,10 +22,6 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 use crate::error::{DataErrorKind, Error};
-
-/// Field metadata naming the Redshift type of an Arrow field where the Arrow type alone is
-/// ambiguous (SUPER is carried as text). The ingest crate's, whose stream batches carry it.
-pub(crate) const SQL_TYPE_METADATA: &str = tributary_ingest::SQL_TYPE_METADATA;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -58,7 +55,7 @@ impl Kind {
     }
 }
 
-pub(crate) fn register(context: &SessionContext) {
+pub fn register(context: &SessionContext) {
     for kind in [
         Kind::FromVarbyte,
         Kind::IsUtf8,
@@ -108,7 +105,7 @@ impl ScalarUDFImpl for JsonFunction {
         let field = Field::new(self.name(), self.kind.output(), true);
         Ok(Arc::new(if self.kind == Kind::JsonParse {
             field.with_metadata(HashMap::from([(
-                SQL_TYPE_METADATA.to_string(),
+                tributary_catalog::SQL_TYPE_METADATA.to_string(),
                 "super".to_string(),
             )]))
         } else {
@@ -211,7 +208,7 @@ impl ScalarUDFImpl for JsonFunction {
     }
 }
 
-pub(crate) fn data_error(kind: DataErrorKind, message: String) -> DataFusionError {
+pub fn data_error(kind: DataErrorKind, message: String) -> DataFusionError {
     DataFusionError::External(Box::new(Error::data(kind, message)))
 }
 

@@ -1,0 +1,26 @@
+//! What statements run on, below any statement handler: the errors statements raise, Redshift's
+//! types and their conversion from text, SUPER and PartiQL, the functions of Redshift's dialect
+//! that DataFusion lacks, table write locks, session settings, bind parameters, and the
+//! runtime that runs queries beside the server's I/O.
+//!
+//! Nothing here knows a session, a statement handler or a streaming view: the SQL front end and
+//! the streaming layer build on these parts. Errors say whose fault they are; the wire crate
+//! maps them to SQLSTATE codes.
+
+pub mod convert;
+pub mod error;
+pub mod functions;
+pub mod json;
+pub mod locks;
+pub mod params;
+pub mod partiql;
+pub mod runtime;
+pub mod settings;
+pub mod types;
+
+pub use error::{DataErrorKind, Error, Result};
+
+/// Stack size of the threads that run sessions. Planning a deep statement (a procedure body's
+/// statements inside a CALL, nested subqueries, long CASE chains) recurses further than the
+/// 2 MiB tokio gives its worker threads by default, above all in debug builds.
+pub const THREAD_STACK_BYTES: usize = 16 * 1024 * 1024;
