@@ -12,6 +12,7 @@ pub mod error;
 pub mod functions;
 pub mod json;
 pub mod locks;
+pub mod mirror;
 pub mod params;
 pub mod partiql;
 pub mod runtime;

@@ -271,8 +271,8 @@ pub(crate) fn constraints(
 /// The Delta schema of a table: its columns in their stored types, and a mirror table's
 /// hidden bookkeeping columns after them.
 pub(crate) fn storage_schema(table: &Table) -> Schema {
-    let hidden = match crate::streaming::mirror::spec(table) {
-        Some(_) => crate::streaming::mirror::hidden_fields(),
+    let hidden = match tributary_engine::mirror::spec(table) {
+        Some(_) => tributary_engine::mirror::hidden_fields(),
         None => Vec::new(),
     };
     Schema::new(

@@ -128,7 +128,7 @@ impl Target {
                     .catalogs()
                     .lock_table(&database, &schema, &table_name, WriteKind::Rewrite)
                     .await?;
-                crate::streaming::mirror::refuse_write(&slot.table, &table_name)?;
+                tributary_engine::mirror::refuse_write(&slot.table, &table_name)?;
                 let provider = TributaryTable::open(
                     session.catalogs(),
                     [database, schema.clone(), table_name.clone()],

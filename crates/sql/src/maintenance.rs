@@ -160,7 +160,7 @@ impl Engine {
             .flat_map(|schema| schema.relations.values())
             .any(|relation| {
                 matches!(relation, tributary_catalog::Relation::Table(t)
-                    if t.path == path && crate::streaming::mirror::spec(t).is_some())
+                    if t.path == path && tributary_engine::mirror::spec(t).is_some())
             });
         if !is_mirror
             && table.file_count(pinned).await? >= settings.compact_min_files

@@ -65,8 +65,8 @@ impl TributaryTable {
             .table(&definition.path)?
             .provider(definition.version)
             .await?;
-        if crate::streaming::mirror::spec(&definition).is_some() {
-            inner = crate::streaming::mirror::reader(inner, &definition)?;
+        if tributary_engine::mirror::spec(&definition).is_some() {
+            inner = tributary_engine::mirror::reader(inner, &definition)?;
         }
         let schema = logical_schema(&definition, &inner.schema());
         let defaults = parse_defaults(&definition, &schema)?;
@@ -271,7 +271,7 @@ pub(crate) async fn append(
         .lock_table(database, schema, table_name, WriteKind::Append)
         .await?;
     let table = &slot.table;
-    crate::streaming::mirror::refuse_write(table, table_name)?;
+    tributary_engine::mirror::refuse_write(table, table_name)?;
     let mut identity_next: Vec<(String, i64)> = Vec::new();
     let mut stored = Vec::with_capacity(batches.len());
     for batch in batches {

@@ -95,7 +95,7 @@ impl<'a> Loader<'a> {
     pub(super) async fn push_bytes(&mut self, filename: &str, bytes: Bytes) -> Result<()> {
         self.filename = filename.to_string();
         let bytes = decompress(filename, bytes, self.plan.compression)?;
-        if crate::streaming::mirror::spec(&self.table).is_some() {
+        if tributary_engine::mirror::spec(&self.table).is_some() {
             return self.push_changes(&bytes).await;
         }
         match &self.plan.format {

@@ -185,7 +185,7 @@ async fn rewrite_table(
         .lock_table(&database, schema, name, WriteKind::Rewrite)
         .await?
         .table;
-    crate::streaming::mirror::refuse_write(&table, name)?;
+    tributary_engine::mirror::refuse_write(&table, name)?;
     let mut columns = table.columns.clone();
     change(&mut columns)?;
     // Read the current rows in the old logical shape, then project them into the new one.
@@ -304,7 +304,7 @@ async fn rewrite_table_empty(session: &mut Session, schema: &str, name: &str) ->
         .lock_table(&database, schema, name, WriteKind::Rewrite)
         .await?
         .table;
-    crate::streaming::mirror::refuse_write(&table, name)?;
+    tributary_engine::mirror::refuse_write(&table, name)?;
     let stored_schema = Arc::new(storage_schema(&table));
     let version = session
         .engine()

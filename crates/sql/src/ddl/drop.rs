@@ -117,7 +117,7 @@ async fn drop_relation(
                     )))
                 }
                 (Some(Relation::Table(t)), false)
-                    if materialized && crate::streaming::mirror::spec(t).is_some() =>
+                    if materialized && tributary_engine::mirror::spec(t).is_some() =>
                 {
                     Err(tributary_catalog::Error::Invalid(format!(
                         "\"{relation}\" is a mirror table; use DROP TABLE"
@@ -126,7 +126,7 @@ async fn drop_relation(
                 (Some(Relation::Table(t)), false)
                     if !materialized
                         && t.materialized.is_some()
-                        && crate::streaming::mirror::spec(t).is_none() =>
+                        && tributary_engine::mirror::spec(t).is_none() =>
                 {
                     Err(tributary_catalog::Error::Invalid(format!(
                         "\"{relation}\" is a materialized view; use DROP MATERIALIZED VIEW"

@@ -16,11 +16,11 @@ use tributary_ingest::change::{self, Change, ChangeSpec, Rejection, invalid, loo
 
 use super::FOLD_BASE_FRACTION;
 use super::fold::{commit_spec, fold, start_background, storage};
-use super::spec;
 use crate::catalog_list::SessionCatalogs;
 use crate::streaming::{ScanError, ViewId, Work};
 use crate::transaction::WriteKind;
 use crate::{Error, Result};
+use tributary_engine::mirror::spec;
 
 /// How the mirror's change records are decoded.
 fn change_spec(spec: &MirrorSpec) -> ChangeSpec<'_> {

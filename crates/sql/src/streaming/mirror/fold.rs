@@ -11,14 +11,14 @@ use serde_json::Value;
 use tributary_catalog::{MirrorSpec, Table};
 use tributary_storage::{DataFile, Replaced};
 
-use super::read::{merged_plan, newest_changes};
-use super::spec;
-use super::{ORDER_COLUMN, SEQUENCE_COLUMN};
 use crate::Result;
 use crate::catalog_list::SessionCatalogs;
 use crate::engine::Engine;
 use crate::streaming::Work;
 use crate::transaction::WriteKind;
+use tributary_engine::mirror::spec;
+use tributary_engine::mirror::{ORDER_COLUMN, SEQUENCE_COLUMN};
+use tributary_engine::mirror::{merged_plan, newest_changes};
 
 /// Pins the mirror's new table version with its updated bookkeeping in the transaction.
 pub(super) fn commit_spec(

@@ -6,9 +6,10 @@
 //! round's changes and the new stream positions land in one catalog commit.
 //!
 //! Storage is merge-on-read, so that applying a batch costs the batch and not the table. The
-//! Delta table holds the declared columns and three hidden ones: [`ORDER_COLUMN`] (the
-//! change's ordering value, encoded so that byte order is value order), [`DELETED_COLUMN`]
-//! (a tombstone) and [`SEQUENCE_COLUMN`] (0 for a folded base row, else the apply sequence of
+//! Delta table holds the declared columns and three hidden ones (see
+//! [`tributary_engine::mirror`], which reads them): `ORDER_COLUMN` (the change's ordering
+//! value, encoded so that byte order is value order), `DELETED_COLUMN` (a tombstone) and
+//! `SEQUENCE_COLUMN` (0 for a folded base row, else the apply sequence of
 //! a stored change). A round appends the newest change of each key it read. A reader sees a
 //! base row unless a stored change of its key is at least as new, and the newest stored
 //! change of a key unless a base row is newer or the change is a delete. Comparing orders on
@@ -19,63 +20,30 @@
 //! smallest files, into one file), so that a read opens a few files rather than one per
 //! round; a change dropped that way is one a newer change of its key supersedes anyway.
 
-use arrow::datatypes::{DataType, Field};
 use datafusion::sql::sqlparser::ast::{CreateTable, ObjectName};
 use serde_json::Value;
 use tributary_catalog::{
-    ChangeFormat, Constraint, MaterializedView, MirrorSpec, Relation, SqlType, Table, ViewInput,
+    ChangeFormat, Constraint, MaterializedView, MirrorSpec, Relation, SqlType, ViewInput,
 };
 
 use crate::session::{Output, Session};
 use crate::transaction::WriteKind;
 use crate::{Error, Result};
+use tributary_engine::mirror::spec;
 use tributary_syntax::extension::MirrorClauses;
 
 mod apply;
 mod fold;
-mod read;
 
 pub(crate) use apply::{apply, copy_records, view_records};
 use fold::{commit_spec, fold};
-pub(crate) use read::reader;
 
-/// The hidden column holding a change's ordering value (see [`change::order_bytes`]).
-pub(crate) const ORDER_COLUMN: &str = "__tributary_order";
-/// The hidden column marking a deleted key (a tombstone).
-pub(crate) const DELETED_COLUMN: &str = "__tributary_deleted";
-/// The hidden column: 0 for a folded base row, else the change's apply sequence.
-pub(crate) const SEQUENCE_COLUMN: &str = "__tributary_sequence";
 /// A round folds the stored changes into the base once there are at least
 /// `StreamingSettings::mirror_fold_changes` of them and at least this fraction of the base.
 /// Reads cost grows with the stored changes (at 30k changes/s into 10M rows, a quarter let
 /// them reach 1.8M and put freshness p99 at 4.2 s, a twentieth 1.9 s); a fold rewrites the
 /// base, in the background.
 const FOLD_BASE_FRACTION: u64 = 20;
-
-/// The hidden columns of a mirror's Delta table, after the declared ones.
-pub(crate) fn hidden_fields() -> Vec<Field> {
-    vec![
-        Field::new(ORDER_COLUMN, DataType::Binary, true),
-        Field::new(DELETED_COLUMN, DataType::Boolean, true),
-        Field::new(SEQUENCE_COLUMN, DataType::Int64, true),
-    ]
-}
-
-/// The mirror part of a table's definition, if it is a mirror table.
-pub(crate) fn spec(table: &Table) -> Option<&MirrorSpec> {
-    table.materialized.as_ref()?.mirror.as_ref()
-}
-
-/// Refuses a client's write (INSERT, COPY, UPDATE, DELETE, MERGE, TRUNCATE, ALTER of
-/// columns) to a mirror table: its rows come from its change stream.
-pub(crate) fn refuse_write(table: &Table, name: &str) -> Result<()> {
-    match spec(table) {
-        Some(_) => Err(Error::WrongObjectType(format!(
-            "cannot change mirror table \"{name}\": its rows come from its change stream"
-        ))),
-        None => Ok(()),
-    }
-}
 
 /// `CREATE MIRROR TABLE`, carried as a `CREATE TABLE` with the mirror clauses.
 pub(crate) async fn create(

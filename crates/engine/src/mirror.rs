@@ -1,9 +1,13 @@
-//! A mirror's read path: the base rows merged with the newest stored change of each key.
+//! A mirror table's read path. A mirror's Delta table holds the declared columns and three
+//! hidden ones: [`ORDER_COLUMN`] (the change's ordering value, encoded so that byte order is
+//! value order), [`DELETED_COLUMN`] (a tombstone) and [`SEQUENCE_COLUMN`] (0 for a folded
+//! base row, else the apply sequence of a stored change). Readers see the base rows merged
+//! with the newest stored change of each key; the streaming layer writes and folds them.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, BinaryArray, Int64Array};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field};
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::view::ViewTable;
 use datafusion::datasource::provider_as_source;
@@ -15,14 +19,43 @@ use datafusion::logical_expr::{
 use datafusion::prelude::Expr;
 use tributary_catalog::{MirrorSpec, Table};
 
-use super::{DELETED_COLUMN, ORDER_COLUMN, SEQUENCE_COLUMN, spec};
 use crate::{Error, Result};
 
+/// The hidden column holding a change's ordering value, encoded so that byte order is value
+/// order.
+pub const ORDER_COLUMN: &str = "__tributary_order";
+/// The hidden column marking a deleted key (a tombstone).
+pub const DELETED_COLUMN: &str = "__tributary_deleted";
+/// The hidden column: 0 for a folded base row, else the change's apply sequence.
+pub const SEQUENCE_COLUMN: &str = "__tributary_sequence";
+
+/// The hidden columns of a mirror's Delta table, after the declared ones.
+pub fn hidden_fields() -> Vec<Field> {
+    vec![
+        Field::new(ORDER_COLUMN, DataType::Binary, true),
+        Field::new(DELETED_COLUMN, DataType::Boolean, true),
+        Field::new(SEQUENCE_COLUMN, DataType::Int64, true),
+    ]
+}
+
+/// The mirror part of a table's definition, if it is a mirror table.
+pub fn spec(table: &Table) -> Option<&MirrorSpec> {
+    table.materialized.as_ref()?.mirror.as_ref()
+}
+
+/// Refuses a client's write (INSERT, COPY, UPDATE, DELETE, MERGE, TRUNCATE, ALTER of
+/// columns) to a mirror table: its rows come from its change stream.
+pub fn refuse_write(table: &Table, name: &str) -> Result<()> {
+    match spec(table) {
+        Some(_) => Err(Error::WrongObjectType(format!(
+            "cannot change mirror table \"{name}\": its rows come from its change stream"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The table readers see: the merge of the base rows and the stored changes.
-pub(crate) fn reader(
-    delta: Arc<dyn TableProvider>,
-    table: &Table,
-) -> Result<Arc<dyn TableProvider>> {
+pub fn reader(delta: Arc<dyn TableProvider>, table: &Table) -> Result<Arc<dyn TableProvider>> {
     let spec = spec(table).ok_or_else(|| Error::Internal("not a mirror table".into()))?;
     let plan = merged_plan(delta, table, spec, false)?;
     Ok(Arc::new(MergedTable(ViewTable::new(plan, None))))
@@ -76,7 +109,7 @@ impl TableProvider for MergedTable {
 
 /// The merge of base rows and stored changes: with `fold`, every column and the tombstones,
 /// as a new base (sequence 0); else the declared columns of the live rows.
-pub(super) fn merged_plan(
+pub fn merged_plan(
     delta: Arc<dyn TableProvider>,
     table: &Table,
     spec: &MirrorSpec,
@@ -142,7 +175,7 @@ pub(super) fn merged_plan(
 
 /// The newest stored change of each key (tombstones included), every stored column, as
 /// relation "l".
-pub(super) fn newest_changes(
+pub fn newest_changes(
     source: &Arc<dyn TableSource>,
     table: &Table,
     spec: &MirrorSpec,
@@ -191,7 +224,7 @@ pub(super) fn newest_changes(
 }
 
 /// A column of a relation in the merge plan, by its exact name.
-pub(super) fn column(relation: &str, name: &str) -> Expr {
+pub fn column(relation: &str, name: &str) -> Expr {
     Expr::Column(datafusion::common::Column::new(Some(relation), name))
 }
 
