@@ -15,6 +15,7 @@ pub mod locks;
 pub mod mirror;
 pub mod params;
 pub mod partiql;
+pub mod planning;
 pub mod runtime;
 pub mod settings;
 pub mod types;

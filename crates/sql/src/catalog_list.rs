@@ -251,7 +251,8 @@ impl SchemaProvider for UserSchema {
                 let Some(context) = context else {
                     return Err(DataFusionError::Internal("the session has ended".into()));
                 };
-                let plan = crate::session::plan_sql(&context.state(), &view.sql).await?;
+                let plan =
+                    tributary_engine::planning::plan_sql(&context.state(), &view.sql).await?;
                 let plan = if view.column_names.is_empty() {
                     plan
                 } else {

@@ -118,7 +118,7 @@ fn parse_defaults(definition: &Table, schema: &SchemaRef) -> Result<HashMap<Stri
     let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
     for column in &definition.columns {
         if let Some(sql) = &column.default {
-            let context = crate::session::expression_context();
+            let context = tributary_engine::planning::expression_context();
             let expr = context.parse_sql_expr(sql, &df_schema)?;
             let expr = expr.cast_to(&column.sql_type.to_arrow(), &df_schema)?;
             defaults.insert(column.name.clone(), expr);

@@ -1,15 +1,10 @@
-//! A session's DataFusion context (its catalogs, pg_catalog and Redshift's functions), and
-//! the planning of statement text outside a session.
+//! A session's DataFusion context: its catalogs, pg_catalog and Redshift's functions.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::parser::Statement as DfStatement;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use tributary_syntax::Statement;
-use tributary_syntax::dialect::parse_statements;
 
 use crate::catalog_list::SessionCatalogs;
 use crate::{Error, Result};
@@ -46,42 +41,4 @@ pub(super) fn new_context(
     functions::register(&context, user, catalogs.pinned().namespace, clock);
     tributary_engine::partiql::register(&context);
     Ok(context)
-}
-
-/// A context for evaluating column DEFAULT expressions: the same functions as sessions, no
-/// tables.
-pub(crate) fn expression_context() -> &'static SessionContext {
-    static CONTEXT: OnceLock<SessionContext> = OnceLock::new();
-    CONTEXT.get_or_init(|| {
-        let context = SessionContext::new();
-        functions::register(
-            &context,
-            "admin",
-            uuid::Uuid::nil(),
-            &functions::StatementClock::default(),
-        );
-        context
-    })
-}
-
-/// Plans SQL text (a view's definition) with the session's state.
-pub(crate) async fn plan_sql(
-    state: &SessionState,
-    sql: &str,
-) -> datafusion::error::Result<LogicalPlan> {
-    let mut statements = parse_statements(sql)
-        .map_err(|e| datafusion::error::DataFusionError::SQL(Box::new(e), None))?;
-    let statement = statements
-        .pop()
-        .ok_or_else(|| datafusion::error::DataFusionError::Plan("empty view definition".into()))?;
-    let Statement::Sql(mut statement) = statement else {
-        return Err(datafusion::error::DataFusionError::Plan(
-            "a view's definition is not a query".into(),
-        ));
-    };
-    tributary_syntax::partiql::rewrite(&mut statement, false)
-        .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
-    state
-        .statement_to_plan(DfStatement::Statement(Box::new(statement)))
-        .await
 }

@@ -38,9 +38,7 @@ pub(crate) use classify::write_target_names;
 use classify::write_targets;
 use classify::{count_rows, dml_with_cte, is_planned_by_datafusion};
 use classify::{rename_stream, returns_rows};
-pub(crate) use context::expression_context;
 use context::new_context;
-pub(crate) use context::plan_sql;
 
 /// What a statement produced.
 pub enum Output {

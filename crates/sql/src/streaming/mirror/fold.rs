@@ -67,7 +67,7 @@ async fn folded_rows(
 /// Runs a plan whose rows are in the order of the mirror's stored columns, and casts them to
 /// the stored schema.
 async fn stored_rows(plan: LogicalPlan, table: &Table) -> Result<Vec<RecordBatch>> {
-    let context = crate::session::expression_context();
+    let context = tributary_engine::planning::expression_context();
     let batches = context.execute_logical_plan(plan).await?.collect().await?;
     let schema = Arc::new(crate::definition::storage_schema(table));
     batches
@@ -388,7 +388,7 @@ async fn oldest_change_since(
     version: u64,
     sequence: i64,
 ) -> Result<Option<Vec<u8>>> {
-    let context = crate::session::expression_context();
+    let context = tributary_engine::planning::expression_context();
     let batches = context
         .read_table(storage.provider(version).await?)?
         .filter(col(SEQUENCE_COLUMN).gt_eq(lit(sequence)))?
