@@ -7,6 +7,7 @@
 //! the streaming layer build on these parts. Errors say whose fault they are; the wire crate
 //! maps them to SQLSTATE codes.
 
+pub mod catalog_list;
 pub mod convert;
 pub mod error;
 pub mod functions;
@@ -16,8 +17,12 @@ pub mod mirror;
 pub mod params;
 pub mod partiql;
 pub mod planning;
+pub mod producer;
 pub mod runtime;
 pub mod settings;
+pub mod store;
+pub mod table;
+pub mod transaction;
 pub mod types;
 
 pub use error::{DataErrorKind, Error, Result};

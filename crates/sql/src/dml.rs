@@ -24,12 +24,12 @@ use datafusion::sql::sqlparser::ast::{
     MergeInsertKind, ObjectName, Statement, TableFactor, TableWithJoins, UpdateTableFromKind, With,
 };
 use tributary_catalog::Table;
+use tributary_engine::table::{TributaryTable, prepare_batch};
+use tributary_engine::transaction::WriteKind;
+use tributary_syntax::rewrite::{name_parts, normalize_ident};
 
 use crate::session::{Output, Session};
-use crate::table::{TributaryTable, prepare_batch};
-use crate::transaction::WriteKind;
 use crate::{Error, Result};
-use tributary_syntax::rewrite::{name_parts, normalize_ident};
 
 const ROW_ID: &str = "__tributary_rid";
 const ACTION: &str = "__tributary_action";
@@ -190,7 +190,7 @@ impl Target {
     fn scratch_item(&self) -> String {
         format!(
             "{}.{} AS {}",
-            crate::catalog_list::TEMP_SCHEMA,
+            tributary_engine::catalog_list::TEMP_SCHEMA,
             quote(&self.scratch),
             quote(&self.alias)
         )
@@ -778,7 +778,7 @@ async fn write_table(
         target.schema_name.clone(),
         target.name.clone(),
     ];
-    crate::table::pin_written(
+    tributary_engine::table::pin_written(
         session.catalogs(),
         &name,
         &table.path,

@@ -7,7 +7,6 @@
 //! its errors say whose fault they are, and the wire crate maps them to SQLSTATE codes.
 
 mod access;
-mod catalog_list;
 mod console;
 mod copy;
 mod ddl;
@@ -21,8 +20,6 @@ mod session;
 mod sharing;
 mod streaming;
 mod system;
-mod table;
-mod transaction;
 
 pub use copy::CopyPlan;
 pub use datafusion::common::ParamValues;

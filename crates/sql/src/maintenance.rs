@@ -12,9 +12,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tributary_engine::transaction::table_by_path_mut;
+
 use crate::Result;
 use crate::engine::Engine;
-use crate::transaction::table_by_path_mut;
 
 /// How long maintenance waits for a table's write lock before it skips the table.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -111,7 +112,7 @@ impl Engine {
             due.into_iter().map(|(path, _)| path).collect()
         };
         for path in due {
-            crate::transaction::delete_files(self, &path, "dropped").await;
+            tributary_engine::transaction::delete_files(self, &path, "dropped").await;
         }
         for (path, _) in self.catalog_snapshot().table_pins() {
             let owner = self.next_transaction_id();

@@ -9,7 +9,6 @@
 //! objects take effect at once. Nothing is copied, and nothing the consumer does takes a lock
 //! on the producer.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -18,17 +17,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use tributary_catalog::{
-    Catalog, CatalogState, Database, Datashare, Privilege, Relation, SharedDatabase,
-};
+use parking_lot::Mutex;
+use tributary_catalog::{CatalogState, Database, Datashare, Privilege, Relation, SharedDatabase};
+use tributary_engine::catalog_list::SessionCatalogs;
+use tributary_engine::producer::Producer;
+use tributary_engine::table::TributaryTable;
 use tributary_storage::{ExternalLocation, StorageRoot};
+use tributary_syntax::access::{AccessStatement, DatashareChange};
 use uuid::Uuid;
 
-use crate::catalog_list::SessionCatalogs;
 use crate::session::{Output, Session};
-use crate::table::TributaryTable;
 use crate::{Error, Result};
-use tributary_syntax::access::{AccessStatement, DatashareChange};
 
 /// What a namespace writes to the registry: where its storage root is.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -42,41 +41,6 @@ struct RegistryEntry {
 pub(crate) struct Sharing {
     registry: Mutex<Option<ExternalLocation>>,
     producers: Mutex<HashMap<Uuid, Arc<Producer>>>,
-}
-
-/// Another namespace's storage root, opened read-only.
-#[derive(Debug)]
-pub(crate) struct Producer {
-    pub(crate) namespace: Uuid,
-    pub(crate) storage: Arc<StorageRoot>,
-    latest: Mutex<Option<Arc<CatalogState>>>,
-}
-
-impl Producer {
-    /// The producer's newest catalog version; the catalog file is read only when the
-    /// listing shows a version newer than the one already read.
-    async fn refresh(&self) -> Result<Arc<CatalogState>> {
-        let known = self.latest.lock().clone();
-        let newer = Catalog::read_newer(
-            self.storage.object_store(),
-            known.as_ref().map_or(0, |k| k.version),
-        )
-        .await?;
-        let mut latest = self.latest.lock();
-        if let Some(state) = newer
-            // Another refresh may have stored a newer one meanwhile: never go back.
-            && latest.as_ref().is_none_or(|l| l.version < state.version)
-        {
-            *latest = Some(Arc::new(state));
-        }
-        latest.clone().ok_or_else(|| {
-            Error::UndefinedObject(format!(
-                "namespace {} has no catalog at {}",
-                self.namespace,
-                self.storage.url()
-            ))
-        })
-    }
 }
 
 impl Sharing {
@@ -130,25 +94,9 @@ impl Sharing {
         let entry: RegistryEntry = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Storage(format!("registry entry of namespace {namespace}: {e}")))?;
         let storage = StorageRoot::open(&entry.location)?;
-        let producer = Arc::new(Producer {
-            namespace,
-            storage,
-            latest: Mutex::new(None),
-        });
+        let producer = Arc::new(Producer::new(namespace, storage));
         self.producers.lock().insert(namespace, producer.clone());
         Ok(producer)
-    }
-}
-
-/// The producer states a transaction reads, pinned at its first use of each producer.
-#[derive(Debug, Default)]
-pub(crate) struct PinnedProducers {
-    states: HashMap<Uuid, (Arc<Producer>, Arc<CatalogState>)>,
-}
-
-impl PinnedProducers {
-    pub(crate) fn get(&self, namespace: &Uuid) -> Option<(Arc<Producer>, Arc<CatalogState>)> {
-        self.states.get(namespace).cloned()
     }
 }
 
@@ -179,19 +127,6 @@ pub(crate) async fn pin_producers(session: &Session) -> Result<()> {
         session.catalogs().pin_producer(namespace, producer, latest);
     }
     Ok(())
-}
-
-impl SessionCatalogs {
-    pub(crate) fn pinned_producer(
-        &self,
-        namespace: &Uuid,
-    ) -> Option<(Arc<Producer>, Arc<CatalogState>)> {
-        self.producers().get(namespace)
-    }
-
-    fn pin_producer(&self, namespace: Uuid, producer: Arc<Producer>, state: Arc<CatalogState>) {
-        self.producers().states.insert(namespace, (producer, state));
-    }
 }
 
 /// What a consumer database shows: the datashare as of the pinned producer state.

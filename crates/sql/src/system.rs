@@ -13,8 +13,9 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
 use datafusion::prelude::{col, lit};
 use tributary_catalog::{CatalogState, Relation, SUPERUSER, SqlType};
+use tributary_engine::catalog_list::SessionCatalogs;
 
-use crate::catalog_list::SessionCatalogs;
+use crate::engine::Engine;
 
 /// Redshift system views served here.
 const REDSHIFT_VIEWS: &[&str] = &[
@@ -37,6 +38,7 @@ pub fn is_system_relation(name: &str) -> bool {
 
 #[derive(Debug)]
 pub struct SystemSchema {
+    engine: Arc<Engine>,
     catalogs: SessionCatalogs,
     database: String,
     postgres: Option<Arc<dyn SchemaProvider>>,
@@ -146,11 +148,13 @@ impl SystemSchema {
     }
 
     pub fn new(
+        engine: Arc<Engine>,
         catalogs: SessionCatalogs,
         database: String,
         postgres: Option<Arc<dyn SchemaProvider>>,
     ) -> Self {
         Self {
+            engine,
             catalogs,
             database,
             postgres,
@@ -170,7 +174,7 @@ impl SystemSchema {
             | "sys_stream_scan_states"
             | "sys_stream_lag"
             | "svv_external_schemas" => {
-                crate::streaming::system_view(self.catalogs.engine(), &state, &self.database, name)
+                crate::streaming::system_view(&self.engine, &state, &self.database, name)
                     .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
                     .ok_or_else(|| {
                         datafusion::error::DataFusionError::Internal(format!("no view {name}"))
@@ -186,7 +190,7 @@ impl SystemSchema {
                     })?
             }
             "stl_load_errors" => {
-                crate::copy::load_errors_batch(&self.catalogs.engine().load_errors.snapshot())
+                crate::copy::load_errors_batch(&self.engine.load_errors.snapshot())
                     .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
             }
             _ => return Ok(None),
@@ -302,8 +306,7 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if name == "sys_stream_scan_errors" {
-            let engine = self.catalogs.engine();
-            let batches = crate::streaming::scan_errors(engine, &self.database)
+            let batches = crate::streaming::scan_errors(&self.engine, &self.database)
                 .await
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
             let state = self.catalogs.pinned();

@@ -6,10 +6,10 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{ObjectType, Query, Statement, TableFactor, Visit, Visitor};
 use tributary_catalog::{CatalogState, ExternalSource, Privilege};
+use tributary_engine::catalog_list::{SYSTEM_SCHEMA, TEMP_SCHEMA};
 use tributary_syntax::ExtStatement;
 
 use super::require_superuser;
-use crate::catalog_list::{SYSTEM_SCHEMA, TEMP_SCHEMA};
 use crate::session::Session;
 use crate::{Error, Result};
 

@@ -11,12 +11,12 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use chrono::Utc;
 use tributary_catalog::{SqlType, Table};
+use tributary_engine::convert::{RAW_KEPT, convert_column, truncate};
+use tributary_engine::error::DataErrorKind;
 
 use super::{APPEND_ROWS, CHUNK_ROWS, Compression, CopyPlan, Format, LoadError};
 use crate::session::Session;
 use crate::{Error, Result};
-use tributary_engine::convert::{RAW_KEPT, convert_column, truncate};
-use tributary_engine::error::DataErrorKind;
 
 /// One input row before conversion.
 struct RawRow {
@@ -121,8 +121,13 @@ impl<'a> Loader<'a> {
                 .prelock(&self.name[0], &self.name[1], &self.name[2])
                 .await?;
         }
-        let (stored, rejected) =
-            crate::streaming::mirror::copy_records(catalogs, &self.name, bytes).await?;
+        let (stored, rejected) = crate::streaming::mirror::copy_records(
+            self.session.engine(),
+            catalogs,
+            &self.name,
+            bytes,
+        )
+        .await?;
         self.loaded += stored;
         for (line, raw, reason) in rejected {
             self.reject(
@@ -553,7 +558,8 @@ impl<'a> Loader<'a> {
     async fn append(&mut self) -> Result<()> {
         let batches = std::mem::take(&mut self.converted);
         self.converted_rows = 0;
-        self.loaded += crate::table::append(self.session.catalogs(), &self.name, batches).await?;
+        self.loaded +=
+            tributary_engine::table::append(self.session.catalogs(), &self.name, batches).await?;
         Ok(())
     }
 

@@ -6,11 +6,11 @@ use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemTable, SchemaProvider};
 use datafusion::sql::sqlparser::ast::{AlterTableOperation, ObjectName, RenameTableNameKind};
 use tributary_catalog::{Column, Relation, SqlType, Table};
+use tributary_engine::transaction::WriteKind;
 use tributary_syntax::rewrite::{name_parts, normalize_ident};
 
 use crate::definition::{cast_batch, declared_column, logical_schema, storage_schema};
 use crate::session::{Output, Session};
-use crate::transaction::WriteKind;
 use crate::{Error, Result};
 
 pub(super) async fn alter_table(
@@ -189,7 +189,7 @@ async fn rewrite_table(
     let mut columns = table.columns.clone();
     change(&mut columns)?;
     // Read the current rows in the old logical shape, then project them into the new one.
-    let provider = crate::table::TributaryTable::open(
+    let provider = tributary_engine::table::TributaryTable::open(
         session.catalogs(),
         [database.clone(), schema.to_string(), name.to_string()],
         table.clone(),

@@ -3,10 +3,10 @@
 use datafusion::catalog::SchemaProvider;
 use datafusion::sql::sqlparser::ast::{ObjectName, ObjectType};
 use tributary_catalog::{CatalogState, Relation};
+use tributary_engine::transaction::WriteKind;
 use tributary_syntax::rewrite::name_parts;
 
 use crate::session::{Output, Session};
-use crate::transaction::WriteKind;
 use crate::{Error, Result};
 
 pub(super) async fn drop_objects(

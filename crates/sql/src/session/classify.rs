@@ -12,9 +12,9 @@ use datafusion::sql::sqlparser::ast::{
     Expr, ObjectName, SelectItem, SetExpr, Statement as SqlStatement,
 };
 use futures::StreamExt;
+use tributary_engine::transaction::WriteKind;
 
 use crate::Result;
-use crate::transaction::WriteKind;
 
 pub(super) fn is_planned_by_datafusion(statement: &SqlStatement) -> bool {
     matches!(

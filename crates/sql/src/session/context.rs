@@ -5,10 +5,10 @@ use std::sync::Arc;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-
-use crate::catalog_list::SessionCatalogs;
-use crate::{Error, Result};
+use tributary_engine::catalog_list::SessionCatalogs;
 use tributary_engine::functions;
+
+use crate::{Error, Result};
 
 /// Builds a session's DataFusion context: our catalogs, pg_catalog, and Redshift functions.
 pub(super) fn new_context(
@@ -30,7 +30,7 @@ pub(super) fn new_context(
         .skip_physical_aggregate_schema_check = true;
     let builder = SessionStateBuilder::new()
         .with_config(config)
-        .with_runtime_env(catalogs.engine().runtime_env())
+        .with_runtime_env(catalogs.store().runtime_env())
         .with_default_features()
         .with_catalog_list(Arc::new(catalogs.clone()));
     let state = tributary_engine::partiql::configure(builder, case_sensitive.clone()).build();

@@ -14,20 +14,20 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{ObjectName, Statement as SqlStatement};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::StreamExt;
-use tributary_syntax::rewrite::idents;
-use tributary_syntax::{ExtStatement, Statement};
-
-use crate::catalog_list::{SYSTEM_SCHEMA, SessionCatalogs, TEMP_SCHEMA};
-use crate::engine::Engine;
-use crate::transaction::Ended;
-use crate::{Error, Result, system};
+use tributary_engine::catalog_list::{SYSTEM_SCHEMA, SessionCatalogs, TEMP_SCHEMA};
 use tributary_engine::functions;
 use tributary_engine::settings::Settings;
+use tributary_engine::transaction::Ended;
 use tributary_syntax::dialect::parse_statements;
+use tributary_syntax::rewrite::idents;
 use tributary_syntax::rewrite::{
     alias_repeated_projections, name_parts, qualify_relations, rewrite_functions,
     substitute_where_alias, top_to_limit,
 };
+use tributary_syntax::{ExtStatement, Statement};
+
+use crate::engine::Engine;
+use crate::{Error, Result, system};
 
 mod classify;
 mod context;
@@ -35,9 +35,9 @@ mod settings;
 
 pub(crate) use classify::output_schema;
 pub(crate) use classify::write_target_names;
-use classify::write_targets;
-use classify::{count_rows, dml_with_cte, is_planned_by_datafusion};
-use classify::{rename_stream, returns_rows};
+use classify::{
+    count_rows, dml_with_cte, is_planned_by_datafusion, rename_stream, returns_rows, write_targets,
+};
 use context::new_context;
 
 /// What a statement produced.
@@ -125,7 +125,7 @@ pub struct Notice {
 
 impl Session {
     pub(crate) fn new(engine: Arc<Engine>, user: &str, database: &str) -> Result<Self> {
-        let catalogs = SessionCatalogs::new(engine.clone());
+        let catalogs = SessionCatalogs::new(engine.store.clone(), engine.clone());
         catalogs.set_user(user);
         catalogs.pinned().database(database)?;
         let clock = functions::StatementClock::default();

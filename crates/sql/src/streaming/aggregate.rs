@@ -10,10 +10,10 @@ use datafusion::sql::sqlparser::ast::{
     Expr, FunctionArguments, GroupByExpr, Ident, Query, SelectItem, SetExpr,
 };
 use tributary_catalog::{AggregateLayout, Table};
+use tributary_engine::catalog_list::SessionCatalogs;
+use tributary_engine::transaction::WriteKind;
 
 use super::ViewId;
-use crate::catalog_list::SessionCatalogs;
-use crate::transaction::WriteKind;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,8 +171,7 @@ pub(crate) async fn merge(
         .lock_table(&view.database, &view.schema, &view.name, WriteKind::Rewrite)
         .await?;
     let table: &Table = &slot.table;
-    let engine = catalogs.engine();
-    let storage = engine.storage.table(&table.path)?;
+    let storage = catalogs.store().storage.table(&table.path)?;
     let logical = crate::definition::logical_schema(table);
     let context = datafusion::prelude::SessionContext::new();
     context.register_table("stored", storage.provider(table.version).await?)?;
@@ -233,7 +232,7 @@ pub(crate) async fn merge(
         view.schema.clone(),
         view.name.clone(),
     ];
-    crate::table::pin_written(catalogs, &name, &table.path, version, &[])?;
+    tributary_engine::table::pin_written(catalogs, &name, &table.path, version, &[])?;
     Ok(groups)
 }
 

@@ -2,7 +2,6 @@
 //! over each micro-batch. A batch that fails is split until the failing records are isolated:
 //! they are skipped (and reported), and every other record of the batch goes through.
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -17,12 +16,13 @@ use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, Ident, ObjectName, Query, SetExpr, Statement, TableAlias, TableFactor,
     visit_expressions_mut,
 };
+use parking_lot::Mutex;
 use tributary_catalog::{CatalogState, Column};
+use tributary_syntax::rewrite::normalize_ident;
 
 use crate::engine::Engine;
 use crate::session::Session;
 use crate::{Error, Result};
-use tributary_syntax::rewrite::normalize_ident;
 
 /// The name the stream's records go by while a view's query runs (in the private session's
 /// temporary schema).
@@ -118,7 +118,7 @@ pub(crate) fn bind_stream(
         });
     }
     *name = ObjectName::from(vec![
-        Ident::new(crate::catalog_list::TEMP_SCHEMA),
+        Ident::new(tributary_engine::catalog_list::TEMP_SCHEMA),
         Ident::new(INPUT),
     ]);
     let _ = visit_expressions_mut(query, |expr| {
@@ -313,7 +313,7 @@ impl Pipeline {
     }
 
     /// The private session's catalogs (automatic rounds run their transactions there).
-    pub(crate) fn catalogs(&self) -> &crate::catalog_list::SessionCatalogs {
+    pub(crate) fn catalogs(&self) -> &tributary_engine::catalog_list::SessionCatalogs {
         self.session.catalogs()
     }
 
@@ -351,7 +351,7 @@ impl Pipeline {
             // produced them are isolated and skipped rather than failing the whole write.
             for (array, column) in batch.columns().iter().zip(columns) {
                 if let Some(length) = column.sql_type.length() {
-                    crate::table::check_length(array, length, &column.sql_type)?;
+                    tributary_engine::table::check_length(array, length, &column.sql_type)?;
                 }
             }
             out.push(

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement, visit_relations};
 use tributary_catalog::{CatalogState, MaterializedView, Table, ViewInput};
+use tributary_engine::transaction::WriteKind;
+use tributary_syntax::rewrite::name_parts;
 
 use super::ViewId;
 use crate::definition::{NewTable, cast_batch, logical_schema, storage_schema};
 use crate::session::{Output, Session};
-use crate::transaction::WriteKind;
 use crate::{Error, Result};
-use tributary_syntax::rewrite::name_parts;
 
 /// Whether the query reads a stream of an external schema (then it is a streaming view).
 pub(super) fn reads_stream(
@@ -127,7 +127,7 @@ pub(super) async fn refresh(session: &mut Session, view: &ViewId, sql: &str) -> 
         .table(&table.path)?
         .overwrite(table.version, stored, &stored_schema)
         .await?;
-    crate::table::pin_written(
+    tributary_engine::table::pin_written(
         session.catalogs(),
         &[
             view.database.clone(),

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tributary_catalog::{Column, Table};
+use tributary_engine::catalog_list::SessionCatalogs;
+use tributary_engine::transaction::WriteKind;
 use tributary_ingest::{Positions, ReadLimits, StreamReader, StreamRecord};
 
-use super::ViewId;
-use super::{Pipeline, ScanError, aggregate, errors, mirror, pipeline};
-use crate::catalog_list::SessionCatalogs;
+use super::{Pipeline, ScanError, ViewId, aggregate, errors, mirror, pipeline};
 use crate::engine::Engine;
-use crate::transaction::WriteKind;
 use crate::{Error, Result};
 
 /// A reader positioned at the view's committed positions (as the session sees them), and the
@@ -198,7 +197,7 @@ pub(crate) async fn round(
         let raw_mirror = mv.mirror.as_ref().is_some_and(|m| m.through_view.is_none());
         if !usable.is_empty() && raw_mirror {
             // The mirror decodes the records themselves.
-            let (stored, rejected) = mirror::apply(catalogs, view, &usable).await?;
+            let (stored, rejected) = mirror::apply(engine, catalogs, view, &usable).await?;
             stats.rows += stored;
             skipped.extend(rejected);
         } else if !usable.is_empty() {
@@ -223,12 +222,13 @@ pub(crate) async fn round(
                 (Some(_), _) => {
                     let records = mirror::view_records(&rows)?;
                     let records: Vec<&StreamRecord> = records.iter().collect();
-                    let (stored, rejected) = mirror::apply(catalogs, view, &records).await?;
+                    let (stored, rejected) =
+                        mirror::apply(engine, catalogs, view, &records).await?;
                     skipped.extend(rejected);
                     stored
                 }
                 (None, Some(layout)) => aggregate::merge(catalogs, view, layout, rows).await?,
-                (None, None) => crate::table::append(catalogs, &name, rows).await?,
+                (None, None) => tributary_engine::table::append(catalogs, &name, rows).await?,
             };
         }
         stats.skipped += skipped

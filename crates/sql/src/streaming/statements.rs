@@ -8,14 +8,15 @@ use tributary_catalog::{
     Column, Distribution, ExternalSource, MaterializedView, Relation, SqlType, Table,
     VARCHAR_LENGTH_MAX, ViewInput,
 };
+use tributary_engine::transaction::WriteKind;
 use tributary_syntax::extension as syntax;
 use tributary_syntax::rewrite::name_parts;
 
 use super::round::{prepare, round};
-use super::{Pipeline, aggregate, pipeline, query_view};
-use super::{RefreshRecord, VARBYTE_MAX, ViewId, observe_round};
+use super::{
+    Pipeline, RefreshRecord, VARBYTE_MAX, ViewId, aggregate, observe_round, pipeline, query_view,
+};
 use crate::session::{Output, Session};
-use crate::transaction::WriteKind;
 use crate::{Error, Result};
 
 /// `CREATE EXTERNAL SCHEMA name FROM KINESIS [REGION 'r'] IAM_ROLE {default | 'arn'}`.

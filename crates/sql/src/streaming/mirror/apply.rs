@@ -11,16 +11,17 @@ use arrow::datatypes::{DataType, Field};
 use arrow::row::{RowConverter, SortField};
 use serde_json::{Map, Value};
 use tributary_catalog::{ChangeFormat, MaterializedView, MirrorSpec, SqlType, Table};
+use tributary_engine::catalog_list::SessionCatalogs;
+use tributary_engine::mirror::spec;
+use tributary_engine::transaction::WriteKind;
 use tributary_ingest::StreamRecord;
 use tributary_ingest::change::{self, Change, ChangeSpec, Rejection, invalid, lookup};
 
 use super::FOLD_BASE_FRACTION;
 use super::fold::{commit_spec, fold, start_background, storage};
-use crate::catalog_list::SessionCatalogs;
+use crate::engine::Engine;
 use crate::streaming::{ScanError, ViewId, Work};
-use crate::transaction::WriteKind;
 use crate::{Error, Result};
-use tributary_engine::mirror::spec;
 
 /// How the mirror's change records are decoded.
 fn change_spec(spec: &MirrorSpec) -> ChangeSpec<'_> {
@@ -222,6 +223,7 @@ fn changes(
 /// Applies one read's usable records to the mirror in the round's transaction. Returns the
 /// changes stored and the scan errors of the records that were not applied.
 pub(crate) async fn apply(
+    engine: &Arc<Engine>,
     catalogs: &SessionCatalogs,
     view: &ViewId,
     records: &[&StreamRecord],
@@ -231,7 +233,7 @@ pub(crate) async fn apply(
         view.schema.clone(),
         view.name.clone(),
     ];
-    let (stored, rejected, mv) = apply_records(catalogs, &name, records, true).await?;
+    let (stored, rejected, mv) = apply_records(engine, catalogs, &name, records, true).await?;
     let errors = rejected
         .into_iter()
         .map(|(index, (code, reason))| ScanError::record(view, &mv, records[index], code, reason))
@@ -308,6 +310,7 @@ pub(crate) fn view_records(batches: &[RecordBatch]) -> Result<Vec<StreamRecord>>
 /// Returns the changes stored, the records rejected (by index, with why) and the view's
 /// definition as it was.
 async fn apply_records(
+    engine: &Arc<Engine>,
     catalogs: &SessionCatalogs,
     [database, schema, name]: &[String; 3],
     records: &[&StreamRecord],
@@ -331,7 +334,7 @@ async fn apply_records(
         return Ok((0, decoded.rejected, mv));
     };
     let stored = rows.num_rows() as u64;
-    let storage = storage(catalogs.engine(), &table.path, spec)?;
+    let storage = storage(engine, &table.path, spec)?;
     let version = storage.append(table.version, vec![rows]).await?.version;
     let mut updated = spec.clone();
     // Every record uses a number: COPY positions its records with them.
@@ -341,7 +344,7 @@ async fn apply_records(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let fold_at = catalogs.engine().streams.settings().mirror_fold_changes;
+    let fold_at = engine.streams.settings().mirror_fold_changes;
     let fold_due = updated.unfolded >= fold_at.max(updated.base_rows / FOLD_BASE_FRACTION);
     let version = if fold_due && !in_background {
         fold(catalogs, &table, version, &mut updated).await?
@@ -358,7 +361,7 @@ async fn apply_records(
     if in_background {
         let work = if fold_due { Work::Fold } else { Work::Coalesce };
         start_background(
-            catalogs.engine(),
+            engine,
             &[database.clone(), schema.clone(), name.clone()],
             &table.path,
             work,
@@ -374,6 +377,7 @@ async fn apply_records(
 /// larger).
 /// Returns the changes stored and the rejected lines (line number, the line, why).
 pub(crate) async fn copy_records(
+    engine: &Arc<Engine>,
     catalogs: &SessionCatalogs,
     name: &[String; 3],
     bytes: &[u8],
@@ -407,7 +411,7 @@ pub(crate) async fn copy_records(
             })
             .collect();
         let refs: Vec<&StreamRecord> = records.iter().collect();
-        let (count, bad, _) = apply_records(catalogs, name, &refs, false).await?;
+        let (count, bad, _) = apply_records(engine, catalogs, name, &refs, false).await?;
         stored += count;
         for (index, (_, reason)) in bad {
             let (line, data) = chunk[index];

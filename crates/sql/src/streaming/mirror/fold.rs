@@ -9,16 +9,15 @@ use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{LogicalPlan, col, lit};
 use serde_json::Value;
 use tributary_catalog::{MirrorSpec, Table};
+use tributary_engine::catalog_list::SessionCatalogs;
+use tributary_engine::mirror::{ORDER_COLUMN, SEQUENCE_COLUMN, merged_plan, newest_changes, spec};
+use tributary_engine::store::Store;
+use tributary_engine::transaction::WriteKind;
 use tributary_storage::{DataFile, Replaced};
 
 use crate::Result;
-use crate::catalog_list::SessionCatalogs;
 use crate::engine::Engine;
 use crate::streaming::Work;
-use crate::transaction::WriteKind;
-use tributary_engine::mirror::spec;
-use tributary_engine::mirror::{ORDER_COLUMN, SEQUENCE_COLUMN};
-use tributary_engine::mirror::{merged_plan, newest_changes};
 
 /// Pins the mirror's new table version with its updated bookkeeping in the transaction.
 pub(super) fn commit_spec(
@@ -43,12 +42,12 @@ pub(super) fn commit_spec(
 /// The mirror's rows at `version` as one base: the stored changes merged in, tombstones kept
 /// (sequence 0). Returns the rows in the stored schema and their newest ordering value.
 async fn folded_rows(
-    engine: &Engine,
+    store: &Store,
     table: &Table,
     version: u64,
     spec: &MirrorSpec,
 ) -> Result<(Vec<RecordBatch>, Option<Vec<u8>>)> {
-    let delta = engine.storage.table(&table.path)?.provider(version).await?;
+    let delta = store.storage.table(&table.path)?.provider(version).await?;
     let batches = stored_rows(merged_plan(delta, table, spec, true)?, table).await?;
     let order_index = table.columns.len();
     let newest = batches
@@ -84,10 +83,10 @@ pub(super) async fn fold(
     version: u64,
     spec: &mut MirrorSpec,
 ) -> Result<u64> {
-    let (batches, newest) = folded_rows(catalogs.engine(), table, version, spec).await?;
+    let (batches, newest) = folded_rows(catalogs.store(), table, version, spec).await?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let schema = Arc::new(crate::definition::storage_schema(table));
-    let storage = storage(catalogs.engine(), &table.path, spec)?;
+    let storage = storage(catalogs.store(), &table.path, spec)?;
     let version = storage.overwrite(version, batches, &schema).await?;
     tracing::debug!(table = %table.path, rows, "folded the mirror's changes into its base");
     spec.unfolded = 0;
@@ -101,11 +100,11 @@ pub(super) async fn fold(
 /// The mirror's Delta table, whose files index the key in bloom filters: a lookup by key
 /// then skips every change file (and base row group) that does not hold the key.
 pub(super) fn storage(
-    engine: &Engine,
+    store: &Store,
     path: &str,
     spec: &MirrorSpec,
 ) -> Result<tributary_storage::TableHandle> {
-    Ok(engine.storage.table(path)?.with_bloom_filters(&spec.key))
+    Ok(store.storage.table(path)?.with_bloom_filters(&spec.key))
 }
 
 /// Starts background work on a mirror unless it may not start now (see

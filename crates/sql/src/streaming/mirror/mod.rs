@@ -25,12 +25,12 @@ use serde_json::Value;
 use tributary_catalog::{
     ChangeFormat, Constraint, MaterializedView, MirrorSpec, Relation, SqlType, ViewInput,
 };
+use tributary_engine::mirror::spec;
+use tributary_engine::transaction::WriteKind;
+use tributary_syntax::extension::MirrorClauses;
 
 use crate::session::{Output, Session};
-use crate::transaction::WriteKind;
 use crate::{Error, Result};
-use tributary_engine::mirror::spec;
-use tributary_syntax::extension::MirrorClauses;
 
 mod apply;
 mod fold;

@@ -17,21 +17,21 @@
 //! each written table to its committed content and deletes tables the transaction created. A
 //! crash leaves Delta versions newer than the catalog's pins; start-up recovery restores them.
 
-use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tributary_catalog::{CatalogState, Relation, Table};
 
 use crate::catalog_list::SessionCatalogs;
-use crate::engine::Engine;
+use crate::locks::TableLocks;
+use crate::store::Store;
 use crate::{Error, Result};
-use tributary_engine::locks::TableLocks;
 
 /// How a statement changes a table's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WriteKind {
+pub enum WriteKind {
     /// Only adds rows (INSERT, COPY): commutes with other appends.
     Append,
     /// Replaces or removes rows, or changes columns (UPDATE, DELETE, MERGE, TRUNCATE, ALTER).
@@ -40,14 +40,14 @@ pub(crate) enum WriteKind {
 
 /// A table locked for writing by the current transaction.
 #[derive(Debug, Clone)]
-pub(crate) struct WriteSlot {
+pub struct WriteSlot {
     /// The table's definition in the transaction's working state.
     pub table: Table,
 }
 
 /// One open transaction of a session.
 #[derive(Debug)]
-pub(crate) struct Transaction {
+pub struct Transaction {
     id: u64,
     /// Opened by BEGIN, rather than around one autocommit statement.
     pub explicit: bool,
@@ -79,9 +79,9 @@ impl Drop for Transaction {
     }
 }
 
-/// The open transactions of an engine and when each started.
+/// The open transactions of a store and when each started.
 #[derive(Debug, Default)]
-pub(crate) struct ActiveTransactions {
+pub struct ActiveTransactions {
     started: Mutex<HashMap<u64, Instant>>,
 }
 
@@ -95,7 +95,7 @@ impl ActiveTransactions {
     }
 
     /// How long the oldest open transaction has been running.
-    pub(crate) fn oldest_age(&self) -> Duration {
+    pub fn oldest_age(&self) -> Duration {
         self.started
             .lock()
             .values()
@@ -106,10 +106,10 @@ impl ActiveTransactions {
 }
 
 impl Transaction {
-    fn new(engine: &Engine, explicit: bool) -> Self {
-        let snapshot = engine.catalog_snapshot();
-        let id = engine.next_transaction_id();
-        engine.active.start(id);
+    fn new(store: &Store, explicit: bool) -> Self {
+        let snapshot = store.catalog_snapshot();
+        let id = store.next_transaction_id();
+        store.active.start(id);
         Self {
             id,
             explicit,
@@ -120,8 +120,8 @@ impl Transaction {
             written: BTreeSet::new(),
             created: BTreeSet::new(),
             dropped: Vec::new(),
-            locks: engine.locks.clone(),
-            active: engine.active.clone(),
+            locks: store.locks.clone(),
+            active: store.active.clone(),
         }
     }
 
@@ -132,7 +132,7 @@ impl Transaction {
 
 /// What COMMIT did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ended {
+pub enum Ended {
     Committed,
     /// The transaction had failed, so COMMIT rolled it back.
     RolledBack,
@@ -140,27 +140,27 @@ pub(crate) enum Ended {
 
 impl SessionCatalogs {
     /// Opens a transaction if none is open. Returns true if this call opened it.
-    pub(crate) fn begin(&self, explicit: bool) -> bool {
+    pub fn begin(&self, explicit: bool) -> bool {
         let mut slot = self.transaction_slot();
         if slot.is_some() {
             return false;
         }
-        let txn = Transaction::new(self.engine(), explicit);
+        let txn = Transaction::new(self.store(), explicit);
         self.set_pinned(txn.working.clone());
         self.unpin_producers();
         *slot = Some(txn);
         true
     }
 
-    pub(crate) fn in_explicit_transaction(&self) -> bool {
+    pub fn in_explicit_transaction(&self) -> bool {
         self.transaction_slot().as_ref().is_some_and(|t| t.explicit)
     }
 
-    pub(crate) fn in_failed_transaction(&self) -> bool {
+    pub fn in_failed_transaction(&self) -> bool {
         self.transaction_slot().as_ref().is_some_and(|t| t.aborted)
     }
 
-    pub(crate) fn mark_failed(&self) {
+    pub fn mark_failed(&self) {
         if let Some(txn) = self.transaction_slot().as_mut() {
             txn.aborted = true;
         }
@@ -168,12 +168,12 @@ impl SessionCatalogs {
 
     /// Retakes the snapshot of a transaction that has read and written nothing yet (an
     /// autocommit statement that just waited for its target table's lock).
-    pub(crate) fn refresh_snapshot(&self) {
+    pub fn refresh_snapshot(&self) {
         let mut slot = self.transaction_slot();
         if let Some(txn) = slot.as_mut()
             && txn.is_read_only()
         {
-            let latest = self.engine().catalog_snapshot();
+            let latest = self.store().catalog_snapshot();
             txn.base = latest.clone();
             txn.working = latest.clone();
             self.set_pinned(latest);
@@ -184,7 +184,7 @@ impl SessionCatalogs {
     /// (and the snapshot after it), then commits, or rolls back if `work` fails: the shape of
     /// background writers (auto refresh rounds, mirror folds). `work` starts only once the
     /// lock is held.
-    pub(crate) async fn locked_transaction<T>(
+    pub async fn locked_transaction<T>(
         &self,
         [database, schema, name]: [&str; 3],
         work: impl std::future::Future<Output = Result<T>>,
@@ -210,7 +210,7 @@ impl SessionCatalogs {
     /// Takes the write lock of a table before the autocommit statement that writes it reads
     /// anything, then retakes the snapshot: the statement sees what the lock's previous holder
     /// committed.
-    pub(crate) async fn prelock(&self, database: &str, schema: &str, name: &str) -> Result<()> {
+    pub async fn prelock(&self, database: &str, schema: &str, name: &str) -> Result<()> {
         let (id, path) = {
             let slot = self.transaction_slot();
             let Some(txn) = slot.as_ref() else {
@@ -222,13 +222,13 @@ impl SessionCatalogs {
                 Err(_) => return Ok(()),
             }
         };
-        self.engine().locks.acquire(id, &path, name).await?;
+        self.store().locks.acquire(id, &path, name).await?;
         self.refresh_snapshot();
         Ok(())
     }
 
     /// Points the next statement at the transaction's working state.
-    pub(crate) fn pin_statement(&self) {
+    pub fn pin_statement(&self) {
         let working = self.transaction_slot().as_ref().map(|t| t.working.clone());
         match working {
             Some(working) => self.set_pinned(working),
@@ -239,8 +239,8 @@ impl SessionCatalogs {
     }
 
     /// Applies a catalog change to the transaction's working state. Object identifiers come
-    /// from the engine, so that concurrent transactions never hand out the same one.
-    pub(crate) fn modify<T>(
+    /// from the store, so that concurrent transactions never hand out the same one.
+    pub fn modify<T>(
         &self,
         change: impl FnOnce(&mut CatalogState) -> tributary_catalog::Result<T>,
     ) -> tributary_catalog::Result<T> {
@@ -249,7 +249,7 @@ impl SessionCatalogs {
             tributary_catalog::Error::Invalid("no transaction is open for a catalog change".into())
         })?;
         let mut working = (*txn.working).clone();
-        let output = self.engine().with_oids(|next_oid| {
+        let output = self.store().with_oids(|next_oid| {
             working.next_oid = working.next_oid.max(*next_oid);
             let output = change(&mut working);
             *next_oid = (*next_oid).max(working.next_oid);
@@ -262,7 +262,7 @@ impl SessionCatalogs {
 
     /// Remembers a table this transaction created (its files go if the transaction does not
     /// commit).
-    pub(crate) fn record_created(&self, path: &str) {
+    pub fn record_created(&self, path: &str) {
         if let Some(txn) = self.transaction_slot().as_mut() {
             txn.created.insert(path.to_string());
             txn.locked.insert(path.to_string(), None);
@@ -270,14 +270,14 @@ impl SessionCatalogs {
     }
 
     /// Remembers a table this transaction dropped (its files go once the drop commits).
-    pub(crate) fn record_dropped(&self, path: &str) {
+    pub fn record_dropped(&self, path: &str) {
         if let Some(txn) = self.transaction_slot().as_mut() {
             txn.dropped.push(path.to_string());
         }
     }
 
     /// Remembers that this transaction committed a Delta version of `path`.
-    pub(crate) fn record_written(&self, path: &str) {
+    pub fn record_written(&self, path: &str) {
         if let Some(txn) = self.transaction_slot().as_mut() {
             txn.written.insert(path.to_string());
         }
@@ -285,7 +285,7 @@ impl SessionCatalogs {
 
     /// Takes the write lock of a table for the current transaction (waiting for another
     /// writer to finish) and checks that writing it on top of the snapshot is serializable.
-    pub(crate) async fn lock_table(
+    pub async fn lock_table(
         &self,
         database: &str,
         schema: &str,
@@ -299,7 +299,7 @@ impl SessionCatalogs {
                 .ok_or_else(|| Error::Internal("a table write outside a transaction".into()))?;
             (txn.id, txn.working.table(database, schema, name)?.clone())
         };
-        self.engine().locks.acquire(id, &table.path, name).await?;
+        self.store().locks.acquire(id, &table.path, name).await?;
         let already_locked = self
             .transaction_slot()
             .as_ref()
@@ -309,13 +309,13 @@ impl SessionCatalogs {
         }
         // First write of this table in this transaction: compare the snapshot with what is
         // committed now, holding the lock, so nobody commits the table under us.
-        let latest = self.engine().catalog_snapshot();
+        let latest = self.store().catalog_snapshot();
         let Some(committed) = table_by_path(&latest, &table.path).cloned() else {
             return Err(Error::SerializationFailure(format!(
                 "could not serialize access: table \"{name}\" was dropped by a concurrent transaction"
             )));
         };
-        let storage = self.engine().storage.table(&table.path)?;
+        let storage = self.store().storage.table(&table.path)?;
         // Delta commits after the committed pin belong to a transaction that never committed
         // (a crash, or a rollback whose restore failed): undo them before writing on top.
         let clean_version = if storage.has_commits_after(committed.version).await? {
@@ -330,7 +330,7 @@ impl SessionCatalogs {
             .ok_or_else(|| Error::Internal("the transaction ended during a write".into()))?;
         // Versions with the same rows (a compaction, a rollback's restore) are not changes.
         let snapshot_version = table_by_path(&txn.base, &table.path)
-            .map(|t| self.engine().newest_equivalent(&table.path, t.version));
+            .map(|t| self.store().newest_equivalent(&table.path, t.version));
         let unchanged = table_by_path(&txn.base, &table.path) == Some(&table);
         let mut table = table;
         let stale = snapshot_version != Some(committed.version);
@@ -366,7 +366,7 @@ impl SessionCatalogs {
     }
 
     /// Ends the transaction by committing it. On a conflict nothing of it stays behind.
-    pub(crate) async fn commit(&self) -> Result<Ended> {
+    pub async fn commit(&self) -> Result<Ended> {
         let Some(txn) = self.transaction_slot().take() else {
             return Ok(Ended::Committed);
         };
@@ -381,21 +381,21 @@ impl SessionCatalogs {
         let (base, working) = (txn.base.clone(), txn.working.clone());
         let started = std::time::Instant::now();
         let result = self
-            .engine()
+            .store()
             .catalog
             .commit(|latest| {
                 *latest = latest.merge(&base, &working)?;
                 Ok(())
             })
             .await;
-        self.engine().metrics.observe_commit(started.elapsed());
+        self.extensions().observe_commit(started.elapsed());
         match result {
             Ok(_) => {
                 // The catalog no longer names these files, but transactions that started
                 // before the drop (here, or consumers in other namespaces reading through a
                 // datashare) may still read them: maintenance deletes them after the vacuum
                 // retention.
-                self.engine().retire_tables(&txn.dropped);
+                self.store().retire_tables(&txn.dropped);
                 self.end(txn);
                 Ok(Ended::Committed)
             }
@@ -407,7 +407,7 @@ impl SessionCatalogs {
     }
 
     /// Ends the transaction by undoing it.
-    pub(crate) async fn rollback(&self) {
+    pub async fn rollback(&self) {
         let txn = self.transaction_slot().take();
         if let Some(txn) = txn {
             self.finish_rollback(txn).await;
@@ -415,19 +415,19 @@ impl SessionCatalogs {
     }
 
     async fn finish_rollback(&self, txn: Transaction) {
-        let engine = self.engine().clone();
+        let store = self.store().clone();
         let mut repins = Vec::new();
         for path in &txn.written {
             let Some(Some(committed)) = txn.locked.get(path) else {
                 continue;
             };
-            let restored = match engine.storage.table(path) {
+            let restored = match store.storage.table(path) {
                 Ok(table) => table.restore(*committed).await,
                 Err(err) => Err(err),
             };
             match restored {
                 Ok(version) => {
-                    engine.record_equivalent(path, *committed, version);
+                    store.record_equivalent(path, *committed, version);
                     repins.push((path.clone(), *committed, version));
                 }
                 // The next writer of the table, or start-up recovery, undoes them instead.
@@ -438,7 +438,7 @@ impl SessionCatalogs {
         }
         if !repins.is_empty() {
             // Pin the restoring commits, so that later writers need not undo them again.
-            let result = engine
+            let result = store
                 .catalog
                 .commit(|latest| {
                     for (path, committed, restored) in &repins {
@@ -456,7 +456,7 @@ impl SessionCatalogs {
             }
         }
         for path in &txn.created {
-            delete_files(&engine, path, "rolled-back").await;
+            delete_files(&store, path, "rolled-back").await;
         }
         self.end(txn);
     }
@@ -470,8 +470,8 @@ impl SessionCatalogs {
 
 /// Deletes a table's files that no catalog version names any more; a failure only leaves
 /// garbage behind, so it is logged.
-pub(crate) async fn delete_files(engine: &Engine, path: &str, what: &str) {
-    let result = match engine.storage.table(path) {
+pub async fn delete_files(store: &Store, path: &str, what: &str) {
+    let result = match store.storage.table(path) {
         Ok(table) => table.delete().await,
         Err(err) => Err(err),
     };
@@ -496,10 +496,7 @@ fn table_by_path<'a>(state: &'a CatalogState, path: &str) -> Option<&'a Table> {
     tables(state).find(|t| t.path == path)
 }
 
-pub(crate) fn table_by_path_mut<'a>(
-    state: &'a mut CatalogState,
-    path: &str,
-) -> Option<&'a mut Table> {
+pub fn table_by_path_mut<'a>(state: &'a mut CatalogState, path: &str) -> Option<&'a mut Table> {
     state
         .databases
         .values_mut()

@@ -1,9 +1,9 @@
 //! DataFusion's view of the catalog for one session: databases are DataFusion catalogs, and
 //! every lookup reads the catalog version pinned for the running statement.
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::catalog::{
@@ -13,10 +13,11 @@ use datafusion::datasource::ViewTable;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::prelude::{SessionContext, col};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use tributary_catalog::{CatalogState, Relation};
 
-use crate::engine::Engine;
-use crate::system::SystemSchema;
+use crate::producer::PinnedProducers;
+use crate::store::Store;
 use crate::table::TributaryTable;
 use crate::transaction::Transaction;
 
@@ -24,6 +25,29 @@ use crate::transaction::Transaction;
 pub const TEMP_SCHEMA: &str = "pg_temp";
 /// The schema of the system catalogs and Redshift's system views.
 pub const SYSTEM_SCHEMA: &str = "pg_catalog";
+
+/// What the layers above the engine add to a session's catalogs. The engine's composition
+/// root implements it.
+pub trait Extensions: std::fmt::Debug + Send + Sync {
+    /// The `pg_catalog` schema of `database`: Redshift's system views, over the schema
+    /// DataFusion's pg_catalog extension registered, if any.
+    fn system_schema(
+        self: Arc<Self>,
+        catalogs: &SessionCatalogs,
+        database: &str,
+        registered: Option<Arc<dyn SchemaProvider>>,
+    ) -> Arc<dyn SchemaProvider>;
+
+    /// A database made from another namespace's datashare.
+    fn shared_catalog(
+        self: Arc<Self>,
+        catalogs: &SessionCatalogs,
+        database: &str,
+    ) -> Arc<dyn CatalogProvider>;
+
+    /// How long a catalog commit took.
+    fn observe_commit(&self, took: Duration);
+}
 
 /// A session's catalogs. Cheap to clone; clones share the pinned version.
 #[derive(Debug, Clone)]
@@ -33,7 +57,9 @@ pub struct SessionCatalogs {
 
 #[derive(Debug)]
 struct Inner {
-    engine: Arc<Engine>,
+    store: Arc<Store>,
+    /// What the layers above add: system views, datashare databases, commit timings.
+    extensions: Arc<dyn Extensions>,
     pinned: RwLock<Arc<CatalogState>>,
     /// Schemas registered by DataFusion extensions (pg_catalog, information_schema). They are
     /// the same in every database.
@@ -46,15 +72,16 @@ struct Inner {
     /// The user whose privileges apply (the session's, or a SECURITY DEFINER owner's).
     user: RwLock<String>,
     /// The producer catalog versions the open transaction reads through datashares.
-    producers: Mutex<crate::sharing::PinnedProducers>,
+    producers: Mutex<PinnedProducers>,
 }
 
 impl SessionCatalogs {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        let pinned = engine.catalog_snapshot();
+    pub fn new(store: Arc<Store>, extensions: Arc<dyn Extensions>) -> Self {
+        let pinned = store.catalog_snapshot();
         Self {
             inner: Arc::new(Inner {
-                engine,
+                store,
+                extensions,
                 pinned: RwLock::new(pinned),
                 registered: RwLock::new(HashMap::new()),
                 temp: Arc::new(MemorySchemaProvider::new()),
@@ -70,35 +97,35 @@ impl SessionCatalogs {
         *self.inner.context.write() = Arc::downgrade(context);
     }
 
-    /// Pins the engine's current catalog version for the next statement and returns it.
+    /// Pins the store's current catalog version for the next statement and returns it.
     pub fn pin_latest(&self) -> Arc<CatalogState> {
-        let latest = self.inner.engine.catalog_snapshot();
+        let latest = self.inner.store.catalog_snapshot();
         *self.inner.pinned.write() = latest.clone();
         latest
     }
 
-    pub(crate) fn set_pinned(&self, state: Arc<CatalogState>) {
+    pub fn set_pinned(&self, state: Arc<CatalogState>) {
         *self.inner.pinned.write() = state;
     }
 
-    pub(crate) fn set_user(&self, user: &str) {
+    pub fn set_user(&self, user: &str) {
         *self.inner.user.write() = user.to_string();
     }
 
-    pub(crate) fn user(&self) -> String {
+    pub fn user(&self) -> String {
         self.inner.user.read().clone()
     }
 
-    pub(crate) fn producers(&self) -> MutexGuard<'_, crate::sharing::PinnedProducers> {
+    pub fn producers(&self) -> MutexGuard<'_, PinnedProducers> {
         self.inner.producers.lock()
     }
 
     /// Forgets the producer versions of the transaction that ended.
-    pub(crate) fn unpin_producers(&self) {
+    pub fn unpin_producers(&self) {
         *self.producers() = Default::default();
     }
 
-    pub(crate) fn transaction_slot(&self) -> MutexGuard<'_, Option<Transaction>> {
+    pub fn transaction_slot(&self) -> MutexGuard<'_, Option<Transaction>> {
         self.inner.transaction.lock()
     }
 
@@ -114,8 +141,12 @@ impl SessionCatalogs {
         self.inner.registered.read().get(name).cloned()
     }
 
-    pub(crate) fn engine(&self) -> &Arc<Engine> {
-        &self.inner.engine
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    pub fn extensions(&self) -> &Arc<dyn Extensions> {
+        &self.inner.extensions
     }
 }
 
@@ -136,10 +167,7 @@ impl CatalogProviderList for SessionCatalogs {
     fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
         let database = self.pinned().databases.get(name).cloned()?;
         if database.share.is_some() {
-            return Some(Arc::new(crate::sharing::SharedCatalog {
-                catalogs: self.clone(),
-                database: name.to_string(),
-            }));
+            return Some(self.inner.extensions.clone().shared_catalog(self, name));
         }
         Some(Arc::new(DatabaseCatalog {
             catalogs: self.clone(),
@@ -174,11 +202,11 @@ impl CatalogProvider for DatabaseCatalog {
         }
         if name == SYSTEM_SCHEMA {
             let registered = self.catalogs.registered_schema(SYSTEM_SCHEMA);
-            return Some(Arc::new(SystemSchema::new(
-                self.catalogs.clone(),
-                self.database.clone(),
+            return Some(self.catalogs.inner.extensions.clone().system_schema(
+                &self.catalogs,
+                &self.database,
                 registered,
-            )));
+            ));
         }
         if let Some(schema) = self.catalogs.registered_schema(name) {
             return Some(schema);
@@ -251,8 +279,7 @@ impl SchemaProvider for UserSchema {
                 let Some(context) = context else {
                     return Err(DataFusionError::Internal("the session has ended".into()));
                 };
-                let plan =
-                    tributary_engine::planning::plan_sql(&context.state(), &view.sql).await?;
+                let plan = crate::planning::plan_sql(&context.state(), &view.sql).await?;
                 let plan = if view.column_names.is_empty() {
                     plan
                 } else {

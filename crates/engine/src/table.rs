@@ -24,9 +24,9 @@ use futures::TryStreamExt;
 use tributary_catalog::{SqlType, Table};
 
 use crate::catalog_list::SessionCatalogs;
+use crate::error::DataErrorKind;
 use crate::transaction::WriteKind;
 use crate::{Error, Result};
-use tributary_engine::error::DataErrorKind;
 
 /// A table of the catalog, as of one catalog version.
 #[derive(Debug)]
@@ -48,11 +48,11 @@ impl TributaryTable {
         name: [String; 3],
         definition: Table,
     ) -> Result<Self> {
-        let storage = catalogs.engine().storage.clone();
+        let storage = catalogs.store().storage.clone();
         Self::open_in(catalogs, &storage, name, definition, false).await
     }
 
-    /// Opens a table stored under `storage` (this engine's root, or a producer's root for a
+    /// Opens a table stored under `storage` (this store's root, or a producer's root for a
     /// shared table, which is `read_only`).
     pub async fn open_in(
         catalogs: &SessionCatalogs,
@@ -65,8 +65,8 @@ impl TributaryTable {
             .table(&definition.path)?
             .provider(definition.version)
             .await?;
-        if tributary_engine::mirror::spec(&definition).is_some() {
-            inner = tributary_engine::mirror::reader(inner, &definition)?;
+        if crate::mirror::spec(&definition).is_some() {
+            inner = crate::mirror::reader(inner, &definition)?;
         }
         let schema = logical_schema(&definition, &inner.schema());
         let defaults = parse_defaults(&definition, &schema)?;
@@ -104,7 +104,7 @@ fn logical_schema(definition: &Table, stored: &SchemaRef) -> SchemaRef {
             // nullable because INSERT leaves them NULL for the sink to fill.
             let nullable = column.is_none_or(|c| c.nullable || c.identity.is_some());
             if column.is_some_and(|c| c.sql_type == SqlType::Super) {
-                let marked = tributary_engine::partiql::super_field(field.name());
+                let marked = crate::partiql::super_field(field.name());
                 return marked.as_ref().clone().with_nullable(nullable);
             }
             Field::new(field.name(), data_type, nullable)
@@ -118,7 +118,7 @@ fn parse_defaults(definition: &Table, schema: &SchemaRef) -> Result<HashMap<Stri
     let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
     for column in &definition.columns {
         if let Some(sql) = &column.default {
-            let context = tributary_engine::planning::expression_context();
+            let context = crate::planning::expression_context();
             let expr = context.parse_sql_expr(sql, &df_schema)?;
             let expr = expr.cast_to(&column.sql_type.to_arrow(), &df_schema)?;
             defaults.insert(column.name.clone(), expr);
@@ -257,7 +257,7 @@ impl DataSink for TableSink {
 
 /// Appends `batches` (in the table's logical schema) to the table in the session's
 /// transaction. Returns the number of rows written.
-pub(crate) async fn append(
+pub async fn append(
     catalogs: &SessionCatalogs,
     name: &[String; 3],
     batches: Vec<RecordBatch>,
@@ -271,14 +271,14 @@ pub(crate) async fn append(
         .lock_table(database, schema, table_name, WriteKind::Append)
         .await?;
     let table = &slot.table;
-    tributary_engine::mirror::refuse_write(table, table_name)?;
+    crate::mirror::refuse_write(table, table_name)?;
     let mut identity_next: Vec<(String, i64)> = Vec::new();
     let mut stored = Vec::with_capacity(batches.len());
     for batch in batches {
         stored.push(prepare_batch(table, table_name, batch, &mut identity_next)?);
     }
     let outcome = catalogs
-        .engine()
+        .store()
         .storage
         .table(&table.path)?
         .append(table.version, stored)
@@ -288,7 +288,7 @@ pub(crate) async fn append(
 }
 
 /// Pins a table version the transaction wrote, with the IDENTITY counters its rows used.
-pub(crate) fn pin_written(
+pub fn pin_written(
     catalogs: &SessionCatalogs,
     [database, schema, table_name]: &[String; 3],
     path: &str,
@@ -316,7 +316,7 @@ pub(crate) fn pin_written(
 
 /// Turns a batch in the logical schema into the stored schema: fills IDENTITY columns,
 /// enforces NOT NULL and declared lengths, and casts to the stored types.
-pub(crate) fn prepare_batch(
+pub fn prepare_batch(
     table: &Table,
     table_name: &str,
     batch: RecordBatch,
@@ -393,7 +393,7 @@ fn fill_identity(
     Ok((cast(&(Arc::new(filled) as ArrayRef), target)?, next))
 }
 
-pub(crate) fn check_length(array: &ArrayRef, length: u32, sql_type: &SqlType) -> Result<()> {
+pub fn check_length(array: &ArrayRef, length: u32, sql_type: &SqlType) -> Result<()> {
     let too_long = |actual: usize| {
         Error::data(
             DataErrorKind::StringTooLong,

@@ -1,0 +1,229 @@
+//! The store: one storage root and its catalog, with what every transaction over them shares
+//! (write locks, object identifiers, the open transactions, vacuum bookkeeping) and the
+//! runtime whose memory pool bounds the queries. The engine above composes it with the
+//! features that run on it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use parking_lot::{Mutex, RwLock};
+use tributary_catalog::{Catalog, CatalogState, StoredPassword};
+use tributary_storage::StorageRoot;
+
+use crate::Result;
+use crate::locks::TableLocks;
+use crate::transaction::{ActiveTransactions, table_by_path_mut};
+
+/// A storage root, its catalog and the state its transactions share.
+#[derive(Debug)]
+pub struct Store {
+    pub storage: Arc<StorageRoot>,
+    pub catalog: Catalog,
+    /// Table write locks, held by transactions until they end. Reads never take them.
+    pub locks: Arc<TableLocks>,
+    /// The next object identifier: shared by all transactions, so that concurrent ones never
+    /// hand out the same one. Starts from the catalog's counter.
+    oids: Mutex<u32>,
+    transactions: AtomicU64,
+    /// Open transactions and when they started (vacuum keeps what they may read).
+    pub active: Arc<ActiveTransactions>,
+    /// Table versions with the same rows as an older one (compaction, rollback): path ->
+    /// older version -> newer version. A transaction whose snapshot has the older one can
+    /// still write the table.
+    equivalent: Mutex<HashMap<String, HashMap<u64, u64>>>,
+    /// When each table was last vacuumed, and at which version.
+    pub vacuumed: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Dropped tables whose files wait for the vacuum retention before maintenance deletes
+    /// them, with when they were dropped. (A restart forgets them: their files stay behind
+    /// as garbage.)
+    pub retired: Mutex<Vec<(String, Instant)>>,
+    /// The runtime client sessions plan and run in (its memory pool enforces the query
+    /// memory limit), with that limit.
+    runtime: RwLock<(Arc<RuntimeEnv>, Option<u64>)>,
+}
+
+impl Store {
+    /// Opens (or creates) the data root at `location`: a directory or an `s3://` URL. The admin
+    /// password verifiers are stored only when the root is created. Table commits that never
+    /// became visible (a crash between a table's commit and the catalog's) are undone.
+    pub async fn open(location: &str, admin_password: Option<StoredPassword>) -> Result<Self> {
+        let storage = StorageRoot::open(location)?;
+        let catalog = Catalog::open(storage.object_store(), admin_password).await?;
+        let next_oid = catalog.snapshot().next_oid;
+        let store = Self {
+            storage,
+            catalog,
+            locks: Arc::new(TableLocks::default()),
+            oids: Mutex::new(next_oid),
+            transactions: AtomicU64::new(1),
+            active: Default::default(),
+            equivalent: Default::default(),
+            vacuumed: Default::default(),
+            retired: Default::default(),
+            runtime: RwLock::new((Arc::new(RuntimeEnv::default()), None)),
+        };
+        store.relocate_legacy_tables().await?;
+        store.recover().await?;
+        Ok(store)
+    }
+
+    /// The storage root URL (for logs and the start-up banner).
+    pub fn location(&self) -> String {
+        self.storage.url().to_string()
+    }
+
+    /// Schedules the files of dropped tables for deletion after the vacuum retention.
+    pub fn retire_tables(&self, paths: &[String]) {
+        let now = Instant::now();
+        self.retired
+            .lock()
+            .extend(paths.iter().map(|p| (p.clone(), now)));
+    }
+
+    /// Limits the memory the queries of sessions opened from now on may hold together: a
+    /// sort or aggregation over the limit spills to temporary files, and a query that cannot
+    /// spill fails with SQLSTATE 53000 instead of exhausting the machine. None: no limit.
+    pub fn set_query_memory_limit(&self, bytes: Option<u64>) -> Result<()> {
+        let mut builder = RuntimeEnvBuilder::new();
+        if let Some(limit) = bytes {
+            builder = builder.with_memory_pool(Arc::new(TrackConsumersPool::new(
+                GreedyMemoryPool::new(usize::try_from(limit).unwrap_or(usize::MAX)),
+                std::num::NonZeroUsize::MIN.saturating_add(4),
+            )));
+        }
+        let runtime = builder.build_arc()?;
+        *self.runtime.write() = (runtime, bytes);
+        Ok(())
+    }
+
+    /// The runtime new sessions use.
+    pub fn runtime_env(&self) -> Arc<RuntimeEnv> {
+        self.runtime.read().0.clone()
+    }
+
+    /// Bytes queries hold now, and the limit.
+    pub fn query_memory(&self) -> (usize, Option<u64>) {
+        let runtime = self.runtime.read();
+        (runtime.0.memory_pool.reserved(), runtime.1)
+    }
+
+    /// This data root's namespace GUID.
+    pub fn namespace(&self) -> uuid::Uuid {
+        self.catalog.snapshot().namespace
+    }
+
+    /// True if this open created a brand-new data root.
+    pub fn was_created(&self) -> bool {
+        self.catalog.was_created()
+    }
+
+    /// The current catalog version.
+    pub fn catalog_snapshot(&self) -> Arc<CatalogState> {
+        self.catalog.snapshot()
+    }
+
+    /// Records that `newer` has the same rows as `older`.
+    pub fn record_equivalent(&self, path: &str, older: u64, newer: u64) {
+        let mut map = self.equivalent.lock();
+        map.entry(path.to_string())
+            .or_default()
+            .insert(older, newer);
+    }
+
+    /// The newest version known to have the same rows as `version`.
+    pub fn newest_equivalent(&self, path: &str, mut version: u64) -> u64 {
+        let map = self.equivalent.lock();
+        if let Some(versions) = map.get(path) {
+            while let Some(next) = versions.get(&version) {
+                version = *next;
+            }
+        }
+        version
+    }
+
+    pub fn next_transaction_id(&self) -> u64 {
+        self.transactions.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `f` with the store's object identifier counter.
+    pub fn with_oids<T>(&self, f: impl FnOnce(&mut u32) -> T) -> T {
+        let mut next = self.oids.lock();
+        f(&mut next)
+    }
+
+    /// Points the catalog at where earlier releases really stored tables whose names held
+    /// characters their paths misread (`#`, `?`, `%`, `\`, `..`): the same files, now under
+    /// a path that means one directory everywhere. A table that was put outside the storage
+    /// root is left alone and reported; it cannot be read until it is moved back.
+    async fn relocate_legacy_tables(&self) -> Result<()> {
+        let mut moves = Vec::new();
+        for (path, _) in self.catalog.snapshot().table_pins() {
+            if tributary_storage::check_table_path(&path).is_ok() {
+                continue;
+            }
+            match tributary_storage::legacy_location(self.storage.url(), &path) {
+                Some(location) => {
+                    tracing::warn!(table = %path, %location, "a table stored under a misread path by an earlier release is read where its files are");
+                    moves.push((path, location));
+                }
+                None => tracing::error!(
+                    table = %path,
+                    "a table stored by an earlier release lies outside the storage root and cannot be read; move its files inside the root"
+                ),
+            }
+        }
+        if moves.is_empty() {
+            return Ok(());
+        }
+        self.catalog
+            .commit(|state| {
+                for (path, location) in &moves {
+                    if let Some(table) = table_by_path_mut(state, path) {
+                        table.path = location.clone();
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Undoes table commits that never became visible: a crash between a table's Delta commit
+    /// and the catalog commit that pins it leaves a Delta version newer than the pin. Such a
+    /// table is restored to its pinned content, and the catalog pins the restoring commit.
+    async fn recover(&self) -> Result<()> {
+        let pins = self.catalog.snapshot().table_pins();
+        let mut repins = Vec::new();
+        for (path, pinned) in pins {
+            // A path outside the root was reported by relocate_legacy_tables.
+            let Ok(table) = self.storage.table(&path) else {
+                continue;
+            };
+            // Most tables end at their pin; only those with a later commit are examined.
+            if !table.has_commits_after(pinned).await? {
+                continue;
+            }
+            let latest = table.latest_version().await?;
+            tracing::warn!(table = %path, pinned, latest, "undoing table commits that never became visible");
+            repins.push((path, table.restore(pinned).await?));
+        }
+        if repins.is_empty() {
+            return Ok(());
+        }
+        self.catalog
+            .commit(|state| {
+                for (path, version) in &repins {
+                    if let Some(table) = table_by_path_mut(state, path) {
+                        table.version = *version;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+}
