@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::sql::sqlparser::ast::{
     ColumnDef, ColumnOption, Expr, IdentityPropertyFormatKind, IdentityPropertyKind, Statement,
@@ -12,11 +12,12 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::tokenizer::Token;
 use tributary_catalog::{Column, Constraint, Identity, Relation, SqlType, Table};
+use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
+use tributary_engine::types;
 use tributary_syntax::rewrite::normalize_ident;
 
 use crate::session::Session;
 use crate::{Error, Result};
-use tributary_engine::types;
 
 /// A table whose files were written but which is not yet in the catalog.
 pub(crate) struct NewTable {
@@ -266,53 +267,4 @@ pub(crate) fn constraints(
         }
     }
     out
-}
-/// The schema of the stored Delta table.
-/// The Delta schema of a table: its columns in their stored types, and a mirror table's
-/// hidden bookkeeping columns after them.
-pub(crate) fn storage_schema(table: &Table) -> Schema {
-    let hidden = match tributary_engine::mirror::spec(table) {
-        Some(_) => tributary_engine::mirror::hidden_fields(),
-        None => Vec::new(),
-    };
-    Schema::new(
-        table
-            .columns
-            .iter()
-            .map(|c| Field::new(&c.name, c.sql_type.to_storage_arrow(), c.nullable))
-            .chain(hidden)
-            .collect::<Vec<_>>(),
-    )
-}
-
-pub(crate) fn logical_schema(table: &Table) -> SchemaRef {
-    Arc::new(Schema::new(
-        table
-            .columns
-            .iter()
-            .map(|c| Field::new(&c.name, c.sql_type.to_arrow(), true))
-            .collect::<Vec<_>>(),
-    ))
-}
-
-/// Casts a batch column by column to `schema` (same column order), with SQL cast rules.
-pub(crate) fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(array, field)| {
-            if field.data_type() == &arrow::datatypes::DataType::Int64
-                && matches!(array.data_type(), arrow::datatypes::DataType::Time64(_))
-            {
-                let micros = arrow::compute::cast(
-                    array,
-                    &arrow::datatypes::DataType::Time64(arrow::datatypes::TimeUnit::Microsecond),
-                )?;
-                return Ok(arrow::compute::cast(&micros, field.data_type())?);
-            }
-            Ok(arrow::compute::cast(array, field.data_type())?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }

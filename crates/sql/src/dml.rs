@@ -766,7 +766,7 @@ async fn write_table(
         .into_iter()
         .map(|batch| prepare_batch(table, &target.name, batch, &mut identity_next))
         .collect::<Result<Vec<_>>>()?;
-    let stored_schema = Arc::new(crate::definition::storage_schema(table));
+    let stored_schema = Arc::new(tributary_engine::layout::storage_schema(table));
     let version = session
         .engine()
         .storage

@@ -28,7 +28,7 @@ pub struct Engine {
     /// Computes password verifiers for CREATE / ALTER USER (set by the wire crate).
     password_hasher: std::sync::OnceLock<crate::access::PasswordHasher>,
     /// Counters and histograms for `/metrics`, and the recent queries.
-    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) metrics: tributary_engine::metrics::Metrics,
 }
 
 /// The engine is its store with features added: the store's parts (catalog, storage, locks,

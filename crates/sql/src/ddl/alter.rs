@@ -6,10 +6,11 @@ use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemTable, SchemaProvider};
 use datafusion::sql::sqlparser::ast::{AlterTableOperation, ObjectName, RenameTableNameKind};
 use tributary_catalog::{Column, Relation, SqlType, Table};
+use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
 use tributary_engine::transaction::WriteKind;
 use tributary_syntax::rewrite::{name_parts, normalize_ident};
 
-use crate::definition::{cast_batch, declared_column, logical_schema, storage_schema};
+use crate::definition::declared_column;
 use crate::session::{Output, Session};
 use crate::{Error, Result};
 

@@ -172,13 +172,13 @@ pub(crate) async fn merge(
         .await?;
     let table: &Table = &slot.table;
     let storage = catalogs.store().storage.table(&table.path)?;
-    let logical = crate::definition::logical_schema(table);
+    let logical = tributary_engine::layout::logical_schema(table);
     let context = datafusion::prelude::SessionContext::new();
     context.register_table("stored", storage.provider(table.version).await?)?;
     let stored = context.table("stored").await?.collect().await?;
     let mut rows = Vec::new();
     for batch in stored.iter().chain(partial.iter()) {
-        rows.push(crate::definition::cast_batch(batch, &logical)?);
+        rows.push(tributary_engine::layout::cast_batch(batch, &logical)?);
     }
     let merges = parse(&layout.merges);
     let columns: Vec<String> = layout.merges.iter().map(|(name, _)| quoted(name)).collect();
@@ -216,13 +216,16 @@ pub(crate) async fn merge(
     let memory = datafusion::datasource::MemTable::try_new(logical.clone(), vec![rows])?;
     context.register_table("rows", Arc::new(memory))?;
     let merged = context.sql(&sql).await?.collect().await?;
-    let stored_schema = Arc::new(crate::definition::storage_schema(table));
+    let stored_schema = Arc::new(tributary_engine::layout::storage_schema(table));
     let mut batches = Vec::new();
     let mut groups = 0;
     for batch in merged {
         groups += batch.num_rows() as u64;
-        let batch = crate::definition::cast_batch(&batch, &logical)?;
-        batches.push(crate::definition::cast_batch(&batch, &stored_schema)?);
+        let batch = tributary_engine::layout::cast_batch(&batch, &logical)?;
+        batches.push(tributary_engine::layout::cast_batch(
+            &batch,
+            &stored_schema,
+        )?);
     }
     let version = storage
         .overwrite(table.version, batches, &stored_schema)

@@ -316,7 +316,7 @@ impl Streams {
     /// Counts records read, per shard, in the metrics and the view's counters.
     fn count_read(
         &self,
-        metrics: &crate::metrics::Metrics,
+        metrics: &tributary_engine::metrics::Metrics,
         view: &ViewId,
         records: &[StreamRecord],
     ) {
@@ -368,7 +368,7 @@ impl ViewId {
     }
 
     /// The view's metric labels.
-    pub(crate) fn labels(&self) -> crate::metrics::Labels {
+    pub(crate) fn labels(&self) -> tributary_engine::metrics::Labels {
         vec![
             ("database", self.database.clone()),
             ("schema", self.schema.clone()),

@@ -323,7 +323,7 @@ pub(crate) async fn store_view_table(
     let handle = session.engine().storage.table(&table.path)?;
     session.catalogs().record_created(&table.path);
     table.version = handle
-        .create(&crate::definition::storage_schema(&table))
+        .create(&tributary_engine::layout::storage_schema(&table))
         .await?;
     session.catalogs().modify(|state| {
         table.oid = state.allocate_oid();

@@ -359,7 +359,7 @@ pub(crate) async fn scan_errors(engine: &Engine, database: &str) -> Result<Vec<R
     let schema = super::errors::schema();
     let mut kept = Vec::new();
     for batch in batches {
-        let batch = crate::definition::cast_batch(&batch, &schema)?;
+        let batch = tributary_engine::layout::cast_batch(&batch, &schema)?;
         let databases = batch
             .column(0)
             .as_any()

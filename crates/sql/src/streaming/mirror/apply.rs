@@ -142,7 +142,7 @@ fn changes(
     arrays.push(Arc::new(orders));
     arrays.push(Arc::new(deleted));
     arrays.push(Arc::new(Int64Array::from(vec![0i64; decoded.len()])));
-    let schema = Arc::new(crate::definition::storage_schema(table));
+    let schema = Arc::new(tributary_engine::layout::storage_schema(table));
     // Rejected rows may lack their key: nullable until they are filtered out.
     let nullable: Vec<Field> = schema
         .fields()

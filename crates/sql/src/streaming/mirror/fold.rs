@@ -68,10 +68,10 @@ async fn folded_rows(
 async fn stored_rows(plan: LogicalPlan, table: &Table) -> Result<Vec<RecordBatch>> {
     let context = tributary_engine::planning::expression_context();
     let batches = context.execute_logical_plan(plan).await?.collect().await?;
-    let schema = Arc::new(crate::definition::storage_schema(table));
+    let schema = Arc::new(tributary_engine::layout::storage_schema(table));
     batches
         .iter()
-        .map(|b| crate::definition::cast_batch(b, &schema))
+        .map(|b| tributary_engine::layout::cast_batch(b, &schema))
         .collect()
 }
 
@@ -85,7 +85,7 @@ pub(super) async fn fold(
 ) -> Result<u64> {
     let (batches, newest) = folded_rows(catalogs.store(), table, version, spec).await?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let schema = Arc::new(crate::definition::storage_schema(table));
+    let schema = Arc::new(tributary_engine::layout::storage_schema(table));
     let storage = storage(catalogs.store(), &table.path, spec)?;
     let version = storage.overwrite(version, batches, &schema).await?;
     tracing::debug!(table = %table.path, rows, "folded the mirror's changes into its base");
