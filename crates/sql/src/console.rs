@@ -21,7 +21,7 @@ impl Engine {
         let state = self.catalog_snapshot();
         let superuser = state.is_superuser(user);
         let mut views = Vec::new();
-        for view in crate::streaming::streaming_views(&state) {
+        for view in tributary_streaming::streaming_views(&state) {
             if !may_see(&state, user, &view.database, &view.schema, &view.name) {
                 continue;
             }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use datafusion::catalog::{CatalogProvider, SchemaProvider};
 use tributary_catalog::StoredPassword;
 use tributary_engine::catalog_list::{Extensions, SessionCatalogs};
+use tributary_engine::metrics::Metrics;
 use tributary_engine::store::Store;
+use tributary_streaming::{Host, PrivateSession, StreamingSettings, Streams};
 
 use crate::Result;
 use crate::session::Session;
@@ -22,7 +24,7 @@ pub struct Engine {
     /// Rows rejected by COPY, for `stl_load_errors`.
     pub(crate) load_errors: crate::copy::LoadErrors,
     /// Streaming views: settings, stream clients, counters, history, auto-refresh tasks.
-    pub(crate) streams: crate::streaming::Streams,
+    pub(crate) streams: tributary_streaming::Streams,
     /// The namespace registry and the producers read through datashares.
     pub(crate) sharing: crate::sharing::Sharing,
     /// Computes password verifiers for CREATE / ALTER USER (set by the wire crate).
@@ -79,6 +81,16 @@ impl Engine {
     pub fn session(self: &Arc<Self>, user: &str, database: &str) -> Result<Session> {
         Session::new(self.clone(), user, database)
     }
+
+    /// Starts the supervisor of auto-refreshing views (once per engine).
+    pub fn spawn_streaming(self: &Arc<Self>, settings: StreamingSettings) {
+        tributary_streaming::spawn_streaming(&self.host(), settings);
+    }
+
+    /// This engine as the streaming layer's host.
+    pub(crate) fn host(self: &Arc<Self>) -> Arc<dyn Host> {
+        self.clone()
+    }
 }
 
 /// The features a session's catalogs show: Redshift's system views and the databases made
@@ -111,5 +123,24 @@ impl Extensions for Engine {
 
     fn observe_commit(&self, took: Duration) {
         self.metrics.observe_commit(took);
+    }
+}
+
+/// What the streaming layer runs on.
+impl Host for Engine {
+    fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn session(self: Arc<Self>, owner: &str, database: &str) -> Result<Box<dyn PrivateSession>> {
+        Ok(Box::new(Session::new(self, owner, database)?))
     }
 }

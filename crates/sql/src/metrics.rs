@@ -127,7 +127,7 @@ impl Engine {
         let lag_seconds: Family<Labels, FloatGauge> = Family::default();
         let lag_records: Family<Labels, Gauge> = Family::default();
         let last_read: Family<Labels, FloatGauge> = Family::default();
-        for view in crate::streaming::streaming_views(&self.catalog_snapshot()) {
+        for view in tributary_streaming::streaming_views(&self.catalog_snapshot()) {
             let stats = self.streams.stats(&view.path);
             let labels = view.labels();
             if let Some(at) = stats.last_refresh {

@@ -553,7 +553,7 @@ pub(crate) fn system_view(
     state: &CatalogState,
     name: &str,
 ) -> Result<Option<RecordBatch>> {
-    use crate::streaming::views::Columns;
+    use tributary_streaming::views::Columns;
     let user = catalogs.user();
     let namespace = state.namespace.to_string();
     let outbound: Vec<(&String, &Datashare)> = state

@@ -174,7 +174,7 @@ impl SystemSchema {
             | "sys_stream_scan_states"
             | "sys_stream_lag"
             | "svv_external_schemas" => {
-                crate::streaming::system_view(&self.engine, &state, &self.database, name)
+                tributary_streaming::system_view(self.engine.as_ref(), &state, &self.database, name)
                     .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
                     .ok_or_else(|| {
                         datafusion::error::DataFusionError::Internal(format!("no view {name}"))
@@ -294,7 +294,7 @@ impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
         let mut names: Vec<String> = REDSHIFT_VIEWS
             .iter()
-            .chain(crate::streaming::SYSTEM_VIEWS)
+            .chain(tributary_streaming::SYSTEM_VIEWS)
             .chain(crate::sharing::VIEWS)
             .map(|s| s.to_string())
             .collect();
@@ -306,7 +306,7 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if name == "sys_stream_scan_errors" {
-            let batches = crate::streaming::scan_errors(&self.engine, &self.database)
+            let batches = tributary_streaming::scan_errors(self.engine.as_ref(), &self.database)
                 .await
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
             let state = self.catalogs.pinned();
@@ -315,7 +315,7 @@ impl SchemaProvider for SystemSchema {
                 .into_iter()
                 .map(|batch| visible_rows(&state, &user, &self.database, name, batch))
                 .collect::<DfResult<Vec<_>>>()?;
-            let schema = crate::streaming::scan_errors_schema();
+            let schema = tributary_streaming::scan_errors_schema();
             return Ok(Some(Arc::new(MemTable::try_new(schema, vec![batches])?)));
         }
         let views = if matches!(name, "svv_columns" | "svv_all_columns") {
@@ -342,7 +342,7 @@ impl SchemaProvider for SystemSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         REDSHIFT_VIEWS.contains(&name)
-            || crate::streaming::SYSTEM_VIEWS.contains(&name)
+            || tributary_streaming::SYSTEM_VIEWS.contains(&name)
             || crate::sharing::VIEWS.contains(&name)
             || self.postgres.as_ref().is_some_and(|p| p.table_exist(name))
     }

@@ -121,8 +121,8 @@ impl<'a> Loader<'a> {
                 .prelock(&self.name[0], &self.name[1], &self.name[2])
                 .await?;
         }
-        let (stored, rejected) = crate::streaming::mirror::copy_records(
-            self.session.engine(),
+        let (stored, rejected) = tributary_streaming::mirror::copy_records(
+            &self.session.engine().host(),
             catalogs,
             &self.name,
             bytes,

@@ -9,9 +9,9 @@ use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement, visit_relati
 use tributary_catalog::{CatalogState, MaterializedView, Table, ViewInput};
 use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
 use tributary_engine::transaction::WriteKind;
+use tributary_streaming::ViewId;
 use tributary_syntax::rewrite::name_parts;
 
-use super::ViewId;
 use crate::definition::NewTable;
 use crate::session::{Output, Session};
 use crate::{Error, Result};

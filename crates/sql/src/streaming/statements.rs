@@ -9,13 +9,14 @@ use tributary_catalog::{
     VARCHAR_LENGTH_MAX, ViewInput,
 };
 use tributary_engine::transaction::WriteKind;
+use tributary_streaming::{
+    Pipeline, RefreshRecord, VARBYTE_MAX, ViewId, aggregate, kafka_properties, observe_round,
+    pipeline, prepare, round,
+};
 use tributary_syntax::extension as syntax;
 use tributary_syntax::rewrite::name_parts;
 
-use super::round::{prepare, round};
-use super::{
-    Pipeline, RefreshRecord, VARBYTE_MAX, ViewId, aggregate, observe_round, pipeline, query_view,
-};
+use super::query_view;
 use crate::session::{Output, Session};
 use crate::{Error, Result};
 
@@ -165,106 +166,6 @@ const KAFKA_OPTIONS: &[&str] = &[
     "sasl_password",
 ];
 
-/// The librdkafka client properties of a Kafka external schema, or why it cannot be read
-/// from here.
-pub(crate) fn kafka_properties(
-    external: &ExternalSource,
-) -> Result<std::collections::BTreeMap<String, String>> {
-    let ExternalSource::Kafka {
-        flavor,
-        uri,
-        cluster_arn,
-        authentication,
-        options,
-        ..
-    } = external
-    else {
-        return Err(Error::Internal("not a Kafka source".into()));
-    };
-    let refuse = |what: &str| Err(Error::NotSupported(what.to_string()));
-    let Some(uri) = uri else {
-        return match cluster_arn {
-            Some(_) => refuse(
-                "FROM MSK ... CLUSTER_ARN needs the MSK API to find the brokers, which this server does not call; give their addresses with URI 'host:port,...'",
-            ),
-            None => Err(Error::Syntax(format!(
-                "CREATE EXTERNAL SCHEMA ... FROM {flavor} needs URI 'host:port,...'"
-            ))),
-        };
-    };
-    let mut properties = std::collections::BTreeMap::new();
-    properties.insert("bootstrap.servers".to_string(), uri.clone());
-    let mut tls = false;
-    for (option, property) in [
-        ("ssl_ca_location", "ssl.ca.location"),
-        ("ssl_certificate_location", "ssl.certificate.location"),
-        ("ssl_key_location", "ssl.key.location"),
-        ("ssl_key_password", "ssl.key.password"),
-    ] {
-        if let Some(value) = options.get(option) {
-            properties.insert(property.to_string(), value.clone());
-            tls = true;
-        }
-    }
-    let protocol = match authentication.as_str() {
-        "none" if tls => "ssl",
-        "none" => "plaintext",
-        "mtls" => {
-            if options.contains_key("authentication_arn") || options.contains_key("secret_arn") {
-                return refuse(
-                    "AUTHENTICATION mtls with AUTHENTICATION_ARN or SECRET_ARN needs AWS Certificate Manager or Secrets Manager; give the certificate files with SSL_CERTIFICATE_LOCATION and SSL_KEY_LOCATION",
-                );
-            }
-            if !options.contains_key("ssl_certificate_location")
-                || !options.contains_key("ssl_key_location")
-            {
-                return Err(Error::Syntax(
-                    "AUTHENTICATION mtls needs SSL_CERTIFICATE_LOCATION and SSL_KEY_LOCATION"
-                        .into(),
-                ));
-            }
-            "ssl"
-        }
-        "sasl" => {
-            let mechanism = options
-                .get("sasl_mechanism")
-                .map(|m| m.to_ascii_uppercase())
-                .unwrap_or_else(|| "PLAIN".into());
-            if !matches!(
-                mechanism.as_str(),
-                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"
-            ) {
-                return Err(Error::Syntax(format!(
-                    "SASL_MECHANISM must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, not {mechanism}"
-                )));
-            }
-            let (Some(user), Some(password)) =
-                (options.get("sasl_username"), options.get("sasl_password"))
-            else {
-                return Err(Error::Syntax(
-                    "AUTHENTICATION sasl needs SASL_USERNAME and SASL_PASSWORD".into(),
-                ));
-            };
-            properties.insert("sasl.mechanism".into(), mechanism);
-            properties.insert("sasl.username".into(), user.clone());
-            properties.insert("sasl.password".into(), password.clone());
-            if tls { "sasl_ssl" } else { "sasl_plaintext" }
-        }
-        "iam" => {
-            return refuse(
-                "AUTHENTICATION iam signs requests with AWS credentials through MSK's IAM mechanism, which this server does not implement; use none, mtls or sasl",
-            );
-        }
-        other => {
-            return Err(Error::Syntax(format!(
-                "AUTHENTICATION must be none, iam, mtls or sasl, not {other}"
-            )));
-        }
-    };
-    properties.insert("security.protocol".into(), protocol.into());
-    Ok(properties)
-}
-
 fn view_options(view: &CreateView) -> Vec<(String, String)> {
     match &view.options {
         CreateTableOptions::With(options) => syntax::options(options),
@@ -292,8 +193,14 @@ pub(crate) async fn create_materialized_view(
     let merges = aggregate::analyse(&mut query)?;
     let stream = pipeline::bind_stream(&mut query, &pinned, &database, &default_schema)?;
     let owner = session.user().to_string();
-    let compiled =
-        Pipeline::compile(session.engine(), &owner, &database, &query, stream.kafka).await?;
+    let compiled = Pipeline::compile(
+        &session.engine().host(),
+        &owner,
+        &database,
+        &query,
+        stream.kafka,
+    )
+    .await?;
     let columns = view_columns(&compiled.output)?;
     let layout = merges.map(|m| aggregate::layout(&columns, m));
     let mut table = view_table(&database, &schema, &name, &owner, columns, &options);
@@ -578,7 +485,7 @@ pub(crate) async fn refresh(
     }
     let start = chrono::Utc::now().naive_utc();
     let started = Instant::now();
-    let engine = session.engine().clone();
+    let engine = session.engine().host();
     let catalogs = session.catalogs().clone();
     let result = async {
         let (mut reader, pipeline) = prepare(&engine, &catalogs, &view).await?;
@@ -586,9 +493,9 @@ pub(crate) async fn refresh(
     }
     .await;
     // The statement's transaction commits later (at COMMIT in a block): no freshness here.
-    observe_round(&engine, &view, &result, started.elapsed(), None);
+    observe_round(engine.as_ref(), &view, &result, started.elapsed(), None);
     engine
-        .streams
+        .streams()
         .record(RefreshRecord::new(&view, true, start, &result));
     let stats = result?;
     if stats.skipped > 0 {

@@ -27,23 +27,11 @@ use tributary_catalog::{
 };
 use tributary_engine::mirror::spec;
 use tributary_engine::transaction::WriteKind;
+use tributary_streaming::mirror::{commit_spec, fold};
 use tributary_syntax::extension::MirrorClauses;
 
 use crate::session::{Output, Session};
 use crate::{Error, Result};
-
-mod apply;
-mod fold;
-
-pub(crate) use apply::{apply, copy_records, view_records};
-use fold::{commit_spec, fold};
-
-/// A round folds the stored changes into the base once there are at least
-/// `StreamingSettings::mirror_fold_changes` of them and at least this fraction of the base.
-/// Reads cost grows with the stored changes (at 30k changes/s into 10M rows, a quarter let
-/// them reach 1.8M and put freshness p99 at 4.2 s, a twentieth 1.9 s); a fold rewrites the
-/// base, in the background.
-const FOLD_BASE_FRACTION: u64 = 20;
 
 /// `CREATE MIRROR TABLE`, carried as a `CREATE TABLE` with the mirror clauses.
 pub(crate) async fn create(

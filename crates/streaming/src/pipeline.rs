@@ -13,15 +13,14 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, Ident, ObjectName, Query, SetExpr, Statement, TableAlias, TableFactor,
+    Expr as SqlExpr, Ident, ObjectName, Query, SetExpr, TableAlias, TableFactor,
     visit_expressions_mut,
 };
 use parking_lot::Mutex;
 use tributary_catalog::{CatalogState, Column};
 use tributary_syntax::rewrite::normalize_ident;
 
-use crate::engine::Engine;
-use crate::session::Session;
+use crate::host::{Host, PrivateSession};
 use crate::{Error, Result};
 
 /// The name the stream's records go by while a view's query runs (in the private session's
@@ -30,7 +29,7 @@ const INPUT: &str = "__tributary_stream";
 
 /// The stream a view reads: its external schema and the stream's case-sensitive name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StreamRef {
+pub struct StreamRef {
     pub schema: String,
     pub stream: String,
     /// A Kafka topic (else a Kinesis stream).
@@ -53,7 +52,7 @@ const PREVIEW_NAMES: &[(&str, &str)] = &[
 
 /// Finds the stream a view's query reads, and points the query at the batch input instead.
 /// Only one stream, with no joins, as in Redshift.
-pub(crate) fn bind_stream(
+pub fn bind_stream(
     query: &mut Query,
     state: &CatalogState,
     database: &str,
@@ -236,8 +235,8 @@ fn with_input(
 }
 
 /// A view's compiled query.
-pub(crate) struct Pipeline {
-    session: Session,
+pub struct Pipeline {
+    session: Box<dyn PrivateSession>,
     plan: LogicalPlan,
     /// The physical plan, when the query is stateless over the stream alone (projections and
     /// filters): each batch then runs it again with the batch in place of the input it was
@@ -262,14 +261,14 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     /// Plans `query` (already bound to the input by [`bind_stream`]) in a private session of
     /// the view's owner, over a Kafka topic's columns or a Kinesis stream's.
-    pub(crate) async fn compile(
-        engine: &Arc<Engine>,
+    pub async fn compile(
+        engine: &Arc<dyn Host>,
         owner: &str,
         database: &str,
         query: &Query,
         kafka: bool,
     ) -> Result<Self> {
-        let session = engine.session(owner, database)?;
+        let session = engine.clone().session(owner, database)?;
         let input = Arc::new(StreamInput {
             schema: tributary_ingest::stream_schema(kafka),
             batches: Mutex::new(Vec::new()),
@@ -279,9 +278,7 @@ impl Pipeline {
             INPUT.to_string(),
             input.clone(),
         )?;
-        let statement = session.rewrite(Statement::Query(Box::new(query.clone())))?;
-        let plan = session.plan(&statement).await?;
-        let named = crate::session::output_schema(&statement, &plan);
+        let (plan, named) = session.plan_query(query).await?;
         // Postgres names, with the plan's field metadata (a SUPER column stays SUPER).
         let planned = plan.schema().as_arrow().clone();
         let fields: Vec<Field> = named
@@ -313,7 +310,7 @@ impl Pipeline {
     }
 
     /// The private session's catalogs (automatic rounds run their transactions there).
-    pub(crate) fn catalogs(&self) -> &tributary_engine::catalog_list::SessionCatalogs {
+    pub fn catalogs(&self) -> &tributary_engine::catalog_list::SessionCatalogs {
         self.session.catalogs()
     }
 
@@ -364,7 +361,7 @@ impl Pipeline {
 
     /// Runs the query over `batch`. Records whose evaluation fails are isolated by splitting
     /// the batch, and returned as (row in `batch`, reason); the others' rows are returned.
-    pub(crate) async fn transform(
+    pub async fn transform(
         &self,
         batch: &RecordBatch,
         columns: &[Column],

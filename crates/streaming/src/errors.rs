@@ -16,15 +16,15 @@ use tributary_ingest::{Gap, StreamRecord};
 
 use super::ViewId;
 use crate::Result;
-use crate::engine::Engine;
+use crate::host::Host;
 
 const PATH: &str = "_system/stream_scan_errors";
 /// How much of a skipped record is kept.
 const PREFIX_BYTES: usize = 1024;
-pub(crate) const GAP_CODE: &str = "position_expired";
+pub const GAP_CODE: &str = "position_expired";
 
 #[derive(Debug, Clone)]
-pub(crate) struct ScanError {
+pub struct ScanError {
     pub database: String,
     pub schema: String,
     pub mv_name: String,
@@ -40,7 +40,7 @@ pub(crate) struct ScanError {
 }
 
 impl ScanError {
-    pub(crate) fn record(
+    pub fn record(
         view: &ViewId,
         mv: &MaterializedView,
         record: &StreamRecord,
@@ -64,7 +64,7 @@ impl ScanError {
         }
     }
 
-    pub(crate) fn gap(view: &ViewId, mv: &MaterializedView, gap: &Gap) -> Self {
+    pub fn gap(view: &ViewId, mv: &MaterializedView, gap: &Gap) -> Self {
         Self {
             database: view.database.clone(),
             schema: view.schema.clone(),
@@ -85,7 +85,7 @@ impl ScanError {
     }
 }
 
-pub(crate) fn schema() -> SchemaRef {
+pub fn schema() -> SchemaRef {
     let text = |name: &str| Field::new(name, DataType::Utf8, true);
     Arc::new(Schema::new(vec![
         text("database_name"),
@@ -107,7 +107,7 @@ pub(crate) fn schema() -> SchemaRef {
     ]))
 }
 
-pub(crate) fn to_batch(errors: &[ScanError]) -> RecordBatch {
+pub fn to_batch(errors: &[ScanError]) -> RecordBatch {
     let text = |f: &dyn Fn(&ScanError) -> &str| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(errors.iter().map(f)))
     };
@@ -139,15 +139,15 @@ pub(crate) fn to_batch(errors: &[ScanError]) -> RecordBatch {
 
 /// Appends to the error table; one writer at a time.
 #[derive(Debug, Default)]
-pub(crate) struct ErrorLog {
+pub struct ErrorLog {
     /// The table's latest version, once known.
     version: tokio::sync::Mutex<Option<u64>>,
 }
 
 impl ErrorLog {
-    pub(crate) async fn write(&self, engine: &Engine, errors: Vec<ScanError>) -> Result<()> {
+    pub async fn write(&self, engine: &dyn Host, errors: Vec<ScanError>) -> Result<()> {
         let mut version = self.version.lock().await;
-        let table = engine.storage.table(PATH)?;
+        let table = engine.store().storage.table(PATH)?;
         let current = match *version {
             Some(v) => v,
             None => match table.latest_version().await {
@@ -161,9 +161,9 @@ impl ErrorLog {
     }
 
     /// Every logged error, repeats removed.
-    pub(crate) async fn read(&self, engine: &Engine) -> Result<Vec<RecordBatch>> {
+    pub async fn read(&self, engine: &dyn Host) -> Result<Vec<RecordBatch>> {
         let version = { *self.version.lock().await };
-        let table = engine.storage.table(PATH)?;
+        let table = engine.store().storage.table(PATH)?;
         let version = match version {
             Some(v) => v,
             None => match table.latest_version().await {

@@ -57,7 +57,7 @@ fn contains_aggregate(expr: &Expr) -> bool {
 
 /// Analyses an aggregating view's query (None if it does not aggregate), adding a count
 /// column for each AVG. Returns the merge of each output column, by position.
-pub(crate) fn analyse(query: &mut Query) -> Result<Option<Vec<String>>> {
+pub fn analyse(query: &mut Query) -> Result<Option<Vec<String>>> {
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Ok(None);
     };
@@ -158,7 +158,7 @@ fn quoted(name: &str) -> String {
 
 /// Merges a micro-batch's partial aggregates into the view's stored rows, as one new version
 /// of the view's table in the transaction of `catalogs`. Returns the number of groups.
-pub(crate) async fn merge(
+pub async fn merge(
     catalogs: &SessionCatalogs,
     view: &ViewId,
     layout: &AggregateLayout,
@@ -240,10 +240,7 @@ pub(crate) async fn merge(
 }
 
 /// The layout stored with a view: each column's name and merge.
-pub(crate) fn layout(
-    columns: &[tributary_catalog::Column],
-    merges: Vec<String>,
-) -> AggregateLayout {
+pub fn layout(columns: &[tributary_catalog::Column], merges: Vec<String>) -> AggregateLayout {
     AggregateLayout {
         merges: columns.iter().map(|c| c.name.clone()).zip(merges).collect(),
     }

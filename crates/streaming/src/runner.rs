@@ -10,7 +10,7 @@ use tributary_catalog::CatalogState;
 
 use super::{Pipeline, RefreshRecord, ViewId};
 use crate::Result;
-use crate::engine::Engine;
+use crate::host::Host;
 
 /// How often the supervisor compares running tasks with the catalog.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
@@ -54,49 +54,47 @@ fn auto_refresh_views(state: &CatalogState) -> Vec<ViewId> {
     super::views_where(state, |mv| mv.auto_refresh)
 }
 
-impl Engine {
-    /// Starts the supervisor of auto-refreshing views (once per engine).
-    pub fn spawn_streaming(self: &Arc<Self>, settings: super::StreamingSettings) {
-        self.streams.set_settings(settings);
-        let engine = Arc::downgrade(self);
-        tributary_engine::runtime::compute().spawn(async move {
-            loop {
-                let Some(engine) = engine.upgrade() else {
-                    return;
-                };
-                engine.supervise();
-                drop(engine);
-                tokio::time::sleep(SUPERVISE_EVERY).await;
-            }
-        });
-    }
-
-    fn supervise(self: &Arc<Self>) {
-        let wanted = auto_refresh_views(&self.catalog_snapshot());
-        let wanted_paths: HashSet<&str> = wanted.iter().map(|v| v.path.as_str()).collect();
-        let mut runners = self.streams.runners.lock();
-        // A task whose view is gone or no longer auto-refreshing ends at its next round; it
-        // is never aborted, because aborting it in the middle of a commit could leave the
-        // catalog log ahead of the engine.
-        runners.retain(|path, task| {
-            let finished = task.is_finished();
-            if finished && !wanted_paths.contains(path.as_str()) {
-                super::forget(self, path);
-            }
-            !finished
-        });
-        for view in wanted {
-            if runners.contains_key(&view.path) {
-                continue;
-            }
-            tracing::debug!(view = %view.name, "auto refresh started");
-            let engine = Arc::downgrade(self);
-            let path = view.path.clone();
-            runners.insert(
-                path,
-                tributary_engine::runtime::compute().spawn(run(engine, view)),
-            );
+/// Starts the supervisor of auto-refreshing views (once per engine).
+pub fn spawn_streaming(engine: &Arc<dyn Host>, settings: StreamingSettings) {
+    engine.streams().set_settings(settings);
+    let engine = Arc::downgrade(engine);
+    tributary_engine::runtime::compute().spawn(async move {
+        loop {
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            supervise(&engine);
+            drop(engine);
+            tokio::time::sleep(SUPERVISE_EVERY).await;
         }
+    });
+}
+
+fn supervise(engine: &Arc<dyn Host>) {
+    let wanted = auto_refresh_views(&engine.store().catalog_snapshot());
+    let wanted_paths: HashSet<&str> = wanted.iter().map(|v| v.path.as_str()).collect();
+    let mut runners = engine.streams().runners.lock();
+    // A task whose view is gone or no longer auto-refreshing ends at its next round; it
+    // is never aborted, because aborting it in the middle of a commit could leave the
+    // catalog log ahead of the engine.
+    runners.retain(|path, task| {
+        let finished = task.is_finished();
+        if finished && !wanted_paths.contains(path.as_str()) {
+            super::forget(engine.as_ref(), path);
+        }
+        !finished
+    });
+    for view in wanted {
+        if runners.contains_key(&view.path) {
+            continue;
+        }
+        tracing::debug!(view = %view.name, "auto refresh started");
+        let engine = Arc::downgrade(engine);
+        let path = view.path.clone();
+        runners.insert(
+            path,
+            tributary_engine::runtime::compute().spawn(run(engine, view)),
+        );
     }
 }
 
@@ -108,7 +106,7 @@ fn current(state: &CatalogState, path: &str) -> Option<ViewId> {
         .find(|v| v.path == path)
 }
 
-async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
+async fn run(engine: std::sync::Weak<dyn Host>, view: ViewId) {
     let mut compiled: Option<Compiled> = None;
     let mut backoff = Duration::from_millis(500);
     let mut last_error: Option<(String, Instant)> = None;
@@ -116,7 +114,7 @@ async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
         let Some(engine) = engine.upgrade() else {
             return;
         };
-        let Some(view) = current(&engine.catalog_snapshot(), &view.path) else {
+        let Some(view) = current(&engine.store().catalog_snapshot(), &view.path) else {
             return;
         };
         let start = chrono::Utc::now().naive_utc();
@@ -124,20 +122,20 @@ async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
         let result = round(&engine, &view, &mut compiled).await;
         // The round's transaction has committed (or failed): its rows are visible now.
         super::observe_round(
-            &engine,
+            engine.as_ref(),
             &view,
             &result,
             started.elapsed(),
             Some(chrono::Utc::now().timestamp_micros()),
         );
-        let interval = engine.streams.settings().refresh_interval;
+        let interval = engine.streams().settings().refresh_interval;
         let pause = match &result {
             Ok(stats) => {
                 backoff = Duration::from_millis(500);
                 last_error = None;
                 if stats.records > 0 || stats.skipped > 0 {
                     engine
-                        .streams
+                        .streams()
                         .record(RefreshRecord::new(&view, false, start, &result));
                 }
                 if stats.caught_up {
@@ -158,7 +156,7 @@ async fn run(engine: std::sync::Weak<Engine>, view: ViewId) {
                     tracing::warn!(view = %view.qualified(), error = %text, "refresh failed; retrying with backoff");
                     last_error = Some((text, Instant::now()));
                     engine
-                        .streams
+                        .streams()
                         .record(RefreshRecord::new(&view, false, start, &result));
                 }
                 let pause = backoff;
@@ -183,12 +181,12 @@ struct Compiled {
 
 /// One automatic round in a transaction of the view's own session.
 async fn round(
-    engine: &Arc<Engine>,
+    engine: &Arc<dyn Host>,
     view: &ViewId,
     compiled: &mut Option<Compiled>,
 ) -> Result<super::RoundStats> {
     let (definition, owner) = {
-        let state = engine.catalog_snapshot();
+        let state = engine.store().catalog_snapshot();
         let table = state.table(&view.database, &view.schema, &view.name)?;
         let definition = table.materialized.as_ref().map(|mv| {
             let source = state
@@ -200,10 +198,10 @@ async fn round(
         (definition, table.owner.clone())
     };
     if compiled.as_ref().is_none_or(|c| c.definition != definition) {
-        let session = engine.session(&owner, &view.database)?;
+        let session = engine.clone().session(&owner, &view.database)?;
         let (reader, pipeline) = super::prepare(engine, session.catalogs(), view).await?;
         if let Some((_, source)) = &definition {
-            let state = engine.catalog_snapshot();
+            let state = engine.store().catalog_snapshot();
             let stream = state
                 .table(&view.database, &view.schema, &view.name)
                 .ok()

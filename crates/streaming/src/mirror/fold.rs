@@ -15,12 +15,11 @@ use tributary_engine::store::Store;
 use tributary_engine::transaction::WriteKind;
 use tributary_storage::{DataFile, Replaced};
 
-use crate::Result;
-use crate::engine::Engine;
-use crate::streaming::Work;
+use crate::host::Host;
+use crate::{Result, Work};
 
 /// Pins the mirror's new table version with its updated bookkeeping in the transaction.
-pub(super) fn commit_spec(
+pub fn commit_spec(
     catalogs: &SessionCatalogs,
     [database, schema, name]: [&String; 3],
     path: &str,
@@ -77,7 +76,7 @@ async fn stored_rows(plan: LogicalPlan, table: &Table) -> Result<Vec<RecordBatch
 
 /// Rewrites the mirror's rows as one base (tombstones kept, stored changes merged), on top of
 /// `version`, and records it in `spec`. Returns the new version.
-pub(super) async fn fold(
+pub async fn fold(
     catalogs: &SessionCatalogs,
     table: &Table,
     version: u64,
@@ -99,7 +98,7 @@ pub(super) async fn fold(
 
 /// The mirror's Delta table, whose files index the key in bloom filters: a lookup by key
 /// then skips every change file (and base row group) that does not hold the key.
-pub(super) fn storage(
+pub fn storage(
     store: &Store,
     path: &str,
     spec: &MirrorSpec,
@@ -111,16 +110,16 @@ pub(super) fn storage(
 /// [`super::Streams::begin_work`]); a later round asks again. A stream round must not fold
 /// in line: a fold of a large mirror takes seconds, and the round holds the table's lock, so
 /// every later round would wait for it.
-pub(super) fn start_background(engine: &Arc<Engine>, name: &[String; 3], path: &str, work: Work) {
-    if !engine.streams.begin_work(path, work) {
+pub fn start_background(engine: &Arc<dyn Host>, name: &[String; 3], path: &str, work: Work) {
+    if !engine.streams().begin_work(path, work) {
         return;
     }
     /// Ends the work's mark however its task ends (a panic included), so that a later round
     /// can start it again.
-    struct Running(Arc<Engine>, String, Work);
+    struct Running(Arc<dyn Host>, String, Work);
     impl Drop for Running {
         fn drop(&mut self) {
-            self.0.streams.end_work(&self.1, self.2);
+            self.0.streams().end_work(&self.1, self.2);
         }
     }
     let running = Running(engine.clone(), path.to_string(), work);
@@ -140,7 +139,7 @@ pub(super) fn start_background(engine: &Arc<Engine>, name: &[String; 3], path: &
                 Work::Coalesce => "coalesce",
             };
             engine
-                .metrics
+                .metrics()
                 .mirror_work
                 .get_or_create(&vec![("kind", kind.to_string())])
                 .inc();
@@ -166,16 +165,16 @@ pub(super) fn start_background(engine: &Arc<Engine>, name: &[String; 3], path: &
 /// rounds meanwhile stay as stored changes. Returns the base rows, or None when the mirror
 /// was dropped, replaced or folded by someone else meanwhile.
 async fn background_fold(
-    engine: &Arc<Engine>,
+    engine: &Arc<dyn Host>,
     name: &[String; 3],
     path: &str,
 ) -> Result<Option<u64>> {
-    let Some((read, read_spec)) = committed(engine, name, path)? else {
+    let Some((read, read_spec)) = committed(engine.as_ref(), name, path)? else {
         return Ok(None);
     };
-    engine.streams.fold_reads(path, read.version);
-    let (batches, newest) = folded_rows(engine, &read, read.version, &read_spec).await?;
-    let storage = storage(engine, path, &read_spec)?;
+    engine.streams().fold_reads(path, read.version);
+    let (batches, newest) = folded_rows(engine.store(), &read, read.version, &read_spec).await?;
+    let storage = storage(engine.store(), path, &read_spec)?;
     let staged = storage.stage(read.version, &batches).await?;
     drop(batches);
     let rows = staged.rows;
@@ -206,11 +205,12 @@ async fn background_fold(
 /// The mirror stored at `path` as committed, with its bookkeeping; None when it was dropped or
 /// replaced.
 fn committed(
-    engine: &Engine,
+    engine: &dyn Host,
     [database, schema, name]: &[String; 3],
     path: &str,
 ) -> Result<Option<(Table, MirrorSpec)>> {
     let read = engine
+        .store()
         .catalog_snapshot()
         .table(database, schema, name)?
         .clone();
@@ -226,7 +226,7 @@ fn committed(
 /// when the mirror was dropped, replaced or folded by someone else, or a replaced file was
 /// rewritten meanwhile.
 async fn commit_staged(
-    engine: &Arc<Engine>,
+    engine: &Arc<dyn Host>,
     [database, schema, name]: &[String; 3],
     (read, read_spec): (&Table, &MirrorSpec),
     replaced_files: Replaced<'_>,
@@ -234,8 +234,8 @@ async fn commit_staged(
     update: impl AsyncFnOnce(&MirrorSpec, u64) -> Result<MirrorSpec>,
 ) -> Result<Option<u64>> {
     let rows = staged.rows;
-    let storage = storage(engine, &read.path, read_spec)?;
-    let session = engine.session(&read.owner, database)?;
+    let storage = storage(engine.store(), &read.path, read_spec)?;
+    let session = engine.clone().session(&read.owner, database)?;
     let catalogs = session.catalogs().clone();
     let commit = async {
         let current = catalogs
@@ -331,15 +331,15 @@ fn coalesce_choice(mut files: Vec<DataFile>) -> Vec<DataFile> {
 /// fold replaces them. Returns the rows written, or None with nothing to merge or when the
 /// mirror changed under it.
 async fn background_coalesce(
-    engine: &Arc<Engine>,
+    engine: &Arc<dyn Host>,
     name: &[String; 3],
     path: &str,
 ) -> Result<Option<u64>> {
-    let Some((read, read_spec)) = committed(engine, name, path)? else {
+    let Some((read, read_spec)) = committed(engine.as_ref(), name, path)? else {
         return Ok(None);
     };
-    let storage = storage(engine, path, &read_spec)?;
-    let folding: std::collections::HashSet<String> = match engine.streams.folding(path) {
+    let storage = storage(engine.store(), path, &read_spec)?;
+    let folding: std::collections::HashSet<String> = match engine.streams().folding(path) {
         Some(version) => storage
             .files(version)
             .await?

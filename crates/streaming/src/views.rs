@@ -9,10 +9,10 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use tributary_catalog::{CatalogState, ExternalSource, Relation};
 
 use crate::Result;
-use crate::engine::Engine;
+use crate::host::Host;
 
 /// The system views this module serves.
-pub(crate) const VIEWS: &[&str] = &[
+pub const VIEWS: &[&str] = &[
     "stv_mv_info",
     "sys_mv_refresh_history",
     "sys_stream_scan_states",
@@ -21,46 +21,34 @@ pub(crate) const VIEWS: &[&str] = &[
     "svv_external_schemas",
 ];
 
-pub(crate) struct Columns {
+pub struct Columns {
     fields: Vec<Field>,
     arrays: Vec<ArrayRef>,
 }
 
 impl Columns {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             fields: Vec::new(),
             arrays: Vec::new(),
         }
     }
 
-    pub(crate) fn text<I: IntoIterator<Item = Option<String>>>(
-        mut self,
-        name: &str,
-        values: I,
-    ) -> Self {
+    pub fn text<I: IntoIterator<Item = Option<String>>>(mut self, name: &str, values: I) -> Self {
         self.fields.push(Field::new(name, DataType::Utf8, true));
         self.arrays
             .push(Arc::new(values.into_iter().collect::<StringArray>()));
         self
     }
 
-    pub(crate) fn int<I: IntoIterator<Item = Option<i64>>>(
-        mut self,
-        name: &str,
-        values: I,
-    ) -> Self {
+    pub fn int<I: IntoIterator<Item = Option<i64>>>(mut self, name: &str, values: I) -> Self {
         self.fields.push(Field::new(name, DataType::Int64, true));
         self.arrays
             .push(Arc::new(values.into_iter().collect::<Int64Array>()));
         self
     }
 
-    pub(crate) fn boolean<I: IntoIterator<Item = Option<bool>>>(
-        mut self,
-        name: &str,
-        values: I,
-    ) -> Self {
+    pub fn boolean<I: IntoIterator<Item = Option<bool>>>(mut self, name: &str, values: I) -> Self {
         self.fields.push(Field::new(name, DataType::Boolean, true));
         self.arrays
             .push(Arc::new(values.into_iter().collect::<BooleanArray>()));
@@ -86,7 +74,7 @@ impl Columns {
         self
     }
 
-    pub(crate) fn finish(self) -> Result<RecordBatch> {
+    pub fn finish(self) -> Result<RecordBatch> {
         Ok(RecordBatch::try_new(
             Arc::new(Schema::new(self.fields)),
             self.arrays,
@@ -133,8 +121,8 @@ fn views<'a>(state: &'a CatalogState, database: &str) -> Vec<ViewRow<'a>> {
 }
 
 /// Builds one of [`VIEWS`] (except `sys_stream_scan_errors`, which reads storage).
-pub(crate) fn system_view(
-    engine: &Engine,
+pub fn system_view(
+    engine: &dyn Host,
     state: &CatalogState,
     database: &str,
     name: &str,
@@ -170,7 +158,7 @@ pub(crate) fn system_view(
             .finish()?,
         "sys_mv_refresh_history" => {
             let history: Vec<_> = engine
-                .streams
+                .streams()
                 .history()
                 .into_iter()
                 .filter(|h| h.database == database)
@@ -217,7 +205,7 @@ pub(crate) fn system_view(
                 let positions = tributary_ingest::Positions::from_json(&row.mv.positions)
                     .unwrap_or_default()
                     .describe();
-                let stats = engine.streams.stats(&row.table.path);
+                let stats = engine.streams().stats(&row.table.path);
                 let mut shards: Vec<String> = positions.iter().map(|(s, _)| s.clone()).collect();
                 for shard in stats.shards.keys() {
                     if !shards.contains(shard) {
@@ -354,8 +342,8 @@ pub(crate) fn system_view(
 }
 
 /// `sys_stream_scan_errors`, limited to the session's database.
-pub(crate) async fn scan_errors(engine: &Engine, database: &str) -> Result<Vec<RecordBatch>> {
-    let batches = engine.streams.errors.read(engine).await?;
+pub async fn scan_errors(engine: &dyn Host, database: &str) -> Result<Vec<RecordBatch>> {
+    let batches = engine.streams().errors.read(engine).await?;
     let schema = super::errors::schema();
     let mut kept = Vec::new();
     for batch in batches {

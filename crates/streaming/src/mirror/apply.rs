@@ -19,9 +19,8 @@ use tributary_ingest::change::{self, Change, ChangeSpec, Rejection, invalid, loo
 
 use super::FOLD_BASE_FRACTION;
 use super::fold::{commit_spec, fold, start_background, storage};
-use crate::engine::Engine;
-use crate::streaming::{ScanError, ViewId, Work};
-use crate::{Error, Result};
+use crate::host::Host;
+use crate::{Error, Result, ScanError, ViewId, Work};
 
 /// How the mirror's change records are decoded.
 fn change_spec(spec: &MirrorSpec) -> ChangeSpec<'_> {
@@ -222,8 +221,8 @@ fn changes(
 
 /// Applies one read's usable records to the mirror in the round's transaction. Returns the
 /// changes stored and the scan errors of the records that were not applied.
-pub(crate) async fn apply(
-    engine: &Arc<Engine>,
+pub async fn apply(
+    engine: &Arc<dyn Host>,
     catalogs: &SessionCatalogs,
     view: &ViewId,
     records: &[&StreamRecord],
@@ -244,7 +243,7 @@ pub(crate) async fn apply(
 /// A streaming view's rows as change records, one per row: the document of the view's only
 /// SUPER column if it has exactly one, else the row as an object of its columns. The
 /// records keep the row's `shard_id` and `sequence_number` when the view selects them.
-pub(crate) fn view_records(batches: &[RecordBatch]) -> Result<Vec<StreamRecord>> {
+pub fn view_records(batches: &[RecordBatch]) -> Result<Vec<StreamRecord>> {
     let mut records = Vec::new();
     for batch in batches {
         let schema = batch.schema();
@@ -310,7 +309,7 @@ pub(crate) fn view_records(batches: &[RecordBatch]) -> Result<Vec<StreamRecord>>
 /// Returns the changes stored, the records rejected (by index, with why) and the view's
 /// definition as it was.
 async fn apply_records(
-    engine: &Arc<Engine>,
+    engine: &Arc<dyn Host>,
     catalogs: &SessionCatalogs,
     [database, schema, name]: &[String; 3],
     records: &[&StreamRecord],
@@ -334,7 +333,7 @@ async fn apply_records(
         return Ok((0, decoded.rejected, mv));
     };
     let stored = rows.num_rows() as u64;
-    let storage = storage(engine, &table.path, spec)?;
+    let storage = storage(engine.store(), &table.path, spec)?;
     let version = storage.append(table.version, vec![rows]).await?.version;
     let mut updated = spec.clone();
     // Every record uses a number: COPY positions its records with them.
@@ -344,7 +343,7 @@ async fn apply_records(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let fold_at = engine.streams.settings().mirror_fold_changes;
+    let fold_at = engine.streams().settings().mirror_fold_changes;
     let fold_due = updated.unfolded >= fold_at.max(updated.base_rows / FOLD_BASE_FRACTION);
     let version = if fold_due && !in_background {
         fold(catalogs, &table, version, &mut updated).await?
@@ -376,8 +375,8 @@ async fn apply_records(
 /// after every earlier COPY's and before any stream record (Kinesis sequence numbers are far
 /// larger).
 /// Returns the changes stored and the rejected lines (line number, the line, why).
-pub(crate) async fn copy_records(
-    engine: &Arc<Engine>,
+pub async fn copy_records(
+    engine: &Arc<dyn Host>,
     catalogs: &SessionCatalogs,
     name: &[String; 3],
     bytes: &[u8],

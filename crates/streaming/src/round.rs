@@ -10,13 +10,13 @@ use tributary_engine::transaction::WriteKind;
 use tributary_ingest::{Positions, ReadLimits, StreamReader, StreamRecord};
 
 use super::{Pipeline, ScanError, ViewId, aggregate, errors, mirror, pipeline};
-use crate::engine::Engine;
+use crate::host::Host;
 use crate::{Error, Result};
 
 /// A reader positioned at the view's committed positions (as the session sees them), and the
 /// view's compiled query.
-pub(super) async fn prepare(
-    engine: &Arc<Engine>,
+pub async fn prepare(
+    engine: &Arc<dyn Host>,
     catalogs: &SessionCatalogs,
     view: &ViewId,
 ) -> Result<(StreamReader, Pipeline)> {
@@ -31,7 +31,7 @@ pub(super) async fn prepare(
         .and_then(|s| s.external.clone())
         .ok_or_else(|| Error::UndefinedSchema(mv.source_schema.clone()))?;
     let pipeline = compile(engine, &state, view, table).await?;
-    let source = engine.streams.source(&external).await?;
+    let source = engine.streams().source(&external).await?;
     let positions =
         Positions::from_json(&mv.positions).map_err(|e| Error::Internal(e.to_string()))?;
     let reader = source
@@ -42,7 +42,7 @@ pub(super) async fn prepare(
 
 /// Compiles a stored view's query.
 async fn compile(
-    engine: &Arc<Engine>,
+    engine: &Arc<dyn Host>,
     state: &tributary_catalog::CatalogState,
     view: &ViewId,
     table: &Table,
@@ -77,7 +77,7 @@ async fn compile(
 
 /// What a refresh round did.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct RoundStats {
+pub struct RoundStats {
     pub records: u64,
     pub rows: u64,
     pub skipped: u64,
@@ -87,7 +87,7 @@ pub(crate) struct RoundStats {
 }
 
 impl RoundStats {
-    pub(super) fn status(&self) -> String {
+    pub fn status(&self) -> String {
         if self.skipped > 0 {
             format!(
                 "Refresh successfully updated MV incrementally; {} record(s) skipped (see sys_stream_scan_errors)",
@@ -104,8 +104,8 @@ const MANUAL_STALL: Duration = Duration::from_secs(30);
 
 /// One refresh round in the open transaction of `catalogs`. A manual round reads until every
 /// shard is at the tip it had when the round began; an automatic one reads once per shard.
-pub(crate) async fn round(
-    engine: &Arc<Engine>,
+pub async fn round(
+    engine: &Arc<dyn Host>,
     catalogs: &SessionCatalogs,
     view: &ViewId,
     pipeline: &Pipeline,
@@ -123,7 +123,7 @@ pub(crate) async fn round(
     let committed =
         Positions::from_json(&mv.positions).map_err(|e| Error::Internal(e.to_string()))?;
     reader.reset(committed.clone());
-    let settings = engine.streams.settings();
+    let settings = engine.streams().settings();
     let started = chrono::Utc::now();
     let limits = ReadLimits {
         records_per_shard: settings.records_per_shard,
@@ -149,8 +149,8 @@ pub(crate) async fn round(
             .arrivals
             .extend(batch.records.iter().map(|r| r.arrival_micros));
         engine
-            .streams
-            .count_read(&engine.metrics, view, &batch.records);
+            .streams()
+            .count_read(engine.metrics(), view, &batch.records);
         if !batch.records.is_empty() || batch.positions != positions {
             progressed = Instant::now();
         } else if manual && !batch.caught_up && progressed.elapsed() >= MANUAL_STALL {
@@ -238,11 +238,15 @@ pub(crate) async fn round(
         for error in &skipped {
             let mut labels = view.labels();
             labels.push(("reason", error.code.clone()));
-            engine.metrics.skipped.get_or_create(&labels).inc();
+            engine.metrics().skipped.get_or_create(&labels).inc();
         }
-        engine.streams.note_skipped(view, &skipped);
+        engine.streams().note_skipped(view, &skipped);
         if !skipped.is_empty() {
-            engine.streams.errors.write(engine, skipped).await?;
+            engine
+                .streams()
+                .errors
+                .write(engine.as_ref(), skipped)
+                .await?;
         }
         if batch.positions != positions {
             positions = batch.positions.clone();
@@ -255,7 +259,7 @@ pub(crate) async fn round(
                 Ok(())
             })?;
         }
-        engine.streams.update_stats(&view.path, reader);
+        engine.streams().update_stats(&view.path, reader);
         stats.caught_up = batch.caught_up;
         if batch.caught_up {
             break;
@@ -272,6 +276,6 @@ pub(crate) async fn round(
 }
 
 /// Drops what a view's background ingestion keeps when the view is gone.
-pub(crate) fn forget(engine: &Engine, path: &str) {
-    engine.streams.stats.lock().remove(path);
+pub fn forget(engine: &dyn Host, path: &str) {
+    engine.streams().stats.lock().remove(path);
 }
