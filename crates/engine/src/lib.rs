@@ -20,11 +20,13 @@ pub mod params;
 pub mod partiql;
 pub mod planning;
 pub mod producer;
+mod providers;
 pub mod runtime;
 pub mod settings;
 pub mod store;
 pub mod table;
 pub mod transaction;
+mod transaction_control;
 pub mod types;
 
 pub use error::{DataErrorKind, Error, Result};

@@ -10,7 +10,6 @@ use tributary_catalog::{Catalog, CatalogState};
 use tributary_storage::StorageRoot;
 use uuid::Uuid;
 
-use crate::catalog_list::SessionCatalogs;
 use crate::{Error, Result};
 
 /// Another namespace's storage root, opened read-only.
@@ -66,14 +65,8 @@ impl PinnedProducers {
     pub fn get(&self, namespace: &Uuid) -> Option<(Arc<Producer>, Arc<CatalogState>)> {
         self.states.get(namespace).cloned()
     }
-}
 
-impl SessionCatalogs {
-    pub fn pinned_producer(&self, namespace: &Uuid) -> Option<(Arc<Producer>, Arc<CatalogState>)> {
-        self.producers().get(namespace)
-    }
-
-    pub fn pin_producer(&self, namespace: Uuid, producer: Arc<Producer>, state: Arc<CatalogState>) {
-        self.producers().states.insert(namespace, (producer, state));
+    pub fn insert(&mut self, namespace: Uuid, producer: Arc<Producer>, state: Arc<CatalogState>) {
+        self.states.insert(namespace, (producer, state));
     }
 }

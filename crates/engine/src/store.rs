@@ -6,17 +6,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use parking_lot::{Mutex, RwLock};
-use tributary_catalog::{Catalog, CatalogState, StoredPassword};
+use tributary_catalog::{Catalog, CatalogState, Relation, StoredPassword, Table};
 use tributary_storage::StorageRoot;
 
 use crate::Result;
 use crate::locks::TableLocks;
-use crate::transaction::{ActiveTransactions, table_by_path_mut};
 
 /// A storage root, its catalog and the state its transactions share.
 #[derive(Debug)]
@@ -226,4 +225,42 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// The open transactions of a store and when each started.
+#[derive(Debug, Default)]
+pub struct ActiveTransactions {
+    started: Mutex<HashMap<u64, Instant>>,
+}
+
+impl ActiveTransactions {
+    pub(crate) fn start(&self, id: u64) {
+        self.started.lock().insert(id, Instant::now());
+    }
+
+    pub(crate) fn end(&self, id: u64) {
+        self.started.lock().remove(&id);
+    }
+
+    /// How long the oldest open transaction has been running.
+    pub fn oldest_age(&self) -> Duration {
+        self.started
+            .lock()
+            .values()
+            .map(Instant::elapsed)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+pub fn table_by_path_mut<'a>(state: &'a mut CatalogState, path: &str) -> Option<&'a mut Table> {
+    state
+        .databases
+        .values_mut()
+        .flat_map(|db| db.schemas.values_mut())
+        .flat_map(|schema| schema.relations.values_mut())
+        .find_map(|relation| match relation {
+            Relation::Table(table) if table.path == path => Some(table),
+            _ => None,
+        })
 }

@@ -14,7 +14,7 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 use tributary_catalog::{Column, Constraint, Identity, Relation, SqlType, Table};
 use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
 use tributary_engine::types;
-use tributary_syntax::rewrite::normalize_ident;
+use tributary_syntax::names::normalize_ident;
 
 use crate::session::Session;
 use crate::{Error, Result};

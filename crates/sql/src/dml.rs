@@ -26,7 +26,7 @@ use datafusion::sql::sqlparser::ast::{
 use tributary_catalog::Table;
 use tributary_engine::table::{TributaryTable, prepare_batch};
 use tributary_engine::transaction::WriteKind;
-use tributary_syntax::rewrite::{name_parts, normalize_ident};
+use tributary_syntax::names::{name_parts, normalize_ident};
 
 use crate::session::{Output, Session};
 use crate::{Error, Result};

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tributary_engine::transaction::table_by_path_mut;
+use tributary_engine::store::table_by_path_mut;
 
 use crate::Result;
 use crate::engine::Engine;

@@ -11,7 +11,6 @@ use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use url::Url;
 
-use crate::table::TableHandle;
 use crate::{Error, Result};
 
 /// How many loaded table versions are kept in memory. Versions are immutable, so the cache is
@@ -108,14 +107,6 @@ impl StorageRoot {
     /// An object store whose paths are relative to the root; the catalog log lives here.
     pub fn object_store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()
-    }
-
-    /// A handle on the table stored at `path` (relative to the root, `/`-separated).
-    /// Refused unless the path stays inside the root and means one directory everywhere
-    /// ([`crate::check_table_path`]).
-    pub fn table(self: &Arc<Self>, path: &str) -> Result<TableHandle> {
-        let url = crate::location::table_url(&self.url, path)?;
-        Ok(TableHandle::new(self.clone(), path.to_string(), url))
     }
 
     pub(crate) fn snapshots(&self) -> parking_lot::MutexGuard<'_, SnapshotCache> {

@@ -77,6 +77,16 @@ pub struct AppendOutcome {
     pub rows: u64,
 }
 
+impl StorageRoot {
+    /// A handle on the table stored at `path` (relative to the root, `/`-separated).
+    /// Refused unless the path stays inside the root and means one directory everywhere
+    /// ([`crate::check_table_path`]).
+    pub fn table(self: &Arc<Self>, path: &str) -> Result<TableHandle> {
+        let url = crate::location::table_url(self.url(), path)?;
+        Ok(TableHandle::new(self.clone(), path.to_string(), url))
+    }
+}
+
 impl TableHandle {
     pub(crate) fn new(root: Arc<StorageRoot>, path: String, url: Url) -> Self {
         Self {

@@ -18,7 +18,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use parking_lot::Mutex;
 use tributary_catalog::{CatalogState, Column};
-use tributary_syntax::rewrite::normalize_ident;
+use tributary_syntax::names::normalize_ident;
 
 use crate::host::{Host, PrivateSession};
 use crate::{Error, Result};

@@ -222,7 +222,7 @@ fn unpivot_as_function(mut tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
         }
         let span = token.span;
         out.push(TokenWithSpan {
-            token: Token::make_word(crate::partiql::UNPIVOT, None),
+            token: Token::make_word(crate::functions::UNPIVOT, None),
             span,
         });
         out.push(TokenWithSpan {

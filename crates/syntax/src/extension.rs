@@ -672,7 +672,7 @@ fn procedure_argument(
         )
         && !multi_word_type;
     let name = if named {
-        Some(crate::rewrite::normalize_ident(&parser.parse_identifier()?))
+        Some(crate::names::normalize_ident(&parser.parse_identifier()?))
     } else {
         None
     };

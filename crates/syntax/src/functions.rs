@@ -11,3 +11,5 @@ pub const INDEXES: &str = "__tributary_super_indexes";
 pub const VALUES: &str = "__tributary_super_values";
 /// The keys of a SUPER object, for UNPIVOT's `AT k`.
 pub const KEYS: &str = "__tributary_super_keys";
+/// The table function the token pre-pass writes for a FROM-clause `UNPIVOT path`.
+pub const UNPIVOT: &str = "__tributary_unpivot";

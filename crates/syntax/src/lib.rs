@@ -10,6 +10,7 @@ pub mod access;
 pub mod dialect;
 pub mod extension;
 pub mod functions;
+pub mod names;
 pub mod partiql;
 pub mod plpgsql;
 pub mod rewrite;

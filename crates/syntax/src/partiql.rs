@@ -27,12 +27,9 @@ use sqlparser::ast::{
     visit_expressions_mut,
 };
 
-use crate::functions::{ELEMENTS, INDEXES, KEYS, MARK, VALUES};
-use crate::rewrite::normalize_ident;
+use crate::functions::{ELEMENTS, INDEXES, KEYS, MARK, UNPIVOT, VALUES};
+use crate::names::normalize_ident;
 use crate::{Error, Result};
-
-/// The name the token pre-pass gives a FROM-clause `UNPIVOT path`.
-pub const UNPIVOT: &str = "__tributary_unpivot";
 
 /// Applies both rewrites to a statement.
 pub fn rewrite(statement: &mut Statement, case_sensitive: bool) -> Result<()> {

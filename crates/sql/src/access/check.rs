@@ -82,7 +82,7 @@ fn write_privileges(statement: &Statement) -> Vec<(Vec<String>, Vec<Privilege>)>
         .into_iter()
         .map(|name| {
             (
-                tributary_syntax::rewrite::name_parts(&name),
+                tributary_syntax::names::name_parts(&name),
                 privileges.clone(),
             )
         })
@@ -284,7 +284,7 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
             }
             ObjectType::Schema => {
                 for name in names {
-                    let schema = tributary_syntax::rewrite::name_parts(name)
+                    let schema = tributary_syntax::names::name_parts(name)
                         .last()
                         .cloned()
                         .unwrap_or_default();
@@ -299,7 +299,7 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
             }
             ObjectType::Database => {
                 for name in names {
-                    let database = tributary_syntax::rewrite::name_parts(name).join(".");
+                    let database = tributary_syntax::names::name_parts(name).join(".");
                     if let Ok(found) = state.database(&database)
                         && found.owner != user
                     {
@@ -385,7 +385,7 @@ impl Visitor for Relations {
         if let Some(with) = &query.with {
             for cte in &with.cte_tables {
                 self.ctes
-                    .insert(tributary_syntax::rewrite::normalize_ident(&cte.alias.name));
+                    .insert(tributary_syntax::names::normalize_ident(&cte.alias.name));
             }
         }
         ControlFlow::Continue(())
@@ -396,7 +396,7 @@ impl Visitor for Relations {
             name, args: None, ..
         } = factor
         {
-            self.names.push(tributary_syntax::rewrite::name_parts(name));
+            self.names.push(tributary_syntax::names::name_parts(name));
         }
         ControlFlow::Continue(())
     }
@@ -405,7 +405,7 @@ impl Visitor for Relations {
         if let Statement::Insert(insert) = statement
             && let datafusion::sql::sqlparser::ast::TableObject::TableName(name) = &insert.table
         {
-            self.names.push(tributary_syntax::rewrite::name_parts(name));
+            self.names.push(tributary_syntax::names::name_parts(name));
         }
         ControlFlow::Continue(())
     }

@@ -8,7 +8,6 @@
 //! versions of the statement's transaction, so a large load never sits in memory whole and
 //! still becomes visible at once.
 
-use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -21,12 +20,13 @@ use datafusion::sql::sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Ident, Statement,
 };
 use futures::StreamExt;
+use parking_lot::Mutex;
 use tributary_storage::ExternalLocation;
+use tributary_syntax::dialect::MAXERROR_MARKER;
+use tributary_syntax::names::{name_parts, normalize_ident};
 
 use crate::session::Session;
 use crate::{Error, Result};
-use tributary_syntax::dialect::MAXERROR_MARKER;
-use tributary_syntax::rewrite::{name_parts, normalize_ident};
 
 mod loader;
 mod unload;

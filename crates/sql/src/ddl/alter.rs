@@ -8,7 +8,7 @@ use datafusion::sql::sqlparser::ast::{AlterTableOperation, ObjectName, RenameTab
 use tributary_catalog::{Column, Relation, SqlType, Table};
 use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
 use tributary_engine::transaction::WriteKind;
-use tributary_syntax::rewrite::{name_parts, normalize_ident};
+use tributary_syntax::names::{name_parts, normalize_ident};
 
 use crate::definition::declared_column;
 use crate::session::{Output, Session};

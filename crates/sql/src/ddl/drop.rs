@@ -4,7 +4,7 @@ use datafusion::catalog::SchemaProvider;
 use datafusion::sql::sqlparser::ast::{ObjectName, ObjectType};
 use tributary_catalog::{CatalogState, Relation};
 use tributary_engine::transaction::WriteKind;
-use tributary_syntax::rewrite::name_parts;
+use tributary_syntax::names::name_parts;
 
 use crate::session::{Output, Session};
 use crate::{Error, Result};

@@ -15,7 +15,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::tokenizer::Token;
 use tributary_catalog::{Column, Distribution, Identity, Relation, Table, View};
 use tributary_engine::layout::{cast_batch, storage_schema};
-use tributary_syntax::rewrite::{name_parts, normalize_ident};
+use tributary_syntax::names::{name_parts, normalize_ident};
 
 use crate::definition::{
     NewTable, columns_from_arrow, commit_new_table, constraints, declared_columns, query_rows,

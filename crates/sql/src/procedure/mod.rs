@@ -25,7 +25,7 @@ use tributary_catalog::{ArgumentMode, Procedure, ProcedureArgument, SqlType};
 use crate::session::{Output, Session};
 use tributary_engine::error::{Error, Result};
 use tributary_syntax::extension::ProcedureDefinition;
-use tributary_syntax::rewrite::name_parts;
+use tributary_syntax::names::name_parts;
 
 /// How deep procedure calls may nest, as in Redshift.
 const MAX_DEPTH: usize = 16;

@@ -15,13 +15,13 @@ use datafusion::sql::sqlparser::ast::{
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use tributary_catalog::{Procedure, SqlType};
-
-use crate::session::{Output, Session};
 use tributary_engine::error::{Error, Result};
 use tributary_syntax::Statement as Parsed;
 use tributary_syntax::plpgsql::{
     Block, Declaration, DeclarationKind, QuerySource, RaiseLevel, Statement, StatementKind,
 };
+
+use crate::session::{Output, Session};
 
 mod values;
 
@@ -766,7 +766,7 @@ impl<'p> Frame<'p> {
         let _ = visit_expressions_mut(statement, |expr| {
             let replacement = match expr {
                 Expr::Identifier(ident) => {
-                    let name = tributary_syntax::rewrite::normalize_ident(ident);
+                    let name = tributary_syntax::names::normalize_ident(ident);
                     match name.as_str() {
                         "sqlerrm" if !self.handling.is_empty() => Some(Ok(string_literal(
                             &self
@@ -779,8 +779,8 @@ impl<'p> Frame<'p> {
                     }
                 }
                 Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                    let record = tributary_syntax::rewrite::normalize_ident(&parts[0]);
-                    let field = tributary_syntax::rewrite::normalize_ident(&parts[1]);
+                    let record = tributary_syntax::names::normalize_ident(&parts[0]);
+                    let field = tributary_syntax::names::normalize_ident(&parts[1]);
                     self.literal_of(&record, Some(&field))
                 }
                 Expr::Value(value) => match &value.value {

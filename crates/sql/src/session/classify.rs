@@ -156,10 +156,10 @@ pub(crate) fn output_schema(statement: &SqlStatement, plan: &LogicalPlan) -> Sch
 /// Postgres's FigureColname: the name a result column gets when it has no alias.
 fn postgres_column_name(expr: &Expr) -> String {
     match expr {
-        Expr::Identifier(ident) => tributary_syntax::rewrite::normalize_ident(ident),
+        Expr::Identifier(ident) => tributary_syntax::names::normalize_ident(ident),
         Expr::CompoundIdentifier(parts) => parts
             .last()
-            .map(tributary_syntax::rewrite::normalize_ident)
+            .map(tributary_syntax::names::normalize_ident)
             .unwrap_or_default(),
         Expr::Function(function) => function
             .name

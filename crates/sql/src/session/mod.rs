@@ -19,9 +19,9 @@ use tributary_engine::functions;
 use tributary_engine::settings::Settings;
 use tributary_engine::transaction::Ended;
 use tributary_syntax::dialect::parse_statements;
-use tributary_syntax::rewrite::idents;
+use tributary_syntax::names::name_parts;
 use tributary_syntax::rewrite::{
-    alias_repeated_projections, name_parts, qualify_relations, rewrite_functions,
+    alias_repeated_projections, idents, qualify_relations, rewrite_functions,
     substitute_where_alias, top_to_limit,
 };
 use tributary_syntax::{ExtStatement, Statement};

@@ -10,7 +10,7 @@ use tributary_catalog::{CatalogState, MaterializedView, Table, ViewInput};
 use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
 use tributary_engine::transaction::WriteKind;
 use tributary_streaming::ViewId;
-use tributary_syntax::rewrite::name_parts;
+use tributary_syntax::names::name_parts;
 
 use crate::definition::NewTable;
 use crate::session::{Output, Session};

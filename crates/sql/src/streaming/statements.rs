@@ -14,7 +14,7 @@ use tributary_streaming::{
     pipeline, prepare, round,
 };
 use tributary_syntax::extension as syntax;
-use tributary_syntax::rewrite::name_parts;
+use tributary_syntax::names::name_parts;
 
 use super::query_view;
 use crate::session::{Output, Session};
@@ -354,7 +354,7 @@ pub(crate) fn alter_external_schema(
 ) -> Result<Output> {
     let schema = name
         .last()
-        .map(tributary_syntax::rewrite::normalize_ident)
+        .map(tributary_syntax::names::normalize_ident)
         .unwrap_or_default();
     let database = session.database().to_string();
     let external = session
