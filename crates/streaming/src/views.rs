@@ -21,6 +21,8 @@ pub const VIEWS: &[&str] = &[
     "svv_external_schemas",
 ];
 
+/// A system view's columns, built one at a time.
+#[derive(Default)]
 pub struct Columns {
     fields: Vec<Field>,
     arrays: Vec<ArrayRef>,
@@ -28,10 +30,7 @@ pub struct Columns {
 
 impl Columns {
     pub fn new() -> Self {
-        Self {
-            fields: Vec::new(),
-            arrays: Vec::new(),
-        }
+        Self::default()
     }
 
     pub fn text<I: IntoIterator<Item = Option<String>>>(mut self, name: &str, values: I) -> Self {
