@@ -9,6 +9,7 @@
 
 pub mod catalog_list;
 pub mod convert;
+pub mod datafusion_text;
 pub mod error;
 pub mod functions;
 pub mod json;

@@ -183,16 +183,7 @@ fn is_stateless_over(plan: &Arc<dyn ExecutionPlan>, input: &SchemaRef) -> bool {
         let children = node.children().len();
         let name = node.name();
         let is_input = memory_source(node).is_some_and(|m| m.original_schema() == *input);
-        let passes_rows = matches!(
-            name,
-            "ProjectionExec"
-                | "FilterExec"
-                | "CoalesceBatchesExec"
-                | "CoalescePartitionsExec"
-                | "RepartitionExec"
-                | "GlobalLimitExec"
-                | "LocalLimitExec"
-        );
+        let passes_rows = tributary_engine::datafusion_text::ROW_BY_ROW_OPERATORS.contains(&name);
         if (children == 0 && !is_input) || (children > 0 && !passes_rows) {
             stateless = false;
             return Ok(TreeNodeRecursion::Stop);
