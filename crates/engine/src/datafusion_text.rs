@@ -21,9 +21,21 @@ pub const ROW_BY_ROW_OPERATORS: &[&str] = &[
     "LocalLimitExec",
 ];
 
+impl From<arrow::error::ArrowError> for Error {
+    fn from(err: arrow::error::ArrowError) -> Self {
+        classify_arrow(&err)
+    }
+}
+
+impl From<DataFusionError> for Error {
+    fn from(err: DataFusionError) -> Self {
+        classify(err)
+    }
+}
+
 /// Sorts DataFusion's errors by whose fault they are. DataFusion reports most planning
 /// problems as free text, so the text is inspected where no structured kind exists.
-pub(crate) fn classify(err: DataFusionError) -> Error {
+fn classify(err: DataFusionError) -> Error {
     match err {
         DataFusionError::Context(_, inner) => classify(*inner),
         DataFusionError::Shared(inner) => classify_text(inner.to_string()),
@@ -49,7 +61,7 @@ pub(crate) fn classify(err: DataFusionError) -> Error {
     }
 }
 
-pub(crate) fn classify_arrow(err: &arrow::error::ArrowError) -> Error {
+fn classify_arrow(err: &arrow::error::ArrowError) -> Error {
     use arrow::error::ArrowError as A;
     match err {
         A::DivideByZero => Error::data(DataErrorKind::DivisionByZero, "division by zero"),

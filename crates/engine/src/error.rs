@@ -1,7 +1,6 @@
 //! Errors of the SQL layers. Each variant names whose fault it is; the wire crate maps them to
-//! SQLSTATE codes (this crate never speaks of the protocol).
-
-use datafusion::error::DataFusionError;
+//! SQLSTATE codes (this crate never speaks of the protocol). DataFusion's and Arrow's errors
+//! convert through [`crate::datafusion_text`].
 
 /// Kinds of bad data, each with its own SQLSTATE class 22 code at the wire edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,17 +206,5 @@ impl From<tributary_syntax::Error> for Error {
             S::InvalidStatement(message) => Error::InvalidStatement(message),
             S::Internal(message) => Error::Internal(message),
         }
-    }
-}
-
-impl From<arrow::error::ArrowError> for Error {
-    fn from(err: arrow::error::ArrowError) -> Self {
-        crate::datafusion_text::classify_arrow(&err)
-    }
-}
-
-impl From<DataFusionError> for Error {
-    fn from(err: DataFusionError) -> Self {
-        crate::datafusion_text::classify(err)
     }
 }
