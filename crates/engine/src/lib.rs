@@ -1,11 +1,14 @@
-//! What statements run on, below any statement handler: the errors statements raise, Redshift's
-//! types and their conversion from text, SUPER and PartiQL, the functions of Redshift's dialect
-//! that DataFusion lacks, table write locks, session settings, bind parameters, and the
-//! runtime that runs queries beside the server's I/O.
+//! What statements run on, below any statement handler: the store (a storage root, its catalog
+//! and what transactions share), transactions and table write locks, a session's catalogs as
+//! DataFusion sees them, the table providers (a mirror table's merge-on-read included),
+//! planning outside a session, Redshift's types and their conversion from text, SUPER and
+//! PartiQL, the functions DataFusion lacks, session settings, bind parameters, the metrics'
+//! counters and the runtimes that run queries beside the server's I/O.
 //!
-//! Nothing here knows a session, a statement handler or a streaming view: the SQL front end and
-//! the streaming layer build on these parts. Errors say whose fault they are; the wire crate
-//! maps them to SQLSTATE codes.
+//! Nothing here knows a session, a statement handler or how a streaming view ingests: the SQL
+//! front end and the streaming layer build on these parts, and add theirs to a session's
+//! catalogs through [`catalog_list::Extensions`]. Errors say whose fault they are; the wire
+//! crate maps them to SQLSTATE codes.
 
 pub mod catalog_list;
 pub mod convert;

@@ -1,10 +1,13 @@
-//! Tributary's SQL layer: Redshift's dialect planned and run by DataFusion over the catalog's
-//! Delta tables.
+//! Tributary's SQL front end: Redshift's statements, checked and dispatched to their handlers,
+//! planned and run by DataFusion over the catalog's Delta tables.
 //!
 //! A [`Session`] takes parsed statements. Queries and INSERT go to DataFusion, with tables
-//! resolved through the catalog version pinned when the statement started; DDL, SET / SHOW
-//! and transaction control are handled here. This crate knows nothing of the wire protocol:
-//! its errors say whose fault they are, and the wire crate maps them to SQLSTATE codes.
+//! resolved through the catalog version pinned when the statement started; DDL, DML, COPY,
+//! access control, datashares, procedures, streaming DDL, SET / SHOW and transaction control
+//! are handled here, on the layers below ([`tributary_streaming`], [`tributary_engine`],
+//! [`tributary_syntax`]). [`Engine`] composes them for a server. This crate knows nothing of
+//! the wire protocol: its errors say whose fault they are, and the wire crate maps them to
+//! SQLSTATE codes.
 
 mod access;
 mod console;
