@@ -24,13 +24,13 @@ pub struct Engine {
     /// Rows rejected by COPY, for `stl_load_errors`.
     pub(crate) load_errors: crate::copy::LoadErrors,
     /// Streaming views: settings, stream clients, counters, history, auto-refresh tasks.
-    pub(crate) streams: tributary_streaming::Streams,
+    pub(crate) streams: Streams,
     /// The namespace registry and the producers read through datashares.
     pub(crate) sharing: crate::sharing::Sharing,
     /// Computes password verifiers for CREATE / ALTER USER (set by the wire crate).
     password_hasher: std::sync::OnceLock<crate::access::PasswordHasher>,
     /// Counters and histograms for `/metrics`, and the recent queries.
-    pub(crate) metrics: tributary_engine::metrics::Metrics,
+    pub(crate) metrics: Metrics,
 }
 
 /// The engine is its store with features added: the store's parts (catalog, storage, locks,
