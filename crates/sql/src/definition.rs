@@ -16,7 +16,7 @@ use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
 use tributary_engine::types;
 use tributary_syntax::names::normalize_ident;
 
-use crate::session::Session;
+use crate::context::Context;
 use crate::{Error, Result};
 
 /// A table whose files were written but which is not yet in the catalog.
@@ -30,19 +30,19 @@ pub(crate) struct NewTable {
 /// exists and IF NOT EXISTS was given (a notice says it is skipped), an error when it exists
 /// otherwise.
 pub(crate) fn relation_is_new(
-    session: &mut Session,
+    cx: &mut Context,
     schema: &str,
     name: &str,
     if_not_exists: bool,
 ) -> Result<bool> {
-    let database = session.database().to_string();
-    let pinned = session.catalogs().pinned();
+    let database = cx.database().to_string();
+    let pinned = cx.catalogs().pinned();
     pinned.schema(&database, schema)?;
     if pinned.relation(&database, schema, name).is_none() {
         return Ok(true);
     }
     if if_not_exists {
-        session.notice(format!("relation \"{name}\" already exists, skipping"));
+        cx.notice(format!("relation \"{name}\" already exists, skipping"));
         return Ok(false);
     }
     Err(Error::Duplicate {
@@ -53,12 +53,12 @@ pub(crate) fn relation_is_new(
 
 /// Makes a created table visible, with its first rows (CREATE TABLE AS) appended first.
 pub(crate) async fn commit_new_table(
-    session: &mut Session,
+    cx: &mut Context,
     new: NewTable,
     batches: Vec<RecordBatch>,
 ) -> Result<u64> {
-    let database = session.database().to_string();
-    let engine = session.engine().clone();
+    let database = cx.database().to_string();
+    let engine = cx.engine().clone();
     let NewTable {
         schema,
         name,
@@ -82,7 +82,7 @@ pub(crate) async fn commit_new_table(
             .await?
             .version;
     }
-    session.catalogs().modify(|state| {
+    cx.catalogs().modify(|state| {
         table.oid = state.allocate_oid();
         state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
     })?;
@@ -91,12 +91,12 @@ pub(crate) async fn commit_new_table(
 
 /// Runs a query to completion (for CREATE TABLE AS).
 pub(crate) async fn query_rows(
-    session: &mut Session,
+    cx: &mut Context,
     statement: Statement,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let statement = session.rewrite(statement)?;
-    let plan = session.plan(&statement).await?;
-    let frame = session.context().execute_logical_plan(plan).await?;
+    let statement = cx.rewrite(statement)?;
+    let plan = cx.plan(&statement).await?;
+    let frame = cx.context().execute_logical_plan(plan).await?;
     let schema = Arc::new(frame.schema().as_arrow().clone());
     Ok((schema, frame.collect().await?))
 }

@@ -28,7 +28,8 @@ use tributary_engine::table::{TributaryTable, prepare_batch};
 use tributary_engine::transaction::WriteKind;
 use tributary_syntax::names::{name_parts, normalize_ident};
 
-use crate::session::{Output, Session};
+use crate::context::Context;
+use crate::output::Output;
 use crate::{Error, Result};
 
 const ROW_ID: &str = "__tributary_rid";
@@ -41,12 +42,12 @@ const ACTION_INSERT: i64 = 3;
 
 /// Runs UPDATE, DELETE or MERGE; `with` is a WITH clause written before the statement.
 pub(crate) async fn execute(
-    session: &mut Session,
+    cx: &mut Context,
     statement: Statement,
     with: Option<With>,
 ) -> Result<Output> {
     match statement {
-        Statement::Delete(delete) => delete_rows(session, delete, with).await,
+        Statement::Delete(delete) => delete_rows(cx, delete, with).await,
         Statement::Update(update) => {
             let from = match update.from {
                 Some(UpdateTableFromKind::BeforeSet(tables))
@@ -59,7 +60,7 @@ pub(crate) async fn execute(
                 ));
             }
             update_rows(
-                session,
+                cx,
                 &update.table,
                 &update.assignments,
                 &from,
@@ -70,7 +71,7 @@ pub(crate) async fn execute(
         }
         Statement::Merge(merge) => {
             merge_rows(
-                session,
+                cx,
                 &merge.table,
                 &merge.source,
                 &merge.on,
@@ -102,7 +103,7 @@ struct Target {
 static SCRATCH_COUNTER: AtomicU64 = AtomicU64::new(1);
 
 impl Target {
-    async fn open(session: &Session, factor: &TableFactor) -> Result<Self> {
+    async fn open(cx: &Context, factor: &TableFactor) -> Result<Self> {
         let TableFactor::Table { name, alias, .. } = factor else {
             return Err(Error::NotSupported(format!(
                 "the target of UPDATE, DELETE or MERGE must be a table, not {factor}"
@@ -113,7 +114,7 @@ impl Target {
             None => name_parts(name).last().cloned().unwrap_or_default(),
         };
         let parts = name_parts(name);
-        let temp = session.catalogs().temp().clone();
+        let temp = cx.catalogs().temp().clone();
         let (table, schema_name, table_name, provider): (_, _, _, Arc<dyn TableProvider>) =
             if parts.len() == 1 && temp.table_exist(&parts[0]) {
                 let provider = temp
@@ -122,15 +123,15 @@ impl Target {
                     .ok_or_else(|| Error::UndefinedTable(parts[0].clone()))?;
                 (None, String::new(), parts[0].clone(), provider)
             } else {
-                let (schema, table_name) = resolve_table(session, name)?;
-                let database = session.database().to_string();
-                let slot = session
+                let (schema, table_name) = resolve_table(cx, name)?;
+                let database = cx.database().to_string();
+                let slot = cx
                     .catalogs()
                     .lock_table(&database, &schema, &table_name, WriteKind::Rewrite)
                     .await?;
                 tributary_engine::mirror::refuse_write(&slot.table, &table_name)?;
                 let provider = TributaryTable::open(
-                    session.catalogs(),
+                    cx.catalogs(),
                     [database, schema.clone(), table_name.clone()],
                     slot.table.clone(),
                 )
@@ -146,7 +147,7 @@ impl Target {
                 .map(|f| f.as_ref().clone().with_nullable(true))
                 .collect::<Vec<_>>(),
         ));
-        let frame = session.context().read_table(provider)?;
+        let frame = cx.context().read_table(provider)?;
         let rows = frame.collect().await?;
         let with_ids = Arc::new(Schema::new(
             schema
@@ -200,15 +201,15 @@ impl Target {
         format!("{}.{}", quote(&self.alias), quote(name))
     }
 
-    fn close(&self, session: &Session) {
-        let _ = session.catalogs().temp().deregister_table(&self.scratch);
+    fn close(&self, cx: &Context) {
+        let _ = cx.catalogs().temp().deregister_table(&self.scratch);
     }
 }
 
-fn resolve_table(session: &Session, name: &ObjectName) -> Result<(String, String)> {
-    let (schema, table) = session.resolve_existing(name)?;
-    let pinned = session.catalogs().pinned();
-    match pinned.relation(session.database(), &schema, &table) {
+fn resolve_table(cx: &Context, name: &ObjectName) -> Result<(String, String)> {
+    let (schema, table) = cx.resolve_existing(name)?;
+    let pinned = cx.catalogs().pinned();
+    match pinned.relation(cx.database(), &schema, &table) {
         Some(tributary_catalog::Relation::Table(_)) => Ok((schema, table)),
         Some(tributary_catalog::Relation::View(_)) => Err(Error::WrongObjectType(format!(
             "cannot change rows of \"{table}\": it is a view"
@@ -232,7 +233,7 @@ fn from_list(tables: &[TableWithJoins]) -> String {
     tables.iter().map(|t| format!(", {t}")).collect::<String>()
 }
 
-async fn delete_rows(session: &mut Session, delete: Delete, with: Option<With>) -> Result<Output> {
+async fn delete_rows(cx: &mut Context, delete: Delete, with: Option<With>) -> Result<Output> {
     if delete.returning.is_some() || delete.limit.is_some() {
         return Err(Error::NotSupported(
             "DELETE ... RETURNING and DELETE ... LIMIT are not supported".into(),
@@ -253,7 +254,7 @@ async fn delete_rows(session: &mut Session, delete: Delete, with: Option<With>) 
         ));
     }
     others.retain(|t| t.relation != target_table.relation);
-    let target = Target::open(session, &target_table.relation).await?;
+    let target = Target::open(cx, &target_table.relation).await?;
     let result = async {
         let selection = delete
             .selection
@@ -267,11 +268,11 @@ async fn delete_rows(session: &mut Session, delete: Delete, with: Option<With>) 
             target.scratch_item(),
             from_list(&others),
         );
-        let changes = run_changes(session, &sql, &target, false).await?;
-        write_changes(session, &target, changes).await
+        let changes = run_changes(cx, &sql, &target, false).await?;
+        write_changes(cx, &target, changes).await
     }
     .await;
-    target.close(session);
+    target.close(cx);
     let rows = result?;
     Ok(Output::Command {
         tag: "DELETE".into(),
@@ -334,7 +335,7 @@ fn default_of(target: &Target, column: &str) -> String {
 }
 
 async fn update_rows(
-    session: &mut Session,
+    cx: &mut Context,
     table: &TableWithJoins,
     assignments: &[datafusion::sql::sqlparser::ast::Assignment],
     from: &[TableWithJoins],
@@ -346,7 +347,7 @@ async fn update_rows(
             "UPDATE of a join is not supported; name other tables in FROM".into(),
         ));
     }
-    let target = Target::open(session, &table.relation).await?;
+    let target = Target::open(cx, &table.relation).await?;
     // Naming the target again in FROM (without an alias) means the target itself.
     let from: Vec<TableWithJoins> = from
         .iter()
@@ -371,11 +372,11 @@ async fn update_rows(
             target.scratch_item(),
             from_list(from),
         );
-        let changes = run_changes(session, &sql, &target, false).await?;
-        write_changes(session, &target, changes).await
+        let changes = run_changes(cx, &sql, &target, false).await?;
+        write_changes(cx, &target, changes).await
     }
     .await;
-    target.close(session);
+    target.close(cx);
     let rows = result?;
     Ok(Output::Command {
         tag: "UPDATE".into(),
@@ -384,17 +385,17 @@ async fn update_rows(
 }
 
 async fn merge_rows(
-    session: &mut Session,
+    cx: &mut Context,
     table: &TableFactor,
     source: &TableFactor,
     on: &Expr,
     clauses: &[MergeClause],
     with: Option<With>,
 ) -> Result<Output> {
-    let target = Target::open(session, table).await?;
+    let target = Target::open(cx, table).await?;
     if is_simplified(clauses) {
-        let result = remove_duplicates(session, &target, source, on, &with).await;
-        target.close(session);
+        let result = remove_duplicates(cx, &target, source, on, &with).await;
+        target.close(cx);
         return Ok(Output::Command {
             tag: "MERGE".into(),
             rows: Some(result?),
@@ -454,11 +455,11 @@ async fn merge_rows(
             action_arms.join(" "),
             target.scratch_item(),
         );
-        let changes = run_changes(session, &sql, &target, true).await?;
-        write_changes(session, &target, changes).await
+        let changes = run_changes(cx, &sql, &target, true).await?;
+        write_changes(cx, &target, changes).await
     }
     .await;
-    target.close(session);
+    target.close(cx);
     let rows = result?;
     Ok(Output::Command {
         tag: "MERGE".into(),
@@ -490,7 +491,7 @@ fn is_simplified(clauses: &[MergeClause]) -> bool {
 /// (one copy each, so target duplicates go), and unmatched source rows are inserted. The
 /// source has the target's columns, in order. Returns the number of source rows.
 async fn remove_duplicates(
-    session: &mut Session,
+    cx: &mut Context,
     target: &Target,
     source: &TableFactor,
     on: &Expr,
@@ -502,7 +503,7 @@ async fn remove_duplicates(
         target.column(ROW_ID),
         target.scratch_item(),
     );
-    let deleted = run_changes(session, &matched, target, false).await?.deleted;
+    let deleted = run_changes(cx, &matched, target, false).await?.deleted;
     let (source_sql, source_alias) = match source {
         TableFactor::Table { name, alias, .. } => (
             name.to_string(),
@@ -522,10 +523,10 @@ async fn remove_duplicates(
         "{}SELECT NULL AS {ROW_ID}, CAST({ACTION_INSERT} AS BIGINT) AS {ACTION}, * FROM {from}",
         with_prefix(with),
     );
-    let mut changes = run_changes(session, &inserted, target, false).await?;
+    let mut changes = run_changes(cx, &inserted, target, false).await?;
     let rows = changes.inserted.len() as u64;
     changes.deleted = deleted;
-    write_changes(session, target, changes).await?;
+    write_changes(cx, target, changes).await?;
     Ok(rows)
 }
 
@@ -603,18 +604,18 @@ struct Changes {
 
 /// Plans and runs the statement's SELECT and sorts its rows into changes.
 async fn run_changes(
-    session: &mut Session,
+    cx: &mut Context,
     sql: &str,
     target: &Target,
     single_match: bool,
 ) -> Result<Changes> {
-    let mut statements = session.parse(sql)?;
+    let mut statements = cx.parse(sql)?;
     let statement = statements
         .pop()
         .and_then(|s| s.into_sql())
         .ok_or_else(|| Error::Internal("empty DML query".into()))?;
-    let statement = session.rewrite(statement)?;
-    let plan = session.plan(&statement).await?;
+    let statement = cx.rewrite(statement)?;
+    let plan = cx.plan(&statement).await?;
     // Cast the new values to the target's column types, with SQL's cast rules.
     let columns = plan.schema().columns();
     let has_values = columns.len() > 2;
@@ -636,7 +637,7 @@ async fn run_changes(
         }
     }
     let plan = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
-    let batches = session
+    let batches = cx
         .context()
         .execute_logical_plan(plan)
         .await?
@@ -691,7 +692,7 @@ async fn run_changes(
 }
 
 /// Writes the target's new content and returns the number of rows the statement affected.
-async fn write_changes(session: &mut Session, target: &Target, changes: Changes) -> Result<u64> {
+async fn write_changes(cx: &mut Context, target: &Target, changes: Changes) -> Result<u64> {
     let affected = (changes.updated.len() + changes.deleted.len() + changes.inserted.len()) as u64;
     if affected == 0 {
         return Ok(0);
@@ -744,10 +745,10 @@ async fn write_changes(session: &mut Session, target: &Target, changes: Changes)
         content.push(RecordBatch::try_new(target.schema.clone(), columns)?);
     }
     match &target.table {
-        Some(table) => write_table(session, target, table, content).await?,
+        Some(table) => write_table(cx, target, table, content).await?,
         None => {
             let memory = MemTable::try_new(target.schema.clone(), vec![content])?;
-            let temp = session.catalogs().temp().clone();
+            let temp = cx.catalogs().temp().clone();
             temp.deregister_table(&target.name)?;
             temp.register_table(target.name.clone(), Arc::new(memory))?;
         }
@@ -756,7 +757,7 @@ async fn write_changes(session: &mut Session, target: &Target, changes: Changes)
 }
 
 async fn write_table(
-    session: &mut Session,
+    cx: &mut Context,
     target: &Target,
     table: &Table,
     content: Vec<RecordBatch>,
@@ -767,22 +768,16 @@ async fn write_table(
         .map(|batch| prepare_batch(table, &target.name, batch, &mut identity_next))
         .collect::<Result<Vec<_>>>()?;
     let stored_schema = Arc::new(tributary_engine::layout::storage_schema(table));
-    let version = session
+    let version = cx
         .engine()
         .storage
         .table(&table.path)?
         .overwrite(table.version, stored, &stored_schema)
         .await?;
     let name = [
-        session.database().to_string(),
+        cx.database().to_string(),
         target.schema_name.clone(),
         target.name.clone(),
     ];
-    tributary_engine::table::pin_written(
-        session.catalogs(),
-        &name,
-        &table.path,
-        version,
-        &identity_next,
-    )
+    tributary_engine::table::pin_written(cx.catalogs(), &name, &table.path, version, &identity_next)
 }

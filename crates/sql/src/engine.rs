@@ -4,17 +4,17 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Duration;
 
-use datafusion::catalog::{CatalogProvider, SchemaProvider};
 use tributary_catalog::StoredPassword;
-use tributary_engine::catalog_list::{Extensions, SessionCatalogs};
 use tributary_engine::metrics::Metrics;
 use tributary_engine::store::Store;
-use tributary_streaming::{Host, PrivateSession, StreamingSettings, Streams};
+use tributary_streaming::{Host, StreamingSettings, Streams};
 
 use crate::Result;
-use crate::session::Session;
+
+/// Computes the stored verifiers of a password (installed by the wire crate, which owns the
+/// authentication methods).
+pub(crate) type PasswordHasher = fn(user: &str, password: &str) -> StoredPassword;
 
 /// Shared state of a running server.
 #[derive(Debug)]
@@ -22,13 +22,13 @@ pub struct Engine {
     /// The storage root, its catalog and what transactions share.
     pub(crate) store: Arc<Store>,
     /// Rows rejected by COPY, for `stl_load_errors`.
-    pub(crate) load_errors: crate::copy::LoadErrors,
+    pub(crate) load_errors: crate::copy::errors::LoadErrors,
     /// Streaming views: settings, stream clients, counters, history, auto-refresh tasks.
     pub(crate) streams: Streams,
     /// The namespace registry and the producers read through datashares.
-    pub(crate) sharing: crate::sharing::Sharing,
+    pub(crate) sharing: crate::sharing::registry::Sharing,
     /// Computes password verifiers for CREATE / ALTER USER (set by the wire crate).
-    password_hasher: std::sync::OnceLock<crate::access::PasswordHasher>,
+    password_hasher: std::sync::OnceLock<PasswordHasher>,
     /// Counters and histograms for `/metrics`, and the recent queries.
     pub(crate) metrics: Metrics,
 }
@@ -59,11 +59,11 @@ impl Engine {
     }
 
     /// Installs how CREATE / ALTER USER turn a password into stored verifiers.
-    pub fn set_password_hasher(&self, hasher: crate::access::PasswordHasher) {
+    pub fn set_password_hasher(&self, hasher: PasswordHasher) {
         let _ = self.password_hasher.set(hasher);
     }
 
-    pub(crate) fn password_hasher(&self) -> Option<crate::access::PasswordHasher> {
+    pub(crate) fn password_hasher(&self) -> Option<PasswordHasher> {
         self.password_hasher.get().copied()
     }
 
@@ -77,11 +77,6 @@ impl Engine {
             .await
     }
 
-    /// Opens a session for an authenticated user on a database.
-    pub fn session(self: &Arc<Self>, user: &str, database: &str) -> Result<Session> {
-        Session::new(self.clone(), user, database)
-    }
-
     /// Starts the supervisor of auto-refreshing views (once per engine).
     pub fn spawn_streaming(self: &Arc<Self>, settings: StreamingSettings) {
         tributary_streaming::spawn_streaming(&self.host(), settings);
@@ -90,57 +85,5 @@ impl Engine {
     /// This engine as the streaming layer's host.
     pub(crate) fn host(self: &Arc<Self>) -> Arc<dyn Host> {
         self.clone()
-    }
-}
-
-/// The features a session's catalogs show: Redshift's system views and the databases made
-/// from datashares.
-impl Extensions for Engine {
-    fn system_schema(
-        self: Arc<Self>,
-        catalogs: &SessionCatalogs,
-        database: &str,
-        registered: Option<Arc<dyn SchemaProvider>>,
-    ) -> Arc<dyn SchemaProvider> {
-        Arc::new(crate::system::SystemSchema::new(
-            self,
-            catalogs.clone(),
-            database.to_string(),
-            registered,
-        ))
-    }
-
-    fn shared_catalog(
-        self: Arc<Self>,
-        catalogs: &SessionCatalogs,
-        database: &str,
-    ) -> Arc<dyn CatalogProvider> {
-        Arc::new(crate::sharing::SharedCatalog {
-            catalogs: catalogs.clone(),
-            database: database.to_string(),
-        })
-    }
-
-    fn observe_commit(&self, took: Duration) {
-        self.metrics.observe_commit(took);
-    }
-}
-
-/// What the streaming layer runs on.
-impl Host for Engine {
-    fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
-    fn streams(&self) -> &Streams {
-        &self.streams
-    }
-
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    fn session(self: Arc<Self>, owner: &str, database: &str) -> Result<Box<dyn PrivateSession>> {
-        Ok(Box::new(Session::new(self, owner, database)?))
     }
 }

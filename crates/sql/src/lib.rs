@@ -10,14 +10,18 @@
 //! SQLSTATE codes.
 
 mod access;
+mod classify;
 mod console;
+mod context;
 mod copy;
 mod ddl;
 mod definition;
 mod dml;
 mod engine;
+mod host;
 mod maintenance;
 mod metrics;
+mod output;
 mod procedure;
 mod session;
 mod sharing;
@@ -28,7 +32,8 @@ pub use copy::CopyPlan;
 pub use datafusion::common::ParamValues;
 pub use engine::Engine;
 pub use maintenance::{MaintenanceReport, MaintenanceSettings};
-pub use session::{Notice, Output, Prepared, Session};
+pub use output::{Notice, Output};
+pub use session::{Prepared, Session};
 pub use tributary_engine::functions::VERSION;
 pub use tributary_engine::metrics::{QueryRecord, SessionGuard, resident_memory_bytes};
 pub use tributary_engine::{DataErrorKind, Error, Result, THREAD_STACK_BYTES, runtime};

@@ -183,14 +183,14 @@ impl SystemSchema {
             "pg_user" => users(&state)?,
             "pg_group" => groups(&state)?,
             "svv_datashares" | "svv_datashare_objects" | "svv_datashare_consumers" => {
-                crate::sharing::system_view(&self.catalogs, &state, name)
+                crate::sharing::views::system_view(&self.catalogs, &state, name)
                     .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
                     .ok_or_else(|| {
                         datafusion::error::DataFusionError::Internal(format!("no view {name}"))
                     })?
             }
             "stl_load_errors" => {
-                crate::copy::load_errors_batch(&self.engine.load_errors.snapshot())
+                crate::copy::errors::load_errors_batch(&self.engine.load_errors.snapshot())
                     .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
             }
             _ => return Ok(None),
@@ -295,7 +295,7 @@ impl SchemaProvider for SystemSchema {
         let mut names: Vec<String> = REDSHIFT_VIEWS
             .iter()
             .chain(tributary_streaming::SYSTEM_VIEWS)
-            .chain(crate::sharing::VIEWS)
+            .chain(crate::sharing::views::VIEWS)
             .map(|s| s.to_string())
             .collect();
         if let Some(postgres) = &self.postgres {
@@ -343,7 +343,7 @@ impl SchemaProvider for SystemSchema {
     fn table_exist(&self, name: &str) -> bool {
         REDSHIFT_VIEWS.contains(&name)
             || tributary_streaming::SYSTEM_VIEWS.contains(&name)
-            || crate::sharing::VIEWS.contains(&name)
+            || crate::sharing::views::VIEWS.contains(&name)
             || self.postgres.as_ref().is_some_and(|p| p.table_exist(name))
     }
 }

@@ -9,8 +9,7 @@ use tributary_catalog::{CatalogState, ExternalSource, Privilege};
 use tributary_engine::catalog_list::{SYSTEM_SCHEMA, TEMP_SCHEMA};
 use tributary_syntax::ExtStatement;
 
-use super::require_superuser;
-use crate::session::Session;
+use crate::context::Context;
 use crate::{Error, Result};
 
 /// What a relation reference in a statement needs.
@@ -23,9 +22,9 @@ pub(crate) enum Access {
 /// Checks that the session's user may run `statement` (already qualified by `rewrite`):
 /// USAGE on every schema it names, and SELECT, INSERT, UPDATE or DELETE on each relation.
 /// Relations of a database made from a datashare are read-only.
-pub(crate) fn check_statement(session: &Session, statement: &Statement) -> Result<()> {
-    let state = session.catalogs().pinned();
-    let user = session.user();
+pub(crate) fn check_statement(cx: &Context, statement: &Statement) -> Result<()> {
+    let state = cx.catalogs().pinned();
+    let user = cx.user();
     let mut pending_targets = write_privileges(statement);
     let mut collector = Relations::default();
     let _ = statement.visit(&mut collector);
@@ -45,7 +44,7 @@ pub(crate) fn check_statement(session: &Session, statement: &Statement) -> Resul
             None => vec![Access::Read],
         };
         for access in accesses {
-            check_relation(session, &state, user, &name, access)?;
+            check_relation(cx, &state, user, &name, access)?;
         }
     }
     Ok(())
@@ -78,7 +77,7 @@ fn write_privileges(statement: &Statement) -> Vec<(Vec<String>, Vec<Privilege>)>
         }
         _ => return Vec::new(),
     };
-    crate::session::write_target_names(statement)
+    crate::classify::write_target_names(statement)
         .into_iter()
         .map(|name| {
             (
@@ -91,14 +90,14 @@ fn write_privileges(statement: &Statement) -> Vec<(Vec<String>, Vec<Privilege>)>
 
 /// Checks one relation reference: `[db.]schema.name` after qualification.
 pub(crate) fn check_relation(
-    session: &Session,
+    cx: &Context,
     state: &CatalogState,
     user: &str,
     name: &[String],
     access: Access,
 ) -> Result<()> {
     let (database, schema, relation) = match name {
-        [schema, relation] => (session.database().to_string(), schema, relation),
+        [schema, relation] => (cx.database().to_string(), schema, relation),
         [database, schema, relation] => (database.clone(), schema, relation),
         _ => return Ok(()),
     };
@@ -109,7 +108,7 @@ pub(crate) fn check_relation(
         return Ok(());
     };
     if let Access::Write(privilege) = access
-        && database != session.database()
+        && database != cx.database()
     {
         // As in Redshift, other databases are read-only through three-part names.
         return Err(Error::NotSupported(format!(
@@ -171,9 +170,9 @@ fn read_only_share(database: &str, privilege: Privilege) -> Error {
 }
 
 /// Checks that the user may create objects in `schema` of the current database.
-pub(crate) fn check_create_in(session: &Session, schema: &str) -> Result<()> {
-    let state = session.catalogs().pinned();
-    let database = session.database();
+pub(crate) fn check_create_in(cx: &Context, schema: &str) -> Result<()> {
+    let state = cx.catalogs().pinned();
+    let database = cx.database();
     let db = state.database(database)?;
     if db.share.is_some() {
         return Err(read_only_share(database, Privilege::Create));
@@ -181,20 +180,20 @@ pub(crate) fn check_create_in(session: &Session, schema: &str) -> Result<()> {
     let Ok(found) = state.schema(database, schema) else {
         return Ok(());
     };
-    if !state.holds(session.user(), found.oid, &found.owner, Privilege::Create) {
+    if !state.holds(cx.user(), found.oid, &found.owner, Privilege::Create) {
         return Err(Error::PermissionDenied(format!("schema {schema}")));
     }
     Ok(())
 }
 
 /// Checks that the user owns `[db.]schema.name` (or is a superuser): DROP, ALTER, REFRESH.
-pub(crate) fn check_owner(session: &Session, schema: &str, name: &str) -> Result<()> {
-    let state = session.catalogs().pinned();
-    let Some(relation) = state.relation(session.database(), schema, name) else {
+pub(crate) fn check_owner(cx: &Context, schema: &str, name: &str) -> Result<()> {
+    let state = cx.catalogs().pinned();
+    let Some(relation) = state.relation(cx.database(), schema, name) else {
         return Ok(());
     };
     let owner = CatalogState::relation_owner(relation);
-    if owner == session.user() || state.is_superuser(session.user()) {
+    if owner == cx.user() || state.is_superuser(cx.user()) {
         return Ok(());
     }
     Err(Error::PermissionDenied(format!(
@@ -204,23 +203,23 @@ pub(crate) fn check_owner(session: &Session, schema: &str, name: &str) -> Result
 
 /// Checks the privileges of the statements sqlparser lacks; the access statements check their
 /// own as they run.
-pub(crate) fn check_ext(session: &Session, statement: &ExtStatement) -> Result<()> {
-    let superuser = session.catalogs().pinned().is_superuser(session.user());
+pub(crate) fn check_ext(cx: &Context, statement: &ExtStatement) -> Result<()> {
+    let superuser = cx.catalogs().pinned().is_superuser(cx.user());
     match statement {
         ExtStatement::CreateExternalSchema { .. } if !superuser => {
-            check_create_schema(session)?;
+            check_create_schema(cx)?;
         }
         ExtStatement::CreateMirrorTable { table, .. } if !superuser => {
-            let (schema, _) = session.resolve_for_create(&table.name)?;
-            check_create_in(session, &schema)?;
+            let (schema, _) = cx.resolve_for_create(&table.name)?;
+            check_create_in(cx, &schema)?;
         }
         ExtStatement::Refresh { name } | ExtStatement::AlterAutoRefresh { name, .. } => {
-            if let Ok((schema, view)) = session.resolve_existing(name) {
-                check_owner(session, &schema, &view)?;
+            if let Ok((schema, view)) = cx.resolve_existing(name) {
+                check_owner(cx, &schema, &view)?;
             }
         }
         ExtStatement::AlterExternalSchema { .. } => {
-            require_superuser(session, "ALTER EXTERNAL SCHEMA")?;
+            require_superuser(cx, "ALTER EXTERNAL SCHEMA")?;
         }
         _ => {}
     }
@@ -228,14 +227,14 @@ pub(crate) fn check_ext(session: &Session, statement: &ExtStatement) -> Result<(
 }
 
 /// CREATE SCHEMA needs CREATE on the database.
-fn check_create_schema(session: &Session) -> Result<()> {
-    let state = session.catalogs().pinned();
-    let user = session.user();
-    let db = state.database(session.database())?;
+fn check_create_schema(cx: &Context) -> Result<()> {
+    let state = cx.catalogs().pinned();
+    let user = cx.user();
+    let db = state.database(cx.database())?;
     if !state.holds(user, db.oid, &db.owner, Privilege::Create) {
         return Err(Error::PermissionDenied(format!(
             "database {}",
-            session.database()
+            cx.database()
         )));
     }
     Ok(())
@@ -243,28 +242,28 @@ fn check_create_schema(session: &Session) -> Result<()> {
 
 /// Checks the privileges of statements that are not queries or DML: DDL needs CREATE on the
 /// target schema or ownership of the target; CREATE SCHEMA needs CREATE on the database.
-pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<()> {
-    let state = session.catalogs().pinned();
-    let user = session.user();
+pub(crate) fn check_utility(cx: &Context, statement: &Statement) -> Result<()> {
+    let state = cx.catalogs().pinned();
+    let user = cx.user();
     if state.is_superuser(user) {
         return Ok(());
     }
     match statement {
         Statement::CreateTable(create) => {
-            let (schema, _) = session.resolve_for_create(&create.name)?;
-            check_create_in(session, &schema)?;
+            let (schema, _) = cx.resolve_for_create(&create.name)?;
+            check_create_in(cx, &schema)?;
             if let Some(query) = &create.query {
-                check_reads(session, query)?;
+                check_reads(cx, query)?;
             }
         }
         Statement::CreateView(create) => {
-            let (schema, _) = session.resolve_for_create(&create.name)?;
-            check_create_in(session, &schema)?;
+            let (schema, _) = cx.resolve_for_create(&create.name)?;
+            check_create_in(cx, &schema)?;
             // A view's (or a streaming view's) query reads what it names: USAGE on an
             // external schema, SELECT on tables.
-            check_reads(session, &create.query)?;
+            check_reads(cx, &create.query)?;
         }
-        Statement::CreateSchema { .. } => check_create_schema(session)?,
+        Statement::CreateSchema { .. } => check_create_schema(cx)?,
         Statement::CreateDatabase { .. }
             if !state.users.get(user).is_some_and(|u| u.create_database) =>
         {
@@ -277,8 +276,8 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
         } => match object_type {
             ObjectType::Table | ObjectType::View | ObjectType::MaterializedView => {
                 for name in names {
-                    if let Ok((schema, relation)) = session.resolve_existing(name) {
-                        check_owner(session, &schema, &relation)?;
+                    if let Ok((schema, relation)) = cx.resolve_existing(name) {
+                        check_owner(cx, &schema, &relation)?;
                     }
                 }
             }
@@ -288,7 +287,7 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
                         .last()
                         .cloned()
                         .unwrap_or_default();
-                    if let Ok(found) = state.schema(session.database(), &schema)
+                    if let Ok(found) = state.schema(cx.database(), &schema)
                         && found.owner != user
                     {
                         return Err(Error::PermissionDenied(format!(
@@ -312,21 +311,15 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
             _ => {}
         },
         Statement::AlterTable(alter) => {
-            if let Ok((schema, relation)) = session.resolve_existing(&alter.name) {
-                check_owner(session, &schema, &relation)?;
+            if let Ok((schema, relation)) = cx.resolve_existing(&alter.name) {
+                check_owner(cx, &schema, &relation)?;
             }
         }
         Statement::Truncate(truncate) => {
             for table in &truncate.table_names {
-                if let Ok((schema, relation)) = session.resolve_existing(&table.name) {
+                if let Ok((schema, relation)) = cx.resolve_existing(&table.name) {
                     let name = vec![schema, relation];
-                    check_relation(
-                        session,
-                        &state,
-                        user,
-                        &name,
-                        Access::Write(Privilege::Delete),
-                    )?;
+                    check_relation(cx, &state, user, &name, Access::Write(Privilege::Delete))?;
                 }
             }
         }
@@ -335,15 +328,9 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
             to: false,
             ..
         } => {
-            if let Ok((schema, relation)) = session.resolve_existing(table_name) {
+            if let Ok((schema, relation)) = cx.resolve_existing(table_name) {
                 let name = vec![schema, relation];
-                check_relation(
-                    session,
-                    &state,
-                    user,
-                    &name,
-                    Access::Write(Privilege::Insert),
-                )?;
+                check_relation(cx, &state, user, &name, Access::Write(Privilege::Insert))?;
             }
         }
         _ => {}
@@ -352,19 +339,19 @@ pub(crate) fn check_utility(session: &Session, statement: &Statement) -> Result<
 }
 
 /// Checks the relations a CREATE ... AS query reads.
-fn check_reads(session: &Session, query: &Query) -> Result<()> {
+fn check_reads(cx: &Context, query: &Query) -> Result<()> {
     let statement = Statement::Query(Box::new(query.clone()));
     // A query the rewrite cannot handle fails later with its own error.
-    match session.rewrite(statement) {
-        Ok(qualified) => check_statement(session, &qualified),
+    match cx.rewrite(statement) {
+        Ok(qualified) => check_statement(cx, &qualified),
         Err(_) => Ok(()),
     }
 }
 
 /// Checks that the user may call a procedure (EXECUTE).
-pub(crate) fn check_execute(session: &Session, oid: u32, owner: &str, name: &str) -> Result<()> {
-    let state = session.catalogs().pinned();
-    if state.holds(session.user(), oid, owner, Privilege::Execute) {
+pub(crate) fn check_execute(cx: &Context, oid: u32, owner: &str, name: &str) -> Result<()> {
+    let state = cx.catalogs().pinned();
+    if state.holds(cx.user(), oid, owner, Privilege::Execute) {
         Ok(())
     } else {
         Err(Error::PermissionDenied(format!("procedure {name}")))
@@ -408,5 +395,16 @@ impl Visitor for Relations {
             self.names.push(tributary_syntax::names::name_parts(name));
         }
         ControlFlow::Continue(())
+    }
+}
+
+/// Refuses `what` unless the user is a superuser.
+pub(crate) fn require_superuser(cx: &Context, what: &str) -> Result<()> {
+    if cx.catalogs().pinned().is_superuser(cx.user()) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "{what}: must be a superuser"
+        )))
     }
 }

@@ -4,7 +4,8 @@ use tributary_catalog::{CatalogState, Grantee, Privilege, Relation};
 use tributary_syntax::access::{GrantObject, Name, ObjectKind};
 
 use super::users::missing;
-use crate::session::{Output, Session};
+use crate::context::Context;
+use crate::output::Output;
 use crate::{Error, Result};
 
 /// An object privileges can be granted on: its oid, owner and kind.
@@ -33,13 +34,13 @@ fn privileges_of(kind: &str) -> &'static [Privilege] {
 }
 
 pub(super) fn grant(
-    session: &mut Session,
+    cx: &mut Context,
     revoke: bool,
     privileges: Option<Vec<Privilege>>,
     object: GrantObject,
     grantees: Vec<Grantee>,
 ) -> Result<Output> {
-    let pinned = session.catalogs().pinned();
+    let pinned = cx.catalogs().pinned();
     for grantee in &grantees {
         match grantee {
             Grantee::User(name) if !pinned.users.contains_key(name) => {
@@ -51,8 +52,8 @@ pub(super) fn grant(
             _ => {}
         }
     }
-    let targets = grant_targets(session, &pinned, &object)?;
-    let user = session.user().to_string();
+    let targets = grant_targets(cx, &pinned, &object)?;
+    let user = cx.user().to_string();
     let mut changes = Vec::new();
     for target in &targets {
         if !pinned.is_superuser(&user) && target.owner != user {
@@ -77,7 +78,7 @@ pub(super) fn grant(
         }
         changes.push((target.oid, wanted));
     }
-    session.catalogs().modify(|state| {
+    cx.catalogs().modify(|state| {
         for (oid, wanted) in &changes {
             for grantee in &grantees {
                 if revoke {
@@ -122,9 +123,9 @@ impl Target {
 }
 
 /// `s` (in the current database) or `db.s`: its database and name.
-fn schema_name(session: &Session, name: &Name) -> Result<(String, String)> {
+fn schema_name(cx: &Context, name: &Name) -> Result<(String, String)> {
     match name.as_slice() {
-        [schema] => Ok((session.database().to_string(), schema.clone())),
+        [schema] => Ok((cx.database().to_string(), schema.clone())),
         [database, schema] => Ok((database.clone(), schema.clone())),
         _ => Err(Error::Syntax(format!(
             "improper schema name {}",
@@ -135,11 +136,11 @@ fn schema_name(session: &Session, name: &Name) -> Result<(String, String)> {
 
 /// The schema a name refers to.
 fn find_schema<'a>(
-    session: &Session,
+    cx: &Context,
     state: &'a CatalogState,
     name: &Name,
 ) -> Result<&'a tributary_catalog::Schema> {
-    let (database, schema) = schema_name(session, name)?;
+    let (database, schema) = schema_name(cx, name)?;
     state
         .schema(&database, &schema)
         .map_err(|_| Error::UndefinedSchema(schema))
@@ -154,16 +155,12 @@ fn object_name(name: &Name) -> datafusion::sql::sqlparser::ast::ObjectName {
     )
 }
 
-fn grant_targets(
-    session: &Session,
-    state: &CatalogState,
-    object: &GrantObject,
-) -> Result<Vec<Target>> {
+fn grant_targets(cx: &Context, state: &CatalogState, object: &GrantObject) -> Result<Vec<Target>> {
     let mut targets = Vec::new();
     match object {
         GrantObject::Tables(names) => {
             for name in names {
-                let (database, schema, relation) = relation_name(session, name)?;
+                let (database, schema, relation) = relation_name(cx, name)?;
                 if state.database(&database).is_ok_and(|d| d.share.is_some()) {
                     return Err(Error::NotSupported(format!(
                         "\"{database}\" is a database made from a datashare: grant USAGE ON DATABASE {database} instead"
@@ -177,14 +174,14 @@ fn grant_targets(
         }
         GrantObject::AllTablesInSchema(schemas) => {
             for name in schemas {
-                for (relation_name, relation) in &find_schema(session, state, name)?.relations {
+                for (relation_name, relation) in &find_schema(cx, state, name)?.relations {
                     targets.push(Target::relation(relation_name, relation));
                 }
             }
         }
         GrantObject::Schemas(names) => {
             for name in names {
-                let schema = find_schema(session, state, name)?;
+                let schema = find_schema(cx, state, name)?;
                 targets.push(Target::schema(&name.join("."), schema));
             }
         }
@@ -205,13 +202,13 @@ fn grant_targets(
         GrantObject::Procedures(names) => {
             for (name, types) in names {
                 let (_, procedure) =
-                    crate::procedure::resolve(session, &object_name(name), types.as_deref())?;
+                    crate::procedure::resolve(cx, &object_name(name), types.as_deref())?;
                 targets.push(Target::procedure(&procedure));
             }
         }
         GrantObject::AllProceduresInSchema(schemas) => {
             for name in schemas {
-                for procedure in find_schema(session, state, name)?.procedures.values() {
+                for procedure in find_schema(cx, state, name)?.procedures.values() {
                     targets.push(Target::procedure(procedure));
                 }
             }
@@ -222,31 +219,31 @@ fn grant_targets(
 
 /// `[[db.]schema.]name` of an existing relation: (database, schema, name). A name in another
 /// database is taken as written; others resolve as statements resolve them.
-fn relation_name(session: &Session, name: &Name) -> Result<(String, String, String)> {
+fn relation_name(cx: &Context, name: &Name) -> Result<(String, String, String)> {
     match name.as_slice() {
-        [database, schema, relation] if database != session.database() => {
+        [database, schema, relation] if database != cx.database() => {
             Ok((database.clone(), schema.clone(), relation.clone()))
         }
         _ => {
-            let (schema, relation) = session.resolve_existing(&object_name(name))?;
-            Ok((session.database().to_string(), schema, relation))
+            let (schema, relation) = cx.resolve_existing(&object_name(name))?;
+            Ok((cx.database().to_string(), schema, relation))
         }
     }
 }
 
 pub(super) fn set_owner(
-    session: &mut Session,
+    cx: &mut Context,
     kind: ObjectKind,
     name: Name,
     owner: String,
 ) -> Result<Output> {
-    let pinned = session.catalogs().pinned();
+    let pinned = cx.catalogs().pinned();
     if !pinned.users.contains_key(&owner) {
         return Err(missing("user", &owner));
     }
-    let user = session.user().to_string();
+    let user = cx.user().to_string();
     let superuser = pinned.is_superuser(&user);
-    let database = session.database().to_string();
+    let database = cx.database().to_string();
     let tag = match kind {
         ObjectKind::Table => "ALTER TABLE",
         ObjectKind::View => "ALTER VIEW",
@@ -266,7 +263,7 @@ pub(super) fn set_owner(
     };
     match kind {
         ObjectKind::Table | ObjectKind::View => {
-            let (db, schema, relation) = relation_name(session, &name)?;
+            let (db, schema, relation) = relation_name(cx, &name)?;
             let found = pinned
                 .relation(&db, &schema, &relation)
                 .ok_or_else(|| Error::UndefinedTable(relation.clone()))?;
@@ -274,7 +271,7 @@ pub(super) fn set_owner(
                 CatalogState::relation_owner(found),
                 format!("relation {relation}"),
             )?;
-            session.catalogs().modify(|state| {
+            cx.catalogs().modify(|state| {
                 match state.schema_mut(&db, &schema)?.relations.get_mut(&relation) {
                     Some(Relation::Table(t)) => t.owner = owner.clone(),
                     Some(Relation::View(v)) => v.owner = owner.clone(),
@@ -284,10 +281,10 @@ pub(super) fn set_owner(
             })?;
         }
         ObjectKind::Schema => {
-            let (db, schema) = schema_name(session, &name)?;
-            let found = find_schema(session, &pinned, &name)?;
+            let (db, schema) = schema_name(cx, &name)?;
+            let found = find_schema(cx, &pinned, &name)?;
             not_owner(&found.owner, format!("schema {schema}"))?;
-            session.catalogs().modify(|state| {
+            cx.catalogs().modify(|state| {
                 state.schema_mut(&db, &schema)?.owner = owner.clone();
                 Ok(())
             })?;
@@ -298,7 +295,7 @@ pub(super) fn set_owner(
                 .database(&db)
                 .map_err(|_| Error::UndefinedDatabase(db.clone()))?;
             not_owner(&found.owner, format!("database {db}"))?;
-            session.catalogs().modify(|state| {
+            cx.catalogs().modify(|state| {
                 if let Some(found) = state.databases.get_mut(&db) {
                     found.owner = owner.clone();
                 }
@@ -306,11 +303,10 @@ pub(super) fn set_owner(
             })?;
         }
         ObjectKind::Procedure => {
-            let (schema, procedure) =
-                crate::procedure::resolve(session, &object_name(&name), None)?;
+            let (schema, procedure) = crate::procedure::resolve(cx, &object_name(&name), None)?;
             not_owner(&procedure.owner, format!("procedure {}", procedure.name))?;
             let signature = procedure.signature();
-            session.catalogs().modify(|state| {
+            cx.catalogs().modify(|state| {
                 if let Some(p) = state
                     .schema_mut(&database, &schema)?
                     .procedures
@@ -328,7 +324,7 @@ pub(super) fn set_owner(
                 .get(&share)
                 .ok_or_else(|| missing("datashare", &share))?;
             not_owner(&found.owner, format!("datashare {share}"))?;
-            session.catalogs().modify(|state| {
+            cx.catalogs().modify(|state| {
                 if let Some(found) = state.datashares.get_mut(&share) {
                     found.owner = owner.clone();
                 }

@@ -3,8 +3,9 @@
 use tributary_catalog::{CatalogState, Grantee, Group, Relation, StoredPassword, User};
 use tributary_syntax::access::UserOptions;
 
-use super::require_superuser;
-use crate::session::{Output, Session};
+use super::check::require_superuser;
+use crate::context::Context;
+use crate::output::Output;
 use crate::{Error, Result};
 
 /// Redshift's password rules: 8 to 64 characters with an upper-case letter, a lower-case
@@ -28,9 +29,9 @@ fn check_password(password: &str) -> Result<()> {
     }
 }
 
-fn verifiers(session: &Session, user: &str, password: &str) -> Result<StoredPassword> {
+fn verifiers(cx: &Context, user: &str, password: &str) -> Result<StoredPassword> {
     check_password(password)?;
-    let hasher = session.engine().password_hasher().ok_or_else(|| {
+    let hasher = cx.engine().password_hasher().ok_or_else(|| {
         Error::NotSupported("passwords can be set only through a server connection".into())
     })?;
     Ok(hasher(user, password))
@@ -40,18 +41,14 @@ pub(super) fn missing(kind: &'static str, name: &str) -> Error {
     Error::UndefinedObject(format!("{kind} \"{name}\" does not exist"))
 }
 
-pub(super) fn create_user(
-    session: &mut Session,
-    name: String,
-    options: UserOptions,
-) -> Result<Output> {
-    require_superuser(session, "CREATE USER")?;
+pub(super) fn create_user(cx: &mut Context, name: String, options: UserOptions) -> Result<Output> {
+    require_superuser(cx, "CREATE USER")?;
     let password = match &options.password {
-        Some(Some(password)) => Some(verifiers(session, &name, password)?),
+        Some(Some(password)) => Some(verifiers(cx, &name, password)?),
         _ => None,
     };
-    warn_ignored(session, &options);
-    session.catalogs().modify(|state| {
+    warn_ignored(cx, &options);
+    cx.catalogs().modify(|state| {
         if state.users.contains_key(&name) {
             return Err(tributary_catalog::Error::AlreadyExists {
                 kind: "user",
@@ -86,41 +83,41 @@ pub(super) fn create_user(
     Ok(Output::command("CREATE USER"))
 }
 
-fn warn_ignored(session: &mut Session, options: &UserOptions) {
+fn warn_ignored(cx: &mut Context, options: &UserOptions) {
     for option in &options.ignored {
-        session.notice(format!("{option} is accepted and not enforced"));
+        cx.notice(format!("{option} is accepted and not enforced"));
     }
 }
 
 pub(super) fn alter_user(
-    session: &mut Session,
+    cx: &mut Context,
     name: String,
     options: UserOptions,
     rename: Option<String>,
 ) -> Result<Output> {
-    let own_password_only = name == session.user()
+    let own_password_only = name == cx.user()
         && options.superuser.is_none()
         && options.create_database.is_none()
         && rename.is_none();
     if !own_password_only {
-        require_superuser(session, "ALTER USER")?;
+        require_superuser(cx, "ALTER USER")?;
     }
-    if rename.is_some() && name == session.user() {
+    if rename.is_some() && name == cx.user() {
         return Err(Error::InvalidStatement(
             "the session user cannot be renamed".into(),
         ));
     }
     let password = match &options.password {
         Some(Some(password)) => Some(Some(verifiers(
-            session,
+            cx,
             rename.as_deref().unwrap_or(&name),
             password,
         )?)),
         Some(None) => Some(None),
         None => None,
     };
-    warn_ignored(session, &options);
-    session.catalogs().modify(|state| {
+    warn_ignored(cx, &options);
+    cx.catalogs().modify(|state| {
         let mut user =
             state
                 .users
@@ -200,22 +197,18 @@ fn rename_owner(state: &mut CatalogState, from: &str, to: &str) {
     }
 }
 
-pub(super) fn drop_users(
-    session: &mut Session,
-    names: Vec<String>,
-    if_exists: bool,
-) -> Result<Output> {
-    require_superuser(session, "DROP USER")?;
-    let pinned = session.catalogs().pinned();
+pub(super) fn drop_users(cx: &mut Context, names: Vec<String>, if_exists: bool) -> Result<Output> {
+    require_superuser(cx, "DROP USER")?;
+    let pinned = cx.catalogs().pinned();
     for name in &names {
-        if name == session.user() {
+        if name == cx.user() {
             return Err(Error::InvalidStatement(
                 "the session user cannot be dropped".into(),
             ));
         }
         if !pinned.users.contains_key(name) {
             if if_exists {
-                session.notice(format!("user \"{name}\" does not exist, skipping"));
+                cx.notice(format!("user \"{name}\" does not exist, skipping"));
                 continue;
             }
             return Err(missing("user", name));
@@ -228,7 +221,7 @@ pub(super) fn drop_users(
             )));
         }
     }
-    session.catalogs().modify(|state| {
+    cx.catalogs().modify(|state| {
         for name in &names {
             if state.users.remove(name).is_some() {
                 for group in state.groups.values_mut() {
@@ -254,13 +247,9 @@ fn check_users_exist(state: &CatalogState, users: &[String]) -> tributary_catalo
     Ok(())
 }
 
-pub(super) fn create_group(
-    session: &mut Session,
-    name: String,
-    users: Vec<String>,
-) -> Result<Output> {
-    require_superuser(session, "CREATE GROUP")?;
-    session.catalogs().modify(|state| {
+pub(super) fn create_group(cx: &mut Context, name: String, users: Vec<String>) -> Result<Output> {
+    require_superuser(cx, "CREATE GROUP")?;
+    cx.catalogs().modify(|state| {
         if state.groups.contains_key(&name) {
             return Err(tributary_catalog::Error::AlreadyExists {
                 kind: "group",
@@ -282,13 +271,13 @@ pub(super) fn create_group(
 }
 
 pub(super) fn alter_group(
-    session: &mut Session,
+    cx: &mut Context,
     name: String,
     add: bool,
     users: Vec<String>,
 ) -> Result<Output> {
-    require_superuser(session, "ALTER GROUP")?;
-    session.catalogs().modify(|state| {
+    require_superuser(cx, "ALTER GROUP")?;
+    cx.catalogs().modify(|state| {
         check_users_exist(state, &users)?;
         let group =
             state
@@ -310,9 +299,9 @@ pub(super) fn alter_group(
     Ok(Output::command("ALTER GROUP"))
 }
 
-pub(super) fn rename_group(session: &mut Session, name: String, to: String) -> Result<Output> {
-    require_superuser(session, "ALTER GROUP")?;
-    session.catalogs().modify(|state| {
+pub(super) fn rename_group(cx: &mut Context, name: String, to: String) -> Result<Output> {
+    require_superuser(cx, "ALTER GROUP")?;
+    cx.catalogs().modify(|state| {
         if state.groups.contains_key(&to) {
             return Err(tributary_catalog::Error::AlreadyExists {
                 kind: "group",
@@ -338,23 +327,19 @@ pub(super) fn rename_group(session: &mut Session, name: String, to: String) -> R
     Ok(Output::command("ALTER GROUP"))
 }
 
-pub(super) fn drop_groups(
-    session: &mut Session,
-    names: Vec<String>,
-    if_exists: bool,
-) -> Result<Output> {
-    require_superuser(session, "DROP GROUP")?;
-    let pinned = session.catalogs().pinned();
+pub(super) fn drop_groups(cx: &mut Context, names: Vec<String>, if_exists: bool) -> Result<Output> {
+    require_superuser(cx, "DROP GROUP")?;
+    let pinned = cx.catalogs().pinned();
     for name in &names {
         if !pinned.groups.contains_key(name) {
             if if_exists {
-                session.notice(format!("group \"{name}\" does not exist, skipping"));
+                cx.notice(format!("group \"{name}\" does not exist, skipping"));
                 continue;
             }
             return Err(missing("group", name));
         }
     }
-    session.catalogs().modify(|state| {
+    cx.catalogs().modify(|state| {
         for name in &names {
             if state.groups.remove(name).is_some() {
                 state.revoke_all_from(&Grantee::Group(name.clone()));

@@ -14,9 +14,15 @@ use tributary_catalog::{SqlType, Table};
 use tributary_engine::convert::{RAW_KEPT, convert_column, truncate};
 use tributary_engine::error::DataErrorKind;
 
-use super::{APPEND_ROWS, CHUNK_ROWS, Compression, CopyPlan, Format, LoadError};
-use crate::session::Session;
+use super::errors::LoadError;
+use super::plan::{Compression, CopyPlan, Format};
+use crate::context::Context;
 use crate::{Error, Result};
+
+/// Rows converted per chunk of text input.
+const CHUNK_ROWS: usize = 8192;
+/// Rows gathered before they are appended as one table version.
+const APPEND_ROWS: usize = 1_000_000;
 
 /// One input row before conversion.
 struct RawRow {
@@ -26,7 +32,7 @@ struct RawRow {
 }
 
 pub(super) struct Loader<'a> {
-    session: &'a Session,
+    cx: &'a Context,
     plan: &'a CopyPlan,
     table: Table,
     name: [String; 3],
@@ -45,11 +51,11 @@ pub(super) struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
-    pub(super) fn new(session: &'a Session, plan: &'a CopyPlan) -> Result<Self> {
-        let table = session
+    pub(super) fn new(cx: &'a Context, plan: &'a CopyPlan) -> Result<Self> {
+        let table = cx
             .catalogs()
             .pinned()
-            .table(session.database(), &plan.schema, &plan.table)?
+            .table(cx.database(), &plan.schema, &plan.table)?
             .clone();
         let schema = Arc::new(Schema::new(
             table
@@ -72,10 +78,10 @@ impl<'a> Loader<'a> {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            session,
+            cx,
             plan,
             name: [
-                session.database().to_string(),
+                cx.database().to_string(),
                 plan.schema.clone(),
                 plan.table.clone(),
             ],
@@ -113,7 +119,7 @@ impl<'a> Loader<'a> {
                 "COPY into a mirror table reads change records, one JSON record per line: use FORMAT JSON 'auto'".into(),
             ));
         }
-        let catalogs = self.session.catalogs();
+        let catalogs = self.cx.catalogs();
         if !catalogs.in_explicit_transaction() {
             // Lock before reading, so that an automatic refresh that just committed does
             // not make this COPY conflict with it.
@@ -122,7 +128,7 @@ impl<'a> Loader<'a> {
                 .await?;
         }
         let (stored, rejected) = tributary_streaming::mirror::copy_records(
-            &self.session.engine().host(),
+            &self.cx.engine().host(),
             catalogs,
             &self.name,
             bytes,
@@ -328,9 +334,9 @@ impl<'a> Loader<'a> {
             .column(column)
             .map(|c| c.sql_type.display_name())
             .unwrap_or_default();
-        self.session.engine().load_errors.push(LoadError {
+        self.cx.engine().load_errors.push(LoadError {
             at: Utc::now(),
-            user: self.session.user().to_string(),
+            user: self.cx.user().to_string(),
             table: self.plan.table.clone(),
             filename: self.filename.clone(),
             line_number: line,
@@ -528,7 +534,7 @@ impl<'a> Loader<'a> {
                     let value = match self.defaults.get(&index) {
                         Some(value) => value.clone(),
                         None => {
-                            let value = default_value(self.session, default, data_type).await?;
+                            let value = default_value(self.cx, default, data_type).await?;
                             self.defaults.insert(index, value.clone());
                             value
                         }
@@ -559,7 +565,7 @@ impl<'a> Loader<'a> {
         let batches = std::mem::take(&mut self.converted);
         self.converted_rows = 0;
         self.loaded +=
-            tributary_engine::table::append(self.session.catalogs(), &self.name, batches).await?;
+            tributary_engine::table::append(self.cx.catalogs(), &self.name, batches).await?;
         Ok(())
     }
 
@@ -633,8 +639,8 @@ fn decompress(name: &str, bytes: Bytes, compression: Compression) -> Result<Byte
 }
 
 /// A column's DEFAULT as a one-row array of the column's type.
-async fn default_value(session: &Session, sql: &str, data_type: &DataType) -> Result<ArrayRef> {
-    let batches = session
+async fn default_value(cx: &Context, sql: &str, data_type: &DataType) -> Result<ArrayRef> {
+    let batches = cx
         .context()
         .sql(&format!("SELECT {sql}"))
         .await?

@@ -4,13 +4,14 @@ use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::sql::sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, Statement};
 use tributary_storage::ExternalLocation;
 
-use super::ascii;
-use crate::session::{Output, Session};
+use super::plan::ascii;
+use crate::context::Context;
+use crate::output::Output;
 use crate::{Error, Result};
 
 /// UNLOAD ('query') TO 's3://...' | 'file:///...' [FORMAT [AS] PARQUET | CSV] [HEADER]
 /// [DELIMITER 'c'] [GZIP] [ALLOWOVERWRITE] [PARALLEL ...] [EXTENSION 'ext'].
-pub(crate) async fn unload(session: &mut Session, statement: Statement) -> Result<Output> {
+pub(crate) async fn unload(cx: &mut Context, statement: Statement) -> Result<Output> {
     let Statement::Unload {
         query,
         query_text,
@@ -24,7 +25,7 @@ pub(crate) async fn unload(session: &mut Session, statement: Statement) -> Resul
     let statement = match (query, query_text) {
         (Some(query), _) => Statement::Query(query),
         (None, Some(text)) => {
-            let mut statements = session.parse(&text)?;
+            let mut statements = cx.parse(&text)?;
             match (
                 statements.pop().and_then(|s| s.into_sql()),
                 statements.is_empty(),
@@ -89,9 +90,9 @@ pub(crate) async fn unload(session: &mut Session, statement: Statement) -> Resul
             to.value
         )));
     }
-    let statement = session.rewrite(statement)?;
-    let plan = session.plan(&statement).await?;
-    let frame = session.context().execute_logical_plan(plan).await?;
+    let statement = cx.rewrite(statement)?;
+    let plan = cx.plan(&statement).await?;
+    let frame = cx.context().execute_logical_plan(plan).await?;
     let rows = frame.clone().count().await? as u64;
     let suffix = match (parquet, &extension, gzip) {
         (true, _, _) => "0000_part_00.parquet".to_string(),
@@ -101,8 +102,7 @@ pub(crate) async fn unload(session: &mut Session, statement: Statement) -> Resul
         (false, None, false) => "0000_part_00".to_string(),
     };
     let target = format!("{}{}", to.value, suffix);
-    session
-        .context()
+    cx.context()
         .register_object_store(location.base(), location.store());
     let single = DataFrameWriteOptions::new().with_single_file_output(true);
     if parquet {

@@ -10,36 +10,37 @@ use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
 use tributary_engine::transaction::WriteKind;
 use tributary_syntax::names::{name_parts, normalize_ident};
 
+use crate::context::Context;
 use crate::definition::declared_column;
-use crate::session::{Output, Session};
+use crate::output::Output;
 use crate::{Error, Result};
 
 pub(super) async fn alter_table(
-    session: &mut Session,
+    cx: &mut Context,
     name: &ObjectName,
     if_exists: bool,
     operations: Vec<AlterTableOperation>,
 ) -> Result<Output> {
-    let (schema, table_name) = match session.resolve_existing(name) {
+    let (schema, table_name) = match cx.resolve_existing(name) {
         Ok(resolved) => resolved,
         Err(Error::UndefinedTable(_)) if if_exists => return Ok(Output::command("ALTER TABLE")),
         Err(err) => return Err(err),
     };
     let mut current_name = table_name;
     for operation in operations {
-        current_name = alter_one(session, &schema, &current_name, operation).await?;
+        current_name = alter_one(cx, &schema, &current_name, operation).await?;
     }
     Ok(Output::command("ALTER TABLE"))
 }
 
 /// Applies one ALTER TABLE operation; returns the table's name afterwards.
 async fn alter_one(
-    session: &mut Session,
+    cx: &mut Context,
     schema: &str,
     name: &str,
     operation: AlterTableOperation,
 ) -> Result<String> {
-    let database = session.database().to_string();
+    let database = cx.database().to_string();
     match operation {
         AlterTableOperation::RenameTable { table_name } => {
             let new_name = match table_name {
@@ -48,18 +49,14 @@ async fn alter_one(
                 }
             };
             if matches!(
-                session
-                    .catalogs()
-                    .pinned()
-                    .relation(&database, schema, name),
+                cx.catalogs().pinned().relation(&database, schema, name),
                 Some(Relation::Table(_))
             ) {
-                session
-                    .catalogs()
+                cx.catalogs()
                     .lock_table(&database, schema, name, WriteKind::Rewrite)
                     .await?;
             }
-            session.catalogs().modify(|state| {
+            cx.catalogs().modify(|state| {
                 let target = state.schema_mut(&database, schema)?;
                 if target.relations.contains_key(&new_name) {
                     return Err(tributary_catalog::Error::AlreadyExists {
@@ -84,7 +81,7 @@ async fn alter_one(
             ..
         } => {
             let column = declared_column(&column_def)?;
-            let exists = session
+            let exists = cx
                 .catalogs()
                 .pinned()
                 .table(&database, schema, name)?
@@ -104,7 +101,7 @@ async fn alter_one(
                     "ALTER TABLE ADD COLUMN cannot add an IDENTITY column".into(),
                 ));
             }
-            rewrite_table(session, schema, name, |columns| {
+            rewrite_table(cx, schema, name, |columns| {
                 columns.push(column.clone());
                 Ok(())
             })
@@ -118,7 +115,7 @@ async fn alter_one(
         } => {
             for column in column_names {
                 let column = normalize_ident(&column);
-                let result = rewrite_table(session, schema, name, |columns| {
+                let result = rewrite_table(cx, schema, name, |columns| {
                     let before = columns.len();
                     columns.retain(|c| c.name != column);
                     if columns.len() == before {
@@ -149,7 +146,7 @@ async fn alter_one(
         } => {
             let old = normalize_ident(&old_column_name);
             let new = normalize_ident(&new_column_name);
-            rewrite_table(session, schema, name, |columns| {
+            rewrite_table(cx, schema, name, |columns| {
                 if columns.iter().any(|c| c.name == new) {
                     return Err(Error::Duplicate {
                         kind: "column",
@@ -174,14 +171,14 @@ async fn alter_one(
 /// Changes a table's columns by rewriting its data under the new schema (Delta tables have no
 /// column mapping here, so external readers see plain column names). Returns rows rewritten.
 async fn rewrite_table(
-    session: &mut Session,
+    cx: &mut Context,
     schema: &str,
     name: &str,
     change: impl FnOnce(&mut Vec<Column>) -> Result<()>,
 ) -> Result<u64> {
-    let database = session.database().to_string();
-    let engine = session.engine().clone();
-    let table = session
+    let database = cx.database().to_string();
+    let engine = cx.engine().clone();
+    let table = cx
         .catalogs()
         .lock_table(&database, schema, name, WriteKind::Rewrite)
         .await?
@@ -191,7 +188,7 @@ async fn rewrite_table(
     change(&mut columns)?;
     // Read the current rows in the old logical shape, then project them into the new one.
     let provider = tributary_engine::table::TributaryTable::open(
-        session.catalogs(),
+        cx.catalogs(),
         [database.clone(), schema.to_string(), name.to_string()],
         table.clone(),
     )
@@ -215,8 +212,8 @@ async fn rewrite_table(
         .table(&table.path)?
         .overwrite(table.version, stored, &stored_schema)
         .await?;
-    session.catalogs().record_written(&table.path);
-    session.catalogs().modify(|state| {
+    cx.catalogs().record_written(&table.path);
+    cx.catalogs().modify(|state| {
         let target = state.table_mut(&database, schema, name)?;
         target.columns = new_table.columns.clone();
         target.version = version;
@@ -274,47 +271,43 @@ fn arrow_sql_type(sql_type: &SqlType) -> &'static str {
     }
 }
 
-pub(super) async fn truncate_tables(
-    session: &mut Session,
-    names: Vec<ObjectName>,
-) -> Result<Output> {
+pub(super) async fn truncate_tables(cx: &mut Context, names: Vec<ObjectName>) -> Result<Output> {
     for name in names {
         let parts = name_parts(&name);
-        if parts.len() == 1 && session.catalogs().temp().table_exist(&parts[0]) {
-            let provider = session.catalogs().temp().table(&parts[0]).await?;
+        if parts.len() == 1 && cx.catalogs().temp().table_exist(&parts[0]) {
+            let provider = cx.catalogs().temp().table(&parts[0]).await?;
             if let Some(provider) = provider {
                 let empty = MemTable::try_new(provider.schema(), vec![vec![]])?;
-                session.catalogs().temp().deregister_table(&parts[0])?;
-                session
-                    .catalogs()
+                cx.catalogs().temp().deregister_table(&parts[0])?;
+                cx.catalogs()
                     .temp()
                     .register_table(parts[0].clone(), Arc::new(empty))?;
             }
             continue;
         }
-        let (schema, table) = session.resolve_existing(&name)?;
-        rewrite_table_empty(session, &schema, &table).await?;
+        let (schema, table) = cx.resolve_existing(&name)?;
+        rewrite_table_empty(cx, &schema, &table).await?;
     }
     Ok(Output::command("TRUNCATE TABLE"))
 }
 
-async fn rewrite_table_empty(session: &mut Session, schema: &str, name: &str) -> Result<()> {
-    let database = session.database().to_string();
-    let table = session
+async fn rewrite_table_empty(cx: &mut Context, schema: &str, name: &str) -> Result<()> {
+    let database = cx.database().to_string();
+    let table = cx
         .catalogs()
         .lock_table(&database, schema, name, WriteKind::Rewrite)
         .await?
         .table;
     tributary_engine::mirror::refuse_write(&table, name)?;
     let stored_schema = Arc::new(storage_schema(&table));
-    let version = session
+    let version = cx
         .engine()
         .storage
         .table(&table.path)?
         .overwrite(table.version, vec![], &stored_schema)
         .await?;
-    session.catalogs().record_written(&table.path);
-    session.catalogs().modify(|state| {
+    cx.catalogs().record_written(&table.path);
+    cx.catalogs().modify(|state| {
         state.table_mut(&database, schema, name)?.version = version;
         Ok(())
     })?;

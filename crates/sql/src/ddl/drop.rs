@@ -6,11 +6,12 @@ use tributary_catalog::{CatalogState, Relation};
 use tributary_engine::transaction::WriteKind;
 use tributary_syntax::names::name_parts;
 
-use crate::session::{Output, Session};
+use crate::context::Context;
+use crate::output::Output;
 use crate::{Error, Result};
 
 pub(super) async fn drop_objects(
-    session: &mut Session,
+    cx: &mut Context,
     object_type: ObjectType,
     if_exists: bool,
     names: Vec<ObjectName>,
@@ -31,21 +32,21 @@ pub(super) async fn drop_objects(
     for name in names {
         let dropped_paths = match object_type {
             ObjectType::Table | ObjectType::View | ObjectType::MaterializedView => {
-                drop_relation(session, &name, object_type, if_exists).await?
+                drop_relation(cx, &name, object_type, if_exists).await?
             }
-            ObjectType::Schema => drop_schema(session, &name, if_exists, cascade).await?,
-            _ => drop_database(session, &name, if_exists, cascade).await?,
+            ObjectType::Schema => drop_schema(cx, &name, if_exists, cascade).await?,
+            _ => drop_database(cx, &name, if_exists, cascade).await?,
         };
         for path in dropped_paths {
             // Deleted once the drop commits.
-            session.catalogs().record_dropped(&path);
+            cx.catalogs().record_dropped(&path);
         }
     }
     Ok(Output::command(tag))
 }
 
 async fn drop_relation(
-    session: &mut Session,
+    cx: &mut Context,
     name: &ObjectName,
     kind: ObjectType,
     if_exists: bool,
@@ -53,25 +54,23 @@ async fn drop_relation(
     let view = kind == ObjectType::View;
     let materialized = kind == ObjectType::MaterializedView;
     let parts = name_parts(name);
-    if !view && parts.len() == 1 && session.catalogs().temp().table_exist(&parts[0]) {
-        session.catalogs().temp().deregister_table(&parts[0])?;
+    if !view && parts.len() == 1 && cx.catalogs().temp().table_exist(&parts[0]) {
+        cx.catalogs().temp().deregister_table(&parts[0])?;
         return Ok(vec![]);
     }
-    let database = session.database().to_string();
-    let resolved = session
-        .resolve_existing(name)
-        .and_then(|(schema, relation)| {
-            let pinned = session.catalogs().pinned();
-            pinned.schema(&database, &schema)?;
-            match pinned.relation(&database, &schema, &relation) {
-                Some(_) => Ok((schema, relation)),
-                None => Err(Error::UndefinedTable(relation)),
-            }
-        });
+    let database = cx.database().to_string();
+    let resolved = cx.resolve_existing(name).and_then(|(schema, relation)| {
+        let pinned = cx.catalogs().pinned();
+        pinned.schema(&database, &schema)?;
+        match pinned.relation(&database, &schema, &relation) {
+            Some(_) => Ok((schema, relation)),
+            None => Err(Error::UndefinedTable(relation)),
+        }
+    });
     let (schema, relation) = match resolved {
         Ok(resolved) => resolved,
         Err(Error::UndefinedTable(_) | Error::UndefinedSchema(_)) if if_exists => {
-            session.notice(format!(
+            cx.notice(format!(
                 "{} \"{}\" does not exist, skipping",
                 match kind {
                     ObjectType::View => "view",
@@ -85,8 +84,7 @@ async fn drop_relation(
         Err(err) => return Err(err),
     };
     let is_table = matches!(
-        session
-            .catalogs()
+        cx.catalogs()
             .pinned()
             .relation(&database, &schema, &relation),
         Some(Relation::Table(_))
@@ -94,12 +92,11 @@ async fn drop_relation(
     if is_table && !view {
         // Like any writer, a drop waits for the table's current writer and conflicts with
         // changes committed after the snapshot.
-        session
-            .catalogs()
+        cx.catalogs()
             .lock_table(&database, &schema, &relation, WriteKind::Rewrite)
             .await?;
     }
-    let path = session
+    let path = cx
         .catalogs()
         .modify(|state| {
             let target = state.schema_mut(&database, &schema)?;
@@ -158,14 +155,14 @@ fn wrong_type(err: tributary_catalog::Error) -> Error {
 }
 
 async fn drop_schema(
-    session: &mut Session,
+    cx: &mut Context,
     name: &ObjectName,
     if_exists: bool,
     cascade: bool,
 ) -> Result<Vec<String>> {
     let schema = name_parts(name).last().cloned().unwrap_or_default();
-    let database = session.database().to_string();
-    let result = session.catalogs().modify(|state| {
+    let database = cx.database().to_string();
+    let result = cx.catalogs().modify(|state| {
             let db = state
                 .databases
                 .get_mut(&database)
@@ -185,7 +182,7 @@ async fn drop_schema(
     match result {
         Ok(paths) => Ok(paths),
         Err(tributary_catalog::Error::NotFound { .. }) if if_exists => {
-            session.notice(format!("schema \"{schema}\" does not exist, skipping"));
+            cx.notice(format!("schema \"{schema}\" does not exist, skipping"));
             Ok(vec![])
         }
         Err(tributary_catalog::Error::Invalid(message)) => Err(Error::DependentObjects(message)),
@@ -194,21 +191,21 @@ async fn drop_schema(
 }
 
 async fn drop_database(
-    session: &mut Session,
+    cx: &mut Context,
     name: &ObjectName,
     if_exists: bool,
     _cascade: bool,
 ) -> Result<Vec<String>> {
     let database = name_parts(name).last().cloned().unwrap_or_default();
-    if database == session.database() {
+    if database == cx.database() {
         return Err(Error::InvalidStatement(
             "cannot drop the currently open database".into(),
         ));
     }
-    if session.catalogs().in_explicit_transaction() {
+    if cx.catalogs().in_explicit_transaction() {
         return Err(Error::ActiveTransaction("DROP DATABASE".into()));
     }
-    let result = session.catalogs().modify(|state: &mut CatalogState| {
+    let result = cx.catalogs().modify(|state: &mut CatalogState| {
         let removed = state.databases.remove(&database).ok_or_else(|| {
             tributary_catalog::Error::NotFound {
                 kind: "database",
@@ -224,7 +221,7 @@ async fn drop_database(
     match result {
         Ok(paths) => Ok(paths),
         Err(tributary_catalog::Error::NotFound { .. }) if if_exists => {
-            session.notice(format!("database \"{database}\" does not exist, skipping"));
+            cx.notice(format!("database \"{database}\" does not exist, skipping"));
             Ok(vec![])
         }
         Err(err) => Err(err.into()),

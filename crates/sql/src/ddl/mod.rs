@@ -17,10 +17,11 @@ use tributary_catalog::{Column, Distribution, Identity, Relation, Table, View};
 use tributary_engine::layout::{cast_batch, storage_schema};
 use tributary_syntax::names::{name_parts, normalize_ident};
 
+use crate::context::Context;
 use crate::definition::{
     NewTable, columns_from_arrow, commit_new_table, constraints, declared_columns, query_rows,
 };
-use crate::session::{Output, Session};
+use crate::output::Output;
 use crate::{Error, Result};
 
 mod alter;
@@ -29,32 +30,32 @@ mod drop;
 use alter::{alter_table, truncate_tables};
 use drop::drop_objects;
 
-pub(crate) async fn execute(session: &mut Session, statement: Statement) -> Result<Output> {
+pub(crate) async fn execute(cx: &mut Context, statement: Statement) -> Result<Output> {
     match statement {
-        Statement::CreateTable(create) => create_table(session, create).await,
+        Statement::CreateTable(create) => create_table(cx, create).await,
         Statement::CreateView(view) if view.materialized => {
-            crate::streaming::create_materialized_view(session, view).await
+            crate::streaming::create_materialized_view(cx, view).await
         }
-        Statement::CreateView(view) => create_view(session, view).await,
+        Statement::CreateView(view) => create_view(cx, view).await,
         Statement::CreateSchema {
             schema_name,
             if_not_exists,
             ..
-        } => create_schema(session, schema_name, if_not_exists).await,
+        } => create_schema(cx, schema_name, if_not_exists).await,
         Statement::CreateDatabase {
             db_name,
             if_not_exists,
             ..
-        } => create_database(session, db_name, if_not_exists).await,
+        } => create_database(cx, db_name, if_not_exists).await,
         Statement::Drop {
             object_type,
             if_exists,
             names,
             cascade,
             ..
-        } => drop_objects(session, object_type, if_exists, names, cascade).await,
+        } => drop_objects(cx, object_type, if_exists, names, cascade).await,
         Statement::AlterTable(alter) => {
-            alter_table(session, &alter.name, alter.if_exists, alter.operations).await
+            alter_table(cx, &alter.name, alter.if_exists, alter.operations).await
         }
         Statement::Truncate(truncate) => {
             let names = truncate
@@ -62,13 +63,11 @@ pub(crate) async fn execute(session: &mut Session, statement: Statement) -> Resu
                 .iter()
                 .map(|t| t.name.clone())
                 .collect();
-            truncate_tables(session, names).await
+            truncate_tables(cx, names).await
         }
         Statement::Comment { .. } => Ok(Output::command("COMMENT")),
         Statement::Analyze(_) => Ok(Output::command("ANALYZE")),
-        Statement::Vacuum(vacuum) => {
-            crate::streaming::mirror::vacuum(session, vacuum.table_name).await
-        }
+        Statement::Vacuum(vacuum) => crate::streaming::mirror::vacuum(cx, vacuum.table_name).await,
         other => Err(Error::NotSupported(format!(
             "statement not supported: {}",
             first_words(&other.to_string())
@@ -80,20 +79,20 @@ fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
-async fn create_table(session: &mut Session, create: CreateTable) -> Result<Output> {
+async fn create_table(cx: &mut Context, create: CreateTable) -> Result<Output> {
     if create.temporary {
-        return create_temp_table(session, create).await;
+        return create_temp_table(cx, create).await;
     }
-    let (schema, name) = session.resolve_for_create(&create.name)?;
-    let database = session.database().to_string();
-    if !crate::definition::relation_is_new(session, &schema, &name, create.if_not_exists)? {
+    let (schema, name) = cx.resolve_for_create(&create.name)?;
+    let database = cx.database().to_string();
+    if !crate::definition::relation_is_new(cx, &schema, &name, create.if_not_exists)? {
         return Ok(Output::command("CREATE TABLE"));
     }
     let (columns, batches) = if let Some(query) = &create.query {
-        let output = query_rows(session, Statement::Query(query.clone())).await?;
+        let output = query_rows(cx, Statement::Query(query.clone())).await?;
         (columns_from_arrow(&output.0)?, output.1)
     } else if let Some(like) = &create.like {
-        (like_columns(session, like)?, vec![])
+        (like_columns(cx, like)?, vec![])
     } else {
         (declared_columns(&create.columns)?, vec![])
     };
@@ -104,7 +103,7 @@ async fn create_table(session: &mut Session, create: CreateTable) -> Result<Outp
     }
     let mut table = Table {
         oid: 0,
-        owner: session.user().to_string(),
+        owner: cx.user().to_string(),
         path: tributary_storage::new_table_path(&database, &schema, &name),
         version: 0,
         constraints: constraints(&create.columns, &create.constraints),
@@ -113,15 +112,15 @@ async fn create_table(session: &mut Session, create: CreateTable) -> Result<Outp
         materialized: None,
         columns,
     };
-    let handle = session.engine().storage.table(&table.path)?;
-    session.catalogs().record_created(&table.path);
+    let handle = cx.engine().storage.table(&table.path)?;
+    cx.catalogs().record_created(&table.path);
     table.version = handle.create(&storage_schema(&table)).await?;
     let new = NewTable {
         schema,
         name,
         table,
     };
-    let rows = commit_new_table(session, new, batches).await?;
+    let rows = commit_new_table(cx, new, batches).await?;
     Ok(match create.query {
         Some(_) => Output::Command {
             tag: "SELECT".into(),
@@ -131,10 +130,10 @@ async fn create_table(session: &mut Session, create: CreateTable) -> Result<Outp
     })
 }
 
-async fn create_temp_table(session: &mut Session, create: CreateTable) -> Result<Output> {
+async fn create_temp_table(cx: &mut Context, create: CreateTable) -> Result<Output> {
     let parts = name_parts(&create.name);
     let name = parts.last().cloned().unwrap_or_default();
-    if session.catalogs().temp().table_exist(&name) {
+    if cx.catalogs().temp().table_exist(&name) {
         if create.if_not_exists {
             return Ok(Output::command("CREATE TABLE"));
         }
@@ -144,7 +143,7 @@ async fn create_temp_table(session: &mut Session, create: CreateTable) -> Result
         });
     }
     let (schema, batches) = if let Some(query) = &create.query {
-        let (schema, batches) = query_rows(session, Statement::Query(query.clone())).await?;
+        let (schema, batches) = query_rows(cx, Statement::Query(query.clone())).await?;
         let schema = Arc::new(Schema::new(
             schema
                 .fields()
@@ -159,7 +158,7 @@ async fn create_temp_table(session: &mut Session, create: CreateTable) -> Result
         (schema, batches)
     } else {
         let columns = match &create.like {
-            Some(like) => like_columns(session, like)?,
+            Some(like) => like_columns(cx, like)?,
             None => declared_columns(&create.columns)?,
         };
         let fields: Vec<Field> = columns
@@ -170,10 +169,7 @@ async fn create_temp_table(session: &mut Session, create: CreateTable) -> Result
     };
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let table = MemTable::try_new(schema, vec![batches])?;
-    session
-        .catalogs()
-        .temp()
-        .register_table(name, Arc::new(table))?;
+    cx.catalogs().temp().register_table(name, Arc::new(table))?;
     Ok(match create.query {
         Some(_) => Output::Command {
             tag: "SELECT".into(),
@@ -183,13 +179,13 @@ async fn create_temp_table(session: &mut Session, create: CreateTable) -> Result
     })
 }
 
-fn like_columns(session: &Session, like: &CreateTableLikeKind) -> Result<Vec<Column>> {
+fn like_columns(cx: &Context, like: &CreateTableLikeKind) -> Result<Vec<Column>> {
     let source = match like {
         CreateTableLikeKind::Parenthesized(like) | CreateTableLikeKind::Plain(like) => &like.name,
     };
-    let (schema, name) = session.resolve_existing(source)?;
-    let pinned = session.catalogs().pinned();
-    let table = pinned.table(session.database(), &schema, &name)?;
+    let (schema, name) = cx.resolve_existing(source)?;
+    let pinned = cx.catalogs().pinned();
+    let table = pinned.table(cx.database(), &schema, &name)?;
     Ok(table
         .columns
         .iter()
@@ -243,27 +239,27 @@ fn distribution(create: &CreateTable) -> Distribution {
     distribution
 }
 
-async fn create_view(session: &mut Session, view: CreateView) -> Result<Output> {
+async fn create_view(cx: &mut Context, view: CreateView) -> Result<Output> {
     if view.materialized {
         return Err(Error::NotSupported(
             "materialized views are not supported yet".into(),
         ));
     }
-    let (schema, name) = session.resolve_for_create(&view.name)?;
-    let database = session.database().to_string();
+    let (schema, name) = cx.resolve_for_create(&view.name)?;
+    let database = cx.database().to_string();
     // Check the query plans now, so that a broken view is refused at creation.
-    let statement = session.rewrite(Statement::Query(view.query.clone()))?;
-    session.plan(&statement).await?;
+    let statement = cx.rewrite(Statement::Query(view.query.clone()))?;
+    cx.plan(&statement).await?;
     let sql = statement.to_string();
     let column_names: Vec<String> = view
         .columns
         .iter()
         .map(|c| normalize_ident(&c.name))
         .collect();
-    let owner = session.user().to_string();
+    let owner = cx.user().to_string();
     let or_replace = view.or_replace;
     let if_not_exists = view.if_not_exists;
-    let existed = session.catalogs().modify(|state| {
+    let existed = cx.catalogs().modify(|state| {
         let oid = state.allocate_oid();
         let target = state.schema_mut(&database, &schema)?;
         match target.relations.get(&name) {
@@ -292,30 +288,26 @@ async fn create_view(session: &mut Session, view: CreateView) -> Result<Output> 
         }
     })?;
     if existed {
-        session.notice(format!("relation \"{name}\" already exists, skipping"));
+        cx.notice(format!("relation \"{name}\" already exists, skipping"));
     }
     Ok(Output::command("CREATE VIEW"))
 }
 
-async fn create_schema(
-    session: &mut Session,
-    name: SchemaName,
-    if_not_exists: bool,
-) -> Result<Output> {
+async fn create_schema(cx: &mut Context, name: SchemaName, if_not_exists: bool) -> Result<Output> {
     let name = match &name {
         SchemaName::Simple(name) | SchemaName::NamedAuthorization(name, _) => {
             name_parts(name).last().cloned().unwrap_or_default()
         }
         SchemaName::UnnamedAuthorization(ident) => normalize_ident(ident),
     };
-    let database = session.database().to_string();
-    let owner = session.user().to_string();
-    let result = session
+    let database = cx.database().to_string();
+    let owner = cx.user().to_string();
+    let result = cx
         .catalogs()
         .modify(|state| state.create_schema(&database, &name, &owner));
     match result {
         Err(tributary_catalog::Error::AlreadyExists { .. }) if if_not_exists => {
-            session.notice(format!("schema \"{name}\" already exists, skipping"));
+            cx.notice(format!("schema \"{name}\" already exists, skipping"));
         }
         other => {
             other?;
@@ -325,21 +317,21 @@ async fn create_schema(
 }
 
 async fn create_database(
-    session: &mut Session,
+    cx: &mut Context,
     name: ObjectName,
     if_not_exists: bool,
 ) -> Result<Output> {
-    if session.catalogs().in_explicit_transaction() {
+    if cx.catalogs().in_explicit_transaction() {
         return Err(Error::ActiveTransaction("CREATE DATABASE".into()));
     }
     let name = name_parts(&name).last().cloned().unwrap_or_default();
-    let owner = session.user().to_string();
-    let result = session
+    let owner = cx.user().to_string();
+    let result = cx
         .catalogs()
         .modify(|state| state.create_database(&name, &owner));
     match result {
         Err(tributary_catalog::Error::AlreadyExists { .. }) if if_not_exists => {
-            session.notice(format!("database \"{name}\" already exists, skipping"));
+            cx.notice(format!("database \"{name}\" already exists, skipping"));
         }
         other => {
             other?;

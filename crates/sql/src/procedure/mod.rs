@@ -12,6 +12,8 @@
 //! is inside a block. NONATOMIC procedures commit each statement on its own.
 
 mod run;
+pub(crate) mod runner;
+pub(crate) mod stack;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema};
@@ -22,7 +24,9 @@ use datafusion::sql::sqlparser::ast::{
 use std::sync::Arc;
 use tributary_catalog::{ArgumentMode, Procedure, ProcedureArgument, SqlType};
 
-use crate::session::{Output, Session};
+use crate::context::Context;
+use crate::output::Output;
+use runner::Runner;
 use tributary_engine::error::{Error, Result};
 use tributary_syntax::extension::ProcedureDefinition;
 use tributary_syntax::names::name_parts;
@@ -30,18 +34,9 @@ use tributary_syntax::names::name_parts;
 /// How deep procedure calls may nest, as in Redshift.
 const MAX_DEPTH: usize = 16;
 
-/// The procedures a session is inside.
-#[derive(Debug, Default)]
-pub(crate) struct CallStack {
-    pub depth: usize,
-    /// Set while the outermost CALL owns its transaction (it was not called inside a BEGIN
-    /// block), so COMMIT and ROLLBACK in a body may end it.
-    pub owns_transaction: bool,
-}
-
 /// `CREATE [OR REPLACE] PROCEDURE`.
 pub(crate) fn create(
-    session: &mut Session,
+    cx: &mut Context,
     name: &ObjectName,
     definition: ProcedureDefinition,
 ) -> Result<Output> {
@@ -51,10 +46,10 @@ pub(crate) fn create(
             definition.language
         )));
     }
-    let (schema, name) = session.resolve_for_create(name)?;
-    let database = session.database().to_string();
-    session.catalogs().pinned().schema(&database, &schema)?;
-    crate::access::check_create_in(session, &schema)?;
+    let (schema, name) = cx.resolve_for_create(name)?;
+    let database = cx.database().to_string();
+    cx.catalogs().pinned().schema(&database, &schema)?;
+    crate::access::check::check_create_in(cx, &schema)?;
     let mut arguments = Vec::new();
     for (arg_name, mode, type_text) in &definition.arguments {
         let mode = match mode.as_str() {
@@ -71,11 +66,11 @@ pub(crate) fn create(
     // Parse now, so that a body that cannot run is refused at CREATE.
     tributary_syntax::plpgsql::parse_body(&definition.body)?;
     for (setting, _) in &definition.settings {
-        session.settings().get(setting)?;
+        cx.settings().get(setting)?;
     }
     let mut procedure = Procedure {
         oid: 0,
-        owner: session.user().to_string(),
+        owner: cx.user().to_string(),
         name: name.clone(),
         arguments,
         body: definition.body,
@@ -84,7 +79,7 @@ pub(crate) fn create(
         settings: definition.settings,
     };
     let signature = procedure.signature();
-    session.catalogs().modify(|state| {
+    cx.catalogs().modify(|state| {
         let existing = state
             .schema(&database, &schema)?
             .procedures
@@ -111,7 +106,7 @@ pub(crate) fn create(
 
 /// `SHOW PROCEDURE name[(types)]`: the definition as a CREATE statement, as Redshift shows it.
 pub(crate) fn show(
-    session: &mut Session,
+    cx: &mut Context,
     name: &ObjectName,
     argument_types: Option<&[String]>,
 ) -> Result<Output> {
@@ -123,7 +118,7 @@ pub(crate) fn show(
                 .collect::<Result<Vec<_>>>()
         })
         .transpose()?;
-    let (schema, procedure) = find(session, name, |p| match &types {
+    let (schema, procedure) = find(cx, name, |p| match &types {
         Some(types) => {
             input_types(p)
                 .iter()
@@ -197,7 +192,7 @@ fn resolve_type(text: &str) -> Result<SqlType> {
 
 /// `DROP PROCEDURE [IF EXISTS] name [(argtypes)] [, ...]`.
 pub(crate) fn drop(
-    session: &mut Session,
+    cx: &mut Context,
     if_exists: bool,
     procedures: &[FunctionDesc],
     behavior: Option<DropBehavior>,
@@ -208,7 +203,7 @@ pub(crate) fn drop(
                 .into(),
         ));
     }
-    let database = session.database().to_string();
+    let database = cx.database().to_string();
     for desc in procedures {
         let types = match &desc.args {
             Some(args) => Some(
@@ -221,7 +216,7 @@ pub(crate) fn drop(
             ),
             None => None,
         };
-        let found = find(session, &desc.name, |candidate| match &types {
+        let found = find(cx, &desc.name, |candidate| match &types {
             Some(types) => {
                 let base = |types: &[SqlType]| -> Vec<String> {
                     types.iter().map(SqlType::base_name).collect()
@@ -232,7 +227,7 @@ pub(crate) fn drop(
         });
         let Some((schema, procedure)) = found? else {
             if if_exists {
-                session.notice(format!("procedure {} does not exist, skipping", desc.name));
+                cx.notice(format!("procedure {} does not exist, skipping", desc.name));
                 continue;
             }
             return Err(Error::UndefinedFunction(format!(
@@ -241,7 +236,7 @@ pub(crate) fn drop(
             )));
         };
         let signature = procedure.signature();
-        session.catalogs().modify(|state| {
+        cx.catalogs().modify(|state| {
             state
                 .schema_mut(&database, &schema)?
                 .procedures
@@ -265,14 +260,14 @@ fn input_types(procedure: &Procedure) -> Vec<SqlType> {
 /// named schema); None if there is none. Overloads differ in their input types, compared
 /// by base type.
 fn find(
-    session: &Session,
+    cx: &Context,
     name: &ObjectName,
     accept: impl Fn(&Procedure) -> bool,
 ) -> Result<Option<(String, Procedure)>> {
     let parts = name_parts(name);
-    let database = session.database().to_string();
+    let database = cx.database().to_string();
     let (schemas, procedure_name) = match parts.as_slice() {
-        [name] => (session.settings().search_path(session.user()), name.clone()),
+        [name] => (cx.settings().search_path(cx.user()), name.clone()),
         [schema, name] => (vec![schema.clone()], name.clone()),
         [db, schema, name] if *db == database => (vec![schema.clone()], name.clone()),
         _ => {
@@ -281,7 +276,7 @@ fn find(
             )));
         }
     };
-    let pinned = session.catalogs().pinned();
+    let pinned = cx.catalogs().pinned();
     for schema in schemas {
         let Ok(entry) = pinned.schema(&database, &schema) else {
             continue;
@@ -307,7 +302,7 @@ fn find(
 /// The procedure a GRANT or ALTER names: `[schema.]name`, with its input argument types when
 /// given (without them the name must be unique, as in Postgres).
 pub(crate) fn resolve(
-    session: &Session,
+    cx: &Context,
     name: &ObjectName,
     types: Option<&[String]>,
 ) -> Result<(String, Procedure)> {
@@ -319,7 +314,7 @@ pub(crate) fn resolve(
                 .collect::<Result<Vec<_>>>()
         })
         .transpose()?;
-    find(session, name, |p| match &wanted {
+    find(cx, name, |p| match &wanted {
         None => true,
         Some(wanted) => {
             let inputs: Vec<String> = p
@@ -336,7 +331,7 @@ pub(crate) fn resolve(
 
 /// `CALL name(args)`.
 pub(crate) async fn call(
-    session: &mut Session,
+    session: &mut dyn Runner,
     function: &Function,
     autocommit: bool,
 ) -> Result<Output> {
@@ -356,7 +351,8 @@ pub(crate) async fn call(
             return Err(Error::Syntax("CALL takes a list of arguments".into()));
         }
     };
-    let (_, procedure) = find(session, &function.name, |p| {
+    let cx = session.context();
+    let (_, procedure) = find(cx, &function.name, |p| {
         p.arguments.iter().filter(|a| a.mode.is_input()).count() == arguments.len()
     })?
     .ok_or_else(|| {
@@ -366,36 +362,38 @@ pub(crate) async fn call(
             arguments.len()
         ))
     })?;
-    crate::access::check_execute(
-        session,
+    crate::access::check::check_execute(
+        cx,
         procedure.oid,
         &procedure.owner,
         &function.name.to_string(),
     )?;
-    if session.calls.depth >= MAX_DEPTH {
+    if cx.calls.depth >= MAX_DEPTH {
         return Err(Error::ResourcesExhausted(format!(
             "procedure calls nest deeper than {MAX_DEPTH} levels"
         )));
     }
     let values = run::call_arguments(session, &procedure, arguments).await?;
-    let outermost = session.calls.depth == 0;
+    let cx = session.context();
+    let outermost = cx.calls.depth == 0;
     if outermost {
-        session.calls.owns_transaction = autocommit;
+        cx.calls.owns_transaction = autocommit;
     }
-    session.calls.depth += 1;
-    let saved = apply_settings(session, &procedure.settings)?;
+    cx.calls.depth += 1;
+    let saved = apply_settings(cx, &procedure.settings)?;
     // SECURITY DEFINER: the body's statements are checked against the owner's privileges.
     let caller = procedure
         .security_definer
-        .then(|| session.swap_user(procedure.owner.clone()));
+        .then(|| cx.swap_user(procedure.owner.clone()));
     let result = run::run(session, &procedure, values).await;
+    let cx = session.context();
     if let Some(caller) = caller {
-        session.swap_user(caller);
+        cx.swap_user(caller);
     }
-    restore_settings(session, saved);
-    session.calls.depth -= 1;
+    restore_settings(cx, saved);
+    cx.calls.depth -= 1;
     if outermost {
-        session.calls.owns_transaction = false;
+        cx.calls.owns_transaction = false;
     }
     let outputs = result?;
     let Some(schema) = output_schema(&procedure) else {
@@ -428,12 +426,12 @@ fn output_schema(procedure: &Procedure) -> Option<Arc<Schema>> {
 }
 
 /// What a CALL returns, for the extended protocol's Describe (before it runs).
-pub(crate) fn describe_call(session: &Session, function: &Function) -> Option<Arc<Schema>> {
+pub(crate) fn describe_call(cx: &Context, function: &Function) -> Option<Arc<Schema>> {
     let count = match &function.args {
         FunctionArguments::List(list) => list.args.len(),
         _ => 0,
     };
-    let (_, procedure) = find(session, &function.name, |p| {
+    let (_, procedure) = find(cx, &function.name, |p| {
         p.arguments.iter().filter(|a| a.mode.is_input()).count() == count
     })
     .ok()??;
@@ -442,20 +440,20 @@ pub(crate) fn describe_call(session: &Session, function: &Function) -> Option<Ar
 
 /// Applies a procedure's `SET` clauses; returns the values to restore.
 fn apply_settings(
-    session: &mut Session,
+    cx: &mut Context,
     settings: &[(String, String)],
 ) -> Result<Vec<(String, String)>> {
     let mut saved = Vec::new();
     for (name, value) in settings {
-        saved.push((name.clone(), session.settings().get(name)?));
-        session.set_setting(name, value)?;
+        saved.push((name.clone(), cx.settings().get(name)?));
+        cx.set_setting(name, value)?;
     }
     Ok(saved)
 }
 
-fn restore_settings(session: &mut Session, saved: Vec<(String, String)>) {
+fn restore_settings(cx: &mut Context, saved: Vec<(String, String)>) {
     for (name, value) in saved.into_iter().rev() {
         // The value was read from the settings, so it is accepted back.
-        let _ = session.set_setting(&name, &value);
+        let _ = cx.set_setting(&name, &value);
     }
 }

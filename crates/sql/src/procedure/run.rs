@@ -21,13 +21,15 @@ use tributary_syntax::plpgsql::{
     Block, Declaration, DeclarationKind, QuerySource, RaiseLevel, Statement, StatementKind,
 };
 
-use crate::session::{Output, Session};
+use super::runner::Runner;
+use crate::context::Context;
+use crate::output::Output;
 
 mod values;
 
 use values::{
-    LoopControl, batch_rows, cast_to, clone_error, collect_rows, format_message, is_fatal, literal,
-    null_not_allowed, select_row, shorten, string_literal, text,
+    Flow, LoopControl, batch_rows, cast_to, clone_error, collect_rows, format_message, is_fatal,
+    literal, null_not_allowed, select_row, shorten, string_literal, text,
 };
 
 /// A value a variable holds.
@@ -46,14 +48,6 @@ enum Variable {
     Alias(String),
 }
 
-/// What a statement tells the statements around it.
-enum Flow {
-    Next,
-    Exit(Option<String>),
-    Continue(Option<String>),
-    Return,
-}
-
 /// One procedure invocation: its variables, innermost scope last.
 struct Frame<'p> {
     procedure: &'p Procedure,
@@ -66,7 +60,7 @@ struct Frame<'p> {
 
 /// Evaluates a CALL's arguments, cast to the procedure's input types.
 pub(crate) async fn call_arguments(
-    session: &mut Session,
+    session: &mut dyn Runner,
     procedure: &Procedure,
     arguments: Vec<Expr>,
 ) -> Result<Vec<ScalarValue>> {
@@ -87,7 +81,7 @@ pub(crate) async fn call_arguments(
 
 /// Runs the body with the input values; returns the OUT and INOUT arguments' final values.
 pub(crate) async fn run(
-    session: &mut Session,
+    session: &mut dyn Runner,
     procedure: &Procedure,
     inputs: Vec<ScalarValue>,
 ) -> Result<Vec<ScalarValue>> {
@@ -224,7 +218,7 @@ impl<'p> Frame<'p> {
 
     fn block<'a>(
         &'a mut self,
-        session: &'a mut Session,
+        session: &'a mut dyn Runner,
         block: &'a Block,
     ) -> BoxFuture<'a, Result<Flow>> {
         Box::pin(async move {
@@ -242,7 +236,7 @@ impl<'p> Frame<'p> {
                     // back (unless the procedure commits each statement), then the handler
                     // runs in a new transaction.
                     if !self.procedure.nonatomic {
-                        session.restart_procedure_transaction().await;
+                        session.context().restart_procedure_transaction().await;
                     }
                     self.handling.push(err);
                     let handled = self.statements(session, handler).await;
@@ -261,7 +255,7 @@ impl<'p> Frame<'p> {
 
     async fn declaration(
         &mut self,
-        session: &mut Session,
+        session: &mut dyn Runner,
         declaration: &Declaration,
     ) -> Result<()> {
         let variable = match &declaration.kind {
@@ -290,7 +284,7 @@ impl<'p> Frame<'p> {
 
     fn statements<'a>(
         &'a mut self,
-        session: &'a mut Session,
+        session: &'a mut dyn Runner,
         statements: &'a [Statement],
     ) -> BoxFuture<'a, Result<Flow>> {
         Box::pin(async move {
@@ -313,7 +307,7 @@ impl<'p> Frame<'p> {
         })
     }
 
-    async fn statement(&mut self, session: &mut Session, statement: &Statement) -> Result<Flow> {
+    async fn statement(&mut self, session: &mut dyn Runner, statement: &Statement) -> Result<Flow> {
         match &statement.kind {
             StatementKind::Block(block) => return self.block(session, block).await,
             StatementKind::Assign { target, expression } => {
@@ -405,7 +399,7 @@ impl<'p> Frame<'p> {
                 body,
             } => {
                 let sql = match query {
-                    QuerySource::Query(sql) => self.prepare(session, sql)?,
+                    QuerySource::Query(sql) => self.prepare(session.context(), sql)?,
                     QuerySource::Execute(expression) => self.dynamic(session, expression).await?,
                 };
                 let rows = collect_rows(session, sql).await?;
@@ -453,7 +447,7 @@ impl<'p> Frame<'p> {
                     .await?
             }
             StatementKind::Perform(sql) => {
-                let statement = self.prepare(session, sql)?;
+                let statement = self.prepare(session.context(), sql)?;
                 let rows = collect_rows(session, statement).await?;
                 self.row_count = rows.len() as u64;
                 self.set_found(!rows.is_empty());
@@ -462,17 +456,17 @@ impl<'p> Frame<'p> {
                 let statement = self.dynamic(session, expression).await?;
                 self.run_sql(session, statement, into, true).await?;
             }
-            StatementKind::Commit => session.end_procedure_transaction(true).await?,
-            StatementKind::Rollback => session.end_procedure_transaction(false).await?,
+            StatementKind::Commit => session.context().end_procedure_transaction(true).await?,
+            StatementKind::Rollback => session.context().end_procedure_transaction(false).await?,
             StatementKind::RowCount(target) => {
                 let count = ScalarValue::Int64(Some(self.row_count as i64));
                 self.store(target, count)?;
             }
             StatementKind::Sql { sql, into } => {
-                let statement = self.prepare(session, sql)?;
+                let statement = self.prepare(session.context(), sql)?;
                 self.run_sql(session, statement, into, false).await?;
                 if self.procedure.nonatomic {
-                    session.commit_procedure_statement().await?;
+                    session.context().commit_procedure_statement().await?;
                 }
             }
         }
@@ -483,7 +477,7 @@ impl<'p> Frame<'p> {
     /// a label, or with this loop's label, end here; anything else leaves the loop.
     async fn iteration(
         &mut self,
-        session: &mut Session,
+        session: &mut dyn Runner,
         body: &[Statement],
         label: &Option<String>,
     ) -> Result<LoopControl> {
@@ -498,8 +492,8 @@ impl<'p> Frame<'p> {
     }
 
     /// Parses one SQL statement of the body and substitutes the variables into it.
-    fn prepare(&self, session: &Session, sql: &str) -> Result<Parsed> {
-        let mut statements = session.parse(sql)?;
+    fn prepare(&self, cx: &Context, sql: &str) -> Result<Parsed> {
+        let mut statements = cx.parse(sql)?;
         if statements.len() != 1 {
             return Err(Error::Syntax(format!(
                 "expected one statement, found {}: {sql}",
@@ -525,7 +519,7 @@ impl<'p> Frame<'p> {
 
     /// The statement an EXECUTE's expression evaluates to (not substituted: dynamic SQL sees
     /// only what the string says).
-    async fn dynamic(&mut self, session: &mut Session, expression: &str) -> Result<Parsed> {
+    async fn dynamic(&mut self, session: &mut dyn Runner, expression: &str) -> Result<Parsed> {
         let sql = self
             .evaluate(session, expression, Some("varchar(65535)"))
             .await?;
@@ -534,7 +528,7 @@ impl<'p> Frame<'p> {
                 "EXECUTE of a null query string".into(),
             ));
         };
-        let mut statements = session.parse(&sql)?;
+        let mut statements = session.context().parse(&sql)?;
         match statements.len() {
             1 => Ok(statements.pop().expect("one statement")),
             n => Err(Error::Syntax(format!(
@@ -545,13 +539,13 @@ impl<'p> Frame<'p> {
 
     async fn run_sql(
         &mut self,
-        session: &mut Session,
+        session: &mut dyn Runner,
         statement: Parsed,
         into: &[String],
         dynamic: bool,
     ) -> Result<()> {
         let is_query = matches!(statement, Parsed::Sql(SqlStatement::Query(_)));
-        let output = session.run_in_procedure(statement).await?;
+        let output = session.run(statement).await?;
         match output {
             Output::Rows { schema, stream } => {
                 let batches: Vec<RecordBatch> = stream.try_collect().await?;
@@ -673,7 +667,7 @@ impl<'p> Frame<'p> {
 
     async fn assign(
         &mut self,
-        session: &mut Session,
+        session: &mut dyn Runner,
         target: &str,
         expression: &str,
     ) -> Result<()> {
@@ -687,7 +681,7 @@ impl<'p> Frame<'p> {
         self.store(target, value)
     }
 
-    async fn condition(&mut self, session: &mut Session, condition: &str) -> Result<bool> {
+    async fn condition(&mut self, session: &mut dyn Runner, condition: &str) -> Result<bool> {
         match self.evaluate(session, condition, Some("boolean")).await? {
             ScalarValue::Boolean(value) => Ok(value.unwrap_or(false)),
             other => Err(Error::InvalidStatement(format!(
@@ -696,7 +690,7 @@ impl<'p> Frame<'p> {
         }
     }
 
-    async fn integer(&mut self, session: &mut Session, expression: &str) -> Result<i64> {
+    async fn integer(&mut self, session: &mut dyn Runner, expression: &str) -> Result<i64> {
         match self.evaluate(session, expression, Some("bigint")).await? {
             ScalarValue::Int64(Some(value)) => Ok(value),
             _ => Err(Error::InvalidParameterValue(format!(
@@ -708,7 +702,7 @@ impl<'p> Frame<'p> {
     /// `SELECT <expression>`, cast to a type when given.
     async fn evaluate(
         &mut self,
-        session: &mut Session,
+        session: &mut dyn Runner,
         expression: &str,
         type_sql: Option<&str>,
     ) -> Result<ScalarValue> {
@@ -716,7 +710,7 @@ impl<'p> Frame<'p> {
             Some(type_sql) => format!("SELECT CAST(({expression}) AS {type_sql})"),
             None => format!("SELECT {expression}"),
         };
-        let statement = self.prepare(session, &sql)?;
+        let statement = self.prepare(session.context(), &sql)?;
         let rows = collect_rows(session, statement).await?;
         if rows.len() > 1 {
             return Err(Error::Cardinality(format!(
@@ -733,7 +727,7 @@ impl<'p> Frame<'p> {
 
     async fn raise(
         &mut self,
-        session: &mut Session,
+        session: &mut dyn Runner,
         level: RaiseLevel,
         format: Option<&str>,
         arguments: &[String],
@@ -755,7 +749,7 @@ impl<'p> Frame<'p> {
         match level {
             RaiseLevel::Exception => return Err(Error::Raised(message)),
             RaiseLevel::Log => tracing::info!(procedure = %self.procedure.name, "{message}"),
-            other => session.notify(other.severity(), message),
+            other => session.context().notify(other.severity(), message),
         }
         Ok(())
     }

@@ -6,9 +6,9 @@
 pub(crate) mod mirror;
 mod query_view;
 mod statements;
+mod table;
 
-use statements::view_table;
 pub(crate) use statements::{
     alter_auto_refresh, alter_external_schema, create_external_schema, create_materialized_view,
-    refresh, store_view_table,
+    refresh,
 };

@@ -12,8 +12,10 @@ use tributary_engine::transaction::WriteKind;
 use tributary_streaming::ViewId;
 use tributary_syntax::names::name_parts;
 
+use super::table::view_table;
+use crate::context::Context;
 use crate::definition::NewTable;
-use crate::session::{Output, Session};
+use crate::output::Output;
 use crate::{Error, Result};
 
 /// Whether the query reads a stream of an external schema (then it is a streaming view).
@@ -46,7 +48,7 @@ pub(super) fn reads_stream(
 
 /// `CREATE MATERIALIZED VIEW name AS <query over tables>`: stores the query's rows now.
 pub(super) async fn create(
-    session: &mut Session,
+    cx: &mut Context,
     view: &CreateView,
     schema: String,
     name: String,
@@ -60,11 +62,11 @@ pub(super) async fn create(
             "AUTO REFRESH YES is supported for streaming views; refresh a view over tables with REFRESH MATERIALIZED VIEW".into(),
         ));
     }
-    let database = session.database().to_string();
+    let database = cx.database().to_string();
     let (output, batches) =
-        crate::definition::query_rows(session, Statement::Query(view.query.clone())).await?;
+        crate::definition::query_rows(cx, Statement::Query(view.query.clone())).await?;
     let columns = crate::definition::columns_from_arrow(&output)?;
-    let mut table = super::view_table(&database, &schema, &name, session.user(), columns, options);
+    let mut table = view_table(&database, &schema, &name, cx.user(), columns, options);
     table.materialized = Some(Box::new(MaterializedView {
         sql: view.query.to_string(),
         input: ViewInput::Query,
@@ -75,11 +77,11 @@ pub(super) async fn create(
         aggregate: None,
         mirror: None,
     }));
-    let handle = session.engine().storage.table(&table.path)?;
-    session.catalogs().record_created(&table.path);
+    let handle = cx.engine().storage.table(&table.path)?;
+    cx.catalogs().record_created(&table.path);
     table.version = handle.create(&storage_schema(&table)).await?;
     crate::definition::commit_new_table(
-        session,
+        cx,
         NewTable {
             schema,
             name,
@@ -93,20 +95,20 @@ pub(super) async fn create(
 
 /// REFRESH of a view over tables: runs the query again and replaces the rows, in the
 /// session's transaction. Returns the number of rows.
-pub(super) async fn refresh(session: &mut Session, view: &ViewId, sql: &str) -> Result<u64> {
-    let mut statements = session.parse(sql)?;
+pub(super) async fn refresh(cx: &mut Context, view: &ViewId, sql: &str) -> Result<u64> {
+    let mut statements = cx.parse(sql)?;
     let Some(statement) = statements.pop().and_then(|s| s.into_sql()) else {
         return Err(Error::Internal(format!(
             "materialized view \"{}\" has no query",
             view.name
         )));
     };
-    let table: Table = session
+    let table: Table = cx
         .catalogs()
         .lock_table(&view.database, &view.schema, &view.name, WriteKind::Rewrite)
         .await?
         .table;
-    let (_, batches) = crate::definition::query_rows(session, statement).await?;
+    let (_, batches) = crate::definition::query_rows(cx, statement).await?;
     let logical = logical_schema(&table);
     let stored_schema = Arc::new(storage_schema(&table));
     let stored = batches
@@ -122,14 +124,14 @@ pub(super) async fn refresh(session: &mut Session, view: &ViewId, sql: &str) -> 
         })
         .collect::<Result<Vec<_>>>()?;
     let rows: usize = stored.iter().map(|b| b.num_rows()).sum();
-    let version = session
+    let version = cx
         .engine()
         .storage
         .table(&table.path)?
         .overwrite(table.version, stored, &stored_schema)
         .await?;
     tributary_engine::table::pin_written(
-        session.catalogs(),
+        cx.catalogs(),
         &[
             view.database.clone(),
             view.schema.clone(),

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use datafusion::sql::sqlparser::ast::{CreateTableOptions, CreateView, ObjectName};
 use tributary_catalog::{
-    Column, Distribution, ExternalSource, MaterializedView, Relation, SqlType, Table,
-    VARCHAR_LENGTH_MAX, ViewInput,
+    Column, ExternalSource, MaterializedView, Relation, SqlType, Table, VARCHAR_LENGTH_MAX,
+    ViewInput,
 };
 use tributary_engine::transaction::WriteKind;
 use tributary_streaming::{
@@ -17,12 +17,14 @@ use tributary_syntax::extension as syntax;
 use tributary_syntax::names::name_parts;
 
 use super::query_view;
-use crate::session::{Output, Session};
+use super::table::{store_view_table, view_table};
+use crate::context::Context;
+use crate::output::Output;
 use crate::{Error, Result};
 
 /// `CREATE EXTERNAL SCHEMA name FROM KINESIS [REGION 'r'] IAM_ROLE {default | 'arn'}`.
 pub(crate) async fn create_external_schema(
-    session: &mut Session,
+    cx: &mut Context,
     name: &ObjectName,
     if_not_exists: bool,
     source: &str,
@@ -103,14 +105,14 @@ pub(crate) async fn create_external_schema(
                 )
             })?;
             let schema = schema.unwrap_or_else(|| "public".into());
-            let pinned = session.catalogs().pinned();
+            let pinned = cx.catalogs().pinned();
             let target = pinned
                 .database(&database)
                 .map_err(|_| Error::UndefinedDatabase(database.clone()))?;
             if target.share.is_none() && !target.schemas.contains_key(&schema) {
                 return Err(Error::UndefinedSchema(schema));
             }
-            crate::access::require_superuser(session, "CREATE EXTERNAL SCHEMA")?;
+            crate::access::check::require_superuser(cx, "CREATE EXTERNAL SCHEMA")?;
             ExternalSource::Redshift { database, schema }
         }
         other => {
@@ -121,26 +123,22 @@ pub(crate) async fn create_external_schema(
         }
     };
     let schema = name_parts(name).last().cloned().unwrap_or_default();
-    let database = session.database().to_string();
-    let owner = session.user().to_string();
-    let exists = session
-        .catalogs()
-        .pinned()
-        .schema(&database, &schema)
-        .is_ok();
+    let database = cx.database().to_string();
+    let owner = cx.user().to_string();
+    let exists = cx.catalogs().pinned().schema(&database, &schema).is_ok();
     if exists && if_not_exists {
-        session.notice(format!("schema \"{schema}\" already exists, skipping"));
+        cx.notice(format!("schema \"{schema}\" already exists, skipping"));
         return Ok(Output::command("CREATE SCHEMA"));
     }
     let is_stream = external.is_stream();
-    session.catalogs().modify(|state| {
+    cx.catalogs().modify(|state| {
         state.create_schema(&database, &schema, &owner)?;
         state.schema_mut(&database, &schema)?.external = Some(external);
         Ok(())
     })?;
-    let settings = session.engine().streams.settings();
+    let settings = cx.engine().streams.settings();
     if settings.embedded_stream_service && is_stream {
-        session.notice(format!(
+        cx.notice(format!(
             "no Kinesis endpoint is configured: the streams of \"{schema}\" are read from the embedded stream service at {}",
             settings.kinesis_endpoint.unwrap_or_default()
         ));
@@ -174,33 +172,24 @@ fn view_options(view: &CreateView) -> Vec<(String, String)> {
 }
 
 /// `CREATE MATERIALIZED VIEW name [attributes] AS SELECT ... FROM schema."stream"`.
-pub(crate) async fn create_materialized_view(
-    session: &mut Session,
-    view: CreateView,
-) -> Result<Output> {
-    let (schema, name) = session.resolve_for_create(&view.name)?;
-    let database = session.database().to_string();
-    if !crate::definition::relation_is_new(session, &schema, &name, view.if_not_exists)? {
+pub(crate) async fn create_materialized_view(cx: &mut Context, view: CreateView) -> Result<Output> {
+    let (schema, name) = cx.resolve_for_create(&view.name)?;
+    let database = cx.database().to_string();
+    if !crate::definition::relation_is_new(cx, &schema, &name, view.if_not_exists)? {
         return Ok(Output::command("CREATE MATERIALIZED VIEW"));
     }
-    let pinned = session.catalogs().pinned();
-    let default_schema = session.creation_schema()?;
+    let pinned = cx.catalogs().pinned();
+    let default_schema = cx.creation_schema()?;
     let options = view_options(&view);
     if !query_view::reads_stream(&view.query, &pinned, &database, &default_schema) {
-        return query_view::create(session, &view, schema, name, &options).await;
+        return query_view::create(cx, &view, schema, name, &options).await;
     }
     let mut query = (*view.query).clone();
     let merges = aggregate::analyse(&mut query)?;
     let stream = pipeline::bind_stream(&mut query, &pinned, &database, &default_schema)?;
-    let owner = session.user().to_string();
-    let compiled = Pipeline::compile(
-        &session.engine().host(),
-        &owner,
-        &database,
-        &query,
-        stream.kafka,
-    )
-    .await?;
+    let owner = cx.user().to_string();
+    let compiled =
+        Pipeline::compile(&cx.engine().host(), &owner, &database, &query, stream.kafka).await?;
     let columns = view_columns(&compiled.output)?;
     let layout = merges.map(|m| aggregate::layout(&columns, m));
     let mut table = view_table(&database, &schema, &name, &owner, columns, &options);
@@ -216,66 +205,8 @@ pub(crate) async fn create_materialized_view(
         aggregate: layout,
         mirror: None,
     }));
-    store_view_table(session, [&database, &schema, &name], table).await?;
+    store_view_table(cx, [&database, &schema, &name], table).await?;
     Ok(Output::command("CREATE MATERIALIZED VIEW"))
-}
-
-/// Creates the Delta table of a new streaming view or mirror table and adds the relation to
-/// the session's transaction.
-pub(crate) async fn store_view_table(
-    session: &Session,
-    [database, schema, name]: [&str; 3],
-    mut table: Table,
-) -> Result<()> {
-    let handle = session.engine().storage.table(&table.path)?;
-    session.catalogs().record_created(&table.path);
-    table.version = handle
-        .create(&tributary_engine::layout::storage_schema(&table))
-        .await?;
-    session.catalogs().modify(|state| {
-        table.oid = state.allocate_oid();
-        state.insert_relation(database, schema, name, Relation::Table(table.clone()))
-    })?;
-    Ok(())
-}
-
-/// The table of a new materialized view, with its attributes (DISTKEY, SORTKEY, BACKUP).
-pub(super) fn view_table(
-    database: &str,
-    schema: &str,
-    name: &str,
-    owner: &str,
-    columns: Vec<Column>,
-    options: &[(String, String)],
-) -> Table {
-    let option = |key: &str| {
-        options
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
-    let split = |v: String| -> Vec<String> {
-        v.split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.to_lowercase())
-            .collect()
-    };
-    Table {
-        oid: 0,
-        owner: owner.to_string(),
-        path: tributary_storage::new_table_path(database, schema, name),
-        version: 0,
-        columns,
-        constraints: vec![],
-        distribution: Distribution {
-            diststyle: option("diststyle"),
-            distkey: option("distkey").and_then(|v| split(v).into_iter().next()),
-            sortkey: option("sortkey").map(split).unwrap_or_default(),
-            sortkey_kind: None,
-        },
-        backup: option("backup").is_none_or(|v| v != "no"),
-        materialized: None,
-    }
 }
 
 /// The stored columns of a view's output: text as VARCHAR(65535) and bytes as
@@ -307,13 +238,13 @@ fn view_columns(output: &arrow::datatypes::SchemaRef) -> Result<Vec<Column>> {
 
 /// Looks up a streaming view by name in the pinned catalog.
 fn resolve_view(
-    session: &Session,
+    cx: &Context,
     parts: &[datafusion::sql::sqlparser::ast::Ident],
 ) -> Result<(ViewId, Table)> {
     let name = ObjectName::from(parts.to_vec());
-    let (schema, relation) = session.resolve_existing(&name)?;
-    let database = session.database().to_string();
-    let pinned = session.catalogs().pinned();
+    let (schema, relation) = cx.resolve_existing(&name)?;
+    let database = cx.database().to_string();
+    let pinned = cx.catalogs().pinned();
     match pinned.relation(&database, &schema, &relation) {
         Some(Relation::Table(table)) if table.materialized.is_some() => Ok((
             ViewId {
@@ -348,7 +279,7 @@ const KAFKA_CREDENTIALS: &[&str] = &[
 /// SECRET_ARN ...] [URI ...]` (and the TLS / SASL options) of a Kafka or MSK schema. Views
 /// over the schema read with the new settings from their next round, at their positions.
 pub(crate) fn alter_external_schema(
-    session: &mut Session,
+    cx: &mut Context,
     name: &[datafusion::sql::sqlparser::ast::Ident],
     options: Vec<(String, String)>,
 ) -> Result<Output> {
@@ -356,8 +287,8 @@ pub(crate) fn alter_external_schema(
         .last()
         .map(tributary_syntax::names::normalize_ident)
         .unwrap_or_default();
-    let database = session.database().to_string();
-    let external = session
+    let database = cx.database().to_string();
+    let external = cx
         .catalogs()
         .pinned()
         .schema(&database, &schema)?
@@ -410,7 +341,7 @@ pub(crate) fn alter_external_schema(
         options: rest,
     };
     kafka_properties(&altered)?;
-    session.catalogs().modify(|state| {
+    cx.catalogs().modify(|state| {
         state.schema_mut(&database, &schema)?.external = Some(altered);
         Ok(())
     })?;
@@ -418,12 +349,12 @@ pub(crate) fn alter_external_schema(
 }
 
 pub(crate) async fn alter_auto_refresh(
-    session: &mut Session,
+    cx: &mut Context,
     name: &[datafusion::sql::sqlparser::ast::Ident],
     enable: bool,
     autocommit: bool,
 ) -> Result<Output> {
-    let (view, table) = resolve_view(session, name)?;
+    let (view, table) = resolve_view(cx, name)?;
     if enable
         && table
             .materialized
@@ -436,16 +367,14 @@ pub(crate) async fn alter_auto_refresh(
         )));
     }
     if autocommit {
-        session
-            .catalogs()
+        cx.catalogs()
             .prelock(&view.database, &view.schema, &view.name)
             .await?;
     }
-    session
-        .catalogs()
+    cx.catalogs()
         .lock_table(&view.database, &view.schema, &view.name, WriteKind::Rewrite)
         .await?;
-    session.catalogs().modify(|state| {
+    cx.catalogs().modify(|state| {
         let table = state.table_mut(&view.database, &view.schema, &view.name)?;
         if let Some(mv) = table.materialized.as_mut() {
             mv.auto_refresh = enable;
@@ -456,37 +385,35 @@ pub(crate) async fn alter_auto_refresh(
 }
 
 pub(crate) async fn refresh(
-    session: &mut Session,
+    cx: &mut Context,
     name: &[datafusion::sql::sqlparser::ast::Ident],
     autocommit: bool,
 ) -> Result<Output> {
-    let (view, table) = resolve_view(session, name)?;
+    let (view, table) = resolve_view(cx, name)?;
     if let Some(mv) = table
         .materialized
         .as_ref()
         .filter(|mv| !mv.input.is_stream())
     {
         if autocommit {
-            session
-                .catalogs()
+            cx.catalogs()
                 .prelock(&view.database, &view.schema, &view.name)
                 .await?;
         }
-        query_view::refresh(session, &view, &mv.sql).await?;
+        query_view::refresh(cx, &view, &mv.sql).await?;
         return Ok(Output::command("REFRESH"));
     }
     if autocommit {
         // Take the lock before the snapshot, so that an auto-refresh commit just before
         // does not make this refresh conflict.
-        session
-            .catalogs()
+        cx.catalogs()
             .prelock(&view.database, &view.schema, &view.name)
             .await?;
     }
     let start = chrono::Utc::now().naive_utc();
     let started = Instant::now();
-    let engine = session.engine().host();
-    let catalogs = session.catalogs().clone();
+    let engine = cx.engine().host();
+    let catalogs = cx.catalogs().clone();
     let result = async {
         let (mut reader, pipeline) = prepare(&engine, &catalogs, &view).await?;
         round(&engine, &catalogs, &view, &pipeline, &mut reader, true).await
@@ -499,7 +426,7 @@ pub(crate) async fn refresh(
         .record(RefreshRecord::new(&view, true, start, &result));
     let stats = result?;
     if stats.skipped > 0 {
-        session.notice(format!(
+        cx.notice(format!(
             "{} record(s) were skipped; see sys_stream_scan_errors",
             stats.skipped
         ));

@@ -9,8 +9,8 @@ use futures::TryStreamExt;
 use tributary_catalog::SqlType;
 use tributary_syntax::Statement as Parsed;
 
-use super::Flow;
-use crate::session::{Output, Session};
+use crate::output::Output;
+use crate::procedure::runner::Runner;
 use tributary_engine::error::{Error, Result};
 
 pub(super) fn null_not_allowed(variable: &str) -> Error {
@@ -18,6 +18,14 @@ pub(super) fn null_not_allowed(variable: &str) -> Error {
         tributary_engine::error::DataErrorKind::Other,
         format!("null value cannot be assigned to variable \"{variable}\" declared NOT NULL"),
     )
+}
+
+/// What a statement tells the statements around it.
+pub(super) enum Flow {
+    Next,
+    Exit(Option<String>),
+    Continue(Option<String>),
+    Return,
 }
 
 pub(super) enum LoopControl {
@@ -142,10 +150,10 @@ pub(super) fn cast_to(value: &ScalarValue, type_sql: &str) -> Result<ScalarValue
 
 /// Runs a statement and collects its rows.
 pub(super) async fn collect_rows(
-    session: &mut Session,
+    session: &mut dyn Runner,
     statement: Parsed,
 ) -> Result<Vec<Vec<(String, ScalarValue, String)>>> {
-    match session.run_in_procedure(statement).await? {
+    match session.run(statement).await? {
         Output::Rows { schema, stream } => {
             let batches: Vec<RecordBatch> = stream.try_collect().await?;
             batch_rows(&schema, &batches)
@@ -156,10 +164,10 @@ pub(super) async fn collect_rows(
 
 /// The first row of a query (not substituted), or None.
 pub(super) async fn select_row(
-    session: &mut Session,
+    session: &mut dyn Runner,
     sql: &str,
 ) -> Result<Option<Vec<(String, ScalarValue, String)>>> {
-    let mut statements = session.parse(sql)?;
+    let mut statements = session.context().parse(sql)?;
     let statement = statements
         .pop()
         .ok_or_else(|| Error::Internal("empty argument query".into()))?;

@@ -30,12 +30,14 @@ use tributary_engine::transaction::WriteKind;
 use tributary_streaming::mirror::{commit_spec, fold};
 use tributary_syntax::extension::MirrorClauses;
 
-use crate::session::{Output, Session};
+use crate::context::Context;
+use crate::output::Output;
+use crate::streaming::table::{store_view_table, view_table};
 use crate::{Error, Result};
 
 /// `CREATE MIRROR TABLE`, carried as a `CREATE TABLE` with the mirror clauses.
 pub(crate) async fn create(
-    session: &mut Session,
+    cx: &mut Context,
     create: CreateTable,
     clauses: MirrorClauses,
 ) -> Result<Output> {
@@ -44,9 +46,9 @@ pub(crate) async fn create(
             "a mirror table is declared with its columns: CREATE MIRROR TABLE name (column type, ..., PRIMARY KEY (column, ...)) FROM ...".into(),
         ));
     }
-    let (schema, name) = session.resolve_for_create(&create.name)?;
-    let database = session.database().to_string();
-    if !crate::definition::relation_is_new(session, &schema, &name, create.if_not_exists)? {
+    let (schema, name) = cx.resolve_for_create(&create.name)?;
+    let database = cx.database().to_string();
+    if !crate::definition::relation_is_new(cx, &schema, &name, create.if_not_exists)? {
         return Ok(Output::command("CREATE TABLE"));
     }
     let mut columns = crate::definition::declared_columns(&create.columns)?;
@@ -94,7 +96,7 @@ pub(crate) async fn create(
             })?;
         column.nullable = false;
     }
-    let (source_schema, stream, sql, through_view) = source(session, &clauses.source)?;
+    let (source_schema, stream, sql, through_view) = source(cx, &clauses.source)?;
     let format = match (clauses.format.as_str(), clauses.operation_column) {
         ("debezium", _) => ChangeFormat::Debezium,
         ("dms", _) => ChangeFormat::Dms,
@@ -104,8 +106,8 @@ pub(crate) async fn create(
             return Err(Error::Syntax(format!("unknown change format {other}")));
         }
     };
-    let owner = session.user().to_string();
-    let mut table = super::view_table(&database, &schema, &name, &owner, columns, &[]);
+    let owner = cx.user().to_string();
+    let mut table = view_table(&database, &schema, &name, &owner, columns, &[]);
     table.constraints = constraints;
     table.materialized = Some(Box::new(MaterializedView {
         sql,
@@ -128,16 +130,16 @@ pub(crate) async fn create(
             folds: 0,
         }),
     }));
-    super::store_view_table(session, [&database, &schema, &name], table).await?;
+    store_view_table(cx, [&database, &schema, &name], table).await?;
     Ok(Output::command("CREATE TABLE"))
 }
 
 /// The mirror's source: a stream of an external schema, read as it is, or a streaming view,
 /// whose stream the mirror reads through the view's query. Returns the external schema, the
 /// stream, the query the mirror's rounds run, and the view's name.
-fn source(session: &Session, parts: &[String]) -> Result<(String, String, String, Option<String>)> {
-    let database = session.database();
-    let pinned = session.catalogs().pinned();
+fn source(cx: &Context, parts: &[String]) -> Result<(String, String, String, Option<String>)> {
+    let database = cx.database();
+    let pinned = cx.catalogs().pinned();
     if let [schema, stream] = parts
         && pinned
             .schema(database, schema)
@@ -166,7 +168,7 @@ fn source(session: &Session, parts: &[String]) -> Result<(String, String, String
             "a mirror table reads a stream of an external schema (FROM schema.\"stream\") or a streaming materialized view: {what}"
         ))
     };
-    let (schema, name) = session
+    let (schema, name) = cx
         .resolve_existing(&ObjectName::from(idents))
         .map_err(|_| refused(format!("\"{}\" is neither", parts.join("."))))?;
     match pinned.relation(database, &schema, &name) {
@@ -194,11 +196,11 @@ fn quote(name: &str) -> String {
 /// `VACUUM [table]`: folds a mirror table's stored changes into its base now (without a
 /// name, every mirror table of the database). Other tables need nothing: background
 /// maintenance compacts and vacuums them.
-pub(crate) async fn vacuum(session: &mut Session, name: Option<ObjectName>) -> Result<Output> {
-    let database = session.database().to_string();
-    let pinned = session.catalogs().pinned();
+pub(crate) async fn vacuum(cx: &mut Context, name: Option<ObjectName>) -> Result<Output> {
+    let database = cx.database().to_string();
+    let pinned = cx.catalogs().pinned();
     let targets: Vec<(String, String)> = match name {
-        Some(name) => vec![session.resolve_existing(&name)?],
+        Some(name) => vec![cx.resolve_existing(&name)?],
         None => pinned
             .databases
             .get(&database)
@@ -216,22 +218,19 @@ pub(crate) async fn vacuum(session: &mut Session, name: Option<ObjectName>) -> R
             })
             .collect(),
     };
-    let autocommit = !session.catalogs().in_explicit_transaction();
+    let autocommit = !cx.catalogs().in_explicit_transaction();
     for (schema, name) in targets {
         let is_mirror = matches!(
-            session.catalogs().pinned().relation(&database, &schema, &name),
+            cx.catalogs().pinned().relation(&database, &schema, &name),
             Some(Relation::Table(t)) if spec(t).is_some()
         );
         if !is_mirror {
             continue;
         }
         if autocommit {
-            session
-                .catalogs()
-                .prelock(&database, &schema, &name)
-                .await?;
+            cx.catalogs().prelock(&database, &schema, &name).await?;
         }
-        let catalogs = session.catalogs();
+        let catalogs = cx.catalogs();
         let table = catalogs
             .lock_table(&database, &schema, &name, WriteKind::Rewrite)
             .await?

@@ -1,19 +1,13 @@
-//! A session's DataFusion context (its catalogs, pg_catalog and Redshift's functions), and a
-//! session as the streaming layer plans in it.
+//! A session's DataFusion context: its catalogs, pg_catalog and Redshift's functions.
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use tributary_engine::catalog_list::SessionCatalogs;
 use tributary_engine::functions;
-use tributary_streaming::PrivateSession;
 
-use super::Session;
 use crate::{Error, Result};
 
 /// Builds a session's DataFusion context: our catalogs, pg_catalog, and Redshift functions.
@@ -47,23 +41,4 @@ pub(super) fn new_context(
     functions::register(&context, user, catalogs.pinned().namespace, clock);
     tributary_engine::partiql::register(&context);
     Ok(context)
-}
-
-/// A view owner's session in which the streaming layer plans and runs a view's query.
-#[async_trait::async_trait]
-impl PrivateSession for Session {
-    fn catalogs(&self) -> &SessionCatalogs {
-        Session::catalogs(self)
-    }
-
-    fn context(&self) -> &Arc<SessionContext> {
-        Session::context(self)
-    }
-
-    async fn plan_query(&self, query: &Query) -> Result<(LogicalPlan, SchemaRef)> {
-        let statement = self.rewrite(SqlStatement::Query(Box::new(query.clone())))?;
-        let plan = self.plan(&statement).await?;
-        let named = super::output_schema(&statement, &plan);
-        Ok((plan, named))
-    }
 }

@@ -16,7 +16,7 @@ use tributary_engine::transaction::WriteKind;
 
 use crate::Result;
 
-pub(super) fn is_planned_by_datafusion(statement: &SqlStatement) -> bool {
+pub(crate) fn is_planned_by_datafusion(statement: &SqlStatement) -> bool {
     matches!(
         statement,
         SqlStatement::Query(_) | SqlStatement::Insert(_) | SqlStatement::Explain { .. }
@@ -24,7 +24,7 @@ pub(super) fn is_planned_by_datafusion(statement: &SqlStatement) -> bool {
 }
 
 /// `WITH ... DELETE` / `WITH ... UPDATE`: the statement and its WITH clause.
-pub(super) fn dml_with_cte(
+pub(crate) fn dml_with_cte(
     statement: &SqlStatement,
 ) -> Option<(SqlStatement, Option<datafusion::sql::sqlparser::ast::With>)> {
     let SqlStatement::Query(query) = statement else {
@@ -47,7 +47,7 @@ pub(crate) fn write_target_names(statement: &SqlStatement) -> Vec<ObjectName> {
 }
 
 /// The tables a statement writes, with how: an autocommit statement locks them first.
-pub(super) fn write_targets(statement: &SqlStatement) -> Vec<(ObjectName, WriteKind)> {
+pub(crate) fn write_targets(statement: &SqlStatement) -> Vec<(ObjectName, WriteKind)> {
     if let Some((inner, _)) = dml_with_cte(statement) {
         return write_targets(&inner);
     }
@@ -95,14 +95,14 @@ pub(super) fn write_targets(statement: &SqlStatement) -> Vec<(ObjectName, WriteK
     }
 }
 
-pub(super) fn returns_rows(statement: &SqlStatement) -> bool {
+pub(crate) fn returns_rows(statement: &SqlStatement) -> bool {
     matches!(
         statement,
         SqlStatement::Query(_) | SqlStatement::Explain { .. }
     )
 }
 
-pub(super) fn count_rows(batches: &[RecordBatch]) -> u64 {
+pub(crate) fn count_rows(batches: &[RecordBatch]) -> u64 {
     batches
         .iter()
         .filter_map(|b| b.column_by_name("count"))
@@ -185,7 +185,7 @@ fn postgres_column_name(expr: &Expr) -> String {
 }
 
 /// Relabels each batch of a stream with the Postgres-named schema.
-pub(super) fn rename_stream(
+pub(crate) fn rename_stream(
     schema: SchemaRef,
     stream: SendableRecordBatchStream,
 ) -> SendableRecordBatchStream {

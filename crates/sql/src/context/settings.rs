@@ -6,10 +6,11 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::sql::sqlparser::ast::Expr;
 
-use super::{Output, Session};
+use super::Context;
+use crate::output::Output;
 use crate::{Error, Result};
 
-pub(super) fn setting_value(expr: &Expr) -> String {
+fn setting_value(expr: &Expr) -> String {
     match expr {
         Expr::Value(v) => match &v.value {
             datafusion::sql::sqlparser::ast::Value::SingleQuotedString(s)
@@ -21,14 +22,29 @@ pub(super) fn setting_value(expr: &Expr) -> String {
     }
 }
 
-impl Session {
+impl Context {
+    /// RESET: one setting, or all of them, back to its default.
+    pub(crate) fn reset(
+        &mut self,
+        reset: datafusion::sql::sqlparser::ast::Reset,
+    ) -> Result<Output> {
+        match reset {
+            datafusion::sql::sqlparser::ast::Reset::ALL => self.settings.reset_all(),
+            datafusion::sql::sqlparser::ast::Reset::ConfigurationParameter(name) => {
+                self.settings.reset(&name.to_string())?
+            }
+        }
+        self.apply_settings()?;
+        Ok(Output::command("RESET"))
+    }
+
     /// Sets one setting and applies it (a procedure's `SET` clause).
     pub(crate) fn set_setting(&mut self, name: &str, value: &str) -> Result<()> {
         self.settings.set(name, value)?;
         self.apply_settings()
     }
 
-    pub(super) fn set(&mut self, set: datafusion::sql::sqlparser::ast::Set) -> Result<Output> {
+    pub(crate) fn set(&mut self, set: datafusion::sql::sqlparser::ast::Set) -> Result<Output> {
         use datafusion::sql::sqlparser::ast::Set as S;
         match set {
             S::SingleAssignment {
@@ -58,7 +74,7 @@ impl Session {
     }
 
     /// Pushes settings that DataFusion needs to know into the session context.
-    pub(super) fn apply_settings(&mut self) -> Result<()> {
+    pub(crate) fn apply_settings(&mut self) -> Result<()> {
         let timezone = self.settings.get("timezone")?;
         let state = self.context.state_ref();
         let mut state = state.write();
@@ -71,7 +87,7 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn show(
+    pub(crate) fn show(
         &self,
         variable: &[datafusion::sql::sqlparser::ast::Ident],
     ) -> Result<Output> {
@@ -96,7 +112,7 @@ impl Session {
         Ok(Output::rows(schema, vec![batch]))
     }
 
-    pub(super) fn show_all(&self) -> Result<Output> {
+    pub(crate) fn show_all(&self) -> Result<Output> {
         let (names, values): (Vec<String>, Vec<String>) = self
             .settings
             .all()
