@@ -1,4 +1,4 @@
-//! What a statement is, read from its syntax: whether DataFusion plans it, the relations it
+//! What a statement is, read from its syntax: where it goes ([`Route`]), the relations it
 //! writes and how, whether it returns rows, and the names of its result columns.
 
 use std::sync::Arc;
@@ -9,14 +9,74 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::sqlparser::ast::{
-    Expr, ObjectName, SelectItem, SetExpr, Statement as SqlStatement,
+    Expr, Function, ObjectName, SelectItem, SetExpr, Statement as SqlStatement,
 };
 use futures::StreamExt;
 use tributary_engine::transaction::WriteKind;
+use tributary_syntax::{ExtStatement, Statement};
 
 use crate::Result;
 
-pub(crate) fn is_planned_by_datafusion(statement: &SqlStatement) -> bool {
+/// Where a statement goes, decided once from its syntax: the session takes its locks from it,
+/// checks its privileges by it (`access::check::authorize`) and dispatches on it.
+pub(crate) enum Route {
+    /// A Redshift statement that sqlparser lacks.
+    Ext(ExtStatement),
+    /// CALL of a stored procedure.
+    Call(Function),
+    /// UPDATE, DELETE or MERGE, as written (with the WITH clause before it, if any).
+    Dml(SqlStatement),
+    /// A query, INSERT or EXPLAIN: DataFusion plans it.
+    Planned(SqlStatement),
+    /// Everything else: DDL, COPY, UNLOAD, SET, SHOW, ...
+    Utility(SqlStatement),
+}
+
+impl Route {
+    pub(crate) fn of(statement: Statement) -> Self {
+        let statement = match statement {
+            Statement::Ext(statement) => return Route::Ext(statement),
+            Statement::Sql(statement) => statement,
+        };
+        match statement {
+            SqlStatement::Call(function) => Route::Call(function),
+            SqlStatement::Update(_) | SqlStatement::Delete(_) | SqlStatement::Merge(_) => {
+                Route::Dml(statement)
+            }
+            _ if dml_with_cte(&statement).is_some() => Route::Dml(statement),
+            _ if is_planned(&statement) => Route::Planned(statement),
+            _ => Route::Utility(statement),
+        }
+    }
+
+    /// The tables the statement writes, with how: an autocommit statement locks them first.
+    pub(crate) fn write_targets(&self) -> Vec<(ObjectName, WriteKind)> {
+        match self {
+            Route::Dml(statement) | Route::Planned(statement) | Route::Utility(statement) => {
+                write_targets(statement)
+            }
+            Route::Ext(_) | Route::Call(_) => Vec::new(),
+        }
+    }
+}
+
+/// A DML statement without the WITH clause before it, and that clause.
+pub(crate) fn split_dml(
+    statement: SqlStatement,
+) -> (SqlStatement, Option<datafusion::sql::sqlparser::ast::With>) {
+    match dml_with_cte(&statement) {
+        Some(split) => split,
+        None => (statement, None),
+    }
+}
+
+/// True for the statements of [`Route::Planned`]: a query (not `WITH ... DELETE`), INSERT
+/// or EXPLAIN.
+pub(crate) fn is_planned(statement: &SqlStatement) -> bool {
+    is_planned_by_datafusion(statement) && dml_with_cte(statement).is_none()
+}
+
+fn is_planned_by_datafusion(statement: &SqlStatement) -> bool {
     matches!(
         statement,
         SqlStatement::Query(_) | SqlStatement::Insert(_) | SqlStatement::Explain { .. }
@@ -24,7 +84,7 @@ pub(crate) fn is_planned_by_datafusion(statement: &SqlStatement) -> bool {
 }
 
 /// `WITH ... DELETE` / `WITH ... UPDATE`: the statement and its WITH clause.
-pub(crate) fn dml_with_cte(
+fn dml_with_cte(
     statement: &SqlStatement,
 ) -> Option<(SqlStatement, Option<datafusion::sql::sqlparser::ast::With>)> {
     let SqlStatement::Query(query) = statement else {
@@ -47,7 +107,7 @@ pub(crate) fn write_target_names(statement: &SqlStatement) -> Vec<ObjectName> {
 }
 
 /// The tables a statement writes, with how: an autocommit statement locks them first.
-pub(crate) fn write_targets(statement: &SqlStatement) -> Vec<(ObjectName, WriteKind)> {
+fn write_targets(statement: &SqlStatement) -> Vec<(ObjectName, WriteKind)> {
     if let Some((inner, _)) = dml_with_cte(statement) {
         return write_targets(&inner);
     }

@@ -9,6 +9,7 @@ use tributary_catalog::{CatalogState, ExternalSource, Privilege};
 use tributary_engine::catalog_list::{SYSTEM_SCHEMA, TEMP_SCHEMA};
 use tributary_syntax::ExtStatement;
 
+use crate::classify::Route;
 use crate::context::Context;
 use crate::{Error, Result};
 
@@ -19,10 +20,24 @@ pub(crate) enum Access {
     Write(Privilege),
 }
 
+/// The one privilege check of a statement, made before its handler runs. Queries, INSERT and
+/// EXPLAIN arrive qualified by `rewrite` (the session plans that form); DML is checked as
+/// `rewrite` qualifies it. CALL needs EXECUTE on the procedure its arguments select, so the
+/// procedure handler checks it once it has resolved the procedure (`check_execute`).
+pub(crate) fn authorize(cx: &Context, route: &Route) -> Result<()> {
+    match route {
+        Route::Ext(statement) => check_ext(cx, statement),
+        Route::Call(_) => Ok(()),
+        Route::Dml(statement) => check_statement(cx, &cx.rewrite(statement.clone())?),
+        Route::Planned(qualified) => check_statement(cx, qualified),
+        Route::Utility(statement) => check_utility(cx, statement),
+    }
+}
+
 /// Checks that the session's user may run `statement` (already qualified by `rewrite`):
 /// USAGE on every schema it names, and SELECT, INSERT, UPDATE or DELETE on each relation.
 /// Relations of a database made from a datashare are read-only.
-pub(crate) fn check_statement(cx: &Context, statement: &Statement) -> Result<()> {
+fn check_statement(cx: &Context, statement: &Statement) -> Result<()> {
     let state = cx.catalogs().pinned();
     let user = cx.user();
     let mut pending_targets = write_privileges(statement);
@@ -203,7 +218,7 @@ pub(crate) fn check_owner(cx: &Context, schema: &str, name: &str) -> Result<()> 
 
 /// Checks the privileges of the statements sqlparser lacks; the access statements check their
 /// own as they run.
-pub(crate) fn check_ext(cx: &Context, statement: &ExtStatement) -> Result<()> {
+fn check_ext(cx: &Context, statement: &ExtStatement) -> Result<()> {
     let superuser = cx.catalogs().pinned().is_superuser(cx.user());
     match statement {
         ExtStatement::CreateExternalSchema { .. } if !superuser => {
@@ -242,7 +257,7 @@ fn check_create_schema(cx: &Context) -> Result<()> {
 
 /// Checks the privileges of statements that are not queries or DML: DDL needs CREATE on the
 /// target schema or ownership of the target; CREATE SCHEMA needs CREATE on the database.
-pub(crate) fn check_utility(cx: &Context, statement: &Statement) -> Result<()> {
+fn check_utility(cx: &Context, statement: &Statement) -> Result<()> {
     let state = cx.catalogs().pinned();
     let user = cx.user();
     if state.is_superuser(user) {

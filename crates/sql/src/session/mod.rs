@@ -17,8 +17,7 @@ use tributary_syntax::rewrite::idents;
 use tributary_syntax::{ExtStatement, Statement};
 
 use crate::classify::{
-    count_rows, dml_with_cte, is_planned_by_datafusion, output_schema, rename_stream, returns_rows,
-    write_targets,
+    Route, count_rows, is_planned, output_schema, rename_stream, returns_rows, split_dml,
 };
 use crate::context::Context;
 use crate::copy::CopyPlan;
@@ -117,12 +116,8 @@ impl Session {
                 text: sql.to_string(),
             });
         };
-        let query = match &statement {
-            Statement::Sql(query)
-                if is_planned_by_datafusion(query) && dml_with_cte(query).is_none() =>
-            {
-                query.clone()
-            }
+        let query = match Route::of(statement.clone()) {
+            Route::Planned(query) => query,
             _ => {
                 let placeholders = match &statement {
                     Statement::Sql(other) => tributary_engine::params::placeholder_count(other),
@@ -357,104 +352,109 @@ impl Session {
         Ok(Output::command("ROLLBACK"))
     }
 
+    /// Runs a statement in the current transaction: it is classified once, its write targets
+    /// are locked (autocommit), its producers pinned, its privileges checked, and it is
+    /// dispatched to DataFusion or to its handler.
     async fn run_in_transaction(
         &mut self,
         statement: Statement,
         params: Option<ParamValues>,
         autocommit: bool,
     ) -> Result<Output> {
-        let statement = match statement {
-            Statement::Sql(statement) => statement,
-            Statement::Ext(statement) => {
-                self.cx.catalogs().pin_statement();
-                self.cx.pin_producers().await?;
-                return self.execute_ext(statement, autocommit).await;
-            }
-        };
+        let route = Route::of(statement);
         if autocommit {
-            // An autocommit write takes its target's lock before its snapshot, so that
-            // waiting for another writer never makes it conflict.
-            for (name, _) in write_targets(&statement) {
-                let parts = name_parts(&name);
-                if parts.len() == 1
-                    && datafusion::catalog::SchemaProvider::table_exist(
-                        self.cx.catalogs().temp().as_ref(),
-                        &parts[0],
-                    )
-                {
-                    continue;
-                }
-                let Ok((schema, table)) = self.cx.resolve_existing(&name) else {
-                    continue;
-                };
-                self.cx
-                    .catalogs()
-                    .prelock(self.cx.database(), &schema, &table)
-                    .await?;
-            }
+            self.lock_write_targets(&route).await?;
         }
         self.cx.catalogs().pin_statement();
         self.cx.pin_producers().await?;
-        if let SqlStatement::Call(function) = &statement {
-            return crate::procedure::call(self, function, autocommit).await;
-        }
-        if matches!(
-            statement,
-            SqlStatement::Update(_) | SqlStatement::Delete(_) | SqlStatement::Merge(_)
-        ) || dml_with_cte(&statement).is_some()
-        {
-            crate::access::check::check_statement(&self.cx, &self.cx.rewrite(statement.clone())?)?;
-        }
-        if let Some((dml, with)) = dml_with_cte(&statement) {
-            return crate::dml::execute(&mut self.cx, dml, with).await;
-        }
-        if is_planned_by_datafusion(&statement) {
-            let is_insert = matches!(statement, SqlStatement::Insert(_));
-            let statement = self.cx.rewrite(statement)?;
-            crate::access::check::check_statement(&self.cx, &statement)?;
-            let plan = self.cx.plan(&statement).await?;
-            let plan = match params {
-                Some(params) => plan.with_param_values(params)?,
-                None => plan,
-            };
-            if is_insert {
-                let result = match self.cx.context().execute_logical_plan(plan).await {
-                    Ok(frame) => frame.collect().await,
-                    Err(err) => Err(err),
-                };
-                let batches = result.map_err(|err| self.cx.insert_error(&statement, err))?;
-                return Ok(Output::Command {
-                    tag: "INSERT".into(),
-                    rows: Some(count_rows(&batches)),
-                });
+        let route = match route {
+            Route::Planned(statement) => Route::Planned(self.cx.rewrite(statement)?),
+            other => other,
+        };
+        crate::access::check::authorize(&self.cx, &route)?;
+        match route {
+            Route::Ext(statement) => self.execute_ext(statement, autocommit).await,
+            Route::Call(function) => crate::procedure::call(self, &function, autocommit).await,
+            Route::Dml(statement) => {
+                let (dml, with) = split_dml(statement);
+                crate::dml::execute(&mut self.cx, dml, with).await
             }
-            let schema = output_schema(&statement, &plan);
-            let stream = self
-                .cx
-                .context()
-                .execute_logical_plan(plan)
-                .await?
-                .execute_stream()
-                .await?;
-            // An error while the rows stream fails the open transaction, like any other error.
-            let catalogs = self.cx.catalogs().clone();
-            let stream = rename_stream(schema.clone(), stream);
-            let stream = stream.inspect(move |batch| {
-                if batch.is_err() {
-                    catalogs.mark_failed();
-                }
-            });
-            return Ok(Output::Rows {
-                schema: schema.clone(),
-                stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
-            });
+            Route::Planned(statement) => self.execute_planned(statement, params).await,
+            Route::Utility(statement) => self.execute_utility(statement).await,
         }
-        self.execute_utility(statement).await
     }
 
-    /// Runs a Redshift statement that sqlparser lacks, after its privileges are checked.
+    /// An autocommit write takes its targets' locks before its snapshot, so that waiting for
+    /// another writer never makes it conflict.
+    async fn lock_write_targets(&self, route: &Route) -> Result<()> {
+        for (name, _) in route.write_targets() {
+            let parts = name_parts(&name);
+            if parts.len() == 1
+                && datafusion::catalog::SchemaProvider::table_exist(
+                    self.cx.catalogs().temp().as_ref(),
+                    &parts[0],
+                )
+            {
+                continue;
+            }
+            let Ok((schema, table)) = self.cx.resolve_existing(&name) else {
+                continue;
+            };
+            self.cx
+                .catalogs()
+                .prelock(self.cx.database(), &schema, &table)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Plans a qualified query, INSERT or EXPLAIN and runs it: an INSERT to its end, a query
+    /// as a stream of rows.
+    async fn execute_planned(
+        &mut self,
+        statement: SqlStatement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
+        let plan = self.cx.plan(&statement).await?;
+        let plan = match params {
+            Some(params) => plan.with_param_values(params)?,
+            None => plan,
+        };
+        if matches!(statement, SqlStatement::Insert(_)) {
+            let result = match self.cx.context().execute_logical_plan(plan).await {
+                Ok(frame) => frame.collect().await,
+                Err(err) => Err(err),
+            };
+            let batches = result.map_err(|err| self.cx.insert_error(&statement, err))?;
+            return Ok(Output::Command {
+                tag: "INSERT".into(),
+                rows: Some(count_rows(&batches)),
+            });
+        }
+        let schema = output_schema(&statement, &plan);
+        let stream = self
+            .cx
+            .context()
+            .execute_logical_plan(plan)
+            .await?
+            .execute_stream()
+            .await?;
+        // An error while the rows stream fails the open transaction, like any other error.
+        let catalogs = self.cx.catalogs().clone();
+        let stream = rename_stream(schema.clone(), stream);
+        let stream = stream.inspect(move |batch| {
+            if batch.is_err() {
+                catalogs.mark_failed();
+            }
+        });
+        Ok(Output::Rows {
+            schema: schema.clone(),
+            stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+        })
+    }
+
+    /// Runs a Redshift statement that sqlparser lacks.
     async fn execute_ext(&mut self, statement: ExtStatement, autocommit: bool) -> Result<Output> {
-        crate::access::check::check_ext(&self.cx, &statement)?;
         match statement {
             ExtStatement::Access(access) => crate::access::execute(&mut self.cx, access).await,
             ExtStatement::CreateExternalSchema {
@@ -500,8 +500,8 @@ impl Session {
         }
     }
 
+    /// Runs a statement that is neither planned by DataFusion nor DML.
     async fn execute_utility(&mut self, statement: SqlStatement) -> Result<Output> {
-        crate::access::check::check_utility(&self.cx, &statement)?;
         match statement {
             SqlStatement::Set(set) => self.cx.set(set),
             SqlStatement::ShowVariable { variable } => self.cx.show(&variable),
@@ -528,9 +528,6 @@ impl Session {
             SqlStatement::Unload { .. } => crate::copy::unload(&mut self.cx, statement).await,
             SqlStatement::Deallocate { .. } => Ok(Output::command("DEALLOCATE")),
             SqlStatement::Discard { .. } => Ok(Output::command("DISCARD")),
-            SqlStatement::Update(_) | SqlStatement::Delete(_) | SqlStatement::Merge(_) => {
-                crate::dml::execute(&mut self.cx, statement, None).await
-            }
             SqlStatement::DropProcedure {
                 if_exists,
                 proc_desc,
@@ -584,7 +581,7 @@ fn bind_parameters(
         // The extension statements take no parameters.
         return Ok((statement, params));
     };
-    if is_planned_by_datafusion(&statement) && dml_with_cte(&statement).is_none() {
+    if is_planned(&statement) {
         tributary_engine::params::bind_table_functions(&mut statement, Some(&params))?;
         Ok((Statement::Sql(statement), Some(params)))
     } else {
