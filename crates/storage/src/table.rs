@@ -20,6 +20,8 @@ use url::Url;
 use crate::root::StorageRoot;
 use crate::{Error, Result};
 
+mod deletion;
+
 /// Commits between Delta checkpoints of tables created here.
 const CHECKPOINT_INTERVAL: &str = "10";
 

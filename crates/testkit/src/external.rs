@@ -307,3 +307,58 @@ fn wait_for_port(port: u16, timeout: Duration) {
     }
     panic!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
 }
+
+/// Rows as the external Delta readers return them: each value as text, None for NULL.
+pub type TextRows = Vec<Vec<Option<String>>>;
+
+/// The Python interpreter of the external Delta readers (DuckDB 1.4 with its delta extension,
+/// delta-rs' Python reader and Polars), which `.ci/run` installs in an environment of their
+/// own: `$TRIBUTARY_DELTA_READERS`, or the default cache directory.
+pub fn delta_readers() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    let environment = std::env::var_os("TRIBUTARY_DELTA_READERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(home).join(".cache/tributary-delta-readers"));
+    let python = environment.join("bin/python");
+    assert!(
+        python.is_file(),
+        "the external Delta readers are not installed in {}; run: python3 -m venv {0} && {0}/bin/pip install -r tests/delta/requirements.txt (.ci/run does this)",
+        environment.display()
+    );
+    python
+}
+
+/// Reads the latest version of the Delta table at `table` with each external reader. Gives,
+/// per reader, its rows sorted, or the error it raised.
+pub fn read_delta(table: &std::path::Path) -> Vec<(String, Result<TextRows, String>)> {
+    let script = crate::repo_root().join("tests/delta/read.py");
+    let output = Command::new(delta_readers())
+        .arg(script)
+        .arg(table)
+        .output()
+        .expect("run the external Delta readers");
+    assert!(
+        output.status.success(),
+        "the Delta reader script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("the readers' JSON");
+    answer
+        .into_iter()
+        .map(|(reader, rows)| {
+            let rows = match rows {
+                serde_json::Value::Array(rows) => {
+                    let mut rows: TextRows = rows
+                        .into_iter()
+                        .map(|row| serde_json::from_value(row).expect("a row of text values"))
+                        .collect();
+                    rows.sort();
+                    Ok(rows)
+                }
+                other => Err(other["error"].as_str().unwrap_or("no rows").to_string()),
+            };
+            (reader, rows)
+        })
+        .collect()
+}

@@ -9,7 +9,10 @@ mod external;
 mod server;
 mod slt;
 
-pub use external::{KinesisFlavor, KinesisServer, Moto, Tansu, free_port, python, require_program};
+pub use external::{
+    KinesisFlavor, KinesisServer, Moto, Tansu, TextRows, delta_readers, free_port, python,
+    read_delta, require_program,
+};
 pub use server::TestServer;
 pub use slt::{run_slt_in_process, run_slt_over_wire, slt_files};
 

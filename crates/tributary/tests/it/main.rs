@@ -10,6 +10,7 @@ mod concurrency;
 mod copy;
 mod durability;
 mod errors;
+mod interop;
 mod kafka;
 mod liveness;
 mod maintenance;
