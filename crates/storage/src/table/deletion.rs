@@ -177,7 +177,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn deleted_rows_are_gone_from_later_versions_and_the_file_is_not_rewritten() {
+    async fn deleted_rows_are_gone_from_later_versions_the_file_is_not_rewritten_and_vacuum_keeps_the_vector()
+     {
         let dir = tempfile::tempdir().unwrap();
         let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
         let table = root.table("dev/public/t-3").unwrap();
@@ -207,5 +208,17 @@ mod tests {
         let after = table.files(v2).await.unwrap();
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].path, data, "the data file is kept, not rewritten");
+
+        // VACUUM (delta-rs' full mode, no retention) keeps the vector file a live add names.
+        table.vacuum(std::time::Duration::ZERO).await.unwrap();
+        let vectors = std::fs::read_dir(table.url().to_file_path().unwrap())
+            .unwrap()
+            .filter(|entry| {
+                let name = entry.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("deletion_vector_")
+            })
+            .count();
+        assert_eq!(vectors, 1, "the deletion vector file survives VACUUM");
+        assert_eq!(ids(&table, v2).await, expected, "and still applies");
     }
 }
