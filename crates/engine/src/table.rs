@@ -68,6 +68,20 @@ impl TributaryTable {
         if crate::mirror::spec(&definition).is_some() {
             inner = crate::mirror::reader(inner, &definition)?;
         }
+        let mut table = Self::over(catalogs, name, definition, inner)?;
+        table.read_only = read_only;
+        Ok(table)
+    }
+
+    /// The table over `inner`, a reader of its stored rows such as a
+    /// [`tributary_storage::RowScan`]: columns of `inner` that the table does not declare
+    /// pass through unchanged, after the declared ones.
+    pub fn over(
+        catalogs: &SessionCatalogs,
+        name: [String; 3],
+        definition: Table,
+        inner: Arc<dyn TableProvider>,
+    ) -> Result<Self> {
         let schema = logical_schema(&definition, &inner.schema());
         let defaults = parse_defaults(&definition, &schema)?;
         Ok(Self {
@@ -77,7 +91,7 @@ impl TributaryTable {
             schema,
             inner,
             defaults,
-            read_only,
+            read_only: false,
         })
     }
 

@@ -1,16 +1,20 @@
 //! UPDATE, DELETE and MERGE.
 //!
-//! Each statement locks its target table, reads the target's rows at the transaction's
-//! snapshot with a row identifier added, and registers them as a scratch table. The statement
+//! Each statement locks its target table and registers, as a scratch table, the target at the
+//! transaction's snapshot with a row identifier: for a stored table, the number of the row's
+//! data file and its index in the file (a [`tributary_storage::RowScan`]). The statement
 //! becomes one SELECT over that scratch table (plus its FROM / USING / source tables and any
 //! subqueries), which DataFusion plans and runs like any query: it returns, per affected row,
-//! the row identifier, what to do, and the new values. The new table content is then written
-//! as one Delta commit of the transaction.
+//! the row identifier, what to do, and the new values. Scan filters and join filters prune the
+//! target's files and row groups by statistics and bloom filters, so a small change reads
+//! little of a large table.
 //!
-//! Rows are rewritten copy-on-write over the whole table, and the target's rows are held in
-//! memory while the statement runs.
+//! A stored table's change is one Delta commit of the transaction: the affected rows are
+//! marked deleted in deletion vectors of their files, and the new row versions and inserted
+//! rows are added as new files. No file is rewritten; the cost follows the change. A temporary
+//! table's rows are held in memory and rebuilt.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -84,20 +88,32 @@ pub(crate) async fn execute(
     }
 }
 
+/// Row identifiers of a stored table: the file's number in the high bits, the row's index in
+/// the file in the low 40 bits.
+const ROW_BITS: u32 = 40;
+
 /// The target table, read at the snapshot and registered as a scratch table.
 struct Target {
-    /// The stored table; None for a temporary table.
-    table: Option<Table>,
     schema_name: String,
     name: String,
     /// The target's columns as queries see them.
     schema: SchemaRef,
-    /// The rows, each batch with the row identifier as its last column.
-    batches: Vec<RecordBatch>,
+    rows: TargetRows,
     /// The scratch table's name in the session's temporary schema.
     scratch: String,
     /// How the statement names the target (its alias, or its name).
     alias: String,
+}
+
+/// Where the target's rows come from.
+enum TargetRows {
+    /// A temporary table's rows, each batch with the row identifier as its last column.
+    Memory(Vec<RecordBatch>),
+    /// A stored table's version, scanned with each row's file and index.
+    Stored {
+        table: Box<Table>,
+        scan: Arc<tributary_storage::RowScan>,
+    },
 }
 
 static SCRATCH_COUNTER: AtomicU64 = AtomicU64::new(1);
@@ -115,76 +131,106 @@ impl Target {
         };
         let parts = name_parts(name);
         let temp = cx.catalogs().temp().clone();
-        let (table, schema_name, table_name, provider): (_, _, _, Arc<dyn TableProvider>) =
-            if parts.len() == 1 && temp.table_exist(&parts[0]) {
-                let provider = temp
-                    .table(&parts[0])
-                    .await?
-                    .ok_or_else(|| Error::UndefinedTable(parts[0].clone()))?;
-                (None, String::new(), parts[0].clone(), provider)
-            } else {
-                let (schema, table_name) = resolve_table(cx, name)?;
-                let database = cx.database().to_string();
-                let slot = cx
-                    .catalogs()
-                    .lock_table(&database, &schema, &table_name, WriteKind::Rewrite)
-                    .await?;
-                tributary_engine::mirror::refuse_write(&slot.table, &table_name)?;
-                let provider = TributaryTable::open(
-                    cx.catalogs(),
-                    [database, schema.clone(), table_name.clone()],
-                    slot.table.clone(),
-                )
-                .await?;
-                (Some(slot.table), schema, table_name, Arc::new(provider))
-            };
-        // Nullable throughout: NOT NULL is checked on the final rows, with a proper error.
-        let schema = Arc::new(Schema::new(
-            provider
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
-        ));
-        let frame = cx.context().read_table(provider)?;
-        let rows = frame.collect().await?;
-        let with_ids = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .cloned()
-                .chain(std::iter::once(Arc::new(Field::new(
-                    ROW_ID,
-                    DataType::UInt64,
-                    false,
-                ))))
-                .collect::<Vec<_>>(),
-        ));
-        let mut next_id = 0u64;
-        let mut batches = Vec::with_capacity(rows.len());
-        for batch in rows {
-            let ids = UInt64Array::from_iter_values(next_id..next_id + batch.num_rows() as u64);
-            next_id += batch.num_rows() as u64;
-            let mut columns = batch.columns().to_vec();
-            columns.push(Arc::new(ids));
-            batches.push(RecordBatch::try_new(with_ids.clone(), columns)?);
-        }
         let scratch = format!(
             "__tributary_target_{}",
             SCRATCH_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let memory = MemTable::try_new(with_ids, vec![batches.clone()])?;
-        temp.register_table(scratch.clone(), Arc::new(memory))?;
+        if parts.len() == 1 && temp.table_exist(&parts[0]) {
+            let provider = temp
+                .table(&parts[0])
+                .await?
+                .ok_or_else(|| Error::UndefinedTable(parts[0].clone()))?;
+            let schema = nullable(provider.schema().fields().iter());
+            let frame = cx.context().read_table(provider)?;
+            let rows = frame.collect().await?;
+            let with_ids = Arc::new(Schema::new(
+                schema
+                    .fields()
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::once(Arc::new(Field::new(
+                        ROW_ID,
+                        DataType::UInt64,
+                        false,
+                    ))))
+                    .collect::<Vec<_>>(),
+            ));
+            let mut next_id = 0u64;
+            let mut batches = Vec::with_capacity(rows.len());
+            for batch in rows {
+                let ids = UInt64Array::from_iter_values(next_id..next_id + batch.num_rows() as u64);
+                next_id += batch.num_rows() as u64;
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(ids));
+                batches.push(RecordBatch::try_new(with_ids.clone(), columns)?);
+            }
+            let memory = MemTable::try_new(with_ids, vec![batches.clone()])?;
+            temp.register_table(scratch.clone(), Arc::new(memory))?;
+            return Ok(Self {
+                schema_name: String::new(),
+                name: parts[0].clone(),
+                schema,
+                rows: TargetRows::Memory(batches),
+                scratch,
+                alias,
+            });
+        }
+        let (schema_name, table_name) = resolve_table(cx, name)?;
+        let database = cx.database().to_string();
+        let slot = cx
+            .catalogs()
+            .lock_table(&database, &schema_name, &table_name, WriteKind::Rewrite)
+            .await?;
+        tributary_engine::mirror::refuse_write(&slot.table, &table_name)?;
+        let scan = Arc::new(
+            cx.engine()
+                .storage
+                .table(&slot.table.path)?
+                .row_scan(slot.table.version)
+                .await?,
+        );
+        let provider = TributaryTable::over(
+            cx.catalogs(),
+            [database, schema_name.clone(), table_name.clone()],
+            slot.table.clone(),
+            scan.clone(),
+        )?;
+        let fields = provider.schema().fields().clone();
+        let declared = fields.len().saturating_sub(2);
+        let schema = nullable(fields.iter().take(declared));
+        temp.register_table(scratch.clone(), Arc::new(provider))?;
         Ok(Self {
-            table,
             schema_name,
             name: table_name,
             schema,
-            batches,
+            rows: TargetRows::Stored {
+                table: Box::new(slot.table),
+                scan,
+            },
             scratch,
             alias,
         })
+    }
+
+    /// The stored table; None for a temporary table.
+    fn table(&self) -> Option<&Table> {
+        match &self.rows {
+            TargetRows::Memory(_) => None,
+            TargetRows::Stored { table, .. } => Some(table),
+        }
+    }
+
+    /// The expression of a target row's identifier (NULL where a join found no target row).
+    fn row_id(&self) -> String {
+        match &self.rows {
+            TargetRows::Memory(_) => self.column(ROW_ID),
+            TargetRows::Stored { .. } => format!(
+                "(CAST({} AS BIGINT) * {} + {})",
+                self.column(tributary_storage::FILE_COLUMN),
+                1u64 << ROW_BITS,
+                self.column(tributary_storage::ROW_COLUMN)
+            ),
+        }
     }
 
     /// The scratch table as a FROM item, under the statement's name for the target.
@@ -204,6 +250,16 @@ impl Target {
     fn close(&self, cx: &Context) {
         let _ = cx.catalogs().temp().deregister_table(&self.scratch);
     }
+}
+
+/// The fields as a schema, nullable throughout: NOT NULL is checked on the final rows, with a
+/// proper error.
+fn nullable<'a>(fields: impl Iterator<Item = &'a Arc<Field>>) -> SchemaRef {
+    Arc::new(Schema::new(
+        fields
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 fn resolve_table(cx: &Context, name: &ObjectName) -> Result<(String, String)> {
@@ -264,12 +320,12 @@ async fn delete_rows(cx: &mut Context, delete: Delete, with: Option<With>) -> Re
         let sql = format!(
             "{}SELECT DISTINCT {} AS {ROW_ID}, CAST({ACTION_DELETE} AS BIGINT) AS {ACTION} FROM {}{}{selection}",
             with_prefix(&with),
-            target.column(ROW_ID),
+            target.row_id(),
             target.scratch_item(),
             from_list(&others),
         );
         let changes = run_changes(cx, &sql, &target, false).await?;
-        write_changes(cx, &target, changes).await
+        write_changes(cx, &target, changes, "DELETE").await
     }
     .await;
     target.close(cx);
@@ -326,8 +382,7 @@ fn assigned_values(
 /// A column's DEFAULT expression, or NULL.
 fn default_of(target: &Target, column: &str) -> String {
     target
-        .table
-        .as_ref()
+        .table()
         .and_then(|t| t.column(column))
         .and_then(|c| c.default.clone())
         .map(|d| format!("({d})"))
@@ -368,12 +423,12 @@ async fn update_rows(
         let sql = format!(
             "{}SELECT {} AS {ROW_ID}, CAST({ACTION_UPDATE} AS BIGINT) AS {ACTION}{projections} FROM {}{}{selection}",
             with_prefix(&with),
-            target.column(ROW_ID),
+            target.row_id(),
             target.scratch_item(),
             from_list(from),
         );
         let changes = run_changes(cx, &sql, &target, false).await?;
-        write_changes(cx, &target, changes).await
+        write_changes(cx, &target, changes, "UPDATE").await
     }
     .await;
     target.close(cx);
@@ -402,7 +457,7 @@ async fn merge_rows(
         });
     }
     let result = async {
-        let matched = format!("{} IS NOT NULL", target.column(ROW_ID));
+        let matched = format!("{} IS NOT NULL", target.row_id());
         // One CASE arm per clause, in order: the first clause whose condition holds decides.
         let mut action_arms = Vec::new();
         let mut value_arms: Vec<Vec<String>> = vec![Vec::new(); target.schema.fields().len()];
@@ -451,12 +506,12 @@ async fn merge_rows(
         let sql = format!(
             "{}SELECT * FROM (SELECT {} AS {ROW_ID}, CAST(CASE {} END AS BIGINT) AS {ACTION}{projections} FROM {source} LEFT JOIN {} ON {on}) AS \"__merge\" WHERE {ACTION} IS NOT NULL",
             with_prefix(&with),
-            target.column(ROW_ID),
+            target.row_id(),
             action_arms.join(" "),
             target.scratch_item(),
         );
         let changes = run_changes(cx, &sql, &target, true).await?;
-        write_changes(cx, &target, changes).await
+        write_changes(cx, &target, changes, "MERGE").await
     }
     .await;
     target.close(cx);
@@ -500,7 +555,7 @@ async fn remove_duplicates(
     let matched = format!(
         "{}SELECT DISTINCT {} AS {ROW_ID}, CAST({ACTION_DELETE} AS BIGINT) AS {ACTION} FROM {source} JOIN {} ON {on}",
         with_prefix(with),
-        target.column(ROW_ID),
+        target.row_id(),
         target.scratch_item(),
     );
     let deleted = run_changes(cx, &matched, target, false).await?.deleted;
@@ -526,7 +581,7 @@ async fn remove_duplicates(
     let mut changes = run_changes(cx, &inserted, target, false).await?;
     let rows = changes.inserted.len() as u64;
     changes.deleted = deleted;
-    write_changes(cx, target, changes).await?;
+    write_changes(cx, target, changes, "MERGE").await?;
     Ok(rows)
 }
 
@@ -691,15 +746,36 @@ async fn run_changes(
     Ok(changes)
 }
 
-/// Writes the target's new content and returns the number of rows the statement affected.
-async fn write_changes(cx: &mut Context, target: &Target, changes: Changes) -> Result<u64> {
+/// Writes the statement's changes and returns the number of rows it affected.
+async fn write_changes(
+    cx: &mut Context,
+    target: &Target,
+    changes: Changes,
+    operation: &str,
+) -> Result<u64> {
     let affected = (changes.updated.len() + changes.deleted.len() + changes.inserted.len()) as u64;
     if affected == 0 {
         return Ok(0);
     }
+    match &target.rows {
+        TargetRows::Memory(batches) => rebuild_memory(cx, target, batches, changes)?,
+        TargetRows::Stored { table, scan } => {
+            write_table(cx, target, table, scan, changes, operation).await?
+        }
+    }
+    Ok(affected)
+}
+
+/// A temporary table's new content, rebuilt from its rows in memory.
+fn rebuild_memory(
+    cx: &mut Context,
+    target: &Target,
+    batches: &[RecordBatch],
+    changes: Changes,
+) -> Result<()> {
     let width = target.schema.fields().len();
-    let mut content = Vec::with_capacity(target.batches.len() + 1);
-    for batch in &target.batches {
+    let mut content = Vec::with_capacity(batches.len() + 1);
+    for batch in batches {
         let ids = batch.column(width).as_primitive::<UInt64Type>();
         let keep: BooleanArray = ids
             .values()
@@ -732,47 +808,80 @@ async fn write_changes(cx: &mut Context, target: &Target, changes: Changes) -> R
         content.push(filter_record_batch(&rebuilt, &keep)?);
     }
     if !changes.inserted.is_empty() {
-        let columns = (0..width)
-            .map(|c| {
-                let sources: Vec<&dyn Array> = changes
-                    .values
-                    .iter()
-                    .map(|v| v.column(c).as_ref())
-                    .collect();
-                Ok(interleave(&sources, &changes.inserted)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        content.push(RecordBatch::try_new(target.schema.clone(), columns)?);
+        content.push(gather(target, &changes.values, &changes.inserted)?);
     }
-    match &target.table {
-        Some(table) => write_table(cx, target, table, content).await?,
-        None => {
-            let memory = MemTable::try_new(target.schema.clone(), vec![content])?;
-            let temp = cx.catalogs().temp().clone();
-            temp.deregister_table(&target.name)?;
-            temp.register_table(target.name.clone(), Arc::new(memory))?;
-        }
-    }
-    Ok(affected)
+    let memory = MemTable::try_new(target.schema.clone(), vec![content])?;
+    let temp = cx.catalogs().temp().clone();
+    temp.deregister_table(&target.name)?;
+    temp.register_table(target.name.clone(), Arc::new(memory))?;
+    Ok(())
 }
 
+/// The rows at `(batch, row)` of `values`, as one batch of the target's columns.
+fn gather(target: &Target, values: &[RecordBatch], rows: &[(usize, usize)]) -> Result<RecordBatch> {
+    let columns = (0..target.schema.fields().len())
+        .map(|c| {
+            let sources: Vec<&dyn Array> = values.iter().map(|v| v.column(c).as_ref()).collect();
+            Ok(interleave(&sources, rows)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(target.schema.clone(), columns)?)
+}
+
+/// Rows a new-row file batch holds at most.
+const NEW_ROWS_PER_BATCH: usize = 64 * 1024;
+
+/// A stored table's change as one Delta commit: the updated and deleted rows marked in
+/// deletion vectors of their files, the new versions of updated rows and the inserted rows
+/// added as new files.
 async fn write_table(
     cx: &mut Context,
     target: &Target,
     table: &Table,
-    content: Vec<RecordBatch>,
+    scan: &tributary_storage::RowScan,
+    changes: Changes,
+    operation: &str,
 ) -> Result<()> {
+    let mut deleted: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for id in changes.deleted.iter().chain(changes.updated.keys()) {
+        let file = u32::try_from(id >> ROW_BITS)
+            .ok()
+            .and_then(|file| scan.path_of(file))
+            .ok_or_else(|| Error::Internal(format!("row identifier {id} names no data file")))?;
+        deleted
+            .entry(file.to_string())
+            .or_default()
+            .push(id & ((1 << ROW_BITS) - 1));
+    }
+    let new_rows: Vec<(usize, usize)> = changes
+        .updated
+        .values()
+        .copied()
+        .chain(changes.inserted.iter().copied())
+        .collect();
     let mut identity_next: Vec<(String, i64)> = Vec::new();
-    let stored = content
-        .into_iter()
-        .map(|batch| prepare_batch(table, &target.name, batch, &mut identity_next))
-        .collect::<Result<Vec<_>>>()?;
-    let stored_schema = Arc::new(tributary_engine::layout::storage_schema(table));
-    let version = cx
-        .engine()
-        .storage
-        .table(&table.path)?
-        .overwrite(table.version, stored, &stored_schema)
+    let mut stored = Vec::new();
+    for chunk in new_rows.chunks(NEW_ROWS_PER_BATCH) {
+        let batch = gather(target, &changes.values, chunk)?;
+        stored.push(prepare_batch(
+            table,
+            &target.name,
+            batch,
+            &mut identity_next,
+        )?);
+    }
+    let handle = cx.engine().storage.table(&table.path)?;
+    let added = if stored.is_empty() {
+        None
+    } else {
+        Some(handle.stage(table.version, &stored).await?)
+    };
+    let version = handle
+        .change_rows(
+            table.version,
+            tributary_storage::RowChanges { deleted, added },
+            operation,
+        )
         .await?;
     let name = [
         cx.database().to_string(),

@@ -14,4 +14,7 @@ pub use error::{Error, Result};
 pub use files::ExternalLocation;
 pub use location::{check_table_path, legacy_location, new_table_path};
 pub use root::StorageRoot;
-pub use table::{AppendOutcome, DataFile, Replaced, StagedFiles, TableHandle};
+pub use table::{
+    AppendOutcome, DataFile, FILE_COLUMN, ROW_COLUMN, Replaced, RowChanges, RowScan, StagedFiles,
+    TableHandle,
+};

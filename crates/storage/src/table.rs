@@ -21,6 +21,10 @@ use crate::root::StorageRoot;
 use crate::{Error, Result};
 
 mod deletion;
+mod scan;
+
+pub use deletion::RowChanges;
+pub use scan::{FILE_COLUMN, ROW_COLUMN, RowScan};
 
 /// Commits between Delta checkpoints of tables created here.
 const CHECKPOINT_INTERVAL: &str = "10";
@@ -56,8 +60,10 @@ pub enum Replaced<'a> {
 pub struct DataFile {
     /// The path relative to the table, as the log holds it.
     pub path: String,
-    /// Rows in the file.
+    /// Rows in the file, deleted ones included.
     pub rows: u64,
+    /// Rows of the file that its deletion vector marks deleted.
+    pub deleted: u64,
     /// The smallest value of each column with statistics (the log's `minValues`).
     pub min_values: serde_json::Map<String, serde_json::Value>,
 }
@@ -309,6 +315,9 @@ impl TableHandle {
                 DataFile {
                     path: file.path().to_string(),
                     rows: file.num_records().unwrap_or_default() as u64,
+                    deleted: file
+                        .deletion_vector_descriptor()
+                        .map_or(0, |vector| vector.cardinality.max(0) as u64),
                     min_values,
                 }
             })

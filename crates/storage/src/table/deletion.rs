@@ -19,31 +19,47 @@ use deltalake::kernel::{Action, DeletionVectorDescriptor, StorageType};
 use deltalake::logstore::CommitOrBytes;
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
+use roaring::RoaringTreemap;
 
-use super::TableHandle;
+use super::{StagedFiles, TableHandle};
 use crate::{Error, Result};
 
 /// The protocol a table with deletion vectors carries: the features of writer version 2
 /// (which every table created here had) plus `deletionVectors`.
 const PROTOCOL: &str = r#"{"protocol":{"minReaderVersion":3,"minWriterVersion":7,"readerFeatures":["deletionVectors"],"writerFeatures":["appendOnly","invariants","deletionVectors"]}}"#;
 
+/// The first four bytes of a serialised RoaringBitmapArray (little-endian).
+const PORTABLE_MAGIC: u32 = 1681511377;
+
+/// Length of a z85-encoded UUID, the tail of a `u` descriptor's path.
+const ENCODED_UUID_LEN: usize = 20;
+
+/// What one commit of [`TableHandle::change_rows`] does.
+#[derive(Debug, Default)]
+pub struct RowChanges {
+    /// Rows to mark deleted: a data file's path (as [`TableHandle::files`] gives it) and the
+    /// indexes of its rows, counted from 0 in the file. Rows deleted before stay deleted.
+    pub deleted: BTreeMap<String, Vec<u64>>,
+    /// New rows, written by [`TableHandle::stage`] from the same base version.
+    pub added: Option<StagedFiles>,
+}
+
 impl TableHandle {
-    /// Marks rows of `base_version`'s data files deleted: `rows` maps a file's path (as
-    /// [`Self::files`] gives it) to the indexes of its rows to delete, counted from 0 in the
-    /// file. Returns the new version. A file that already has a deletion vector is refused for
-    /// now (merging vectors comes with the DML that uses them).
-    pub async fn delete_rows(
+    /// Commits `changes` on top of `base_version` as one Delta commit named `operation`
+    /// (`DELETE`, `UPDATE`, `MERGE`): every touched file is re-added with a deletion vector
+    /// that holds its earlier deletions and the new ones (a file left with no live rows is
+    /// removed instead), and the staged files are added. The vectors of the commit share one
+    /// `deletion_vector_<uuid>.bin`. Returns the new version, or [`Error::Conflict`] if
+    /// another writer committed after `base_version`.
+    pub async fn change_rows(
         &self,
         base_version: u64,
-        rows: BTreeMap<String, Vec<u64>>,
+        changes: RowChanges,
+        operation: &str,
     ) -> Result<u64> {
         let table = self.load(base_version).await?;
         let snapshot = table.snapshot()?;
-        let protocol = snapshot.protocol();
-        let upgrade = !protocol
-            .reader_features()
-            .is_some_and(|features| features.iter().any(|f| f.as_ref() == "deletionVectors"));
-        let mut adds = BTreeMap::new();
+        let mut touched = BTreeMap::new();
         for file in snapshot.log_data().iter() {
             // The commit re-adds the file whole (stats, partition values, tags) with its
             // vector: the add action is the form that carries all of it.
@@ -52,50 +68,53 @@ impl TableHandle {
                 reason = "the commit written here needs the whole add action"
             )]
             let add = file.add_action();
-            if rows.contains_key(&add.path) {
-                if add.deletion_vector.is_some() {
-                    return Err(Error::Internal(format!(
-                        "{} already has a deletion vector; merging vectors is not supported yet",
-                        add.path
-                    )));
-                }
-                adds.insert(add.path.clone(), (add, file.remove_action(true)));
+            if changes.deleted.contains_key(&add.path) {
+                touched.insert(add.path.clone(), (add, file.remove_action(true)));
             }
         }
-        if let Some(missing) = rows.keys().find(|path| !adds.contains_key(*path)) {
+        if let Some(missing) = changes.deleted.keys().find(|p| !touched.contains_key(*p)) {
             return Err(Error::Internal(format!(
                 "{missing} is not a data file of version {base_version}"
             )));
         }
 
-        // One file holds this commit's vectors, each at its own offset.
+        // Each touched file's vector: what it had, and the new rows.
+        let mut vectors = Vec::new();
+        for (path, indexes) in &changes.deleted {
+            let (add, _) = &touched[path];
+            let mut rows = match &add.deletion_vector {
+                Some(descriptor) => self.read_vector(descriptor).await?,
+                None => RoaringTreemap::new(),
+            };
+            rows.extend(indexes.iter().copied());
+            let live = add_rows(add)?.saturating_sub(rows.len());
+            vectors.push((path.clone(), rows, live));
+        }
+
+        let mut lines = Vec::new();
+        let upgrade = !snapshot
+            .protocol()
+            .reader_features()
+            .is_some_and(|features| features.iter().any(|f| f.as_ref() == "deletionVectors"));
+        if upgrade && vectors.iter().any(|(_, _, live)| *live > 0) {
+            lines.push(PROTOCOL.to_string());
+        }
         let uuid = uuid::Uuid::new_v4();
         let mut buffer = Vec::new();
         let mut writer = StreamingDeletionVectorWriter::new(&mut buffer);
-        let mut written = Vec::new();
-        for (path, indexes) in &rows {
+        let mut wrote_vector = false;
+        for (path, rows, live) in vectors {
+            let (mut add, remove) = touched.remove(&path).expect("checked above");
+            lines.push(action_line(Action::Remove(remove))?);
+            if live == 0 {
+                continue;
+            }
             let mut vector = KernelDeletionVector::new();
-            vector.add_deleted_row_indexes(indexes.iter().copied());
+            vector.add_deleted_row_indexes(rows.iter());
             let result = writer
                 .write_deletion_vector(vector)
                 .map_err(|e| Error::Internal(format!("deletion vector of {path}: {e}")))?;
-            written.push((path.clone(), result));
-        }
-        writer
-            .finalize()
-            .map_err(|e| Error::Internal(format!("deletion vector file: {e}")))?;
-        let file = Path::from(format!("{}/deletion_vector_{uuid}.bin", self.path));
-        self.root
-            .object_store()
-            .put(&file, Bytes::from(buffer).into())
-            .await?;
-
-        let mut lines = Vec::new();
-        if upgrade {
-            lines.push(PROTOCOL.to_string());
-        }
-        for (path, result) in written {
-            let (mut add, remove) = adds.remove(&path).expect("checked above");
+            wrote_vector = true;
             add.deletion_vector = Some(DeletionVectorDescriptor {
                 storage_type: StorageType::UuidRelativePath,
                 path_or_inline_dv: z85::encode(uuid.as_bytes()),
@@ -104,13 +123,28 @@ impl TableHandle {
                 cardinality: result.cardinality,
             });
             add.data_change = true;
-            lines.push(action_line(Action::Remove(remove))?);
             lines.push(action_line(Action::Add(add))?);
+        }
+        writer
+            .finalize()
+            .map_err(|e| Error::Internal(format!("deletion vector file: {e}")))?;
+        if wrote_vector {
+            let file = Path::from(format!("{}/deletion_vector_{uuid}.bin", self.path));
+            self.root
+                .object_store()
+                .put(&file, Bytes::from(buffer).into())
+                .await?;
+        }
+        for add in changes.added.into_iter().flat_map(|staged| staged.adds) {
+            lines.push(action_line(Action::Add(add))?);
+        }
+        if lines.is_empty() {
+            return Ok(base_version);
         }
         lines.push(
             serde_json::json!({"commitInfo": {
                 "timestamp": chrono::Utc::now().timestamp_millis(),
-                "operation": "DELETE",
+                "operation": operation,
                 "operationParameters": {},
             }})
             .to_string(),
@@ -135,6 +169,91 @@ impl TableHandle {
             })?;
         Ok(version)
     }
+
+    /// The rows a deletion vector marks deleted, read from the table's storage (or from the
+    /// descriptor itself for an inline vector), with its framing checked.
+    pub(super) async fn read_vector(
+        &self,
+        descriptor: &DeletionVectorDescriptor,
+    ) -> Result<RoaringTreemap> {
+        let broken = |reason: String| {
+            Error::Internal(format!(
+                "deletion vector {} of {}: {reason}",
+                descriptor.path_or_inline_dv, self.path
+            ))
+        };
+        let size = usize::try_from(descriptor.size_in_bytes)
+            .map_err(|_| broken("negative size".into()))?;
+        let framed = match descriptor.storage_type {
+            StorageType::Inline => z85::decode(&descriptor.path_or_inline_dv)
+                .map_err(|e| broken(format!("not z85: {e}")))?,
+            StorageType::UuidRelativePath => {
+                let encoded = &descriptor.path_or_inline_dv;
+                let split = encoded
+                    .len()
+                    .checked_sub(ENCODED_UUID_LEN)
+                    .ok_or_else(|| broken("path too short".into()))?;
+                let (prefix, id) = encoded.split_at(split);
+                let id = z85::decode(id).map_err(|e| broken(format!("uuid not z85: {e}")))?;
+                let id = uuid::Uuid::from_slice(&id).map_err(|e| broken(e.to_string()))?;
+                let name = format!("deletion_vector_{id}.bin");
+                let file = if prefix.is_empty() {
+                    Path::from(format!("{}/{name}", self.path))
+                } else {
+                    Path::from(format!("{}/{prefix}/{name}", self.path))
+                };
+                // At the offset: the size (big-endian), then magic and bitmap, then a CRC.
+                let start = descriptor.offset.unwrap_or(1);
+                let start = u64::try_from(start).map_err(|_| broken("negative offset".into()))?;
+                let bytes = self
+                    .root
+                    .object_store()
+                    .get_range(&file, start..start + 4 + size as u64)
+                    .await?;
+                let stored = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"));
+                if stored as usize != size {
+                    return Err(broken(format!(
+                        "the file says {stored} bytes, the log {size}"
+                    )));
+                }
+                bytes[4..].to_vec()
+            }
+            StorageType::AbsolutePath => {
+                return Err(broken(
+                    "vectors stored at an absolute path are not supported".into(),
+                ));
+            }
+        };
+        if framed.len() < 4
+            || u32::from_le_bytes(framed[..4].try_into().expect("4 bytes")) != PORTABLE_MAGIC
+        {
+            return Err(broken("not a RoaringBitmapArray".into()));
+        }
+        let rows =
+            RoaringTreemap::deserialize_from(&framed[4..]).map_err(|e| broken(e.to_string()))?;
+        if rows.len() != descriptor.cardinality as u64 {
+            return Err(broken(format!(
+                "{} rows where the log says {}",
+                rows.len(),
+                descriptor.cardinality
+            )));
+        }
+        Ok(rows)
+    }
+}
+
+/// The rows a data file holds, from its statistics (every file written here has them).
+fn add_rows(add: &deltalake::kernel::Add) -> Result<u64> {
+    add.stats
+        .as_deref()
+        .and_then(|stats| serde_json::from_str::<serde_json::Value>(stats).ok())
+        .and_then(|stats| stats.get("numRecords").and_then(serde_json::Value::as_u64))
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "{} has no row count in its statistics, so rows of it cannot be deleted",
+                add.path
+            ))
+        })
 }
 
 fn action_line(action: Action) -> Result<String> {
@@ -176,6 +295,73 @@ mod tests {
             .collect()
     }
 
+    fn deleted(path: &str, rows: &[u64]) -> RowChanges {
+        RowChanges {
+            deleted: BTreeMap::from([(path.to_string(), rows.to_vec())]),
+            added: None,
+        }
+    }
+
+    fn id_batch(schema: &Arc<Schema>, ids: impl IntoIterator<Item = i32>) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int32Array::from_iter_values(ids))],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_second_delete_merges_with_the_first_and_new_rows_commit_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let table = root.table("dev/public/t-4").unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let v0 = table.create(&schema).await.unwrap();
+        let v1 = table
+            .append(v0, vec![id_batch(&schema, 0..10)])
+            .await
+            .unwrap()
+            .version;
+        let v2 = table
+            .append(v1, vec![id_batch(&schema, 10..13)])
+            .await
+            .unwrap()
+            .version;
+        let files = table.files(v2).await.unwrap();
+        let first = files.iter().find(|f| f.rows == 10).unwrap().path.clone();
+        let second = files.iter().find(|f| f.rows == 3).unwrap().path.clone();
+
+        let v3 = table
+            .change_rows(v2, deleted(&first, &[1, 2]), "DELETE")
+            .await
+            .unwrap();
+        // Row 2 again, row 5, and every row of the second file; 100 and 101 come in.
+        let staged = table
+            .stage(v3, &[id_batch(&schema, [100, 101])])
+            .await
+            .unwrap();
+        let changes = RowChanges {
+            deleted: BTreeMap::from([(first.clone(), vec![2, 5]), (second, vec![0, 1, 2])]),
+            added: Some(staged),
+        };
+        let v4 = table.change_rows(v3, changes, "MERGE").await.unwrap();
+        assert_eq!(v4, v3 + 1, "one commit");
+        assert_eq!(ids(&table, v4).await, vec![0, 3, 4, 6, 7, 8, 9, 100, 101]);
+        let after = table.files(v4).await.unwrap();
+        assert_eq!(after.len(), 2, "the emptied file is removed: {after:?}");
+        assert_eq!(
+            after.iter().find(|f| f.path == first).map(|f| f.deleted),
+            Some(3),
+            "the merged vector holds rows 1, 2 and 5"
+        );
+        // A commit on a stale base loses.
+        let outcome = table.change_rows(v3, deleted(&first, &[0]), "DELETE").await;
+        assert!(
+            matches!(outcome, Err(Error::Conflict { .. })),
+            "{outcome:?}"
+        );
+    }
+
     #[tokio::test]
     async fn deleted_rows_are_gone_from_later_versions_the_file_is_not_rewritten_and_vacuum_keeps_the_vector()
      {
@@ -195,7 +381,7 @@ mod tests {
         let data = files[0].path.clone();
 
         let v2 = table
-            .delete_rows(v1, BTreeMap::from([(data.clone(), vec![0, 7, 99])]))
+            .change_rows(v1, deleted(&data, &[0, 7, 99]), "DELETE")
             .await
             .unwrap();
         let expected: Vec<i32> = (0..100).filter(|i| ![0, 7, 99].contains(i)).collect();

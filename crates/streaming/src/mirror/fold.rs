@@ -415,6 +415,7 @@ mod tests {
             .map(|(i, &rows)| DataFile {
                 path: format!("f{i}"),
                 rows,
+                deleted: 0,
                 min_values: Default::default(),
             })
             .collect()

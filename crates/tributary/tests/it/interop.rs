@@ -180,16 +180,14 @@ async fn external_readers_apply_the_deletion_vectors_tributary_writes() {
     } else {
         (&files[1].path, &files[0].path)
     };
-    table
-        .delete_rows(
-            v2,
-            BTreeMap::from([
-                (first.clone(), vec![0, 7, 99]),
-                (second.clone(), vec![0, 49]),
-            ]),
-        )
-        .await
-        .unwrap();
+    let changes = tributary_storage::RowChanges {
+        deleted: BTreeMap::from([
+            (first.clone(), vec![0, 7, 99]),
+            (second.clone(), vec![0, 49]),
+        ]),
+        added: None,
+    };
+    table.change_rows(v2, changes, "DELETE").await.unwrap();
     let deleted = [0, 7, 99, 100, 149];
     let expected: TextRows = {
         let mut rows: TextRows = (0..150)

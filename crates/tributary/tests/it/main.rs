@@ -5,6 +5,7 @@
 mod access;
 mod bench;
 mod cdc;
+mod changes;
 mod clients;
 mod concurrency;
 mod copy;

@@ -1,0 +1,331 @@
+//! A scan of one table version that says where each row lives: the number of its data file
+//! and its index in that file, which is what a deletion vector names. UPDATE, DELETE and
+//! MERGE read their target through it.
+//!
+//! It is DataFusion's own Parquet scan over the version's files: filters and the join filters
+//! DataFusion derives at run time prune files and row groups by their statistics and bloom
+//! filters, the row index is the Parquet reader's row-number column, and each file's deletion
+//! vector becomes a row selection, so deleted rows are never decoded.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::stats::Precision;
+use datafusion::common::{ScalarValue, Statistics};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use deltalake::parquet::arrow::RowNumber;
+use deltalake::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use object_store::path::Path;
+use roaring::RoaringTreemap;
+
+use super::TableHandle;
+use crate::{Error, Result};
+
+/// The column that numbers a row's data file (see [`RowScan::path_of`]).
+pub const FILE_COLUMN: &str = "__tributary_file";
+/// The column that holds a row's index in its data file, counted from 0.
+pub const ROW_COLUMN: &str = "__tributary_row";
+
+/// A table version's rows, each with its data file's number and its index in the file.
+#[derive(Debug)]
+pub struct RowScan {
+    /// The table's columns, then [`FILE_COLUMN`] and [`ROW_COLUMN`].
+    schema: SchemaRef,
+    table_schema: TableSchema,
+    files: Vec<ScanFile>,
+    store_url: ObjectStoreUrl,
+    store: Arc<dyn object_store::ObjectStore>,
+}
+
+#[derive(Debug)]
+struct ScanFile {
+    /// The path the Delta log gives.
+    path: String,
+    /// Where the object store keeps it.
+    location: Path,
+    size: u64,
+    rows: u64,
+    /// The rows its deletion vector marks deleted.
+    deleted: Option<RoaringTreemap>,
+}
+
+impl TableHandle {
+    /// The rows of `version`, with where each lives.
+    pub async fn row_scan(&self, version: u64) -> Result<RowScan> {
+        let table = self.load(version).await?;
+        let snapshot = table.snapshot()?;
+        let file_schema = snapshot.snapshot().arrow_schema();
+        let mut files = Vec::new();
+        for file in snapshot.log_data().iter() {
+            let path = file.path().to_string();
+            let rows = file.num_records().ok_or_else(|| {
+                Error::Internal(format!("{path} has no row count in its statistics"))
+            })? as u64;
+            let deleted = match file.deletion_vector_descriptor() {
+                Some(descriptor) => Some(self.read_vector(&descriptor).await?),
+                None => None,
+            };
+            files.push(ScanFile {
+                location: Path::from(format!("{}/{}", self.path, file.object_store_path())),
+                size: file.size().max(0) as u64,
+                path,
+                rows,
+                deleted,
+            });
+        }
+        let file_column: FieldRef = Arc::new(Field::new(FILE_COLUMN, DataType::UInt32, false));
+        let row_column: FieldRef =
+            Arc::new(Field::new(ROW_COLUMN, DataType::Int64, false).with_extension_type(RowNumber));
+        let table_schema = TableSchema::builder(file_schema.clone())
+            .with_table_partition_cols(vec![file_column.clone()])
+            .with_virtual_columns(vec![row_column.clone()])
+            .build();
+        let schema = Arc::new(Schema::new(
+            file_schema
+                .fields()
+                .iter()
+                .cloned()
+                .chain([file_column, row_column])
+                .collect::<Vec<_>>(),
+        ));
+        let store_url = ObjectStoreUrl::parse(format!(
+            "tributary-{:016x}://",
+            hash(self.root.url().as_str())
+        ))?;
+        Ok(RowScan {
+            schema,
+            table_schema,
+            files,
+            store_url,
+            store: self.root.object_store(),
+        })
+    }
+}
+
+impl RowScan {
+    /// The Delta log path of the file that [`FILE_COLUMN`] numbers `file`.
+    pub fn path_of(&self, file: u32) -> Option<&str> {
+        self.files.get(file as usize).map(|f| f.path.as_str())
+    }
+
+    /// One scan entry per file with live rows, its deletion vector as a row selection.
+    fn partitioned_files(&self) -> Result<Vec<(PartitionedFile, u64)>> {
+        let mut out = Vec::with_capacity(self.files.len());
+        for (number, file) in self.files.iter().enumerate() {
+            let deleted = file.deleted.as_ref().map_or(0, RoaringTreemap::len);
+            let live = file.rows.saturating_sub(deleted);
+            if live == 0 {
+                continue;
+            }
+            let mut entry = PartitionedFile::new(file.location.as_ref(), file.size)
+                .with_partition_values(vec![ScalarValue::UInt32(Some(number as u32))]);
+            if let Some(deleted) = file.deleted.as_ref().filter(|d| !d.is_empty()) {
+                entry =
+                    entry.with_extension(ParquetRowSelection::new(selection(deleted, file.rows)?));
+            }
+            out.push((entry, live));
+        }
+        Ok(out)
+    }
+}
+
+/// The rows of a file of `rows` rows that `deleted` leaves.
+fn selection(deleted: &RoaringTreemap, rows: u64) -> Result<RowSelection> {
+    let mut selectors = Vec::new();
+    let mut next = 0u64;
+    for index in deleted.iter() {
+        if index >= rows {
+            return Err(Error::Internal(format!(
+                "a deletion vector names row {index} of a file of {rows} rows"
+            )));
+        }
+        if index > next {
+            selectors.push(RowSelector::select((index - next) as usize));
+        }
+        selectors.push(RowSelector::skip(1));
+        next = index + 1;
+    }
+    if next < rows {
+        selectors.push(RowSelector::select((rows - next) as usize));
+    }
+    Ok(RowSelection::from(selectors))
+}
+
+fn hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[async_trait]
+impl TableProvider for RowScan {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let files = self
+            .partitioned_files()
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        if files.is_empty() {
+            let schema = match projection {
+                Some(indices) => Arc::new(self.schema.project(indices)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        state
+            .runtime_env()
+            .register_object_store(self.store_url.as_ref(), self.store.clone());
+        let live: u64 = files.iter().map(|(_, live)| live).sum();
+        // Files spread over the session's partitions, largest first onto the emptiest.
+        let partitions = state.config().target_partitions().max(1);
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); partitions];
+        let mut files = files;
+        files.sort_by_key(|(_, live)| std::cmp::Reverse(*live));
+        for (file, live) in files {
+            let emptiest = groups
+                .iter_mut()
+                .min_by_key(|(rows, _)| *rows)
+                .expect("at least one group");
+            emptiest.0 += live;
+            emptiest.1.push(file);
+        }
+        let groups: Vec<FileGroup> = groups
+            .into_iter()
+            .filter(|(_, files)| !files.is_empty())
+            .map(|(_, files)| FileGroup::new(files))
+            .collect();
+        let mut statistics = Statistics::new_unknown(&self.schema);
+        statistics.num_rows = Precision::Exact(live as usize);
+        let source = ParquetSource::new(self.table_schema.clone())
+            .with_table_parquet_options(state.table_options().parquet.clone());
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_statistics(statistics)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Filters stay above the scan, which DataFusion's physical optimizer pushes them
+        // into, for pruning files and row groups.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::array::{AsArray, Int32Array, RecordBatch};
+    use arrow::datatypes::{Int32Type, Int64Type, UInt32Type};
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+    use crate::{RowChanges, StorageRoot};
+
+    #[tokio::test]
+    async fn rows_come_with_their_file_and_index_and_deleted_rows_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let table = root
+            .table("dev/public/t-5")
+            .unwrap()
+            .with_bloom_filters(&["id".to_string()]);
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let batch = |ids: std::ops::Range<i32>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int32Array::from_iter_values(ids))],
+            )
+            .unwrap()
+        };
+        let v0 = table.create(&schema).await.unwrap();
+        let v1 = table.append(v0, vec![batch(0..50)]).await.unwrap().version;
+        let v2 = table.append(v1, vec![batch(50..60)]).await.unwrap().version;
+        let first = table
+            .files(v2)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|f| f.rows == 50)
+            .unwrap()
+            .path;
+        let changes = RowChanges {
+            deleted: BTreeMap::from([(first.clone(), vec![0, 10, 11, 49])]),
+            added: None,
+        };
+        let v3 = table.change_rows(v2, changes, "DELETE").await.unwrap();
+
+        let scan = Arc::new(table.row_scan(v3).await.unwrap());
+        let ctx = SessionContext::new();
+        ctx.register_table("t", scan.clone()).unwrap();
+        let batches = ctx
+            .sql(&format!(
+                "select id, {FILE_COLUMN}, {ROW_COLUMN} from t where id % 10 = 1 or id > 47 order by id"
+            ))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut rows = Vec::new();
+        for batch in &batches {
+            for i in 0..batch.num_rows() {
+                let file = batch.column(1).as_primitive::<UInt32Type>().value(i);
+                rows.push((
+                    batch.column(0).as_primitive::<Int32Type>().value(i),
+                    scan.path_of(file).unwrap() == first,
+                    batch.column(2).as_primitive::<Int64Type>().value(i),
+                ));
+            }
+        }
+        // Rows 11 and 49 of the first file are deleted; the second file's rows count from 0.
+        let expected = vec![
+            (1, true, 1),
+            (21, true, 21),
+            (31, true, 31),
+            (41, true, 41),
+            (48, true, 48),
+            (50, false, 0),
+            (51, false, 1),
+            (52, false, 2),
+            (53, false, 3),
+            (54, false, 4),
+            (55, false, 5),
+            (56, false, 6),
+            (57, false, 7),
+            (58, false, 8),
+            (59, false, 9),
+        ];
+        assert_eq!(rows, expected);
+    }
+}
