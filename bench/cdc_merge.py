@@ -3,7 +3,8 @@
 
 In one transaction, DELETE 100k keyed rows of a 10M-row table and INSERT 100k rows, the
 way CDC mirroring applies a batch of changes. The same SQL runs on DuckDB over the same data
-in the same run, for comparison. Also times a bulk load: the table is unloaded to Parquet and
+in the same run, for comparison. Reports the bytes each merge wrote under the data directory
+and the server's peak memory. Also times a bulk load: the table is unloaded to Parquet and
 loaded back with COPY (DuckDB: COPY TO and CREATE TABLE AS read_parquet). Prints figures;
 asserts nothing about speed.
 
@@ -20,6 +21,19 @@ import time
 import psycopg
 
 from tributary_server import DEFAULT_BINARY, memory_mib, start_server
+
+
+def tree_bytes(root):
+    """Every file under root with its size."""
+    sizes = {}
+    for parent, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                sizes[path] = os.path.getsize(path)
+            except FileNotFoundError:
+                pass
+    return sizes
 
 
 SETUP = [
@@ -49,12 +63,18 @@ def tributary_run(binary, rows, changes, runs):
                 conn.execute(sql.format(rows=rows, stride=stride))
             load = time.perf_counter() - started
             timings = []
+            written = []
+            table_bytes = sum(tree_bytes(data).values())
             for _ in range(runs):
+                before = tree_bytes(data)
                 started = time.perf_counter()
                 with conn.transaction():
                     for sql in MERGE:
                         conn.execute(sql)
                 timings.append(time.perf_counter() - started)
+                written.append(sum(size for path, size in tree_bytes(data).items()
+                                   if path not in before))
+            peak = memory_mib(proc.pid, "VmHWM")
             count = conn.execute("SELECT count(*), sum(items) FROM cart").fetchone()
             export = os.path.join(data, "export", "cart_")
             started = time.perf_counter()
@@ -64,7 +84,7 @@ def tributary_run(binary, rows, changes, runs):
             started = time.perf_counter()
             conn.execute(f"COPY cart_copy FROM 'file://{export}' FORMAT AS PARQUET")
             copy = time.perf_counter() - started
-            return load, timings, count, memory_mib(proc.pid, "VmRSS"), unload, copy
+            return load, timings, count, peak, unload, copy, table_bytes, written
         finally:
             proc.terminate()
             proc.wait()
@@ -113,10 +133,13 @@ def main():
 
     print(f"CDC merge: DELETE {args.changes} keyed rows + INSERT {args.changes} rows into a "
           f"{args.rows}-row table, one transaction, {args.runs} runs")
-    load, timings, count, rss, unload, copy = tributary_run(
+    load, timings, count, peak, unload, copy, table_bytes, written = tributary_run(
         args.binary, args.rows, args.changes, args.runs)
     print(f"tributary  setup {load:6.2f} s  merge " + "  ".join(f"{t:6.3f} s" for t in timings)
-          + f"  (best {min(timings):.3f} s)  rows {count[0]}  server RSS {rss:.0f} MiB")
+          + f"  (best {min(timings):.3f} s)  rows {count[0]}  server peak RSS {peak:.0f} MiB "
+          "(since start, setup included)")
+    print(f"tributary  data {table_bytes / 2**20:.1f} MiB after setup; each merge wrote "
+          + "  ".join(f"{w / 2**20:.2f} MiB" for w in written))
     d_load, d_timings, d_count, d_unload, d_copy = duckdb_run(args.rows, args.changes, args.runs)
     print(f"duckdb     setup {d_load:6.2f} s  merge " + "  ".join(f"{t:6.3f} s" for t in d_timings)
           + f"  (best {min(d_timings):.3f} s)  rows {d_count[0]}")

@@ -29,6 +29,9 @@ pub struct MaintenanceSettings {
     pub compact_min_files: usize,
     /// The size compaction aims for, per file.
     pub target_file_bytes: u64,
+    /// A data file whose deletion vector marks at least this fraction of its rows deleted is
+    /// rewritten with its live rows (UPDATE, DELETE and MERGE only mark rows).
+    pub purge_deleted_fraction: f64,
     /// How long a file nothing reads any more is kept before vacuum deletes it.
     pub vacuum_retention: Duration,
 }
@@ -39,6 +42,7 @@ impl Default for MaintenanceSettings {
             interval: Duration::from_secs(10),
             compact_min_files: 32,
             target_file_bytes: 128 * 1024 * 1024,
+            purge_deleted_fraction: 0.25,
             vacuum_retention: Duration::from_secs(3600),
         }
     }
@@ -49,6 +53,8 @@ impl Default for MaintenanceSettings {
 pub struct MaintenanceReport {
     /// Tables compacted.
     pub compacted: usize,
+    /// Tables whose files with many deleted rows were rewritten.
+    pub purged: usize,
     /// Files deleted by vacuum.
     pub files_deleted: usize,
 }
@@ -70,6 +76,7 @@ impl Engine {
                     Ok(report) if report != MaintenanceReport::default() => {
                         tracing::info!(
                             compacted = report.compacted,
+                            purged = report.purged,
                             files_deleted = report.files_deleted,
                             "table maintenance"
                         );
@@ -134,6 +141,23 @@ impl Engine {
         Ok(report)
     }
 
+    /// Pins `to`, a version with the same rows as the pinned `from` (a compaction), unless a
+    /// writer moved the pin meanwhile.
+    async fn repin_equivalent(&self, path: &str, from: u64, to: u64) -> Result<()> {
+        self.catalog
+            .commit(|state| {
+                if let Some(t) = table_by_path_mut(state, path)
+                    && t.version == from
+                {
+                    t.version = to;
+                }
+                Ok(())
+            })
+            .await?;
+        self.record_equivalent(path, from, to);
+        Ok(())
+    }
+
     async fn maintain_table(
         &self,
         path: &str,
@@ -164,20 +188,19 @@ impl Engine {
                     if t.path == path && tributary_engine::mirror::spec(t).is_some())
             });
         if !is_mirror
-            && table.file_count(pinned).await? >= settings.compact_min_files
-            && let Some(compacted) = table.compact(pinned, settings.target_file_bytes).await?
+            && let Some(purged) = table
+                .purge_deleted(version, settings.purge_deleted_fraction)
+                .await?
         {
-            self.catalog
-                .commit(|state| {
-                    if let Some(t) = table_by_path_mut(state, path)
-                        && t.version == pinned
-                    {
-                        t.version = compacted;
-                    }
-                    Ok(())
-                })
-                .await?;
-            self.record_equivalent(path, pinned, compacted);
+            self.repin_equivalent(path, version, purged).await?;
+            version = purged;
+            report.purged += 1;
+        }
+        if !is_mirror
+            && table.file_count(version).await? >= settings.compact_min_files
+            && let Some(compacted) = table.compact(version, settings.target_file_bytes).await?
+        {
+            self.repin_equivalent(path, version, compacted).await?;
             version = compacted;
             report.compacted += 1;
             self.metrics.compactions.inc();

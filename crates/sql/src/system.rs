@@ -167,7 +167,6 @@ impl SystemSchema {
             "svv_tables" | "svv_all_tables" => tables(&state, &self.database)?,
             "svv_columns" | "svv_all_columns" => columns(&state, &self.database, views)?,
             "pg_table_def" => table_def(&state, &self.database)?,
-            "svv_table_info" => table_info(&state, &self.database)?,
             "svv_external_tables" | "svv_external_columns" => external_view(name),
             "stv_mv_info"
             | "sys_mv_refresh_history"
@@ -317,6 +316,15 @@ impl SchemaProvider for SystemSchema {
                 .collect::<DfResult<Vec<_>>>()?;
             let schema = tributary_streaming::scan_errors_schema();
             return Ok(Some(Arc::new(MemTable::try_new(schema, vec![batches])?)));
+        }
+        if name == "svv_table_info" {
+            let state = self.catalogs.pinned();
+            let batch = table_info(&state, &self.database, &self.engine.storage).await?;
+            let batch = visible_rows(&state, &self.catalogs.user(), &self.database, name, batch)?;
+            return Ok(Some(Arc::new(MemTable::try_new(
+                batch.schema(),
+                vec![vec![batch]],
+            )?)));
         }
         let views = if matches!(name, "svv_columns" | "svv_all_columns") {
             self.view_columns().await
@@ -665,7 +673,16 @@ fn table_def(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
     )?)
 }
 
-fn table_info(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
+/// Redshift's table summary. `tbl_rows` counts the rows of the table's data files, those
+/// marked deleted (by deletion vectors, until compaction or VACUUM rewrites their files)
+/// included; `estimated_visible_rows` leaves them out; `size` is in 1 MB blocks. The counts
+/// come from the Delta log of the pinned version; a table whose log cannot be read shows
+/// NULLs rather than failing the view.
+async fn table_info(
+    state: &CatalogState,
+    database: &str,
+    storage: &Arc<tributary_storage::StorageRoot>,
+) -> DfResult<RecordBatch> {
     let rows: Vec<_> = relations(state, database)
         .into_iter()
         .filter_map(|(schema, name, relation)| match relation {
@@ -673,6 +690,18 @@ fn table_info(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
             Relation::View(_) => None,
         })
         .collect();
+    let mut counts: Vec<Option<(u64, u64, u64)>> = Vec::with_capacity(rows.len());
+    for (_, _, table) in &rows {
+        let files = match storage.table(&table.path) {
+            Ok(handle) => handle.files(table.version).await.ok(),
+            Err(_) => None,
+        };
+        counts.push(files.map(|files| {
+            files.iter().fold((0, 0, 0), |(rows, deleted, bytes), f| {
+                (rows + f.rows, deleted + f.deleted, bytes + f.bytes)
+            })
+        }));
+    }
     let schema = Arc::new(Schema::new(vec![
         utf8("database"),
         utf8("schema"),
@@ -682,7 +711,15 @@ fn table_info(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
         utf8("sortkey1"),
         utf8("location"),
         Field::new("unsorted", DataType::Float64, true),
+        Field::new("tbl_rows", DataType::Int64, true),
+        Field::new("estimated_visible_rows", DataType::Int64, true),
+        Field::new("size", DataType::Int64, true),
     ]));
+    let count = |pick: fn(&(u64, u64, u64)) -> u64| -> ArrayRef {
+        Arc::new(arrow::array::Int64Array::from_iter(
+            counts.iter().map(|c| c.as_ref().map(|c| pick(c) as i64)),
+        ))
+    };
     Ok(RecordBatch::try_new(
         schema,
         vec![
@@ -715,6 +752,9 @@ fn table_info(state: &CatalogState, database: &str) -> DfResult<RecordBatch> {
                     })
                 },
             ))),
+            count(|(rows, _, _)| *rows),
+            count(|(rows, deleted, _)| rows - deleted),
+            count(|(_, _, bytes)| bytes.div_ceil(1 << 20)),
         ],
     )?)
 }

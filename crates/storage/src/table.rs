@@ -64,6 +64,8 @@ pub struct DataFile {
     pub rows: u64,
     /// Rows of the file that its deletion vector marks deleted.
     pub deleted: u64,
+    /// The file's size in bytes.
+    pub bytes: u64,
     /// The smallest value of each column with statistics (the log's `minValues`).
     pub min_values: serde_json::Map<String, serde_json::Value>,
 }
@@ -318,6 +320,7 @@ impl TableHandle {
                     deleted: file
                         .deletion_vector_descriptor()
                         .map_or(0, |vector| vector.cardinality.max(0) as u64),
+                    bytes: file.size().max(0) as u64,
                     min_values,
                 }
             })
@@ -342,25 +345,20 @@ impl TableHandle {
         Ok(Arc::new(provider))
     }
 
-    /// A DataFusion provider that reads exactly `version`. Versions are immutable, so providers
-    /// are cached per (table, version).
+    /// A DataFusion provider that reads exactly `version` (a [`RowScan`] without the row
+    /// locators): deletion vectors are row selections of the Parquet scan. Versions are
+    /// immutable, so providers are cached per (table, version).
     pub async fn provider(&self, version: u64) -> Result<Arc<dyn TableProvider>> {
         let key = (self.path.clone(), version);
-        let cached = self.root.snapshots().get(&key);
-        let table = match cached {
-            Some(snapshot) => match snapshot.provider {
-                Some(provider) => return Ok(provider),
-                None => snapshot.table,
-            },
-            None => self.load(version).await?,
-        };
-        let provider: Arc<dyn TableProvider> = Arc::new(
-            table
-                .table_provider()
-                .with_session(scan_session())
-                .build()
-                .await?,
-        );
+        if let Some(provider) = self
+            .root
+            .snapshots()
+            .get(&key)
+            .and_then(|snapshot| snapshot.provider)
+        {
+            return Ok(provider);
+        }
+        let provider: Arc<dyn TableProvider> = Arc::new(self.scan(version, false).await?);
         self.root.snapshots().set_provider(&key, provider.clone());
         Ok(provider)
     }

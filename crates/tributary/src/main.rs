@@ -73,6 +73,10 @@ struct ServeArgs {
     /// A table whose current version reads at least this many files is compacted.
     #[arg(long, default_value_t = 32, env = "TRIBUTARY_COMPACT_MIN_FILES")]
     compact_min_files: usize,
+    /// A data file whose deletion vector marks at least this fraction of its rows deleted is
+    /// rewritten with its live rows by background maintenance.
+    #[arg(long, default_value_t = 0.25, env = "TRIBUTARY_PURGE_DELETED_FRACTION")]
+    purge_deleted_fraction: f64,
     /// Seconds a data file that no current table version reads is kept before vacuum deletes
     /// it; queries reading older snapshots keep working for at least this long.
     #[arg(long, default_value_t = 3600, env = "TRIBUTARY_VACUUM_RETENTION")]
@@ -346,6 +350,7 @@ async fn start(args: &ServeArgs, any_port: bool) -> anyhow::Result<Started> {
     engine.spawn_maintenance(tributary_sql::MaintenanceSettings {
         interval: std::time::Duration::from_secs(args.maintenance_interval.max(1)),
         compact_min_files: args.compact_min_files.max(2),
+        purge_deleted_fraction: args.purge_deleted_fraction.clamp(0.0, 1.0),
         vacuum_retention: std::time::Duration::from_secs(args.vacuum_retention),
         ..Default::default()
     });

@@ -24,9 +24,16 @@ use roaring::RoaringTreemap;
 use super::{StagedFiles, TableHandle};
 use crate::{Error, Result};
 
-/// The protocol a table with deletion vectors carries: the features of writer version 2
-/// (which every table created here had) plus `deletionVectors`.
-const PROTOCOL: &str = r#"{"protocol":{"minReaderVersion":3,"minWriterVersion":7,"readerFeatures":["deletionVectors"],"writerFeatures":["appendOnly","invariants","deletionVectors"]}}"#;
+/// The writer features each legacy writer version implies (Delta protocol, "Table Features").
+const LEGACY_WRITER_FEATURES: [(i32, &str); 7] = [
+    (2, "appendOnly"),
+    (2, "invariants"),
+    (3, "checkConstraints"),
+    (4, "changeDataFeed"),
+    (4, "generatedColumns"),
+    (5, "columnMapping"),
+    (6, "identityColumns"),
+];
 
 /// The first four bytes of a serialised RoaringBitmapArray (little-endian).
 const PORTABLE_MAGIC: u32 = 1681511377;
@@ -92,12 +99,10 @@ impl TableHandle {
         }
 
         let mut lines = Vec::new();
-        let upgrade = !snapshot
-            .protocol()
-            .reader_features()
-            .is_some_and(|features| features.iter().any(|f| f.as_ref() == "deletionVectors"));
-        if upgrade && vectors.iter().any(|(_, _, live)| *live > 0) {
-            lines.push(PROTOCOL.to_string());
+        if vectors.iter().any(|(_, _, live)| *live > 0)
+            && let Some(protocol) = with_deletion_vectors(snapshot.protocol())
+        {
+            lines.push(protocol);
         }
         let uuid = uuid::Uuid::new_v4();
         let mut buffer = Vec::new();
@@ -170,6 +175,46 @@ impl TableHandle {
         Ok(version)
     }
 
+    /// Rewrites the files of `version` whose deletion vectors mark at least `fraction` of
+    /// their rows deleted, so that deleted rows stop costing reads and storage: each such
+    /// file's live rows become a new file, in one commit with the same rows as `version`.
+    /// Returns the new version, or None if no file passed the threshold. One file's rows are
+    /// in memory at a time. Readers of older versions are unaffected until VACUUM.
+    pub async fn purge_deleted(&self, version: u64, fraction: f64) -> Result<Option<u64>> {
+        let chosen: Vec<String> = self
+            .files(version)
+            .await?
+            .into_iter()
+            .filter(|f| f.deleted > 0 && f.deleted as f64 >= f.rows as f64 * fraction)
+            .map(|f| f.path)
+            .collect();
+        if chosen.is_empty() {
+            return Ok(None);
+        }
+        let mut staged: Option<StagedFiles> = None;
+        for path in &chosen {
+            let provider = self
+                .provider_of(version, std::slice::from_ref(path))
+                .await?;
+            let ctx = datafusion::prelude::SessionContext::new();
+            let batches = ctx.read_table(provider)?.collect().await?;
+            let batches: Vec<_> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+            let written = self.stage(version, &batches).await?;
+            match staged.as_mut() {
+                Some(staged) => {
+                    staged.adds.extend(written.adds);
+                    staged.rows += written.rows;
+                }
+                None => staged = Some(written),
+            }
+        }
+        let staged = staged.expect("at least one file was chosen");
+        let version = self
+            .replace_files(version, version, super::Replaced::Only(&chosen), staged)
+            .await?;
+        Ok(Some(version))
+    }
+
     /// The rows a deletion vector marks deleted, read from the table's storage (or from the
     /// descriptor itself for an inline vector), with its framing checked.
     pub(super) async fn read_vector(
@@ -240,6 +285,53 @@ impl TableHandle {
         }
         Ok(rows)
     }
+}
+
+/// The protocol action that adds the `deletionVectors` feature to `protocol` (reader version
+/// 3, writer version 7, with the features the table had, explicit), or None if it has it.
+fn with_deletion_vectors(protocol: &deltalake::kernel::Protocol) -> Option<String> {
+    const FEATURE: &str = "deletionVectors";
+    let mut readers: Vec<String> = protocol
+        .reader_features()
+        .unwrap_or_default()
+        .iter()
+        .map(|f| f.as_ref().to_string())
+        .collect();
+    if readers.iter().any(|f| f == FEATURE) {
+        return None;
+    }
+    let reader_version = protocol.min_reader_version();
+    let writer_version = protocol.min_writer_version();
+    if reader_version == 2 {
+        readers.push("columnMapping".into());
+    }
+    readers.push(FEATURE.into());
+    let mut writers: Vec<String> = if writer_version >= 7 {
+        protocol
+            .writer_features()
+            .unwrap_or_default()
+            .iter()
+            .map(|f| f.as_ref().to_string())
+            .collect()
+    } else {
+        LEGACY_WRITER_FEATURES
+            .iter()
+            .filter(|(version, _)| *version <= writer_version)
+            .map(|(_, name)| name.to_string())
+            .collect()
+    };
+    if !writers.iter().any(|f| f == FEATURE) {
+        writers.push(FEATURE.into());
+    }
+    Some(
+        serde_json::json!({"protocol": {
+            "minReaderVersion": 3,
+            "minWriterVersion": 7,
+            "readerFeatures": readers,
+            "writerFeatures": writers,
+        }})
+        .to_string(),
+    )
 }
 
 /// The rows a data file holds, from its statistics (every file written here has them).
@@ -359,6 +451,53 @@ mod tests {
         assert!(
             matches!(outcome, Err(Error::Conflict { .. })),
             "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn files_mostly_deleted_are_rewritten_with_their_live_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let table = root.table("dev/public/t-6").unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let v0 = table.create(&schema).await.unwrap();
+        let v1 = table
+            .append(v0, vec![id_batch(&schema, 0..10)])
+            .await
+            .unwrap()
+            .version;
+        let v2 = table
+            .append(v1, vec![id_batch(&schema, 10..20)])
+            .await
+            .unwrap()
+            .version;
+        let files = table.files(v2).await.unwrap();
+        let first = files.iter().find(|f| f.min_values["id"] == 0).unwrap();
+        let second = files.iter().find(|f| f.min_values["id"] == 10).unwrap();
+        let changes = RowChanges {
+            deleted: BTreeMap::from([
+                (first.path.clone(), (0..6).collect()),
+                (second.path.clone(), vec![0]),
+            ]),
+            added: None,
+        };
+        let v3 = table.change_rows(v2, changes, "DELETE").await.unwrap();
+        assert_eq!(table.purge_deleted(v3, 0.9).await.unwrap(), None);
+        let v4 = table.purge_deleted(v3, 0.5).await.unwrap().unwrap();
+        let expected: Vec<i32> = (6..10).chain(11..20).collect();
+        assert_eq!(ids(&table, v4).await, expected);
+        let after = table.files(v4).await.unwrap();
+        assert_eq!(after.len(), 2);
+        assert!(after.iter().all(|f| f.path != first.path), "rewritten");
+        assert!(
+            after
+                .iter()
+                .any(|f| f.path == second.path && f.deleted == 1)
+        );
+        assert_eq!(
+            after.iter().map(|f| f.rows - f.deleted).sum::<u64>(),
+            13,
+            "no deleted row is left in a rewritten file"
         );
     }
 

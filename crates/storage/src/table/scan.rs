@@ -1,11 +1,11 @@
-//! A scan of one table version that says where each row lives: the number of its data file
-//! and its index in that file, which is what a deletion vector names. UPDATE, DELETE and
-//! MERGE read their target through it.
+//! The scan of one table version: DataFusion's own Parquet scan over the version's data files.
+//! Filters, and the join filters DataFusion derives at run time, prune files and row groups
+//! by their statistics and bloom filters; each file's deletion vector becomes a row selection
+//! of the Parquet reader, so deleted rows are never decoded. Queries read tables through it.
 //!
-//! It is DataFusion's own Parquet scan over the version's files: filters and the join filters
-//! DataFusion derives at run time prune files and row groups by their statistics and bloom
-//! filters, the row index is the Parquet reader's row-number column, and each file's deletion
-//! vector becomes a row selection, so deleted rows are never decoded.
+//! UPDATE, DELETE and MERGE read their target through its other form, which also says where
+//! each row lives: the number of its data file and its index in that file (the reader's
+//! row-number column), which is what a deletion vector names.
 
 use std::sync::Arc;
 
@@ -37,11 +37,13 @@ pub const FILE_COLUMN: &str = "__tributary_file";
 /// The column that holds a row's index in its data file, counted from 0.
 pub const ROW_COLUMN: &str = "__tributary_row";
 
-/// A table version's rows, each with its data file's number and its index in the file.
+/// A table version's rows; from [`TableHandle::row_scan`], each with its data file's number
+/// and its index in the file.
 #[derive(Debug)]
 pub struct RowScan {
-    /// The table's columns, then [`FILE_COLUMN`] and [`ROW_COLUMN`].
+    /// The table's columns, then (with `locators`) [`FILE_COLUMN`] and [`ROW_COLUMN`].
     schema: SchemaRef,
+    locators: bool,
     table_schema: TableSchema,
     files: Vec<ScanFile>,
     store_url: ObjectStoreUrl,
@@ -55,7 +57,8 @@ struct ScanFile {
     /// Where the object store keeps it.
     location: Path,
     size: u64,
-    rows: u64,
+    /// From the file's statistics; needed where it has a deletion vector.
+    rows: Option<u64>,
     /// The rows its deletion vector marks deleted.
     deleted: Option<RoaringTreemap>,
 }
@@ -63,19 +66,28 @@ struct ScanFile {
 impl TableHandle {
     /// The rows of `version`, with where each lives.
     pub async fn row_scan(&self, version: u64) -> Result<RowScan> {
+        self.scan(version, true).await
+    }
+
+    /// The rows of `version`, with [`FILE_COLUMN`] and [`ROW_COLUMN`] after the table's
+    /// columns if `locators`.
+    pub(super) async fn scan(&self, version: u64, locators: bool) -> Result<RowScan> {
         let table = self.load(version).await?;
         let snapshot = table.snapshot()?;
         let file_schema = snapshot.snapshot().arrow_schema();
         let mut files = Vec::new();
         for file in snapshot.log_data().iter() {
             let path = file.path().to_string();
-            let rows = file.num_records().ok_or_else(|| {
-                Error::Internal(format!("{path} has no row count in its statistics"))
-            })? as u64;
             let deleted = match file.deletion_vector_descriptor() {
                 Some(descriptor) => Some(self.read_vector(&descriptor).await?),
                 None => None,
             };
+            let rows = file.num_records().map(|rows| rows as u64);
+            if deleted.is_some() && rows.is_none() {
+                return Err(Error::Internal(format!(
+                    "{path} has a deletion vector but no row count in its statistics"
+                )));
+            }
             files.push(ScanFile {
                 location: Path::from(format!("{}/{}", self.path, file.object_store_path())),
                 size: file.size().max(0) as u64,
@@ -87,24 +99,24 @@ impl TableHandle {
         let file_column: FieldRef = Arc::new(Field::new(FILE_COLUMN, DataType::UInt32, false));
         let row_column: FieldRef =
             Arc::new(Field::new(ROW_COLUMN, DataType::Int64, false).with_extension_type(RowNumber));
-        let table_schema = TableSchema::builder(file_schema.clone())
-            .with_table_partition_cols(vec![file_column.clone()])
-            .with_virtual_columns(vec![row_column.clone()])
-            .build();
-        let schema = Arc::new(Schema::new(
-            file_schema
-                .fields()
-                .iter()
-                .cloned()
-                .chain([file_column, row_column])
-                .collect::<Vec<_>>(),
-        ));
+        let (table_schema, schema) = if locators {
+            let table_schema = TableSchema::builder(file_schema.clone())
+                .with_table_partition_cols(vec![file_column.clone()])
+                .with_virtual_columns(vec![row_column.clone()])
+                .build();
+            let fields = file_schema.fields().iter().cloned();
+            let schema = Schema::new(fields.chain([file_column, row_column]).collect::<Vec<_>>());
+            (table_schema, Arc::new(schema))
+        } else {
+            (TableSchema::from(file_schema.clone()), file_schema)
+        };
         let store_url = ObjectStoreUrl::parse(format!(
             "tributary-{:016x}://",
             hash(self.root.url().as_str())
         ))?;
         Ok(RowScan {
             schema,
+            locators,
             table_schema,
             files,
             store_url,
@@ -119,20 +131,24 @@ impl RowScan {
         self.files.get(file as usize).map(|f| f.path.as_str())
     }
 
-    /// One scan entry per file with live rows, its deletion vector as a row selection.
-    fn partitioned_files(&self) -> Result<Vec<(PartitionedFile, u64)>> {
+    /// One scan entry per file with live rows, its deletion vector as a row selection, with
+    /// its live rows if its statistics count them.
+    fn partitioned_files(&self) -> Result<Vec<(PartitionedFile, Option<u64>)>> {
         let mut out = Vec::with_capacity(self.files.len());
         for (number, file) in self.files.iter().enumerate() {
             let deleted = file.deleted.as_ref().map_or(0, RoaringTreemap::len);
-            let live = file.rows.saturating_sub(deleted);
-            if live == 0 {
+            let live = file.rows.map(|rows| rows.saturating_sub(deleted));
+            if live == Some(0) {
                 continue;
             }
-            let mut entry = PartitionedFile::new(file.location.as_ref(), file.size)
-                .with_partition_values(vec![ScalarValue::UInt32(Some(number as u32))]);
-            if let Some(deleted) = file.deleted.as_ref().filter(|d| !d.is_empty()) {
-                entry =
-                    entry.with_extension(ParquetRowSelection::new(selection(deleted, file.rows)?));
+            let mut entry = PartitionedFile::new(file.location.as_ref(), file.size);
+            if self.locators {
+                entry = entry.with_partition_values(vec![ScalarValue::UInt32(Some(number as u32))]);
+            }
+            if let (Some(deleted), Some(rows)) = (&file.deleted, file.rows)
+                && !deleted.is_empty()
+            {
+                entry = entry.with_extension(ParquetRowSelection::new(selection(deleted, rows)?));
             }
             out.push((entry, live));
         }
@@ -199,18 +215,20 @@ impl TableProvider for RowScan {
         state
             .runtime_env()
             .register_object_store(self.store_url.as_ref(), self.store.clone());
-        let live: u64 = files.iter().map(|(_, live)| live).sum();
+        let live: Option<u64> = files.iter().map(|(_, live)| *live).sum();
         // Files spread over the session's partitions, largest first onto the emptiest.
+        let weight =
+            |file: &PartitionedFile, live: Option<u64>| live.unwrap_or(file.object_meta.size);
         let partitions = state.config().target_partitions().max(1);
         let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); partitions];
         let mut files = files;
-        files.sort_by_key(|(_, live)| std::cmp::Reverse(*live));
+        files.sort_by_key(|(file, live)| std::cmp::Reverse(weight(file, *live)));
         for (file, live) in files {
             let emptiest = groups
                 .iter_mut()
                 .min_by_key(|(rows, _)| *rows)
                 .expect("at least one group");
-            emptiest.0 += live;
+            emptiest.0 += weight(&file, live);
             emptiest.1.push(file);
         }
         let groups: Vec<FileGroup> = groups
@@ -219,7 +237,9 @@ impl TableProvider for RowScan {
             .map(|(_, files)| FileGroup::new(files))
             .collect();
         let mut statistics = Statistics::new_unknown(&self.schema);
-        statistics.num_rows = Precision::Exact(live as usize);
+        if let Some(live) = live {
+            statistics.num_rows = Precision::Exact(live as usize);
+        }
         let source = ParquetSource::new(self.table_schema.clone())
             .with_table_parquet_options(state.table_options().parquet.clone());
         let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))

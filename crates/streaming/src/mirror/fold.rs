@@ -416,6 +416,7 @@ mod tests {
                 path: format!("f{i}"),
                 rows,
                 deleted: 0,
+                bytes: 0,
                 min_values: Default::default(),
             })
             .collect()

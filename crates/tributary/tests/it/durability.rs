@@ -246,7 +246,9 @@ async fn kill_9_during_multi_table_commits_keeps_each_transaction_whole() {
         .batch_execute(
             "CREATE TABLE balance (id INT, amount BIGINT);
              CREATE TABLE transfers (n BIGINT, amount BIGINT);
-             INSERT INTO balance VALUES (1, 1000000)",
+             CREATE TABLE queue (n BIGINT);
+             INSERT INTO balance VALUES (1, 1000000);
+             INSERT INTO queue SELECT value FROM generate_series(1, 100000)",
         )
         .await
         .unwrap();
@@ -264,6 +266,7 @@ async fn kill_9_during_multi_table_commits_keeps_each_transaction_whole() {
                     "BEGIN;
                      UPDATE balance SET amount = amount - {n} WHERE id = 1;
                      INSERT INTO transfers VALUES ({n}, {n});
+                     DELETE FROM queue WHERE n = {n};
                      COMMIT"
                 );
                 match client.batch_execute(&sql).await {
@@ -283,13 +286,19 @@ async fn kill_9_during_multi_table_commits_keeps_each_transaction_whole() {
         let client = connect(port).await;
         let row = client
             .query_one(
-                "SELECT (SELECT amount FROM balance WHERE id = 1), count(*), count(DISTINCT n), coalesce(sum(amount), 0), coalesce(max(n), 0) FROM transfers",
+                "SELECT (SELECT amount FROM balance WHERE id = 1), count(*), count(DISTINCT n), coalesce(sum(amount), 0), coalesce(max(n), 0), (SELECT count(*) FROM queue) AS queued, (SELECT min(n) FROM queue) AS next FROM transfers",
                 &[],
             )
             .await
             .unwrap();
         let (balance, rows, distinct, moved, last): (i64, i64, i64, i64, i64) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let (queued, next): (i64, i64) = (row.get(5), row.get(6));
+        assert_eq!(
+            (queued, next),
+            (100_000 - last, last + 1),
+            "round {round}: the queue was torn from the transfers"
+        );
         assert_eq!(
             balance + moved,
             1_000_000,
@@ -305,6 +314,19 @@ async fn kill_9_during_multi_table_commits_keeps_each_transaction_whole() {
         acknowledged = last;
     }
     assert!(acknowledged > 0, "no transaction committed");
+    // The changes were deletion vector commits: the rows are marked, the files kept.
+    let client = connect(port).await;
+    let row = client
+        .query_one(
+            "SELECT tbl_rows, estimated_visible_rows FROM svv_table_info WHERE \"table\" = 'queue'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (100_000, 100_000 - acknowledged)
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -135,6 +135,34 @@ async fn external_readers_read_a_table_as_tributary_does_after_each_change() {
         175
     );
 
+    // Background maintenance: files with many deleted rows rewritten, small files compacted,
+    // unread files vacuumed.
+    let settings = tributary_sql::MaintenanceSettings {
+        compact_min_files: 2,
+        vacuum_retention: std::time::Duration::ZERO,
+        purge_deleted_fraction: 0.05,
+        ..Default::default()
+    };
+    let report = server.engine.maintain(&settings).await.unwrap();
+    assert_eq!((report.purged, report.compacted), (1, 1), "{report:?}");
+    assert!(report.files_deleted > 0, "{report:?}");
+    assert_eq!(
+        assert_readers_agree(&client, root, "carts", "compaction and VACUUM").await,
+        175
+    );
+    let row = client
+        .query_one(
+            "SELECT tbl_rows, estimated_visible_rows FROM svv_table_info WHERE \"table\" = 'carts'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (175, 175),
+        "no deleted row is left after the rewrite"
+    );
+
     client.batch_execute("TRUNCATE carts").await.unwrap();
     assert_eq!(
         assert_readers_agree(&client, root, "carts", "TRUNCATE").await,

@@ -222,6 +222,30 @@ async fn seed_004_etl_to_bi_between_two_servers() {
         5
     );
 
+    // The producer's UPDATE and DELETE mark rows in deletion vectors of the shared files;
+    // the consumer applies them.
+    producer
+        .batch_execute(
+            "UPDATE website.clicks SET url = '/upd' WHERE id >= 4;
+             BEGIN;
+             DELETE FROM website.clicks WHERE id = 1;
+             INSERT INTO website.clicks VALUES (1, '/again', NULL);
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    wait_for(
+        &analyst,
+        "SELECT count(*) FROM website.clicks WHERE url IN ('/upd', '/again')",
+        3,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(
+        count(&analyst, "SELECT count(*) FROM website.clicks").await,
+        5
+    );
+
     // Heavy ingestion on the producer: a consumer transaction keeps its snapshot through
     // every commit, and the consumer's queries never wait for the writer.
     analyst.batch_execute("BEGIN").await.unwrap();
