@@ -39,7 +39,8 @@ import boto3
 import psycopg
 
 from streaming import create_stream, free_port, start_kinesalite
-from tributary_server import DEFAULT_BINARY, cpu_seconds, memory_mib, start_server
+from tributary_server import (DEFAULT_BINARY, bytes_written, cpu_seconds, memory_mib, start_server,
+                              tree_bytes)
 
 FILES = 10
 
@@ -210,10 +211,12 @@ def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, en
         conn.execute("VACUUM cart")
         figures["fold base"] = time.perf_counter() - started
         cpu = cpu_seconds(proc.pid)
+        before = tree_bytes(data)
         started = time.perf_counter()
         conn.execute(f"COPY cart FROM 'file://{changes_path}' FORMAT JSON 'auto'")
         figures["apply"] = time.perf_counter() - started
         figures["apply cpu"] = cpu_seconds(proc.pid) - cpu
+        figures["apply bytes"] = bytes_written(data, before)
         started = time.perf_counter()
         result = conn.execute("SELECT count(*), sum(items), sum(price) FROM cart").fetchone()
         figures["read merged"] = time.perf_counter() - started
@@ -331,7 +334,8 @@ def main():
     print(f"tributary  load {figures['load']:.1f} s ({args.rows / figures['load']:,.0f} changes/s), "
           f"fold of the loaded rows {figures['fold base']:.1f} s")
     print(f"tributary  apply {args.changes:,} changes: {figures['apply']:.3f} s "
-          f"({args.changes / figures['apply']:,.0f} changes/s, {figures['apply cpu']:.2f} CPU-s)")
+          f"({args.changes / figures['apply']:,.0f} changes/s, {figures['apply cpu']:.2f} CPU-s, "
+          f"wrote {figures['apply bytes'] / 2**20:.2f} MiB)")
     print(f"duckdb     seeds' delete+insert of the same changes: {merge:.3f} s")
     print(f"tributary  full read with unfolded changes {figures['read merged']:.3f} s, "
           f"fold {figures['fold']:.1f} s, read after fold {figures['read folded']:.3f} s")

@@ -38,3 +38,21 @@ def cpu_seconds(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def tree_bytes(root):
+    """Every file under root with its size: compare two calls to see what a statement wrote."""
+    sizes = {}
+    for parent, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                sizes[path] = os.path.getsize(path)
+            except FileNotFoundError:
+                pass
+    return sizes
+
+
+def bytes_written(root, before):
+    """Bytes of the files under root that `before` (a tree_bytes result) did not have."""
+    return sum(size for path, size in tree_bytes(root).items() if path not in before)

@@ -147,6 +147,13 @@ impl TableHandle {
                 deltalake::TableProperty::CheckpointInterval,
                 Some(CHECKPOINT_INTERVAL),
             )
+            // UPDATE, DELETE and MERGE mark rows in deletion vectors: the table says so from
+            // its first version (reader 3 / writer 7 with the feature), and other engines
+            // that write it may use them too.
+            .with_configuration_property(
+                deltalake::TableProperty::EnableDeletionVectors,
+                Some("true"),
+            )
             .with_save_mode(SaveMode::ErrorIfExists)
             .await?;
         self.remember(&table)

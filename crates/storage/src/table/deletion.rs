@@ -454,6 +454,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_protocol_upgrade_keeps_the_features_a_table_had() {
+        let protocol =
+            |json: &str| -> deltalake::kernel::Protocol { serde_json::from_str(json).unwrap() };
+        let upgraded = |json: &str| -> Option<serde_json::Value> {
+            with_deletion_vectors(&protocol(json)).map(|line| {
+                serde_json::from_str::<serde_json::Value>(&line).unwrap()["protocol"].clone()
+            })
+        };
+        assert_eq!(
+            upgraded(r#"{"minReaderVersion":1,"minWriterVersion":2}"#).unwrap(),
+            serde_json::json!({"minReaderVersion": 3, "minWriterVersion": 7,
+                "readerFeatures": ["deletionVectors"],
+                "writerFeatures": ["appendOnly", "invariants", "deletionVectors"]})
+        );
+        let ntz = r#"{"minReaderVersion":3,"minWriterVersion":7,"readerFeatures":["timestampNtz"],"writerFeatures":["timestampNtz"]}"#;
+        assert_eq!(
+            upgraded(ntz).unwrap(),
+            serde_json::json!({"minReaderVersion": 3, "minWriterVersion": 7,
+                "readerFeatures": ["timestampNtz", "deletionVectors"],
+                "writerFeatures": ["timestampNtz", "deletionVectors"]})
+        );
+        let has = r#"{"minReaderVersion":3,"minWriterVersion":7,"readerFeatures":["deletionVectors"],"writerFeatures":["deletionVectors"]}"#;
+        assert_eq!(upgraded(has), None);
+    }
+
     #[tokio::test]
     async fn files_mostly_deleted_are_rewritten_with_their_live_rows() {
         let dir = tempfile::tempdir().unwrap();

@@ -74,7 +74,7 @@ impl TableHandle {
     pub(super) async fn scan(&self, version: u64, locators: bool) -> Result<RowScan> {
         let table = self.load(version).await?;
         let snapshot = table.snapshot()?;
-        let file_schema = snapshot.snapshot().arrow_schema();
+        let file_schema = view_types(&snapshot.snapshot().arrow_schema());
         let mut files = Vec::new();
         for file in snapshot.log_data().iter() {
             let path = file.path().to_string();
@@ -176,6 +176,25 @@ fn selection(deleted: &RoaringTreemap, rows: u64) -> Result<RowSelection> {
         selectors.push(RowSelector::select((rows - next) as usize));
     }
     Ok(RowSelection::from(selectors))
+}
+
+/// The schema with strings and binaries read as view arrays, as DataFusion reads Parquet by
+/// default (`schema_force_view_types`): grouping, joining and comparing short strings then
+/// works on the views' inline prefixes.
+fn view_types(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let data_type = match field.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+                DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
+                other => other.clone(),
+            };
+            field.as_ref().clone().with_data_type(data_type)
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 fn hash(text: &str) -> u64 {

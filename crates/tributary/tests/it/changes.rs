@@ -65,6 +65,17 @@ async fn a_small_change_to_a_large_table_writes_a_small_fraction_of_it() {
         .unwrap()
         .get(0);
     let table_dir = dir.path().join(location);
+    // The table says from its first version that it may have deletion vectors.
+    let created =
+        std::fs::read_to_string(table_dir.join("_delta_log/00000000000000000000.json")).unwrap();
+    let protocol = created
+        .lines()
+        .find(|line| line.starts_with("{\"protocol\""))
+        .unwrap();
+    assert!(
+        protocol.contains("\"minReaderVersion\":3") && protocol.contains("\"deletionVectors\""),
+        "{protocol}"
+    );
     let loaded = files_under(&table_dir);
     let table_bytes: u64 = loaded
         .iter()
