@@ -402,23 +402,32 @@ mod tests {
         .unwrap()
     }
 
+    /// A table whose two data files hold `first` and `second`; gives the table, its schema and
+    /// the version with both.
+    async fn two_files(
+        root: &Arc<StorageRoot>,
+        path: &str,
+        first: std::ops::Range<i32>,
+        second: std::ops::Range<i32>,
+    ) -> (TableHandle, Arc<Schema>, u64) {
+        let table = root.table(path).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let mut version = table.create(&schema).await.unwrap();
+        for ids in [first, second] {
+            version = table
+                .append(version, vec![id_batch(&schema, ids)])
+                .await
+                .unwrap()
+                .version;
+        }
+        (table, schema, version)
+    }
+
     #[tokio::test]
     async fn a_second_delete_merges_with_the_first_and_new_rows_commit_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
-        let table = root.table("dev/public/t-4").unwrap();
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
-        let v0 = table.create(&schema).await.unwrap();
-        let v1 = table
-            .append(v0, vec![id_batch(&schema, 0..10)])
-            .await
-            .unwrap()
-            .version;
-        let v2 = table
-            .append(v1, vec![id_batch(&schema, 10..13)])
-            .await
-            .unwrap()
-            .version;
+        let (table, schema, v2) = two_files(&root, "dev/public/t-4", 0..10, 10..13).await;
         let files = table.files(v2).await.unwrap();
         let first = files.iter().find(|f| f.rows == 10).unwrap().path.clone();
         let second = files.iter().find(|f| f.rows == 3).unwrap().path.clone();
@@ -484,19 +493,7 @@ mod tests {
     async fn files_mostly_deleted_are_rewritten_with_their_live_rows() {
         let dir = tempfile::tempdir().unwrap();
         let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
-        let table = root.table("dev/public/t-6").unwrap();
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
-        let v0 = table.create(&schema).await.unwrap();
-        let v1 = table
-            .append(v0, vec![id_batch(&schema, 0..10)])
-            .await
-            .unwrap()
-            .version;
-        let v2 = table
-            .append(v1, vec![id_batch(&schema, 10..20)])
-            .await
-            .unwrap()
-            .version;
+        let (table, _, v2) = two_files(&root, "dev/public/t-6", 0..10, 10..20).await;
         let files = table.files(v2).await.unwrap();
         let first = files.iter().find(|f| f.min_values["id"] == 0).unwrap();
         let second = files.iter().find(|f| f.min_values["id"] == 10).unwrap();

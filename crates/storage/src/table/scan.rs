@@ -26,11 +26,15 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use deltalake::parquet::arrow::RowNumber;
 use deltalake::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
 use roaring::RoaringTreemap;
 
 use super::TableHandle;
 use crate::{Error, Result};
+
+/// Deletion vector files read at once when a scan is built.
+const VECTOR_READS: usize = 16;
 
 /// The column that numbers a row's data file (see [`RowScan::path_of`]).
 pub const FILE_COLUMN: &str = "__tributary_file";
@@ -76,25 +80,38 @@ impl TableHandle {
         let snapshot = table.snapshot()?;
         let file_schema = view_types(&snapshot.snapshot().arrow_schema());
         let mut files = Vec::new();
+        let mut vectors = Vec::new();
         for file in snapshot.log_data().iter() {
             let path = file.path().to_string();
-            let deleted = match file.deletion_vector_descriptor() {
-                Some(descriptor) => Some(self.read_vector(&descriptor).await?),
-                None => None,
-            };
             let rows = file.num_records().map(|rows| rows as u64);
-            if deleted.is_some() && rows.is_none() {
-                return Err(Error::Internal(format!(
-                    "{path} has a deletion vector but no row count in its statistics"
-                )));
+            if let Some(descriptor) = file.deletion_vector_descriptor() {
+                if rows.is_none() {
+                    return Err(Error::Internal(format!(
+                        "{path} has a deletion vector but no row count in its statistics"
+                    )));
+                }
+                vectors.push((files.len(), descriptor));
             }
             files.push(ScanFile {
                 location: Path::from(format!("{}/{}", self.path, file.object_store_path())),
                 size: file.size().max(0) as u64,
                 path,
                 rows,
-                deleted,
+                deleted: None,
             });
+        }
+        // The vectors are small reads; on an object store their latency dominates, so they
+        // run concurrently.
+        let reads = vectors.into_iter().map(|(index, descriptor)| {
+            let handle = self.clone();
+            async move { Ok::<_, Error>((index, handle.read_vector(&descriptor).await?)) }
+        });
+        let read: Vec<(usize, RoaringTreemap)> = futures::stream::iter(reads)
+            .buffer_unordered(VECTOR_READS)
+            .try_collect()
+            .await?;
+        for (index, deleted) in read {
+            files[index].deleted = Some(deleted);
         }
         let file_column: FieldRef = Arc::new(Field::new(FILE_COLUMN, DataType::UInt32, false));
         let row_column: FieldRef =
