@@ -2,15 +2,16 @@
 """Mirror table benchmark: apply a batch of CDC changes to a large mirror table.
 
 A mirror table (`CREATE MIRROR TABLE ... FORMAT OPERATION COLUMN op ORDER BY seq`) is loaded
-with 10M rows (COPY of insert records, then VACUUM folds them into its base), then 100k
-changes (60% updates, 20% inserts, 20% deletes, one per key) are applied with COPY, which runs
-the same decode-and-apply path as a stream refresh. Then the table is read whole (the reader
-merges the stored changes with the base) and folded again. DuckDB runs the seeds' delete +
-insert SQL on the same rows and changes in the same run, and both results are compared.
+with 10M rows (COPY of insert records, then VACUUM rewrites them as one file), then, on a
+freshly started server, 100k changes (60% updates, 20% inserts, 20% deletes, one per key) are
+applied with COPY, which runs the same decode-and-apply path as a stream refresh: time, CPU,
+bytes written and the server's peak RSS. Then the table is read whole and VACUUMed (its
+deleted rows purged). DuckDB runs the seeds' delete + insert SQL on the same rows and changes
+in the same run, and both results are compared.
 Then, continuously: the mirror refreshes itself (AUTO REFRESH) from a Kinesis-compatible
 stream (Tributary's embedded stream service, or kinesalite with --source kinesalite) while a
-producer puts changes (80% updates, 20% inserts) at a steady rate, with the server's own fold
-policy (--fold-changes); freshness is the time from PutRecords returning to the change being
+producer puts changes (80% updates, 20% inserts) at a steady rate, with the server's own
+background rewrites; freshness is the time from PutRecords returning to the change being
 visible: the start of the first query whose snapshot shows it, per PutRecords call of 500. A
 poller looks up the key of the newest call's last change (a point query) every 20 ms by
 default. The PutRecords bodies are built before the run, so one producer reaches 50k/s.
@@ -191,10 +192,9 @@ def freshness(conn, kinesis, endpoint, rows, first_seq, rate, seconds, poll_ms):
 
 
 def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, endpoint, rate,
-                  seconds, rows, poll_ms, perf, fold_changes):
-    # Loading folds only when asked (VACUUM), so that the load and the 100k apply measure
-    # applying alone.
-    proc, port = start_server(binary, data, "--mirror-fold-changes", "1000000000", *source_args)
+                  seconds, rows, poll_ms, perf):
+    figures = {}
+    proc, port = start_server(binary, data, *source_args)
     try:
         conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev",
                                autocommit=True)
@@ -203,13 +203,23 @@ def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, en
             'CREATE MIRROR TABLE cart (id BIGINT, user_id BIGINT, price DECIMAL(6,2), '
             'items INT, seq BIGINT, PRIMARY KEY (id)) FROM cdc."cart" '
             'FORMAT OPERATION COLUMN op ENCODE JSON ORDER BY seq')
-        figures = {}
         started = time.perf_counter()
         conn.execute(f"COPY cart FROM 'file://{base_dir}/' FORMAT JSON 'auto'")
         figures["load"] = time.perf_counter() - started
         started = time.perf_counter()
         conn.execute("VACUUM cart")
-        figures["fold base"] = time.perf_counter() - started
+        figures["vacuum base"] = time.perf_counter() - started
+        figures["load peak rss"] = memory_mib(proc.pid, "VmHWM")
+        conn.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    # The apply on a fresh server, so that its peak memory is the apply's.
+    proc, port = start_server(binary, data, *source_args)
+    try:
+        conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev",
+                               autocommit=True)
+        figures["table bytes"] = sum(tree_bytes(data).values())
         cpu = cpu_seconds(proc.pid)
         before = tree_bytes(data)
         started = time.perf_counter()
@@ -217,24 +227,24 @@ def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, en
         figures["apply"] = time.perf_counter() - started
         figures["apply cpu"] = cpu_seconds(proc.pid) - cpu
         figures["apply bytes"] = bytes_written(data, before)
+        figures["apply peak rss"] = memory_mib(proc.pid, "VmHWM")
         started = time.perf_counter()
         result = conn.execute("SELECT count(*), sum(items), sum(price) FROM cart").fetchone()
-        figures["read merged"] = time.perf_counter() - started
+        figures["read after apply"] = time.perf_counter() - started
         started = time.perf_counter()
         conn.execute("VACUUM cart")
-        figures["fold"] = time.perf_counter() - started
+        figures["vacuum"] = time.perf_counter() - started
         started = time.perf_counter()
-        folded = conn.execute("SELECT count(*), sum(items), sum(price) FROM cart").fetchone()
-        figures["read folded"] = time.perf_counter() - started
-        assert folded == result, (folded, result)
+        vacuumed = conn.execute("SELECT count(*), sum(items), sum(price) FROM cart").fetchone()
+        figures["read after vacuum"] = time.perf_counter() - started
+        assert vacuumed == result, (vacuumed, result)
         figures["peak rss"] = memory_mib(proc.pid, "VmHWM")
         conn.close()
     finally:
         proc.kill()
         proc.wait()
-    # The continuous run, on the same data, with the server's own fold policy.
-    proc, port = start_server(binary, data, "--refresh-interval-ms", "100",
-                              "--mirror-fold-changes", str(fold_changes), *source_args)
+    # The continuous run, on the same data, with the server's own background rewrites.
+    proc, port = start_server(binary, data, "--refresh-interval-ms", "100", *source_args)
     try:
         conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev",
                                autocommit=True)
@@ -251,8 +261,9 @@ def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, en
             profiler.send_signal(signal.SIGINT)
             profiler.wait()
         figures["stream peak rss"] = memory_mib(proc.pid, "VmHWM")
-        figures["unsorted"] = conn.execute(
-            "SELECT unsorted FROM svv_table_info WHERE \"table\" = 'cart'").fetchone()[0]
+        figures["rows kept"] = conn.execute(
+            "SELECT tbl_rows, estimated_visible_rows FROM svv_table_info "
+            "WHERE \"table\" = 'cart'").fetchone()
         return figures, result
     finally:
         proc.kill()
@@ -300,8 +311,6 @@ def main():
                         help="the stream the mirror reads: Tributary's embedded service or kinesalite")
     parser.add_argument("--perf", metavar="FILE",
                         help="record the server with `perf record --call-graph dwarf` during the continuous run")
-    parser.add_argument("--fold-changes", type=int, default=500_000,
-                        help="the server's --mirror-fold-changes during the continuous run")
     args = parser.parse_args()
     if args.source == "kinesalite":
         kinesalite, endpoint = start_kinesalite()
@@ -325,30 +334,34 @@ def main():
             figures, result = tributary_run(args.binary, os.path.join(scratch, "data"),
                                             base_dir, changes_path, source_args, kinesis, endpoint,
                                             args.rate, args.seconds, args.rows, args.poll_ms,
-                                            args.perf, args.fold_changes)
+                                            args.perf)
         finally:
             if kinesalite is not None:
                 kinesalite.kill()
                 kinesalite.wait()
         merge, read, duck = duckdb_run(args.rows, changes_path)
     print(f"tributary  load {figures['load']:.1f} s ({args.rows / figures['load']:,.0f} changes/s), "
-          f"fold of the loaded rows {figures['fold base']:.1f} s")
+          f"VACUUM of the loaded rows {figures['vacuum base']:.1f} s, "
+          f"peak RSS {figures['load peak rss']:.0f} MiB")
     print(f"tributary  apply {args.changes:,} changes: {figures['apply']:.3f} s "
           f"({args.changes / figures['apply']:,.0f} changes/s, {figures['apply cpu']:.2f} CPU-s, "
-          f"wrote {figures['apply bytes'] / 2**20:.2f} MiB)")
+          f"wrote {figures['apply bytes'] / 2**20:.2f} MiB of a "
+          f"{figures['table bytes'] / 2**20:.0f} MiB data directory, "
+          f"peak RSS {figures['apply peak rss']:.0f} MiB)")
     print(f"duckdb     seeds' delete+insert of the same changes: {merge:.3f} s")
-    print(f"tributary  full read with unfolded changes {figures['read merged']:.3f} s, "
-          f"fold {figures['fold']:.1f} s, read after fold {figures['read folded']:.3f} s")
+    print(f"tributary  full read after the apply {figures['read after apply']:.3f} s, "
+          f"VACUUM {figures['vacuum']:.1f} s, read after VACUUM {figures['read after vacuum']:.3f} s")
     print(f"duckdb     full read {read:.3f} s")
     achieved, p50, p99, measured, sent, poll = figures["freshness"]
     print(f"tributary  AUTO REFRESH at {achieved:,.0f} changes/s offered ({args.rate:,} asked), "
           f"{measured}/{sent} batches: freshness p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; "
           f"{achieved * args.seconds / max(figures['stream cpu'], 1e-9):,.0f} changes per CPU-second "
           f"of the server")
+    kept, visible = figures["rows kept"]
     print(f"tributary  freshness poll (a point query by key) p50 {poll[0] * 1000:.0f} ms, "
-          f"p99 {poll[1] * 1000:.0f} ms, max {poll[2] * 1000:.0f} ms; unfolded changes at the "
-          f"end {figures['unsorted']:.1f}% of stored rows")
-    print(f"tributary  peak RSS {figures['peak rss']:.0f} MiB loading and folding, "
+          f"p99 {poll[1] * 1000:.0f} ms, max {poll[2] * 1000:.0f} ms; at the end "
+          f"{kept - visible:,} deleted rows of {kept:,} wait for a rewrite")
+    print(f"tributary  peak RSS {figures['peak rss']:.0f} MiB applying and vacuuming, "
           f"{figures['stream peak rss']:.0f} MiB in the continuous run")
     same = tuple(result) == tuple(duck)
     print(f"results    tributary {tuple(result)}  duckdb {tuple(duck)}  "

@@ -211,7 +211,7 @@ def bench_super(args, results):
 
 def bench_cdc(args, results):
     """CDC apply into a mirror table (bench/mirror.py's data): --scale x 10M rows loaded and
-    folded once; then each run starts from a copy of that data directory and applies --scale
+    VACUUMed once; then each run starts from a copy of that data directory and applies --scale
     x 100k changes (60% updates, 20% deletes, 20% inserts) with COPY, the stream refresh's
     decode-and-apply path; DuckDB applies the seeds' delete + insert SQL to the same rows and
     changes, and both results must agree. Then the mirror refreshes itself from the embedded
@@ -227,7 +227,7 @@ def bench_cdc(args, results):
         mirror.write_changes(changes_path, rows, changes)
         pristine = os.path.join(scratch, "pristine")
         _, flags = embedded_source()
-        server = Server(args, pristine, "--mirror-fold-changes", "1000000000", *flags)
+        server = Server(args, pristine, *flags)
         try:
             conn = connect(server.port)
             conn.execute("CREATE EXTERNAL SCHEMA cdc FROM KINESIS IAM_ROLE default")
@@ -246,8 +246,7 @@ def bench_cdc(args, results):
         for run in range(args.runs):
             data = os.path.join(scratch, f"run-{run}")
             shutil.copytree(pristine, data)
-            server = Server(args, data, "--mirror-fold-changes", "1000000000",
-                            "--no-stream-service")
+            server = Server(args, data, "--no-stream-service")
             try:
                 conn = connect(server.port)
                 started = time.perf_counter()
@@ -264,7 +263,7 @@ def bench_cdc(args, results):
             sys.exit(f"cdc: Tributary's table {tuple(answer)} differs from DuckDB's "
                      f"{tuple(theirs['result'])}")
         note = f"{changes:,} changes into {rows:,} rows"
-        results.add("cdc-apply", "load and fold the base", [rows / load], "rows/s",
+        results.add("cdc-apply", "load and VACUUM the base", [rows / load], "rows/s",
                     note=f"{rows:,} insert records, once")
         results.add("cdc-apply", "apply changes", applies, "s", target=("<=", 1.0),
                     peer=theirs["merges"], note=note)

@@ -14,6 +14,9 @@ import sys
 def text(value):
     if value is None:
         return None
+    if isinstance(value, bool):
+        # As Postgres prints a boolean.
+        return "t" if value else "f"
     if isinstance(value, float) and value == int(value):
         value = int(value)
     return str(value)

@@ -17,8 +17,8 @@ pub use log::Catalog;
 pub use model::{
     AggregateLayout, ArgumentMode, CatalogState, ChangeFormat, Column, Constraint,
     DEFAULT_DATABASE, DEFAULT_SCHEMA, Database, Datashare, Distribution, ExternalSource, Grantee,
-    Group, Identity, MaterializedView, MirrorSpec, Privilege, Procedure, ProcedureArgument,
-    Relation, SUPERUSER, Schema, SharedDatabase, StoredPassword, Table, User, View, ViewInput,
-    procedure_signature,
+    Group, Identity, KeyTable, MaterializedView, MirrorSpec, Privilege, Procedure,
+    ProcedureArgument, Relation, SUPERUSER, Schema, SharedDatabase, StoredPassword, Table, User,
+    View, ViewInput, procedure_signature,
 };
 pub use types::{SQL_TYPE_METADATA, SqlType, VARCHAR_LENGTH_DEFAULT, VARCHAR_LENGTH_MAX};

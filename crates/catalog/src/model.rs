@@ -397,6 +397,23 @@ pub struct MirrorSpec {
     /// committed since it read the table.
     #[serde(default)]
     pub folds: u64,
+    /// The mirror's key table: the newest ordering value of every key the mirror has seen,
+    /// deleted keys included, so that a change older than what the mirror holds is ignored.
+    /// Set for mirrors whose Delta table holds exactly their live rows (the declared columns
+    /// only); None for a mirror stored by an earlier release as base rows plus changes with
+    /// hidden columns, which its next round converts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeyTable>,
+}
+
+/// A Delta table a catalog object keeps beside its main table, pinned in the same catalog
+/// commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyTable {
+    /// Where its files live, relative to the storage root.
+    pub path: String,
+    /// The version readers of this catalog version use.
+    pub version: u64,
 }
 
 /// The shape of the change records of a mirror table's stream.
@@ -487,6 +504,30 @@ pub struct Table {
 impl Table {
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// A mirror table's key table.
+    pub fn key_table(&self) -> Option<&KeyTable> {
+        self.materialized.as_ref()?.mirror.as_ref()?.keys.as_ref()
+    }
+
+    /// Every Delta table the table's rows live in, with its pinned version: its own, and a
+    /// mirror's key table.
+    pub fn storage_pins(&self) -> Vec<(String, u64)> {
+        let mut pins = vec![(self.path.clone(), self.version)];
+        if let Some(keys) = self.key_table() {
+            pins.push((keys.path.clone(), keys.version));
+        }
+        pins
+    }
+
+    /// The pinned version of `path` if it is one of the table's Delta tables.
+    pub fn pin_mut(&mut self, path: &str) -> Option<&mut u64> {
+        if self.path == path {
+            return Some(&mut self.version);
+        }
+        let keys = self.materialized.as_mut()?.mirror.as_mut()?.keys.as_mut()?;
+        (keys.path == path).then_some(&mut keys.version)
     }
 }
 
@@ -845,15 +886,16 @@ impl CatalogState {
         owned
     }
 
-    /// Every table path in the catalog with its pinned version (used by recovery).
+    /// Every Delta table path in the catalog with its pinned version (used by recovery and
+    /// maintenance), mirrors' key tables included.
     pub fn table_pins(&self) -> Vec<(String, u64)> {
         self.databases
             .values()
             .flat_map(|db| db.schemas.values())
             .flat_map(|schema| schema.relations.values())
-            .filter_map(|relation| match relation {
-                Relation::Table(table) => Some((table.path.clone(), table.version)),
-                Relation::View(_) => None,
+            .flat_map(|relation| match relation {
+                Relation::Table(table) => table.storage_pins(),
+                Relation::View(_) => Vec::new(),
             })
             .collect()
     }

@@ -9,12 +9,12 @@ use tributary_catalog::Table;
 
 use crate::Result;
 
-/// The Delta schema of a table: its columns in their stored types, and a mirror table's
-/// hidden bookkeeping columns after them.
+/// The Delta schema of a table: its columns in their stored types, and a legacy mirror
+/// table's hidden bookkeeping columns after them.
 pub fn storage_schema(table: &Table) -> Schema {
-    let hidden = match crate::mirror::spec(table) {
-        Some(_) => crate::mirror::hidden_fields(),
-        None => Vec::new(),
+    let hidden = match crate::mirror::is_legacy(table) {
+        true => crate::mirror::hidden_fields(),
+        false => Vec::new(),
     };
     Schema::new(
         table

@@ -1,13 +1,18 @@
-//! A mirror table's read path. A mirror's Delta table holds the declared columns and three
-//! hidden ones: [`ORDER_COLUMN`] (the change's ordering value, encoded so that byte order is
-//! value order), [`DELETED_COLUMN`] (a tombstone) and [`SEQUENCE_COLUMN`] (0 for a folded
-//! base row, else the apply sequence of a stored change). Readers see the base rows merged
-//! with the newest stored change of each key; the streaming layer writes and folds them.
+//! A mirror table's storage. A mirror's Delta table holds exactly its live rows, in the
+//! declared columns: any Delta reader sees what `SELECT *` shows. Beside it, its key table
+//! (a Delta table of its own, pinned in the same catalog commit) holds every key the mirror
+//! has seen with the newest change's ordering value ([`ORDER_COLUMN`], encoded so that byte
+//! order is value order) and whether that change deleted it ([`DELETED_COLUMN`]): a change
+//! older than the key's is ignored, so that changes delivered late or twice cannot bring back
+//! an older row or a deleted key. The streaming layer writes both.
+//!
+//! Mirrors stored by earlier releases keep base rows and stored changes in one table with
+//! hidden columns, merged by readers ([`reader`]); their next round converts them.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, BinaryArray, Int64Array};
-use arrow::datatypes::{DataType, Field};
+use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::view::ViewTable;
 use datafusion::datasource::provider_as_source;
@@ -29,7 +34,52 @@ pub const DELETED_COLUMN: &str = "__tributary_deleted";
 /// The hidden column: 0 for a folded base row, else the change's apply sequence.
 pub const SEQUENCE_COLUMN: &str = "__tributary_sequence";
 
-/// The hidden columns of a mirror's Delta table, after the declared ones.
+/// The Delta table path of the key table of the mirror stored at `path`: beside it, under a
+/// name no table path takes (those end in their id).
+pub fn key_table_path(path: &str) -> String {
+    format!("{path}-keys")
+}
+
+/// True for a mirror stored by an earlier release (base rows and changes with hidden
+/// columns, no key table).
+pub fn is_legacy(table: &Table) -> bool {
+    spec(table).is_some_and(|s| s.keys.is_none())
+}
+
+/// The key table's schema: the key columns in their stored types, the ordering value and the
+/// deletion mark.
+pub fn key_schema(table: &Table, spec: &MirrorSpec) -> Schema {
+    let keys = spec
+        .key
+        .iter()
+        .filter_map(|k| table.column(k))
+        .map(|c| Field::new(&c.name, c.sql_type.to_storage_arrow(), false));
+    Schema::new(
+        keys.chain([
+            Field::new(ORDER_COLUMN, DataType::Binary, false),
+            Field::new(DELETED_COLUMN, DataType::Boolean, false),
+        ])
+        .collect::<Vec<_>>(),
+    )
+}
+
+/// The rows a round applies: the declared columns in their stored types (nullable: a
+/// deletion carries its key only), then the ordering value and the deletion mark.
+pub fn change_schema(table: &Table) -> Schema {
+    Schema::new(
+        table
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.sql_type.to_storage_arrow(), true))
+            .chain([
+                Field::new(ORDER_COLUMN, DataType::Binary, false),
+                Field::new(DELETED_COLUMN, DataType::Boolean, false),
+            ])
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The hidden columns of a legacy mirror's Delta table, after the declared ones.
 pub fn hidden_fields() -> Vec<Field> {
     vec![
         Field::new(ORDER_COLUMN, DataType::Binary, true),
@@ -54,7 +104,8 @@ pub fn refuse_write(table: &Table, name: &str) -> Result<()> {
     }
 }
 
-/// The table readers see: the merge of the base rows and the stored changes.
+/// The table readers of a legacy mirror see: the merge of the base rows and the stored
+/// changes.
 pub fn reader(delta: Arc<dyn TableProvider>, table: &Table) -> Result<Arc<dyn TableProvider>> {
     let spec = spec(table).ok_or_else(|| Error::Internal("not a mirror table".into()))?;
     let plan = merged_plan(delta, table, spec, false)?;

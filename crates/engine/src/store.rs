@@ -216,8 +216,8 @@ impl Store {
         self.catalog
             .commit(|state| {
                 for (path, version) in &repins {
-                    if let Some(table) = table_by_path_mut(state, path) {
-                        table.version = *version;
+                    if let Some(pin) = pin_by_path_mut(state, path) {
+                        *pin = *version;
                     }
                 }
                 Ok(())
@@ -253,14 +253,23 @@ impl ActiveTransactions {
     }
 }
 
+/// The pinned version of the Delta table at `path`: a table's own, or a mirror's key table's.
+pub fn pin_by_path_mut<'a>(state: &'a mut CatalogState, path: &str) -> Option<&'a mut u64> {
+    tables_mut(state).find_map(|table| table.pin_mut(path))
+}
+
 pub fn table_by_path_mut<'a>(state: &'a mut CatalogState, path: &str) -> Option<&'a mut Table> {
+    tables_mut(state).find(|table| table.path == path)
+}
+
+fn tables_mut(state: &mut CatalogState) -> impl Iterator<Item = &mut Table> {
     state
         .databases
         .values_mut()
         .flat_map(|db| db.schemas.values_mut())
         .flat_map(|schema| schema.relations.values_mut())
-        .find_map(|relation| match relation {
-            Relation::Table(table) if table.path == path => Some(table),
-            _ => None,
+        .filter_map(|relation| match relation {
+            Relation::Table(table) => Some(table),
+            Relation::View(_) => None,
         })
 }

@@ -65,7 +65,7 @@ impl TributaryTable {
             .table(&definition.path)?
             .provider(definition.version)
             .await?;
-        if crate::mirror::spec(&definition).is_some() {
+        if crate::mirror::is_legacy(&definition) {
             inner = crate::mirror::reader(inner, &definition)?;
         }
         let mut table = Self::over(catalogs, name, definition, inner)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tributary_catalog::CatalogState;
 
 use crate::catalog_list::SessionCatalogs;
-use crate::store::table_by_path_mut;
+use crate::store::{pin_by_path_mut, table_by_path_mut};
 use crate::transaction::{
     Ended, Transaction, WriteKind, WriteSlot, delete_files, replace_by_path, table_by_path,
 };
@@ -199,6 +199,15 @@ impl SessionCatalogs {
         } else {
             None
         };
+        // The same for a mirror's key table, which commits with it.
+        let mut keys_clean = None;
+        if let Some(keys) = committed.key_table() {
+            let storage = self.store().storage.table(&keys.path)?;
+            if storage.has_commits_after(keys.version).await? {
+                tracing::warn!(table = %name, pinned = keys.version, "undoing key table commits that never became visible");
+                keys_clean = Some(storage.restore(keys.version).await?);
+            }
+        }
         let mut slot = self.transaction_slot();
         let txn = slot
             .as_mut()
@@ -234,8 +243,25 @@ impl SessionCatalogs {
             txn.working = Arc::new(working);
             table.version = version;
         }
+        if let Some(version) = keys_clean {
+            let mut working = (*txn.working).clone();
+            if let Some(keys) = committed.key_table()
+                && let Some(pin) = pin_by_path_mut(&mut working, &keys.path)
+            {
+                *pin = version;
+            }
+            txn.working = Arc::new(working);
+            if let Some(keys) = committed.key_table()
+                && let Some(pin) = table.pin_mut(&keys.path)
+            {
+                *pin = version;
+            }
+        }
         txn.locked
             .insert(table.path.clone(), Some(committed.version));
+        if let Some(keys) = committed.key_table() {
+            txn.locked.insert(keys.path.clone(), Some(keys.version));
+        }
         self.set_pinned(txn.working.clone());
         Ok(WriteSlot { table })
     }
@@ -317,10 +343,10 @@ impl SessionCatalogs {
                 .catalog
                 .commit(|latest| {
                     for (path, committed, restored) in &repins {
-                        if let Some(table) = table_by_path_mut(latest, path)
-                            && table.version == *committed
+                        if let Some(pin) = pin_by_path_mut(latest, path)
+                            && *pin == *committed
                         {
-                            table.version = *restored;
+                            *pin = *restored;
                         }
                     }
                     Ok(())

@@ -59,6 +59,25 @@ pub struct MaintenanceReport {
     pub files_deleted: usize,
 }
 
+/// Every Delta table of the catalog with the path of the table whose write lock covers it: a
+/// mirror's key table is written under the mirror's lock.
+fn delta_tables(state: &tributary_catalog::CatalogState) -> Vec<(String, String)> {
+    state
+        .databases
+        .values()
+        .flat_map(|db| db.schemas.values())
+        .flat_map(|schema| schema.relations.values())
+        .flat_map(|relation| match relation {
+            tributary_catalog::Relation::Table(t) => t
+                .storage_pins()
+                .into_iter()
+                .map(|(path, _)| (path, t.path.clone()))
+                .collect(),
+            tributary_catalog::Relation::View(_) => Vec::new(),
+        })
+        .collect()
+}
+
 impl Engine {
     /// Runs maintenance passes every `settings.interval` until the engine is dropped.
     pub fn spawn_maintenance(self: &Arc<Self>, settings: MaintenanceSettings) {
@@ -121,13 +140,13 @@ impl Engine {
         for path in due {
             tributary_engine::transaction::delete_files(self, &path, "dropped").await;
         }
-        for (path, _) in self.catalog_snapshot().table_pins() {
+        for (path, lock) in delta_tables(&self.catalog_snapshot()) {
             let owner = self.next_transaction_id();
             // Wait a little for the table's writer, like any other writer: a stream of short
             // autocommit INSERTs would otherwise keep the table from ever being compacted.
             // A long transaction makes maintenance skip the table until the next pass.
             let acquired =
-                tokio::time::timeout(LOCK_WAIT, self.locks.acquire(owner, &path, &path)).await;
+                tokio::time::timeout(LOCK_WAIT, self.locks.acquire(owner, &lock, &lock)).await;
             if !matches!(acquired, Ok(Ok(()))) {
                 self.locks.release_all(owner);
                 continue;
@@ -175,8 +194,9 @@ impl Engine {
             return Ok(());
         }
         let mut version = pinned;
-        // A mirror table is compacted by its fold (a rewrite its own rounds schedule):
-        // compacting it here would hold its lock while its rounds wait.
+        // A mirror table and its key table are rewritten by the rewrites its own rounds
+        // start, which hold its lock only to commit: purging or compacting them here would
+        // hold it while its rounds wait.
         let snapshot = self.catalog_snapshot();
         let is_mirror = snapshot
             .databases
@@ -185,7 +205,8 @@ impl Engine {
             .flat_map(|schema| schema.relations.values())
             .any(|relation| {
                 matches!(relation, tributary_catalog::Relation::Table(t)
-                    if t.path == path && tributary_engine::mirror::spec(t).is_some())
+                    if tributary_engine::mirror::spec(t).is_some()
+                        && t.storage_pins().iter().any(|(p, _)| p == path))
             });
         if !is_mirror
             && let Some(purged) = table

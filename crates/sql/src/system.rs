@@ -739,11 +739,14 @@ async fn table_info(
                     .map(|(_, _, t)| t.distribution.sortkey.first().cloned()),
             ),
             strings(rows.iter().map(|(_, _, t)| Some(t.path.clone()))),
-            // A mirror's stored changes are its unsorted rows: VACUUM folds them into the
-            // base, as Redshift's VACUUM sorts unsorted rows.
+            // A legacy mirror's stored changes are its unsorted rows: VACUUM converts it, as
+            // Redshift's VACUUM sorts unsorted rows. Other tables keep no unsorted region.
             Arc::new(arrow::array::Float64Array::from_iter(rows.iter().map(
                 |(_, _, t)| {
                     let spec = t.materialized.as_ref()?.mirror.as_ref()?;
+                    if spec.keys.is_some() {
+                        return None;
+                    }
                     let stored = spec.base_rows + spec.unfolded;
                     Some(if stored == 0 {
                         0.0

@@ -21,9 +21,11 @@ use crate::root::StorageRoot;
 use crate::{Error, Result};
 
 mod deletion;
+mod rewrite;
 mod scan;
 
 pub use deletion::RowChanges;
+pub use rewrite::Rewrite;
 pub use scan::{FILE_COLUMN, ROW_COLUMN, RowScan};
 
 /// Commits between Delta checkpoints of tables created here.
@@ -215,7 +217,6 @@ impl TableHandle {
     /// half of a rewrite that [`Self::replace_files`] commits later, under the caller's lock.
     /// Files that are never committed are deleted by [`Self::vacuum`].
     pub async fn stage(&self, version: u64, batches: &[RecordBatch]) -> Result<StagedFiles> {
-        use deltalake::table::config::TablePropertiesExt as _;
         let table = self.load(version).await?;
         let Some(first) = batches.first() else {
             return Ok(StagedFiles {
@@ -224,16 +225,7 @@ impl TableHandle {
             });
         };
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        let config = WriterConfig::new(
-            first.schema(),
-            Vec::new(),
-            self.writer_properties(rows),
-            None,
-            None,
-            table.snapshot()?.table_config().num_indexed_cols(),
-            None,
-        );
-        let mut writer = DeltaWriter::new(table.object_store(), config);
+        let mut writer = self.file_writer(&table, first.schema(), rows)?;
         for batch in batches {
             writer.write(batch).await?;
         }
@@ -241,6 +233,26 @@ impl TableHandle {
             adds: writer.close().await?,
             rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
         })
+    }
+
+    /// A writer of new data files of `table` (none committed), for about `rows` rows.
+    pub(super) fn file_writer(
+        &self,
+        table: &deltalake::DeltaTable,
+        schema: arrow::datatypes::SchemaRef,
+        rows: usize,
+    ) -> Result<DeltaWriter> {
+        use deltalake::table::config::TablePropertiesExt as _;
+        let config = WriterConfig::new(
+            schema,
+            Vec::new(),
+            self.writer_properties(rows),
+            None,
+            None,
+            table.snapshot()?.table_config().num_indexed_cols(),
+            None,
+        );
+        Ok(DeltaWriter::new(table.object_store(), config))
     }
 
     /// Commits `staged` in place of `replaced` files of `read_version` (the version the

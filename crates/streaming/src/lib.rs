@@ -59,26 +59,8 @@ pub struct Streams {
     recent_skips: Mutex<VecDeque<ScanError>>,
     skip_log: Mutex<HashMap<String, SkipLog>>,
     runners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-    /// The background work running on mirror tables, by storage path.
-    mirror_work: Mutex<HashMap<String, MirrorWork>>,
-}
-
-/// Background work on one mirror table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Work {
-    /// Rewriting the base with the stored changes merged in.
-    Fold,
-    /// Merging some stored change files into one.
-    Coalesce,
-}
-
-/// What background work runs on one mirror table. A fold replaces every file of the version
-/// it read, so a coalesce may run beside it only on files added after that version.
-#[derive(Debug, Clone, Copy, Default)]
-struct MirrorWork {
-    /// A fold runs: with the version it reads once it has read it.
-    fold: Option<Option<u64>>,
-    coalesce: bool,
+    /// The mirror tables whose files a background rewrite works on, by storage path.
+    mirror_work: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Counters of one view since the server started.
@@ -162,52 +144,14 @@ impl Streams {
         *self.settings.lock() = settings;
     }
 
-    /// Marks background work on the mirror stored at `path` as running; false if it may not
-    /// start: the same work runs, a fold waits for a coalesce to end, and a coalesce for a
-    /// fold to say which version it reads.
-    pub fn begin_work(&self, path: &str, work: Work) -> bool {
-        let mut all = self.mirror_work.lock();
-        let running = all.entry(path.to_string()).or_default();
-        match work {
-            Work::Fold if running.fold.is_none() && !running.coalesce => {
-                running.fold = Some(None);
-                true
-            }
-            Work::Coalesce if !running.coalesce && running.fold != Some(None) => {
-                running.coalesce = true;
-                true
-            }
-            _ => false,
-        }
+    /// Marks a background rewrite of the mirror stored at `path` as running; false if one
+    /// runs already.
+    pub fn begin_work(&self, path: &str) -> bool {
+        self.mirror_work.lock().insert(path.to_string())
     }
 
-    pub fn end_work(&self, path: &str, work: Work) {
-        let mut all = self.mirror_work.lock();
-        if let Some(running) = all.get_mut(path) {
-            match work {
-                Work::Fold => running.fold = None,
-                Work::Coalesce => running.coalesce = false,
-            }
-            if running.fold.is_none() && !running.coalesce {
-                all.remove(path);
-            }
-        }
-    }
-
-    /// Records the version the running fold of the mirror at `path` reads.
-    pub fn fold_reads(&self, path: &str, version: u64) {
-        let mut all = self.mirror_work.lock();
-        if let Some(running) = all.get_mut(path)
-            && running.fold.is_some()
-        {
-            running.fold = Some(Some(version));
-        }
-    }
-
-    /// The version the running fold of the mirror at `path` reads, if a fold runs.
-    pub fn folding(&self, path: &str) -> Option<u64> {
-        let all = self.mirror_work.lock();
-        all.get(path).and_then(|running| running.fold.flatten())
+    pub fn end_work(&self, path: &str) {
+        self.mirror_work.lock().remove(path);
     }
 
     async fn source(&self, external: &ExternalSource) -> Result<StreamSource> {

@@ -32,9 +32,6 @@ pub struct StreamingSettings {
     /// Set when `kinesis_endpoint` is the embedded stream service (CREATE EXTERNAL SCHEMA says
     /// so to the client).
     pub embedded_stream_service: bool,
-    /// A mirror table folds its stored changes into its base rows once there are at least
-    /// this many of them (and at least a twentieth of the base).
-    pub mirror_fold_changes: u64,
 }
 
 impl Default for StreamingSettings {
@@ -45,7 +42,6 @@ impl Default for StreamingSettings {
             records_per_shard: 10_000,
             kinesis_endpoint: None,
             embedded_stream_service: false,
-            mirror_fold_changes: 500_000,
         }
     }
 }

@@ -99,6 +99,11 @@ impl TestServer {
         }
     }
 
+    /// The data directory of a server started on a temporary one.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self._data.as_ref().map(tempfile::TempDir::path)
+    }
+
     pub fn port(&self) -> u16 {
         self.address.port()
     }

@@ -89,11 +89,11 @@ struct ServeArgs {
     /// sys_stream_scan_errors (Redshift's limit is 1,024,000).
     #[arg(long, default_value_t = 1_024_000, env = "TRIBUTARY_MAX_RECORD_BYTES")]
     max_record_bytes: usize,
-    /// A mirror table folds its stored changes into its base rows (one rewrite) once there
-    /// are at least this many of them and at least a twentieth of the base; reads merge the
-    /// changes in until then.
-    #[arg(long, default_value_t = 500_000, env = "TRIBUTARY_MIRROR_FOLD_CHANGES")]
-    mirror_fold_changes: u64,
+    /// Accepted for command lines written for earlier releases and ignored: mirror tables no
+    /// longer fold (their rounds mark replaced rows deleted, and background rewrites keep
+    /// their files few).
+    #[arg(long, hide = true, env = "TRIBUTARY_MIRROR_FOLD_CHANGES")]
+    mirror_fold_changes: Option<u64>,
     /// The Kinesis endpoint for `CREATE EXTERNAL SCHEMA ... FROM KINESIS`, overriding the AWS
     /// SDK's configuration chain (which also reads AWS_ENDPOINT_URL_KINESIS).
     #[arg(long, env = "TRIBUTARY_KINESIS_ENDPOINT")]
@@ -372,9 +372,11 @@ async fn start(args: &ServeArgs, any_port: bool) -> anyhow::Result<Started> {
             None => args.kinesis_endpoint.clone(),
         },
         embedded_stream_service: use_embedded.is_some(),
-        mirror_fold_changes: args.mirror_fold_changes.max(1),
         ..Default::default()
     });
+    if args.mirror_fold_changes.is_some() {
+        tracing::warn!("--mirror-fold-changes is ignored: mirror tables no longer fold");
+    }
     let listener = match tributary_wire::bind(args.listen).await {
         Ok(listener) => listener,
         Err(_) if any_port => {

@@ -137,14 +137,11 @@ async fn drop_relation(
                 (Some(Relation::View(_)), false) => Err(tributary_catalog::Error::Invalid(
                     format!("\"{relation}\" is not a table"),
                 )),
-                _ => Ok(match target.relations.remove(&relation) {
-                    Some(Relation::Table(table)) => Some(table.path),
-                    _ => None,
-                }),
+                _ => Ok(table_paths(target.relations.remove(&relation).iter())),
             }
         })
         .map_err(wrong_type)?;
-    Ok(path.into_iter().collect())
+    Ok(path)
 }
 
 fn wrong_type(err: tributary_catalog::Error) -> Error {
@@ -228,11 +225,13 @@ async fn drop_database(
     }
 }
 
+/// The Delta tables of `relations`: tables' own, and mirrors' key tables.
 fn table_paths<'a>(relations: impl Iterator<Item = &'a Relation>) -> Vec<String> {
     relations
-        .filter_map(|r| match r {
-            Relation::Table(t) => Some(t.path.clone()),
-            Relation::View(_) => None,
+        .flat_map(|r| match r {
+            Relation::Table(t) => t.storage_pins(),
+            Relation::View(_) => Vec::new(),
         })
+        .map(|(path, _)| path)
         .collect()
 }

@@ -104,21 +104,41 @@ impl TableHandle {
         {
             lines.push(protocol);
         }
+        let mut marked = Vec::new();
+        for (path, rows, _) in vectors {
+            let (add, remove) = touched.remove(&path).expect("checked above");
+            lines.push(action_line(Action::Remove(remove))?);
+            marked.push((add, rows));
+        }
+        lines.extend(self.vector_lines(marked).await?);
+        for add in changes.added.into_iter().flat_map(|staged| staged.adds) {
+            lines.push(action_line(Action::Add(add))?);
+        }
+        self.write_commit(&table, base_version, lines, operation)
+            .await
+    }
+
+    /// The add actions of files with rows marked deleted (each with every row it marks), and
+    /// the one `deletion_vector_<uuid>.bin` their vectors share, written now. A file with no
+    /// live rows left gets no action: it is gone.
+    pub(super) async fn vector_lines(
+        &self,
+        marked: Vec<(deltalake::kernel::Add, RoaringTreemap)>,
+    ) -> Result<Vec<String>> {
         let uuid = uuid::Uuid::new_v4();
         let mut buffer = Vec::new();
         let mut writer = StreamingDeletionVectorWriter::new(&mut buffer);
         let mut wrote_vector = false;
-        for (path, rows, live) in vectors {
-            let (mut add, remove) = touched.remove(&path).expect("checked above");
-            lines.push(action_line(Action::Remove(remove))?);
-            if live == 0 {
+        let mut lines = Vec::new();
+        for (mut add, rows) in marked {
+            if add_rows(&add)? <= rows.len() {
                 continue;
             }
             let mut vector = KernelDeletionVector::new();
             vector.add_deleted_row_indexes(rows.iter());
             let result = writer
                 .write_deletion_vector(vector)
-                .map_err(|e| Error::Internal(format!("deletion vector of {path}: {e}")))?;
+                .map_err(|e| Error::Internal(format!("deletion vector of {}: {e}", add.path)))?;
             wrote_vector = true;
             add.deletion_vector = Some(DeletionVectorDescriptor {
                 storage_type: StorageType::UuidRelativePath,
@@ -140,9 +160,19 @@ impl TableHandle {
                 .put(&file, Bytes::from(buffer).into())
                 .await?;
         }
-        for add in changes.added.into_iter().flat_map(|staged| staged.adds) {
-            lines.push(action_line(Action::Add(add))?);
-        }
+        Ok(lines)
+    }
+
+    /// Writes `lines` (Delta actions) as the commit after `base_version`, with its commit
+    /// information. Returns the new version ([`Error::Conflict`] if another writer took it),
+    /// or `base_version` when there is nothing to commit.
+    pub(super) async fn write_commit(
+        &self,
+        table: &deltalake::DeltaTable,
+        base_version: u64,
+        mut lines: Vec<String>,
+        operation: &str,
+    ) -> Result<u64> {
         if lines.is_empty() {
             return Ok(base_version);
         }
@@ -289,7 +319,7 @@ impl TableHandle {
 
 /// The protocol action that adds the `deletionVectors` feature to `protocol` (reader version
 /// 3, writer version 7, with the features the table had, explicit), or None if it has it.
-fn with_deletion_vectors(protocol: &deltalake::kernel::Protocol) -> Option<String> {
+pub(super) fn with_deletion_vectors(protocol: &deltalake::kernel::Protocol) -> Option<String> {
     const FEATURE: &str = "deletionVectors";
     let mut readers: Vec<String> = protocol
         .reader_features()
@@ -335,7 +365,7 @@ fn with_deletion_vectors(protocol: &deltalake::kernel::Protocol) -> Option<Strin
 }
 
 /// The rows a data file holds, from its statistics (every file written here has them).
-fn add_rows(add: &deltalake::kernel::Add) -> Result<u64> {
+pub(super) fn add_rows(add: &deltalake::kernel::Add) -> Result<u64> {
     add.stats
         .as_deref()
         .and_then(|stats| serde_json::from_str::<serde_json::Value>(stats).ok())
@@ -348,12 +378,12 @@ fn add_rows(add: &deltalake::kernel::Add) -> Result<u64> {
         })
 }
 
-fn action_line(action: Action) -> Result<String> {
+pub(super) fn action_line(action: Action) -> Result<String> {
     serde_json::to_string(&action).map_err(|e| Error::Internal(format!("Delta action: {e}")))
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use arrow::array::{Int32Array, RecordBatch};
@@ -363,7 +393,7 @@ mod tests {
     use super::*;
     use crate::StorageRoot;
 
-    async fn ids(table: &TableHandle, version: u64) -> Vec<i32> {
+    pub(in crate::table) async fn ids(table: &TableHandle, version: u64) -> Vec<i32> {
         let ctx = SessionContext::new();
         ctx.register_table("t", table.provider(version).await.unwrap())
             .unwrap();

@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, BinaryArray, BooleanArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field};
 use arrow::row::{RowConverter, SortField};
 use serde_json::{Map, Value};
@@ -17,10 +15,10 @@ use tributary_engine::transaction::WriteKind;
 use tributary_ingest::StreamRecord;
 use tributary_ingest::change::{self, Change, ChangeSpec, Rejection, invalid, lookup};
 
-use super::FOLD_BASE_FRACTION;
-use super::fold::{commit_spec, fold, start_background, storage};
+use super::compact::{commit_spec, start_background};
+use super::keyed::{convert, write_changes};
 use crate::host::Host;
-use crate::{Error, Result, ScanError, ViewId, Work};
+use crate::{Error, Result, ScanError, ViewId};
 
 /// How the mirror's change records are decoded.
 fn change_spec(spec: &MirrorSpec) -> ChangeSpec<'_> {
@@ -35,24 +33,16 @@ fn change_spec(spec: &MirrorSpec) -> ChangeSpec<'_> {
     }
 }
 
-/// What one batch of records produced: the rows to store (stored schema) and the records
-/// that were rejected, by index.
+/// What one batch of records produced: the changes to apply (in
+/// [`tributary_engine::mirror::change_schema`]) and the records that were rejected, by index.
 struct Decoded {
     rows: Option<RecordBatch>,
     rejected: Vec<(usize, Rejection)>,
-    /// The oldest ordering value among the rows.
-    oldest: Option<Vec<u8>>,
 }
 
-/// Turns records into the mirror's stored rows: decodes each, converts its values to the
-/// declared types, and keeps the newest change of each key. `first_sequence` numbers the
-/// kept changes in stream order.
-fn changes(
-    table: &Table,
-    spec: &MirrorSpec,
-    records: &[&StreamRecord],
-    first_sequence: i64,
-) -> Result<Decoded> {
+/// Turns records into the mirror's changes: decodes each, converts its values to the
+/// declared types, and keeps the newest change of each key.
+fn changes(table: &Table, spec: &MirrorSpec, records: &[&StreamRecord]) -> Result<Decoded> {
     let mut rejected = Vec::new();
     let mut decoded: Vec<(usize, Change)> = Vec::with_capacity(records.len());
     let decoding = change_spec(spec);
@@ -140,8 +130,7 @@ fn changes(
     let deleted = BooleanArray::from_iter(decoded.iter().map(|(_, c)| Some(c.delete)));
     arrays.push(Arc::new(orders));
     arrays.push(Arc::new(deleted));
-    arrays.push(Arc::new(Int64Array::from(vec![0i64; decoded.len()])));
-    let schema = Arc::new(tributary_engine::layout::storage_schema(table));
+    let schema = Arc::new(tributary_engine::mirror::change_schema(table));
     // Rejected rows may lack their key: nullable until they are filtered out.
     let nullable: Vec<Field> = schema
         .fields()
@@ -189,33 +178,22 @@ fn changes(
     }
     let mut kept: Vec<u32> = newest.into_values().map(|row| row as u32).collect();
     kept.sort_unstable();
-    let oldest = kept
-        .iter()
-        .map(|&row| &decoded[row as usize].1.order)
-        .min()
-        .cloned();
     rejected.sort_by_key(|(index, _)| *index);
     if kept.is_empty() {
         return Ok(Decoded {
             rows: None,
             rejected,
-            oldest: None,
         });
     }
     let indices = UInt32Array::from(kept);
-    let mut columns: Vec<ArrayRef> = all
+    let columns: Vec<ArrayRef> = all
         .columns()
         .iter()
         .map(|c| arrow::compute::take(c, &indices, None))
         .collect::<std::result::Result<_, _>>()?;
-    let sequences: Int64Array = (0..indices.len() as i64)
-        .map(|i| Some(first_sequence + i))
-        .collect();
-    *columns.last_mut().expect("the sequence column") = Arc::new(sequences);
     Ok(Decoded {
         rows: Some(RecordBatch::try_new(schema, columns)?),
         rejected,
-        oldest,
     })
 }
 
@@ -304,10 +282,11 @@ pub fn view_records(batches: &[RecordBatch]) -> Result<Vec<StreamRecord>> {
 }
 
 /// Applies change records to a mirror table in the current transaction: the newest change of
-/// each key is stored, and the stored changes are folded into the base once they are many, in
-/// this transaction or, with `in_background`, by a task that commits on its own.
-/// Returns the changes stored, the records rejected (by index, with why) and the view's
-/// definition as it was.
+/// each key replaces its key's row, unless the mirror holds a newer one; then, with
+/// `in_background`, a background rewrite of the mirror's files starts if none runs (COPY
+/// rewrites them after its last chunk). A mirror stored by an earlier release is converted
+/// first. Returns the changes applied, the records rejected (by index, with why) and the
+/// view's definition as it was.
 async fn apply_records(
     engine: &Arc<dyn Host>,
     catalogs: &SessionCatalogs,
@@ -315,7 +294,7 @@ async fn apply_records(
     records: &[&StreamRecord],
     in_background: bool,
 ) -> Result<(u64, Vec<(usize, Rejection)>, MaterializedView)> {
-    let table = catalogs
+    let mut table = catalogs
         .lock_table(database, schema, name, WriteKind::Rewrite)
         .await?
         .table;
@@ -324,31 +303,31 @@ async fn apply_records(
         .as_deref()
         .cloned()
         .ok_or_else(|| Error::Internal("a mirror table without its definition".into()))?;
-    let spec = mv
+    let mut updated = mv
         .mirror
-        .as_ref()
+        .clone()
         .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
-    let decoded = changes(&table, spec, records, spec.next_sequence)?;
-    let Some(rows) = decoded.rows else {
-        return Ok((0, decoded.rejected, mv));
-    };
-    let stored = rows.num_rows() as u64;
-    let storage = storage(engine.store(), &table.path, spec)?;
-    let version = storage.append(table.version, vec![rows]).await?.version;
-    let mut updated = spec.clone();
+    if updated.keys.is_none() {
+        let (version, converted) = convert(catalogs, &table, &updated).await?;
+        table.version = version;
+        updated = converted;
+        if let Some(mv) = table.materialized.as_mut() {
+            mv.mirror = Some(updated.clone());
+        }
+    }
+    let decoded = changes(&table, &updated, records)?;
     // Every record uses a number: COPY positions its records with them.
     updated.next_sequence += records.len().max(1) as i64;
-    updated.unfolded += stored;
-    updated.changes_oldest = match (updated.changes_oldest.take(), decoded.oldest) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let fold_at = engine.streams().settings().mirror_fold_changes;
-    let fold_due = updated.unfolded >= fold_at.max(updated.base_rows / FOLD_BASE_FRACTION);
-    let version = if fold_due && !in_background {
-        fold(catalogs, &table, version, &mut updated).await?
-    } else {
-        version
+    let (stored, version) = match decoded.rows {
+        Some(rows) => {
+            let stored = rows.num_rows() as u64;
+            let applied = write_changes(catalogs.store(), &table, &updated, rows).await?;
+            if let Some(keys) = updated.keys.as_mut() {
+                keys.version = applied.keys_version;
+            }
+            (stored, applied.version)
+        }
+        None => (0, table.version),
     };
     commit_spec(
         catalogs,
@@ -357,16 +336,19 @@ async fn apply_records(
         version,
         updated,
     )?;
-    if in_background {
-        let work = if fold_due { Work::Fold } else { Work::Coalesce };
-        start_background(
-            engine,
-            &[database.clone(), schema.clone(), name.clone()],
-            &table.path,
-            work,
-        );
+    if in_background && stored > 0 {
+        background(engine, [database, schema, name], &table.path);
     }
     Ok((stored, decoded.rejected, mv))
+}
+
+/// Starts the background rewrite of the mirror's files, if it has work.
+fn background(engine: &Arc<dyn Host>, [database, schema, name]: [&String; 3], path: &str) {
+    start_background(
+        engine,
+        &[database.clone(), schema.clone(), name.clone()],
+        path,
+    );
 }
 
 /// Change records read from files by COPY (one JSON record per line), applied to a mirror
@@ -417,5 +399,20 @@ pub async fn copy_records(
             rejected.push((line, String::from_utf8_lossy(data).to_string(), reason));
         }
     }
+    // Each chunk left a file in each of the mirror's tables: merge them now, in the COPY's
+    // transaction, which holds the mirror's lock anyway.
+    let [database, schema, table_name] = name;
+    let table = catalogs
+        .pinned()
+        .table(database, schema, table_name)?
+        .clone();
+    let (version, updated) = super::compact::compact_now(catalogs, &table, false).await?;
+    commit_spec(
+        catalogs,
+        [database, schema, table_name],
+        &table.path,
+        version,
+        updated,
+    )?;
     Ok((stored, rejected))
 }

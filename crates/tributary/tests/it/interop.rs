@@ -26,7 +26,7 @@ async fn tributary_rows(client: &tokio_postgres::Client, table: &str) -> TextRow
 }
 
 /// Asserts that every external reader reads `table` as Tributary does; gives the row count.
-async fn assert_readers_agree(
+pub(crate) async fn assert_readers_agree(
     client: &tokio_postgres::Client,
     root: &std::path::Path,
     table: &str,

@@ -5,29 +5,21 @@
 //! appending rows, so it shares the view's reader, positions, runner and scan-error log: a
 //! round's changes and the new stream positions land in one catalog commit.
 //!
-//! Storage is merge-on-read, so that applying a batch costs the batch and not the table. The
-//! Delta table holds the declared columns and three hidden ones (see
-//! [`tributary_engine::mirror`], which reads them): `ORDER_COLUMN` (the change's ordering
-//! value, encoded so that byte order is value order), `DELETED_COLUMN` (a tombstone) and
-//! `SEQUENCE_COLUMN` (0 for a folded base row, else the apply sequence of
-//! a stored change). A round appends the newest change of each key it read. A reader sees a
-//! base row unless a stored change of its key is at least as new, and the newest stored
-//! change of a key unless a base row is newer or the change is a delete. Comparing orders on
-//! both sides makes replays and out-of-order changes harmless: an older change never wins.
-//! When the stored changes outgrow a share of the base, the round folds them into a new base
-//! (one rewrite, tombstones kept so that a late older change stays ignored). Until then,
-//! rounds coalesce their change files in the background (the newest change per key of the
-//! smallest files, into one file), so that a read opens a few files rather than one per
-//! round; a change dropped that way is one a newer change of its key supersedes anyway.
+//! The mirror's Delta table holds exactly its live rows in the declared columns, so any Delta
+//! reader sees what `SELECT *` shows; its key table beside it holds every key's newest
+//! ordering value, deleted keys included (see [`tributary_engine::mirror`]). A round marks
+//! the rows its changes replace in deletion vectors and adds the new rows, and drops a change
+//! older than its key's: replays and out-of-order changes are harmless. Background rewrites
+//! merge the small files rounds leave and purge mostly deleted ones; VACUUM does it at once.
 
 use datafusion::sql::sqlparser::ast::{CreateTable, ObjectName};
 use serde_json::Value;
 use tributary_catalog::{
-    ChangeFormat, Constraint, MaterializedView, MirrorSpec, Relation, SqlType, ViewInput,
+    ChangeFormat, Constraint, KeyTable, MaterializedView, MirrorSpec, Relation, SqlType, ViewInput,
 };
-use tributary_engine::mirror::spec;
+use tributary_engine::mirror::{key_schema, key_table_path, spec};
 use tributary_engine::transaction::WriteKind;
-use tributary_streaming::mirror::{commit_spec, fold};
+use tributary_streaming::mirror::{commit_spec, compact_now};
 use tributary_syntax::extension::MirrorClauses;
 
 use crate::context::Context;
@@ -128,8 +120,32 @@ pub(crate) async fn create(
             base_newest: None,
             changes_oldest: None,
             folds: 0,
+            keys: None,
         }),
     }));
+    // The key table first, so that a failure leaves nothing behind.
+    let keys_path = key_table_path(&table.path);
+    let keys_schema = match tributary_engine::mirror::spec(&table) {
+        Some(spec) => key_schema(&table, spec),
+        None => return Err(Error::Internal("not a mirror table".into())),
+    };
+    cx.catalogs().record_created(&keys_path);
+    let keys_version = cx
+        .engine()
+        .storage
+        .table(&keys_path)?
+        .create(&keys_schema)
+        .await?;
+    if let Some(mirror) = table
+        .materialized
+        .as_mut()
+        .and_then(|mv| mv.mirror.as_mut())
+    {
+        mirror.keys = Some(KeyTable {
+            path: keys_path,
+            version: keys_version,
+        });
+    }
     store_view_table(cx, [&database, &schema, &name], table).await?;
     Ok(Output::command("CREATE TABLE"))
 }
@@ -193,9 +209,10 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `VACUUM [table]`: folds a mirror table's stored changes into its base now (without a
-/// name, every mirror table of the database). Other tables need nothing: background
-/// maintenance compacts and vacuums them.
+/// `VACUUM [table]`: rewrites a mirror table's files now, as one file of live rows in each of
+/// its Delta tables (without a name, every mirror table of the database); a mirror stored by
+/// an earlier release is converted first. Other tables need nothing: background maintenance
+/// compacts and vacuums them.
 pub(crate) async fn vacuum(cx: &mut Context, name: Option<ObjectName>) -> Result<Output> {
     let database = cx.database().to_string();
     let pinned = cx.catalogs().pinned();
@@ -235,13 +252,16 @@ pub(crate) async fn vacuum(cx: &mut Context, name: Option<ObjectName>) -> Result
             .lock_table(&database, &schema, &name, WriteKind::Rewrite)
             .await?
             .table;
-        if spec(&table).is_some_and(|s| s.unfolded == 0) {
-            continue;
-        }
-        let mut updated = spec(&table)
-            .cloned()
-            .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
-        let version = fold(catalogs, &table, table.version, &mut updated).await?;
+        let (version, updated) = if tributary_engine::mirror::is_legacy(&table) {
+            let spec = spec(&table)
+                .cloned()
+                .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
+            let (version, converted) =
+                tributary_streaming::mirror::convert(catalogs, &table, &spec).await?;
+            (version, converted)
+        } else {
+            compact_now(catalogs, &table, true).await?
+        };
         commit_spec(
             catalogs,
             [&database, &schema, &name],

@@ -1,0 +1,262 @@
+//! Rewrites that run beside the table's writers: some files' live rows are written to new
+//! files without the table's lock, and committed later in their place on top of whatever the
+//! writers committed meanwhile. Rows the writers marked deleted in a rewritten file since the
+//! rewrite read it are marked deleted in the new files, so a rewrite never waits for writers,
+//! never makes them wait longer than its commit, and never brings a deleted row back.
+
+use std::collections::HashMap;
+
+use deltalake::kernel::{Action, Add};
+use roaring::RoaringTreemap;
+
+use super::deletion::{action_line, add_rows, with_deletion_vectors};
+use super::{StagedFiles, TableHandle};
+use crate::{Error, Result};
+
+/// Files' live rows written to new files, not committed yet ([`TableHandle::prepare_rewrite`]).
+#[derive(Debug)]
+pub struct Rewrite {
+    /// The rewritten files, in the order their live rows were written: path, rows deleted at
+    /// the version read, rows in the file.
+    sources: Vec<(String, RoaringTreemap, u64)>,
+    staged: StagedFiles,
+}
+
+impl Rewrite {
+    /// Live rows the rewrite read.
+    pub fn rows(&self) -> u64 {
+        self.staged.rows
+    }
+
+    /// The files it rewrites.
+    pub fn paths(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .map(|(path, _, _)| path.clone())
+            .collect()
+    }
+}
+
+impl TableHandle {
+    /// Writes the live rows of `paths` (files of `version`) to new files, file after file
+    /// in row order, one file's rows in memory at a time. Nothing is committed:
+    /// [`Self::commit_rewrite`] does that. Files never committed are deleted by VACUUM.
+    pub async fn prepare_rewrite(&self, version: u64, paths: &[String]) -> Result<Rewrite> {
+        let table = self.load(version).await?;
+        let mut adds: HashMap<String, Add> = HashMap::new();
+        for file in table.snapshot()?.log_data().iter() {
+            #[expect(
+                deprecated,
+                reason = "the deletion vector and row count of the add action"
+            )]
+            let add = file.add_action();
+            adds.insert(add.path.clone(), add);
+        }
+        let mut sources = Vec::with_capacity(paths.len());
+        let mut writer = None;
+        let mut written = 0;
+        for path in paths {
+            let add = adds.get(path).ok_or_else(|| {
+                Error::Internal(format!("{path} is not a data file of version {version}"))
+            })?;
+            let deleted = match &add.deletion_vector {
+                Some(descriptor) => self.read_vector(descriptor).await?,
+                None => RoaringTreemap::new(),
+            };
+            let rows = add_rows(add)?;
+            // One partition, so the live rows come in the file's order.
+            let config = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
+            let ctx = datafusion::prelude::SessionContext::new_with_config(config);
+            let provider = self
+                .provider_of(version, std::slice::from_ref(path))
+                .await?;
+            let batches: Vec<_> = ctx
+                .read_table(provider)?
+                .collect()
+                .await?
+                .into_iter()
+                .filter(|b| b.num_rows() > 0)
+                .collect();
+            let live: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            if live != rows - deleted.len() {
+                return Err(Error::Internal(format!(
+                    "{path}: read {live} live rows, its statistics and vector say {}",
+                    rows - deleted.len()
+                )));
+            }
+            for batch in &batches {
+                let writer = match writer.as_mut() {
+                    Some(writer) => writer,
+                    None => writer.insert(self.file_writer(
+                        &table,
+                        batch.schema(),
+                        estimate(&adds, paths),
+                    )?),
+                };
+                writer.write(batch).await?;
+            }
+            written += live;
+            sources.push((path.clone(), deleted, rows));
+        }
+        let adds = match writer {
+            Some(writer) => writer.close().await?,
+            None => Vec::new(),
+        };
+        Ok(Rewrite {
+            sources,
+            staged: StagedFiles {
+                adds,
+                rows: written,
+            },
+        })
+    }
+
+    /// Commits `rewrite` on top of `on_version` (the caller holds the table's write lock):
+    /// its files in place of the rewritten ones, with the rows deleted from those since the
+    /// rewrite read them marked deleted in the new files. Returns the new version, or
+    /// [`Error::Conflict`] if a rewritten file is gone (another rewrite replaced it).
+    pub async fn commit_rewrite(&self, on_version: u64, rewrite: Rewrite) -> Result<u64> {
+        let table = self.load(on_version).await?;
+        let snapshot = table.snapshot()?;
+        let mut present = HashMap::new();
+        for file in snapshot.log_data().iter() {
+            #[expect(deprecated, reason = "the deletion vector of the add action")]
+            let add = file.add_action();
+            present.insert(add.path.clone(), (add, file.remove_action(true)));
+        }
+        // Each staged file's first row in the concatenation of the rewritten files' live rows.
+        let mut starts = Vec::with_capacity(rewrite.staged.adds.len());
+        let mut next = 0;
+        for add in &rewrite.staged.adds {
+            starts.push(next);
+            next += add_rows(add)?;
+        }
+        let mut deleted: Vec<RoaringTreemap> = vec![RoaringTreemap::new(); starts.len()];
+        let mut lines = Vec::new();
+        let mut offset = 0;
+        for (path, read_deleted, rows) in &rewrite.sources {
+            let Some((add, remove)) = present.remove(path) else {
+                return Err(Error::Conflict {
+                    path: self.path.clone(),
+                });
+            };
+            lines.push(action_line(Action::Remove(remove))?);
+            if let Some(descriptor) = &add.deletion_vector {
+                let now = self.read_vector(descriptor).await?;
+                for row in &now - read_deleted {
+                    // Its place among the file's live rows as read, then in the new files.
+                    let position = offset + row - read_deleted.rank(row);
+                    let file = starts.partition_point(|start| *start <= position) - 1;
+                    deleted[file].insert(position - starts[file]);
+                }
+            }
+            offset += rows - read_deleted.len();
+        }
+        let mut marked = Vec::new();
+        for (add, rows) in rewrite.staged.adds.into_iter().zip(deleted) {
+            if rows.is_empty() {
+                lines.push(action_line(Action::Add(add))?);
+            } else {
+                marked.push((add, rows));
+            }
+        }
+        if !marked.is_empty()
+            && let Some(protocol) = with_deletion_vectors(snapshot.protocol())
+        {
+            lines.insert(0, protocol);
+        }
+        lines.extend(self.vector_lines(marked).await?);
+        self.write_commit(&table, on_version, lines, "OPTIMIZE")
+            .await
+    }
+}
+
+/// The rows of `paths` by their statistics, for the writer's bloom filter sizes.
+fn estimate(adds: &HashMap<String, Add>, paths: &[String]) -> usize {
+    paths
+        .iter()
+        .filter_map(|path| add_rows(adds.get(path)?).ok())
+        .sum::<u64>() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use arrow::array::{Int32Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use crate::table::deletion::tests::ids;
+    use crate::{RowChanges, StorageRoot};
+
+    fn deleted(path: &str, rows: impl IntoIterator<Item = u64>) -> RowChanges {
+        RowChanges {
+            deleted: BTreeMap::from([(path.to_string(), rows.into_iter().collect())]),
+            added: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_keeps_the_rows_deleted_while_it_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let table = root.table("db/s/t").unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let mut version = table.create(&schema).await.unwrap();
+        for ids in [0..100, 100..200] {
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int32Array::from_iter_values(ids))],
+            )
+            .unwrap();
+            version = table.append(version, vec![batch]).await.unwrap().version;
+        }
+        let files = table.files(version).await.unwrap();
+        let (first, second) = if files[0].min_values["id"] == 0 {
+            (files[0].path.clone(), files[1].path.clone())
+        } else {
+            (files[1].path.clone(), files[0].path.clone())
+        };
+        // Rows 0..10 of the first file and every even row of the second are gone when the
+        // rewrite reads them.
+        version = table
+            .change_rows(version, deleted(&first, 0..10), "DELETE")
+            .await
+            .unwrap();
+        version = table
+            .change_rows(version, deleted(&second, (0..100).step_by(2)), "DELETE")
+            .await
+            .unwrap();
+        let read = version;
+        let rewrite = table
+            .prepare_rewrite(read, &[first.clone(), second.clone()])
+            .await
+            .unwrap();
+        assert_eq!(rewrite.rows(), 90 + 50);
+        // Meanwhile a writer deletes ids 10, 55, 99 (first file) and 101, 199 (second).
+        version = table
+            .change_rows(version, deleted(&first, [10, 55, 99]), "DELETE")
+            .await
+            .unwrap();
+        version = table
+            .change_rows(version, deleted(&second, [1, 99]), "DELETE")
+            .await
+            .unwrap();
+        let expected = ids(&table, version).await;
+        let committed = table.commit_rewrite(version, rewrite).await.unwrap();
+        assert_eq!(ids(&table, committed).await, expected);
+        assert_eq!(expected.len(), 140 - 5);
+        let files = table.files(committed).await.unwrap();
+        assert_eq!(files.len(), 1, "the two files' live rows became one file");
+        assert!(files.iter().all(|f| f.path != first && f.path != second));
+        assert_eq!(files.iter().map(|f| f.deleted).sum::<u64>(), 5);
+
+        // A rewrite of a file that another rewrite replaced meanwhile is refused.
+        let stale = table.prepare_rewrite(read, &[first]).await.unwrap();
+        assert!(matches!(
+            table.commit_rewrite(committed, stale).await,
+            Err(crate::Error::Conflict { .. })
+        ));
+    }
+}

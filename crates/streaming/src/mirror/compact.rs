@@ -1,0 +1,322 @@
+//! Keeping a mirror's files few and free of deleted rows: files whose deletion vectors mark a
+//! quarter of their rows, and the small files rounds leave (one per round in each of the
+//! mirror's two Delta tables), are rewritten with their live rows, in the background beside
+//! the rounds or at once by VACUUM.
+
+use std::sync::Arc;
+
+use tributary_catalog::{MirrorSpec, Table};
+use tributary_engine::catalog_list::SessionCatalogs;
+use tributary_engine::mirror::spec;
+use tributary_engine::transaction::WriteKind;
+use tributary_storage::DataFile;
+
+use super::keyed::storage;
+use crate::host::Host;
+use crate::{Error, Result};
+
+/// A file whose deletion vector marks at least this fraction of its rows is rewritten.
+const PURGE_FRACTION: f64 = 0.25;
+
+/// A rewrite of small files starts once a table has this many of them, and merges at least
+/// this many.
+const COALESCE_FILES: usize = 8;
+
+/// Small files a table may have before a rewrite merges the smallest ones whatever their
+/// sizes.
+const COALESCE_FILES_MAX: usize = 16;
+
+/// Passes a background rewrite makes at most before it ends.
+const REWRITE_PASSES: usize = 4;
+
+/// Pins the mirror's new table version and its updated bookkeeping (with its key table's
+/// version) in the transaction.
+pub fn commit_spec(
+    catalogs: &SessionCatalogs,
+    [database, schema, name]: [&String; 3],
+    path: &str,
+    version: u64,
+    updated: MirrorSpec,
+) -> Result<()> {
+    catalogs.record_written(path);
+    if let Some(keys) = &updated.keys {
+        catalogs.record_written(&keys.path);
+    }
+    catalogs.modify(|state| {
+        let target = state.table_mut(database, schema, name)?;
+        target.version = version;
+        if let Some(mv) = target.materialized.as_mut() {
+            mv.mirror = Some(updated);
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// The files of a table a rewrite takes: those mostly deleted, and the smallest others while
+/// each next one holds no more rows than those taken before it together (so a row is
+/// rewritten about log2(rows / round) times, as in a binary counter), once there are
+/// [`COALESCE_FILES`] of them or the table has [`COALESCE_FILES_MAX`]. With `all`, every
+/// file, if that makes fewer files or drops deleted rows.
+fn choose(files: Vec<DataFile>, all: bool) -> Vec<String> {
+    if all {
+        if files.len() > 1 || files.iter().any(|f| f.deleted > 0) {
+            return files.into_iter().map(|f| f.path).collect();
+        }
+        return Vec::new();
+    }
+    let (mut purged, mut rest): (Vec<DataFile>, Vec<DataFile>) = files
+        .into_iter()
+        .partition(|f| f.deleted > 0 && f.deleted as f64 >= f.rows as f64 * PURGE_FRACTION);
+    rest.sort_by_key(|f| f.rows - f.deleted);
+    let mut total = 0;
+    let mut taken = 0;
+    for file in &rest {
+        let live = file.rows - file.deleted;
+        if taken >= 2 && live > total {
+            break;
+        }
+        total += live;
+        taken += 1;
+    }
+    if taken < COALESCE_FILES {
+        taken = if rest.len() < COALESCE_FILES_MAX {
+            0
+        } else {
+            COALESCE_FILES
+        };
+    }
+    rest.truncate(taken);
+    purged.extend(rest);
+    purged.into_iter().map(|f| f.path).collect()
+}
+
+/// The mirror's Delta tables: its own path and version, and its key table's.
+fn tables(table: &Table) -> Vec<(String, u64)> {
+    table.storage_pins()
+}
+
+/// Rewrites the chosen files of both of the mirror's tables at once, in the current
+/// transaction, which holds the mirror's lock (VACUUM): every file with `all`. Returns the
+/// table's new version and the bookkeeping with the key table's.
+pub async fn compact_now(
+    catalogs: &SessionCatalogs,
+    table: &Table,
+    all: bool,
+) -> Result<(u64, MirrorSpec)> {
+    let mut spec = spec(table)
+        .cloned()
+        .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
+    let mut version = table.version;
+    for (path, pinned) in tables(table) {
+        let handle = storage(catalogs.store(), &path, &spec)?;
+        let chosen = choose(handle.files(pinned).await?, all);
+        if chosen.is_empty() {
+            continue;
+        }
+        let rewrite = handle.prepare_rewrite(pinned, &chosen).await?;
+        let new = handle.commit_rewrite(pinned, rewrite).await?;
+        match spec.keys.as_mut() {
+            Some(keys) if keys.path == path => keys.version = new,
+            _ => version = new,
+        }
+    }
+    Ok((version, spec))
+}
+
+/// Starts a background rewrite of the mirror unless one runs; a later round asks again.
+pub fn start_background(engine: &Arc<dyn Host>, name: &[String; 3], path: &str) {
+    if !engine.streams().begin_work(path) {
+        return;
+    }
+    /// Ends the work's mark however its task ends (a panic included), so that a later round
+    /// can start it again.
+    struct Running(Arc<dyn Host>, String);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.streams().end_work(&self.1);
+        }
+    }
+    let running = Running(engine.clone(), path.to_string());
+    let engine = engine.clone();
+    let name = name.clone();
+    let path = path.to_string();
+    tributary_engine::runtime::spawn_background(async move {
+        let _running = running;
+        let started = std::time::Instant::now();
+        // Rounds that end while this runs start no other rewrite: pass again while a pass
+        // finds work (a few passes at most).
+        let mut done = Ok(0);
+        for _ in 0..REWRITE_PASSES {
+            match background_rewrite(&engine, &name, &path).await {
+                Ok(0) => break,
+                Ok(rows) => done = done.map(|total| total + rows),
+                Err(err) => {
+                    done = Err(err);
+                    break;
+                }
+            }
+        }
+        match done {
+            Ok(0) => {}
+            Ok(rows) => {
+                engine
+                    .metrics()
+                    .mirror_work
+                    .get_or_create(&vec![("kind", "rewrite".to_string())])
+                    .inc();
+                tracing::debug!(
+                    table = %name[2],
+                    rows,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "rewrote the mirror's files"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(table = %name[2], error = %err, "mirror rewrite failed; a later round retries")
+            }
+        }
+    });
+}
+
+/// The mirror stored at `path` as committed; None when it was dropped or replaced.
+fn committed(
+    engine: &dyn Host,
+    [database, schema, name]: &[String; 3],
+    path: &str,
+) -> Option<Table> {
+    let read = engine
+        .store()
+        .catalog_snapshot()
+        .table(database, schema, name)
+        .ok()?
+        .clone();
+    (read.path == path && spec(&read).is_some_and(|s| s.keys.is_some())).then_some(read)
+}
+
+/// Rewrites the chosen files of each of the mirror's tables as committed, without holding its
+/// lock, then commits each rewrite holding the lock briefly, on top of what rounds committed
+/// meanwhile (rows they deleted from the rewritten files stay deleted). Returns the rows
+/// rewritten.
+async fn background_rewrite(engine: &Arc<dyn Host>, name: &[String; 3], path: &str) -> Result<u64> {
+    let mut rewritten = 0;
+    let Some(read) = committed(engine.as_ref(), name, path) else {
+        return Ok(0);
+    };
+    let read_spec = spec(&read).cloned().expect("checked by committed");
+    for (target, pinned) in tables(&read) {
+        let handle = storage(engine.store(), &target, &read_spec)?;
+        let chosen = choose(handle.files(pinned).await?, false);
+        if chosen.is_empty() {
+            continue;
+        }
+        let rewrite = handle.prepare_rewrite(pinned, &chosen).await?;
+        let rows = rewrite.rows();
+        let session = engine.clone().session(&read.owner, &name[0])?;
+        let catalogs = session.catalogs().clone();
+        let [database, schema, table_name] = name;
+        let commit = async {
+            let current = catalogs
+                .lock_table(database, schema, table_name, WriteKind::Rewrite)
+                .await?
+                .table;
+            if current.path != path {
+                return Ok(false);
+            }
+            let Some(on) = current
+                .storage_pins()
+                .into_iter()
+                .find(|(p, _)| *p == target)
+                .map(|(_, version)| version)
+            else {
+                return Ok(false);
+            };
+            let version = match handle.commit_rewrite(on, rewrite).await {
+                Ok(version) => version,
+                // Another rewrite replaced a file meanwhile: this one is given up.
+                Err(tributary_storage::Error::Conflict { .. }) => return Ok(false),
+                Err(err) => return Err(Error::from(err)),
+            };
+            let mut updated = spec(&current)
+                .cloned()
+                .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
+            let table_version = match updated.keys.as_mut() {
+                Some(keys) if keys.path == target => {
+                    keys.version = version;
+                    current.version
+                }
+                _ => version,
+            };
+            commit_spec(
+                &catalogs,
+                [database, schema, table_name],
+                path,
+                table_version,
+                updated,
+            )?;
+            Ok(true)
+        };
+        if catalogs
+            .locked_transaction([database, schema, table_name], commit)
+            .await?
+        {
+            rewritten += rows;
+        }
+    }
+    Ok(rewritten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(rows: &[(u64, u64)]) -> Vec<DataFile> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, &(rows, deleted))| DataFile {
+                path: format!("f{i}"),
+                rows,
+                deleted,
+                bytes: 0,
+                min_values: Default::default(),
+            })
+            .collect()
+    }
+
+    fn chosen(rows: &[u64]) -> Vec<String> {
+        let rows: Vec<(u64, u64)> = rows.iter().map(|&r| (r, 0)).collect();
+        choose(files(&rows), false)
+    }
+
+    fn names(indexes: impl IntoIterator<Item = usize>) -> Vec<String> {
+        indexes.into_iter().map(|i| format!("f{i}")).collect()
+    }
+
+    #[test]
+    fn small_files_are_merged_like_a_binary_counter() {
+        // Too few files: nothing.
+        assert!(chosen(&[5; 7]).is_empty());
+        // Eight rounds' files become one.
+        assert_eq!(chosen(&[5; 8]).len(), 8);
+        // The merged file joins once the small ones add up to it.
+        assert_eq!(chosen(&[40, 5, 5, 5, 5, 5, 5, 5, 5]).len(), 9);
+        // A big file stays out while the small ones are fewer than it.
+        assert!(chosen(&[1000, 5, 5, 5, 5, 5, 5, 5]).is_empty());
+        let taken = chosen(&[1000, 80, 5, 5, 5, 5, 5, 5, 5, 5]);
+        assert_eq!(taken, names(2..10));
+        // Files that keep doubling never qualify alone; at 16 files the smallest 8 merge.
+        let doubling: Vec<u64> = (0..16).map(|i| 1 << i).collect();
+        assert_eq!(chosen(&doubling), names(0..8));
+        assert!(chosen(&doubling[..15]).is_empty());
+    }
+
+    #[test]
+    fn mostly_deleted_files_are_purged_and_vacuum_takes_everything() {
+        let table = files(&[(1000, 300), (1000, 100), (10, 0)]);
+        assert_eq!(choose(table.clone(), false), names([0]));
+        assert_eq!(choose(table, true), names(0..3));
+        // One clean file: VACUUM has nothing to do.
+        assert!(choose(files(&[(1000, 0)]), true).is_empty());
+        assert_eq!(choose(files(&[(1000, 1)]), true), names([0]));
+    }
+}

@@ -1,0 +1,302 @@
+//! Applying a round's changes by key: the mirror's table gets the new rows and deletion
+//! vectors for the rows they replace; its key table gets each changed key's new ordering
+//! value. A change older than the key's stored one is dropped here. Also the conversion of a
+//! mirror stored by an earlier release.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Int64Type, Schema, UInt32Type};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use tributary_catalog::{KeyTable, MirrorSpec, Table};
+use tributary_engine::catalog_list::SessionCatalogs;
+use tributary_engine::layout::{cast_batch, storage_schema};
+use tributary_engine::mirror::{
+    DELETED_COLUMN, ORDER_COLUMN, key_schema, key_table_path, merged_plan,
+};
+use tributary_engine::store::Store;
+use tributary_storage::{FILE_COLUMN, ROW_COLUMN, RowChanges, RowScan, TableHandle};
+
+use crate::{Error, Result};
+
+/// The mirror's Delta table (or its key table): files index the key in bloom filters, so a
+/// lookup by key skips the files and row groups that do not hold it.
+pub fn storage(store: &Store, path: &str, spec: &MirrorSpec) -> Result<TableHandle> {
+    Ok(store.storage.table(path)?.with_bloom_filters(&spec.key))
+}
+
+/// The versions a round's commits made: the mirror's table and its key table.
+pub struct Applied {
+    pub version: u64,
+    pub keys_version: u64,
+}
+
+/// Applies `changes` (in [`tributary_engine::mirror::change_schema`], one per key) to the mirror as of its pinned
+/// versions: one commit on its key table and one on its table, which the caller pins in its
+/// transaction.
+pub async fn write_changes(
+    store: &Store,
+    table: &Table,
+    spec: &MirrorSpec,
+    changes: RecordBatch,
+) -> Result<Applied> {
+    let keys = spec
+        .keys
+        .as_ref()
+        .ok_or_else(|| Error::Internal("a mirror table without its key table".into()))?;
+    let rows = storage(store, &table.path, spec)?;
+    let key_rows = storage(store, &keys.path, spec)?;
+    let ctx = SessionContext::new();
+    let schema = changes.schema();
+    ctx.register_table(
+        "c",
+        Arc::new(MemTable::try_new(schema.clone(), vec![vec![changes]])?),
+    )?;
+    let key_scan = Arc::new(key_rows.row_scan(keys.version).await?);
+    ctx.register_table("k", key_scan.clone())?;
+    let on = |left: &str, right: &str| -> String {
+        spec.key
+            .iter()
+            .map(|k| format!("{left}.{} = {right}.{}", quote(k), quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    // The changes at least as new as their key's stored one (or of a new key), with where
+    // that key's row lives in the key table and whether the key is live now.
+    let order = quote(ORDER_COLUMN);
+    let winners = ctx
+        .sql(&format!(
+            "SELECT c.*, k.{file} AS __key_file, k.{row} AS __key_row, \
+             k.{deleted} AS __was_deleted \
+             FROM c LEFT JOIN k ON {on} \
+             WHERE k.{order} IS NULL OR c.{order} >= k.{order}",
+            file = quote(FILE_COLUMN),
+            row = quote(ROW_COLUMN),
+            deleted = quote(DELETED_COLUMN),
+            on = on("c", "k"),
+        ))
+        .await?
+        .collect()
+        .await?;
+    let winners = arrow::compute::concat_batches(
+        &winners
+            .first()
+            .map(RecordBatch::schema)
+            .unwrap_or_else(|| Arc::new(winner_schema(&schema))),
+        &winners,
+    )?;
+    let declared = table.columns.len();
+    let key_indexes: Vec<usize> = spec
+        .key
+        .iter()
+        .filter_map(|k| table.columns.iter().position(|c| &c.name == k))
+        .collect();
+    // Live before: the key table has the key, not deleted.
+    let was_live = arrow::compute::not(&fill_true(winners.column(declared + 4).as_boolean()))?;
+    // The rows the winners replace in the table: those of the keys that were live.
+    let mut replaced: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let live_keys = filter_record_batch(&winners.project(&key_indexes)?, &was_live)?;
+    let table_scan = if live_keys.num_rows() > 0 {
+        let scan = Arc::new(rows.row_scan(table.version).await?);
+        ctx.register_table("p", scan.clone())?;
+        ctx.register_table(
+            "w",
+            Arc::new(MemTable::try_new(
+                live_keys.schema(),
+                vec![vec![live_keys]],
+            )?),
+        )?;
+        let located = ctx
+            .sql(&format!(
+                "SELECT p.{file}, p.{row} FROM p JOIN w ON {on}",
+                file = quote(FILE_COLUMN),
+                row = quote(ROW_COLUMN),
+                on = on("p", "w"),
+            ))
+            .await?
+            .collect()
+            .await?;
+        locate(&scan, &located, 0, &mut replaced)?;
+        Some(scan)
+    } else {
+        None
+    };
+    drop(table_scan);
+    let mut stale_keys: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    locate(
+        &key_scan,
+        std::slice::from_ref(&winners),
+        declared + 2,
+        &mut stale_keys,
+    )?;
+
+    // The key table's new rows: every winner's key, order and deletion mark.
+    let key_columns: Vec<usize> = key_indexes
+        .iter()
+        .copied()
+        .chain([declared, declared + 1])
+        .collect();
+    let key_schema = Arc::new(key_schema(table, spec));
+    let new_keys = cast_batch(&winners.project(&key_columns)?, &key_schema)?;
+    // The table's new rows: the winners that are not deletions, in the declared columns.
+    let deleted = winners.column(declared + 1).as_boolean();
+    let inserted = filter_record_batch(
+        &winners.project(&(0..declared).collect::<Vec<_>>())?,
+        &arrow::compute::not(deleted)?,
+    )?;
+    let inserted = cast_batch(&inserted, &Arc::new(storage_schema(table)))?;
+
+    let added = if new_keys.num_rows() > 0 {
+        Some(key_rows.stage(keys.version, &[new_keys]).await?)
+    } else {
+        None
+    };
+    let keys_version = key_rows
+        .change_rows(
+            keys.version,
+            RowChanges {
+                deleted: stale_keys,
+                added,
+            },
+            "MERGE",
+        )
+        .await?;
+    let added = if inserted.num_rows() > 0 {
+        Some(rows.stage(table.version, &[inserted]).await?)
+    } else {
+        None
+    };
+    let version = rows
+        .change_rows(
+            table.version,
+            RowChanges {
+                deleted: replaced,
+                added,
+            },
+            "MERGE",
+        )
+        .await?;
+    Ok(Applied {
+        version,
+        keys_version,
+    })
+}
+
+/// The schema of the winners query when it returned no batch.
+fn winner_schema(changes: &Schema) -> Schema {
+    use arrow::datatypes::{DataType, Field};
+    Schema::new(
+        changes
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .chain([
+                Field::new("__key_file", DataType::UInt32, true),
+                Field::new("__key_row", DataType::Int64, true),
+                Field::new("__was_deleted", DataType::Boolean, true),
+            ])
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// A boolean column with its nulls as true.
+fn fill_true(values: &arrow::array::BooleanArray) -> arrow::array::BooleanArray {
+    values.iter().map(|v| Some(v.unwrap_or(true))).collect()
+}
+
+/// Adds the rows that `batches` locate (a file number in column `at`, its row index in the
+/// next) to `into`, by file path.
+fn locate(
+    scan: &RowScan,
+    batches: &[RecordBatch],
+    at: usize,
+    into: &mut BTreeMap<String, Vec<u64>>,
+) -> Result<()> {
+    for batch in batches {
+        let files = arrow::compute::cast(batch.column(at), &arrow::datatypes::DataType::UInt32)?;
+        let files = files.as_primitive::<UInt32Type>();
+        let rows = arrow::compute::cast(batch.column(at + 1), &arrow::datatypes::DataType::Int64)?;
+        let rows = rows.as_primitive::<Int64Type>();
+        for (file, row) in files.iter().zip(rows.iter()) {
+            let (Some(file), Some(row)) = (file, row) else {
+                continue;
+            };
+            let path = scan
+                .path_of(file)
+                .ok_or_else(|| Error::Internal(format!("file number {file} names no file")))?;
+            into.entry(path.to_string()).or_default().push(row as u64);
+        }
+    }
+    Ok(())
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Converts a mirror stored by an earlier release (base rows and changes with hidden
+/// columns, merged on read) in the current transaction: its table is overwritten with its
+/// live rows in the declared columns, and its key table is created with every key's newest
+/// ordering value, deleted keys included. Returns the table's new version and the updated
+/// bookkeeping; the caller pins both. The merged rows are collected in memory, once.
+pub async fn convert(
+    catalogs: &SessionCatalogs,
+    table: &Table,
+    spec: &MirrorSpec,
+) -> Result<(u64, MirrorSpec)> {
+    let store = catalogs.store();
+    let rows = storage(store, &table.path, spec)?;
+    let provider = rows.provider(table.version).await?;
+    let plan = merged_plan(provider, table, spec, true)?;
+    let context = tributary_engine::planning::expression_context();
+    let merged = context.execute_logical_plan(plan).await?.collect().await?;
+    let declared = table.columns.len();
+    let mut converted = spec.clone();
+    let keys_path = key_table_path(&table.path);
+    converted.keys = Some(KeyTable {
+        path: keys_path.clone(),
+        version: 0,
+    });
+    let mut new_table = table.clone();
+    if let Some(mv) = new_table.materialized.as_mut() {
+        mv.mirror = Some(converted.clone());
+    }
+    let live_schema = Arc::new(storage_schema(&new_table));
+    let key_schema = Arc::new(key_schema(table, spec));
+    let key_indexes: Vec<usize> = spec
+        .key
+        .iter()
+        .filter_map(|k| table.columns.iter().position(|c| &c.name == k))
+        .chain([declared, declared + 1])
+        .collect();
+    let mut live = Vec::new();
+    let mut key_batches = Vec::new();
+    for batch in &merged {
+        let deleted = batch.column(declared + 1).as_boolean();
+        let kept = arrow::compute::not(&fill_true(deleted))?;
+        let declared_rows = batch.project(&(0..declared).collect::<Vec<_>>())?;
+        live.push(cast_batch(
+            &filter_record_batch(&declared_rows, &kept)?,
+            &live_schema,
+        )?);
+        key_batches.push(cast_batch(&batch.project(&key_indexes)?, &key_schema)?);
+    }
+    let key_rows = storage(store, &keys_path, spec)?;
+    catalogs.record_created(&keys_path);
+    let created = key_rows.create(&key_schema).await?;
+    let keys_version = key_rows.append(created, key_batches).await?.version;
+    catalogs.record_written(&table.path);
+    let version = rows.overwrite(table.version, live, &live_schema).await?;
+    if let Some(keys) = converted.keys.as_mut() {
+        keys.version = keys_version;
+    }
+    converted.unfolded = 0;
+    converted.base_rows = 0;
+    converted.base_newest = None;
+    converted.changes_oldest = None;
+    tracing::info!(table = %table.path, "converted a mirror table to live rows and a key table");
+    Ok((version, converted))
+}
