@@ -205,7 +205,7 @@ impl SessionCatalogs {
             let storage = self.store().storage.table(&keys.path)?;
             if storage.has_commits_after(keys.version).await? {
                 tracing::warn!(table = %name, pinned = keys.version, "undoing key table commits that never became visible");
-                keys_clean = Some(storage.restore(keys.version).await?);
+                keys_clean = Some((keys.path.clone(), storage.restore(keys.version).await?));
             }
         }
         let mut slot = self.transaction_slot();
@@ -243,18 +243,14 @@ impl SessionCatalogs {
             txn.working = Arc::new(working);
             table.version = version;
         }
-        if let Some(version) = keys_clean {
+        if let Some((path, version)) = &keys_clean {
             let mut working = (*txn.working).clone();
-            if let Some(keys) = committed.key_table()
-                && let Some(pin) = pin_by_path_mut(&mut working, &keys.path)
-            {
-                *pin = version;
+            if let Some(pin) = pin_by_path_mut(&mut working, path) {
+                *pin = *version;
             }
             txn.working = Arc::new(working);
-            if let Some(keys) = committed.key_table()
-                && let Some(pin) = table.pin_mut(&keys.path)
-            {
-                *pin = version;
+            if let Some(pin) = table.pin_mut(path) {
+                *pin = *version;
             }
         }
         txn.locked

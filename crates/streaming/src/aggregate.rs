@@ -152,7 +152,8 @@ fn parse(merges: &[(String, String)]) -> Vec<Merge> {
         .collect()
 }
 
-fn quoted(name: &str) -> String {
+/// A name as a quoted SQL identifier.
+pub(crate) fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

@@ -337,18 +337,10 @@ async fn apply_records(
         updated,
     )?;
     if in_background && stored > 0 {
-        background(engine, [database, schema, name], &table.path);
+        let name = [database.clone(), schema.clone(), name.clone()];
+        start_background(engine, &name, &table.path);
     }
     Ok((stored, decoded.rejected, mv))
-}
-
-/// Starts the background rewrite of the mirror's files, if it has work.
-fn background(engine: &Arc<dyn Host>, [database, schema, name]: [&String; 3], path: &str) {
-    start_background(
-        engine,
-        &[database.clone(), schema.clone(), name.clone()],
-        path,
-    );
 }
 
 /// Change records read from files by COPY (one JSON record per line), applied to a mirror

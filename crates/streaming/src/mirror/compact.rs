@@ -91,11 +91,6 @@ fn choose(files: Vec<DataFile>, all: bool) -> Vec<String> {
     purged.into_iter().map(|f| f.path).collect()
 }
 
-/// The mirror's Delta tables: its own path and version, and its key table's.
-fn tables(table: &Table) -> Vec<(String, u64)> {
-    table.storage_pins()
-}
-
 /// Rewrites the chosen files of both of the mirror's tables at once, in the current
 /// transaction, which holds the mirror's lock (VACUUM): every file with `all`. Returns the
 /// table's new version and the bookkeeping with the key table's.
@@ -108,7 +103,7 @@ pub async fn compact_now(
         .cloned()
         .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
     let mut version = table.version;
-    for (path, pinned) in tables(table) {
+    for (path, pinned) in table.storage_pins() {
         let handle = storage(catalogs.store(), &path, &spec)?;
         let chosen = choose(handle.files(pinned).await?, all);
         if chosen.is_empty() {
@@ -204,7 +199,7 @@ async fn background_rewrite(engine: &Arc<dyn Host>, name: &[String; 3], path: &s
         return Ok(0);
     };
     let read_spec = spec(&read).cloned().expect("checked by committed");
-    for (target, pinned) in tables(&read) {
+    for (target, pinned) in read.storage_pins() {
         let handle = storage(engine.store(), &target, &read_spec)?;
         let chosen = choose(handle.files(pinned).await?, false);
         if chosen.is_empty() {

@@ -20,6 +20,7 @@ use tributary_engine::mirror::{
 use tributary_engine::store::Store;
 use tributary_storage::{FILE_COLUMN, ROW_COLUMN, RowChanges, RowScan, TableHandle};
 
+use crate::aggregate::quoted as quote;
 use crate::{Error, Result};
 
 /// The mirror's Delta table (or its key table): files index the key in bloom filters, so a
@@ -99,7 +100,7 @@ pub async fn write_changes(
     // The rows the winners replace in the table: those of the keys that were live.
     let mut replaced: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let live_keys = filter_record_batch(&winners.project(&key_indexes)?, &was_live)?;
-    let table_scan = if live_keys.num_rows() > 0 {
+    if live_keys.num_rows() > 0 {
         let scan = Arc::new(rows.row_scan(table.version).await?);
         ctx.register_table("p", scan.clone())?;
         ctx.register_table(
@@ -120,11 +121,7 @@ pub async fn write_changes(
             .collect()
             .await?;
         locate(&scan, &located, 0, &mut replaced)?;
-        Some(scan)
-    } else {
-        None
-    };
-    drop(table_scan);
+    }
     let mut stale_keys: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     locate(
         &key_scan,
@@ -149,40 +146,29 @@ pub async fn write_changes(
     )?;
     let inserted = cast_batch(&inserted, &Arc::new(storage_schema(table)))?;
 
-    let added = if new_keys.num_rows() > 0 {
-        Some(key_rows.stage(keys.version, &[new_keys]).await?)
-    } else {
-        None
-    };
-    let keys_version = key_rows
-        .change_rows(
-            keys.version,
-            RowChanges {
-                deleted: stale_keys,
-                added,
-            },
-            "MERGE",
-        )
-        .await?;
-    let added = if inserted.num_rows() > 0 {
-        Some(rows.stage(table.version, &[inserted]).await?)
-    } else {
-        None
-    };
-    let version = rows
-        .change_rows(
-            table.version,
-            RowChanges {
-                deleted: replaced,
-                added,
-            },
-            "MERGE",
-        )
-        .await?;
+    let keys_version = commit(&key_rows, keys.version, stale_keys, new_keys).await?;
+    let version = commit(&rows, table.version, replaced, inserted).await?;
     Ok(Applied {
         version,
         keys_version,
     })
+}
+
+/// Commits `deleted` rows and `added` new ones on top of `version` as one MERGE; returns the
+/// new version.
+async fn commit(
+    handle: &TableHandle,
+    version: u64,
+    deleted: BTreeMap<String, Vec<u64>>,
+    added: RecordBatch,
+) -> Result<u64> {
+    let added = if added.num_rows() > 0 {
+        Some(handle.stage(version, &[added]).await?)
+    } else {
+        None
+    };
+    let changes = RowChanges { deleted, added };
+    Ok(handle.change_rows(version, changes, "MERGE").await?)
 }
 
 /// The schema of the winners query when it returned no batch.
@@ -231,10 +217,6 @@ fn locate(
         }
     }
     Ok(())
-}
-
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Converts a mirror stored by an earlier release (base rows and changes with hidden

@@ -125,7 +125,7 @@ pub(crate) async fn create(
     }));
     // The key table first, so that a failure leaves nothing behind.
     let keys_path = key_table_path(&table.path);
-    let keys_schema = match tributary_engine::mirror::spec(&table) {
+    let keys_schema = match spec(&table) {
         Some(spec) => key_schema(&table, spec),
         None => return Err(Error::Internal("not a mirror table".into())),
     };
@@ -256,9 +256,7 @@ pub(crate) async fn vacuum(cx: &mut Context, name: Option<ObjectName>) -> Result
             let spec = spec(&table)
                 .cloned()
                 .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
-            let (version, converted) =
-                tributary_streaming::mirror::convert(catalogs, &table, &spec).await?;
-            (version, converted)
+            tributary_streaming::mirror::convert(catalogs, &table, &spec).await?
         } else {
             compact_now(catalogs, &table, true).await?
         };
