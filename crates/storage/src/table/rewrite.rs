@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use deltalake::kernel::{Action, Add};
+use futures::StreamExt as _;
 use roaring::RoaringTreemap;
 
 use super::deletion::{action_line, add_rows, with_deletion_vectors};
@@ -39,7 +40,7 @@ impl Rewrite {
 
 impl TableHandle {
     /// Writes the live rows of `paths` (files of `version`) to new files, file after file
-    /// in row order, one file's rows in memory at a time. Nothing is committed:
+    /// in row order, a batch at a time. Nothing is committed:
     /// [`Self::commit_rewrite`] does that. Files never committed are deleted by VACUUM.
     pub async fn prepare_rewrite(&self, version: u64, paths: &[String]) -> Result<Rewrite> {
         let table = self.load(version).await?;
@@ -70,21 +71,14 @@ impl TableHandle {
             let provider = self
                 .provider_of(version, std::slice::from_ref(path))
                 .await?;
-            let batches: Vec<_> = ctx
-                .read_table(provider)?
-                .collect()
-                .await?
-                .into_iter()
-                .filter(|b| b.num_rows() > 0)
-                .collect();
-            let live: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-            if live != rows - deleted.len() {
-                return Err(Error::Internal(format!(
-                    "{path}: read {live} live rows, its statistics and vector say {}",
-                    rows - deleted.len()
-                )));
-            }
-            for batch in &batches {
+            let mut batches = ctx.read_table(provider)?.execute_stream().await?;
+            let mut live = 0u64;
+            while let Some(batch) = batches.next().await {
+                let batch = batch?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                live += batch.num_rows() as u64;
                 let writer = match writer.as_mut() {
                     Some(writer) => writer,
                     None => writer.insert(self.file_writer(
@@ -93,7 +87,13 @@ impl TableHandle {
                         estimate(&adds, paths),
                     )?),
                 };
-                writer.write(batch).await?;
+                writer.write(&batch).await?;
+            }
+            if live != rows - deleted.len() {
+                return Err(Error::Internal(format!(
+                    "{path}: read {live} live rows, its statistics and vector say {}",
+                    rows - deleted.len()
+                )));
             }
             written += live;
             sources.push((path.clone(), deleted, rows));
