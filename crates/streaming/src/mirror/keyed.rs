@@ -10,7 +10,7 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int64Type, Schema, UInt32Type};
 use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use tributary_catalog::{KeyTable, MirrorSpec, Table};
 use tributary_engine::catalog_list::SessionCatalogs;
 use tributary_engine::layout::{cast_batch, storage_schema};
@@ -27,6 +27,19 @@ use crate::{Error, Result};
 /// lookup by key skips the files and row groups that do not hold it.
 pub fn storage(store: &Store, path: &str, spec: &MirrorSpec) -> Result<TableHandle> {
     Ok(store.storage.table(path)?.with_bloom_filters(&spec.key))
+}
+
+/// A session for a round's lookups by key. Its joins build their hash table from the round's
+/// changes whatever their number (the round bounds them, and they are in memory already), so
+/// that the join's dynamic filter reaches the table's scan and skips the files and row groups
+/// outside the changes' keys. With DataFusion's default thresholds, 100k changes make a
+/// partitioned join, which reads every row of the table.
+fn lookup_context() -> SessionContext {
+    let mut config = SessionConfig::new();
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.hash_join_single_partition_threshold = usize::MAX;
+    optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
+    SessionContext::new_with_config(config)
 }
 
 /// The versions a round's commits made: the mirror's table and its key table.
@@ -50,7 +63,7 @@ pub async fn write_changes(
         .ok_or_else(|| Error::Internal("a mirror table without its key table".into()))?;
     let rows = storage(store, &table.path, spec)?;
     let key_rows = storage(store, &keys.path, spec)?;
-    let ctx = SessionContext::new();
+    let ctx = lookup_context();
     let schema = changes.schema();
     ctx.register_table(
         "c",
@@ -281,4 +294,46 @@ pub async fn convert(
     converted.changes_oldest = None;
     tracing::info!(table = %table.path, "converted a mirror table to live rows and a key table");
     Ok((version, converted))
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field};
+    use datafusion::physical_plan::displayable;
+
+    use super::*;
+
+    fn ids(range: std::ops::Range<i64>) -> Arc<MemTable> {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(range))],
+        )
+        .unwrap();
+        Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
+    }
+
+    /// 200k changes are past DataFusion's default thresholds for a join that collects one
+    /// side, so a default session would partition both sides by hash and read the whole
+    /// table; the lookup session builds from the changes and probes the table.
+    #[tokio::test]
+    async fn a_lookup_builds_from_the_changes_whatever_their_number() {
+        let ctx = lookup_context();
+        ctx.register_table("c", ids(0..200_000)).unwrap();
+        ctx.register_table("k", ids(0..1_000_000)).unwrap();
+        let plan = ctx
+            .sql("SELECT c.id, k.id AS stored FROM c LEFT JOIN k ON c.id = k.id")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let text = displayable(plan.as_ref()).indent(false).to_string();
+        assert!(
+            text.contains("HashJoinExec: mode=CollectLeft, join_type=Left"),
+            "{text}"
+        );
+        assert!(!text.contains("partitioning=Hash"), "{text}");
+    }
 }
