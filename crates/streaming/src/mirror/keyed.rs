@@ -10,6 +10,7 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int64Type, Schema, UInt32Type};
 use datafusion::datasource::MemTable;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tributary_catalog::{KeyTable, MirrorSpec, Table};
 use tributary_engine::catalog_list::SessionCatalogs;
@@ -33,13 +34,14 @@ pub fn storage(store: &Store, path: &str, spec: &MirrorSpec) -> Result<TableHand
 /// changes whatever their number (the round bounds them, and they are in memory already), so
 /// that the join's dynamic filter reaches the table's scan and skips the files and row groups
 /// outside the changes' keys. With DataFusion's default thresholds, 100k changes make a
-/// partitioned join, which reads every row of the table.
-fn lookup_context() -> SessionContext {
+/// partitioned join, which reads every row of the table. It runs in the server's runtime, so
+/// what its joins hold counts against the query memory limit.
+fn lookup_context(runtime: Arc<RuntimeEnv>) -> SessionContext {
     let mut config = SessionConfig::new();
     let optimizer = &mut config.options_mut().optimizer;
     optimizer.hash_join_single_partition_threshold = usize::MAX;
     optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
-    SessionContext::new_with_config(config)
+    SessionContext::new_with_config_rt(config, runtime)
 }
 
 /// The versions a round's commits made: the mirror's table and its key table.
@@ -63,7 +65,7 @@ pub async fn write_changes(
         .ok_or_else(|| Error::Internal("a mirror table without its key table".into()))?;
     let rows = storage(store, &table.path, spec)?;
     let key_rows = storage(store, &keys.path, spec)?;
-    let ctx = lookup_context();
+    let ctx = lookup_context(store.runtime_env());
     let schema = changes.schema();
     ctx.register_table(
         "c",
@@ -319,7 +321,7 @@ mod tests {
     /// table; the lookup session builds from the changes and probes the table.
     #[tokio::test]
     async fn a_lookup_builds_from_the_changes_whatever_their_number() {
-        let ctx = lookup_context();
+        let ctx = lookup_context(Arc::new(RuntimeEnv::default()));
         ctx.register_table("c", ids(0..200_000)).unwrap();
         ctx.register_table("k", ids(0..1_000_000)).unwrap();
         let plan = ctx
