@@ -36,6 +36,11 @@ impl From<DataFusionError> for Error {
 /// Sorts DataFusion's errors by whose fault they are. DataFusion reports most planning
 /// problems as free text, so the text is inspected where no structured kind exists.
 fn classify(err: DataFusionError) -> Error {
+    // Out of memory, however deep the operators wrapped it (a sort's merge under a repartition
+    // shares its error).
+    if let DataFusionError::ResourcesExhausted(_) = err.find_root() {
+        return Error::ResourcesExhausted(strip_df_prefix(&err.to_string()));
+    }
     match err {
         DataFusionError::Context(_, inner) => classify(*inner),
         DataFusionError::Shared(inner) => classify_text(inner.to_string()),
@@ -173,6 +178,18 @@ mod tests {
 
     fn check(err: DataFusionError, expected: &str) {
         assert_eq!(format!("{:?}", Error::from(err)), expected);
+    }
+
+    #[test]
+    fn out_of_memory_is_found_under_its_wrappers() {
+        let sort = DataFusionError::ResourcesExhausted("Failed to allocate 9.2 MB".into())
+            .context("Not enough memory to continue external sort");
+        let shared = DataFusionError::Shared(Arc::new(sort));
+        let err = Error::from(shared);
+        assert!(
+            matches!(&err, Error::ResourcesExhausted(message) if message.contains("external sort") && message.contains("9.2 MB")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray, StringBuilder};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::exec_err;
@@ -159,22 +159,7 @@ impl ScalarUDFImpl for JsonFunction {
                         .collect::<BooleanArray>(),
                 )
             }
-            Kind::JsonParse => {
-                let mut out = Vec::with_capacity(arrays[0].len());
-                for text in texts(&arrays[0])? {
-                    out.push(match text {
-                        None => None,
-                        Some(text) => {
-                            Some(crate::partiql::value::compact(&text).map_err(|e| {
-                                data_error(DataErrorKind::InvalidText, e.to_string())
-                            })?)
-                            // A JSON null is SQL NULL.
-                            .filter(|json| json != "null")
-                        }
-                    });
-                }
-                Arc::new(StringArray::from(out))
-            }
+            Kind::JsonParse => json_parse(&arrays[0])?,
             Kind::CanJsonParse => Arc::new(
                 texts(&arrays[0])?
                     .into_iter()
@@ -210,6 +195,54 @@ impl ScalarUDFImpl for JsonFunction {
 
 pub fn data_error(kind: DataErrorKind, message: String) -> DataFusionError {
     DataFusionError::External(Box::new(Error::data(kind, message)))
+}
+
+/// JSON_PARSE: each text validated and compacted into a SUPER value; a JSON null is SQL NULL.
+fn json_parse(array: &ArrayRef) -> DfResult<ArrayRef> {
+    let mut out = StringBuilder::with_capacity(array.len(), 1024);
+    let mut value = String::new();
+    each_text(array, |text| {
+        let Some(text) = text else {
+            out.append_null();
+            return Ok(());
+        };
+        value.clear();
+        crate::partiql::value::compact_into(text, &mut value)
+            .map_err(|e| data_error(DataErrorKind::InvalidText, e.to_string()))?;
+        if value == "null" {
+            out.append_null();
+        } else {
+            out.append_value(&value);
+        }
+        Ok(())
+    })?;
+    Ok(Arc::new(out.finish()))
+}
+
+/// Calls `each` with the values of a text or VARBYTE array as strings, without copying them;
+/// VARBYTE must be UTF-8.
+fn each_text(array: &ArrayRef, mut each: impl FnMut(Option<&str>) -> DfResult<()>) -> DfResult<()> {
+    match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().iter().try_for_each(each),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().try_for_each(each),
+        DataType::Utf8View => array.as_string_view().iter().try_for_each(each),
+        data_type if is_binary(data_type) => {
+            let bytes = cast(array, &DataType::Binary)?;
+            bytes.as_binary::<i32>().iter().try_for_each(|b| match b {
+                None => each(None),
+                Some(b) => each(Some(std::str::from_utf8(b).map_err(|e| {
+                    data_error(
+                        DataErrorKind::InvalidText,
+                        format!("invalid UTF-8 byte sequence at byte {}", e.valid_up_to()),
+                    )
+                })?)),
+            })
+        }
+        _ => {
+            let text = cast(array, &DataType::Utf8)?;
+            text.as_string::<i32>().iter().try_for_each(each)
+        }
+    }
 }
 
 /// The values of a text or VARBYTE array as strings; VARBYTE must be UTF-8.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use parking_lot::{Mutex, RwLock};
 use tributary_catalog::{Catalog, CatalogState, Relation, StoredPassword, Table};
@@ -86,11 +86,13 @@ impl Store {
     /// Limits the memory the queries of sessions opened from now on may hold together: a
     /// sort or aggregation over the limit spills to temporary files, and a query that cannot
     /// spill fails with SQLSTATE 53000 instead of exhausting the machine. None: no limit.
+    /// Operators that spill share what the others leave equally (a fair pool), so one
+    /// partition's sort cannot take the memory another partition's needs to go on.
     pub fn set_query_memory_limit(&self, bytes: Option<u64>) -> Result<()> {
         let mut builder = RuntimeEnvBuilder::new();
         if let Some(limit) = bytes {
             builder = builder.with_memory_pool(Arc::new(TrackConsumersPool::new(
-                GreedyMemoryPool::new(usize::try_from(limit).unwrap_or(usize::MAX)),
+                FairSpillPool::new(usize::try_from(limit).unwrap_or(usize::MAX)),
                 std::num::NonZeroUsize::MIN.saturating_add(4),
             )));
         }

@@ -257,15 +257,68 @@ impl DataSink for TableSink {
         &self.schema
     }
 
+    /// Appends the rows a chunk at a time (see [`Chunk`]), each chunk a table version of the
+    /// statement's transaction, so an INSERT ... SELECT or CREATE TABLE AS of any size holds
+    /// one chunk.
     async fn write_all(
         &self,
-        data: SendableRecordBatchStream,
+        mut data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
-        let batches: Vec<RecordBatch> = data.try_collect().await?;
-        append(&self.catalogs, &self.name, batches)
+        let external = |e: Error| DataFusionError::External(Box::new(e));
+        let mut chunk = Chunk::new(self.catalogs.store());
+        let mut written = 0;
+        while let Some(batch) = data.try_next().await? {
+            if chunk.add(batch) {
+                written += append(&self.catalogs, &self.name, chunk.take())
+                    .await
+                    .map_err(external)?;
+            }
+        }
+        written += append(&self.catalogs, &self.name, chunk.take())
             .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+            .map_err(external)?;
+        Ok(written)
+    }
+}
+
+/// Rows gathered to be appended as one table version: up to [`Chunk::ROWS`] rows or a
+/// sixteenth of the query memory limit in bytes of columns (8 to 128 MiB), whichever comes
+/// first. A larger write is several versions of its transaction, which commits them at once.
+pub struct Chunk {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Chunk {
+    pub const ROWS: usize = 1_000_000;
+
+    pub fn new(store: &crate::store::Store) -> Self {
+        let limit = store.query_memory().1.unwrap_or(u64::MAX);
+        let max_bytes = (limit / 16).clamp(8 << 20, 128 << 20) as usize;
+        Self {
+            batches: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Adds a batch; true once the chunk is full.
+    pub fn add(&mut self, batch: RecordBatch) -> bool {
+        self.rows += batch.num_rows();
+        self.bytes += batch.get_array_memory_size();
+        self.batches.push(batch);
+        self.rows >= Self::ROWS || self.bytes >= self.max_bytes
+    }
+
+    /// The batches gathered, leaving the chunk empty.
+    pub fn take(&mut self) -> Vec<RecordBatch> {
+        self.rows = 0;
+        self.bytes = 0;
+        std::mem::take(&mut self.batches)
     }
 }
 

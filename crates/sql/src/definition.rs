@@ -6,13 +6,16 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::sql::sqlparser::ast::{
     ColumnDef, ColumnOption, Expr, IdentityPropertyFormatKind, IdentityPropertyKind, Statement,
     TableConstraint,
 };
 use datafusion::sql::sqlparser::tokenizer::Token;
+use futures::TryStreamExt;
 use tributary_catalog::{Column, Constraint, Identity, Relation, SqlType, Table};
 use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
+use tributary_engine::table::Chunk;
 use tributary_engine::types;
 use tributary_syntax::names::normalize_ident;
 
@@ -51,11 +54,12 @@ pub(crate) fn relation_is_new(
     })
 }
 
-/// Makes a created table visible, with its first rows (CREATE TABLE AS) appended first.
+/// Makes a created table visible, with its first rows (CREATE TABLE AS) appended first, a
+/// chunk at a time as the query yields them.
 pub(crate) async fn commit_new_table(
     cx: &mut Context,
     new: NewTable,
-    batches: Vec<RecordBatch>,
+    rows: Option<SendableRecordBatchStream>,
 ) -> Result<u64> {
     let database = cx.database().to_string();
     let engine = cx.engine().clone();
@@ -64,41 +68,57 @@ pub(crate) async fn commit_new_table(
         name,
         mut table,
     } = new;
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    if rows > 0 {
+    let mut count = 0;
+    if let Some(mut rows) = rows {
         let logical = logical_schema(&table);
-        let batches = batches
-            .into_iter()
-            .map(|b| cast_batch(&b, &logical))
-            .collect::<Result<Vec<_>>>()?;
-        let stored = batches
-            .into_iter()
-            .map(|b| cast_batch(&b, &Arc::new(storage_schema(&table))))
-            .collect::<Result<Vec<_>>>()?;
-        table.version = engine
-            .storage
-            .table(&table.path)?
-            .append(table.version, stored)
-            .await?
-            .version;
+        let stored_schema = Arc::new(storage_schema(&table));
+        let handle = engine.storage.table(&table.path)?;
+        let mut chunk = Chunk::new(cx.catalogs().store());
+        loop {
+            let batch = rows.try_next().await?;
+            let end = batch.is_none();
+            if let Some(batch) = batch {
+                count += batch.num_rows() as u64;
+                let stored = cast_batch(&cast_batch(&batch, &logical)?, &stored_schema)?;
+                if !chunk.add(stored) {
+                    continue;
+                }
+            }
+            let batches = chunk.take();
+            if batches.iter().any(|b| b.num_rows() > 0) {
+                table.version = handle.append(table.version, batches).await?.version;
+            }
+            if end {
+                break;
+            }
+        }
     }
     cx.catalogs().modify(|state| {
         table.oid = state.allocate_oid();
         state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
     })?;
-    Ok(rows as u64)
+    Ok(count)
 }
 
-/// Runs a query to completion (for CREATE TABLE AS).
+/// Runs a query as a stream of rows (for CREATE TABLE AS and materialized views).
+pub(crate) async fn query_stream(
+    cx: &mut Context,
+    statement: Statement,
+) -> Result<(SchemaRef, SendableRecordBatchStream)> {
+    let statement = cx.rewrite(statement)?;
+    let plan = cx.plan(&statement).await?;
+    let schema = Arc::new(plan.schema().as_arrow().clone());
+    let rows = crate::rerun::execute_stream(cx.context().state(), plan).await?;
+    Ok((schema, rows))
+}
+
+/// Runs a query to completion (for a temporary table's rows and a REFRESH).
 pub(crate) async fn query_rows(
     cx: &mut Context,
     statement: Statement,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let statement = cx.rewrite(statement)?;
-    let plan = cx.plan(&statement).await?;
-    let frame = cx.context().execute_logical_plan(plan).await?;
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    Ok((schema, frame.collect().await?))
+    let (schema, rows) = query_stream(cx, statement).await?;
+    Ok((schema, rows.try_collect().await?))
 }
 
 pub(crate) fn columns_from_arrow(schema: &SchemaRef) -> Result<Vec<Column>> {

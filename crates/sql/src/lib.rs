@@ -23,6 +23,7 @@ mod maintenance;
 mod metrics;
 mod output;
 mod procedure;
+mod rerun;
 mod session;
 mod sharing;
 mod streaming;

@@ -110,6 +110,28 @@ impl ExternalLocation {
         Ok(self.store.get(path).await?.bytes().await?)
     }
 
+    /// An object's bytes a piece of a few megabytes at a time, read as the stream is polled,
+    /// so that a reader of a large file never holds it whole.
+    pub async fn read_stream(
+        &self,
+        path: &Path,
+    ) -> Result<futures::stream::BoxStream<'static, std::io::Result<Bytes>>> {
+        use futures::StreamExt;
+        const PIECE: u64 = 8 << 20;
+        let size = self.store.head(path).await?.size;
+        let (store, path) = (self.store.clone(), path.clone());
+        let pieces = futures::stream::iter((0..size).step_by(PIECE as usize)).then(move |start| {
+            let (store, path) = (store.clone(), path.clone());
+            async move {
+                store
+                    .get_range(&path, start..(start + PIECE).min(size))
+                    .await
+                    .map_err(std::io::Error::other)
+            }
+        });
+        Ok(pieces.boxed())
+    }
+
     /// Reads the object named `<prefix><suffix>`.
     pub async fn read_suffix(&self, suffix: &str) -> Result<Bytes> {
         self.read(&Path::from(format!("{}{suffix}", self.prefix)))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
+use bytes::Bytes;
 use datafusion::common::ParamValues;
 use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -60,7 +61,7 @@ impl Connection {
                     hangup,
                     cancel,
                 },
-                copy_data: parking_lot::Mutex::new(Vec::new()),
+                copy_in: Mutex::new(None),
             }),
         }
     }
@@ -74,6 +75,9 @@ impl Connection {
 
     /// Ends the connection's session, rolling back its open transaction.
     pub async fn close(&self) {
+        // A COPY the client left half way stops; its load sees the data end without the
+        // client's CopyDone, and rolls back.
+        drop(self.queries.copy_in.lock().await.take());
         if let Some(mut session) = self.queries.runner.session.lock().await.take() {
             session.close().await;
         }
@@ -84,9 +88,31 @@ type SharedSession = Arc<Mutex<Option<Session>>>;
 
 pub struct Queries {
     runner: SessionRunner,
-    /// The data of a `COPY ... FROM STDIN` in progress.
-    copy_data: parking_lot::Mutex<Vec<u8>>,
+    /// The load of a `COPY ... FROM STDIN` in progress.
+    copy_in: Mutex<Option<CopyIn>>,
 }
+
+/// Client data gathered into a block before it goes to the load.
+const COPY_BLOCK_BYTES: usize = 1 << 20;
+/// Blocks queued for the load. A client that sends faster than the load runs waits: its
+/// socket is not read while the queue is full, so a COPY holds a few megabytes whatever its
+/// size.
+const COPY_QUEUE_BLOCKS: usize = 4;
+
+/// A `COPY ... FROM STDIN` being loaded while the client sends its data: the load runs as the
+/// session's statement from the first CopyData to CopyDone.
+struct CopyIn {
+    /// The load; dropped first, which stops it.
+    job: tributary_sql::runtime::Task<PgWireResult<StatementResult>>,
+    /// Data gathered until it makes a block.
+    gathered: Vec<u8>,
+    /// Blocks to the load. An empty block marks the end of the data (CopyDone); the queue
+    /// closed without it (CopyFail, a hangup) ends the load with an error, which rolls it
+    /// back.
+    blocks: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+type StatementResult = (tributary_sql::Result<Output>, Vec<Notice>);
 
 /// Runs statements with a connection's session.
 #[derive(Clone)]
@@ -131,16 +157,39 @@ impl SessionRunner {
         C: ClientInfo,
         T: Send + 'static,
     {
+        let job = self.start_on_session(client, work);
+        self.wait_for(job).await
+    }
+
+    /// Starts `work` with the connection's session (opened on first use) on the compute
+    /// runtime; [`Self::wait_for`] waits for it.
+    fn start_on_session<C, T>(
+        &self,
+        client: &C,
+        work: impl FnOnce(SessionGuard) -> BoxFuture<'static, PgWireResult<T>> + Send + 'static,
+    ) -> tributary_sql::runtime::Task<PgWireResult<T>>
+    where
+        C: ClientInfo,
+        T: Send + 'static,
+    {
         let (user, database) = login(client);
         let engine = self.engine.clone();
         let slot = self.session.clone();
-        let mut job = tributary_sql::runtime::spawn(async move {
+        tributary_sql::runtime::spawn(async move {
             let mut guard = slot.lock_owned().await;
             if guard.is_none() {
                 *guard = Some(engine.session(&user, &database).map_err(to_pgwire)?);
             }
             work(guard).await
-        });
+        })
+    }
+
+    /// Waits for work started by [`Self::start_on_session`]: cancelled if the client hangs
+    /// up or a cancel request names the connection (57014).
+    async fn wait_for<T>(
+        &self,
+        mut job: tributary_sql::runtime::Task<PgWireResult<T>>,
+    ) -> PgWireResult<T> {
         let hangup = async {
             match &self.hangup {
                 Some(hangup) => hangup.wait().await,
@@ -611,16 +660,61 @@ impl ExtendedQueryHandler for Queries {
     }
 }
 
-/// `COPY ... FROM STDIN`: the data is gathered, then loaded as one statement at CopyDone.
+impl Queries {
+    /// Starts the load of a `COPY ... FROM STDIN`, fed block by block.
+    fn start_copy<C: ClientInfo>(&self, client: &C) -> CopyIn {
+        let (blocks, receiver) = tokio::sync::mpsc::channel::<Bytes>(COPY_QUEUE_BLOCKS);
+        let data = stream::unfold(Some(receiver), |receiver| async move {
+            let mut receiver = receiver?;
+            match receiver.recv().await {
+                Some(block) if block.is_empty() => None,
+                Some(block) => Some((Ok(block), Some(receiver))),
+                None => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the client ended the COPY before its end",
+                    )),
+                    None,
+                )),
+            }
+        })
+        .boxed();
+        let job = self.runner.start_on_session(client, move |mut guard| {
+            Box::pin(async move {
+                let session = session(&mut guard);
+                let result = session.copy_in(data).await;
+                Ok((result, session.take_notices()))
+            })
+        });
+        CopyIn {
+            job,
+            gathered: Vec::new(),
+            blocks,
+        }
+    }
+}
+
+/// `COPY ... FROM STDIN`: the data is loaded as it arrives, as one statement that ends at
+/// CopyDone.
 #[async_trait]
 impl CopyHandler for Queries {
-    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self.copy_data.lock().extend_from_slice(&copy_data.data);
+        let mut copy_in = self.copy_in.lock().await;
+        let copy = match copy_in.as_mut() {
+            Some(copy) => copy,
+            None => copy_in.insert(self.start_copy(client)),
+        };
+        copy.gathered.extend_from_slice(&copy_data.data);
+        if copy.gathered.len() >= COPY_BLOCK_BYTES {
+            let block = Bytes::from(std::mem::take(&mut copy.gathered));
+            // A load that stopped (an error) takes no more; CopyDone tells its error.
+            let _ = copy.blocks.send(block).await;
+        }
         Ok(())
     }
 
@@ -630,17 +724,18 @@ impl CopyHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let data = std::mem::take(&mut *self.copy_data.lock());
-        let (result, notices) = self
-            .runner
-            .on_session(client, move |mut guard| {
-                Box::pin(async move {
-                    let session = session(&mut guard);
-                    let result = session.copy_in(bytes::Bytes::from(data)).await;
-                    Ok((result, session.take_notices()))
-                })
-            })
-            .await?;
+        let copy = self.copy_in.lock().await.take();
+        let CopyIn {
+            job,
+            gathered,
+            blocks,
+        } = copy.unwrap_or_else(|| self.start_copy(client));
+        if !gathered.is_empty() {
+            let _ = blocks.send(Bytes::from(gathered)).await;
+        }
+        let _ = blocks.send(Bytes::new()).await;
+        drop(blocks);
+        let (result, notices) = self.runner.wait_for(job).await?;
         send_notices(client, notices).await?;
         let rows = match result.map_err(to_pgwire)? {
             tributary_sql::Output::Command { rows, .. } => rows.unwrap_or(0),
@@ -661,9 +756,18 @@ impl CopyHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self.copy_data.lock().clear();
-        if let Some(session) = self.runner.session.lock().await.as_mut() {
-            session.cancel_copy();
+        let copy = self.copy_in.lock().await.take();
+        match copy {
+            Some(CopyIn { job, blocks, .. }) => {
+                // The queue closes without the end mark: the load fails and rolls back.
+                drop(blocks);
+                let _ = job.await;
+            }
+            None => {
+                if let Some(session) = self.runner.session.lock().await.as_mut() {
+                    session.cancel_copy();
+                }
+            }
         }
         PgWireError::UserError(Box::new(ErrorInfo::new(
             "ERROR".to_owned(),

@@ -57,28 +57,49 @@ pub fn validate(text: &str) -> Result<(), Invalid> {
 /// The compact form of a JSON text: validated, with whitespace outside strings removed and
 /// everything else (key order, number spelling, escapes) kept as written.
 pub fn compact(text: &str) -> Result<String, Invalid> {
-    validate(text)?;
     let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
+    compact_into(text, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the compact form of `text` (see [`compact`]) to `out`.
+pub fn compact_into(text: &str, out: &mut String) -> Result<(), Invalid> {
+    validate(text)?;
+    let bytes = text.as_bytes();
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    // Most documents from a stream arrive compact: keep them as they are.
+    if !bytes.iter().any(is_space) {
+        out.push_str(text);
+        return Ok(());
+    }
+    // Whitespace and quotes are ASCII, so the text splits on them at character boundaries.
+    let (mut at, mut kept) = (0, 0);
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => {
+                // To the closing quote: past escapes, which hold no structure.
+                at += 1;
+                while let Some(offset) = bytes[at..].iter().position(|b| *b == b'"' || *b == b'\\')
+                {
+                    at += offset + 1;
+                    if bytes[at - 1] == b'"' {
+                        break;
+                    }
+                    at += 1;
+                }
             }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            if c == '"' {
-                in_string = true;
+            byte if is_space(&byte) => {
+                out.push_str(&text[kept..at]);
+                while at < bytes.len() && is_space(&bytes[at]) {
+                    at += 1;
+                }
+                kept = at;
             }
-            out.push(c);
+            _ => at += 1,
         }
     }
-    Ok(out)
+    out.push_str(&text[kept..]);
+    Ok(())
 }
 
 /// The raw text of the value at `path`, or None in lax mode: a missing key, an index out of
@@ -246,6 +267,15 @@ mod tests {
         let error = compact("{\"a\":\n  1,}").unwrap_err();
         assert_eq!((error.line, error.column), (2, 5));
         assert!(compact("1 2").is_err());
+        // Escaped backslashes and quotes end a string where JSON says, spaces in it stay.
+        assert_eq!(
+            compact(r#"{ "a" : "x \\", "b": "say \" hi \\\" " ,"c":[ 1 ,2 ] }"#).unwrap(),
+            r#"{"a":"x \\","b":"say \" hi \\\" ","c":[1,2]}"#
+        );
+        // Compact text is kept as it is; a value appends to what is there.
+        let mut out = String::from("[");
+        compact_into(r#"{"k":"v w"}"#, &mut out).unwrap();
+        assert_eq!(out, r#"[{"k":"v w"}"#);
     }
 
     #[test]

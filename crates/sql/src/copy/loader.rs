@@ -1,18 +1,27 @@
-//! The loader: input read a chunk of rows at a time (delimited text, CSV, JSON, Parquet),
-//! converted to the table's columns, load errors kept, and chunks appended in the statement's
-//! transaction.
+//! The loader: input read a block at a time (delimited text, CSV, JSON, Parquet), converted to
+//! the table's columns, load errors kept, and chunks appended in the statement's transaction.
+//!
+//! A file or the client's data is decompressed as it arrives and cut into blocks of about
+//! [`BLOCK_BYTES`] that end where a record ends (a line; a CSV record, whose quoted fields may
+//! hold newlines; a JSON value), so memory holds a block and a chunk of converted rows, never
+//! the input whole.
 
-use std::io::Read;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_compression::tokio::bufread::{BzDecoder, GzipDecoder, ZstdDecoder};
 use bytes::Bytes;
 use chrono::Utc;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::io::StreamReader;
 use tributary_catalog::{SqlType, Table};
 use tributary_engine::convert::{RAW_KEPT, convert_column, truncate};
 use tributary_engine::error::DataErrorKind;
+use tributary_engine::table::Chunk;
 
 use super::errors::LoadError;
 use super::plan::{Compression, CopyPlan, Format};
@@ -21,8 +30,15 @@ use crate::{Error, Result};
 
 /// Rows converted per chunk of text input.
 const CHUNK_ROWS: usize = 8192;
-/// Rows gathered before they are appended as one table version.
-const APPEND_ROWS: usize = 1_000_000;
+/// Decompressed input read before it is parsed.
+const BLOCK_BYTES: usize = 8 << 20;
+/// The longest record (a line, or a JSON value) a load accepts: an input with a longer one
+/// fails rather than be buffered without end.
+const MAX_RECORD_BYTES: usize = 64 << 20;
+/// Change records applied to a mirror table as one round...
+const CHANGE_LINES: usize = 100_000;
+/// ...or fewer, once they take this many bytes.
+const CHANGE_BYTES: usize = 32 << 20;
 
 /// One input row before conversion.
 struct RawRow {
@@ -41,9 +57,17 @@ pub(super) struct Loader<'a> {
     /// For each input field, the index of its column.
     inputs: Vec<usize>,
     filename: String,
+    /// Lines of the current input before the block being parsed.
+    line_base: i64,
+    /// CSV header rows of the current input skipped so far.
+    header_skipped: u64,
+    /// Set when the rest of the current input cannot be parsed (JSON that lost its place).
+    skip_rest: bool,
+    /// Whether change records went into a mirror table; the COPY then merges their files.
+    changes_copied: bool,
     pending: Vec<RawRow>,
-    converted: Vec<RecordBatch>,
-    converted_rows: usize,
+    /// Converted rows, appended as a table version once the chunk is full.
+    converted: Chunk,
     loaded: u64,
     errors: u64,
     /// DEFAULT values by column index, evaluated once per COPY.
@@ -89,49 +113,136 @@ impl<'a> Loader<'a> {
             schema,
             inputs,
             filename: String::new(),
+            line_base: 0,
+            header_skipped: 0,
+            skip_rest: false,
+            changes_copied: false,
             pending: Vec::new(),
-            converted: Vec::new(),
-            converted_rows: 0,
+            converted: Chunk::new(cx.catalogs().store()),
             loaded: 0,
             errors: 0,
             defaults: Default::default(),
         })
     }
 
-    pub(super) async fn push_bytes(&mut self, filename: &str, bytes: Bytes) -> Result<()> {
+    /// Reads one input (a file, or the client's data) to its end: decompressed as it arrives
+    /// and parsed a block at a time, each block cut where a record ends.
+    pub(super) async fn push_stream(
+        &mut self,
+        filename: &str,
+        input: impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+    ) -> Result<()> {
         self.filename = filename.to_string();
-        let bytes = decompress(filename, bytes, self.plan.compression)?;
-        if tributary_engine::mirror::spec(&self.table).is_some() {
-            return self.push_changes(&bytes).await;
+        self.line_base = 0;
+        self.header_skipped = 0;
+        self.skip_rest = false;
+        let mirror = tributary_engine::mirror::spec(&self.table).is_some();
+        if mirror && !matches!(self.plan.format, Format::Json { .. }) {
+            return Err(Error::InvalidStatement(
+                "COPY into a mirror table reads change records, one JSON record per line: use FORMAT JSON 'auto'".into(),
+            ));
+        }
+        if self.plan.format == Format::Parquet {
+            return Err(Error::Internal("Parquet is read as columns".into()));
+        }
+        // The input's own failures are told apart from the decompressor's.
+        let input = StreamReader::new(
+            input.map(|chunk| chunk.map_err(|err| std::io::Error::other(InputError(err)))),
+        );
+        let (mut input, compression) = decoder(filename, input, self.plan.compression);
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut end = false;
+        while !end {
+            let read = (&mut input)
+                .take(BLOCK_BYTES as u64)
+                .read_to_end(&mut buffer)
+                .await
+                .map_err(|err| read_error(filename, compression, err))?;
+            end = read < BLOCK_BYTES;
+            if self.skip_rest {
+                // Read on to the end, so that a client's data is taken whole.
+                buffer.clear();
+                continue;
+            }
+            let used = self.push_block(&buffer, end, mirror).await?;
+            if used == 0 && !end && buffer.len() > MAX_RECORD_BYTES {
+                return Err(Error::data(
+                    DataErrorKind::Other,
+                    format!(
+                        "Load into table '{}' failed at line {} of {filename}: a record is longer than {} MiB",
+                        self.plan.table,
+                        self.line_base + 1,
+                        MAX_RECORD_BYTES >> 20
+                    ),
+                ));
+            }
+            self.line_base += newlines(&buffer[..used]);
+            buffer.drain(..used);
+        }
+        Ok(())
+    }
+
+    /// Parses the records that end within `block` (all of it at the input's end). Returns the
+    /// bytes used; the rest is read again with the next block.
+    async fn push_block(&mut self, block: &[u8], last: bool, mirror: bool) -> Result<usize> {
+        let lines = if last {
+            block.len()
+        } else {
+            block
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |at| at + 1)
+        };
+        if mirror {
+            let used = if last {
+                block.len()
+            } else {
+                changes_boundary(block)
+            };
+            if used > 0 {
+                self.push_changes(&block[..used]).await?;
+            }
+            return Ok(used);
         }
         match &self.plan.format {
-            Format::Text => self.push_text(&bytes).await,
-            Format::Csv => self.push_csv(&bytes).await,
-            Format::Json { ignore_case } => self.push_json(&bytes, *ignore_case).await,
+            Format::Text => {
+                self.push_text(&block[..lines]).await?;
+                Ok(lines)
+            }
+            Format::Csv => {
+                let used = if last {
+                    block.len()
+                } else {
+                    csv_boundary(block, self.plan.quote)
+                };
+                self.push_csv(&block[..used]).await?;
+                Ok(used)
+            }
+            Format::Json { ignore_case } => {
+                // A value that ends a line is whole, even a number.
+                self.push_json(&block[..lines], *ignore_case, last).await
+            }
             Format::Parquet => Err(Error::Internal("Parquet is read as columns".into())),
         }
     }
 
     /// COPY into a mirror table: each line is a change record in the mirror's format.
     async fn push_changes(&mut self, bytes: &[u8]) -> Result<()> {
-        if !matches!(self.plan.format, Format::Json { .. }) {
-            return Err(Error::InvalidStatement(
-                "COPY into a mirror table reads change records, one JSON record per line: use FORMAT JSON 'auto'".into(),
-            ));
-        }
         let catalogs = self.cx.catalogs();
-        if !catalogs.in_explicit_transaction() {
+        if !catalogs.in_explicit_transaction() && !self.changes_copied {
             // Lock before reading, so that an automatic refresh that just committed does
             // not make this COPY conflict with it.
             catalogs
                 .prelock(&self.name[0], &self.name[1], &self.name[2])
                 .await?;
         }
+        self.changes_copied = true;
         let (stored, rejected) = tributary_streaming::mirror::copy_records(
             &self.cx.engine().host(),
             catalogs,
             &self.name,
             bytes,
+            self.line_base + 1,
         )
         .await?;
         self.loaded += stored;
@@ -150,23 +261,33 @@ impl<'a> Loader<'a> {
     }
 
     async fn push_text(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let text = String::from_utf8_lossy(bytes);
         let null_as = self.plan.null_as.clone().unwrap_or_else(|| "\\N".into());
         let delimiter = self.plan.delimiter as char;
         for (index, line) in text.split('\n').enumerate() {
-            let line_number = index as i64 + 1;
+            let line_number = self.line_base + index as i64 + 1;
             let line = line.strip_suffix('\r').unwrap_or(line);
             if (line_number as u64) <= self.plan.ignore_header {
                 continue;
             }
             // The end-of-data marker of Postgres's text format, and the last line's newline.
-            if line == "\\." || line.is_empty() && index > 0 && text.ends_with('\n') {
+            if line == "\\." || line.is_empty() && line_number > 1 && text.ends_with('\n') {
                 continue;
             }
-            let fields = split_text(line, delimiter)
-                .into_iter()
-                .map(|(raw, unescaped)| (raw != null_as).then_some(unescaped))
-                .collect();
+            let fields = if line.contains('\\') {
+                split_text(line, delimiter)
+                    .into_iter()
+                    .map(|(raw, unescaped)| (raw != null_as).then_some(unescaped))
+                    .collect()
+            } else {
+                // Without escapes, each field is as written.
+                line.split(delimiter)
+                    .map(|field| (field != null_as).then(|| field.to_string()))
+                    .collect()
+            };
             self.push_row(line_number, line, fields).await?;
         }
         Ok(())
@@ -180,9 +301,8 @@ impl<'a> Loader<'a> {
             .quote(self.plan.quote)
             .from_reader(bytes);
         let mut record = csv::StringRecord::new();
-        let mut skipped = 0;
         loop {
-            let line = reader.position().line() as i64;
+            let line = self.line_base + reader.position().line() as i64;
             match reader.read_record(&mut record) {
                 Ok(false) => break,
                 Ok(true) => {}
@@ -199,8 +319,8 @@ impl<'a> Loader<'a> {
                     continue;
                 }
             }
-            if skipped < self.plan.ignore_header {
-                skipped += 1;
+            if self.header_skipped < self.plan.ignore_header {
+                self.header_skipped += 1;
                 continue;
             }
             let raw: Vec<&str> = record.iter().collect();
@@ -217,10 +337,12 @@ impl<'a> Loader<'a> {
         Ok(())
     }
 
-    async fn push_json(&mut self, bytes: &[u8], ignore_case: bool) -> Result<()> {
+    /// Parses the JSON values in `bytes`. Returns the bytes used: all of them, or, unless
+    /// this is the input's end, those before a value that goes on past them.
+    async fn push_json(&mut self, bytes: &[u8], ignore_case: bool, last: bool) -> Result<usize> {
         let mut stream =
             serde_json::Deserializer::from_slice(bytes).into_iter::<serde_json::Value>();
-        let mut line = 1i64;
+        let mut line = self.line_base + 1;
         let mut offset = 0usize;
         let names: Vec<String> = self.plan.columns.clone();
         loop {
@@ -240,6 +362,7 @@ impl<'a> Loader<'a> {
                     .count() as i64;
             match stream.next() {
                 None => break,
+                Some(Err(err)) if err.is_eof() && !last => return Ok(value_start),
                 Some(Err(err)) => {
                     let raw = String::from_utf8_lossy(
                         &bytes[value_start..bytes.len().min(value_start + RAW_KEPT)],
@@ -255,7 +378,8 @@ impl<'a> Loader<'a> {
                         DataErrorKind::InvalidText,
                     )?;
                     // The rest of the input cannot be trusted to line up with values.
-                    return Ok(());
+                    self.skip_rest = true;
+                    return Ok(bytes.len());
                 }
                 Some(Ok(value)) => {
                     let raw = truncate(&value.to_string());
@@ -293,7 +417,7 @@ impl<'a> Loader<'a> {
                 }
             }
         }
-        Ok(())
+        Ok(bytes.len())
     }
 
     async fn push_row(&mut self, line: i64, raw: &str, fields: Vec<Option<String>>) -> Result<()> {
@@ -553,17 +677,14 @@ impl<'a> Loader<'a> {
     }
 
     async fn add_converted(&mut self, batch: RecordBatch) -> Result<()> {
-        self.converted_rows += batch.num_rows();
-        self.converted.push(batch);
-        if self.converted_rows >= APPEND_ROWS {
+        if self.converted.add(batch) {
             self.append().await?;
         }
         Ok(())
     }
 
     async fn append(&mut self) -> Result<()> {
-        let batches = std::mem::take(&mut self.converted);
-        self.converted_rows = 0;
+        let batches = self.converted.take();
         self.loaded +=
             tributary_engine::table::append(self.cx.catalogs(), &self.name, batches).await?;
         Ok(())
@@ -572,7 +693,119 @@ impl<'a> Loader<'a> {
     pub(super) async fn finish(mut self) -> Result<u64> {
         self.convert_pending().await?;
         self.append().await?;
+        if self.changes_copied {
+            tributary_streaming::mirror::finish_copy(self.cx.catalogs(), &self.name).await?;
+        }
         Ok(self.loaded)
+    }
+}
+
+/// A failure of the input itself (a file that cannot be read), as opposed to its content.
+#[derive(Debug)]
+struct InputError(std::io::Error);
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+type Input<'r> = Pin<Box<dyn AsyncRead + Send + 'r>>;
+
+/// The input as it reads once decompressed, by the COPY's option or else by the name's
+/// extension; and the compression it has.
+fn decoder<'r>(
+    name: &str,
+    input: impl tokio::io::AsyncBufRead + Send + Unpin + 'r,
+    compression: Compression,
+) -> (Input<'r>, Compression) {
+    let lower = name.to_ascii_lowercase();
+    let compression = match compression {
+        Compression::None if lower.ends_with(".gz") => Compression::Gzip,
+        Compression::None if lower.ends_with(".bz2") => Compression::Bzip2,
+        Compression::None if lower.ends_with(".zst") => Compression::Zstd,
+        other => other,
+    };
+    let input: Input<'r> = match compression {
+        Compression::None => Box::pin(input),
+        Compression::Gzip => {
+            let mut decoder = GzipDecoder::new(input);
+            decoder.multiple_members(true);
+            Box::pin(decoder)
+        }
+        Compression::Bzip2 => {
+            let mut decoder = BzDecoder::new(input);
+            decoder.multiple_members(true);
+            Box::pin(decoder)
+        }
+        Compression::Zstd => {
+            let mut decoder = ZstdDecoder::new(input);
+            decoder.multiple_members(true);
+            Box::pin(decoder)
+        }
+    };
+    (input, compression)
+}
+
+fn read_error(name: &str, compression: Compression, err: std::io::Error) -> Error {
+    match err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<InputError>())
+    {
+        Some(InputError(cause)) => Error::Storage(format!("reading {name} failed: {cause}")),
+        None if compression == Compression::None => {
+            Error::Storage(format!("reading {name} failed: {err}"))
+        }
+        None => Error::data(
+            DataErrorKind::Other,
+            format!("{name} could not be decompressed ({compression:?}): {err}"),
+        ),
+    }
+}
+
+fn newlines(bytes: &[u8]) -> i64 {
+    bytes.iter().filter(|b| **b == b'\n').count() as i64
+}
+
+/// Where the last CSV record that ends in `bytes` ends: after the last newline outside
+/// quotes (a doubled quote inside a quoted field flips twice, so it counts right).
+fn csv_boundary(bytes: &[u8], quote: u8) -> usize {
+    let mut quoted = false;
+    let mut end = 0;
+    for (at, byte) in bytes.iter().enumerate() {
+        if *byte == quote {
+            quoted = !quoted;
+        } else if *byte == b'\n' && !quoted {
+            end = at + 1;
+        }
+    }
+    end
+}
+
+/// Where a round of change records ends in `bytes`: after the last whole multiple of
+/// [`CHANGE_LINES`] lines; with fewer lines than that, after the last line once they fill
+/// [`CHANGE_BYTES`]; else nowhere yet (0).
+fn changes_boundary(bytes: &[u8]) -> usize {
+    let mut lines = 0;
+    let mut round_end = 0;
+    let mut line_end = 0;
+    for (at, byte) in bytes.iter().enumerate() {
+        if *byte == b'\n' {
+            lines += 1;
+            line_end = at + 1;
+            if lines % CHANGE_LINES == 0 {
+                round_end = line_end;
+            }
+        }
+    }
+    if round_end > 0 {
+        round_end
+    } else if bytes.len() >= CHANGE_BYTES {
+        line_end
+    } else {
+        0
     }
 }
 
@@ -609,35 +842,6 @@ fn split_text(line: &str, delimiter: char) -> Vec<(String, String)> {
     fields
 }
 
-fn decompress(name: &str, bytes: Bytes, compression: Compression) -> Result<Bytes> {
-    let lower = name.to_ascii_lowercase();
-    let compression = match compression {
-        Compression::None if lower.ends_with(".gz") => Compression::Gzip,
-        Compression::None if lower.ends_with(".bz2") => Compression::Bzip2,
-        Compression::None if lower.ends_with(".zst") => Compression::Zstd,
-        other => other,
-    };
-    let mut out = Vec::new();
-    let result = match compression {
-        Compression::None => return Ok(bytes),
-        Compression::Gzip => {
-            flate2::read::MultiGzDecoder::new(bytes.as_ref()).read_to_end(&mut out)
-        }
-        Compression::Bzip2 => {
-            bzip2::read::MultiBzDecoder::new(bytes.as_ref()).read_to_end(&mut out)
-        }
-        Compression::Zstd => zstd::stream::read::Decoder::new(bytes.as_ref())
-            .and_then(|mut decoder| decoder.read_to_end(&mut out)),
-    };
-    result.map_err(|e| {
-        Error::data(
-            DataErrorKind::Other,
-            format!("{name} could not be decompressed ({compression:?}): {e}"),
-        )
-    })?;
-    Ok(Bytes::from(out))
-}
-
 /// A column's DEFAULT as a one-row array of the column's type.
 async fn default_value(cx: &Context, sql: &str, data_type: &DataType) -> Result<ArrayRef> {
     let batches = cx
@@ -657,6 +861,24 @@ async fn default_value(cx: &Context, sql: &str, data_type: &DataType) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_end_where_records_end() {
+        // A CSV block ends after the last newline outside quotes; doubled quotes flip twice.
+        let csv = b"1,\"a\nb\"\n2,\"say \"\"hi\"\"\"\n3,\"open\nstill open";
+        assert_eq!(
+            csv_boundary(csv, b'"'),
+            csv.len() - b"3,\"open\nstill open".len()
+        );
+        assert_eq!(csv_boundary(b"no newline yet", b'"'), 0);
+        // Change records go in rounds of whole multiples of CHANGE_LINES lines...
+        let lines = "{}\n".repeat(CHANGE_LINES * 2 + 5);
+        assert_eq!(changes_boundary(lines.as_bytes()), CHANGE_LINES * 2 * 3);
+        // ...or, short of that, wait for more unless the lines already fill CHANGE_BYTES.
+        assert_eq!(changes_boundary(b"{}\n{}\n"), 0);
+        let long = format!("{}\n", "x".repeat(CHANGE_BYTES)).into_bytes();
+        assert_eq!(changes_boundary(&long), long.len());
+    }
 
     #[test]
     fn text_fields_split_on_unescaped_delimiters() {

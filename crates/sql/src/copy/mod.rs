@@ -4,13 +4,14 @@
 //! converted to its column's type, and a row whose field does not convert (or is too long, or
 //! NULL in a NOT NULL column) is a load error with its line number and reason. Load errors go
 //! to `stl_load_errors`; more than MAXERROR of them (default 0) fail the COPY, and nothing of it
-//! stays. Parquet goes through DataFusion's reader. Rows are appended in chunks as table
+//! stays. Parquet goes through DataFusion's reader. Input (a file or the client's data) is
+//! read, decompressed and parsed a block at a time, and rows are appended in chunks as table
 //! versions of the statement's transaction, so a large load never sits in memory whole and
 //! still becomes visible at once.
 
 use bytes::Bytes;
 use datafusion::prelude::ParquetReadOptions;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tributary_storage::ExternalLocation;
 
 use crate::context::Context;
@@ -56,17 +57,21 @@ pub(crate) async fn load_location(cx: &Context, plan: &CopyPlan) -> Result<u64> 
         }
     } else {
         for file in &files {
-            let bytes = location.read(file).await?;
+            let stream = location.read_stream(file).await?;
             let name = location.url_of(file);
-            loader.push_bytes(&name, bytes).await?;
+            loader.push_stream(&name, stream).await?;
         }
     }
     loader.finish().await
 }
 
-/// Runs a COPY FROM STDIN with the data the client sent.
-pub(crate) async fn load_bytes(cx: &Context, plan: &CopyPlan, data: Bytes) -> Result<u64> {
+/// Runs a COPY FROM STDIN with the data the client sends, as it arrives.
+pub(crate) async fn load_stream(
+    cx: &Context,
+    plan: &CopyPlan,
+    data: impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
+) -> Result<u64> {
     let mut loader = Loader::new(cx, plan)?;
-    loader.push_bytes("STDIN", data).await?;
+    loader.push_stream("STDIN", data).await?;
     loader.finish().await
 }

@@ -20,6 +20,7 @@ use tributary_syntax::names::{name_parts, normalize_ident};
 use crate::context::Context;
 use crate::definition::{
     NewTable, columns_from_arrow, commit_new_table, constraints, declared_columns, query_rows,
+    query_stream,
 };
 use crate::output::Output;
 use crate::{Error, Result};
@@ -88,13 +89,13 @@ async fn create_table(cx: &mut Context, create: CreateTable) -> Result<Output> {
     if !crate::definition::relation_is_new(cx, &schema, &name, create.if_not_exists)? {
         return Ok(Output::command("CREATE TABLE"));
     }
-    let (columns, batches) = if let Some(query) = &create.query {
-        let output = query_rows(cx, Statement::Query(query.clone())).await?;
-        (columns_from_arrow(&output.0)?, output.1)
+    let (columns, rows) = if let Some(query) = &create.query {
+        let (schema, rows) = query_stream(cx, Statement::Query(query.clone())).await?;
+        (columns_from_arrow(&schema)?, Some(rows))
     } else if let Some(like) = &create.like {
-        (like_columns(cx, like)?, vec![])
+        (like_columns(cx, like)?, None)
     } else {
-        (declared_columns(&create.columns)?, vec![])
+        (declared_columns(&create.columns)?, None)
     };
     if columns.is_empty() {
         return Err(Error::InvalidStatement(
@@ -120,7 +121,7 @@ async fn create_table(cx: &mut Context, create: CreateTable) -> Result<Output> {
         name,
         table,
     };
-    let rows = commit_new_table(cx, new, batches).await?;
+    let rows = commit_new_table(cx, new, rows).await?;
     Ok(match create.query {
         Some(_) => Output::Command {
             tag: "SELECT".into(),

@@ -254,8 +254,12 @@ impl Session {
         self.finish_statement(autocommit, result).await
     }
 
-    /// Loads the data of a `COPY ... FROM STDIN`, as one statement.
-    pub async fn copy_in(&mut self, data: bytes::Bytes) -> Result<Output> {
+    /// Loads the data of a `COPY ... FROM STDIN` as it arrives, as one statement. An error
+    /// item in `data` (the client gave up) rolls it back.
+    pub async fn copy_in(
+        &mut self,
+        data: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin,
+    ) -> Result<Output> {
         let plan = self
             .pending_copy
             .take()
@@ -273,7 +277,7 @@ impl Session {
                     .await?;
             }
             self.cx.catalogs().pin_statement();
-            let rows = crate::copy::load_bytes(&self.cx, &plan, data).await?;
+            let rows = crate::copy::load_stream(&self.cx, &plan, data).await?;
             Ok(Output::Command {
                 tag: "COPY".into(),
                 rows: Some(rows),
@@ -432,13 +436,7 @@ impl Session {
             });
         }
         let schema = output_schema(&statement, &plan);
-        let stream = self
-            .cx
-            .context()
-            .execute_logical_plan(plan)
-            .await?
-            .execute_stream()
-            .await?;
+        let stream = crate::rerun::execute_stream(self.cx.context().state(), plan).await?;
         // An error while the rows stream fails the open transaction, like any other error.
         let catalogs = self.cx.catalogs().clone();
         let stream = rename_stream(schema.clone(), stream);

@@ -63,8 +63,8 @@ pub(super) async fn create(
         ));
     }
     let database = cx.database().to_string();
-    let (output, batches) =
-        crate::definition::query_rows(cx, Statement::Query(view.query.clone())).await?;
+    let (output, rows) =
+        crate::definition::query_stream(cx, Statement::Query(view.query.clone())).await?;
     let columns = crate::definition::columns_from_arrow(&output)?;
     let mut table = view_table(&database, &schema, &name, cx.user(), columns, options);
     table.materialized = Some(Box::new(MaterializedView {
@@ -87,7 +87,7 @@ pub(super) async fn create(
             name,
             table,
         },
-        batches,
+        Some(rows),
     )
     .await?;
     Ok(Output::command("CREATE MATERIALIZED VIEW"))

@@ -343,23 +343,25 @@ async fn apply_records(
     Ok((stored, decoded.rejected, mv))
 }
 
-/// Change records read from files by COPY (one JSON record per line), applied to a mirror
-/// table as a stream read would apply them: a backfill, such as a DMS full load or a
-/// Debezium snapshot exported to files. Their stream position is their place in the input,
-/// after every earlier COPY's and before any stream record (Kinesis sequence numbers are far
-/// larger).
+/// Applies change records loaded by COPY (one JSON record per line of `bytes`, the first
+/// being line `first_line` of its input) to a mirror table as a stream read would apply them:
+/// a backfill, such as a DMS full load or a Debezium snapshot exported to files. Their stream
+/// position is their place in the input, after every earlier COPY's and before any stream
+/// record (Kinesis sequence numbers are far larger). A COPY calls this a block of its input at
+/// a time, then [`finish_copy`] once.
 /// Returns the changes stored and the rejected lines (line number, the line, why).
 pub async fn copy_records(
     engine: &Arc<dyn Host>,
     catalogs: &SessionCatalogs,
     name: &[String; 3],
     bytes: &[u8],
+    first_line: i64,
 ) -> Result<(u64, Vec<(i64, String, String)>)> {
     const CHUNK: usize = 100_000;
     let lines: Vec<(i64, &[u8])> = bytes
         .split(|b| *b == b'\n')
         .enumerate()
-        .map(|(i, line)| (i as i64 + 1, line.trim_ascii()))
+        .map(|(i, line)| (first_line + i as i64, line.trim_ascii()))
         .filter(|(_, line)| !line.is_empty())
         .collect();
     let mut stored = 0;
@@ -391,8 +393,12 @@ pub async fn copy_records(
             rejected.push((line, String::from_utf8_lossy(data).to_string(), reason));
         }
     }
-    // Each chunk left a file in each of the mirror's tables: merge them now, in the COPY's
-    // transaction, which holds the mirror's lock anyway.
+    Ok((stored, rejected))
+}
+
+/// Ends a COPY into a mirror table: each round of it left a file in each of the mirror's
+/// tables, merged now, in the COPY's transaction, which holds the mirror's lock anyway.
+pub async fn finish_copy(catalogs: &SessionCatalogs, name: &[String; 3]) -> Result<()> {
     let [database, schema, table_name] = name;
     let table = catalogs
         .pinned()
@@ -406,5 +412,5 @@ pub async fn copy_records(
         version,
         updated,
     )?;
-    Ok((stored, rejected))
+    Ok(())
 }

@@ -7,6 +7,6 @@ mod apply;
 mod compact;
 mod keyed;
 
-pub use apply::{apply, copy_records, view_records};
+pub use apply::{apply, copy_records, finish_copy, view_records};
 pub use compact::{commit_spec, compact_now};
 pub use keyed::{convert, storage};

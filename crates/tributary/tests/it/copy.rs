@@ -1,6 +1,7 @@
 //! COPY FROM STDIN over the wire (a driver and psql's `\copy`), and COPY / UNLOAD against
 //! S3-compatible storage.
 
+use std::io::Write;
 use std::process::Command;
 
 use futures::SinkExt;
@@ -118,6 +119,147 @@ async fn copy_from_stdin_loads_text_and_csv() {
         .unwrap()
         .get(0);
     assert_eq!(psql_rows, 2);
+}
+
+/// Sends `data` as a COPY FROM STDIN in pieces the size a driver sends.
+async fn copy_in_pieces(
+    client: &tokio_postgres::Client,
+    statement: &str,
+    data: &[u8],
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = client.copy_in(statement).await?;
+    futures::pin_mut!(sink);
+    for piece in data.chunks(64 << 10) {
+        sink.send(bytes::Bytes::copy_from_slice(piece)).await?;
+    }
+    sink.finish().await
+}
+
+/// Inputs many of the loader's 8 MiB blocks long load whole: records that cross a block's end
+/// (CSV fields holding newlines, JSON values over several lines) are read once, line numbers
+/// count from the input's start, and gzip files of several members stream through the
+/// decompressor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_streams_inputs_many_blocks_long() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client
+        .batch_execute("CREATE TABLE big (id BIGINT, note VARCHAR(256))")
+        .await
+        .unwrap();
+
+    // CSV from the client: every 1000th note holds a quoted newline and a doubled quote.
+    const CSV_ROWS: i64 = 250_000;
+    let mut csv = Vec::new();
+    for id in 1..=CSV_ROWS {
+        if id % 1000 == 0 {
+            writeln!(csv, "{id},\"first line\nsecond \"\"line\"\" {id:060}\"").unwrap();
+        } else {
+            writeln!(csv, "{id},a plain note {id:060}").unwrap();
+        }
+    }
+    assert!(csv.len() > 2 * (8 << 20), "{} bytes", csv.len());
+    let loaded = copy_in_pieces(&client, "COPY big FROM STDIN WITH (FORMAT csv)", &csv)
+        .await
+        .unwrap();
+    assert_eq!(loaded, CSV_ROWS as u64);
+    let row = client
+        .query_one(
+            "SELECT count(*), sum(id), count(CASE WHEN strpos(note, chr(10)) > 0 AND strpos(note, 'second \"line\"') > 0 THEN 1 END) FROM big",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, sum, multiline): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (rows, sum, multiline),
+        (CSV_ROWS, CSV_ROWS * (CSV_ROWS + 1) / 2, CSV_ROWS / 1000)
+    );
+
+    // JSON in a gzip file of two members, each object over three lines.
+    const JSON_ROWS: i64 = 150_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.json.gz");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for half in [1..JSON_ROWS / 2 + 1, JSON_ROWS / 2 + 1..JSON_ROWS + 1] {
+        let mut member = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for id in half {
+            let id = id + CSV_ROWS;
+            writeln!(
+                member,
+                "{{\"id\": {id},\n  \"note\": \"json note {id:080}\"\n}}"
+            )
+            .unwrap();
+        }
+        file.write_all(&member.finish().unwrap()).unwrap();
+    }
+    drop(file);
+    let loaded = client
+        .execute(
+            &format!(
+                "COPY big FROM 'file://{}' FORMAT JSON 'auto'",
+                path.display()
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(loaded, JSON_ROWS as u64);
+    let row = client
+        .query_one(
+            "SELECT count(*), min(id), max(id) FROM big WHERE note LIKE 'json note %'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, min, max): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (rows, min, max),
+        (JSON_ROWS, CSV_ROWS + 1, CSV_ROWS + JSON_ROWS)
+    );
+
+    // A bad row far into the input fails the COPY with its own line number, and nothing of
+    // the rows before it stays.
+    let mut text = Vec::new();
+    for line in 1..=300_000i64 {
+        if line == 250_000 {
+            writeln!(text, "not-a-number\tbad").unwrap();
+        } else {
+            writeln!(text, "{line}\ttext note {line:060}").unwrap();
+        }
+    }
+    let err = copy_in_pieces(&client, "COPY big FROM STDIN", &text)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_TEXT_REPRESENTATION),
+        "{err}"
+    );
+    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(message.contains("line 250000 of STDIN"), "{message}");
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, CSV_ROWS + JSON_ROWS);
+
+    // The session goes on, and a COPY the client abandons half way leaves nothing.
+    let mut sink = Box::pin(client.copy_in("COPY big FROM STDIN").await.unwrap());
+    for piece in text[..4 << 20].chunks(64 << 10) {
+        sink.send(bytes::Bytes::copy_from_slice(piece))
+            .await
+            .unwrap();
+    }
+    // Dropped unfinished, the sink sends CopyFail.
+    drop(sink);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, CSV_ROWS + JSON_ROWS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ mod interop;
 mod kafka;
 mod liveness;
 mod maintenance;
+mod memory;
 mod mirror;
 mod names;
 mod operability;
