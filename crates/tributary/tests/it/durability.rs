@@ -41,7 +41,29 @@ pub fn spawn_server_logging_to(
     envs: &[(&str, String)],
     log: impl Into<Stdio>,
 ) -> (ServerProcess, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+    spawn_server_command(
+        Command::new(env!("CARGO_BIN_EXE_tributary")),
+        data,
+        envs,
+        log,
+    )
+}
+
+/// As [`spawn_server`], at the lowest scheduling priority: for a test whose load would
+/// otherwise starve the other tests' servers (their background threads run at nice 10).
+pub fn spawn_low_priority_server(data: &str, envs: &[(&str, String)]) -> (ServerProcess, u16) {
+    let mut nice = Command::new("nice");
+    nice.args(["-n", "19", env!("CARGO_BIN_EXE_tributary")]);
+    spawn_server_command(nice, data, envs, Stdio::inherit())
+}
+
+fn spawn_server_command(
+    mut command: Command,
+    data: &str,
+    envs: &[(&str, String)],
+    log: impl Into<Stdio>,
+) -> (ServerProcess, u16) {
+    let mut child = command
         .args([
             "serve",
             "--data",

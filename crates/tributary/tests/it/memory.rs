@@ -7,7 +7,7 @@ use std::io::Write;
 
 use futures::SinkExt;
 
-use crate::durability::{connect, spawn_server};
+use crate::durability::{connect, spawn_low_priority_server};
 
 /// The query memory limit the server runs with.
 const LIMIT_MIB: u64 = 128;
@@ -33,7 +33,9 @@ fn peak_rss_mib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_memory_limit_holds_through_loads_sorts_aggregates_and_joins() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, port) = spawn_server(
+    // At the lowest priority: its load would starve the background threads of the servers
+    // of tests running beside it.
+    let (server, port) = spawn_low_priority_server(
         dir.path().to_str().unwrap(),
         &[("TRIBUTARY_MEMORY_LIMIT", format!("{LIMIT_MIB}MiB"))],
     );
