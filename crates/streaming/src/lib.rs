@@ -59,8 +59,9 @@ pub struct Streams {
     recent_skips: Mutex<VecDeque<ScanError>>,
     skip_log: Mutex<HashMap<String, SkipLog>>,
     runners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-    /// The mirror tables whose files a background rewrite works on, by storage path.
-    mirror_work: Mutex<std::collections::HashSet<String>>,
+    /// The mirror tables whose files a background rewrite works on, by storage path, each
+    /// with whether a round asked for a rewrite again while it ran.
+    mirror_work: Mutex<HashMap<String, bool>>,
 }
 
 /// Counters of one view since the server started.
@@ -145,9 +146,38 @@ impl Streams {
     }
 
     /// Marks a background rewrite of the mirror stored at `path` as running; false if one
-    /// runs already.
+    /// runs already, which then owes another look (see [`Streams::more_work`]).
     pub fn begin_work(&self, path: &str) -> bool {
-        self.mirror_work.lock().insert(path.to_string())
+        let mut work = self.mirror_work.lock();
+        match work.get_mut(path) {
+            Some(asked_again) => {
+                *asked_again = true;
+                false
+            }
+            None => {
+                work.insert(path.to_string(), false);
+                true
+            }
+        }
+    }
+
+    /// Whether the running rewrite of `path` was asked for again since it began or last
+    /// asked: true means it goes on (and the request is taken); false ends its mark. Under
+    /// one lock with [`Streams::begin_work`], so a round that commits as a rewrite ends
+    /// either starts a new one or is seen by this one, and its files are never left waiting
+    /// for a round that may not come.
+    pub fn more_work(&self, path: &str) -> bool {
+        let mut work = self.mirror_work.lock();
+        match work.get_mut(path) {
+            Some(asked_again) if *asked_again => {
+                *asked_again = false;
+                true
+            }
+            _ => {
+                work.remove(path);
+                false
+            }
+        }
     }
 
     pub fn end_work(&self, path: &str) {

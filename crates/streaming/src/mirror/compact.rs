@@ -119,37 +119,50 @@ pub async fn compact_now(
     Ok((version, spec))
 }
 
-/// Starts a background rewrite of the mirror unless one runs; a later round asks again.
+/// Starts a background rewrite of the mirror, or asks the one running for another look.
 pub fn start_background(engine: &Arc<dyn Host>, name: &[String; 3], path: &str) {
     if !engine.streams().begin_work(path) {
         return;
     }
-    /// Ends the work's mark however its task ends (a panic included), so that a later round
-    /// can start it again.
-    struct Running(Arc<dyn Host>, String);
+    /// Ends the work's mark however its task ends (a panic or an error included), so that a
+    /// later round can start it again; unless [`Streams::more_work`] ended it already, when
+    /// another rewrite may hold the mark by now.
+    ///
+    /// [`Streams::more_work`]: crate::Streams::more_work
+    struct Running(Arc<dyn Host>, String, bool);
     impl Drop for Running {
         fn drop(&mut self) {
-            self.0.streams().end_work(&self.1);
+            if !self.2 {
+                self.0.streams().end_work(&self.1);
+            }
         }
     }
-    let running = Running(engine.clone(), path.to_string());
+    let running = Running(engine.clone(), path.to_string(), false);
     let engine = engine.clone();
     let name = name.clone();
     let path = path.to_string();
     tributary_engine::runtime::spawn_background(async move {
-        let _running = running;
+        // The whole guard moves into the task (not only the field the task sets).
+        let mut running = running;
         let started = std::time::Instant::now();
-        // Rounds that end while this runs start no other rewrite: pass again while a pass
-        // finds work (a few passes at most).
+        // Pass again while a pass finds work (a few passes per request at most), and again
+        // while rounds that ended meanwhile asked for it.
         let mut done = Ok(0);
-        for _ in 0..REWRITE_PASSES {
-            match background_rewrite(&engine, &name, &path).await {
-                Ok(0) => break,
-                Ok(rows) => done = done.map(|total| total + rows),
-                Err(err) => {
-                    done = Err(err);
-                    break;
+        'requests: loop {
+            for _ in 0..REWRITE_PASSES {
+                match background_rewrite(&engine, &name, &path).await {
+                    Ok(0) => break,
+                    Ok(rows) => done = done.map(|total| total + rows),
+                    Err(err) => {
+                        // A later round retries.
+                        done = Err(err);
+                        break 'requests;
+                    }
                 }
+            }
+            if !engine.streams().more_work(&path) {
+                running.2 = true;
+                break;
             }
         }
         match done {
