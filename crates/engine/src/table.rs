@@ -257,68 +257,114 @@ impl DataSink for TableSink {
         &self.schema
     }
 
-    /// Appends the rows a chunk at a time (see [`Chunk`]), each chunk a table version of the
-    /// statement's transaction, so an INSERT ... SELECT or CREATE TABLE AS of any size holds
-    /// one chunk.
+    /// Appends the rows as they come (see [`TableAppend`]), as one table version, so an
+    /// INSERT ... SELECT of any size holds about a row group.
     async fn write_all(
         &self,
         mut data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
         let external = |e: Error| DataFusionError::External(Box::new(e));
-        let mut chunk = Chunk::new(self.catalogs.store());
-        let mut written = 0;
-        while let Some(batch) = data.try_next().await? {
-            if chunk.add(batch) {
-                written += append(&self.catalogs, &self.name, chunk.take())
-                    .await
-                    .map_err(external)?;
+        let mut append = TableAppend::new(&self.catalogs, &self.name);
+        let written: DfResult<()> = async {
+            while let Some(batch) = data.try_next().await? {
+                append.push(batch).await.map_err(external)?;
             }
+            Ok(())
         }
-        written += append(&self.catalogs, &self.name, chunk.take())
-            .await
-            .map_err(external)?;
-        Ok(written)
+        .await;
+        if let Err(err) = written {
+            append.abort().await;
+            return Err(err);
+        }
+        append.finish().await.map_err(external)
     }
 }
 
-/// Rows gathered to be appended as one table version: up to [`Chunk::ROWS`] rows or a
-/// sixteenth of the query memory limit in bytes of columns (8 to 128 MiB), whichever comes
-/// first. A larger write is several versions of its transaction, which commits them at once.
-pub struct Chunk {
-    batches: Vec<RecordBatch>,
-    rows: usize,
-    bytes: usize,
-    max_bytes: usize,
+/// The bytes of encoded rows a streamed write holds in memory (a Parquet row group): a
+/// sixteenth of the query memory limit, 8 to 128 MiB.
+pub fn write_buffer_bytes(store: &crate::store::Store) -> usize {
+    let limit = store.query_memory().1.unwrap_or(u64::MAX);
+    (limit / 16).clamp(8 << 20, 128 << 20) as usize
 }
 
-impl Chunk {
-    pub const ROWS: usize = 1_000_000;
+/// Rows appended to a table as they come (INSERT ... SELECT, COPY), committed as one table
+/// version of the session's transaction by [`TableAppend::finish`]. The table's write lock
+/// is taken with the first row.
+pub struct TableAppend {
+    catalogs: SessionCatalogs,
+    name: [String; 3],
+    open: Option<OpenAppend>,
+}
 
-    pub fn new(store: &crate::store::Store) -> Self {
-        let limit = store.query_memory().1.unwrap_or(u64::MAX);
-        let max_bytes = (limit / 16).clamp(8 << 20, 128 << 20) as usize;
+struct OpenAppend {
+    table: Table,
+    writer: tributary_storage::Appender,
+    identity_next: Vec<(String, i64)>,
+}
+
+impl TableAppend {
+    pub fn new(catalogs: &SessionCatalogs, name: &[String; 3]) -> Self {
         Self {
-            batches: Vec::new(),
-            rows: 0,
-            bytes: 0,
-            max_bytes,
+            catalogs: catalogs.clone(),
+            name: name.clone(),
+            open: None,
         }
     }
 
-    /// Adds a batch; true once the chunk is full.
-    pub fn add(&mut self, batch: RecordBatch) -> bool {
-        self.rows += batch.num_rows();
-        self.bytes += batch.get_array_memory_size();
-        self.batches.push(batch);
-        self.rows >= Self::ROWS || self.bytes >= self.max_bytes
+    /// Writes `batch` (in the table's logical schema).
+    pub async fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let open = match &mut self.open {
+            Some(open) => open,
+            empty => {
+                let [database, schema, table_name] = &self.name;
+                let slot = self
+                    .catalogs
+                    .lock_table(database, schema, table_name, WriteKind::Append)
+                    .await?;
+                crate::mirror::refuse_write(&slot.table, table_name)?;
+                let store = self.catalogs.store();
+                let writer = store
+                    .storage
+                    .table(&slot.table.path)?
+                    .appender(slot.table.version, write_buffer_bytes(store))
+                    .await?;
+                empty.insert(OpenAppend {
+                    table: slot.table.clone(),
+                    writer,
+                    identity_next: Vec::new(),
+                })
+            }
+        };
+        let stored = prepare_batch(&open.table, &self.name[2], batch, &mut open.identity_next)?;
+        open.writer.write(&stored).await?;
+        Ok(())
     }
 
-    /// The batches gathered, leaving the chunk empty.
-    pub fn take(&mut self) -> Vec<RecordBatch> {
-        self.rows = 0;
-        self.bytes = 0;
-        std::mem::take(&mut self.batches)
+    /// Commits the rows written as one table version; returns their number.
+    pub async fn finish(self) -> Result<u64> {
+        let Some(open) = self.open else {
+            return Ok(0);
+        };
+        let outcome = open.writer.commit().await?;
+        pin_written(
+            &self.catalogs,
+            &self.name,
+            &open.table.path,
+            outcome.version,
+            &open.identity_next,
+        )?;
+        Ok(outcome.rows)
+    }
+
+    /// Gives the append up: nothing of it is committed.
+    pub async fn abort(self) {
+        if let Some(open) = self.open {
+            open.writer.abort().await;
+        }
     }
 }
 

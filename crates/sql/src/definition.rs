@@ -15,7 +15,7 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 use futures::TryStreamExt;
 use tributary_catalog::{Column, Constraint, Identity, Relation, SqlType, Table};
 use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
-use tributary_engine::table::Chunk;
+use tributary_engine::table::write_buffer_bytes;
 use tributary_engine::types;
 use tributary_syntax::names::normalize_ident;
 
@@ -54,8 +54,8 @@ pub(crate) fn relation_is_new(
     })
 }
 
-/// Makes a created table visible, with its first rows (CREATE TABLE AS) appended first, a
-/// chunk at a time as the query yields them.
+/// Makes a created table visible, with its first rows (CREATE TABLE AS) appended first as
+/// the query yields them, in one table version.
 pub(crate) async fn commit_new_table(
     cx: &mut Context,
     new: NewTable,
@@ -72,26 +72,26 @@ pub(crate) async fn commit_new_table(
     if let Some(mut rows) = rows {
         let logical = logical_schema(&table);
         let stored_schema = Arc::new(storage_schema(&table));
-        let handle = engine.storage.table(&table.path)?;
-        let mut chunk = Chunk::new(cx.catalogs().store());
-        loop {
-            let batch = rows.try_next().await?;
-            let end = batch.is_none();
-            if let Some(batch) = batch {
-                count += batch.num_rows() as u64;
+        let mut append = engine
+            .storage
+            .table(&table.path)?
+            .appender(table.version, write_buffer_bytes(cx.catalogs().store()))
+            .await?;
+        let written: Result<()> = async {
+            while let Some(batch) = rows.try_next().await? {
                 let stored = cast_batch(&cast_batch(&batch, &logical)?, &stored_schema)?;
-                if !chunk.add(stored) {
-                    continue;
-                }
+                append.write(&stored).await?;
             }
-            let batches = chunk.take();
-            if batches.iter().any(|b| b.num_rows() > 0) {
-                table.version = handle.append(table.version, batches).await?.version;
-            }
-            if end {
-                break;
-            }
+            Ok(())
         }
+        .await;
+        if let Err(err) = written {
+            append.abort().await;
+            return Err(err);
+        }
+        let outcome = append.commit().await?;
+        table.version = outcome.version;
+        count = outcome.rows;
     }
     cx.catalogs().modify(|state| {
         table.oid = state.allocate_oid();

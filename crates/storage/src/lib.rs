@@ -15,6 +15,6 @@ pub use files::ExternalLocation;
 pub use location::{check_table_path, legacy_location, new_table_path};
 pub use root::StorageRoot;
 pub use table::{
-    AppendOutcome, DataFile, FILE_COLUMN, ROW_COLUMN, Replaced, Rewrite, RowChanges, RowScan,
-    StagedFiles, TableHandle,
+    AppendOutcome, Appender, DataFile, FILE_COLUMN, ROW_COLUMN, Replaced, Rewrite, RowChanges,
+    RowScan, StagedFiles, TableHandle,
 };

@@ -20,10 +20,12 @@ use url::Url;
 use crate::root::StorageRoot;
 use crate::{Error, Result};
 
+mod append;
 mod deletion;
 mod rewrite;
 mod scan;
 
+pub use append::Appender;
 pub use deletion::RowChanges;
 pub use rewrite::Rewrite;
 pub use scan::{FILE_COLUMN, ROW_COLUMN, RowScan};
@@ -177,7 +179,7 @@ impl TableHandle {
         }
         let table = self.load(base_version).await?;
         let mut write = table.write(batches).with_save_mode(SaveMode::Append);
-        if let Some(properties) = self.writer_properties(rows) {
+        if let Some(properties) = self.properties(rows, None) {
             write = write.with_writer_properties(properties);
         }
         let table = write.await?;
@@ -206,7 +208,7 @@ impl TableHandle {
             .write(batches)
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
-        if let Some(properties) = self.writer_properties(rows) {
+        if let Some(properties) = self.properties(rows, None) {
             write = write.with_writer_properties(properties);
         }
         let table = write.await?;
@@ -225,7 +227,7 @@ impl TableHandle {
             });
         };
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        let mut writer = self.file_writer(&table, first.schema(), rows)?;
+        let mut writer = self.file_writer(&table, first.schema(), self.properties(rows, None))?;
         for batch in batches {
             writer.write(batch).await?;
         }
@@ -235,18 +237,19 @@ impl TableHandle {
         })
     }
 
-    /// A writer of new data files of `table` (none committed), for about `rows` rows.
+    /// A writer of new data files of `table` (none committed), with `properties` (see
+    /// [`Self::properties`]).
     pub(super) fn file_writer(
         &self,
         table: &deltalake::DeltaTable,
         schema: arrow::datatypes::SchemaRef,
-        rows: usize,
+        properties: Option<deltalake::parquet::file::properties::WriterProperties>,
     ) -> Result<DeltaWriter> {
         use deltalake::table::config::TablePropertiesExt as _;
         let config = WriterConfig::new(
             schema,
             Vec::new(),
-            self.writer_properties(rows),
+            properties,
             None,
             None,
             table.snapshot()?.table_config().num_indexed_cols(),
@@ -492,20 +495,24 @@ impl TableHandle {
     /// Parquet properties for writing `rows` rows: bloom filters on the handle's bloom
     /// columns, sized for the rows of one row group. None without bloom columns (delta-rs's
     /// defaults).
-    fn writer_properties(
+    /// The Parquet properties of files written for about `rows` rows, whose row groups hold
+    /// at most `row_group_bytes` encoded bytes when given; None for delta-rs' defaults.
+    fn properties(
         &self,
         rows: usize,
+        row_group_bytes: Option<usize>,
     ) -> Option<deltalake::parquet::file::properties::WriterProperties> {
         use deltalake::parquet::basic::Compression;
         use deltalake::parquet::file::properties::WriterProperties;
         use deltalake::parquet::schema::types::ColumnPath;
-        if self.bloom_columns.is_empty() {
+        if self.bloom_columns.is_empty() && row_group_bytes.is_none() {
             return None;
         }
         let distinct = rows.clamp(1_000, ROW_GROUP_ROWS) as u64;
         let mut builder = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_max_row_group_bytes(row_group_bytes);
         for column in self.bloom_columns.iter() {
             let path = ColumnPath::from(column.as_str());
             builder = builder

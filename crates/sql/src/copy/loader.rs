@@ -21,7 +21,7 @@ use tokio_util::io::StreamReader;
 use tributary_catalog::{SqlType, Table};
 use tributary_engine::convert::{RAW_KEPT, convert_column, truncate};
 use tributary_engine::error::DataErrorKind;
-use tributary_engine::table::Chunk;
+use tributary_engine::table::TableAppend;
 
 use super::errors::LoadError;
 use super::plan::{Compression, CopyPlan, Format};
@@ -66,8 +66,8 @@ pub(super) struct Loader<'a> {
     /// Whether change records went into a mirror table; the COPY then merges their files.
     changes_copied: bool,
     pending: Vec<RawRow>,
-    /// Converted rows, appended as a table version once the chunk is full.
-    converted: Chunk,
+    /// Converted rows, written as they come and committed as one table version at the end.
+    converted: TableAppend,
     loaded: u64,
     errors: u64,
     /// DEFAULT values by column index, evaluated once per COPY.
@@ -101,14 +101,16 @@ impl<'a> Loader<'a> {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
+        let name = [
+            cx.database().to_string(),
+            plan.schema.clone(),
+            plan.table.clone(),
+        ];
         Ok(Self {
             cx,
             plan,
-            name: [
-                cx.database().to_string(),
-                plan.schema.clone(),
-                plan.table.clone(),
-            ],
+            converted: TableAppend::new(cx.catalogs(), &name),
+            name,
             table,
             schema,
             inputs,
@@ -118,7 +120,6 @@ impl<'a> Loader<'a> {
             skip_rest: false,
             changes_copied: false,
             pending: Vec::new(),
-            converted: Chunk::new(cx.catalogs().store()),
             loaded: 0,
             errors: 0,
             defaults: Default::default(),
@@ -677,22 +678,21 @@ impl<'a> Loader<'a> {
     }
 
     async fn add_converted(&mut self, batch: RecordBatch) -> Result<()> {
-        if self.converted.add(batch) {
-            self.append().await?;
+        self.converted.push(batch).await
+    }
+
+    /// Ends the COPY after its input was read (`read`): commits what it loaded, or, when
+    /// reading failed, gives the rows written up.
+    pub(super) async fn end(mut self, read: Result<()>) -> Result<u64> {
+        let read = match read {
+            Ok(()) => self.convert_pending().await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = read {
+            self.converted.abort().await;
+            return Err(err);
         }
-        Ok(())
-    }
-
-    async fn append(&mut self) -> Result<()> {
-        let batches = self.converted.take();
-        self.loaded +=
-            tributary_engine::table::append(self.cx.catalogs(), &self.name, batches).await?;
-        Ok(())
-    }
-
-    pub(super) async fn finish(mut self) -> Result<u64> {
-        self.convert_pending().await?;
-        self.append().await?;
+        self.loaded += self.converted.finish().await?;
         if self.changes_copied {
             tributary_streaming::mirror::finish_copy(self.cx.catalogs(), &self.name).await?;
         }

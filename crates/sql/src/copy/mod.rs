@@ -43,26 +43,30 @@ pub(crate) async fn load_location(cx: &Context, plan: &CopyPlan) -> Result<u64> 
         )));
     }
     let mut loader = Loader::new(cx, plan)?;
-    if plan.format == Format::Parquet {
-        let urls: Vec<String> = files.iter().map(|f| location.url_of(f)).collect();
-        cx.context()
-            .register_object_store(location.base(), location.store());
-        let frame = cx
-            .context()
-            .read_parquet(urls, ParquetReadOptions::default())
-            .await?;
-        let mut stream = frame.execute_stream().await?;
-        while let Some(batch) = stream.next().await {
-            loader.push_columnar(batch?).await?;
+    let read: Result<()> = async {
+        if plan.format == Format::Parquet {
+            let urls: Vec<String> = files.iter().map(|f| location.url_of(f)).collect();
+            cx.context()
+                .register_object_store(location.base(), location.store());
+            let frame = cx
+                .context()
+                .read_parquet(urls, ParquetReadOptions::default())
+                .await?;
+            let mut stream = frame.execute_stream().await?;
+            while let Some(batch) = stream.next().await {
+                loader.push_columnar(batch?).await?;
+            }
+        } else {
+            for file in &files {
+                let stream = location.read_stream(file).await?;
+                let name = location.url_of(file);
+                loader.push_stream(&name, stream).await?;
+            }
         }
-    } else {
-        for file in &files {
-            let stream = location.read_stream(file).await?;
-            let name = location.url_of(file);
-            loader.push_stream(&name, stream).await?;
-        }
+        Ok(())
     }
-    loader.finish().await
+    .await;
+    loader.end(read).await
 }
 
 /// Runs a COPY FROM STDIN with the data the client sends, as it arrives.
@@ -72,6 +76,6 @@ pub(crate) async fn load_stream(
     data: impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
 ) -> Result<u64> {
     let mut loader = Loader::new(cx, plan)?;
-    loader.push_stream("STDIN", data).await?;
-    loader.finish().await
+    let read = loader.push_stream("STDIN", data).await;
+    loader.end(read).await
 }

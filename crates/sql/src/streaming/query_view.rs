@@ -6,8 +6,10 @@
 use std::sync::Arc;
 
 use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement, visit_relations};
+use futures::TryStreamExt as _;
 use tributary_catalog::{CatalogState, MaterializedView, Table, ViewInput};
 use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
+use tributary_engine::table::write_buffer_bytes;
 use tributary_engine::transaction::WriteKind;
 use tributary_streaming::ViewId;
 use tributary_syntax::names::name_parts;
@@ -94,7 +96,8 @@ pub(super) async fn create(
 }
 
 /// REFRESH of a view over tables: runs the query again and replaces the rows, in the
-/// session's transaction. Returns the number of rows.
+/// session's transaction, writing them as the query yields them and committing one table
+/// version. Returns the number of rows.
 pub(super) async fn refresh(cx: &mut Context, view: &ViewId, sql: &str) -> Result<u64> {
     let mut statements = cx.parse(sql)?;
     let Some(statement) = statements.pop().and_then(|s| s.into_sql()) else {
@@ -108,28 +111,34 @@ pub(super) async fn refresh(cx: &mut Context, view: &ViewId, sql: &str) -> Resul
         .lock_table(&view.database, &view.schema, &view.name, WriteKind::Rewrite)
         .await?
         .table;
-    let (_, batches) = crate::definition::query_rows(cx, statement).await?;
+    let (_, mut rows) = crate::definition::query_stream(cx, statement).await?;
     let logical = logical_schema(&table);
     let stored_schema = Arc::new(storage_schema(&table));
-    let stored = batches
-        .iter()
-        .map(|b| {
-            let b = cast_batch(b, &logical).map_err(|err| {
+    let mut append = cx
+        .engine()
+        .storage
+        .table(&table.path)?
+        .appender(table.version, write_buffer_bytes(cx.catalogs().store()))
+        .await?;
+    let written: Result<()> = async {
+        while let Some(batch) = rows.try_next().await? {
+            let batch = cast_batch(&batch, &logical).map_err(|err| {
                 Error::InvalidStatement(format!(
                     "materialized view \"{}\": its query's columns no longer match the view ({err}); drop and create it again",
                     view.name
                 ))
             })?;
-            cast_batch(&b, &stored_schema)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let rows: usize = stored.iter().map(|b| b.num_rows()).sum();
-    let version = cx
-        .engine()
-        .storage
-        .table(&table.path)?
-        .overwrite(table.version, stored, &stored_schema)
-        .await?;
+            append.write(&cast_batch(&batch, &stored_schema)?).await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(err) = written {
+        append.abort().await;
+        return Err(err);
+    }
+    let outcome = append.commit_replacing_all().await?;
+    let (version, rows) = (outcome.version, outcome.rows);
     tributary_engine::table::pin_written(
         cx.catalogs(),
         &[
@@ -141,5 +150,5 @@ pub(super) async fn refresh(cx: &mut Context, view: &ViewId, sql: &str) -> Resul
         version,
         &[],
     )?;
-    Ok(rows as u64)
+    Ok(rows)
 }

@@ -84,7 +84,7 @@ impl TableHandle {
                     None => writer.insert(self.file_writer(
                         &table,
                         batch.schema(),
-                        estimate(&adds, paths),
+                        self.properties(estimate(&adds, paths), None),
                     )?),
                 };
                 writer.write(&batch).await?;

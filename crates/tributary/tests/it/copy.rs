@@ -135,6 +135,116 @@ async fn copy_in_pieces(
     sink.finish().await
 }
 
+/// The Delta log versions of the table stored at `location` under `root`.
+fn delta_versions(root: &std::path::Path, location: &str) -> usize {
+    std::fs::read_dir(root.join(location).join("_delta_log"))
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".json")
+        })
+        .count()
+}
+
+/// A statement whose rows fill many row groups (INSERT ... SELECT, CREATE TABLE AS, COPY)
+/// commits them as one Delta version, so a reader of the Delta log (an external engine)
+/// sees all of them or none; one that fails part way adds no version at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_write_is_one_delta_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(
+        dir.path().to_str().unwrap(),
+        None,
+        tributary_wire::PasswordMethod::ScramSha256,
+    )
+    .await;
+    let client = server.client().await;
+    let location = |table: &'static str| {
+        let client = &client;
+        async move {
+            let location: String = client
+                .query_one(
+                    "SELECT location FROM svv_table_info WHERE \"table\" = $1",
+                    &[&table],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            location
+        }
+    };
+    // Over the 1M rows of a Parquet row group, and over the old chunk of a write.
+    const ROWS: i64 = 2_500_000;
+    client
+        .batch_execute("CREATE TABLE wide (id BIGINT, note VARCHAR(64))")
+        .await
+        .unwrap();
+    let wide = location("wide").await;
+    let before = delta_versions(dir.path(), &wide);
+    let inserted = client
+        .execute(
+            &format!(
+                "INSERT INTO wide SELECT value, 'note ' || (value % 977) FROM generate_series(1, {ROWS})"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, ROWS as u64);
+    assert_eq!(delta_versions(dir.path(), &wide), before + 1);
+
+    // One that fails after most of its rows commits nothing, not even for a moment.
+    let failed = client
+        .execute(
+            &format!(
+                "INSERT INTO wide SELECT value, 'x' || (1 / (value - {ROWS})) FROM generate_series(1, {ROWS})"
+            ),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Some(&SqlState::DIVISION_BY_ZERO), "{failed}");
+    assert_eq!(delta_versions(dir.path(), &wide), before + 1);
+
+    client
+        .batch_execute("CREATE TABLE copied AS SELECT * FROM wide")
+        .await
+        .unwrap();
+    // Its creation and its rows.
+    assert_eq!(delta_versions(dir.path(), &location("copied").await), 2);
+
+    let mut csv = Vec::new();
+    for id in 1..=ROWS / 2 {
+        writeln!(csv, "{id},copied note {id}").unwrap();
+    }
+    let loaded = copy_in_pieces(&client, "COPY copied FROM STDIN WITH (FORMAT csv)", &csv)
+        .await
+        .unwrap();
+    assert_eq!(loaded, (ROWS / 2) as u64);
+    assert_eq!(delta_versions(dir.path(), &location("copied").await), 3);
+
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM wide) AS w, (SELECT count(*) FROM copied) AS c, (SELECT sum(id) FROM copied) AS s",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (wide_rows, copied_rows, sum): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (wide_rows, copied_rows, sum),
+        (
+            ROWS,
+            ROWS + ROWS / 2,
+            ROWS * (ROWS + 1) / 2 + (ROWS / 2) * (ROWS / 2 + 1) / 2
+        )
+    );
+}
+
 /// Inputs many of the loader's 8 MiB blocks long load whole: records that cross a block's end
 /// (CSV fields holding newlines, JSON values over several lines) are read once, line numbers
 /// count from the input's start, and gzip files of several members stream through the
