@@ -110,6 +110,8 @@ struct CopyIn {
     /// closed without it (CopyFail, a hangup) ends the load with an error, which rolls it
     /// back.
     blocks: tokio::sync::mpsc::Sender<Bytes>,
+    /// Set when a cancel request stopped the load while the client was sending its data.
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type StatementResult = (tributary_sql::Result<Output>, Vec<Notice>);
@@ -664,11 +666,31 @@ impl Queries {
     /// Starts the load of a `COPY ... FROM STDIN`, fed block by block.
     fn start_copy<C: ClientInfo>(&self, client: &C) -> CopyIn {
         let (blocks, receiver) = tokio::sync::mpsc::channel::<Bytes>(COPY_QUEUE_BLOCKS);
-        let data = stream::unfold(Some(receiver), |receiver| async move {
-            let mut receiver = receiver?;
-            match receiver.recv().await {
+        // A cancel request wakes only those waiting: registered now, it is seen however busy
+        // the load is when it comes, and the load stops at its next block.
+        let mut cancel = Box::pin(self.runner.cancel.clone().notified_owned());
+        cancel.as_mut().enable();
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = (receiver, cancel, cancelled.clone());
+        let data = stream::unfold(Some(state), |state| async move {
+            let (mut receiver, mut cancel, cancelled) = state?;
+            let block = tokio::select! {
+                biased;
+                () = cancel.as_mut() => {
+                    cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::Interrupted,
+                            "canceling statement due to user request",
+                        )),
+                        None,
+                    ));
+                }
+                block = receiver.recv() => block,
+            };
+            match block {
                 Some(block) if block.is_empty() => None,
-                Some(block) => Some((Ok(block), Some(receiver))),
+                Some(block) => Some((Ok(block), Some((receiver, cancel, cancelled)))),
                 None => Some((
                     Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -690,6 +712,7 @@ impl Queries {
             job,
             gathered: Vec::new(),
             blocks,
+            cancelled,
         }
     }
 }
@@ -729,6 +752,7 @@ impl CopyHandler for Queries {
             job,
             gathered,
             blocks,
+            cancelled,
         } = copy.unwrap_or_else(|| self.start_copy(client));
         if !gathered.is_empty() {
             let _ = blocks.send(Bytes::from(gathered)).await;
@@ -736,6 +760,10 @@ impl CopyHandler for Queries {
         let _ = blocks.send(Bytes::new()).await;
         drop(blocks);
         let (result, notices) = self.runner.wait_for(job).await?;
+        if cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+            // The load failed and rolled back when the cancel came.
+            return Err(query_canceled());
+        }
         send_notices(client, notices).await?;
         let rows = match result.map_err(to_pgwire)? {
             tributary_sql::Output::Command { rows, .. } => rows.unwrap_or(0),

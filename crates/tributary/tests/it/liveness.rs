@@ -263,6 +263,65 @@ async fn a_cancel_request_stops_the_statement_and_the_session_goes_on() {
     client.simple_query("SELECT 1").await.unwrap();
 }
 
+/// A cancel request that comes while the client is still sending a COPY's data stops the
+/// load at once: the COPY ends with 57014 when the client finishes, nothing of it stays,
+/// and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_stops_a_copy_from_stdin() {
+    use futures::SinkExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = spawn_server(dir.path().to_str().unwrap(), &[]);
+    let client = connect(port).await;
+    client
+        .batch_execute("CREATE TABLE t (a INT, note VARCHAR(64)); INSERT INTO t VALUES (1, 'kept')")
+        .await
+        .unwrap();
+    let block: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("{i}\ta note of some length {i:020}\n").into_bytes())
+        .collect();
+    let sink = client.copy_in("COPY t FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    // A few of the server's 1 MiB blocks, so that the load is running.
+    for _ in 0..4 {
+        sink.send(bytes::Bytes::from(block.clone())).await.unwrap();
+    }
+    client
+        .cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The client goes on sending, as a driver does until it is told; the rest is dropped.
+    let mut sent = Ok(());
+    for _ in 0..4 {
+        sent = sink.send(bytes::Bytes::from(block.clone())).await;
+        if sent.is_err() {
+            break;
+        }
+    }
+    let err = match sent {
+        Err(err) => err,
+        Ok(()) => tokio::time::timeout(Duration::from_secs(30), sink.finish())
+            .await
+            .expect("the cancelled COPY ended")
+            .unwrap_err(),
+    };
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "nothing of the cancelled COPY stays");
+    // The next COPY loads.
+    let sink = client.copy_in("COPY t FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"2\tnext\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_busy_server_within_seconds_and_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
