@@ -16,13 +16,12 @@ pub const RAW_KEPT: usize = 1024;
 /// Converts text values to `sql_type` (DATEFORMAT / TIMEFORMAT as COPY takes them; None is
 /// ISO). Returns the column and, for each value that does not convert, its row and why.
 pub fn convert_column(
-    values: &[Option<String>],
+    values: &StringArray,
     sql_type: &SqlType,
     date_format: Option<&str>,
     time_format: Option<&str>,
 ) -> Result<(ArrayRef, Vec<(usize, String)>)> {
     let target = sql_type.to_arrow();
-    let strings: ArrayRef = Arc::new(StringArray::from(values.to_vec()));
     let converted: ArrayRef = match (sql_type, date_format, time_format) {
         (SqlType::Date, Some(format), _) => Arc::new(parse_dates(values, format)),
         (SqlType::Timestamp | SqlType::TimestampTz, _, Some(format)) => {
@@ -30,36 +29,39 @@ pub fn convert_column(
             arrow::compute::cast(&(Arc::new(micros) as ArrayRef), &target)?
         }
         (SqlType::Boolean, _, _) => Arc::new(parse_booleans(values)),
-        _ => cast_with_options(&strings, &target, &CastOptions::default())?,
+        _ => cast_with_options(values, &target, &CastOptions::default())?,
     };
-    let failures = values
-        .iter()
-        .enumerate()
-        .filter(|(row, value)| value.is_some() && converted.is_null(*row))
-        .map(|(row, value)| {
-            (
-                row,
-                format!(
-                    "Invalid input for type {}: '{}'",
-                    sql_type.display_name(),
-                    truncate(value.as_deref().unwrap_or_default())
-                ),
-            )
-        })
-        .collect();
+    let failures = if converted.null_count() == values.null_count() {
+        Vec::new()
+    } else {
+        values
+            .iter()
+            .enumerate()
+            .filter(|(row, value)| value.is_some() && converted.is_null(*row))
+            .map(|(row, value)| {
+                (
+                    row,
+                    format!(
+                        "Invalid input for type {}: '{}'",
+                        sql_type.display_name(),
+                        truncate(value.unwrap_or_default())
+                    ),
+                )
+            })
+            .collect()
+    };
     Ok((converted, failures))
 }
 
-fn parse_booleans(values: &[Option<String>]) -> BooleanArray {
+fn parse_booleans(values: &StringArray) -> BooleanArray {
     values
         .iter()
         .map(|v| {
-            v.as_deref()
-                .and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
-                    "t" | "true" | "1" | "y" | "yes" | "on" => Some(true),
-                    "f" | "false" | "0" | "n" | "no" | "off" => Some(false),
-                    _ => None,
-                })
+            v.and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
+                "t" | "true" | "1" | "y" | "yes" | "on" => Some(true),
+                "f" | "false" | "0" | "n" | "no" | "off" => Some(false),
+                _ => None,
+            })
         })
         .collect()
 }
@@ -78,7 +80,7 @@ const AUTO_TIMESTAMPS: [&str; 6] = [
     "%Y-%m-%dT%H:%M:%S%.fZ",
 ];
 
-pub fn parse_dates(values: &[Option<String>], format: &str) -> arrow::array::Date32Array {
+pub fn parse_dates(values: &StringArray, format: &str) -> arrow::array::Date32Array {
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
     let patterns: Vec<String> = if format.eq_ignore_ascii_case("auto") {
         AUTO_DATES.iter().map(|s| s.to_string()).collect()
@@ -88,7 +90,7 @@ pub fn parse_dates(values: &[Option<String>], format: &str) -> arrow::array::Dat
     values
         .iter()
         .map(|v| {
-            let v = v.as_deref()?.trim();
+            let v = v?.trim();
             patterns
                 .iter()
                 .find_map(|p| NaiveDate::parse_from_str(v, p).ok())
@@ -104,14 +106,14 @@ pub fn parse_dates(values: &[Option<String>], format: &str) -> arrow::array::Dat
 }
 
 pub fn parse_timestamps(
-    values: &[Option<String>],
+    values: &StringArray,
     format: &str,
 ) -> arrow::array::TimestampMicrosecondArray {
     let lower = format.to_ascii_lowercase();
     values
         .iter()
         .map(|v| {
-            let v = v.as_deref()?.trim();
+            let v = v?.trim();
             match lower.as_str() {
                 "epochsecs" => v.parse::<f64>().ok().map(|s| (s * 1e6) as i64),
                 "epochmillisecs" => v.parse::<f64>().ok().map(|ms| (ms * 1e3) as i64),
@@ -154,18 +156,18 @@ mod tests {
 
     #[test]
     fn dates_and_timestamps_in_auto_and_explicit_formats() {
-        let values = vec![
-            Some("2024-03-01".to_string()),
-            Some("03/02/2024".to_string()),
-            Some("not a date".to_string()),
-        ];
+        let values = StringArray::from(vec![
+            Some("2024-03-01"),
+            Some("03/02/2024"),
+            Some("not a date"),
+        ]);
         let dates = parse_dates(&values, "auto");
         assert!(dates.is_valid(0) && dates.is_valid(1) && dates.is_null(2));
-        let explicit = parse_dates(&[Some("01.02.2024".to_string())], "DD.MM.YYYY");
+        let explicit = parse_dates(&StringArray::from(vec!["01.02.2024"]), "DD.MM.YYYY");
         assert_eq!(explicit.value(0), 19754);
-        let epoch = parse_timestamps(&[Some("1.5".to_string())], "epochsecs");
+        let epoch = parse_timestamps(&StringArray::from(vec!["1.5"]), "epochsecs");
         assert_eq!(epoch.value(0), 1_500_000);
-        let auto = parse_timestamps(&[Some("2024-03-01T10:00:00Z".to_string())], "auto");
+        let auto = parse_timestamps(&StringArray::from(vec!["2024-03-01T10:00:00Z"]), "auto");
         assert!(auto.is_valid(0));
     }
 }

@@ -9,7 +9,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder, new_null_array,
+};
 use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_compression::tokio::bufread::{BzDecoder, GzipDecoder, ZstdDecoder};
@@ -40,11 +42,25 @@ const CHANGE_LINES: usize = 100_000;
 /// ...or fewer, once they take this many bytes.
 const CHANGE_BYTES: usize = 32 << 20;
 
-/// One input row before conversion.
-struct RawRow {
-    line: i64,
-    raw: String,
-    fields: Vec<Option<String>>,
+/// Input rows before conversion, column by column: text in contiguous buffers, so a row
+/// costs no allocation of its own.
+struct Pending {
+    /// Each row's line number.
+    lines: Vec<i64>,
+    /// Each row's raw line (at most [`RAW_KEPT`] bytes), for load errors.
+    raws: StringBuilder,
+    /// Each input column's values as written.
+    fields: Vec<StringBuilder>,
+}
+
+impl Pending {
+    fn new(columns: usize) -> Self {
+        Self {
+            lines: Vec::with_capacity(CHUNK_ROWS),
+            raws: StringBuilder::new(),
+            fields: (0..columns).map(|_| StringBuilder::new()).collect(),
+        }
+    }
 }
 
 pub(super) struct Loader<'a> {
@@ -65,7 +81,7 @@ pub(super) struct Loader<'a> {
     skip_rest: bool,
     /// Whether change records went into a mirror table; the COPY then merges their files.
     changes_copied: bool,
-    pending: Vec<RawRow>,
+    pending: Pending,
     /// Converted rows, written as they come and committed as one table version at the end.
     converted: TableAppend,
     loaded: u64,
@@ -119,7 +135,7 @@ impl<'a> Loader<'a> {
             header_skipped: 0,
             skip_rest: false,
             changes_copied: false,
-            pending: Vec::new(),
+            pending: Pending::new(plan.columns.len()),
             loaded: 0,
             errors: 0,
             defaults: Default::default(),
@@ -278,18 +294,21 @@ impl<'a> Loader<'a> {
             if line == "\\." || line.is_empty() && line_number > 1 && text.ends_with('\n') {
                 continue;
             }
-            let fields = if line.contains('\\') {
-                split_text(line, delimiter)
-                    .into_iter()
-                    .map(|(raw, unescaped)| (raw != null_as).then_some(unescaped))
-                    .collect()
+            if line.contains('\\') {
+                let fields = split_text(line, delimiter);
+                let values = fields
+                    .iter()
+                    .map(|(raw, unescaped)| (*raw != null_as).then_some(unescaped.as_str()));
+                self.push_row(line_number, line, fields.len(), values)
+                    .await?;
             } else {
                 // Without escapes, each field is as written.
-                line.split(delimiter)
-                    .map(|field| (field != null_as).then(|| field.to_string()))
-                    .collect()
-            };
-            self.push_row(line_number, line, fields).await?;
+                let count = line.matches(delimiter).count() + 1;
+                let values = line
+                    .split(delimiter)
+                    .map(|field| (field != null_as).then_some(field));
+                self.push_row(line_number, line, count, values).await?;
+            }
         }
         Ok(())
     }
@@ -302,6 +321,7 @@ impl<'a> Loader<'a> {
             .quote(self.plan.quote)
             .from_reader(bytes);
         let mut record = csv::StringRecord::new();
+        let mut raw_line = String::new();
         loop {
             let line = self.line_base + reader.position().line() as i64;
             match reader.read_record(&mut record) {
@@ -324,16 +344,23 @@ impl<'a> Loader<'a> {
                 self.header_skipped += 1;
                 continue;
             }
-            let raw: Vec<&str> = record.iter().collect();
-            let raw_line = raw.join(&(self.plan.delimiter as char).to_string());
-            let fields = record
+            // The raw line as Redshift shows it: the fields, delimited.
+            raw_line.clear();
+            for (at, field) in record.iter().enumerate() {
+                if raw_line.len() > RAW_KEPT {
+                    break;
+                }
+                if at > 0 {
+                    raw_line.push(self.plan.delimiter as char);
+                }
+                raw_line.push_str(field);
+            }
+            let plan = self.plan;
+            let null_as = plan.null_as.as_deref();
+            let values = record
                 .iter()
-                .map(|field| match &self.plan.null_as {
-                    Some(null) if field == null => None,
-                    _ => Some(field.to_string()),
-                })
-                .collect();
-            self.push_row(line, &raw_line, fields).await?;
+                .map(|field| (Some(field) != null_as).then_some(field));
+            self.push_row(line, &raw_line, record.len(), values).await?;
         }
         Ok(())
     }
@@ -396,7 +423,7 @@ impl<'a> Loader<'a> {
                         )?;
                         continue;
                     };
-                    let fields = names
+                    let fields: Vec<Option<String>> = names
                         .iter()
                         .map(|name| {
                             let value = if ignore_case {
@@ -414,28 +441,38 @@ impl<'a> Loader<'a> {
                             }
                         })
                         .collect();
-                    self.push_row(value_line, &raw, fields).await?;
+                    let count = fields.len();
+                    let values = fields.iter().map(Option::as_deref);
+                    self.push_row(value_line, &raw, count, values).await?;
                 }
             }
         }
         Ok(bytes.len())
     }
 
-    async fn push_row(&mut self, line: i64, raw: &str, fields: Vec<Option<String>>) -> Result<()> {
-        if fields.len() != self.inputs.len() {
-            let reason = if fields.len() < self.inputs.len() {
+    /// Takes one row of `count` fields (None for NULL AS).
+    async fn push_row<'f>(
+        &mut self,
+        line: i64,
+        raw: &str,
+        count: usize,
+        fields: impl Iterator<Item = Option<&'f str>>,
+    ) -> Result<()> {
+        if count != self.inputs.len() {
+            let reason = if count < self.inputs.len() {
                 "Delimiter not found: the line has fewer fields than columns"
             } else {
                 "Extra column(s) found"
             };
             return self.reject(line, raw, "", "", 1214, reason, DataErrorKind::InvalidText);
         }
-        self.pending.push(RawRow {
-            line,
-            raw: truncate(raw),
-            fields,
-        });
-        if self.pending.len() >= CHUNK_ROWS {
+        let pending = &mut self.pending;
+        pending.lines.push(line);
+        pending.raws.append_value(truncate_str(raw));
+        for (builder, field) in pending.fields.iter_mut().zip(fields) {
+            builder.append_option(field);
+        }
+        if pending.lines.len() >= CHUNK_ROWS {
             self.convert_pending().await?;
         }
         Ok(())
@@ -491,32 +528,36 @@ impl<'a> Loader<'a> {
 
     /// Converts the pending text rows to typed columns; rows that do not convert are rejected.
     async fn convert_pending(&mut self) -> Result<()> {
-        let rows = std::mem::take(&mut self.pending);
-        if rows.is_empty() {
+        if self.pending.lines.is_empty() {
             return Ok(());
         }
-        let mut bad: Vec<Option<(usize, String, DataErrorKind)>> = vec![None; rows.len()];
+        let Pending {
+            lines,
+            mut raws,
+            fields,
+        } = std::mem::replace(&mut self.pending, Pending::new(self.inputs.len()));
+        let raws = raws.finish();
+        let texts: Vec<StringArray> = fields.into_iter().map(|mut b| b.finish()).collect();
+        let rows = lines.len();
+        let mut bad: Vec<Option<(usize, String, DataErrorKind)>> = vec![None; rows];
         let mut columns: Vec<Option<ArrayRef>> = vec![None; self.table.columns.len()];
         for (input, &index) in self.inputs.iter().enumerate() {
             let column = &self.table.columns[index];
-            let values: Vec<Option<String>> = rows
-                .iter()
-                .map(|row| {
-                    let value = row.fields[input].clone()?;
-                    let blank = value.trim().is_empty();
-                    let string_type = matches!(
-                        column.sql_type,
-                        SqlType::Varchar { .. } | SqlType::Char { .. } | SqlType::Super
-                    );
-                    if (self.plan.empty_as_null && value.is_empty())
-                        || (self.plan.blanks_as_null && blank)
-                        || (!string_type && value.is_empty())
-                    {
-                        return None;
-                    }
-                    Some(value)
-                })
-                .collect();
+            let string_type = matches!(
+                column.sql_type,
+                SqlType::Varchar { .. } | SqlType::Char { .. } | SqlType::Super
+            );
+            let as_null = |value: &str| {
+                (self.plan.empty_as_null && value.is_empty())
+                    || (self.plan.blanks_as_null && value.trim().is_empty())
+                    || (!string_type && value.is_empty())
+            };
+            let text = &texts[input];
+            let values: StringArray = if text.iter().flatten().any(as_null) {
+                text.iter().map(|v| v.filter(|v| !as_null(v))).collect()
+            } else {
+                text.clone()
+            };
             let (array, failures) = convert_column(
                 &values,
                 &column.sql_type,
@@ -550,7 +591,7 @@ impl<'a> Loader<'a> {
             }
             columns[index] = Some(array);
         }
-        let columns = self.fill_defaults(columns, rows.len()).await?;
+        let columns = self.fill_defaults(columns, rows).await?;
         for (index, column) in self.table.columns.iter().enumerate() {
             if column.nullable || column.identity.is_some() {
                 continue;
@@ -572,11 +613,12 @@ impl<'a> Loader<'a> {
                     .inputs
                     .iter()
                     .position(|i| i == index)
-                    .and_then(|input| rows[row].fields[input].clone())
+                    .filter(|&input| texts[input].is_valid(row))
+                    .map(|input| texts[input].value(row).to_string())
                     .unwrap_or_default();
                 self.reject(
-                    rows[row].line,
-                    &rows[row].raw,
+                    lines[row],
+                    raws.value(row),
                     &column,
                     &raw_value,
                     1207,
@@ -763,6 +805,15 @@ fn read_error(name: &str, compression: Compression, err: std::io::Error) -> Erro
             format!("{name} could not be decompressed ({compression:?}): {err}"),
         ),
     }
+}
+
+/// The first [`RAW_KEPT`] bytes of `text`, at a character boundary.
+fn truncate_str(text: &str) -> &str {
+    let mut end = text.len().min(RAW_KEPT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn newlines(bytes: &[u8]) -> i64 {

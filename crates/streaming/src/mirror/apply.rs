@@ -76,7 +76,7 @@ fn changes(table: &Table, spec: &MirrorSpec, records: &[&StreamRecord]) -> Resul
             Arc::new(arrow::array::StringArray::from(values.clone())) as ArrayRef
         } else {
             let (array, failures) = tributary_engine::convert::convert_column(
-                &values,
+                &arrow::array::StringArray::from_iter(values.iter().map(Option::as_deref)),
                 &column.sql_type,
                 Some("auto"),
                 Some("auto"),
