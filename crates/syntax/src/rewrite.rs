@@ -143,7 +143,11 @@ impl VisitorMut for RepeatedProjections {
                 while let Expr::Cast { expr, .. } = key {
                     key = expr;
                 }
-                let key = key.to_string();
+                // And every scalar subquery `(<subquery>)`, whatever its text.
+                let key = match key {
+                    Expr::Subquery(_) => "(<subquery>)".to_string(),
+                    other => other.to_string(),
+                };
                 if !seen.insert(key) {
                     let alias = Ident::with_quote('"', format!("column{}", position + 1));
                     *item = SelectItem::ExprWithAlias {
@@ -614,6 +618,23 @@ mod tests {
             (name == "t").then(|| "sales".to_string())
         });
         assert_eq!(statement.to_string(), expected);
+    }
+
+    #[test]
+    fn repeated_projections_get_aliases() {
+        let aliased = |sql: &str| {
+            let mut statement = parse_statements(sql).unwrap().remove(0).into_sql().unwrap();
+            alias_repeated_projections(&mut statement);
+            statement.to_string()
+        };
+        assert_eq!(
+            aliased("select false, false, x::int, x::bigint"),
+            r#"SELECT false, false AS "column2", x::INT, x::BIGINT AS "column4""#
+        );
+        assert_eq!(
+            aliased("select (select count(*) from a), (select count(*) from b), (select 1) as c"),
+            r#"SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b) AS "column2", (SELECT 1) AS c"#
+        );
     }
 
     #[test]

@@ -65,8 +65,10 @@ pub(crate) fn create(
     }
     // Parse now, so that a body that cannot run is refused at CREATE.
     tributary_syntax::plpgsql::parse_body(&definition.body)?;
-    for (setting, _) in &definition.settings {
-        cx.settings().get(setting)?;
+    // Each setting must be one a CALL can apply: a known, writable parameter, a valid value.
+    let mut probe = cx.settings().clone();
+    for (setting, value) in &definition.settings {
+        probe.set(setting, value)?;
     }
     let mut procedure = Procedure {
         oid: 0,
@@ -375,12 +377,13 @@ pub(crate) async fn call(
     }
     let values = run::call_arguments(session, &procedure, arguments).await?;
     let cx = session.context();
+    // Before the call is counted: a setting refused leaves the session as it was.
+    let saved = apply_settings(cx, &procedure.settings)?;
     let outermost = cx.calls.depth == 0;
     if outermost {
         cx.calls.owns_transaction = autocommit;
     }
     cx.calls.depth += 1;
-    let saved = apply_settings(cx, &procedure.settings)?;
     // SECURITY DEFINER: the body's statements are checked against the owner's privileges.
     let caller = procedure
         .security_definer
@@ -445,8 +448,18 @@ fn apply_settings(
 ) -> Result<Vec<(String, String)>> {
     let mut saved = Vec::new();
     for (name, value) in settings {
-        saved.push((name.clone(), cx.settings().get(name)?));
-        cx.set_setting(name, value)?;
+        let applied = cx
+            .settings()
+            .get(name)
+            .and_then(|old| cx.set_setting(name, value).map(|()| old));
+        match applied {
+            Ok(old) => saved.push((name.clone(), old)),
+            Err(err) => {
+                // The settings applied before this one are taken back.
+                restore_settings(cx, saved);
+                return Err(err);
+            }
+        }
     }
     Ok(saved)
 }
