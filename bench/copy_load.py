@@ -3,7 +3,7 @@
 STDIN), under a memory limit, beside DuckDB loading the same file in the same run.
 
     cargo build --release -p tributary
-    python3 bench/copy_load.py [--rows 20000000] [--memory-limit 1GiB]
+    python3 bench/copy_load.py [--rows 20000000] [--memory-limit 1GiB] [--input FILE]
 
 The file is cart-like rows (id, user, sku, quantity, price, timestamp) of about 70 bytes,
 written once, gzip'd, into a temporary directory (needs about 1.5 GB per 100M rows of free
@@ -93,16 +93,23 @@ def main():
     parser.add_argument("--rows", type=int, default=20_000_000)
     parser.add_argument("--memory-limit", default="1GiB")
     parser.add_argument("--binary", default=DEFAULT_BINARY)
+    parser.add_argument("--input", metavar="FILE",
+                        help="a file of --rows rows this script wrote before (it is written "
+                             "there and kept when missing), instead of a temporary one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="copy-load-") as scratch:
         needed = args.rows * 15
         if shutil.disk_usage(scratch).free < needed * 4:
             sys.exit(f"needs about {needed * 4 / 1e9:.1f} GB free in {scratch}")
-        path = os.path.join(scratch, "cart.csv.gz")
+        path = args.input or os.path.join(scratch, "cart.csv.gz")
         started = time.perf_counter()
-        size = write_file(path, args.rows)
+        if os.path.exists(path):
+            with gzip.open(path, "rb") as source:
+                size = sum(len(block) for block in iter(lambda: source.read(1 << 24), b""))
+        else:
+            size = write_file(path, args.rows)
         print(f"data: {args.rows:,} rows, {size / 1e6:,.0f} MB of CSV, "
-              f"{os.path.getsize(path) / 1e6:,.0f} MB gzip'd, written in "
+              f"{os.path.getsize(path) / 1e6:,.0f} MB gzip'd, ready in "
               f"{time.perf_counter() - started:.0f} s")
         from_file, from_stdin, idle, after_file, peak = tributary_run(
             args.binary, path, args.rows, args.memory_limit)

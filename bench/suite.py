@@ -4,12 +4,15 @@ each time, next to DuckDB where a comparison makes sense.
 
     bench/run all                               # build, install the peers, run everything
     bench/run freshness cdc --scale 0.1 --runs 5
+    bench/run cdc cdc-sql --rows 100000000 --runs 1  # the scale mode (100M: the routine run)
     python3 bench/suite.py --list               # the benchmarks and what they measure
 
 Each figure is the median of --runs runs (each run of a streaming benchmark starts a new
 server and a new stream). A peer figure comes from the same run, so the ratio (Tributary /
 DuckDB, in the figure's own unit) is comparable between runs on a noisy machine. --scale
-multiplies the data sizes and durations (1 is the size DESIGN.md's targets name). The table
+multiplies the data sizes and durations (1 is the size DESIGN.md's targets name); --rows
+sets the CDC benchmarks' table size instead, with the seed's 100k changes, and checks the
+free disk first. The table
 is printed and the same figures are written as JSON (--json). Timings on a shared machine
 are noisy; nothing here asserts speed.
 """
@@ -28,6 +31,7 @@ import time
 import psycopg
 
 import analytics
+import cdc_merge
 import mirror
 import statements
 import streaming
@@ -217,9 +221,9 @@ def bench_cdc(args, results):
     changes, and both results must agree. Then the mirror refreshes itself from the embedded
     stream service while a producer puts changes at --cdc-rate: changes/s sustained and the
     freshness of each change."""
-    rows = max(10_000, int(10_000_000 * args.scale))
-    changes = max(1_000, int(100_000 * args.scale))
-    seconds = max(2, round(10 * args.scale))
+    rows = args.rows or max(10_000, int(10_000_000 * args.scale))
+    changes = 100_000 if args.rows else max(1_000, int(100_000 * args.scale))
+    seconds = max(2, round(10 * min(args.scale, 1.0 if args.rows else args.scale)))
     with tempfile.TemporaryDirectory() as scratch:
         base_dir = os.path.join(scratch, "base")
         changes_path = os.path.join(scratch, "changes.json")
@@ -299,6 +303,33 @@ def bench_cdc(args, results):
         results.add("cdc-stream", "peak RSS", peaks, "MiB")
 
 
+def bench_cdc_sql(args, results):
+    """Seed 000's update sequence in SQL (bench/cdc_merge.py): a cart table of --rows rows
+    (or --scale x 10M) made by CREATE TABLE AS, then 100k changes (--scale x 100k without
+    --rows; 60% updates, 20% inserts, 20% deletes) applied as DELETE + INSERT in one
+    transaction, --runs times, under --memory-limit, beside DuckDB doing the same in a
+    database file under the same limit; both tables must agree."""
+    rows = args.rows or max(10_000, int(10_000_000 * args.scale))
+    changes = 100_000 if args.rows else max(1_000, int(100_000 * args.scale))
+    load, timings, count, peaks, _, _, disk, written = cdc_merge.tributary_run(
+        args.binary, rows, changes, args.runs, args.memory_limit, parquet=False)
+    d_load, d_timings, d_count, _, _, d_disk, d_peak = cdc_merge.duckdb_run(
+        rows, changes, args.runs, args.memory_limit, parquet=False)
+    if tuple(count) != tuple(d_count):
+        sys.exit(f"cdc-sql: Tributary's table {tuple(count)} differs from DuckDB's {tuple(d_count)}")
+    note = f"{changes:,} changes into {rows:,} rows"
+    results.add("cdc-sql", "load (CREATE TABLE AS)", [rows / load], "rows/s",
+                peer=[rows / d_load], note=f"{rows:,} rows")
+    results.add("cdc-sql", "apply changes", timings, "s", target=("<=", 10.0),
+                peer=d_timings, note=note)
+    results.add("cdc-sql", "bytes written per apply", [w / 2**20 for w in written], "MiB")
+    results.add("cdc-sql", "on disk", [disk[1] / 2**20], "MiB", peer=[d_disk / 2**20])
+    results.add("cdc-sql", "peak RSS loading", [peaks[0]], "MiB",
+                note=f"--memory-limit {args.memory_limit}")
+    results.add("cdc-sql", "peak RSS applying", [peaks[2]], "MiB", peer=[d_peak],
+                note="DuckDB's figure is its whole process, load included")
+
+
 def bench_analytics(args, results):
     """Analytic queries over ingested tables (bench/analytics.py): a TPC-H-shaped data set of
     --scale x 6M lineitem rows, loaded with COPY from Parquet, and six queries next to DuckDB
@@ -365,6 +396,7 @@ BENCHMARKS = {
     "stateless": bench_stateless,
     "super": bench_super,
     "cdc": bench_cdc,
+    "cdc-sql": bench_cdc_sql,
     "analytics": bench_analytics,
     "statements": bench_statements,
 }
@@ -381,6 +413,13 @@ def main():
                         help="records/s offered in the freshness benchmarks")
     parser.add_argument("--cdc-rate", type=int, default=50_000,
                         help="changes/s offered in the sustained CDC benchmark")
+    parser.add_argument("--rows", type=int,
+                        help="the scale mode: rows of the CDC benchmarks' table (100000000 is "
+                             "the routine run, 1280000000 the seed's own scale), with 100k "
+                             "changes; the free disk needed is checked first (cdc-sql: 12 "
+                             "bytes a row; cdc: 90, for its JSON base)")
+    parser.add_argument("--memory-limit", default="8GiB",
+                        help="the server's --memory-limit in the scale benchmarks (cdc-sql)")
     parser.add_argument("--binary", default=DEFAULT_BINARY)
     parser.add_argument("--json", default="bench-results.json", help="where to write the figures")
     parser.add_argument("--list", action="store_true", help="describe the benchmarks and stop")
@@ -393,6 +432,14 @@ def main():
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         sys.exit(f"no benchmark {', '.join(unknown)}; there are: {', '.join(BENCHMARKS)}")
+    if args.rows:
+        # The mirror benchmark's base is JSON records on disk beside both engines' tables.
+        per_row = {"cdc-sql": cdc_merge.DISK_BYTES_PER_ROW, "cdc": 90}
+        needed = args.rows * max(per_row.get(name, 0) for name in names)
+        free = shutil.disk_usage(tempfile.gettempdir()).free
+        if free < needed:
+            sys.exit(f"--rows {args.rows:,} needs about {needed / 1e9:.0f} GB free in "
+                     f"{tempfile.gettempdir()}; {free / 1e9:.0f} GB are")
     if not os.path.exists(args.binary):
         sys.exit(f"no server binary at {args.binary}: run `cargo build --release -p tributary`")
     results = Results()
