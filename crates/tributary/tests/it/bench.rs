@@ -40,6 +40,7 @@ fn benchmark_suite_runs_end_to_end_at_a_small_scale() {
         [
             "analytics",
             "cdc-apply",
+            "cdc-sql",
             "cdc-stream",
             "freshness-embedded",
             "freshness-kinesalite",
