@@ -227,7 +227,8 @@ impl TableHandle {
             });
         };
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        let mut writer = self.file_writer(&table, first.schema(), self.properties(rows, None))?;
+        let mut writer =
+            self.file_writer(&table, first.schema(), self.properties(rows, None), false)?;
         for batch in batches {
             writer.write(batch).await?;
         }
@@ -238,21 +239,24 @@ impl TableHandle {
     }
 
     /// A writer of new data files of `table` (none committed), with `properties` (see
-    /// [`Self::properties`]).
+    /// [`Self::properties`]): one file, or with `roll`, files of the table's target size
+    /// (`delta.targetFileSize`, 100 MiB by default).
     pub(super) fn file_writer(
         &self,
         table: &deltalake::DeltaTable,
         schema: arrow::datatypes::SchemaRef,
         properties: Option<deltalake::parquet::file::properties::WriterProperties>,
+        roll: bool,
     ) -> Result<DeltaWriter> {
         use deltalake::table::config::TablePropertiesExt as _;
+        let table_config = table.snapshot()?.table_config();
         let config = WriterConfig::new(
             schema,
             Vec::new(),
             properties,
+            roll.then(|| table_config.target_file_size()),
             None,
-            None,
-            table.snapshot()?.table_config().num_indexed_cols(),
+            table_config.num_indexed_cols(),
             None,
         );
         Ok(DeltaWriter::new(table.object_store(), config))

@@ -11,8 +11,9 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use super::{AppendOutcome, TableHandle};
 use crate::Result;
 
-/// Rows being appended on top of one table version ([`TableHandle::appender`]). Files it
-/// wrote and never committed (an append dropped or aborted) are deleted by VACUUM.
+/// Rows being appended on top of one table version ([`TableHandle::appender`]), in files of
+/// the table's target size. Files it wrote and never committed (an append dropped or
+/// aborted) are deleted by VACUUM.
 pub struct Appender {
     handle: TableHandle,
     table: deltalake::DeltaTable,
@@ -60,10 +61,12 @@ impl Appender {
                 let properties = self
                     .handle
                     .properties(super::ROW_GROUP_ROWS, Some(self.row_group_bytes));
-                empty.insert(
-                    self.handle
-                        .file_writer(&self.table, batch.schema(), properties)?,
-                )
+                empty.insert(self.handle.file_writer(
+                    &self.table,
+                    batch.schema(),
+                    properties,
+                    true,
+                )?)
             }
         };
         writer.write(batch).await?;

@@ -85,6 +85,7 @@ impl TableHandle {
                         &table,
                         batch.schema(),
                         self.properties(estimate(&adds, paths), None),
+                        false,
                     )?),
                 };
                 writer.write(&batch).await?;
