@@ -17,6 +17,7 @@ use tributary_catalog::{Column, Constraint, Identity, Relation, SqlType, Table};
 use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
 use tributary_engine::table::write_buffer_bytes;
 use tributary_engine::types;
+use tributary_storage::Appender;
 use tributary_syntax::names::normalize_ident;
 
 use crate::context::Context;
@@ -70,25 +71,12 @@ pub(crate) async fn commit_new_table(
     } = new;
     let mut count = 0;
     if let Some(mut rows) = rows {
-        let logical = logical_schema(&table);
-        let stored_schema = Arc::new(storage_schema(&table));
-        let mut append = engine
+        let append = engine
             .storage
             .table(&table.path)?
             .appender(table.version, write_buffer_bytes(cx.catalogs().store()))
             .await?;
-        let written: Result<()> = async {
-            while let Some(batch) = rows.try_next().await? {
-                let stored = cast_batch(&cast_batch(&batch, &logical)?, &stored_schema)?;
-                append.write(&stored).await?;
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(err) = written {
-            append.abort().await;
-            return Err(err);
-        }
+        let append = write_query_rows(append, &mut rows, &table, Error::from).await?;
         let outcome = append.commit().await?;
         table.version = outcome.version;
         count = outcome.rows;
@@ -98,6 +86,34 @@ pub(crate) async fn commit_new_table(
         state.insert_relation(&database, &schema, &name, Relation::Table(table.clone()))
     })?;
     Ok(count)
+}
+
+/// Writes a query's rows to `append`, cast to `table`'s columns as queries see them (a row
+/// that does not fit fails with `mismatch`) and then as stored. On an error the append is
+/// given up; on success it is returned for the caller to commit.
+pub(crate) async fn write_query_rows(
+    mut append: Appender,
+    rows: &mut SendableRecordBatchStream,
+    table: &Table,
+    mismatch: impl Fn(tributary_engine::Error) -> Error,
+) -> Result<Appender> {
+    let logical = logical_schema(table);
+    let stored_schema = Arc::new(storage_schema(table));
+    let written: Result<()> = async {
+        while let Some(batch) = rows.try_next().await? {
+            let batch = cast_batch(&batch, &logical).map_err(&mismatch)?;
+            append.write(&cast_batch(&batch, &stored_schema)?).await?;
+        }
+        Ok(())
+    }
+    .await;
+    match written {
+        Ok(()) => Ok(append),
+        Err(err) => {
+            append.abort().await;
+            Err(err)
+        }
+    }
 }
 
 /// Runs a query as a stream of rows (for CREATE TABLE AS and materialized views).

@@ -3,12 +3,9 @@
 //! the refreshing transaction. Seed 001 refreshes such a view over a streaming view inside a
 //! stored procedure.
 
-use std::sync::Arc;
-
 use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement, visit_relations};
-use futures::TryStreamExt as _;
 use tributary_catalog::{CatalogState, MaterializedView, Table, ViewInput};
-use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
+use tributary_engine::layout::storage_schema;
 use tributary_engine::table::write_buffer_bytes;
 use tributary_engine::transaction::WriteKind;
 use tributary_streaming::ViewId;
@@ -112,31 +109,19 @@ pub(super) async fn refresh(cx: &mut Context, view: &ViewId, sql: &str) -> Resul
         .await?
         .table;
     let (_, mut rows) = crate::definition::query_stream(cx, statement).await?;
-    let logical = logical_schema(&table);
-    let stored_schema = Arc::new(storage_schema(&table));
-    let mut append = cx
+    let append = cx
         .engine()
         .storage
         .table(&table.path)?
         .appender(table.version, write_buffer_bytes(cx.catalogs().store()))
         .await?;
-    let written: Result<()> = async {
-        while let Some(batch) = rows.try_next().await? {
-            let batch = cast_batch(&batch, &logical).map_err(|err| {
-                Error::InvalidStatement(format!(
-                    "materialized view \"{}\": its query's columns no longer match the view ({err}); drop and create it again",
-                    view.name
-                ))
-            })?;
-            append.write(&cast_batch(&batch, &stored_schema)?).await?;
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(err) = written {
-        append.abort().await;
-        return Err(err);
-    }
+    let mismatch = |err: tributary_engine::Error| {
+        Error::InvalidStatement(format!(
+            "materialized view \"{}\": its query's columns no longer match the view ({err}); drop and create it again",
+            view.name
+        ))
+    };
+    let append = crate::definition::write_query_rows(append, &mut rows, &table, mismatch).await?;
     let outcome = append.commit_replacing_all().await?;
     let (version, rows) = (outcome.version, outcome.rows);
     tributary_engine::table::pin_written(

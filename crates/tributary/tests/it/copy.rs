@@ -163,20 +163,7 @@ async fn a_large_write_is_one_delta_version() {
     )
     .await;
     let client = server.client().await;
-    let location = |table: &'static str| {
-        let client = &client;
-        async move {
-            let location: String = client
-                .query_one(
-                    "SELECT location FROM svv_table_info WHERE \"table\" = $1",
-                    &[&table],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            location
-        }
-    };
+    let location = |table| crate::interop::table_location(&client, table);
     // Over the 1M rows of a Parquet row group, and over the old chunk of a write.
     const ROWS: i64 = 2_500_000;
     client

@@ -25,6 +25,18 @@ async fn tributary_rows(client: &tokio_postgres::Client, table: &str) -> TextRow
     out
 }
 
+/// Where `table` is stored, relative to the storage root.
+pub(crate) async fn table_location(client: &tokio_postgres::Client, table: &str) -> String {
+    client
+        .query_one(
+            "SELECT location FROM svv_table_info WHERE \"table\" = $1",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Asserts that every external reader reads `table` as Tributary does; gives the row count.
 pub(crate) async fn assert_readers_agree(
     client: &tokio_postgres::Client,
@@ -32,16 +44,8 @@ pub(crate) async fn assert_readers_agree(
     table: &str,
     after: &str,
 ) -> usize {
-    let location: String = client
-        .query_one(
-            "SELECT location FROM svv_table_info WHERE \"table\" = $1",
-            &[&table],
-        )
-        .await
-        .unwrap()
-        .get(0);
     let expected = tributary_rows(client, table).await;
-    let path = root.join(location);
+    let path = root.join(table_location(client, table).await);
     let answers = tokio::task::spawn_blocking(move || read_delta(&path))
         .await
         .unwrap();
