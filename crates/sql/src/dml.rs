@@ -9,27 +9,35 @@
 //! target's files and row groups by statistics and bloom filters, so a small change reads
 //! little of a large table.
 //!
+//! The SELECT's rows are taken as they stream (a [`ChangeWriter`]): the affected rows'
+//! identifiers go into a bitmap, and the new row versions and inserted rows are written to
+//! new data files as they come, so a change of any size holds the bitmap and a row group.
 //! A stored table's change is one Delta commit of the transaction: the affected rows are
-//! marked deleted in deletion vectors of their files, and the new row versions and inserted
-//! rows are added as new files. No file is rewritten; the cost follows the change. A temporary
-//! table's rows are held in memory and rebuilt.
+//! marked deleted in deletion vectors of their files, and the new files are added. No file is
+//! rewritten; the cost follows the change. A temporary table's rows are held in memory and
+//! rebuilt.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, UInt64Array,
+};
 use arrow::compute::{filter_record_batch, interleave};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{LogicalPlanBuilder, cast, col};
 use datafusion::sql::sqlparser::ast::{
     AssignmentTarget, Delete, Expr, FromTable, MergeAction, MergeClause, MergeClauseKind,
     MergeInsertKind, ObjectName, Statement, TableFactor, TableWithJoins, UpdateTableFromKind, With,
 };
+use futures::StreamExt as _;
 use tributary_catalog::Table;
-use tributary_engine::table::{TributaryTable, prepare_batch};
+use tributary_engine::table::{TributaryTable, prepare_batch, write_buffer_bytes};
 use tributary_engine::transaction::WriteKind;
+use tributary_storage::{Appender, RowChanges, RowSet};
 use tributary_syntax::names::{name_parts, normalize_ident};
 
 use crate::context::Context;
@@ -318,14 +326,16 @@ async fn delete_rows(cx: &mut Context, delete: Delete, with: Option<With>) -> Re
             .map(|s| format!(" WHERE {s}"))
             .unwrap_or_default();
         let sql = format!(
-            "{}SELECT DISTINCT {} AS {ROW_ID}, CAST({ACTION_DELETE} AS BIGINT) AS {ACTION} FROM {}{}{selection}",
+            "{}SELECT {} AS {ROW_ID}, CAST({ACTION_DELETE} AS BIGINT) AS {ACTION} FROM {}{}{selection}",
             with_prefix(&with),
             target.row_id(),
             target.scratch_item(),
             from_list(&others),
         );
-        let changes = run_changes(cx, &sql, &target, false).await?;
-        write_changes(cx, &target, changes, "DELETE").await
+        let (affected, _) = ChangeWriter::new(cx, &target)
+            .apply(cx, &target, &[(&sql, false)], "DELETE")
+            .await?;
+        Ok::<_, Error>(affected)
     }
     .await;
     target.close(cx);
@@ -427,8 +437,10 @@ async fn update_rows(
             target.scratch_item(),
             from_list(from),
         );
-        let changes = run_changes(cx, &sql, &target, false).await?;
-        write_changes(cx, &target, changes, "UPDATE").await
+        let (affected, _) = ChangeWriter::new(cx, &target)
+            .apply(cx, &target, &[(&sql, false)], "UPDATE")
+            .await?;
+        Ok::<_, Error>(affected)
     }
     .await;
     target.close(cx);
@@ -510,8 +522,10 @@ async fn merge_rows(
             action_arms.join(" "),
             target.scratch_item(),
         );
-        let changes = run_changes(cx, &sql, &target, true).await?;
-        write_changes(cx, &target, changes, "MERGE").await
+        let (affected, _) = ChangeWriter::new(cx, &target)
+            .apply(cx, &target, &[(&sql, true)], "MERGE")
+            .await?;
+        Ok::<_, Error>(affected)
     }
     .await;
     target.close(cx);
@@ -553,12 +567,11 @@ async fn remove_duplicates(
     with: &Option<With>,
 ) -> Result<u64> {
     let matched = format!(
-        "{}SELECT DISTINCT {} AS {ROW_ID}, CAST({ACTION_DELETE} AS BIGINT) AS {ACTION} FROM {source} JOIN {} ON {on}",
+        "{}SELECT {} AS {ROW_ID}, CAST({ACTION_DELETE} AS BIGINT) AS {ACTION} FROM {source} JOIN {} ON {on}",
         with_prefix(with),
         target.row_id(),
         target.scratch_item(),
     );
-    let deleted = run_changes(cx, &matched, target, false).await?.deleted;
     let (source_sql, source_alias) = match source {
         TableFactor::Table { name, alias, .. } => (
             name.to_string(),
@@ -578,10 +591,14 @@ async fn remove_duplicates(
         "{}SELECT NULL AS {ROW_ID}, CAST({ACTION_INSERT} AS BIGINT) AS {ACTION}, * FROM {from}",
         with_prefix(with),
     );
-    let mut changes = run_changes(cx, &inserted, target, false).await?;
-    let rows = changes.inserted.len() as u64;
-    changes.deleted = deleted;
-    write_changes(cx, target, changes, "MERGE").await?;
+    let (_, rows) = ChangeWriter::new(cx, target)
+        .apply(
+            cx,
+            target,
+            &[(&matched, false), (&inserted, false)],
+            "MERGE",
+        )
+        .await?;
     Ok(rows)
 }
 
@@ -646,79 +663,179 @@ fn insert_values(
         .collect())
 }
 
-/// What a statement does to the target's rows.
-struct Changes {
-    /// Row identifier -> (batch, row) of its new values in `values`.
-    updated: HashMap<u64, (usize, usize)>,
-    deleted: HashSet<u64>,
-    /// New values, in the target's column order.
-    values: Vec<RecordBatch>,
-    /// Rows to insert (batch, row) in `values`.
-    inserted: Vec<(usize, usize)>,
+/// How many changed rows the writer counts between measures of the memory its bitmap holds.
+const MEASURE_EVERY: u64 = 1 << 20;
+
+/// The bytes a changed row is taken to add to the bitmap between measures (a sparse row costs
+/// two bytes in a bitmap container, a dense one an eighth of a byte).
+const BYTES_PER_CHANGED_ROW: usize = 2;
+
+/// A statement's changes, taken as the planned SELECT streams them: the target rows it
+/// deletes or replaces, as a bitmap of row identifiers, and its new rows. For a stored table
+/// the new rows (new versions of updated rows, and inserted rows) are written to new data
+/// files as they come, so memory holds the bitmap and a row group of encoded rows, whatever
+/// the size of the change; one Delta commit marks the changed rows deleted and adds the files.
+/// The bitmap's memory is reserved from the session's pool: a change too large for the limit
+/// fails with 53000 and commits nothing.
+struct ChangeWriter {
+    /// Target rows deleted or replaced, by row identifier.
+    changed: RowSet,
+    /// Rows inserted.
+    inserted: u64,
+    new_rows: NewRows,
+    reservation: MemoryReservation,
+    /// Changed rows since the bitmap was last measured.
+    unmeasured: u64,
+    /// The bitmap's size when last measured.
+    measured: usize,
+    /// The part of the reservation that is the bitmap's.
+    bitmap_bytes: usize,
 }
 
-/// Plans and runs the statement's SELECT and sorts its rows into changes.
-async fn run_changes(
-    cx: &mut Context,
-    sql: &str,
-    target: &Target,
-    single_match: bool,
-) -> Result<Changes> {
-    let mut statements = cx.parse(sql)?;
-    let statement = statements
-        .pop()
-        .and_then(|s| s.into_sql())
-        .ok_or_else(|| Error::Internal("empty DML query".into()))?;
-    let statement = cx.rewrite(statement)?;
-    let plan = cx.plan(&statement).await?;
-    // Cast the new values to the target's column types, with SQL's cast rules.
-    let columns = plan.schema().columns();
-    let has_values = columns.len() > 2;
-    if has_values && columns.len() != target.schema.fields().len() + 2 {
-        return Err(Error::InvalidStatement(format!(
-            "the source has {} columns, the target \"{}\" {}",
-            columns.len() - 2,
-            target.name,
-            target.schema.fields().len()
-        )));
-    }
-    let mut exprs = vec![col(columns[0].clone()), col(columns[1].clone())];
-    if has_values {
-        for (index, field) in target.schema.fields().iter().enumerate() {
-            exprs.push(
-                cast(col(columns[index + 2].clone()), field.data_type().clone())
-                    .alias(field.name()),
-            );
+/// Where the new rows go.
+enum NewRows {
+    /// A temporary table's: kept to rebuild it.
+    Memory {
+        /// New values, in the target's column order.
+        values: Vec<RecordBatch>,
+        /// Row identifier -> (batch, row) of its new values in `values`.
+        updated: HashMap<u64, (usize, usize)>,
+        /// Rows to insert, (batch, row) in `values`.
+        inserted: Vec<(usize, usize)>,
+    },
+    /// A stored table's: written to new files, opened with the first row.
+    Stored {
+        append: Option<Box<Appender>>,
+        identity_next: Vec<(String, i64)>,
+    },
+}
+
+impl ChangeWriter {
+    fn new(cx: &Context, target: &Target) -> Self {
+        let new_rows = match &target.rows {
+            TargetRows::Memory(_) => NewRows::Memory {
+                values: Vec::new(),
+                updated: HashMap::new(),
+                inserted: Vec::new(),
+            },
+            TargetRows::Stored { .. } => NewRows::Stored {
+                append: None,
+                identity_next: Vec::new(),
+            },
+        };
+        let reservation = MemoryConsumer::new("changed rows of UPDATE, DELETE or MERGE")
+            .register(&cx.context().runtime_env().memory_pool);
+        Self {
+            changed: RowSet::new(),
+            inserted: 0,
+            new_rows,
+            reservation,
+            unmeasured: 0,
+            measured: 0,
+            bitmap_bytes: 0,
         }
     }
-    let plan = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
-    let batches = cx
-        .context()
-        .execute_logical_plan(plan)
-        .await?
-        .collect()
-        .await?;
-    let mut changes = Changes {
-        updated: HashMap::new(),
-        deleted: HashSet::new(),
-        values: Vec::new(),
-        inserted: Vec::new(),
-    };
-    let mut seen: HashSet<u64> = HashSet::new();
-    for batch in batches {
-        let index = changes.values.len();
+
+    /// Runs each of `queries` (SQL, and whether a target row may match one source row only)
+    /// into the writer, then commits the changes as `operation`. Returns the rows affected
+    /// and the rows inserted. On an error nothing is committed.
+    async fn apply(
+        mut self,
+        cx: &mut Context,
+        target: &Target,
+        queries: &[(&str, bool)],
+        operation: &str,
+    ) -> Result<(u64, u64)> {
+        for (sql, single_match) in queries {
+            if let Err(err) = self.run(cx, sql, target, *single_match).await {
+                self.abort().await;
+                return Err(err);
+            }
+        }
+        self.finish(cx, target, operation).await
+    }
+
+    /// Plans the statement's SELECT and takes its rows as they stream.
+    async fn run(
+        &mut self,
+        cx: &mut Context,
+        sql: &str,
+        target: &Target,
+        single_match: bool,
+    ) -> Result<()> {
+        let mut statements = cx.parse(sql)?;
+        let statement = statements
+            .pop()
+            .and_then(|s| s.into_sql())
+            .ok_or_else(|| Error::Internal("empty DML query".into()))?;
+        let statement = cx.rewrite(statement)?;
+        let plan = cx.plan(&statement).await?;
+        // Cast the new values to the target's column types, with SQL's cast rules.
+        let columns = plan.schema().columns();
+        let has_values = columns.len() > 2;
+        if has_values && columns.len() != target.schema.fields().len() + 2 {
+            return Err(Error::InvalidStatement(format!(
+                "the source has {} columns, the target \"{}\" {}",
+                columns.len() - 2,
+                target.name,
+                target.schema.fields().len()
+            )));
+        }
+        let mut exprs = vec![col(columns[0].clone()), col(columns[1].clone())];
+        if has_values {
+            for (index, field) in target.schema.fields().iter().enumerate() {
+                exprs.push(
+                    cast(col(columns[index + 2].clone()), field.data_type().clone())
+                        .alias(field.name()),
+                );
+            }
+        }
+        let plan = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
+        let mut stream = cx
+            .context()
+            .execute_logical_plan(plan)
+            .await?
+            .execute_stream()
+            .await?;
+        while let Some(batch) = stream.next().await {
+            self.take(cx, target, batch?, has_values, single_match)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes one batch of the statement's rows: row identifier, action, new values.
+    async fn take(
+        &mut self,
+        cx: &Context,
+        target: &Target,
+        batch: RecordBatch,
+        has_values: bool,
+        single_match: bool,
+    ) -> Result<()> {
         let ids = arrow::compute::cast(batch.column(0), &DataType::UInt64)?;
-        let ids = ids.as_primitive::<UInt64Type>().clone();
+        let ids = ids.as_primitive::<UInt64Type>();
         let actions = arrow::compute::cast(batch.column(1), &DataType::Int64)?;
         let actions = actions.as_primitive::<arrow::datatypes::Int64Type>();
+        let index = match &self.new_rows {
+            NewRows::Memory { values, .. } => values.len(),
+            NewRows::Stored { .. } => 0,
+        };
+        // The rows whose values become rows of the table.
+        let mut keep = BooleanBufferBuilder::new(batch.num_rows());
+        let changed_before = self.changed.len();
         for row in 0..batch.num_rows() {
             let action = actions.value(row);
             if action == ACTION_INSERT {
-                changes.inserted.push((index, row));
+                keep.append(true);
+                self.inserted += 1;
+                if let NewRows::Memory { inserted, .. } = &mut self.new_rows {
+                    inserted.push((index, row));
+                }
                 continue;
             }
             let id = ids.value(row);
-            if !seen.insert(id) {
+            if !self.changed.insert(id) {
                 if single_match {
                     return Err(Error::Cardinality(
                         "Found multiple matches to update the same tuple: a row of the MERGE target matches more than one source row".into(),
@@ -726,44 +843,187 @@ async fn run_changes(
                 }
                 // UPDATE ... FROM: a row matched by several rows is updated once, as in
                 // Postgres.
+                keep.append(false);
                 continue;
             }
-            match action {
-                ACTION_DELETE => {
-                    changes.deleted.insert(id);
+            let updated = action != ACTION_DELETE;
+            keep.append(updated);
+            if updated && let NewRows::Memory { updated, .. } = &mut self.new_rows {
+                updated.insert(id, (index, row));
+            }
+        }
+        self.unmeasured += self.changed.len() - changed_before;
+        if has_values {
+            let values = batch.project(&(2..batch.num_columns()).collect::<Vec<_>>())?;
+            match &mut self.new_rows {
+                NewRows::Memory { values: all, .. } => {
+                    self.reservation.try_grow(values.get_array_memory_size())?;
+                    all.push(values);
                 }
-                _ => {
-                    changes.updated.insert(id, (index, row));
+                NewRows::Stored {
+                    append,
+                    identity_next,
+                } => {
+                    let kept =
+                        filter_record_batch(&values, &BooleanArray::new(keep.finish(), None))?;
+                    if kept.num_rows() > 0 {
+                        let TargetRows::Stored { table, .. } = &target.rows else {
+                            unreachable!("stored new rows belong to a stored target");
+                        };
+                        let stored = prepare_batch(table, &target.name, kept, identity_next)?;
+                        let writer = match append {
+                            Some(writer) => writer,
+                            empty => {
+                                let store = cx.catalogs().store();
+                                empty.insert(Box::new(
+                                    store
+                                        .storage
+                                        .table(&table.path)?
+                                        .appender(table.version, write_buffer_bytes(store))
+                                        .await?,
+                                ))
+                            }
+                        };
+                        writer.write(&stored).await?;
+                    }
                 }
             }
         }
-        if has_values {
-            changes
-                .values
-                .push(batch.project(&(2..batch.num_columns()).collect::<Vec<_>>())?);
+        self.hold()
+    }
+
+    /// Keeps the bitmap's part of the reservation at its size: measured every
+    /// [`MEASURE_EVERY`] changed rows, estimated in between.
+    fn hold(&mut self) -> Result<()> {
+        let wanted = if self.unmeasured >= MEASURE_EVERY {
+            self.unmeasured = 0;
+            self.measured = self.changed.serialized_size();
+            self.measured
+        } else {
+            self.measured + self.unmeasured as usize * BYTES_PER_CHANGED_ROW
+        };
+        if wanted > self.bitmap_bytes {
+            self.reservation.try_grow(wanted - self.bitmap_bytes)?;
+        } else {
+            self.reservation.shrink(self.bitmap_bytes - wanted);
+        }
+        self.bitmap_bytes = wanted;
+        Ok(())
+    }
+
+    /// Gives the changes up: nothing is committed.
+    async fn abort(self) {
+        if let NewRows::Stored {
+            append: Some(append),
+            ..
+        } = self.new_rows
+        {
+            (*append).abort().await;
         }
     }
-    Ok(changes)
+
+    /// Commits the changes; returns the rows affected and the rows inserted.
+    async fn finish(
+        self,
+        cx: &mut Context,
+        target: &Target,
+        operation: &str,
+    ) -> Result<(u64, u64)> {
+        let affected = self.changed.len() + self.inserted;
+        let inserted = self.inserted;
+        if affected == 0 {
+            self.abort().await;
+            return Ok((0, 0));
+        }
+        match (self.new_rows, &target.rows) {
+            (
+                NewRows::Memory {
+                    values,
+                    updated,
+                    inserted,
+                },
+                TargetRows::Memory(batches),
+            ) => rebuild_memory(
+                cx,
+                target,
+                batches,
+                &self.changed,
+                &updated,
+                &values,
+                &inserted,
+            )?,
+            (
+                NewRows::Stored {
+                    append,
+                    identity_next,
+                },
+                TargetRows::Stored { table, scan },
+            ) => {
+                let added = match append {
+                    Some(append) => Some((*append).into_staged().await?),
+                    None => None,
+                };
+                let deleted = by_file(&self.changed, scan)?;
+                let version = cx
+                    .engine()
+                    .storage
+                    .table(&table.path)?
+                    .change_rows(table.version, RowChanges { deleted, added }, operation)
+                    .await?;
+                let name = [
+                    cx.database().to_string(),
+                    target.schema_name.clone(),
+                    target.name.clone(),
+                ];
+                tributary_engine::table::pin_written(
+                    cx.catalogs(),
+                    &name,
+                    &table.path,
+                    version,
+                    &identity_next,
+                )?;
+            }
+            _ => return Err(Error::Internal("new rows of another kind of target".into())),
+        }
+        Ok((affected, inserted))
+    }
 }
 
-/// Writes the statement's changes and returns the number of rows it affected.
-async fn write_changes(
-    cx: &mut Context,
-    target: &Target,
-    changes: Changes,
-    operation: &str,
-) -> Result<u64> {
-    let affected = (changes.updated.len() + changes.deleted.len() + changes.inserted.len()) as u64;
-    if affected == 0 {
-        return Ok(0);
-    }
-    match &target.rows {
-        TargetRows::Memory(batches) => rebuild_memory(cx, target, batches, changes)?,
-        TargetRows::Stored { table, scan } => {
-            write_table(cx, target, table, scan, changes, operation).await?
+/// Row identifiers of a stored table as the rows of each data file, by path.
+fn by_file(
+    changed: &RowSet,
+    scan: &tributary_storage::RowScan,
+) -> Result<BTreeMap<String, RowSet>> {
+    let mut deleted: BTreeMap<String, RowSet> = BTreeMap::new();
+    let mut current: Option<(u64, RowSet)> = None;
+    let mut close = |file: u64, rows: RowSet| -> Result<()> {
+        let path = u32::try_from(file)
+            .ok()
+            .and_then(|file| scan.path_of(file))
+            .ok_or_else(|| Error::Internal(format!("file number {file} names no data file")))?;
+        deleted.insert(path.to_string(), rows);
+        Ok(())
+    };
+    // Identifiers come in order, so each file's rows come together and in order.
+    for id in changed.iter() {
+        let (file, row) = (id >> ROW_BITS, id & ((1 << ROW_BITS) - 1));
+        match &mut current {
+            Some((open, rows)) if *open == file => {
+                rows.try_push(row)
+                    .map_err(|_| Error::Internal("row identifiers out of order".into()))?;
+            }
+            _ => {
+                if let Some((open, rows)) = current.take() {
+                    close(open, rows)?;
+                }
+                current = Some((file, RowSet::from_iter([row])));
+            }
         }
     }
-    Ok(affected)
+    if let Some((open, rows)) = current {
+        close(open, rows)?;
+    }
+    Ok(deleted)
 }
 
 /// A temporary table's new content, rebuilt from its rows in memory.
@@ -771,122 +1031,56 @@ fn rebuild_memory(
     cx: &mut Context,
     target: &Target,
     batches: &[RecordBatch],
-    changes: Changes,
+    changed: &RowSet,
+    updated: &HashMap<u64, (usize, usize)>,
+    values: &[RecordBatch],
+    inserted: &[(usize, usize)],
 ) -> Result<()> {
     let width = target.schema.fields().len();
     let mut content = Vec::with_capacity(batches.len() + 1);
     for batch in batches {
         let ids = batch.column(width).as_primitive::<UInt64Type>();
+        // A changed row goes unless it was updated.
         let keep: BooleanArray = ids
             .values()
             .iter()
-            .map(|id| Some(!changes.deleted.contains(id)))
+            .map(|id| Some(!changed.contains(*id) || updated.contains_key(id)))
             .collect();
         let mut columns: Vec<ArrayRef> = batch.columns()[..width].to_vec();
-        let touched = ids
-            .values()
-            .iter()
-            .any(|id| changes.updated.contains_key(id));
+        let touched = ids.values().iter().any(|id| updated.contains_key(id));
         if touched {
             // Row i comes from source 0 (the old row) or from new-value batch b (source b + 1).
             let indices: Vec<(usize, usize)> = ids
                 .values()
                 .iter()
                 .enumerate()
-                .map(|(row, id)| match changes.updated.get(id) {
+                .map(|(row, id)| match updated.get(id) {
                     Some((b, r)) => (b + 1, *r),
                     None => (0, row),
                 })
                 .collect();
             for (c, column) in columns.iter_mut().enumerate() {
                 let mut sources: Vec<&dyn Array> = vec![column.as_ref()];
-                sources.extend(changes.values.iter().map(|v| v.column(c).as_ref()));
+                sources.extend(values.iter().map(|v| v.column(c).as_ref()));
                 *column = interleave(&sources, &indices)?;
             }
         }
         let rebuilt = RecordBatch::try_new(target.schema.clone(), columns)?;
         content.push(filter_record_batch(&rebuilt, &keep)?);
     }
-    if !changes.inserted.is_empty() {
-        content.push(gather(target, &changes.values, &changes.inserted)?);
+    if !inserted.is_empty() {
+        let columns = (0..width)
+            .map(|c| {
+                let sources: Vec<&dyn Array> =
+                    values.iter().map(|v| v.column(c).as_ref()).collect();
+                Ok(interleave(&sources, inserted)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        content.push(RecordBatch::try_new(target.schema.clone(), columns)?);
     }
     let memory = MemTable::try_new(target.schema.clone(), vec![content])?;
     let temp = cx.catalogs().temp().clone();
     temp.deregister_table(&target.name)?;
     temp.register_table(target.name.clone(), Arc::new(memory))?;
     Ok(())
-}
-
-/// The rows at `(batch, row)` of `values`, as one batch of the target's columns.
-fn gather(target: &Target, values: &[RecordBatch], rows: &[(usize, usize)]) -> Result<RecordBatch> {
-    let columns = (0..target.schema.fields().len())
-        .map(|c| {
-            let sources: Vec<&dyn Array> = values.iter().map(|v| v.column(c).as_ref()).collect();
-            Ok(interleave(&sources, rows)?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(RecordBatch::try_new(target.schema.clone(), columns)?)
-}
-
-/// Rows a new-row file batch holds at most.
-const NEW_ROWS_PER_BATCH: usize = 64 * 1024;
-
-/// A stored table's change as one Delta commit: the updated and deleted rows marked in
-/// deletion vectors of their files, the new versions of updated rows and the inserted rows
-/// added as new files.
-async fn write_table(
-    cx: &mut Context,
-    target: &Target,
-    table: &Table,
-    scan: &tributary_storage::RowScan,
-    changes: Changes,
-    operation: &str,
-) -> Result<()> {
-    let mut deleted: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for id in changes.deleted.iter().chain(changes.updated.keys()) {
-        let file = u32::try_from(id >> ROW_BITS)
-            .ok()
-            .and_then(|file| scan.path_of(file))
-            .ok_or_else(|| Error::Internal(format!("row identifier {id} names no data file")))?;
-        deleted
-            .entry(file.to_string())
-            .or_default()
-            .push(id & ((1 << ROW_BITS) - 1));
-    }
-    let new_rows: Vec<(usize, usize)> = changes
-        .updated
-        .values()
-        .copied()
-        .chain(changes.inserted.iter().copied())
-        .collect();
-    let mut identity_next: Vec<(String, i64)> = Vec::new();
-    let mut stored = Vec::new();
-    for chunk in new_rows.chunks(NEW_ROWS_PER_BATCH) {
-        let batch = gather(target, &changes.values, chunk)?;
-        stored.push(prepare_batch(
-            table,
-            &target.name,
-            batch,
-            &mut identity_next,
-        )?);
-    }
-    let handle = cx.engine().storage.table(&table.path)?;
-    let added = if stored.is_empty() {
-        None
-    } else {
-        Some(handle.stage(table.version, &stored).await?)
-    };
-    let version = handle
-        .change_rows(
-            table.version,
-            tributary_storage::RowChanges { deleted, added },
-            operation,
-        )
-        .await?;
-    let name = [
-        cx.database().to_string(),
-        target.schema_name.clone(),
-        target.name.clone(),
-    ];
-    tributary_engine::table::pin_written(cx.catalogs(), &name, &table.path, version, &identity_next)
 }

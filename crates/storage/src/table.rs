@@ -26,7 +26,7 @@ mod rewrite;
 mod scan;
 
 pub use append::Appender;
-pub use deletion::RowChanges;
+pub use deletion::{RowChanges, RowSet};
 pub use rewrite::Rewrite;
 pub use scan::{FILE_COLUMN, ROW_COLUMN, RowScan};
 

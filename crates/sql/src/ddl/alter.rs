@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemTable, SchemaProvider};
 use datafusion::sql::sqlparser::ast::{AlterTableOperation, ObjectName, RenameTableNameKind};
+use futures::StreamExt as _;
 use tributary_catalog::{Column, Relation, SqlType, Table};
 use tributary_engine::layout::{cast_batch, logical_schema, storage_schema};
+use tributary_engine::table::write_buffer_bytes;
 use tributary_engine::transaction::WriteKind;
 use tributary_syntax::names::{name_parts, normalize_ident};
 
@@ -186,49 +187,61 @@ async fn rewrite_table(
     tributary_engine::mirror::refuse_write(&table, name)?;
     let mut columns = table.columns.clone();
     change(&mut columns)?;
-    // Read the current rows in the old logical shape, then project them into the new one.
+    // Read the current rows in the old logical shape, project them into the new one, and
+    // write them as they come: memory holds a row group, whatever the table's size.
     let provider = tributary_engine::table::TributaryTable::open(
         cx.catalogs(),
         [database.clone(), schema.to_string(), name.to_string()],
         table.clone(),
     )
     .await?;
-    let context = datafusion::prelude::SessionContext::new();
+    let config = datafusion::prelude::SessionConfig::new();
+    let context =
+        datafusion::prelude::SessionContext::new_with_config_rt(config, engine.runtime_env());
     context.register_table("t", Arc::new(provider))?;
-    let batches = rename_aware_select(&context, &table.columns, &columns).await?;
     let new_table = Table {
         columns,
         ..table.clone()
     };
     let stored_schema = Arc::new(storage_schema(&new_table));
     let logical = logical_schema(&new_table);
-    let stored = batches
-        .iter()
-        .map(|b| cast_batch(&cast_batch(b, &logical)?, &stored_schema))
-        .collect::<Result<Vec<_>>>()?;
-    let rows: usize = stored.iter().map(RecordBatch::num_rows).sum();
-    let version = engine
+    let mut append = engine
         .storage
         .table(&table.path)?
-        .overwrite(table.version, stored, &stored_schema)
+        .appender(table.version, write_buffer_bytes(&engine))
         .await?;
+    let written = async {
+        let sql = rename_aware_select(&table.columns, &new_table.columns);
+        let mut stream = context.sql(&sql).await?.execute_stream().await?;
+        while let Some(batch) = stream.next().await {
+            append
+                .write(&cast_batch(
+                    &cast_batch(&batch?, &logical)?,
+                    &stored_schema,
+                )?)
+                .await?;
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    if let Err(err) = written {
+        append.abort().await;
+        return Err(err);
+    }
+    let outcome = append.commit_replacing_all_as(&stored_schema).await?;
     cx.catalogs().record_written(&table.path);
     cx.catalogs().modify(|state| {
         let target = state.table_mut(&database, schema, name)?;
         target.columns = new_table.columns.clone();
-        target.version = version;
+        target.version = outcome.version;
         Ok(())
     })?;
-    Ok(rows as u64)
+    Ok(outcome.rows)
 }
 
-/// Selects the old rows in the new column order. Renamed columns are matched by position of
-/// their definition: a rename keeps the column in place.
-async fn rename_aware_select(
-    context: &datafusion::prelude::SessionContext,
-    old: &[Column],
-    new: &[Column],
-) -> Result<Vec<RecordBatch>> {
+/// The query that selects the old rows in the new column order. Renamed columns are matched
+/// by position of their definition: a rename keeps the column in place.
+fn rename_aware_select(old: &[Column], new: &[Column]) -> String {
     let mut exprs = Vec::with_capacity(new.len());
     for (index, column) in new.iter().enumerate() {
         let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
@@ -249,8 +262,7 @@ async fn rename_aware_select(
             ),
         });
     }
-    let sql = format!("SELECT {} FROM t", exprs.join(", "));
-    Ok(context.sql(&sql).await?.collect().await?)
+    format!("SELECT {} FROM t", exprs.join(", "))
 }
 
 /// A DataFusion SQL type name for a NULL of the given column type.

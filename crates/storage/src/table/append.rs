@@ -2,14 +2,17 @@
 //! row group of encoded rows in memory, and every reader of the Delta log (external engines
 //! included) sees all of a statement's rows or none of them.
 
+use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 use deltalake::datafile::writer::DeltaWriter;
-use deltalake::kernel::Action;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, MetadataExt as _, StructType};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 
-use super::{AppendOutcome, TableHandle};
-use crate::Result;
+use super::deletion::with_feature;
+use super::{AppendOutcome, StagedFiles, TableHandle};
+use crate::{Error, Result};
 
 /// Rows being appended on top of one table version ([`TableHandle::appender`]), in files of
 /// the table's target size. Files it wrote and never committed (an append dropped or
@@ -94,14 +97,61 @@ impl Appender {
     /// Commits the rows written in place of every row of the base version, as one version
     /// (REFRESH of a materialized view).
     pub async fn commit_replacing_all(self) -> Result<AppendOutcome> {
-        let removes = self
+        let removes = self.removes()?;
+        self.commit_with(SaveMode::Overwrite, removes).await
+    }
+
+    /// Commits the rows written, in `schema`, in place of every row of the base version and
+    /// of its schema, as one version (ALTER TABLE that changes columns). The table's protocol
+    /// gains the features the new schema needs.
+    pub async fn commit_replacing_all_as(self, schema: &Schema) -> Result<AppendOutcome> {
+        let kernel: StructType = schema
+            .try_into_kernel()
+            .map_err(|e| Error::Internal(format!("schema not representable in Delta: {e}")))?;
+        let snapshot = self.table.snapshot()?;
+        let mut actions = Vec::new();
+        let has_timestamp_ntz = schema
+            .fields()
+            .iter()
+            .any(|f| matches!(f.data_type(), DataType::Timestamp(_, None)));
+        if has_timestamp_ntz && let Some(line) = with_feature(snapshot.protocol(), "timestampNtz") {
+            let action: Action = serde_json::from_str(&line)
+                .map_err(|e| Error::Internal(format!("protocol action: {e}")))?;
+            actions.push(action);
+        }
+        actions.push(Action::Metadata(
+            snapshot
+                .metadata()
+                .clone()
+                .with_schema(&kernel)
+                .map_err(deltalake::DeltaTableError::from)?,
+        ));
+        actions.extend(self.removes()?);
+        self.commit_with(SaveMode::Overwrite, actions).await
+    }
+
+    /// Closes the append's files without committing them, for a commit that adds them with
+    /// other changes ([`TableHandle::change_rows`]).
+    pub async fn into_staged(self) -> Result<StagedFiles> {
+        let adds = match self.writer {
+            Some(writer) => writer.close().await?,
+            None => Vec::new(),
+        };
+        Ok(StagedFiles {
+            adds,
+            rows: self.rows,
+        })
+    }
+
+    /// A remove action for every file of the base version.
+    fn removes(&self) -> Result<Vec<Action>> {
+        Ok(self
             .table
             .snapshot()?
             .log_data()
             .iter()
             .map(|file| Action::Remove(file.remove_action(true)))
-            .collect();
-        self.commit_with(SaveMode::Overwrite, removes).await
+            .collect())
     }
 
     async fn commit_with(self, mode: SaveMode, mut actions: Vec<Action>) -> Result<AppendOutcome> {

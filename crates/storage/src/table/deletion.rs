@@ -41,12 +41,16 @@ const PORTABLE_MAGIC: u32 = 1681511377;
 /// Length of a z85-encoded UUID, the tail of a `u` descriptor's path.
 const ENCODED_UUID_LEN: usize = 20;
 
+/// A set of row indexes of a data file, counted from 0 in the file: a compressed bitmap,
+/// about a bit per row where rows are dense and a few bytes per row where they are sparse.
+pub type RowSet = RoaringTreemap;
+
 /// What one commit of [`TableHandle::change_rows`] does.
 #[derive(Debug, Default)]
 pub struct RowChanges {
     /// Rows to mark deleted: a data file's path (as [`TableHandle::files`] gives it) and the
-    /// indexes of its rows, counted from 0 in the file. Rows deleted before stay deleted.
-    pub deleted: BTreeMap<String, Vec<u64>>,
+    /// indexes of its rows. Rows deleted before stay deleted.
+    pub deleted: BTreeMap<String, RowSet>,
     /// New rows, written by [`TableHandle::stage`] from the same base version.
     pub added: Option<StagedFiles>,
 }
@@ -87,15 +91,15 @@ impl TableHandle {
 
         // Each touched file's vector: what it had, and the new rows.
         let mut vectors = Vec::new();
-        for (path, indexes) in &changes.deleted {
-            let (add, _) = &touched[path];
+        for (path, indexes) in changes.deleted {
+            let (add, _) = &touched[&path];
             let mut rows = match &add.deletion_vector {
                 Some(descriptor) => self.read_vector(descriptor).await?,
                 None => RoaringTreemap::new(),
             };
-            rows.extend(indexes.iter().copied());
+            rows |= indexes;
             let live = add_rows(add)?.saturating_sub(rows.len());
-            vectors.push((path.clone(), rows, live));
+            vectors.push((path, rows, live));
         }
 
         let mut lines = Vec::new();
@@ -320,14 +324,23 @@ impl TableHandle {
 /// The protocol action that adds the `deletionVectors` feature to `protocol` (reader version
 /// 3, writer version 7, with the features the table had, explicit), or None if it has it.
 pub(super) fn with_deletion_vectors(protocol: &deltalake::kernel::Protocol) -> Option<String> {
-    const FEATURE: &str = "deletionVectors";
+    with_feature(protocol, "deletionVectors")
+}
+
+/// The protocol action that adds the reader and writer feature `feature` to `protocol`
+/// (reader version 3, writer version 7, with the features the table had, explicit), or None
+/// if it has it.
+pub(super) fn with_feature(
+    protocol: &deltalake::kernel::Protocol,
+    feature: &str,
+) -> Option<String> {
     let mut readers: Vec<String> = protocol
         .reader_features()
         .unwrap_or_default()
         .iter()
         .map(|f| f.as_ref().to_string())
         .collect();
-    if readers.iter().any(|f| f == FEATURE) {
+    if readers.iter().any(|f| f == feature) {
         return None;
     }
     let reader_version = protocol.min_reader_version();
@@ -335,7 +348,7 @@ pub(super) fn with_deletion_vectors(protocol: &deltalake::kernel::Protocol) -> O
     if reader_version == 2 {
         readers.push("columnMapping".into());
     }
-    readers.push(FEATURE.into());
+    readers.push(feature.into());
     let mut writers: Vec<String> = if writer_version >= 7 {
         protocol
             .writer_features()
@@ -350,8 +363,8 @@ pub(super) fn with_deletion_vectors(protocol: &deltalake::kernel::Protocol) -> O
             .map(|(_, name)| name.to_string())
             .collect()
     };
-    if !writers.iter().any(|f| f == FEATURE) {
-        writers.push(FEATURE.into());
+    if !writers.iter().any(|f| f == feature) {
+        writers.push(feature.into());
     }
     Some(
         serde_json::json!({"protocol": {
@@ -419,7 +432,7 @@ pub(super) mod tests {
 
     fn deleted(path: &str, rows: &[u64]) -> RowChanges {
         RowChanges {
-            deleted: BTreeMap::from([(path.to_string(), rows.to_vec())]),
+            deleted: BTreeMap::from([(path.to_string(), rows.iter().copied().collect())]),
             added: None,
         }
     }
@@ -472,7 +485,10 @@ pub(super) mod tests {
             .await
             .unwrap();
         let changes = RowChanges {
-            deleted: BTreeMap::from([(first.clone(), vec![2, 5]), (second, vec![0, 1, 2])]),
+            deleted: BTreeMap::from([
+                (first.clone(), RowSet::from_iter([2, 5])),
+                (second, RowSet::from_iter([0, 1, 2])),
+            ]),
             added: Some(staged),
         };
         let v4 = table.change_rows(v3, changes, "MERGE").await.unwrap();
@@ -530,7 +546,7 @@ pub(super) mod tests {
         let changes = RowChanges {
             deleted: BTreeMap::from([
                 (first.path.clone(), (0..6).collect()),
-                (second.path.clone(), vec![0]),
+                (second.path.clone(), RowSet::from_iter([0])),
             ]),
             added: None,
         };

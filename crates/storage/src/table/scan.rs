@@ -336,7 +336,7 @@ mod tests {
             .unwrap()
             .path;
         let changes = RowChanges {
-            deleted: BTreeMap::from([(first.clone(), vec![0, 10, 11, 49])]),
+            deleted: BTreeMap::from([(first.clone(), [0, 10, 11, 49].into_iter().collect())]),
             added: None,
         };
         let v3 = table.change_rows(v2, changes, "DELETE").await.unwrap();

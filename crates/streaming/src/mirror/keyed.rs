@@ -19,7 +19,7 @@ use tributary_engine::mirror::{
     DELETED_COLUMN, ORDER_COLUMN, key_schema, key_table_path, merged_plan,
 };
 use tributary_engine::store::Store;
-use tributary_storage::{FILE_COLUMN, ROW_COLUMN, RowChanges, RowScan, TableHandle};
+use tributary_storage::{FILE_COLUMN, ROW_COLUMN, RowChanges, RowScan, RowSet, TableHandle};
 
 use crate::aggregate::quoted as quote;
 use crate::{Error, Result};
@@ -113,7 +113,7 @@ pub async fn write_changes(
     // Live before: the key table has the key, not deleted.
     let was_live = arrow::compute::not(&fill_true(winners.column(declared + 4).as_boolean()))?;
     // The rows the winners replace in the table: those of the keys that were live.
-    let mut replaced: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut replaced: BTreeMap<String, RowSet> = BTreeMap::new();
     let live_keys = filter_record_batch(&winners.project(&key_indexes)?, &was_live)?;
     if live_keys.num_rows() > 0 {
         let scan = Arc::new(rows.row_scan(table.version).await?);
@@ -137,7 +137,7 @@ pub async fn write_changes(
             .await?;
         locate(&scan, &located, 0, &mut replaced)?;
     }
-    let mut stale_keys: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut stale_keys: BTreeMap<String, RowSet> = BTreeMap::new();
     locate(
         &key_scan,
         std::slice::from_ref(&winners),
@@ -174,7 +174,7 @@ pub async fn write_changes(
 async fn commit(
     handle: &TableHandle,
     version: u64,
-    deleted: BTreeMap<String, Vec<u64>>,
+    deleted: BTreeMap<String, RowSet>,
     added: RecordBatch,
 ) -> Result<u64> {
     let added = if added.num_rows() > 0 {
@@ -214,7 +214,7 @@ fn locate(
     scan: &RowScan,
     batches: &[RecordBatch],
     at: usize,
-    into: &mut BTreeMap<String, Vec<u64>>,
+    into: &mut BTreeMap<String, RowSet>,
 ) -> Result<()> {
     for batch in batches {
         let files = arrow::compute::cast(batch.column(at), &arrow::datatypes::DataType::UInt32)?;
@@ -228,7 +228,7 @@ fn locate(
             let path = scan
                 .path_of(file)
                 .ok_or_else(|| Error::Internal(format!("file number {file} names no file")))?;
-            into.entry(path.to_string()).or_default().push(row as u64);
+            into.entry(path.to_string()).or_default().insert(row as u64);
         }
     }
     Ok(())

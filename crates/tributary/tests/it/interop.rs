@@ -214,8 +214,8 @@ async fn external_readers_apply_the_deletion_vectors_tributary_writes() {
     };
     let changes = tributary_storage::RowChanges {
         deleted: BTreeMap::from([
-            (first.clone(), vec![0, 7, 99]),
-            (second.clone(), vec![0, 49]),
+            (first.clone(), [0, 7, 99].into_iter().collect()),
+            (second.clone(), [0, 49].into_iter().collect()),
         ]),
         added: None,
     };
