@@ -894,7 +894,11 @@ fn split_text(line: &str, delimiter: char) -> Vec<(String, String)> {
 }
 
 /// A column's DEFAULT as a one-row array of the column's type.
-async fn default_value(cx: &Context, sql: &str, data_type: &DataType) -> Result<ArrayRef> {
+pub(crate) async fn default_value(
+    cx: &Context,
+    sql: &str,
+    data_type: &DataType,
+) -> Result<ArrayRef> {
     let batches = cx
         .context()
         .sql(&format!("SELECT {sql}"))

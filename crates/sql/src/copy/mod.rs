@@ -19,6 +19,7 @@ use crate::{Error, Result};
 
 pub(crate) mod errors;
 mod loader;
+pub(crate) use loader::default_value;
 mod plan;
 mod unload;
 

@@ -211,15 +211,30 @@ async fn rewrite_table(
         .appender(table.version, write_buffer_bytes(&engine))
         .await?;
     let written = async {
+        // An added column with a DEFAULT holds it in the rows there were, as in Postgres.
+        let mut defaults = Vec::new();
+        for (index, column) in new_table.columns.iter().enumerate() {
+            let added = !table.columns.iter().any(|c| c.name == column.name)
+                && table.columns.len() != new_table.columns.len();
+            if let (true, Some(default)) = (added, &column.default) {
+                let data_type = logical.field(index).data_type();
+                defaults.push((
+                    index,
+                    crate::copy::default_value(cx, default, data_type).await?,
+                ));
+            }
+        }
         let sql = rename_aware_select(&table.columns, &new_table.columns);
         let mut stream = context.sql(&sql).await?.execute_stream().await?;
         while let Some(batch) = stream.next().await {
-            append
-                .write(&cast_batch(
-                    &cast_batch(&batch?, &logical)?,
-                    &stored_schema,
-                )?)
-                .await?;
+            let batch = cast_batch(&batch?, &logical)?;
+            let mut columns = batch.columns().to_vec();
+            for (index, value) in &defaults {
+                let zeros = arrow::array::UInt32Array::from(vec![0u32; batch.num_rows()]);
+                columns[*index] = arrow::compute::take(value, &zeros, None)?;
+            }
+            let batch = arrow::record_batch::RecordBatch::try_new(logical.clone(), columns)?;
+            append.write(&cast_batch(&batch, &stored_schema)?).await?;
         }
         Ok::<_, Error>(())
     }
