@@ -868,7 +868,9 @@ impl ChangeWriter {
                         filter_record_batch(&values, &BooleanArray::new(keep.finish(), None))?;
                     if kept.num_rows() > 0 {
                         let TargetRows::Stored { table, .. } = &target.rows else {
-                            unreachable!("stored new rows belong to a stored target");
+                            return Err(Error::Internal(
+                                "new rows of another kind of target".into(),
+                            ));
                         };
                         let stored = prepare_batch(table, &target.name, kept, identity_next)?;
                         let writer = match append {

@@ -189,8 +189,7 @@ impl TableHandle {
         })
     }
 
-    /// Replaces all rows and the schema (used by ALTER TABLE that changes columns, and by
-    /// TRUNCATE-like rewrites). Returns the new version.
+    /// Replaces all rows and the schema with `batches` (TRUNCATE). Returns the new version.
     pub async fn overwrite(
         &self,
         base_version: u64,

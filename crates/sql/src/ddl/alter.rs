@@ -214,8 +214,7 @@ async fn rewrite_table(
         // An added column with a DEFAULT holds it in the rows there were, as in Postgres.
         let mut defaults = Vec::new();
         for (index, column) in new_table.columns.iter().enumerate() {
-            let added = !table.columns.iter().any(|c| c.name == column.name)
-                && table.columns.len() != new_table.columns.len();
+            let added = source_column(&table.columns, &new_table.columns, index).is_none();
             if let (true, Some(default)) = (added, &column.default) {
                 let data_type = logical.field(index).data_type();
                 defaults.push((
@@ -260,16 +259,8 @@ fn rename_aware_select(old: &[Column], new: &[Column]) -> String {
     let mut exprs = Vec::with_capacity(new.len());
     for (index, column) in new.iter().enumerate() {
         let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
-        let source = if old.iter().any(|o| o.name == column.name) {
-            Some(column.name.clone())
-        } else if old.len() == new.len() {
-            // A rename: same position, new name.
-            Some(old[index].name.clone())
-        } else {
-            None
-        };
-        exprs.push(match source {
-            Some(source) => format!("{} AS {}", quoted(&source), quoted(&column.name)),
+        exprs.push(match source_column(old, new, index) {
+            Some(source) => format!("{} AS {}", quoted(source), quoted(&column.name)),
             None => format!(
                 "CAST(NULL AS {}) AS {}",
                 arrow_sql_type(&column.sql_type),
@@ -278,6 +269,19 @@ fn rename_aware_select(old: &[Column], new: &[Column]) -> String {
         });
     }
     format!("SELECT {} FROM t", exprs.join(", "))
+}
+
+/// The old column that new column `index` takes its values from; None for an added column.
+fn source_column<'a>(old: &'a [Column], new: &[Column], index: usize) -> Option<&'a str> {
+    let name = &new[index].name;
+    if let Some(same) = old.iter().find(|o| &o.name == name) {
+        Some(&same.name)
+    } else if old.len() == new.len() {
+        // A rename: same position, new name.
+        Some(&old[index].name)
+    } else {
+        None
+    }
 }
 
 /// A DataFusion SQL type name for a NULL of the given column type.

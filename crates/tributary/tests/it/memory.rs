@@ -44,14 +44,7 @@ fn peak_rss_mib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_memory_limit_holds_through_loads_sorts_aggregates_and_joins() {
     let dir = tempfile::tempdir().unwrap();
-    // At the lowest priority: its load would starve the background threads of the servers
-    // of tests running beside it.
-    let (server, port) = spawn_low_priority_server(
-        dir.path().to_str().unwrap(),
-        &[("TRIBUTARY_MEMORY_LIMIT", format!("{LIMIT_MIB}MiB"))],
-    );
-    let client = connect(port).await;
-    let at_start = peak_rss_mib(server.id());
+    let (server, client, at_start) = start_limited(&dir).await;
     load_wide(&client).await;
     let after_copy = peak_rss_mib(server.id());
 
@@ -119,6 +112,25 @@ async fn a_small_memory_limit_holds_through_loads_sorts_aggregates_and_joins() {
     );
 }
 
+/// A server in `dir` under the memory limit, a client of it, and its peak RSS at start. At
+/// the lowest priority: its load would starve the background threads of the servers of tests
+/// running beside it.
+async fn start_limited(
+    dir: &tempfile::TempDir,
+) -> (
+    crate::durability::ServerProcess,
+    tokio_postgres::Client,
+    u64,
+) {
+    let (server, port) = spawn_low_priority_server(
+        dir.path().to_str().unwrap(),
+        &[("TRIBUTARY_MEMORY_LIMIT", format!("{LIMIT_MIB}MiB"))],
+    );
+    let client = connect(port).await;
+    let at_start = peak_rss_mib(server.id());
+    (server, client, at_start)
+}
+
 /// Creates `wide (id BIGINT, note VARCHAR(1024))` and loads it by a COPY of more than limit +
 /// margin, gzip'd by the client: a few megabytes on the wire, about 160 MB once decompressed.
 /// Row `id` has a note of 150 characters, the id with leading zeros.
@@ -145,12 +157,7 @@ async fn load_wide(client: &tokio_postgres::Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_deletes_and_alters_of_every_row_stream_their_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, port) = spawn_low_priority_server(
-        dir.path().to_str().unwrap(),
-        &[("TRIBUTARY_MEMORY_LIMIT", format!("{LIMIT_MIB}MiB"))],
-    );
-    let client = connect(port).await;
-    let at_start = peak_rss_mib(server.id());
+    let (server, client, at_start) = start_limited(&dir).await;
     load_wide(&client).await;
     let after_copy = peak_rss_mib(server.id());
     let summary = "SELECT count(*), min(id), max(id), min(length(note)), \
