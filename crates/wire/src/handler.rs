@@ -31,7 +31,9 @@ use datafusion_postgres::pgwire::messages::response::NoticeResponse;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use futures::future::BoxFuture;
 use futures::{Sink, SinkExt, StreamExt, stream};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
+
+use crate::cancel::{CancelSignal, CancelWatch};
 use tributary_sql::{Engine, Notice, Output, Prepared, Session};
 
 use crate::auth::{PasswordMethod, Startup};
@@ -50,7 +52,7 @@ impl Connection {
         engine: Arc<Engine>,
         method: PasswordMethod,
         hangup: Option<Hangup>,
-        cancel: Arc<Notify>,
+        cancel: Arc<CancelSignal>,
     ) -> Self {
         Self {
             startup: Arc::new(Startup::new(engine.clone(), method)),
@@ -112,6 +114,8 @@ struct CopyIn {
     blocks: tokio::sync::mpsc::Sender<Bytes>,
     /// Set when a cancel request stopped the load while the client was sending its data.
     cancelled: Arc<std::sync::atomic::AtomicBool>,
+    /// The cancel requests made since the COPY statement began.
+    watch: CancelWatch,
 }
 
 type StatementResult = (tributary_sql::Result<Output>, Vec<Notice>);
@@ -123,8 +127,8 @@ struct SessionRunner {
     session: SharedSession,
     /// Tells when the client went away while a statement of it runs.
     hangup: Option<Hangup>,
-    /// Woken by a cancel request for this connection.
-    cancel: Arc<Notify>,
+    /// The cancel requests for this connection.
+    cancel: Arc<CancelSignal>,
 }
 
 /// The session of a connection, held by the statement that uses it.
@@ -153,6 +157,7 @@ impl SessionRunner {
     async fn on_session<C, T>(
         &self,
         client: &C,
+        watch: &CancelWatch,
         work: impl FnOnce(SessionGuard) -> BoxFuture<'static, PgWireResult<T>> + Send + 'static,
     ) -> PgWireResult<T>
     where
@@ -160,7 +165,7 @@ impl SessionRunner {
         T: Send + 'static,
     {
         let job = self.start_on_session(client, work);
-        self.wait_for(job).await
+        self.wait_for(job, watch).await
     }
 
     /// Starts `work` with the connection's session (opened on first use) on the compute
@@ -187,10 +192,11 @@ impl SessionRunner {
     }
 
     /// Waits for work started by [`Self::start_on_session`]: cancelled if the client hangs
-    /// up or a cancel request names the connection (57014).
+    /// up or a cancel request has named the connection since `watch` began (57014).
     async fn wait_for<T>(
         &self,
         mut job: tributary_sql::runtime::Task<PgWireResult<T>>,
+        watch: &CancelWatch,
     ) -> PgWireResult<T> {
         let hangup = async {
             match &self.hangup {
@@ -198,7 +204,7 @@ impl SessionRunner {
                 None => std::future::pending().await,
             }
         };
-        let cancelled = self.cancel.notified();
+        let cancelled = watch.cancelled();
         tokio::select! {
             () = cancelled => {
                 drop(job);
@@ -238,12 +244,12 @@ impl SessionRunner {
     /// computed while they are sent, after [`Self::on_session`] has returned, and a client
     /// that waits for the first row of a long query sends nothing the message loop would
     /// notice. Dropping the rows stops their computation.
-    fn watched(&self, output: Output) -> Output {
+    fn watched(&self, output: Output, watch: &CancelWatch) -> Output {
         match output {
             Output::Rows { schema, stream } => {
-                let (hangup, runner) = (self.hangup.clone(), self.clone());
+                let (hangup, runner, watch) = (self.hangup.clone(), self.clone(), watch.clone());
                 let rows = stream::unfold(Some(stream), move |stream| {
-                    let (hangup, runner) = (hangup.clone(), runner.clone());
+                    let (hangup, runner, watch) = (hangup.clone(), runner.clone(), watch.clone());
                     async move {
                         let mut stream = stream?;
                         let hangup = async {
@@ -255,7 +261,7 @@ impl SessionRunner {
                         tokio::select! {
                             batch = stream.next() => batch.map(|batch| (batch, Some(stream))),
                             () = hangup => Some((Err(client_gone()), None)),
-                            () = runner.cancel.notified() => {
+                            () = watch.cancelled() => {
                                 drop(stream);
                                 runner.abort_statement().await;
                                 Some((Err(canceled_rows()), None))
@@ -428,9 +434,10 @@ impl SimpleQueryHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let query = query.to_string();
+        let watch = self.runner.cancel.watch();
         let (results, notices) = self
             .runner
-            .on_session(client, move |mut guard| {
+            .on_session(client, &watch, move |mut guard| {
                 Box::pin(async move {
                     let session = session(&mut guard);
                     let statements = session.parse(&query).map_err(to_pgwire)?;
@@ -457,11 +464,16 @@ impl SimpleQueryHandler for Queries {
         let mut responses = Vec::with_capacity(results.len());
         for result in results {
             match result {
-                Ok(output) => responses.push(respond(
-                    self.runner.watched(output),
-                    &Format::UnifiedText,
-                    options.clone(),
-                )?),
+                Ok(output) => {
+                    if matches!(output, Output::CopyIn { .. }) {
+                        self.begin_copy(client, &watch).await;
+                    }
+                    responses.push(respond(
+                        self.runner.watched(output, &watch),
+                        &Format::UnifiedText,
+                        options.clone(),
+                    )?)
+                }
                 Err(err) => {
                     // Statements before the failing one keep their results, as in Postgres.
                     if matches!(
@@ -580,7 +592,7 @@ impl QueryParser for Parser {
         let sql = sql.to_string();
         let prepared = self
             .runner
-            .on_session(client, move |mut guard| {
+            .on_session(client, &self.runner.cancel.watch(), move |mut guard| {
                 Box::pin(async move { session(&mut guard).prepare(&sql).await.map_err(to_pgwire) })
             })
             .await?;
@@ -642,9 +654,10 @@ impl ExtendedQueryHandler for Queries {
             check_result_formats(&portal.result_column_format, schema.fields().len())?;
         }
         let params = decode_parameters(portal, &prepared)?;
+        let watch = self.runner.cancel.watch();
         let (result, notices) = self
             .runner
-            .on_session(client, move |mut guard| {
+            .on_session(client, &watch, move |mut guard| {
                 Box::pin(async move {
                     let session = session(&mut guard);
                     let result = session.execute_prepared(&prepared, params).await;
@@ -654,8 +667,12 @@ impl ExtendedQueryHandler for Queries {
             .await?;
         send_notices(client, notices).await?;
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        let output = result.map_err(to_pgwire)?;
+        if matches!(output, Output::CopyIn { .. }) {
+            self.begin_copy(client, &watch).await;
+        }
         respond(
-            self.runner.watched(result.map_err(to_pgwire)?),
+            self.runner.watched(output, &watch),
             &portal.result_column_format,
             options,
         )
@@ -663,13 +680,22 @@ impl ExtendedQueryHandler for Queries {
 }
 
 impl Queries {
-    /// Starts the load of a `COPY ... FROM STDIN`, fed block by block.
-    fn start_copy<C: ClientInfo>(&self, client: &C) -> CopyIn {
+    /// A `COPY ... FROM STDIN` statement starts its load as it answers, before the client
+    /// sends data: a cancel request that comes before the first CopyData stops it too.
+    async fn begin_copy<C: ClientInfo>(&self, client: &C, watch: &CancelWatch) {
+        let copy = self.start_copy(client, watch.clone());
+        // A COPY left behind (none should be) stops as it is dropped.
+        drop(self.copy_in.lock().await.replace(copy));
+    }
+
+    /// Starts the load of a `COPY ... FROM STDIN`, fed block by block; a cancel request
+    /// made since `watch` began stops it at its next block.
+    fn start_copy<C: ClientInfo>(&self, client: &C, watch: CancelWatch) -> CopyIn {
         let (blocks, receiver) = tokio::sync::mpsc::channel::<Bytes>(COPY_QUEUE_BLOCKS);
-        // A cancel request wakes only those waiting: registered now, it is seen however busy
-        // the load is when it comes, and the load stops at its next block.
-        let mut cancel = Box::pin(self.runner.cancel.clone().notified_owned());
-        cancel.as_mut().enable();
+        let cancel = {
+            let watch = watch.clone();
+            Box::pin(async move { watch.cancelled().await })
+        };
         let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = (receiver, cancel, cancelled.clone());
         let data = stream::unfold(Some(state), |state| async move {
@@ -713,6 +739,7 @@ impl Queries {
             gathered: Vec::new(),
             blocks,
             cancelled,
+            watch,
         }
     }
 }
@@ -730,7 +757,7 @@ impl CopyHandler for Queries {
         let mut copy_in = self.copy_in.lock().await;
         let copy = match copy_in.as_mut() {
             Some(copy) => copy,
-            None => copy_in.insert(self.start_copy(client)),
+            None => copy_in.insert(self.start_copy(client, self.runner.cancel.watch())),
         };
         copy.gathered.extend_from_slice(&copy_data.data);
         if copy.gathered.len() >= COPY_BLOCK_BYTES {
@@ -753,13 +780,14 @@ impl CopyHandler for Queries {
             gathered,
             blocks,
             cancelled,
-        } = copy.unwrap_or_else(|| self.start_copy(client));
+            watch,
+        } = copy.unwrap_or_else(|| self.start_copy(client, self.runner.cancel.watch()));
         if !gathered.is_empty() {
             let _ = blocks.send(Bytes::from(gathered)).await;
         }
         let _ = blocks.send(Bytes::new()).await;
         drop(blocks);
-        let (result, notices) = self.runner.wait_for(job).await?;
+        let (result, notices) = self.runner.wait_for(job, &watch).await?;
         if cancelled.load(std::sync::atomic::Ordering::SeqCst) {
             // The load failed and rolled back when the cancel came.
             return Err(query_canceled());

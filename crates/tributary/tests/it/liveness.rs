@@ -322,6 +322,48 @@ async fn a_cancel_request_stops_a_copy_from_stdin() {
     assert_eq!(sink.finish().await.unwrap(), 1);
 }
 
+/// A cancel request that comes after the server has answered a COPY and before any of its
+/// data has arrived stops it too: the statement runs from the moment it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_before_a_copys_first_data_stops_it() {
+    use futures::SinkExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = spawn_server(dir.path().to_str().unwrap(), &[]);
+    let client = connect(port).await;
+    client
+        .batch_execute("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    // copy_in returns once the server has answered with CopyInResponse.
+    let sink = client.copy_in("COPY t FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    client
+        .cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = match sink.send(bytes::Bytes::from_static(b"2\n3\n")).await {
+        Err(err) => err,
+        Ok(()) => tokio::time::timeout(Duration::from_secs(30), sink.finish())
+            .await
+            .expect("the cancelled COPY ended")
+            .unwrap_err(),
+    };
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "nothing of the cancelled COPY stays");
+    // A cancel request for the COPY does not reach the next statement.
+    let sink = client.copy_in("COPY t FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"4\n")).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_busy_server_within_seconds_and_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
