@@ -61,9 +61,11 @@ impl Appender {
         let writer = match &mut self.writer {
             Some(writer) => writer,
             empty => {
-                let properties = self
-                    .handle
-                    .properties(super::ROW_GROUP_ROWS, Some(self.row_group_bytes));
+                let properties = self.handle.properties(
+                    &batch.schema(),
+                    super::ROW_GROUP_ROWS,
+                    Some(self.row_group_bytes),
+                );
                 empty.insert(self.handle.file_writer(
                     &self.table,
                     batch.schema(),

@@ -84,7 +84,7 @@ impl TableHandle {
                     None => writer.insert(self.file_writer(
                         &table,
                         batch.schema(),
-                        self.properties(estimate(&adds, paths), None),
+                        self.properties(&batch.schema(), estimate(&adds, paths), None),
                         false,
                     )?),
                 };

@@ -182,6 +182,35 @@ async fn external_readers_read_a_table_as_tributary_does_after_each_change() {
     );
 }
 
+/// Integer columns with more distinct values than a dictionary holds are written
+/// DELTA_BINARY_PACKED, and pages ZSTD-compressed: every reader reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_readers_read_delta_encoded_integers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(
+        dir.path().to_str().unwrap(),
+        None,
+        tributary_wire::PasswordMethod::ScramSha256,
+    )
+    .await;
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE encoded AS SELECT CAST(value AS BIGINT) AS id, \
+             CAST((value * 7919 % 1000003) / 100.0 AS DECIMAL(12,2)) AS amount, \
+             CAST('2024-01-01' AS DATE) + CAST(value % 1000 AS INT) AS day, \
+             CAST(value % 30000 AS SMALLINT) AS small, \
+             'note ' || CAST(value % 100 AS VARCHAR) AS note \
+             FROM generate_series(1, 200000) AS t(value)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_readers_agree(&client, dir.path(), "encoded", "CREATE TABLE AS").await,
+        200_000
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_readers_apply_the_deletion_vectors_tributary_writes() {
     use std::collections::BTreeMap;
