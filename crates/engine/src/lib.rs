@@ -25,6 +25,7 @@ pub mod partiql;
 pub mod planning;
 pub mod producer;
 mod providers;
+pub mod query_memory;
 pub mod runtime;
 pub mod settings;
 pub mod store;

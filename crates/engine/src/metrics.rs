@@ -7,13 +7,22 @@
 //! prefix, base units as suffixes (`_seconds`, `_bytes`) and `_total` on counters.
 
 use parking_lot::Mutex;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use crate::query_memory::SessionMemory;
+
+/// Buckets from 64 KiB to 16 GiB, by fours: statements' peak query memory.
+fn bytes_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(65536.0, 4.0, 10))
+}
 
 /// A series' labels, in order.
 pub type Labels = Vec<(&'static str, String)>;
@@ -44,13 +53,19 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub queries: Family<Labels, Counter>,
     pub query_seconds: Histograms,
+    pub query_peak_memory: Histograms,
     pub sessions: Gauge,
     pub connections: Counter,
     pub compactions: Counter,
     pub vacuumed_files: Counter,
     pub mirror_work: Family<Labels, Counter>,
     recent: Mutex<VecDeque<QueryRecord>>,
+    running: Running,
+    statements: AtomicU64,
 }
+
+/// The statements running now, by a number of their own, with their sessions' memory.
+type Running = Arc<Mutex<BTreeMap<u64, (QueryRecord, Arc<SessionMemory>)>>>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -65,17 +80,20 @@ impl Default for Metrics {
             commit_seconds: seconds_histogram(),
             queries: Family::default(),
             query_seconds: Family::new_with_constructor(seconds_histogram),
+            query_peak_memory: Family::new_with_constructor(bytes_histogram),
             sessions: Gauge::default(),
             connections: Counter::default(),
             compactions: Counter::default(),
             vacuumed_files: Counter::default(),
             mirror_work: Family::default(),
             recent: Mutex::default(),
+            running: Running::default(),
+            statements: AtomicU64::new(0),
         }
     }
 }
 
-/// One finished statement, for the console.
+/// A statement, finished or running, for the console.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QueryRecord {
     pub user: String,
@@ -86,9 +104,27 @@ pub struct QueryRecord {
     pub command: String,
     /// Microseconds since the epoch.
     pub start_micros: i64,
+    /// So far, while it runs.
     pub duration_micros: i64,
-    /// `ok`, or the error's message.
+    /// `ok`, `running`, or the error's message.
     pub status: String,
+    /// The query memory its operators hold now (0 once it has finished), in bytes.
+    pub memory_bytes: u64,
+    /// The most query memory they held at once, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// Lists a statement among the running ones until it is dropped.
+#[derive(Debug)]
+pub struct RunningStatement {
+    id: u64,
+    running: Running,
+}
+
+impl Drop for RunningStatement {
+    fn drop(&mut self) {
+        self.running.lock().remove(&self.id);
+    }
 }
 
 /// Counts a client connection while it lives.
@@ -109,6 +145,40 @@ impl Metrics {
         SessionGuard(self.sessions.clone())
     }
 
+    /// Lists a statement as running from now until the returned guard is dropped, and
+    /// starts the count of its session's memory.
+    pub fn query_started(
+        &self,
+        record: &QueryRecord,
+        memory: &Arc<SessionMemory>,
+    ) -> RunningStatement {
+        memory.start_statement();
+        let id = self.statements.fetch_add(1, Ordering::Relaxed);
+        let mut record = record.clone();
+        cut_text(&mut record.text);
+        self.running.lock().insert(id, (record, memory.clone()));
+        RunningStatement {
+            id,
+            running: self.running.clone(),
+        }
+    }
+
+    /// The statements running now, longest-running first, with their memory so far.
+    pub fn running_queries(&self) -> Vec<QueryRecord> {
+        let now = chrono::Utc::now().timestamp_micros();
+        self.running
+            .lock()
+            .values()
+            .map(|(record, memory)| QueryRecord {
+                duration_micros: (now - record.start_micros).max(0),
+                status: "running".to_string(),
+                memory_bytes: memory.current() as u64,
+                peak_memory_bytes: memory.peak() as u64,
+                ..record.clone()
+            })
+            .collect()
+    }
+
     /// Records a finished statement.
     pub fn query(&self, mut record: QueryRecord, failed: bool) {
         let command = vec![("command", record.command.clone())];
@@ -118,10 +188,10 @@ impl Metrics {
         self.query_seconds
             .get_or_create(&command)
             .observe(record.duration_micros as f64 / 1e6);
-        if let Some((cut, _)) = record.text.char_indices().nth(QUERY_TEXT_CHARS) {
-            record.text.truncate(cut);
-            record.text.push('…');
-        }
+        self.query_peak_memory
+            .get_or_create(&command)
+            .observe(record.peak_memory_bytes as f64);
+        cut_text(&mut record.text);
         let mut recent = self.recent.lock();
         if recent.len() >= RECENT_QUERIES {
             recent.pop_front();
@@ -136,6 +206,14 @@ impl Metrics {
 
     pub fn observe_commit(&self, took: Duration) {
         self.commit_seconds.observe(took.as_secs_f64());
+    }
+}
+
+/// Cuts a statement's text to what the console lists.
+fn cut_text(text: &mut String) {
+    if let Some((cut, _)) = text.char_indices().nth(QUERY_TEXT_CHARS) {
+        text.truncate(cut);
+        text.push('…');
     }
 }
 

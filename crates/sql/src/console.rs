@@ -165,6 +165,11 @@ impl Engine {
             .filter(|q| superuser || q.user == user)
             .take(RECENT)
             .collect();
+        let running: Vec<crate::QueryRecord> = self
+            .running_queries()
+            .into_iter()
+            .filter(|q| superuser || q.user == user)
+            .collect();
         let (reserved, limit) = self.query_memory();
         json!({
             "version": concat!("Tributary ", env!("CARGO_PKG_VERSION")),
@@ -178,6 +183,7 @@ impl Engine {
             "views": views,
             "refreshes": refreshes,
             "skipped": skipped,
+            "running": running,
             "queries": queries,
         })
     }

@@ -12,8 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tributary_engine::metrics::{
-    Labels, QUERY_TEXT_CHARS, QueryRecord, SessionGuard, resident_memory_bytes,
+    Labels, QUERY_TEXT_CHARS, QueryRecord, RunningStatement, SessionGuard, resident_memory_bytes,
 };
+use tributary_engine::query_memory::SessionMemory;
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -28,6 +29,11 @@ impl Engine {
     /// The latest statements clients ran, oldest first (at most a hundred).
     pub fn recent_queries(&self) -> Vec<QueryRecord> {
         self.metrics.recent_queries()
+    }
+
+    /// The statements clients are running now, with the query memory each holds.
+    pub fn running_queries(&self) -> Vec<QueryRecord> {
+        self.metrics.running_queries()
     }
 
     /// Every metric in Prometheus' text exposition format.
@@ -93,6 +99,12 @@ impl Engine {
             "Statement duration, by command, until the last row is sent",
             Unit::Seconds,
             m.query_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "query_peak_memory",
+            "The most query memory a statement's operators held at once, by command",
+            Unit::Bytes,
+            m.query_peak_memory.clone(),
         );
         registry.register("sessions", "Open client sessions", m.sessions.clone());
         registry.register(
@@ -226,17 +238,37 @@ pub(crate) fn row_command(text: &str) -> String {
     }
 }
 
-/// A statement being timed: recorded when its result is complete (for rows, when the last
-/// one is sent or the client stops reading).
+/// A statement being timed: recorded with its peak query memory when its result is complete
+/// (for rows, when the last one is sent, or as cancelled when they stop before it). Until
+/// then it is listed among the running statements.
 pub(crate) struct QueryTimer {
     pub engine: std::sync::Arc<Engine>,
     pub record: QueryRecord,
     pub started: std::time::Instant,
+    memory: std::sync::Arc<SessionMemory>,
+    _running: RunningStatement,
 }
 
 impl QueryTimer {
+    /// Starts timing a statement of a session whose query memory is `memory`.
+    pub(crate) fn start(
+        engine: std::sync::Arc<Engine>,
+        record: QueryRecord,
+        memory: std::sync::Arc<SessionMemory>,
+    ) -> Self {
+        let running = engine.metrics.query_started(&record, &memory);
+        Self {
+            engine,
+            record,
+            started: std::time::Instant::now(),
+            memory,
+            _running: running,
+        }
+    }
+
     pub(crate) fn finish(mut self, error: Option<String>) {
         self.record.duration_micros = self.started.elapsed().as_micros() as i64;
+        self.record.peak_memory_bytes = self.memory.peak() as u64;
         let failed = error.is_some();
         self.record.status = error.unwrap_or_else(|| "ok".to_string());
         if self.record.command.is_empty() {
@@ -297,9 +329,13 @@ impl datafusion::physical_plan::RecordBatchStream for TimedStream {
 
 impl Drop for TimedStream {
     fn drop(&mut self) {
-        // The client stopped reading (a cursor closed, a connection lost).
+        // The rows stopped before their end: a cancel request, or a client gone. (Every
+        // result is sent whole otherwise: there are no cursors or portal row limits yet.)
         if let Some(timer) = self.timer.take() {
-            timer.finish(None);
+            timer.finish(Some(
+                "cancelled before all its rows were sent (a cancel request, or the client went away)"
+                    .to_string(),
+            ));
         }
     }
 }

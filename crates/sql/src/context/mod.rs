@@ -11,6 +11,7 @@ use datafusion::sql::sqlparser::ast::{ObjectName, Statement as SqlStatement};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use tributary_engine::catalog_list::{SYSTEM_SCHEMA, SessionCatalogs, TEMP_SCHEMA};
 use tributary_engine::functions;
+use tributary_engine::query_memory::SessionMemory;
 use tributary_engine::settings::Settings;
 use tributary_syntax::Statement;
 use tributary_syntax::dialect::parse_statements;
@@ -39,6 +40,8 @@ pub(crate) struct Context {
     catalogs: SessionCatalogs,
     pub(crate) clock: functions::StatementClock,
     context: Arc<SessionContext>,
+    /// The query memory the session's statement holds.
+    memory: Arc<SessionMemory>,
     /// `enable_case_sensitive_identifier`, as the SUPER planner reads it.
     case_sensitive: tributary_engine::partiql::CaseSensitivity,
     notices: Vec<Notice>,
@@ -53,7 +56,8 @@ impl Context {
         catalogs.pinned().database(database)?;
         let clock = functions::StatementClock::default();
         let case_sensitive = tributary_engine::partiql::CaseSensitivity::default();
-        let context = new_context(&catalogs, database, user, &clock, &case_sensitive)?;
+        let (runtime, memory) = SessionMemory::runtime(&engine.store.runtime_env())?;
+        let context = new_context(&catalogs, runtime, database, user, &clock, &case_sensitive)?;
         Ok(Self {
             engine,
             user: user.to_string(),
@@ -62,6 +66,7 @@ impl Context {
             catalogs,
             clock,
             context,
+            memory,
             case_sensitive,
             notices: Vec::new(),
             calls: Default::default(),
@@ -109,6 +114,10 @@ impl Context {
 
     pub(crate) fn context(&self) -> &Arc<SessionContext> {
         &self.context
+    }
+
+    pub(crate) fn memory(&self) -> &Arc<SessionMemory> {
+        &self.memory
     }
 
     /// Parses a query string into statements.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
@@ -11,8 +12,10 @@ use tributary_engine::functions;
 use crate::{Error, Result};
 
 /// Builds a session's DataFusion context: our catalogs, pg_catalog, and Redshift functions.
+/// Its runtime is the server's with the session's own memory pool over the server's.
 pub(super) fn new_context(
     catalogs: &SessionCatalogs,
+    runtime: Arc<RuntimeEnv>,
     database: &str,
     user: &str,
     clock: &functions::StatementClock,
@@ -30,7 +33,7 @@ pub(super) fn new_context(
         .skip_physical_aggregate_schema_check = true;
     let builder = SessionStateBuilder::new()
         .with_config(config)
-        .with_runtime_env(catalogs.store().runtime_env())
+        .with_runtime_env(runtime)
         .with_default_features()
         .with_catalog_list(Arc::new(catalogs.clone()));
     let state = tributary_engine::partiql::configure(builder, case_sensitive.clone()).build();

@@ -197,7 +197,7 @@ async fn rewrite_table(
     .await?;
     let config = datafusion::prelude::SessionConfig::new();
     let context =
-        datafusion::prelude::SessionContext::new_with_config_rt(config, engine.runtime_env());
+        datafusion::prelude::SessionContext::new_with_config_rt(config, cx.context().runtime_env());
     context.register_table("t", Arc::new(provider))?;
     let new_table = Table {
         columns,

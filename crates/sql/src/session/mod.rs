@@ -216,9 +216,9 @@ impl Session {
     }
 
     fn query_timer(&self, text: String) -> crate::metrics::QueryTimer {
-        crate::metrics::QueryTimer {
-            engine: self.cx.engine().clone(),
-            record: crate::QueryRecord {
+        crate::metrics::QueryTimer::start(
+            self.cx.engine().clone(),
+            crate::QueryRecord {
                 user: self.cx.user().to_string(),
                 database: self.cx.database().to_string(),
                 command: String::new(),
@@ -226,9 +226,11 @@ impl Session {
                 start_micros: chrono::Utc::now().timestamp_micros(),
                 duration_micros: 0,
                 status: String::new(),
+                memory_bytes: 0,
+                peak_memory_bytes: 0,
             },
-            started: std::time::Instant::now(),
-        }
+            self.cx.memory().clone(),
+        )
     }
 
     /// Runs a statement in the open transaction, or in a transaction of its own that commits

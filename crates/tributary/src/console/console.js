@@ -178,9 +178,16 @@ function render(status) {
       <td>${escapeHtml(r.status)}</td></tr>`,
     "None yet.");
 
+  rows($("running").tBodies[0], status.running, (q) =>
+    `<tr><td>${time(q.start_micros)}</td><td>${escapeHtml(q.user)}</td><td>${escapeHtml(q.database)}</td>
+      <td class="num">${number(q.duration_micros / 1000, 1)}</td>
+      <td class="num">${bytes(q.memory_bytes)}</td><td class="num">${bytes(q.peak_memory_bytes)}</td>
+      <td class="text">${escapeHtml(q.text)}</td></tr>`,
+    "None.");
+
   rows($("queries").tBodies[0], status.queries.slice(0, 15), (q) =>
     `<tr><td>${time(q.start_micros)}</td><td>${escapeHtml(q.user)}</td><td>${escapeHtml(q.database)}</td><td>${escapeHtml(q.command)}</td>
-      <td class="num">${number(q.duration_micros / 1000, 1)}</td>
+      <td class="num">${number(q.duration_micros / 1000, 1)}</td><td class="num">${bytes(q.peak_memory_bytes)}</td>
       <td><span class="badge ${q.status === "ok" ? "ok" : "error"}">${q.status === "ok" ? "ok" : "error"}</span>${q.status === "ok" ? "" : " " + escapeHtml(q.status)}</td>
       <td class="text">${escapeHtml(q.text)}</td></tr>`,
     "None yet.");

@@ -350,6 +350,129 @@ async fn metrics_health_and_console_data_move_with_ingestion() {
     assert!(log.contains("stream records skipped"), "{log}");
 }
 
+/// The console's statements, running and finished, each with the query memory of its own
+/// operators: a long join shows its hash table's memory while it runs, and the recent
+/// queries show the peak of each statement once it has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_each_querys_memory_running_and_finished() {
+    const MIB: u64 = 1 << 20;
+    const LIMIT: u64 = 512 * MIB;
+    // No stream is read: the endpoint is never called.
+    let server = Server::start("http://127.0.0.1:9", &["--memory-limit", "512MiB"]);
+    let client = connect(server.sql_port).await;
+    let other = connect(server.sql_port).await;
+    client
+        .batch_execute(
+            "CREATE TABLE notes AS SELECT i AS id, repeat('n', 40) || i::varchar AS note \
+             FROM generate_series(1, 1000000) AS t(i)",
+        )
+        .await
+        .unwrap();
+    let status = async || -> serde_json::Value {
+        let (code, _, body) = server.get("/api/status").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let memory = |q: &serde_json::Value, field: &str| q[field].as_u64().unwrap();
+
+    // A join of a billion pairs: its hash table holds the build side while it runs, until
+    // the statement is cancelled.
+    const JOIN: &str = "SELECT count(*) FROM notes a JOIN notes b ON a.id % 1000 = b.id % 1000";
+    let join = {
+        let client = connect(server.sql_port).await;
+        let cancel = client.cancel_token();
+        let task = tokio::spawn(async move { client.query_one(JOIN, &[]).await.map(|_| ()) });
+        (cancel, task)
+    };
+    let mut running = serde_json::Value::Null;
+    wait_for(
+        "the join's hash table",
+        Duration::from_secs(120),
+        async || {
+            let console = status().await;
+            match console["running"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|q| q["text"] == JOIN)
+            {
+                Some(q) if memory(q, "memory_bytes") >= 16 * MIB => {
+                    running = q.clone();
+                    true
+                }
+                _ => false,
+            }
+        },
+    )
+    .await;
+    assert_eq!(running["status"], "running");
+    let (now, peak) = (
+        memory(&running, "memory_bytes"),
+        memory(&running, "peak_memory_bytes"),
+    );
+    assert!(now <= peak && peak <= LIMIT, "{running}");
+    // Another session's statements count on their own.
+    assert_eq!(
+        other
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+    join.0.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = join.1.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+
+    client
+        .query_one(
+            "SELECT count(*) FROM (SELECT note, count(*) FROM notes GROUP BY note) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    // The cancelled join leaves the running list as its computation stops.
+    let mut console = serde_json::Value::Null;
+    wait_for(
+        "no statement running",
+        Duration::from_secs(30),
+        async || {
+            console = status().await;
+            console["running"].as_array().unwrap().is_empty()
+        },
+    )
+    .await;
+    let queries = console["queries"].as_array().unwrap();
+    let finished = |text: &str| {
+        queries
+            .iter()
+            .find(|q| q["text"] == text)
+            .unwrap_or_else(|| panic!("no {text:?} in {queries:?}"))
+            .clone()
+    };
+    let join = finished(JOIN);
+    assert!(
+        join["status"].as_str().unwrap().starts_with("cancelled"),
+        "{join}"
+    );
+    assert_eq!(memory(&join, "memory_bytes"), 0);
+    assert!(memory(&join, "peak_memory_bytes") >= peak, "{join}");
+    let grouped =
+        finished("SELECT count(*) FROM (SELECT note, count(*) FROM notes GROUP BY note) g");
+    let peak = memory(&grouped, "peak_memory_bytes");
+    assert!((16 * MIB..=LIMIT).contains(&peak), "{grouped}");
+    // A statement that holds nothing shows nothing, even beside another session's join.
+    assert!(memory(&finished("SELECT 1"), "peak_memory_bytes") < MIB);
+    // The peaks are a histogram in the metrics too.
+    let metrics = server.metrics().await;
+    let select = ["command=\"SELECT\""];
+    assert!(metrics.sum("tributary_query_peak_memory_bytes_count", &select) >= 4.0);
+    assert!(metrics.sum("tributary_query_peak_memory_bytes_sum", &select) >= (16 * MIB) as f64);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_bad_records_leaves_a_short_readable_log() {
     const BAD: i64 = 100_000;
