@@ -13,6 +13,7 @@
 pub mod catalog_list;
 pub mod convert;
 pub mod datafusion_text;
+pub mod decimal;
 pub mod error;
 pub mod functions;
 pub mod json;
