@@ -183,7 +183,7 @@ async fn external_readers_read_a_table_as_tributary_does_after_each_change() {
 }
 
 /// Integer columns with more distinct values than a dictionary holds are written
-/// DELTA_BINARY_PACKED, and pages ZSTD-compressed: every reader reads them.
+/// DELTA_BINARY_PACKED: every reader reads them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_readers_read_delta_encoded_integers() {
     let dir = tempfile::tempdir().unwrap();
