@@ -271,9 +271,6 @@ impl QueryTimer {
         self.record.peak_memory_bytes = self.memory.peak() as u64;
         let failed = error.is_some();
         self.record.status = error.unwrap_or_else(|| "ok".to_string());
-        if self.record.command.is_empty() {
-            self.record.command = row_command(&self.record.text);
-        }
         self.engine.metrics.query(self.record, failed);
     }
 }

@@ -192,14 +192,10 @@ impl Session {
             Err(err) => Err(err),
         };
         Ok(match result {
-            Ok(Output::Rows { schema, stream }) => {
-                let mut timer = timer;
-                timer.record.command = crate::metrics::row_command(&timer.record.text);
-                Output::Rows {
-                    schema,
-                    stream: Box::pin(crate::metrics::TimedStream::new(stream, timer)),
-                }
-            }
+            Ok(Output::Rows { schema, stream }) => Output::Rows {
+                schema,
+                stream: Box::pin(crate::metrics::TimedStream::new(stream, timer)),
+            },
             Ok(Output::Command { tag, rows }) => {
                 let mut timer = timer;
                 timer.record.command = tag.clone();
@@ -221,7 +217,8 @@ impl Session {
             crate::QueryRecord {
                 user: self.cx.user().to_string(),
                 database: self.cx.database().to_string(),
-                command: String::new(),
+                // The first word until the statement's tag is known; the running list shows it.
+                command: crate::metrics::row_command(&text),
                 text,
                 start_micros: chrono::Utc::now().timestamp_micros(),
                 duration_micros: 0,

@@ -406,6 +406,7 @@ async fn the_console_shows_each_querys_memory_running_and_finished() {
     )
     .await;
     assert_eq!(running["status"], "running");
+    assert_eq!(running["command"], "SELECT");
     let (now, peak) = (
         memory(&running, "memory_bytes"),
         memory(&running, "peak_memory_bytes"),
