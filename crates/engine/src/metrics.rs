@@ -217,6 +217,22 @@ fn cut_text(text: &mut String) {
     }
 }
 
+/// Where [`allocated_memory_bytes`] comes from: the allocator, which the server's binary
+/// chooses and registers here.
+static ALLOCATED: std::sync::OnceLock<fn() -> Option<u64>> = std::sync::OnceLock::new();
+
+/// Registers the allocator's count of the bytes the process holds allocated.
+pub fn set_allocated_memory_source(source: fn() -> Option<u64>) {
+    let _ = ALLOCATED.set(source);
+}
+
+/// The bytes the process holds allocated now, as its allocator counts them (None if the
+/// binary registered no count): unlike the resident memory, it leaves out what the allocator
+/// keeps of freed memory, so it shows what is really held.
+pub fn allocated_memory_bytes() -> Option<u64> {
+    ALLOCATED.get().and_then(|source| source())
+}
+
 /// The resident memory of this process, in bytes (Linux; None elsewhere).
 pub fn resident_memory_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

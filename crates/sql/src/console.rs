@@ -177,6 +177,7 @@ impl Engine {
             "now_micros": chrono::Utc::now().timestamp_micros(),
             "sessions": self.metrics.sessions.get(),
             "memory_resident_bytes": tributary_engine::metrics::resident_memory_bytes(),
+            "memory_allocated_bytes": tributary_engine::metrics::allocated_memory_bytes(),
             "query_memory_reserved_bytes": reserved,
             "query_memory_limit_bytes": limit,
             "sources": sources,

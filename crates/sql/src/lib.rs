@@ -36,7 +36,10 @@ pub use maintenance::{MaintenanceReport, MaintenanceSettings};
 pub use output::{Notice, Output};
 pub use session::{Prepared, Session};
 pub use tributary_engine::functions::VERSION;
-pub use tributary_engine::metrics::{QueryRecord, SessionGuard, resident_memory_bytes};
+pub use tributary_engine::metrics::{
+    QueryRecord, SessionGuard, allocated_memory_bytes, resident_memory_bytes,
+    set_allocated_memory_source,
+};
 pub use tributary_engine::{DataErrorKind, Error, Result, THREAD_STACK_BYTES, runtime};
 pub use tributary_streaming::StreamingSettings;
 pub use tributary_syntax::dialect::parse_statements;

@@ -12,7 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tributary_engine::metrics::{
-    Labels, QUERY_TEXT_CHARS, QueryRecord, RunningStatement, SessionGuard, resident_memory_bytes,
+    Labels, QUERY_TEXT_CHARS, QueryRecord, RunningStatement, SessionGuard, allocated_memory_bytes,
+    resident_memory_bytes,
 };
 use tributary_engine::query_memory::SessionMemory;
 
@@ -185,6 +186,16 @@ impl Engine {
             Unit::Bytes,
             resident,
         );
+        if let Some(bytes) = allocated_memory_bytes() {
+            let allocated: Gauge = Gauge::default();
+            allocated.set(bytes as i64);
+            registry.register_with_unit(
+                "memory_allocated",
+                "Memory the server process holds allocated, as its allocator counts it",
+                Unit::Bytes,
+                allocated,
+            );
+        }
         let (used, limit) = self.query_memory();
         let reserved: Gauge = Gauge::default();
         reserved.set(used as i64);

@@ -13,9 +13,35 @@ use url::Url;
 
 use crate::{Error, Result};
 
-/// How many loaded table versions are kept in memory. Versions are immutable, so the cache is
-/// keyed by (table, version) and never needs invalidation; the bound keeps memory flat.
+/// The most table versions the cache keeps.
 const SNAPSHOT_CACHE_ENTRIES_MAX: usize = 256;
+/// The most versions of one table the cache keeps: reads and writes go to a table's newest
+/// versions, and a writer that commits round after round would otherwise fill the cache with
+/// its own history.
+const SNAPSHOT_VERSIONS_PER_TABLE_MAX: usize = 4;
+/// What the cache may hold in all, as [`Snapshot::estimated_bytes`] counts it: a few versions
+/// of a table of some 50,000 files. A version larger than this is still kept, alone.
+const SNAPSHOT_CACHE_BYTES_MAX: usize = 64 << 20;
+
+/// The costs of a loaded version, measured by counting allocations while tables of 2 to 30
+/// columns and 200 to 800 files were loaded: about 26 KiB for the version itself (schema,
+/// protocol, metadata, log segment), then 280 bytes for each file's add action (path, size,
+/// times, deletion vector descriptor) and 80 more for each column's statistics (minimum,
+/// maximum and null count, kept as JSON text and parsed).
+const SNAPSHOT_BASE_BYTES: usize = 32 << 10;
+const SNAPSHOT_FILE_BYTES: usize = 280;
+const SNAPSHOT_FILE_COLUMN_BYTES: usize = 80;
+
+/// A write returns its new version by adding its commit to the version it started from, as
+/// one more Arrow batch of files that the new version shares with the old. Measured the same
+/// way: each such commit costs 32 KiB and 2.6 KiB a column, however few files it adds, where
+/// a version loaded from the log keeps its files in a few large batches (a table of 300 files
+/// and 10 columns: 320 KiB loaded, 17.5 MiB after 300 commits by one server). So a version
+/// more than this many commits away from one loaded from the log is not kept; it is loaded
+/// from the log (its last checkpoint and the commits after it) when next asked for.
+const SNAPSHOT_COMMITS_MAX: u32 = 16;
+const SNAPSHOT_COMMIT_BYTES: usize = 32 << 10;
+const SNAPSHOT_COMMIT_COLUMN_BYTES: usize = 2_600;
 
 /// One storage root, shared by every session of a server.
 #[derive(Debug)]
@@ -26,11 +52,28 @@ pub struct StorageRoot {
 }
 
 /// Loaded table versions, so that a write or a read right after another one does not replay
-/// the Delta log again.
+/// the Delta log again. Versions are immutable, so the cache is keyed by (table, version) and
+/// never needs invalidation. It is bounded three ways (entries, versions per table, estimated
+/// bytes) and evicts the least recently used entry first; an evicted version is loaded again
+/// from the log when it is next asked for.
 #[derive(Debug, Default)]
 pub(crate) struct SnapshotCache {
-    entries: HashMap<(String, u64), Snapshot>,
-    order: std::collections::VecDeque<(String, u64)>,
+    entries: HashMap<(String, u64), Entry>,
+    /// The sum of the entries' [`Entry::bytes`].
+    bytes: usize,
+    /// Counts uses, to order them.
+    clock: u64,
+    /// Each table's newest cached version and the commits added to a loaded version to make
+    /// it (see [`SNAPSHOT_COMMITS_MAX`]). Kept apart from the entries, which may be evicted.
+    chains: HashMap<String, (u64, u32)>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    snapshot: Snapshot,
+    /// The table's estimated bytes plus the provider's.
+    bytes: usize,
+    last_used: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -39,39 +82,140 @@ pub(crate) struct Snapshot {
     pub(crate) provider: Option<Arc<dyn TableProvider>>,
 }
 
+impl Snapshot {
+    /// About what the loaded version holds in memory: delta-rs keeps each file's add action
+    /// and statistics as rows of Arrow batches, which it does not expose, so they are counted
+    /// by the number of files and columns.
+    /// `commits` is how many commits were added to a loaded version to make this one.
+    fn estimated_bytes(table: &deltalake::DeltaTable, commits: u32) -> usize {
+        let Ok(state) = table.snapshot() else {
+            return SNAPSHOT_BASE_BYTES;
+        };
+        let columns = state.snapshot().arrow_schema().fields().len();
+        let files = state.log_data().num_files();
+        SNAPSHOT_BASE_BYTES
+            + files * (SNAPSHOT_FILE_BYTES + columns * SNAPSHOT_FILE_COLUMN_BYTES)
+            + commits as usize * (SNAPSHOT_COMMIT_BYTES + columns * SNAPSHOT_COMMIT_COLUMN_BYTES)
+    }
+}
+
 impl SnapshotCache {
-    pub(crate) fn get(&self, key: &(String, u64)) -> Option<Snapshot> {
-        self.entries.get(key).cloned()
+    pub(crate) fn get(&mut self, key: &(String, u64)) -> Option<Snapshot> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(key)?;
+        entry.last_used = self.clock;
+        Some(entry.snapshot.clone())
     }
 
-    pub(crate) fn insert_table(&mut self, key: (String, u64), table: deltalake::DeltaTable) {
+    /// Caches a version loaded from the log.
+    pub(crate) fn insert_loaded(&mut self, key: (String, u64), table: deltalake::DeltaTable) {
+        let newest = self
+            .chains
+            .get(&key.0)
+            .is_none_or(|(version, _)| *version <= key.1);
+        if newest {
+            self.chains.insert(key.0.clone(), (key.1, 0));
+        }
+        let bytes = Snapshot::estimated_bytes(&table, 0);
+        self.insert_sized(key, table, bytes);
+    }
+
+    /// Caches the version a write on this root returned, unless the commits it adds to a
+    /// version loaded from the log are too many: it is counted from the table's newest cached
+    /// version, which the write most likely started from (and at worst is counted high).
+    pub(crate) fn insert_committed(&mut self, key: (String, u64), table: deltalake::DeltaTable) {
+        let commits = self
+            .chains
+            .get(&key.0)
+            .map_or(1, |(_, commits)| commits + 1);
+        if commits > SNAPSHOT_COMMITS_MAX {
+            self.chains.remove(&key.0);
+            return;
+        }
+        self.chains.insert(key.0.clone(), (key.1, commits));
+        let bytes = Snapshot::estimated_bytes(&table, commits);
+        self.insert_sized(key, table, bytes);
+    }
+
+    fn insert_sized(&mut self, key: (String, u64), table: deltalake::DeltaTable, bytes: usize) {
         if self.entries.contains_key(&key) {
             return;
         }
+        self.clock += 1;
+        let path = key.0.clone();
+        self.bytes += bytes;
         self.entries.insert(
             key.clone(),
-            Snapshot {
-                table,
-                provider: None,
+            Entry {
+                snapshot: Snapshot {
+                    table,
+                    provider: None,
+                },
+                bytes,
+                last_used: self.clock,
             },
         );
-        self.order.push_back(key);
-        while self.order.len() > SNAPSHOT_CACHE_ENTRIES_MAX {
-            if let Some(old) = self.order.pop_front() {
-                self.entries.remove(&old);
-            }
+        while self.entries.keys().filter(|(t, _)| *t == path).count()
+            > SNAPSHOT_VERSIONS_PER_TABLE_MAX
+        {
+            self.evict(|(t, _)| *t == path, &key);
         }
+        self.shrink(&key);
     }
 
-    pub(crate) fn set_provider(&mut self, key: &(String, u64), provider: Arc<dyn TableProvider>) {
-        if let Some(entry) = self.entries.get_mut(key) {
-            entry.provider = Some(provider);
+    /// Caches the provider built for a cached version; `bytes` is what it holds beyond the
+    /// version itself (its file list and deletion vectors).
+    pub(crate) fn set_provider(
+        &mut self,
+        key: &(String, u64),
+        provider: Arc<dyn TableProvider>,
+        bytes: usize,
+    ) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        if entry.snapshot.provider.is_none() {
+            entry.snapshot.provider = Some(provider);
+            entry.bytes += bytes;
+            self.bytes += bytes;
+            self.shrink(key);
         }
     }
 
     pub(crate) fn forget_table(&mut self, path: &str) {
-        self.entries.retain(|(table, _), _| table != path);
-        self.order.retain(|(table, _)| table != path);
+        let mut freed = 0;
+        self.entries.retain(|(table, _), entry| {
+            let keep = table != path;
+            if !keep {
+                freed += entry.bytes;
+            }
+            keep
+        });
+        self.bytes -= freed;
+        self.chains.remove(path);
+    }
+
+    /// Evicts entries other than `keep` until the cache is within its bounds.
+    fn shrink(&mut self, keep: &(String, u64)) {
+        while (self.bytes > SNAPSHOT_CACHE_BYTES_MAX
+            || self.entries.len() > SNAPSHOT_CACHE_ENTRIES_MAX)
+            && self.entries.len() > 1
+        {
+            self.evict(|_| true, keep);
+        }
+    }
+
+    /// Evicts the least recently used entry that `candidate` accepts, other than `keep`.
+    fn evict(&mut self, candidate: impl Fn(&(String, u64)) -> bool, keep: &(String, u64)) {
+        let oldest = self
+            .entries
+            .iter()
+            .filter(|(key, _)| *key != keep && candidate(key))
+            .min_by_key(|(_, entry)| entry.last_used)
+            .map(|(key, _)| key.clone());
+        if let Some(entry) = oldest.and_then(|key| self.entries.remove(&key)) {
+            self.bytes -= entry.bytes;
+        }
     }
 }
 
@@ -155,4 +299,131 @@ fn open_s3(location: &str) -> Result<(Url, Arc<dyn ObjectStore>)> {
         Arc::new(PrefixStore::new(store, prefix))
     };
     Ok((url, store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unloaded(dir: &std::path::Path) -> deltalake::DeltaTable {
+        let url = Url::from_directory_path(dir).unwrap();
+        deltalake::DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .build()
+            .unwrap()
+    }
+
+    fn key(table: &str, version: u64) -> (String, u64) {
+        (table.to_string(), version)
+    }
+
+    fn versions(cache: &SnapshotCache, table: &str) -> Vec<u64> {
+        let mut versions: Vec<u64> = cache
+            .entries
+            .keys()
+            .filter(|(t, _)| t == table)
+            .map(|(_, v)| *v)
+            .collect();
+        versions.sort_unstable();
+        versions
+    }
+
+    /// A writer committing round after round keeps only its table's few newest versions, and a
+    /// version still being read stays.
+    #[test]
+    fn one_table_keeps_a_few_versions_the_least_recently_used_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = SnapshotCache::default();
+        cache.insert_sized(key("other", 1), unloaded(dir.path()), 1_000);
+        for version in 0..20 {
+            cache.insert_sized(key("t", version), unloaded(dir.path()), 1_000);
+            if version >= 5 {
+                // A long reader keeps using version 5.
+                assert!(cache.get(&key("t", 5)).is_some(), "at {version}");
+            }
+        }
+        assert_eq!(versions(&cache, "t"), vec![5, 17, 18, 19]);
+        assert_eq!(versions(&cache, "other"), vec![1]);
+        assert_eq!(cache.bytes, 5 * 1_000);
+        assert!(cache.get(&key("t", 0)).is_none());
+    }
+
+    /// Versions that writes return are kept while few commits separate them from a version
+    /// loaded from the log; then the next is left out, so that it is loaded from the log, and
+    /// the count starts again.
+    #[test]
+    fn versions_built_commit_by_commit_are_loaded_again_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = SnapshotCache::default();
+        cache.insert_loaded(key("t", 0), unloaded(dir.path()));
+        let mut left_out = Vec::new();
+        for version in 1..=40 {
+            if cache.get(&key("t", version - 1)).is_none() {
+                // What TableHandle::load does on a miss.
+                cache.insert_loaded(key("t", version - 1), unloaded(dir.path()));
+            }
+            cache.insert_committed(key("t", version), unloaded(dir.path()));
+            if cache.get(&key("t", version)).is_none() {
+                left_out.push(version);
+            }
+            let (_, commits) = cache.chains.get("t").copied().unwrap_or((0, 0));
+            assert!(commits <= SNAPSHOT_COMMITS_MAX, "{commits} at {version}");
+        }
+        assert_eq!(left_out, vec![17, 34]);
+        // A version loaded from the log that is older than the newest leaves the count alone.
+        cache.insert_loaded(key("t", 3), unloaded(dir.path()));
+        assert_eq!(cache.chains.get("t"), Some(&(40, 6)));
+        cache.forget_table("t");
+        assert!(cache.chains.is_empty());
+    }
+
+    /// The cache holds at most its byte budget, whatever the number of tables; a version
+    /// larger than the budget is kept alone, so the reads right after it still find it.
+    #[test]
+    fn the_cache_stays_within_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = SnapshotCache::default();
+        let large = SNAPSHOT_CACHE_BYTES_MAX / 5;
+        for table in 0..50 {
+            cache.insert_sized(key(&format!("t{table}"), 1), unloaded(dir.path()), large);
+            assert!(cache.bytes <= SNAPSHOT_CACHE_BYTES_MAX, "{}", cache.bytes);
+            let counted: usize = cache.entries.values().map(|e| e.bytes).sum();
+            assert_eq!(counted, cache.bytes);
+        }
+        assert_eq!(cache.entries.len(), 5);
+        assert!(cache.get(&key("t49", 1)).is_some());
+        assert!(cache.get(&key("t44", 1)).is_none());
+
+        let huge = SNAPSHOT_CACHE_BYTES_MAX * 2;
+        cache.insert_sized(key("huge", 1), unloaded(dir.path()), huge);
+        assert_eq!(cache.entries.len(), 1);
+        assert!(cache.get(&key("huge", 1)).is_some());
+        assert_eq!(cache.bytes, huge);
+
+        cache.forget_table("huge");
+        assert!(cache.entries.is_empty());
+        assert_eq!(cache.bytes, 0);
+    }
+
+    /// A provider's bytes count in the budget: caching one can evict other versions, never
+    /// its own.
+    #[test]
+    fn providers_count_in_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = SnapshotCache::default();
+        let quarter = SNAPSHOT_CACHE_BYTES_MAX / 4;
+        for table in 0..4 {
+            cache.insert_sized(key(&format!("t{table}"), 1), unloaded(dir.path()), quarter);
+        }
+        assert_eq!(cache.entries.len(), 4);
+        let provider: Arc<dyn TableProvider> =
+            Arc::new(datafusion::datasource::empty::EmptyTable::new(Arc::new(
+                arrow::datatypes::Schema::empty(),
+            )));
+        cache.set_provider(&key("t0", 1), provider, quarter);
+        assert!(cache.bytes <= SNAPSHOT_CACHE_BYTES_MAX);
+        assert_eq!(cache.entries.len(), 3, "t1 left, the least recently used");
+        assert!(cache.get(&key("t0", 1)).unwrap().provider.is_some());
+        assert!(cache.get(&key("t1", 1)).is_none());
+    }
 }

@@ -383,8 +383,12 @@ impl TableHandle {
         {
             return Ok(provider);
         }
-        let provider: Arc<dyn TableProvider> = Arc::new(self.scan(version, false).await?);
-        self.root.snapshots().set_provider(&key, provider.clone());
+        let scan = self.scan(version, false).await?;
+        let bytes = scan.estimated_bytes();
+        let provider: Arc<dyn TableProvider> = Arc::new(scan);
+        self.root
+            .snapshots()
+            .set_provider(&key, provider.clone(), bytes);
         Ok(provider)
     }
 
@@ -491,7 +495,7 @@ impl TableHandle {
             .with_version(version)
             .load()
             .await?;
-        self.root.snapshots().insert_table(key, table.clone());
+        self.root.snapshots().insert_loaded(key, table.clone());
         Ok(table)
     }
 
@@ -548,7 +552,7 @@ impl TableHandle {
         let version = table_version(table)?;
         self.root
             .snapshots()
-            .insert_table((self.path.clone(), version), table.clone());
+            .insert_committed((self.path.clone(), version), table.clone());
         Ok(version)
     }
 }

@@ -12,6 +12,15 @@ use tributary_wire::PasswordMethod;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The bytes jemalloc counts as allocated, refreshed first (its statistics are cached per
+/// epoch).
+fn allocated_bytes() -> Option<u64> {
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    tikv_jemalloc_ctl::stats::allocated::read()
+        .ok()
+        .map(|bytes| bytes as u64)
+}
+
 #[derive(Parser)]
 #[command(
     name = "tributary",
@@ -192,6 +201,7 @@ enum AuthMethod {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tributary_sql::set_allocated_memory_source(allocated_bytes);
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Demo(args) => demo(args),

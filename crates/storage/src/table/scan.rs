@@ -143,6 +143,22 @@ impl TableHandle {
 }
 
 impl RowScan {
+    /// About what the scan holds in memory: its file list and the files' deletion vectors.
+    pub(crate) fn estimated_bytes(&self) -> usize {
+        self.files
+            .iter()
+            .map(|file| {
+                std::mem::size_of::<ScanFile>()
+                    + file.path.len()
+                    + file.location.as_ref().len()
+                    + file
+                        .deleted
+                        .as_ref()
+                        .map_or(0, RoaringTreemap::serialized_size)
+            })
+            .sum()
+    }
+
     /// The Delta log path of the file that [`FILE_COLUMN`] numbers `file`.
     pub fn path_of(&self, file: u32) -> Option<&str> {
         self.files.get(file as usize).map(|f| f.path.as_str())

@@ -141,7 +141,10 @@ function render(status) {
   const memory = status.query_memory_limit_bytes
     ? `query memory ${bytes(status.query_memory_reserved_bytes)} of ${bytes(status.query_memory_limit_bytes)}`
     : `query memory ${bytes(status.query_memory_reserved_bytes)}`;
-  $("server").textContent = `${status.version} · ${status.user} · ${status.sessions} session(s) · resident ${bytes(status.memory_resident_bytes)} · ${memory}`;
+  const allocated = status.memory_allocated_bytes == null
+    ? ""
+    : ` (allocated ${bytes(status.memory_allocated_bytes)})`;
+  $("server").textContent = `${status.version} · ${status.user} · ${status.sessions} session(s) · resident ${bytes(status.memory_resident_bytes)}${allocated} · ${memory}`;
   const failing = status.views.filter((v) => v.state === "failing").length;
   $("status").textContent = failing ? `${failing} view(s) failing` : "all views healthy";
   $("status").className = `badge ${failing ? "error" : "ok"}`;
