@@ -7,7 +7,9 @@ background compaction.
 
 Prints the insert rate and the time of a full-table aggregate right after the inserts (one
 file per INSERT, or fewer if a maintenance pass already ran) and after an explicit wait for
-compaction. Asserts nothing about speed.
+compaction; and, five times along the way, the server's memory: resident, and allocated as
+jemalloc counts it (from /metrics), which should stay flat however many commits are made.
+Asserts nothing about speed.
 """
 
 import argparse
@@ -15,10 +17,12 @@ import os
 import sys
 import tempfile
 import time
+import urllib.request
 
 import psycopg
 
-from tributary_server import DEFAULT_BINARY, start_server
+from streaming import free_port
+from tributary_server import DEFAULT_BINARY, memory_mib, start_server
 
 
 
@@ -29,6 +33,14 @@ def timed_read(conn, runs=5):
         conn.execute("SELECT count(*), sum(n) FROM events").fetchone()
         best = min(best, time.perf_counter() - started)
     return best
+
+
+def allocated_mib(http):
+    with urllib.request.urlopen(f"http://{http}/metrics") as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("tributary_memory_allocated_bytes "):
+                return float(line.split()[1]) / (1 << 20)
+    return float("nan")
 
 
 def data_files(data):
@@ -47,13 +59,18 @@ def main():
     parser.add_argument("--binary", default=DEFAULT_BINARY)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data:
-        proc, port = start_server(args.binary, data, "--maintenance-interval", str(args.interval))
+        http = f"127.0.0.1:{free_port()}"
+        proc, port = start_server(args.binary, data, "--maintenance-interval", str(args.interval),
+                                  "--http-listen", http)
         try:
             conn = psycopg.connect(f"host=127.0.0.1 port={port} user=admin dbname=dev", autocommit=True)
             conn.execute("CREATE TABLE events (n INT, label VARCHAR(16))")
             started = time.perf_counter()
             for i in range(args.inserts):
                 conn.execute(f"INSERT INTO events VALUES ({i}, 'e{i % 10}')")
+                if (i + 1) % max(1, args.inserts // 5) == 0:
+                    print(f"after {i + 1:>7} INSERTs: allocated {allocated_mib(http):7.1f} MiB, "
+                          f"resident {memory_mib(proc.pid, 'VmRSS'):7.1f} MiB", flush=True)
             elapsed = time.perf_counter() - started
             print(f"{args.inserts} single-row INSERTs: {elapsed:.1f} s, "
                   f"{args.inserts / elapsed:.0f}/s, {1000 * elapsed / args.inserts:.2f} ms each")
