@@ -21,6 +21,9 @@ pub enum Error {
     /// Data did not fit the table (should have been caught by the caller's checks).
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A data file's footer could not be read.
+    #[error("data file unreadable: {0}")]
+    Parquet(#[from] deltalake::parquet::errors::ParquetError),
     /// A bug: an invariant of this crate did not hold.
     #[error("internal storage error: {0}")]
     Internal(String),

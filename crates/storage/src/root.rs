@@ -19,8 +19,9 @@ const SNAPSHOT_CACHE_ENTRIES_MAX: usize = 256;
 /// versions, and a writer that commits round after round would otherwise fill the cache with
 /// its own history.
 const SNAPSHOT_VERSIONS_PER_TABLE_MAX: usize = 4;
-/// What the cache may hold in all, as [`Snapshot::estimated_bytes`] counts it: a few versions
-/// of a table of some 50,000 files. A version larger than this is still kept, alone.
+/// What the cache may hold in all, as [`Snapshot::estimated_bytes`] counts it: one version of
+/// a table of some 50,000 files of ten columns, or many versions of smaller tables. A version
+/// larger than this is still kept, alone.
 const SNAPSHOT_CACHE_BYTES_MAX: usize = 64 << 20;
 
 /// The costs of a loaded version, measured by counting allocations while tables of 2 to 30
@@ -86,6 +87,7 @@ impl Snapshot {
     /// About what the loaded version holds in memory: delta-rs keeps each file's add action
     /// and statistics as rows of Arrow batches, which it does not expose, so they are counted
     /// by the number of files and columns.
+    ///
     /// `commits` is how many commits were added to a loaded version to make this one.
     fn estimated_bytes(table: &deltalake::DeltaTable, commits: u32) -> usize {
         let Ok(state) = table.snapshot() else {

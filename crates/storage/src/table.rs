@@ -48,6 +48,8 @@ pub struct TableHandle {
     url: Url,
     /// Columns whose values the files written through this handle index in bloom filters.
     bloom_columns: Arc<[String]>,
+    /// Columns that rewrites order their rows by ([`Self::with_sort_key`]).
+    sort_columns: Arc<[String]>,
 }
 
 /// Which files [`TableHandle::replace_files`] replaces.
@@ -108,7 +110,18 @@ impl TableHandle {
             path,
             url,
             bloom_columns: Arc::from([]),
+            sort_columns: Arc::from([]),
         }
+    }
+
+    /// The same table, with rewrites ([`Self::prepare_rewrite`]) writing the rows they merge
+    /// ordered by `columns` when the rows fit [`rewrite::SORTED_REWRITE_BYTES`], so that the
+    /// pages of the files they write hold narrow ranges of the columns' values (see
+    /// [`RowScan::narrow_to_keys`]). Larger rewrites keep their inputs' order: inputs that
+    /// are sorted runs stay sorted runs.
+    pub fn with_sort_key(mut self, columns: &[String]) -> Self {
+        self.sort_columns = columns.into();
+        self
     }
 
     /// The same table, with files written from now on indexing `columns` in bloom filters,

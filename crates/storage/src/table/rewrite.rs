@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use arrow::record_batch::RecordBatch;
+use deltalake::datafile::writer::DeltaWriter;
 use deltalake::kernel::{Action, Add};
 use futures::StreamExt as _;
 use roaring::RoaringTreemap;
@@ -14,12 +16,20 @@ use super::deletion::{action_line, add_rows, with_deletion_vectors};
 use super::{StagedFiles, TableHandle};
 use crate::{Error, Result};
 
+/// The most bytes (as Arrow arrays in memory) of live rows a rewrite of a table with a sort
+/// key ([`TableHandle::with_sort_key`]) orders by it; larger rewrites keep their inputs'
+/// order. Bounds what a rewrite holds at once beside the writer's row group.
+pub(crate) const SORTED_REWRITE_BYTES: usize = 32 << 20;
+
 /// Files' live rows written to new files, not committed yet ([`TableHandle::prepare_rewrite`]).
 #[derive(Debug)]
 pub struct Rewrite {
-    /// The rewritten files, in the order their live rows were written: path, rows deleted at
+    /// The rewritten files, in the order their live rows were read: path, rows deleted at
     /// the version read, rows in the file.
     sources: Vec<(String, RoaringTreemap, u64)>,
+    /// Where each live row, numbered in the order read, was written, when the rewrite sorted
+    /// them; None when they were written in the order read.
+    moved_to: Option<Vec<u32>>,
     staged: StagedFiles,
 }
 
@@ -39,8 +49,9 @@ impl Rewrite {
 }
 
 impl TableHandle {
-    /// Writes the live rows of `paths` (files of `version`) to new files, file after file
-    /// in row order, a batch at a time. Nothing is committed:
+    /// Writes the live rows of `paths` (files of `version`) to new files, a batch at a time:
+    /// in the order read (file after file, in row order), or, for a table with a sort key
+    /// whose rows fit [`SORTED_REWRITE_BYTES`], ordered by it. Nothing is committed:
     /// [`Self::commit_rewrite`] does that. Files never committed are deleted by VACUUM.
     pub async fn prepare_rewrite(&self, version: u64, paths: &[String]) -> Result<Rewrite> {
         let table = self.load(version).await?;
@@ -56,6 +67,9 @@ impl TableHandle {
         let mut sources = Vec::with_capacity(paths.len());
         let mut writer = None;
         let mut written = 0;
+        // Rows held back to be sorted, while they fit.
+        let mut held: Option<Vec<RecordBatch>> = (!self.sort_columns.is_empty()).then(Vec::new);
+        let mut held_bytes = 0;
         for path in paths {
             let add = adds.get(path).ok_or_else(|| {
                 Error::Internal(format!("{path} is not a data file of version {version}"))
@@ -79,16 +93,21 @@ impl TableHandle {
                     continue;
                 }
                 live += batch.num_rows() as u64;
-                let writer = match writer.as_mut() {
-                    Some(writer) => writer,
-                    None => writer.insert(self.file_writer(
-                        &table,
-                        batch.schema(),
-                        self.properties(&batch.schema(), estimate(&adds, paths), None),
-                        false,
-                    )?),
-                };
-                writer.write(&batch).await?;
+                if let Some(kept) = held.as_mut() {
+                    held_bytes += batch.get_array_memory_size();
+                    kept.push(batch);
+                    if held_bytes <= SORTED_REWRITE_BYTES {
+                        continue;
+                    }
+                    // Too many to sort: they are written in the order read, as the rest.
+                    for batch in held.take().into_iter().flatten() {
+                        self.write_rewritten(&table, &mut writer, &adds, paths, &batch)
+                            .await?;
+                    }
+                    continue;
+                }
+                self.write_rewritten(&table, &mut writer, &adds, paths, &batch)
+                    .await?;
             }
             if live != rows - deleted.len() {
                 return Err(Error::Internal(format!(
@@ -99,17 +118,76 @@ impl TableHandle {
             written += live;
             sources.push((path.clone(), deleted, rows));
         }
+        let mut moved_to = None;
+        if let Some(kept) = held.filter(|kept| !kept.is_empty()) {
+            let all = arrow::compute::concat_batches(&kept[0].schema(), &kept)?;
+            drop(kept);
+            let keys = self
+                .sort_columns
+                .iter()
+                .map(|column| {
+                    Ok(arrow::compute::SortColumn {
+                        values: all.column(all.schema().index_of(column)?).clone(),
+                        options: None,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let order = arrow::compute::lexsort_to_indices(&keys, None)?;
+            let mut to = vec![0u32; all.num_rows()];
+            for (new, old) in order.values().iter().enumerate() {
+                to[*old as usize] = new as u32;
+            }
+            moved_to = Some(to);
+            let sorted = arrow::compute::take_record_batch(&all, &order)?;
+            drop(all);
+            // In slices, as the writer takes batches of a scan.
+            const SLICE: usize = 8192;
+            for offset in (0..sorted.num_rows()).step_by(SLICE) {
+                let rows = SLICE.min(sorted.num_rows() - offset);
+                self.write_rewritten(
+                    &table,
+                    &mut writer,
+                    &adds,
+                    paths,
+                    &sorted.slice(offset, rows),
+                )
+                .await?;
+            }
+        }
         let adds = match writer {
             Some(writer) => writer.close().await?,
             None => Vec::new(),
         };
         Ok(Rewrite {
             sources,
+            moved_to,
             staged: StagedFiles {
                 adds,
                 rows: written,
             },
         })
+    }
+
+    /// Writes a batch of a rewrite's rows, opening its writer with the first.
+    async fn write_rewritten(
+        &self,
+        table: &deltalake::DeltaTable,
+        writer: &mut Option<DeltaWriter>,
+        adds: &HashMap<String, Add>,
+        paths: &[String],
+        batch: &RecordBatch,
+    ) -> Result<()> {
+        let writer = match writer.as_mut() {
+            Some(writer) => writer,
+            None => writer.insert(self.file_writer(
+                table,
+                batch.schema(),
+                self.properties(&batch.schema(), estimate(adds, paths), None),
+                false,
+            )?),
+        };
+        writer.write(batch).await?;
+        Ok(())
     }
 
     /// Commits `rewrite` on top of `on_version` (the caller holds the table's write lock):
@@ -146,7 +224,10 @@ impl TableHandle {
                 let now = self.read_vector(descriptor).await?;
                 for row in &now - read_deleted {
                     // Its place among the file's live rows as read, then in the new files.
-                    let position = offset + row - read_deleted.rank(row);
+                    let mut position = offset + row - read_deleted.rank(row);
+                    if let Some(moved_to) = &rewrite.moved_to {
+                        position = u64::from(moved_to[position as usize]);
+                    }
                     let file = starts.partition_point(|start| *start <= position) - 1;
                     deleted[file].insert(position - starts[file]);
                 }
@@ -259,5 +340,76 @@ mod tests {
             table.commit_rewrite(committed, stale).await,
             Err(crate::Error::Conflict { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_sorted_rewrite_orders_the_rows_and_keeps_those_deleted_while_it_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let table = root
+            .table("db/s/sorted")
+            .unwrap()
+            .with_sort_key(&["id".to_string()]);
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let mut version = table.create(&schema).await.unwrap();
+        // Two files of scattered ids: 0, 7, 14, ... and 3, 10, 17, ... (mod 200).
+        for start in [0, 3] {
+            let ids = (0..100).map(|i| (start + i * 7) % 200);
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int32Array::from_iter_values(ids))],
+            )
+            .unwrap();
+            version = table.append(version, vec![batch]).await.unwrap().version;
+        }
+        let paths: Vec<String> = table
+            .files(version)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        version = table
+            .change_rows(version, deleted(&paths[0], [0, 1, 50]), "DELETE")
+            .await
+            .unwrap();
+        let rewrite = table.prepare_rewrite(version, &paths).await.unwrap();
+        assert_eq!(rewrite.rows(), 200 - 3);
+        // Meanwhile rows of both files are deleted.
+        version = table
+            .change_rows(version, deleted(&paths[0], [2, 99]), "DELETE")
+            .await
+            .unwrap();
+        version = table
+            .change_rows(version, deleted(&paths[1], [0, 42, 77]), "DELETE")
+            .await
+            .unwrap();
+        let expected = ids(&table, version).await;
+        let committed = table.commit_rewrite(version, rewrite).await.unwrap();
+        assert_eq!(ids(&table, committed).await, expected);
+        assert_eq!(expected.len(), 200 - 8);
+        // One file, its rows in id order (deleted ones included).
+        let files = table.files(committed).await.unwrap();
+        assert_eq!(files.len(), 1);
+        let file = dir.path().join("db/s/sorted").join(&files[0].path);
+        let reader = deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+            std::fs::File::open(file).unwrap(),
+            1024,
+        )
+        .unwrap();
+        let stored: Vec<i32> = reader
+            .flat_map(|batch| {
+                let batch = batch.unwrap();
+                let column = batch.column(0).clone();
+                let column = column
+                    .as_any()
+                    .downcast_ref::<Int32Array>()
+                    .unwrap()
+                    .clone();
+                column.values().to_vec()
+            })
+            .collect();
+        assert_eq!(stored.len(), 197);
+        assert!(stored.is_sorted(), "{stored:?}");
     }
 }

@@ -9,7 +9,9 @@
 
 use std::sync::Arc;
 
+use arrow::array::{Array as _, ArrayRef};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
@@ -21,6 +23,7 @@ use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, Pa
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::Result as DfResult;
+use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
@@ -33,7 +36,8 @@ use roaring::RoaringTreemap;
 use super::TableHandle;
 use crate::{Error, Result};
 
-/// Deletion vector files read at once when a scan is built.
+/// Deletion vector files read at once when a scan is built, and file footers when a scan is
+/// narrowed to keys.
 const VECTOR_READS: usize = 16;
 
 /// The column that numbers a row's data file (see [`RowScan::path_of`]).
@@ -65,6 +69,8 @@ struct ScanFile {
     rows: Option<u64>,
     /// The rows its deletion vector marks deleted.
     deleted: Option<RoaringTreemap>,
+    /// The rows [`RowScan::narrow_to_keys`] keeps: the pages that may hold a key.
+    narrowed: Option<RowSelection>,
 }
 
 impl TableHandle {
@@ -98,6 +104,7 @@ impl TableHandle {
                 path,
                 rows,
                 deleted: None,
+                narrowed: None,
             });
         }
         // The vectors are small reads; on an object store their latency dominates, so they
@@ -159,6 +166,59 @@ impl RowScan {
             .sum()
     }
 
+    /// Narrows the scan to the data pages that may hold one of `keys` in `column`, by each
+    /// file's page index (the smallest and largest value of every page): in files sorted by
+    /// the column, a lookup of a few keys reads a few pages, where a join's run-time filter
+    /// would read every row (it prunes with at most 20 values). Files none of whose pages
+    /// can hold a key are left out, and a file without a page index is read whole. Rows are
+    /// kept or dropped a page at a time, so the scan still yields rows of other keys: the
+    /// caller's join picks its keys' rows. Null keys match nothing.
+    /// `footers` is the runtime's cache of file footers, if any.
+    pub async fn narrow_to_keys(
+        &mut self,
+        column: &str,
+        keys: &ArrayRef,
+        footers: Option<Arc<FileMetadataCache>>,
+    ) -> Result<()> {
+        let Some(sought) = SoughtKeys::new(keys)? else {
+            // No key at all: no row can match.
+            for file in &mut self.files {
+                file.narrowed = Some(RowSelection::from(Vec::new()));
+            }
+            return Ok(());
+        };
+        // Owned by each read: borrowed futures in a stream make callers' futures fail to be
+        // Send (a higher-ranked lifetime).
+        let sought = Arc::new(sought);
+        let column: Arc<str> = Arc::from(column);
+        let files: Vec<(usize, Path, u64)> = self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(index, file)| (index, file.location.clone(), file.size))
+            .collect();
+        let reads = files.into_iter().map(|(index, location, size)| {
+            let store = self.store.clone();
+            let sought = sought.clone();
+            let column = column.clone();
+            let footers = footers.clone();
+            async move {
+                let pages =
+                    pages_with_keys(store.as_ref(), &location, size, &column, &sought, footers)
+                        .await?;
+                Ok::<_, Error>((index, pages))
+            }
+        });
+        let narrowed: Vec<(usize, Option<RowSelection>)> = futures::stream::iter(reads)
+            .buffer_unordered(VECTOR_READS)
+            .try_collect()
+            .await?;
+        for (index, pages) in narrowed {
+            self.files[index].narrowed = pages;
+        }
+        Ok(())
+    }
+
     /// The Delta log path of the file that [`FILE_COLUMN`] numbers `file`.
     pub fn path_of(&self, file: u32) -> Option<&str> {
         self.files.get(file as usize).map(|f| f.path.as_str())
@@ -178,10 +238,29 @@ impl RowScan {
             if self.locators {
                 entry = entry.with_partition_values(vec![ScalarValue::UInt32(Some(number as u32))]);
             }
+            let mut rows_read = None;
             if let (Some(deleted), Some(rows)) = (&file.deleted, file.rows)
                 && !deleted.is_empty()
             {
-                entry = entry.with_extension(ParquetRowSelection::new(selection(deleted, rows)?));
+                rows_read = Some(selection(deleted, rows)?);
+            }
+            let mut live = live;
+            if let Some(narrowed) = &file.narrowed {
+                if !narrowed.selects_any() {
+                    continue;
+                }
+                let read = match rows_read {
+                    Some(live_rows) => live_rows.intersection(narrowed),
+                    None => narrowed.clone(),
+                };
+                if !read.selects_any() {
+                    continue;
+                }
+                live = Some(read.row_count() as u64);
+                rows_read = Some(read);
+            }
+            if let Some(read) = rows_read {
+                entry = entry.with_extension(ParquetRowSelection::new(read));
             }
             out.push((entry, live));
         }
@@ -209,6 +288,137 @@ fn selection(deleted: &RoaringTreemap, rows: u64) -> Result<RowSelection> {
         selectors.push(RowSelector::select((rows - next) as usize));
     }
     Ok(RowSelection::from(selectors))
+}
+
+/// The keys a narrowed scan looks for, sorted, in the form that orders them as their type
+/// does (the row format of Arrow's row converter), compared with each page's bounds in the
+/// same form.
+struct SoughtKeys {
+    data_type: DataType,
+    converter: RowConverter,
+    rows: Rows,
+}
+
+impl SoughtKeys {
+    /// None when `keys` holds no value but nulls.
+    fn new(keys: &ArrayRef) -> Result<Option<Self>> {
+        // Page statistics come as plain strings and binaries, not views.
+        let data_type = match keys.data_type() {
+            DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+            DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+            other => other.clone(),
+        };
+        let keys = arrow::compute::cast(keys, &data_type)?;
+        let keys = arrow::compute::filter(&keys, &arrow::compute::is_not_null(&keys)?)?;
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let keys = arrow::compute::sort(&keys, None)?;
+        let converter = RowConverter::new(vec![SortField::new(data_type.clone())])?;
+        let rows = converter.convert_columns(&[keys])?;
+        Ok(Some(Self {
+            data_type,
+            converter,
+            rows,
+        }))
+    }
+
+    /// Page bounds in the keys' form; None where a bound is unknown.
+    fn bounds(&self, values: &ArrayRef) -> Result<(Rows, arrow::buffer::NullBuffer)> {
+        let values = arrow::compute::cast(values, &self.data_type)?;
+        let known = values
+            .logical_nulls()
+            .unwrap_or_else(|| arrow::buffer::NullBuffer::new_valid(values.len()));
+        Ok((self.converter.convert_columns(&[values])?, known))
+    }
+
+    /// Whether a key lies in [min, max].
+    fn any_between(&self, min: arrow::row::Row<'_>, max: arrow::row::Row<'_>) -> bool {
+        let count = self.rows.num_rows();
+        let first = partition_point(count, |i| self.rows.row(i) < min);
+        first < count && self.rows.row(first) <= max
+    }
+}
+
+/// The first index in 0..count for which `before` is false (`before` is true, then false).
+fn partition_point(count: usize, before: impl Fn(usize) -> bool) -> usize {
+    let (mut low, mut high) = (0, count);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if before(middle) {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    low
+}
+
+/// The rows of the file's pages whose bounds for `column` may hold a sought key, from its
+/// footer's page index (through the runtime's cache of file footers, which DataFusion's scan
+/// of the same file then finds); None when the file has no page index (it is read whole).
+async fn pages_with_keys(
+    store: &dyn object_store::ObjectStore,
+    location: &Path,
+    size: u64,
+    column: &str,
+    sought: &SoughtKeys,
+    footers: Option<Arc<FileMetadataCache>>,
+) -> Result<Option<RowSelection>> {
+    use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+    use deltalake::parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+    use deltalake::parquet::file::metadata::PageIndexPolicy;
+
+    // As DataFusion's scan describes the file, so that both share the cached footer.
+    let meta = PartitionedFile::new(location.as_ref(), size).object_meta;
+    let parquet = DFParquetMetadata::new(store, &meta)
+        .with_file_metadata_cache(footers)
+        .with_page_index_policy(Some(PageIndexPolicy::Optional))
+        .fetch_metadata()
+        .await?;
+    let (Some(column_index), Some(offset_index)) = (parquet.column_index(), parquet.offset_index())
+    else {
+        return Ok(None);
+    };
+    let schema = parquet.file_metadata().schema_descr();
+    let Some(position) = schema
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [column])
+    else {
+        return Ok(None);
+    };
+    let field = Field::new(column, sought.data_type.clone(), true);
+    let statistics = StatisticsConverter::from_column_index(position, &field, schema)?;
+    let groups: Vec<usize> = (0..parquet.num_row_groups()).collect();
+    let Some(counts) =
+        statistics.data_page_row_counts(offset_index, parquet.row_groups(), &groups)?
+    else {
+        return Ok(None);
+    };
+    let mins = statistics.data_page_mins(column_index, offset_index, &groups)?;
+    let maxes = statistics.data_page_maxes(column_index, offset_index, &groups)?;
+    let (mins, mins_known) = sought.bounds(&mins)?;
+    let (maxes, maxes_known) = sought.bounds(&maxes)?;
+    let mut selectors: Vec<RowSelector> = Vec::new();
+    for (page, rows) in counts.iter().enumerate() {
+        let Some(rows) = rows else {
+            return Ok(None);
+        };
+        let read = !mins_known.is_valid(page)
+            || !maxes_known.is_valid(page)
+            || sought.any_between(mins.row(page), maxes.row(page));
+        let rows = rows as usize;
+        match selectors.last_mut() {
+            Some(last) if last.skip != read => last.row_count += rows,
+            _ => selectors.push(if read {
+                RowSelector::select(rows)
+            } else {
+                RowSelector::skip(rows)
+            }),
+        }
+    }
+    Ok(Some(RowSelection::from(selectors)))
 }
 
 /// The schema with strings and binaries read as view arrays, as DataFusion reads Parquet by
@@ -399,5 +609,89 @@ mod tests {
             (59, false, 9),
         ];
         assert_eq!(rows, expected);
+    }
+    #[tokio::test]
+    async fn a_scan_narrowed_to_keys_reads_only_the_pages_that_may_hold_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let table = root.table("dev/public/sorted").unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch = |ids: std::ops::Range<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(arrow::array::Int64Array::from_iter_values(ids))],
+            )
+            .unwrap()
+        };
+        // One sorted file of 200k ids, and one of ids far above them. The writer ends a page
+        // at the end of its first batch of 1,024 rows past 20,000 rows or 1 MiB.
+        const PAGE_MAX: usize = 21 * 1024;
+        let v0 = table.create(&schema).await.unwrap();
+        let v1 = table
+            .append(v0, vec![batch(0..200_000)])
+            .await
+            .unwrap()
+            .version;
+        let v2 = table
+            .append(v1, vec![batch(1_000_000..1_000_100)])
+            .await
+            .unwrap()
+            .version;
+        let big = table
+            .files(v2)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|f| f.rows == 200_000)
+            .unwrap()
+            .path;
+        // Row 150_001 is deleted.
+        let changes = RowChanges {
+            deleted: BTreeMap::from([(big.clone(), [150_001u64].into_iter().collect())]),
+            added: None,
+        };
+        let v3 = table.change_rows(v2, changes, "DELETE").await.unwrap();
+
+        let read = |keys: Vec<Option<i64>>| {
+            let table = table.clone();
+            async move {
+                let mut scan = table.row_scan(v3).await.unwrap();
+                let keys: ArrayRef = Arc::new(arrow::array::Int64Array::from(keys));
+                scan.narrow_to_keys("id", &keys, None).await.unwrap();
+                let ctx = SessionContext::new();
+                ctx.register_table("t", Arc::new(scan)).unwrap();
+                let batches = ctx
+                    .sql("select id from t")
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap();
+                let mut ids: Vec<i64> = batches
+                    .iter()
+                    .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                    .collect();
+                ids.sort_unstable();
+                ids
+            }
+        };
+        // Keys in two pages of the big file (one given twice) and none of the small file's.
+        let ids = read(vec![Some(150_002), Some(5), None, Some(150_002)]).await;
+        assert!(ids.contains(&5) && ids.contains(&150_002) && !ids.contains(&150_001));
+        // Two runs of consecutive ids, less the deleted row: two pages.
+        let gaps: Vec<&[i64]> = ids
+            .windows(2)
+            .filter(|w| w[1] != w[0] + 1 && w != &[150_000, 150_002])
+            .collect();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert!(ids.len() < 2 * PAGE_MAX, "{} rows read", ids.len());
+        // A key of the small file only, a key between the files, and no key at all.
+        assert_eq!(
+            read(vec![Some(1_000_050)]).await,
+            (1_000_000..1_000_100).collect::<Vec<_>>()
+        );
+        assert!(read(vec![Some(500_000)]).await.is_empty());
+        assert!(read(vec![None]).await.is_empty());
+        assert!(read(Vec::new()).await.is_empty());
     }
 }

@@ -25,9 +25,14 @@ use crate::aggregate::quoted as quote;
 use crate::{Error, Result};
 
 /// The mirror's Delta table (or its key table): files index the key in bloom filters, so a
-/// lookup by key skips the files and row groups that do not hold it.
+/// lookup by key skips the files and row groups that do not hold it, and rewrites order
+/// their rows by the key, so that each page of their files holds a narrow range of keys.
 pub fn storage(store: &Store, path: &str, spec: &MirrorSpec) -> Result<TableHandle> {
-    Ok(store.storage.table(path)?.with_bloom_filters(&spec.key))
+    Ok(store
+        .storage
+        .table(path)?
+        .with_bloom_filters(&spec.key)
+        .with_sort_key(&spec.key))
 }
 
 /// A session for a round's lookups by key. Its joins build their hash table from the round's
@@ -67,11 +72,37 @@ pub async fn write_changes(
     let key_rows = storage(store, &keys.path, spec)?;
     let ctx = lookup_context(store.runtime_env());
     let schema = changes.schema();
+    let changed_keys = changes.column(
+        table
+            .columns
+            .iter()
+            .position(|c| spec.key.first() == Some(&c.name))
+            .ok_or_else(|| Error::Internal("a mirror table without a key".into()))?,
+    );
+    let changed_keys = changed_keys.clone();
     ctx.register_table(
         "c",
         Arc::new(MemTable::try_new(schema.clone(), vec![vec![changes]])?),
     )?;
-    let key_scan = Arc::new(key_rows.row_scan(keys.version).await?);
+    let declared = table.columns.len();
+    let key_indexes: Vec<usize> = spec
+        .key
+        .iter()
+        .filter_map(|k| table.columns.iter().position(|c| &c.name == k))
+        .collect();
+    // Both tables are read only where their pages may hold a changed key (by its first
+    // column); the files rounds and rewrites write are sorted by key, so that is a few
+    // pages of each.
+    let first_key = spec
+        .key
+        .first()
+        .ok_or_else(|| Error::Internal("a mirror table without a key".into()))?;
+    let footers = Some(ctx.runtime_env().cache_manager.get_file_metadata_cache());
+    let mut key_scan = key_rows.row_scan(keys.version).await?;
+    key_scan
+        .narrow_to_keys(first_key, &changed_keys, footers.clone())
+        .await?;
+    let key_scan = Arc::new(key_scan);
     ctx.register_table("k", key_scan.clone())?;
     let on = |left: &str, right: &str| -> String {
         spec.key
@@ -104,19 +135,16 @@ pub async fn write_changes(
             .unwrap_or_else(|| Arc::new(winner_schema(&schema))),
         &winners,
     )?;
-    let declared = table.columns.len();
-    let key_indexes: Vec<usize> = spec
-        .key
-        .iter()
-        .filter_map(|k| table.columns.iter().position(|c| &c.name == k))
-        .collect();
     // Live before: the key table has the key, not deleted.
     let was_live = arrow::compute::not(&fill_true(winners.column(declared + 4).as_boolean()))?;
     // The rows the winners replace in the table: those of the keys that were live.
     let mut replaced: BTreeMap<String, RowSet> = BTreeMap::new();
     let live_keys = filter_record_batch(&winners.project(&key_indexes)?, &was_live)?;
     if live_keys.num_rows() > 0 {
-        let scan = Arc::new(rows.row_scan(table.version).await?);
+        let mut scan = rows.row_scan(table.version).await?;
+        scan.narrow_to_keys(first_key, live_keys.column(0), footers)
+            .await?;
+        let scan = Arc::new(scan);
         ctx.register_table("p", scan.clone())?;
         ctx.register_table(
             "w",
@@ -151,6 +179,8 @@ pub async fn write_changes(
         .copied()
         .chain([declared, declared + 1])
         .collect();
+    // Sorted by key, so that lookups read few pages of the files they make.
+    let winners = sorted_by(&winners, &key_indexes)?;
     let key_schema = Arc::new(key_schema(table, spec));
     let new_keys = cast_batch(&winners.project(&key_columns)?, &key_schema)?;
     // The table's new rows: the winners that are not deletions, in the declared columns.
@@ -184,6 +214,19 @@ async fn commit(
     };
     let changes = RowChanges { deleted, added };
     Ok(handle.change_rows(version, changes, "MERGE").await?)
+}
+
+/// `batch`'s rows ordered by the `columns` (ascending, nulls first).
+fn sorted_by(batch: &RecordBatch, columns: &[usize]) -> Result<RecordBatch> {
+    let keys: Vec<arrow::compute::SortColumn> = columns
+        .iter()
+        .map(|&i| arrow::compute::SortColumn {
+            values: batch.column(i).clone(),
+            options: None,
+        })
+        .collect();
+    let order = arrow::compute::lexsort_to_indices(&keys, None)?;
+    Ok(arrow::compute::take_record_batch(batch, &order)?)
 }
 
 /// The schema of the winners query when it returned no batch.
