@@ -40,6 +40,10 @@ use crate::{Error, Result};
 /// narrowed to keys.
 const VECTOR_READS: usize = 16;
 
+/// A file narrowed to keys ([`RowScan::narrow_to_keys`]) of which at least this fraction of
+/// rows would be read is read whole.
+const WHOLE_FILE_FRACTION: f64 = 0.8;
+
 /// The column that numbers a row's data file (see [`RowScan::path_of`]).
 pub const FILE_COLUMN: &str = "__tributary_file";
 /// The column that holds a row's index in its data file, counted from 0.
@@ -418,7 +422,13 @@ async fn pages_with_keys(
             }),
         }
     }
-    Ok(Some(RowSelection::from(selectors)))
+    let selection = RowSelection::from(selectors);
+    // Reading most of a file page by page costs more than reading it whole.
+    let rows = counts.iter().flatten().sum::<u64>() as f64;
+    if selection.row_count() as f64 >= rows * WHOLE_FILE_FRACTION {
+        return Ok(None);
+    }
+    Ok(Some(selection))
 }
 
 /// The schema with strings and binaries read as view arrays, as DataFusion reads Parquet by
