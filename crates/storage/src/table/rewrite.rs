@@ -399,14 +399,13 @@ mod tests {
         .unwrap();
         let stored: Vec<i32> = reader
             .flat_map(|batch| {
+                use arrow::array::AsArray as _;
                 let batch = batch.unwrap();
-                let column = batch.column(0).clone();
-                let column = column
-                    .as_any()
-                    .downcast_ref::<Int32Array>()
-                    .unwrap()
-                    .clone();
-                column.values().to_vec()
+                batch
+                    .column(0)
+                    .as_primitive::<arrow::datatypes::Int32Type>()
+                    .values()
+                    .to_vec()
             })
             .collect();
         assert_eq!(stored.len(), 197);

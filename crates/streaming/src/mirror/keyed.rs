@@ -72,31 +72,24 @@ pub async fn write_changes(
     let key_rows = storage(store, &keys.path, spec)?;
     let ctx = lookup_context(store.runtime_env());
     let schema = changes.schema();
-    let changed_keys = changes.column(
-        table
-            .columns
-            .iter()
-            .position(|c| spec.key.first() == Some(&c.name))
-            .ok_or_else(|| Error::Internal("a mirror table without a key".into()))?,
-    );
-    let changed_keys = changed_keys.clone();
-    ctx.register_table(
-        "c",
-        Arc::new(MemTable::try_new(schema.clone(), vec![vec![changes]])?),
-    )?;
     let declared = table.columns.len();
     let key_indexes: Vec<usize> = spec
         .key
         .iter()
         .filter_map(|k| table.columns.iter().position(|c| &c.name == k))
         .collect();
+    let first_key = *key_indexes
+        .first()
+        .ok_or_else(|| Error::Internal("a mirror table without a key".into()))?;
+    let changed_keys = changes.column(first_key).clone();
+    ctx.register_table(
+        "c",
+        Arc::new(MemTable::try_new(schema.clone(), vec![vec![changes]])?),
+    )?;
     // Both tables are read only where their pages may hold a changed key (by its first
     // column); the files rounds and rewrites write are sorted by key, so that is a few
     // pages of each.
-    let first_key = spec
-        .key
-        .first()
-        .ok_or_else(|| Error::Internal("a mirror table without a key".into()))?;
+    let first_key = &table.columns[first_key].name;
     let footers = Some(ctx.runtime_env().cache_manager.get_file_metadata_cache());
     let mut key_scan = key_rows.row_scan(keys.version).await?;
     key_scan
