@@ -649,14 +649,17 @@ async fn console_charts_render_and_update_in_chromium() {
 /// INSERTs) holds no more memory with each commit. The table versions a server kept in
 /// memory grew with every commit, without end: each write's new version added its commit to
 /// the old as one more batch of files, and 256 versions were kept. Here the allocated memory
-/// went from 120 to 283 MiB over these 300 commits; now it stays near 20 MiB.
+/// went from 120 to 283 MiB over these 300 commits; now it stays near 20 MiB. Over 1,600
+/// commits the allocated floor wandered between 16 and 24 MiB without a trend, and
+/// background compaction of the small files briefly adds tens of MiB, so the test compares
+/// floors: the least of several readings a second apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_after_commit_to_one_table_holds_no_more_memory() {
     const WARM: i64 = 100;
     const MEASURED: i64 = 300;
     /// What the measured commits may add: the table's longer file list in the few versions
-    /// kept, and what a background compaction holds if one runs at the measurement.
-    const GROWTH: f64 = 6.0 * (1 << 20) as f64;
+    /// kept, and the floor's wandering. The defect this guards against added 163 MiB.
+    const GROWTH: f64 = 16.0 * (1 << 20) as f64;
     let server = Server::start("http://127.0.0.1:9", &[]);
     let client = connect(server.sql_port).await;
     client
@@ -673,11 +676,19 @@ async fn commit_after_commit_to_one_table_holds_no_more_memory() {
         )
         .await
         .unwrap();
+    // The least allocated memory over 3 s: what the server holds between the transient
+    // peaks of background maintenance.
     let allocated = async || {
-        server
-            .metrics()
-            .await
-            .sum("tributary_memory_allocated_bytes", &[])
+        let mut floor = f64::MAX;
+        for _ in 0..10 {
+            let now = server
+                .metrics()
+                .await
+                .sum("tributary_memory_allocated_bytes", &[]);
+            floor = floor.min(now);
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        floor
     };
     let mut after_warm = 0.0;
     for id in 0..WARM + MEASURED {
