@@ -11,6 +11,7 @@
 //! crate maps them to SQLSTATE codes.
 
 pub mod catalog_list;
+pub mod conjunction;
 pub mod convert;
 pub mod datafusion_text;
 pub mod decimal;

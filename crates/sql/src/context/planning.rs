@@ -37,6 +37,7 @@ pub(super) fn new_context(
         .with_default_features()
         .with_catalog_list(Arc::new(catalogs.clone()));
     let builder = tributary_engine::decimal::configure(builder);
+    let builder = tributary_engine::conjunction::configure(builder);
     let state = tributary_engine::partiql::configure(builder, case_sensitive.clone()).build();
     let context = Arc::new(SessionContext::new_with_state(state));
     catalogs.set_context(&context);
