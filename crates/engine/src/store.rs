@@ -83,7 +83,8 @@ impl Store {
             .extend(paths.iter().map(|p| (p.clone(), now)));
     }
 
-    /// Limits the memory the queries of sessions opened from now on may hold together: a
+    /// Limits the memory the queries of sessions opened from now on, the cache of table
+    /// versions and the rewrites may hold together: a
     /// sort or aggregation over the limit spills to temporary files, and a query that cannot
     /// spill fails with SQLSTATE 53000 instead of exhausting the machine. None: no limit.
     /// Operators that spill share what the others leave equally (a fair pool), so one
@@ -97,6 +98,8 @@ impl Store {
             )));
         }
         let runtime = builder.build_arc()?;
+        // The cache of table versions and the rewrites hold their bytes in the same pool.
+        self.storage.set_memory_pool(runtime.memory_pool.clone());
         *self.runtime.write() = (runtime, bytes);
         Ok(())
     }

@@ -201,7 +201,7 @@ impl Engine {
         reserved.set(used as i64);
         registry.register_with_unit(
             "query_memory_reserved",
-            "Memory queries hold against the query memory limit",
+            "Memory queries, the cache of table versions and sorted rewrites hold against the memory limit",
             Unit::Bytes,
             reserved,
         );

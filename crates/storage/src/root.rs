@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Once};
 
 use datafusion::catalog::TableProvider;
+use datafusion::execution::memory_pool::{
+    MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, UnboundedMemoryPool,
+};
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -23,6 +26,9 @@ const SNAPSHOT_VERSIONS_PER_TABLE_MAX: usize = 4;
 /// a table of some 50,000 files of ten columns, or many versions of smaller tables. A version
 /// larger than this is still kept, alone.
 const SNAPSHOT_CACHE_BYTES_MAX: usize = 64 << 20;
+/// Under a memory limit, the cache holds at most this fraction of it, so that queries keep
+/// the rest.
+const SNAPSHOT_CACHE_LIMIT_DIVISOR: usize = 8;
 
 /// The costs of a loaded version, measured by counting allocations while tables of 2 to 30
 /// columns and 200 to 800 files were loaded: about 26 KiB for the version itself (schema,
@@ -50,14 +56,19 @@ pub struct StorageRoot {
     url: Url,
     store: Arc<dyn ObjectStore>,
     snapshots: Mutex<SnapshotCache>,
+    /// The server's memory pool, which `--memory-limit` bounds: the cache and the rewrites
+    /// hold their bytes in it beside the queries'.
+    memory: parking_lot::RwLock<Arc<dyn MemoryPool>>,
 }
 
 /// Loaded table versions, so that a write or a read right after another one does not replay
 /// the Delta log again. Versions are immutable, so the cache is keyed by (table, version) and
 /// never needs invalidation. It is bounded three ways (entries, versions per table, estimated
 /// bytes) and evicts the least recently used entry first; an evicted version is loaded again
-/// from the log when it is next asked for.
-#[derive(Debug, Default)]
+/// from the log when it is next asked for. Its bytes are held in the server's memory pool
+/// ([`StorageRoot::set_memory_pool`]): under a limit, the cache keeps at most an eighth of it,
+/// and less when the pool cannot give it more.
+#[derive(Debug)]
 pub(crate) struct SnapshotCache {
     entries: HashMap<(String, u64), Entry>,
     /// The sum of the entries' [`Entry::bytes`].
@@ -67,6 +78,44 @@ pub(crate) struct SnapshotCache {
     /// Each table's newest cached version and the commits added to a loaded version to make
     /// it (see [`SNAPSHOT_COMMITS_MAX`]). Kept apart from the entries, which may be evicted.
     chains: HashMap<String, (u64, u32)>,
+    /// The most bytes it keeps.
+    max_bytes: usize,
+    /// Its bytes in the server's memory pool.
+    reservation: MemoryReservation,
+}
+
+impl SnapshotCache {
+    fn new(pool: &Arc<dyn MemoryPool>) -> Self {
+        Self {
+            entries: HashMap::new(),
+            bytes: 0,
+            clock: 0,
+            chains: HashMap::new(),
+            max_bytes: SNAPSHOT_CACHE_BYTES_MAX,
+            reservation: MemoryConsumer::new("table version cache").register(pool),
+        }
+        .held_in(pool)
+    }
+
+    /// The cache with its bytes held in `pool`, and at most an eighth of its limit.
+    fn held_in(mut self, pool: &Arc<dyn MemoryPool>) -> Self {
+        self.max_bytes = match pool.memory_limit() {
+            MemoryLimit::Finite(limit) => {
+                SNAPSHOT_CACHE_BYTES_MAX.min(limit / SNAPSHOT_CACHE_LIMIT_DIVISOR)
+            }
+            MemoryLimit::Infinite | MemoryLimit::Unknown => SNAPSHOT_CACHE_BYTES_MAX,
+        };
+        self.reservation = MemoryConsumer::new("table version cache").register(pool);
+        let keep = self
+            .entries
+            .iter()
+            .max_by_key(|(_, entry)| entry.last_used)
+            .map(|(key, _)| key.clone());
+        if let Some(keep) = keep {
+            self.shrink(&keep);
+        }
+        self
+    }
 }
 
 #[derive(Debug)]
@@ -194,17 +243,22 @@ impl SnapshotCache {
             keep
         });
         self.bytes -= freed;
+        self.reservation.resize(self.bytes);
         self.chains.remove(path);
     }
 
-    /// Evicts entries other than `keep` until the cache is within its bounds.
+    /// Evicts entries other than `keep` until the cache is within its bounds and the memory
+    /// pool holds its bytes.
     fn shrink(&mut self, keep: &(String, u64)) {
-        while (self.bytes > SNAPSHOT_CACHE_BYTES_MAX
-            || self.entries.len() > SNAPSHOT_CACHE_ENTRIES_MAX)
-            && self.entries.len() > 1
+        while self.entries.len() > 1
+            && (self.bytes > self.max_bytes
+                || self.entries.len() > SNAPSHOT_CACHE_ENTRIES_MAX
+                || self.reservation.try_resize(self.bytes).is_err())
         {
             self.evict(|_| true, keep);
         }
+        // One version larger than the bounds is still kept, and counted.
+        self.reservation.resize(self.bytes);
     }
 
     /// Evicts the least recently used entry that `candidate` accepts, other than `keep`.
@@ -238,10 +292,12 @@ impl StorageRoot {
         } else {
             open_local(location)?
         };
+        let memory: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
         Ok(Arc::new(Self {
             url,
             store,
-            snapshots: Mutex::new(SnapshotCache::default()),
+            snapshots: Mutex::new(SnapshotCache::new(&memory)),
+            memory: parking_lot::RwLock::new(memory),
         }))
     }
 
@@ -253,6 +309,22 @@ impl StorageRoot {
     /// An object store whose paths are relative to the root; the catalog log lives here.
     pub fn object_store(&self) -> Arc<dyn ObjectStore> {
         self.store.clone()
+    }
+
+    /// Holds the cache's bytes and the rewrites' in `pool` (the server's, which its memory
+    /// limit bounds) from now on; the cache shrinks to what the pool gives it.
+    pub fn set_memory_pool(&self, pool: Arc<dyn MemoryPool>) {
+        {
+            let mut cache = self.snapshots();
+            let moved = std::mem::replace(&mut *cache, SnapshotCache::new(&pool));
+            *cache = moved.held_in(&pool);
+        }
+        *self.memory.write() = pool;
+    }
+
+    /// The server's memory pool.
+    pub(crate) fn memory_pool(&self) -> Arc<dyn MemoryPool> {
+        self.memory.read().clone()
     }
 
     pub(crate) fn snapshots(&self) -> parking_lot::MutexGuard<'_, SnapshotCache> {
@@ -315,6 +387,10 @@ mod tests {
             .unwrap()
     }
 
+    fn cache() -> SnapshotCache {
+        SnapshotCache::new(&(Arc::new(UnboundedMemoryPool::default()) as Arc<dyn MemoryPool>))
+    }
+
     fn key(table: &str, version: u64) -> (String, u64) {
         (table.to_string(), version)
     }
@@ -335,7 +411,7 @@ mod tests {
     #[test]
     fn one_table_keeps_a_few_versions_the_least_recently_used_leave() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cache = SnapshotCache::default();
+        let mut cache = cache();
         cache.insert_sized(key("other", 1), unloaded(dir.path()), 1_000);
         for version in 0..20 {
             cache.insert_sized(key("t", version), unloaded(dir.path()), 1_000);
@@ -356,7 +432,7 @@ mod tests {
     #[test]
     fn versions_built_commit_by_commit_are_loaded_again_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cache = SnapshotCache::default();
+        let mut cache = cache();
         cache.insert_loaded(key("t", 0), unloaded(dir.path()));
         let mut left_out = Vec::new();
         for version in 1..=40 {
@@ -384,7 +460,7 @@ mod tests {
     #[test]
     fn the_cache_stays_within_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cache = SnapshotCache::default();
+        let mut cache = cache();
         let large = SNAPSHOT_CACHE_BYTES_MAX / 5;
         for table in 0..50 {
             cache.insert_sized(key(&format!("t{table}"), 1), unloaded(dir.path()), large);
@@ -412,7 +488,7 @@ mod tests {
     #[test]
     fn providers_count_in_the_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cache = SnapshotCache::default();
+        let mut cache = cache();
         let quarter = SNAPSHOT_CACHE_BYTES_MAX / 4;
         for table in 0..4 {
             cache.insert_sized(key(&format!("t{table}"), 1), unloaded(dir.path()), quarter);
@@ -427,5 +503,45 @@ mod tests {
         assert_eq!(cache.entries.len(), 3, "t1 left, the least recently used");
         assert!(cache.get(&key("t0", 1)).unwrap().provider.is_some());
         assert!(cache.get(&key("t1", 1)).is_none());
+    }
+
+    /// Under a memory limit the cache holds at most an eighth of it, its bytes are held in
+    /// the pool beside the queries', and it evicts versions when the queries leave it less.
+    #[test]
+    fn the_cache_holds_its_bytes_in_the_memory_pool() {
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 64 << 20;
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(limit));
+        let mut cache = cache();
+        for table in 0..4 {
+            cache.insert_sized(key(&format!("t{table}"), 1), unloaded(dir.path()), 1 << 20);
+        }
+        // Moved into the limited pool, the cache keeps at most 8 MiB.
+        cache = cache.held_in(&pool);
+        assert_eq!(pool.reserved(), 4 << 20);
+        for table in 4..20 {
+            cache.insert_sized(key(&format!("t{table}"), 1), unloaded(dir.path()), 1 << 20);
+            assert_eq!(pool.reserved(), cache.bytes);
+        }
+        assert_eq!(cache.bytes, limit / SNAPSHOT_CACHE_LIMIT_DIVISOR);
+        // With four tables forgotten the cache holds 4 MiB, and a query takes all but 1 MiB
+        // of the rest: the cache grows by that 1 MiB, then evicts its oldest versions to cache
+        // newer ones.
+        for table in 12..16 {
+            cache.forget_table(&format!("t{table}"));
+        }
+        assert_eq!(pool.reserved(), 4 << 20);
+        let query = MemoryConsumer::new("query").register(&pool);
+        query.try_grow(limit - (5 << 20)).unwrap();
+        for table in 20..23 {
+            cache.insert_sized(key(&format!("t{table}"), 1), unloaded(dir.path()), 1 << 20);
+            assert_eq!(cache.bytes, 5 << 20);
+            assert!(cache.get(&key(&format!("t{table}"), 1)).is_some());
+            assert_eq!(pool.reserved(), limit);
+        }
+        // Forgetting a table gives its bytes back to the pool.
+        cache.forget_table("t22");
+        assert_eq!(pool.reserved(), query.size() + (4 << 20));
     }
 }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use arrow::record_batch::RecordBatch;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use deltalake::datafile::writer::DeltaWriter;
 use deltalake::kernel::{Action, Add};
 use futures::StreamExt as _;
@@ -18,7 +19,9 @@ use crate::{Error, Result};
 
 /// The most bytes (as Arrow arrays in memory) of live rows a rewrite of a table with a sort
 /// key ([`TableHandle::with_sort_key`]) orders by it; larger rewrites keep their inputs'
-/// order. Bounds what a rewrite holds at once beside the writer's row group.
+/// order. Bounds what a rewrite holds at once beside the writer's row group. The rows held,
+/// twice over for their sorted copy, are held in the server's memory pool: when it cannot
+/// give them, the rewrite keeps its inputs' order too.
 pub(crate) const SORTED_REWRITE_BYTES: usize = 32 << 20;
 
 /// Files' live rows written to new files, not committed yet ([`TableHandle::prepare_rewrite`]).
@@ -70,6 +73,7 @@ impl TableHandle {
         // Rows held back to be sorted, while they fit.
         let mut held: Option<Vec<RecordBatch>> = (!self.sort_columns.is_empty()).then(Vec::new);
         let mut held_bytes = 0;
+        let reservation = MemoryConsumer::new("sorted rewrite").register(&self.root.memory_pool());
         for path in paths {
             let add = adds.get(path).ok_or_else(|| {
                 Error::Internal(format!("{path} is not a data file of version {version}"))
@@ -94,16 +98,20 @@ impl TableHandle {
                 }
                 live += batch.num_rows() as u64;
                 if let Some(kept) = held.as_mut() {
-                    held_bytes += batch.get_array_memory_size();
+                    let bytes = batch.get_array_memory_size();
+                    held_bytes += bytes;
                     kept.push(batch);
-                    if held_bytes <= SORTED_REWRITE_BYTES {
+                    if held_bytes <= SORTED_REWRITE_BYTES && reservation.try_grow(2 * bytes).is_ok()
+                    {
                         continue;
                     }
-                    // Too many to sort: they are written in the order read, as the rest.
+                    // Too many to sort, or more than the memory pool gives: they are written
+                    // in the order read, as the rest.
                     for batch in held.take().into_iter().flatten() {
                         self.write_rewritten(&table, &mut writer, &adds, paths, &batch)
                             .await?;
                     }
+                    reservation.free();
                     continue;
                 }
                 self.write_rewritten(&table, &mut writer, &adds, paths, &batch)
@@ -154,6 +162,7 @@ impl TableHandle {
                 .await?;
             }
         }
+        drop(reservation);
         let adds = match writer {
             Some(writer) => writer.close().await?,
             None => Vec::new(),
@@ -344,8 +353,31 @@ mod tests {
 
     #[tokio::test]
     async fn a_sorted_rewrite_orders_the_rows_and_keeps_those_deleted_while_it_ran() {
+        let stored = rewrite_scattered_ids(None).await;
+        assert!(stored.is_sorted(), "{stored:?}");
+    }
+
+    /// A sorted rewrite holds its rows in the server's memory pool; when the pool cannot give
+    /// them, it writes them in the order read, with the same rows, and gives everything back.
+    #[tokio::test]
+    async fn a_rewrite_the_memory_pool_cannot_hold_keeps_the_order_read() {
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1024));
+        let stored = rewrite_scattered_ids(Some(pool.clone())).await;
+        assert!(!stored.is_sorted());
+        assert_eq!(pool.reserved(), 0);
+    }
+
+    /// Two files of scattered ids of a table sorted by id, rewritten into one while rows of
+    /// both are deleted; the ids of the file written, in their order. Under `pool`, if given.
+    async fn rewrite_scattered_ids(
+        pool: Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>>,
+    ) -> Vec<i32> {
         let dir = tempfile::tempdir().unwrap();
         let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        if let Some(pool) = pool {
+            root.set_memory_pool(pool);
+        }
         let table = root
             .table("db/s/sorted")
             .unwrap()
@@ -409,6 +441,6 @@ mod tests {
             })
             .collect();
         assert_eq!(stored.len(), 197);
-        assert!(stored.is_sorted(), "{stored:?}");
+        stored
     }
 }

@@ -139,8 +139,8 @@ function shortNumber(v) {
 
 function render(status) {
   const memory = status.query_memory_limit_bytes
-    ? `query memory ${bytes(status.query_memory_reserved_bytes)} of ${bytes(status.query_memory_limit_bytes)}`
-    : `query memory ${bytes(status.query_memory_reserved_bytes)}`;
+    ? `memory pool ${bytes(status.query_memory_reserved_bytes)} of ${bytes(status.query_memory_limit_bytes)}`
+    : `memory pool ${bytes(status.query_memory_reserved_bytes)}`;
   const allocated = status.memory_allocated_bytes == null
     ? ""
     : ` (allocated ${bytes(status.memory_allocated_bytes)})`;
