@@ -199,7 +199,9 @@ pub fn data_error(kind: DataErrorKind, message: String) -> DataFusionError {
 
 /// JSON_PARSE: each text validated and compacted into a SUPER value; a JSON null is SQL NULL.
 fn json_parse(array: &ArrayRef) -> DfResult<ArrayRef> {
-    let mut out = StringBuilder::with_capacity(array.len(), 1024);
+    // The compacted texts are no longer than the texts: room for them all at once, so the
+    // builder never copies what it holds into a larger buffer.
+    let mut out = StringBuilder::with_capacity(array.len(), text_bytes(array));
     let mut value = String::new();
     each_text(array, |text| {
         let Some(text) = text else {
@@ -217,6 +219,36 @@ fn json_parse(array: &ArrayRef) -> DfResult<ArrayRef> {
         Ok(())
     })?;
     Ok(Arc::new(out.finish()))
+}
+
+/// The bytes of an array's text or VARBYTE values (an estimate for other types): what their
+/// compacted copies need.
+fn text_bytes(array: &ArrayRef) -> usize {
+    fn spanned<O: arrow::array::OffsetSizeTrait>(offsets: &[O]) -> usize {
+        match (offsets.first(), offsets.last()) {
+            (Some(first), Some(last)) => (*last - *first).as_usize(),
+            _ => 0,
+        }
+    }
+    match array.data_type() {
+        DataType::Utf8 => spanned(array.as_string::<i32>().value_offsets()),
+        DataType::LargeUtf8 => spanned(array.as_string::<i64>().value_offsets()),
+        DataType::Binary => spanned(array.as_binary::<i32>().value_offsets()),
+        DataType::LargeBinary => spanned(array.as_binary::<i64>().value_offsets()),
+        DataType::Utf8View => array
+            .as_string_view()
+            .views()
+            .iter()
+            .map(|view| *view as u32 as usize)
+            .sum(),
+        DataType::BinaryView => array
+            .as_binary_view()
+            .views()
+            .iter()
+            .map(|view| *view as u32 as usize)
+            .sum(),
+        _ => array.len() * 64,
+    }
 }
 
 /// Calls `each` with the values of a text or VARBYTE array as strings, without copying them;

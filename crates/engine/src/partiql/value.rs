@@ -79,8 +79,7 @@ pub fn compact_into(text: &str, out: &mut String) -> Result<(), Invalid> {
             b'"' => {
                 // To the closing quote: past escapes, which hold no structure.
                 at += 1;
-                while let Some(offset) = bytes[at..].iter().position(|b| *b == b'"' || *b == b'\\')
-                {
+                while let Some(offset) = memchr::memchr2(b'"', b'\\', &bytes[at..]) {
                     at += offset + 1;
                     if bytes[at - 1] == b'"' {
                         break;
