@@ -24,15 +24,27 @@ use tributary_storage::{FILE_COLUMN, ROW_COLUMN, RowChanges, RowScan, RowSet, Ta
 use crate::aggregate::quoted as quote;
 use crate::{Error, Result};
 
+/// Rows per data page of a mirror's key table. It holds a key, an order and a mark a row, so
+/// smaller pages cost little, and a round's lookup of k keys among its n rows reads about
+/// 1 - e^(-k * rows / n) of them: at 30M keys, 15k changed keys read 40% of its pages
+/// instead of the 87% that the table's 4,096-row pages would read.
+const KEY_PAGE_ROWS: usize = 1024;
+
 /// The mirror's Delta table (or its key table): files index the key in bloom filters, so a
 /// lookup by key skips the files and row groups that do not hold it, and rewrites order
 /// their rows by the key, so that each page of their files holds a narrow range of keys.
 pub fn storage(store: &Store, path: &str, spec: &MirrorSpec) -> Result<TableHandle> {
-    Ok(store
+    let handle = store
         .storage
         .table(path)?
         .with_bloom_filters(&spec.key)
-        .with_sort_key(&spec.key))
+        .with_sort_key(&spec.key);
+    let key_table = spec.keys.as_ref().is_some_and(|keys| keys.path == path);
+    Ok(if key_table {
+        handle.with_page_rows(KEY_PAGE_ROWS)
+    } else {
+        handle
+    })
 }
 
 /// A session for a round's lookups by key. Its joins build their hash table from the round's
@@ -317,7 +329,7 @@ pub async fn convert(
         )?);
         key_batches.push(cast_batch(&batch.project(&key_indexes)?, &key_schema)?);
     }
-    let key_rows = storage(store, &keys_path, spec)?;
+    let key_rows = storage(store, &keys_path, &converted)?;
     catalogs.record_created(&keys_path);
     let created = key_rows.create(&key_schema).await?;
     let keys_version = key_rows.append(created, key_batches).await?.version;
