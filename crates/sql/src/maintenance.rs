@@ -1,5 +1,5 @@
 //! Background table maintenance: compaction of small files and vacuum of unreferenced ones.
-//! (Delta checkpoints are written every few commits by the commits themselves.)
+//! (Delta checkpoints are written in the background after commits: `tributary_storage`.)
 //!
 //! Maintenance works on a table only while no transaction holds its write lock, so the
 //! version the catalog pins is the table's latest. Compaction writes a new version with the

@@ -4,6 +4,7 @@
 //! its path relative to the root and of a snapshot by its version number; what a version means
 //! (a Delta log entry) stays here.
 
+mod checkpoints;
 mod error;
 mod files;
 mod location;

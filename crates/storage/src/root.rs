@@ -14,6 +14,7 @@ use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use url::Url;
 
+use crate::checkpoints::Checkpoints;
 use crate::{Error, Result};
 
 /// The most table versions the cache keeps.
@@ -59,6 +60,8 @@ pub struct StorageRoot {
     /// The server's memory pool, which `--memory-limit` bounds: the cache and the rewrites
     /// hold their bytes in it beside the queries'.
     memory: parking_lot::RwLock<Arc<dyn MemoryPool>>,
+    /// Delta checkpoints, written in the background after commits.
+    checkpoints: Checkpoints,
 }
 
 /// Loaded table versions, so that a write or a read right after another one does not replay
@@ -298,6 +301,7 @@ impl StorageRoot {
             store,
             snapshots: Mutex::new(SnapshotCache::new(&memory)),
             memory: parking_lot::RwLock::new(memory),
+            checkpoints: Checkpoints::default(),
         }))
     }
 
@@ -325,6 +329,10 @@ impl StorageRoot {
     /// The server's memory pool.
     pub(crate) fn memory_pool(&self) -> Arc<dyn MemoryPool> {
         self.memory.read().clone()
+    }
+
+    pub(crate) fn checkpoints(&self) -> &Checkpoints {
+        &self.checkpoints
     }
 
     pub(crate) fn snapshots(&self) -> parking_lot::MutexGuard<'_, SnapshotCache> {

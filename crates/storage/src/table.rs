@@ -30,8 +30,11 @@ pub use deletion::{RowChanges, RowSet};
 pub use rewrite::Rewrite;
 pub use scan::{FILE_COLUMN, ROW_COLUMN, RowScan};
 
-/// Commits between Delta checkpoints of tables created here.
-const CHECKPOINT_INTERVAL: &str = "10";
+/// How long the Delta log of a table created here keeps a version loadable: a day, where
+/// Delta's default is 30 days. A table that a streaming view or a mirror commits to every
+/// second makes 86,400 commits a day; its older versions' data files are gone after
+/// `--vacuum-retention` (an hour by default) anyway.
+const LOG_RETENTION: &str = "interval 1 days";
 
 /// Rows per Parquet row group of the files written here (parquet's default): the number of
 /// distinct values a row group's bloom filter is sized for at most.
@@ -175,11 +178,16 @@ impl TableHandle {
             .build()?
             .create()
             .with_columns(kernel.fields().cloned())
-            // Many small commits (single-row INSERTs) would make every load replay a long
-            // log; a checkpoint every 10 commits keeps loading short.
+            // Many small commits (single-row INSERTs, rounds) would make every load replay a
+            // long log; a checkpoint every few commits keeps loading short (they are written
+            // by `checkpoints`, which other writers read from this property).
             .with_configuration_property(
                 deltalake::TableProperty::CheckpointInterval,
-                Some(CHECKPOINT_INTERVAL),
+                Some(crate::checkpoints::CHECKPOINT_COMMITS.to_string()),
+            )
+            .with_configuration_property(
+                deltalake::TableProperty::LogRetentionDuration,
+                Some(LOG_RETENTION),
             )
             // UPDATE, DELETE and MERGE mark rows in deletion vectors: the table says so from
             // its first version (reader 3 / writer 7 with the feature), and other engines
@@ -470,14 +478,6 @@ impl TableHandle {
         Ok(Some(self.remember(&table)?))
     }
 
-    /// Writes a checkpoint of `version`, so that loading it replays a checkpoint and a few
-    /// commits instead of the whole log.
-    pub async fn checkpoint(&self, version: u64) -> Result<()> {
-        let table = self.load(version).await?;
-        deltalake::checkpoints::create_checkpoint(&table, None).await?;
-        Ok(())
-    }
-
     /// Deletes data files that the latest version does not read and that were removed (or,
     /// for files no commit ever named, written) more than `retention` ago. Returns how many
     /// files were deleted. The caller makes sure the latest version is the one readers pin.
@@ -511,6 +511,7 @@ impl TableHandle {
             let _ = std::fs::remove_dir_all(dir);
         }
         self.root.snapshots().forget_table(&self.path);
+        self.root.checkpoints().forget(&self.url);
         Ok(())
     }
 
@@ -586,6 +587,7 @@ impl TableHandle {
         self.root
             .snapshots()
             .insert_committed((self.path.clone(), version), table.clone());
+        self.root.checkpoints().committed(&self.url, version);
         Ok(version)
     }
 }

@@ -206,6 +206,7 @@ impl TableHandle {
                 }
                 other => Error::Delta(other.into()),
             })?;
+        self.root.checkpoints().committed(&self.url, version);
         Ok(version)
     }
 
@@ -507,6 +508,62 @@ pub(super) mod tests {
             matches!(outcome, Err(Error::Conflict { .. })),
             "{outcome:?}"
         );
+    }
+
+    /// Commits through delta-rs (appends) and straight to the log (deletion vectors) are
+    /// checkpointed in the background, so that a version loads from a checkpoint and the
+    /// commits after it: with the commits before the checkpoint deleted, another server still
+    /// reads the same rows.
+    #[tokio::test]
+    async fn commits_are_checkpointed_and_a_version_loads_from_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let (table, schema, mut version) = two_files(&root, "dev/public/t-5", 0..40, 40..41).await;
+        let files = table.files(version).await.unwrap();
+        let first = files.iter().find(|f| f.rows == 40).unwrap().path.clone();
+        for round in 0..30 {
+            version = if round % 2 == 0 {
+                table
+                    .change_rows(version, deleted(&first, &[round]), "DELETE")
+                    .await
+                    .unwrap()
+            } else {
+                table
+                    .append(version, vec![id_batch(&schema, [100 + round as i32])])
+                    .await
+                    .unwrap()
+                    .version
+            };
+        }
+        root.checkpoints().idle().await;
+        let log = dir.path().join("dev/public/t-5/_delta_log");
+        let checkpoint: u64 = std::fs::read_dir(&log)
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".checkpoint.parquet")?.parse().ok()
+            })
+            .max()
+            .expect("a checkpoint");
+        assert!(
+            checkpoint >= 10 && checkpoint <= version,
+            "checkpoint {checkpoint} of {version} versions"
+        );
+        let expected = ids(&table, version).await;
+        // 41 rows, 15 of them deleted and 15 appended.
+        assert_eq!(expected.len(), 41);
+        for entry in std::fs::read_dir(&log).unwrap() {
+            let path = entry.unwrap().path();
+            let commit = path
+                .file_name()
+                .and_then(|name| name.to_str()?.strip_suffix(".json")?.parse::<u64>().ok());
+            if commit.is_some_and(|commit| commit < checkpoint) {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        let other = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let reread = other.table("dev/public/t-5").unwrap();
+        assert_eq!(ids(&reread, version).await, expected);
     }
 
     #[test]
