@@ -219,6 +219,7 @@ impl TableHandle {
         let properties = self.properties(&batches[0].schema(), rows, None);
         let table = table
             .write(batches)
+            .with_commit_properties(commit_properties())
             .with_save_mode(SaveMode::Append)
             .with_writer_properties(properties)
             .await?;
@@ -245,6 +246,7 @@ impl TableHandle {
         let properties = self.properties(schema, rows, None);
         let table = table
             .write(batches)
+            .with_commit_properties(commit_properties())
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
             .with_writer_properties(properties)
@@ -351,7 +353,7 @@ impl TableHandle {
             partition_by: None,
             predicate: None,
         };
-        let commit = CommitBuilder::default()
+        let commit = CommitBuilder::from(commit_properties())
             .with_actions(actions)
             .build(Some(on.snapshot()?), on.log_store(), operation)
             .await?;
@@ -451,7 +453,11 @@ impl TableHandle {
     /// commit's version. Used to undo Delta commits that never became visible in the catalog.
     pub async fn restore(&self, version: u64) -> Result<u64> {
         let table = deltalake::open_table(self.url.clone()).await?;
-        let (table, _metrics) = table.restore().with_version_to_restore(version).await?;
+        let (table, _metrics) = table
+            .restore()
+            .with_version_to_restore(version)
+            .with_commit_properties(commit_properties())
+            .await?;
         self.remember(&table)
     }
 
@@ -469,6 +475,7 @@ impl TableHandle {
         let target = std::num::NonZeroU64::new(target_bytes.max(1)).expect("at least 1");
         let (table, metrics) = table
             .optimize()
+            .with_commit_properties(commit_properties())
             .with_type(deltalake::operations::optimize::OptimizeType::Compact)
             .with_target_size(target)
             .await?;
@@ -487,6 +494,7 @@ impl TableHandle {
             .map_err(|e| Error::Internal(format!("vacuum retention out of range: {e}")))?;
         let (_, metrics) = table
             .vacuum()
+            .with_commit_properties(commit_properties())
             .with_retention_period(retention)
             .with_enforce_retention_duration(false)
             .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
@@ -590,6 +598,15 @@ impl TableHandle {
         self.root.checkpoints().committed(&self.url, version);
         Ok(version)
     }
+}
+
+/// How delta-rs commits for this crate: without its post-commit checkpoint and log cleanup,
+/// which `checkpoints` does in the background (delta-rs writes the checkpoint before the
+/// commit returns, and lists the whole log on every commit to find expired files).
+pub(crate) fn commit_properties() -> deltalake::kernel::transaction::CommitProperties {
+    deltalake::kernel::transaction::CommitProperties::default()
+        .with_create_checkpoint(false)
+        .with_cleanup_expired_logs(Some(false))
 }
 
 /// Whether Parquet stores values of `data_type` as INT32 or INT64 (the types

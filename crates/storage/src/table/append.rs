@@ -165,7 +165,7 @@ impl Appender {
             partition_by: None,
             predicate: None,
         };
-        let commit = CommitBuilder::default()
+        let commit = CommitBuilder::from(super::commit_properties())
             .with_actions(actions)
             .build(
                 Some(self.table.snapshot()?),
