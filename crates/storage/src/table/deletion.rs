@@ -564,6 +564,13 @@ pub(super) mod tests {
         let other = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
         let reread = other.table("dev/public/t-5").unwrap();
         assert_eq!(ids(&reread, version).await, expected);
+        // The log keeps a day of versions.
+        let loaded = reread.load(version).await.unwrap();
+        let snapshot = loaded.snapshot().unwrap();
+        assert_eq!(
+            snapshot.table_config().log_retention_duration,
+            Some(std::time::Duration::from_secs(24 * 3600))
+        );
     }
 
     #[test]
