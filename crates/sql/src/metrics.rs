@@ -205,6 +205,14 @@ impl Engine {
             Unit::Bytes,
             reserved,
         );
+        let footers: Gauge = Gauge::default();
+        footers.set(self.footer_cache_bytes() as i64);
+        registry.register_with_unit(
+            "footer_cache",
+            "Memory the cache of Parquet file footers and page indexes holds (outside the memory limit, at most 50 MiB)",
+            Unit::Bytes,
+            footers,
+        );
         let limit_gauge: Gauge = Gauge::default();
         limit_gauge.set(limit.map_or(-1, |l| l as i64));
         registry.register_with_unit(
