@@ -118,7 +118,6 @@ impl Store {
     /// Bytes the runtime's cache of Parquet footers and page indexes holds: outside the
     /// memory pool, bounded by DataFusion's metadata cache limit (50 MiB).
     pub fn footer_cache_bytes(&self) -> usize {
-        use datafusion::execution::cache::Cache as _;
         let runtime = self.runtime.read();
         let footers = runtime.0.cache_manager.get_file_metadata_cache();
         footers

@@ -559,7 +559,6 @@ mod tests {
     /// cache holds every file the query read, so the next query of them decodes none again.
     #[tokio::test]
     async fn scans_keep_file_footers_in_the_runtime_cache() {
-        use datafusion::execution::cache::Cache as _;
         let dir = tempfile::tempdir().unwrap();
         let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
         let table = root.table("dev/public/t-6").unwrap();
