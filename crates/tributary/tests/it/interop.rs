@@ -139,6 +139,44 @@ async fn external_readers_read_a_table_as_tributary_does_after_each_change() {
         175
     );
 
+    // Commit after commit, each with a deletion vector: the background checkpoint then holds
+    // deletion vectors, which every reader must apply from it.
+    for id in 1..=12 {
+        client
+            .batch_execute(&format!(
+                "UPDATE carts SET quantity = quantity + 1 WHERE id = {id}"
+            ))
+            .await
+            .unwrap();
+    }
+    let log = root
+        .join(table_location(&client, "carts").await)
+        .join("_delta_log");
+    let newest_checkpoint = || {
+        std::fs::read_dir(&log)
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".checkpoint.parquet")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let waited = std::time::Instant::now();
+    while newest_checkpoint() < 10 {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(30),
+            "no checkpoint after 12 more commits"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        assert_readers_agree(&client, root, "carts", "a checkpoint with deletion vectors").await,
+        175
+    );
+
     // Background maintenance: files with many deleted rows rewritten, small files compacted,
     // unread files vacuumed.
     let settings = tributary_sql::MaintenanceSettings {
