@@ -448,7 +448,7 @@ pub(super) mod tests {
 
     /// A table whose two data files hold `first` and `second`; gives the table, its schema and
     /// the version with both.
-    async fn two_files(
+    pub(in crate::table) async fn two_files(
         root: &Arc<StorageRoot>,
         path: &str,
         first: std::ops::Range<i32>,
