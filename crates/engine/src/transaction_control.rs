@@ -223,7 +223,17 @@ impl SessionCatalogs {
                 "could not serialize access due to concurrent update of table \"{name}\"; retry the transaction"
             )));
         }
-        if unchanged && table.version != committed.version {
+        // Maintenance moves a mirror's key table to versions with the same keys too (a table
+        // property), without a new version of the mirror itself.
+        let keys_moved = match (table.key_table(), committed.key_table()) {
+            (Some(mine), Some(theirs)) => {
+                mine.path == theirs.path
+                    && mine.version != theirs.version
+                    && self.store().newest_equivalent(&mine.path, mine.version) == theirs.version
+            }
+            _ => false,
+        };
+        if unchanged && (table.version != committed.version || keys_moved) {
             // The committed version has the snapshot's rows (a compaction, a restore), or the
             // write is an append, which commutes with the appends committed since the
             // snapshot: write on top of it, and make the snapshot expect it at commit.

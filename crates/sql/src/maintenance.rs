@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tributary_engine::store::table_by_path_mut;
+use tributary_engine::store::pin_by_path_mut;
 
 use crate::Result;
 use crate::engine::Engine;
@@ -81,6 +81,7 @@ fn delta_tables(state: &tributary_catalog::CatalogState) -> Vec<(String, String)
 impl Engine {
     /// Runs maintenance passes every `settings.interval` until the engine is dropped.
     pub fn spawn_maintenance(self: &Arc<Self>, settings: MaintenanceSettings) {
+        self.storage.set_file_retention(settings.vacuum_retention);
         let engine = Arc::downgrade(self);
         tributary_engine::runtime::compute().spawn(async move {
             let mut ticker = tokio::time::interval(settings.interval);
@@ -165,10 +166,10 @@ impl Engine {
     async fn repin_equivalent(&self, path: &str, from: u64, to: u64) -> Result<()> {
         self.catalog
             .commit(|state| {
-                if let Some(t) = table_by_path_mut(state, path)
-                    && t.version == from
+                if let Some(pin) = pin_by_path_mut(state, path)
+                    && *pin == from
                 {
-                    t.version = to;
+                    *pin = to;
                 }
                 Ok(())
             })
@@ -225,6 +226,15 @@ impl Engine {
             version = compacted;
             report.compacted += 1;
             self.metrics.compactions.inc();
+        }
+        // The log keeps removed files as long as vacuum keeps them (see `vacuum`): Delta's
+        // default is a week, which tables of earlier releases still have.
+        if let Some(kept) = table
+            .set_file_retention(version, settings.vacuum_retention)
+            .await?
+        {
+            self.repin_equivalent(path, version, kept).await?;
+            version = kept;
         }
         // Vacuum when the table changed since its last vacuum, or a retention period later
         // (when files removed then have become deletable).

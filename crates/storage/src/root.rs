@@ -3,6 +3,7 @@
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
 
 use datafusion::catalog::TableProvider;
 use datafusion::execution::memory_pool::{
@@ -62,7 +63,16 @@ pub struct StorageRoot {
     memory: parking_lot::RwLock<Arc<dyn MemoryPool>>,
     /// Delta checkpoints, written in the background after commits.
     checkpoints: Checkpoints,
+    /// How long a removed file stays in its table's log ([`StorageRoot::set_file_retention`]).
+    file_retention: parking_lot::RwLock<Duration>,
+    /// Per table, the replaced deletion vector files vacuum has found, with when it first
+    /// did ([`crate::TableHandle::vacuum`]).
+    replaced_vectors: Mutex<HashMap<String, HashMap<object_store::path::Path, Instant>>>,
 }
+
+/// How long a removed file stays in its table's log unless the server says otherwise: the
+/// default `--vacuum-retention`.
+pub const DEFAULT_FILE_RETENTION: Duration = Duration::from_secs(3600);
 
 /// Loaded table versions, so that a write or a read right after another one does not replay
 /// the Delta log again. Versions are immutable, so the cache is keyed by (table, version) and
@@ -302,6 +312,8 @@ impl StorageRoot {
             snapshots: Mutex::new(SnapshotCache::new(&memory)),
             memory: parking_lot::RwLock::new(memory),
             checkpoints: Checkpoints::default(),
+            file_retention: parking_lot::RwLock::new(DEFAULT_FILE_RETENTION),
+            replaced_vectors: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -326,9 +338,47 @@ impl StorageRoot {
         *self.memory.write() = pool;
     }
 
+    /// How long the tables created from now on keep a removed file in their log (their
+    /// `delta.deletedFileRetentionDuration`): the server's vacuum retention, which
+    /// [`crate::TableHandle::vacuum`] relies on (see there).
+    pub fn set_file_retention(&self, retention: Duration) {
+        *self.file_retention.write() = retention;
+    }
+
+    pub(crate) fn file_retention(&self) -> Duration {
+        *self.file_retention.read()
+    }
+
     /// The server's memory pool.
     pub(crate) fn memory_pool(&self) -> Arc<dyn MemoryPool> {
         self.memory.read().clone()
+    }
+
+    /// Which of `found`, the replaced deletion vector files of the table at `path` that vacuum
+    /// found now, it has found for at least `retention`, and forgets the rest it found before.
+    pub(crate) fn replaced_vectors_found_for(
+        &self,
+        path: &str,
+        found: Vec<object_store::path::Path>,
+        retention: Duration,
+    ) -> Vec<object_store::path::Path> {
+        let mut tables = self.replaced_vectors.lock();
+        let now = Instant::now();
+        let before = tables.remove(path).unwrap_or_default();
+        let mut seen = HashMap::with_capacity(found.len());
+        let mut due = Vec::new();
+        for file in found {
+            let first = before.get(&file).copied().unwrap_or(now);
+            if now.duration_since(first) >= retention {
+                due.push(file);
+            } else {
+                seen.insert(file, first);
+            }
+        }
+        if !seen.is_empty() {
+            tables.insert(path.to_string(), seen);
+        }
+        due
     }
 
     pub(crate) fn checkpoints(&self) -> &Checkpoints {

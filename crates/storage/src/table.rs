@@ -12,7 +12,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
-use futures::TryStreamExt;
+use futures::{StreamExt as _, TryStreamExt};
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
 use url::Url;
@@ -35,6 +35,20 @@ pub use scan::{FILE_COLUMN, ROW_COLUMN, RowScan};
 /// second makes 86,400 commits a day; its older versions' data files are gone after
 /// `--vacuum-retention` (an hour by default) anyway.
 const LOG_RETENTION: &str = "interval 1 days";
+
+/// A duration as a Delta table property's interval.
+fn interval(duration: std::time::Duration) -> String {
+    format!("interval {} milliseconds", duration.as_millis())
+}
+
+/// How long the table keeps a removed file in its log (Delta's default: a week).
+fn file_retention(table: &deltalake::DeltaTable) -> Result<std::time::Duration> {
+    Ok(table
+        .snapshot()?
+        .table_config()
+        .deleted_file_retention_duration
+        .unwrap_or(std::time::Duration::from_secs(7 * 24 * 3600)))
+}
 
 /// Rows per Parquet row group of the files written here (parquet's default): the number of
 /// distinct values a row group's bloom filter is sized for at most.
@@ -188,6 +202,10 @@ impl TableHandle {
             .with_configuration_property(
                 deltalake::TableProperty::LogRetentionDuration,
                 Some(LOG_RETENTION),
+            )
+            .with_configuration_property(
+                deltalake::TableProperty::DeletedFileRetentionDuration,
+                Some(interval(self.root.file_retention())),
             )
             // UPDATE, DELETE and MERGE mark rows in deletion vectors: the table says so from
             // its first version (reader 3 / writer 7 with the feature), and other engines
@@ -485,21 +503,93 @@ impl TableHandle {
         Ok(Some(self.remember(&table)?))
     }
 
-    /// Deletes data files that the latest version does not read and that were removed (or,
-    /// for files no commit ever named, written) more than `retention` ago. Returns how many
-    /// files were deleted. The caller makes sure the latest version is the one readers pin.
-    pub async fn vacuum(&self, retention: std::time::Duration) -> Result<usize> {
-        let table = deltalake::open_table(self.url.clone()).await?;
-        let retention = chrono::Duration::from_std(retention)
-            .map_err(|e| Error::Internal(format!("vacuum retention out of range: {e}")))?;
-        let (_, metrics) = table
-            .vacuum()
+    /// Makes the table keep a removed file in its log for `retention` (its
+    /// `delta.deletedFileRetentionDuration`) with a commit on top of `version`, which must be
+    /// the latest. Returns the new version, with the same rows, or None if it keeps files that
+    /// long already.
+    ///
+    /// Delta's default is 7 days, and every checkpoint repeats every removal of that long:
+    /// a mirror table replaces a few files' deletion vectors each round, which after a week
+    /// at 10,000 changes a second would be millions of removals in every checkpoint.
+    pub async fn set_file_retention(
+        &self,
+        version: u64,
+        retention: std::time::Duration,
+    ) -> Result<Option<u64>> {
+        let table = self.load(version).await?;
+        if file_retention(&table)? == retention {
+            return Ok(None);
+        }
+        let properties = std::collections::HashMap::from([(
+            deltalake::TableProperty::DeletedFileRetentionDuration
+                .as_ref()
+                .to_string(),
+            interval(retention),
+        )]);
+        let table = table
+            .set_tbl_properties()
+            .with_properties(properties)
             .with_commit_properties(commit_properties())
-            .with_retention_period(retention)
-            .with_enforce_retention_duration(false)
-            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
             .await?;
-        Ok(metrics.files_deleted.len())
+        Ok(Some(self.remember(&table)?))
+    }
+
+    /// Deletes data files and deletion vectors that the latest version does not read and
+    /// that were removed (or, for files no commit ever named, written) more than `retention`
+    /// ago. Returns how many files were deleted. The caller makes sure the latest version is
+    /// the one readers pin.
+    ///
+    /// A file whose removal has left the log (after the table's
+    /// `delta.deletedFileRetentionDuration`, [`Self::set_file_retention`]) looks like a file
+    /// no commit named, whose age is when it was written: deleting those too is safe only
+    /// when the log keeps removals at least `retention`. Otherwise only files whose removal
+    /// the log still holds are deleted, and the rest wait for a later vacuum.
+    ///
+    /// A replaced deletion vector file is deleted only once vacuum has found it replaced for
+    /// `retention`: the log records no time for it (its removal names the data file), and its
+    /// age is when it was written, which may be long before it was replaced.
+    ///
+    /// No commit records the vacuum (delta-rs' VACUUM START and END): the catalog would not
+    /// pin them, and a table's next writer takes unpinned commits for a failed transaction's.
+    pub async fn vacuum(&self, retention: std::time::Duration) -> Result<usize> {
+        use deltalake::operations::vacuum::VacuumMode;
+        let table = deltalake::open_table(self.url.clone()).await?;
+        let mode = if retention <= file_retention(&table)? {
+            VacuumMode::Full
+        } else {
+            VacuumMode::Lite
+        };
+        let period = chrono::Duration::from_std(retention)
+            .map_err(|e| Error::Internal(format!("vacuum retention out of range: {e}")))?;
+        let store = table.log_store().object_store(None);
+        let (_, plan) = table
+            .vacuum()
+            .with_retention_period(period)
+            .with_enforce_retention_duration(false)
+            .with_mode(mode)
+            .with_dry_run(true)
+            .await?;
+        let (vectors, mut files): (Vec<Path>, Vec<Path>) = plan
+            .files_deleted
+            .iter()
+            .map(|file| Path::parse(file).unwrap_or_else(|_| Path::from(file.as_str())))
+            .partition(|file| {
+                file.filename()
+                    .is_some_and(|name| name.starts_with("deletion_vector_"))
+            });
+        files.extend(
+            self.root
+                .replaced_vectors_found_for(&self.path, vectors, retention),
+        );
+        let locations = files.into_iter().map(Ok).collect::<Vec<_>>();
+        let deleted = store
+            .delete_stream(futures::stream::iter(locations).boxed())
+            .filter(|result| {
+                std::future::ready(!matches!(result, Err(object_store::Error::NotFound { .. })))
+            })
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(deleted.len())
     }
 
     /// Deletes every file of the table.
@@ -638,8 +728,6 @@ fn table_version(table: &deltalake::DeltaTable) -> Result<u64> {
         .version()
         .ok_or_else(|| Error::Internal("a loaded Delta table has no version".to_string()))
 }
-
-use futures::StreamExt as _;
 
 /// The session delta-rs takes scan settings from. It says so explicitly: Parquet row filters
 /// off (filters run after decoding), which delta-rs turns on when given no session. On

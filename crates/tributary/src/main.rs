@@ -90,7 +90,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0.25, env = "TRIBUTARY_PURGE_DELETED_FRACTION")]
     purge_deleted_fraction: f64,
     /// Seconds a data file that no current table version reads is kept before vacuum deletes
-    /// it; queries reading older snapshots keep working for at least this long.
+    /// it; queries reading older snapshots keep working for at least this long. Tables keep
+    /// removed files in their Delta log (and its checkpoints) as long.
     #[arg(long, default_value_t = 3600, env = "TRIBUTARY_VACUUM_RETENTION")]
     vacuum_retention: u64,
     /// Milliseconds an AUTO REFRESH view waits between rounds once it has caught up with its

@@ -211,10 +211,10 @@ impl TableHandle {
     }
 
     /// Rewrites the files of `version` whose deletion vectors mark at least `fraction` of
-    /// their rows deleted, so that deleted rows stop costing reads and storage: each such
-    /// file's live rows become a new file, in one commit with the same rows as `version`.
-    /// Returns the new version, or None if no file passed the threshold. One file's rows are
-    /// in memory at a time. Readers of older versions are unaffected until VACUUM.
+    /// their rows deleted, so that deleted rows stop costing reads and storage: their live
+    /// rows stream into new files, a batch at a time ([`Self::prepare_rewrite`]), committed
+    /// in one version with the same rows as `version`. Returns the new version, or None if no
+    /// file passed the threshold. Readers of older versions are unaffected until VACUUM.
     pub async fn purge_deleted(&self, version: u64, fraction: f64) -> Result<Option<u64>> {
         let chosen: Vec<String> = self
             .files(version)
@@ -226,28 +226,8 @@ impl TableHandle {
         if chosen.is_empty() {
             return Ok(None);
         }
-        let mut staged: Option<StagedFiles> = None;
-        for path in &chosen {
-            let provider = self
-                .provider_of(version, std::slice::from_ref(path))
-                .await?;
-            let ctx = datafusion::prelude::SessionContext::new();
-            let batches = ctx.read_table(provider)?.collect().await?;
-            let batches: Vec<_> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
-            let written = self.stage(version, &batches).await?;
-            match staged.as_mut() {
-                Some(staged) => {
-                    staged.adds.extend(written.adds);
-                    staged.rows += written.rows;
-                }
-                None => staged = Some(written),
-            }
-        }
-        let staged = staged.expect("at least one file was chosen");
-        let version = self
-            .replace_files(version, version, super::Replaced::Only(&chosen), staged)
-            .await?;
-        Ok(Some(version))
+        let rewrite = self.prepare_rewrite(version, &chosen).await?;
+        Ok(Some(self.commit_rewrite(version, rewrite).await?))
     }
 
     /// The rows a deletion vector marks deleted, read from the table's storage (or from the
@@ -537,14 +517,7 @@ pub(super) mod tests {
         }
         root.checkpoints().idle().await;
         let log = dir.path().join("dev/public/t-5/_delta_log");
-        let checkpoint: u64 = std::fs::read_dir(&log)
-            .unwrap()
-            .filter_map(|entry| {
-                let name = entry.unwrap().file_name().into_string().unwrap();
-                name.strip_suffix(".checkpoint.parquet")?.parse().ok()
-            })
-            .max()
-            .expect("a checkpoint");
+        let checkpoint = newest_checkpoint(&log);
         assert!(
             checkpoint >= 10 && checkpoint <= version,
             "checkpoint {checkpoint} of {version} versions"
@@ -571,6 +544,137 @@ pub(super) mod tests {
             snapshot.table_config().log_retention_duration,
             Some(std::time::Duration::from_secs(24 * 3600))
         );
+    }
+
+    /// The version of the newest checkpoint in the Delta log at `log`.
+    fn newest_checkpoint(log: &std::path::Path) -> u64 {
+        std::fs::read_dir(log)
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".checkpoint.parquet")?.parse().ok()
+            })
+            .max()
+            .expect("a checkpoint")
+    }
+
+    /// The removed files (tombstones) the newest checkpoint in `log` repeats.
+    async fn removals_in_newest_checkpoint(log: &std::path::Path) -> usize {
+        let path = log.join(format!("{:020}.checkpoint.parquet", newest_checkpoint(log)));
+        SessionContext::new()
+            .read_parquet(path.to_str().unwrap(), Default::default())
+            .await
+            .unwrap()
+            .filter(datafusion::prelude::col("remove").is_not_null())
+            .unwrap()
+            .count()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn removals_leave_checkpoints_after_the_file_retention_and_vacuum_keeps_to_it() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let (table, schema, mut version) = two_files(&root, "dev/public/t-6", 0..40, 40..41).await;
+        let files = table.files(version).await.unwrap();
+        let first = files.iter().find(|f| f.rows == 40).unwrap().path.clone();
+        // Each DELETE replaces the file's deletion vector: a removal of the file with the old
+        // vector, and a new deletion vector file.
+        for row in 0..12 {
+            version = table
+                .change_rows(version, deleted(&first, &[row]), "DELETE")
+                .await
+                .unwrap();
+        }
+        root.checkpoints().idle().await;
+        let log = dir.path().join("dev/public/t-6/_delta_log");
+        // A table keeps removals for the root's file retention (an hour unless the server sets
+        // its vacuum retention), where Delta's default is a week.
+        let loaded = table.load(version).await.unwrap();
+        assert_eq!(
+            crate::table::file_retention(&loaded).unwrap(),
+            crate::root::DEFAULT_FILE_RETENTION
+        );
+        let removals = removals_in_newest_checkpoint(&log).await;
+        assert!(removals >= 8, "{removals} removals in the checkpoint");
+
+        let kept = table
+            .set_file_retention(version, Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("a new version");
+        assert_eq!(
+            table
+                .set_file_retention(kept, Duration::ZERO)
+                .await
+                .unwrap(),
+            None
+        );
+        version = kept;
+        // Appends until the next checkpoint: 10 commits, or more when checkpoints are slow.
+        let mut appended = 0;
+        while newest_checkpoint(&log) <= kept {
+            assert!(appended < 500, "no checkpoint after {appended} appends");
+            version = table
+                .append(version, vec![id_batch(&schema, [100 + appended])])
+                .await
+                .unwrap()
+                .version;
+            appended += 1;
+            root.checkpoints().idle().await;
+        }
+        assert_eq!(removals_in_newest_checkpoint(&log).await, 0);
+        let expected = ids(&table, version).await;
+        assert_eq!(expected.len(), 41 - 12 + appended as usize);
+
+        // A file no commit names, written two hours ago; and deletion vector files written
+        // then too, all but the newest since replaced.
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        let age = |path: &std::path::Path| {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap()
+        };
+        let orphan = dir.path().join("dev/public/t-6/orphan.parquet");
+        std::fs::write(&orphan, b"not parquet").unwrap();
+        age(&orphan);
+        let vectors = || -> Vec<std::path::PathBuf> {
+            std::fs::read_dir(dir.path().join("dev/public/t-6"))
+                .unwrap()
+                .map(|entry| entry.unwrap().path())
+                .filter(|path| {
+                    let name = path.file_name().unwrap().to_string_lossy();
+                    name.starts_with("deletion_vector_")
+                })
+                .collect()
+        };
+        assert_eq!(vectors().len(), 12);
+        vectors().iter().for_each(|path| age(path));
+        // The log keeps no removal as long as an hour: the orphan may be a file whose removal
+        // left it, so vacuum leaves it.
+        assert_eq!(table.vacuum(Duration::from_secs(3600)).await.unwrap(), 0);
+        assert!(orphan.exists());
+        // Once the log keeps removals for the hour, the orphan goes; the replaced deletion
+        // vectors are old but were only now found replaced, so they stay for the hour.
+        version = table
+            .set_file_retention(version, Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .expect("a new version");
+        assert_eq!(table.vacuum(Duration::from_secs(3600)).await.unwrap(), 1);
+        assert!(!orphan.exists());
+        assert_eq!(vectors().len(), 12);
+        // Without retention, the eleven replaced deletion vectors go, and no commit records
+        // the vacuum.
+        assert_eq!(table.vacuum(Duration::ZERO).await.unwrap(), 11);
+        assert_eq!(vectors().len(), 1);
+        assert!(!table.has_commits_after(version).await.unwrap());
+        assert_eq!(ids(&table, version).await, expected);
     }
 
     #[test]

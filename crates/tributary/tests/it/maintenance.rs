@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use tributary_sql::MaintenanceSettings;
-use tributary_testkit::TestServer;
+use tributary_sql::{MaintenanceSettings, StreamingSettings};
+use tributary_testkit::{KinesisFlavor, KinesisServer, TestServer};
 
 fn parquet_files(dir: &std::path::Path) -> usize {
     let mut count = 0;
@@ -126,4 +126,142 @@ async fn small_files_are_compacted_and_vacuumed_without_breaking_readers() {
         .unwrap();
     let (rows, pages, home): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!((rows, pages, home), (INSERTS, 8, 1));
+
+    // Vacuum commits nothing to the table's log, so the next write has nothing to undo, and
+    // the log keeps removed files no longer than vacuum keeps them.
+    client
+        .batch_execute("INSERT INTO clicks VALUES (99, 'p9')")
+        .await
+        .unwrap();
+    let mut log = String::new();
+    for entry in std::fs::read_dir(table_dir.join("_delta_log")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            log.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    assert!(!log.contains("VACUUM"), "{log}");
+    assert!(!log.contains("RESTORE"), "{log}");
+    assert!(
+        log.contains(r#""delta.deletedFileRetentionDuration":"interval 0 milliseconds""#),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_changes_on_top_of_key_table_versions_maintenance_moved_it_to() {
+    let kinesis_server = KinesisServer::start(KinesisFlavor::Embedded);
+    let server = TestServer::start_streaming(StreamingSettings {
+        kinesis_endpoint: Some(kinesis_server.endpoint()),
+        ..Default::default()
+    })
+    .await;
+    let client = server.client().await;
+    client
+        .batch_execute(
+            r#"CREATE EXTERNAL SCHEMA cdc FROM KINESIS IAM_ROLE default;
+               CREATE MIRROR TABLE accounts (id BIGINT, v INT, seq BIGINT, PRIMARY KEY (id))
+                 FROM cdc."accounts" FORMAT OPERATION COLUMN op ORDER BY seq"#,
+        )
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let copy = |name: &str, records: &[(&str, i64, i64, i64)]| {
+        let lines: Vec<String> = records
+            .iter()
+            .map(|(op, id, v, seq)| format!(r#"{{"op":"{op}","id":{id},"v":{v},"seq":{seq}}}"#))
+            .collect();
+        let path = files.path().join(name);
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        format!(
+            "COPY accounts FROM 'file://{}' FORMAT JSON 'auto'",
+            path.display()
+        )
+    };
+    let base: Vec<(&str, i64, i64, i64)> = (1..=100).map(|id| ("I", id, 1, id)).collect();
+    client
+        .batch_execute(&copy("base.json", &base))
+        .await
+        .unwrap();
+
+    // A transaction takes its snapshot. Then its mirror's key table alone moves to a version
+    // with the same keys, as when maintenance has given the key table a new file retention
+    // under the mirror's lock and not yet the mirror's own table.
+    let writer = server.client().await;
+    writer
+        .batch_execute("BEGIN; SELECT count(*) FROM accounts")
+        .await
+        .unwrap();
+    let engine = &server.engine;
+    let keys = engine
+        .catalog_snapshot()
+        .table("dev", "public", "accounts")
+        .unwrap()
+        .key_table()
+        .cloned()
+        .expect("a key table");
+    let moved = engine
+        .storage
+        .table(&keys.path)
+        .unwrap()
+        .set_file_retention(keys.version, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("a new version");
+    engine
+        .catalog
+        .commit(|state| {
+            let db = state.databases.get_mut("dev").unwrap();
+            let schema = db.schemas.get_mut("public").unwrap();
+            if let Some(tributary_catalog::Relation::Table(table)) =
+                schema.relations.get_mut("accounts")
+            {
+                *table.pin_mut(&keys.path).unwrap() = moved;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    engine.record_equivalent(&keys.path, keys.version, moved);
+
+    // The transaction's change applies on top of the moved key table and commits.
+    writer
+        .batch_execute(&copy(
+            "changes.json",
+            &[("U", 1, 7, 101), ("D", 2, 0, 102), ("I", 500, 9, 103)],
+        ))
+        .await
+        .unwrap();
+    writer.batch_execute("COMMIT").await.unwrap();
+
+    // Maintenance gives the mirror's table the same retention, and rounds go on.
+    let settings = MaintenanceSettings {
+        vacuum_retention: Duration::ZERO,
+        ..Default::default()
+    };
+    engine.maintain(&settings).await.unwrap();
+    let mut retained = 0;
+    let data = server.data_dir().unwrap();
+    for table in std::fs::read_dir(data.join("dev/public")).unwrap() {
+        for commit in std::fs::read_dir(table.unwrap().path().join("_delta_log")).unwrap() {
+            let text = std::fs::read_to_string(commit.unwrap().path()).unwrap_or_default();
+            if text.contains(r#""delta.deletedFileRetentionDuration":"interval 0 milliseconds""#) {
+                retained += 1;
+            }
+        }
+    }
+    assert_eq!(retained, 2, "the mirror's table and its key table");
+    client
+        .batch_execute(&copy("more.json", &[("U", 3, 5, 104)]))
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT count(*), sum(v)::BIGINT, max(id) FROM accounts",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, sum, max): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((rows, sum, max), (100, 100 - 3 + 7 + 9 + 5, 500));
 }
