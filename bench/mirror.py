@@ -20,6 +20,11 @@ Prints figures; asserts nothing about speed.
     cargo build --release -p tributary
     npm install --prefix tests/node
     python3 bench/mirror.py [--rows 10000000] [--changes 100000] [--rate 10000] [--seconds 10]
+
+The base is generated and loaded in chunks of --chunk-rows (10M) rows, one COPY each, so a
+large run needs disk for one chunk's JSON (about 1 GB), not the whole base's. --rows 100000000
+is the routine scale run; --rows 1280000000 is the seed's own scale, which needs about 60 GB of
+free disk in the temporary directory (checked before it starts) and hours.
 """
 
 import argparse
@@ -28,9 +33,11 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -44,6 +51,12 @@ from tributary_server import (DEFAULT_BINARY, bytes_written, cpu_seconds, memory
                               tree_bytes)
 
 FILES = 10
+# Bytes on disk per row, with room to spare: a base record is about 95 bytes of JSON, the
+# mirror (its table and its key table) took 34 bytes a row at 30M rows, and DuckDB's database
+# file a few.
+JSON_BYTES_PER_ROW = 110
+TABLE_BYTES_PER_ROW = 45
+DUCKDB_BYTES_PER_ROW = 8
 
 
 def base_line(i):
@@ -51,12 +64,13 @@ def base_line(i):
             f'"price":"{(i % 10000) // 100}.{i % 100:02d}","items":{i % 7}}}\n')
 
 
-def write_base(directory, rows):
+def write_base(directory, first, last):
+    """Insert records of the keys first..last, in FILES files."""
     os.makedirs(directory)
-    per_file = (rows + FILES - 1) // FILES
+    per_file = (last - first + FILES) // FILES
     for f in range(FILES):
-        start = 1 + f * per_file
-        end = min(rows, start + per_file - 1)
+        start = first + f * per_file
+        end = min(last, start + per_file - 1)
         with open(os.path.join(directory, f"part-{f:02d}.json"), "w") as out:
             for chunk in range(start, end + 1, 100_000):
                 out.write("".join(base_line(i) for i in range(chunk, min(end, chunk + 99_999) + 1)))
@@ -191,8 +205,8 @@ def freshness(conn, kinesis, endpoint, rows, first_seq, rate, seconds, poll_ms):
     return achieved, p50, p99, len(latencies), len(returned), poll
 
 
-def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, endpoint, rate,
-                  seconds, rows, poll_ms, perf):
+def tributary_run(binary, data, scratch, chunk_rows, changes_path, source_args, kinesis, endpoint,
+                  rate, seconds, rows, poll_ms, perf):
     figures = {}
     proc, port = start_server(binary, data, *source_args)
     try:
@@ -203,9 +217,25 @@ def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, en
             'CREATE MIRROR TABLE cart (id BIGINT, user_id BIGINT, price DECIMAL(6,2), '
             'items INT, seq BIGINT, PRIMARY KEY (id)) FROM cdc."cart" '
             'FORMAT OPERATION COLUMN op ENCODE JSON ORDER BY seq')
-        started = time.perf_counter()
-        conn.execute(f"COPY cart FROM 'file://{base_dir}/' FORMAT JSON 'auto'")
-        figures["load"] = time.perf_counter() - started
+        # The base in chunks, each generated, loaded by one COPY and deleted.
+        chunks = []
+        generating = 0.0
+        for first in range(1, rows + 1, chunk_rows):
+            last = min(rows, first + chunk_rows - 1)
+            base_dir = os.path.join(scratch, f"base-{first}")
+            started = time.perf_counter()
+            write_base(base_dir, first, last)
+            generating += time.perf_counter() - started
+            started = time.perf_counter()
+            conn.execute(f"COPY cart FROM 'file://{base_dir}/' FORMAT JSON 'auto'")
+            chunks.append(time.perf_counter() - started)
+            shutil.rmtree(base_dir)
+            if len(chunks) > 1:
+                print(f"  chunk {len(chunks)}: {last:,} rows loaded, this chunk's COPY "
+                      f"{chunks[-1]:.1f} s", flush=True)
+        figures["load"] = sum(chunks)
+        figures["load chunks"] = chunks
+        figures["generate"] = generating
         started = time.perf_counter()
         conn.execute("VACUUM cart")
         figures["vacuum base"] = time.perf_counter() - started
@@ -270,9 +300,10 @@ def tributary_run(binary, data, base_dir, changes_path, source_args, kinesis, en
         proc.wait()
 
 
-def duckdb_run(rows, changes_path):
+def duckdb_run(rows, changes_path, scratch):
     import duckdb
-    db = duckdb.connect()
+    path = os.path.join(scratch, "cart.duckdb")
+    db = duckdb.connect(path)
     db.execute(
         "CREATE TABLE cart AS SELECT CAST(i AS BIGINT) AS id, CAST(i % 50000 AS BIGINT) AS user_id, "
         "CAST(((i % 10000) // 100) + (i % 100) / 100.0 AS DECIMAL(6,2)) AS price, "
@@ -295,13 +326,18 @@ def duckdb_run(rows, changes_path):
     started = time.perf_counter()
     result = db.execute("SELECT count(*), sum(items), sum(price) FROM cart").fetchone()
     read = time.perf_counter() - started
-    return merge, read, result
+    db.execute("CHECKPOINT")
+    disk = os.path.getsize(path)
+    db.close()
+    return merge, read, result, disk
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--binary", default=DEFAULT_BINARY)
     parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=10_000_000,
+                        help="base records generated and loaded by one COPY")
     parser.add_argument("--changes", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=10)
@@ -322,25 +358,33 @@ def main():
         source_args = ["--stream-listen", f"127.0.0.1:{stream_port}"]
     kinesis = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="bench", aws_secret_access_key="bench")
+    chunk_rows = min(args.chunk_rows, args.rows)
+    needed = (chunk_rows * JSON_BYTES_PER_ROW
+              + args.rows * (TABLE_BYTES_PER_ROW + DUCKDB_BYTES_PER_ROW))
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if free < needed:
+        sys.exit(f"{args.rows:,} rows need about {needed / 1e9:.0f} GB free in "
+                 f"{tempfile.gettempdir()}; {free / 1e9:.0f} GB are")
     with tempfile.TemporaryDirectory() as scratch:
-        base_dir = os.path.join(scratch, "base")
         changes_path = os.path.join(scratch, "changes.json")
-        started = time.perf_counter()
-        write_base(base_dir, args.rows)
         write_changes(changes_path, args.rows, args.changes)
-        print(f"generated {args.rows:,} insert records and {args.changes:,} changes "
-              f"in {time.perf_counter() - started:.1f} s")
         try:
             figures, result = tributary_run(args.binary, os.path.join(scratch, "data"),
-                                            base_dir, changes_path, source_args, kinesis, endpoint,
-                                            args.rate, args.seconds, args.rows, args.poll_ms,
-                                            args.perf)
+                                            scratch, chunk_rows, changes_path, source_args,
+                                            kinesis, endpoint, args.rate, args.seconds, args.rows,
+                                            args.poll_ms, args.perf)
         finally:
             if kinesalite is not None:
                 kinesalite.kill()
                 kinesalite.wait()
-        merge, read, duck = duckdb_run(args.rows, changes_path)
-    print(f"tributary  load {figures['load']:.1f} s ({args.rows / figures['load']:,.0f} changes/s), "
+        merge, read, duck, duck_bytes = duckdb_run(args.rows, changes_path, scratch)
+        duck_peak = memory_mib(os.getpid(), "VmHWM")
+    chunks = figures["load chunks"]
+    print(f"generated {args.rows:,} insert records in {figures['generate']:.1f} s "
+          f"(not counted in the load)")
+    print(f"tributary  load {figures['load']:.1f} s ({args.rows / figures['load']:,.0f} changes/s) "
+          f"in {len(chunks)} COPY of up to {chunk_rows:,} records "
+          f"(first {chunks[0]:.1f} s, last {chunks[-1]:.1f} s), "
           f"VACUUM of the loaded rows {figures['vacuum base']:.1f} s, "
           f"peak RSS {figures['load peak rss']:.0f} MiB")
     print(f"tributary  apply {args.changes:,} changes: {figures['apply']:.3f} s "
@@ -351,7 +395,8 @@ def main():
     print(f"duckdb     seeds' delete+insert of the same changes: {merge:.3f} s")
     print(f"tributary  full read after the apply {figures['read after apply']:.3f} s, "
           f"VACUUM {figures['vacuum']:.1f} s, read after VACUUM {figures['read after vacuum']:.3f} s")
-    print(f"duckdb     full read {read:.3f} s")
+    print(f"duckdb     full read {read:.3f} s; {duck_bytes / 2**20:,.0f} MiB on disk, "
+          f"peak RSS of this process (DuckDB runs in it) {duck_peak:.0f} MiB")
     achieved, p50, p99, measured, sent, poll = figures["freshness"]
     print(f"tributary  AUTO REFRESH at {achieved:,.0f} changes/s offered ({args.rate:,} asked), "
           f"{measured}/{sent} batches: freshness p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; "

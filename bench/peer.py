@@ -8,6 +8,7 @@ suite (bench/suite.py) runs it; the tasks are the peer halves of its benchmarks.
 
 import json
 import sys
+import tempfile
 
 from tributary_server import memory_mib
 
@@ -22,7 +23,8 @@ def task_cdc(rows, changes_path, runs):
     import mirror
     merges, reads = [], []
     for _ in range(runs):
-        merge, read, result = mirror.duckdb_run(rows, changes_path)
+        with tempfile.TemporaryDirectory() as scratch:
+            merge, read, result, _ = mirror.duckdb_run(rows, changes_path, scratch)
         merges.append(merge)
         reads.append(read)
     return {"merges": merges, "reads": reads, "result": [float(v) for v in result]}

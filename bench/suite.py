@@ -227,7 +227,7 @@ def bench_cdc(args, results):
     with tempfile.TemporaryDirectory() as scratch:
         base_dir = os.path.join(scratch, "base")
         changes_path = os.path.join(scratch, "changes.json")
-        mirror.write_base(base_dir, rows)
+        mirror.write_base(base_dir, 1, rows)
         mirror.write_changes(changes_path, rows, changes)
         pristine = os.path.join(scratch, "pristine")
         _, flags = embedded_source()
