@@ -161,8 +161,9 @@ impl Engine {
         Ok(report)
     }
 
-    /// Pins `to`, a version with the same rows as the pinned `from` (a compaction), unless a
-    /// writer moved the pin meanwhile.
+    /// Pins `to`, a version with the same rows as the pinned `from` (a purge, a compaction, a
+    /// table property) of a table or a mirror's key table, unless a writer moved the pin
+    /// meanwhile.
     async fn repin_equivalent(&self, path: &str, from: u64, to: u64) -> Result<()> {
         self.catalog
             .commit(|state| {
