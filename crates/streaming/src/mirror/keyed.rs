@@ -12,6 +12,7 @@ use arrow::datatypes::{Int64Type, Schema, UInt32Type};
 use datafusion::datasource::MemTable;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt as _;
 use tributary_catalog::{KeyTable, MirrorSpec, Table};
 use tributary_engine::catalog_list::SessionCatalogs;
 use tributary_engine::layout::{cast_batch, storage_schema};
@@ -19,6 +20,7 @@ use tributary_engine::mirror::{
     DELETED_COLUMN, ORDER_COLUMN, key_schema, key_table_path, merged_plan,
 };
 use tributary_engine::store::Store;
+use tributary_engine::table::write_buffer_bytes;
 use tributary_storage::{FILE_COLUMN, ROW_COLUMN, RowChanges, RowScan, RowSet, TableHandle};
 
 use crate::aggregate::quoted as quote;
@@ -296,8 +298,14 @@ pub async fn convert(
     let rows = storage(store, &table.path, spec)?;
     let provider = rows.provider(table.version).await?;
     let plan = merged_plan(provider, table, spec, true)?;
-    let context = tributary_engine::planning::expression_context();
-    let merged = context.execute_logical_plan(plan).await?.collect().await?;
+    // In the server's runtime, so that the merge holds its memory in the server's pool (and
+    // spills or fails with 53000 under the limit); its rows stream into both tables' files.
+    let context = SessionContext::new_with_config_rt(SessionConfig::new(), store.runtime_env());
+    let mut merged = context
+        .execute_logical_plan(plan)
+        .await?
+        .execute_stream()
+        .await?;
     let declared = table.columns.len();
     let mut converted = spec.clone();
     let keys_path = key_table_path(&table.path);
@@ -317,24 +325,28 @@ pub async fn convert(
         .filter_map(|k| table.columns.iter().position(|c| &c.name == k))
         .chain([declared, declared + 1])
         .collect();
-    let mut live = Vec::new();
-    let mut key_batches = Vec::new();
-    for batch in &merged {
-        let deleted = batch.column(declared + 1).as_boolean();
-        let kept = arrow::compute::not(&fill_true(deleted))?;
-        let declared_rows = batch.project(&(0..declared).collect::<Vec<_>>())?;
-        live.push(cast_batch(
-            &filter_record_batch(&declared_rows, &kept)?,
-            &live_schema,
-        )?);
-        key_batches.push(cast_batch(&batch.project(&key_indexes)?, &key_schema)?);
-    }
     let key_rows = storage(store, &keys_path, &converted)?;
     catalogs.record_created(&keys_path);
     let created = key_rows.create(&key_schema).await?;
-    let keys_version = key_rows.append(created, key_batches).await?.version;
     catalogs.record_written(&table.path);
-    let version = rows.overwrite(table.version, live, &live_schema).await?;
+    let buffer = write_buffer_bytes(store);
+    let mut keys = key_rows.appender(created, buffer).await?;
+    let mut live = rows.appender(table.version, buffer).await?;
+    while let Some(batch) = merged.next().await {
+        let batch = batch?;
+        let deleted = batch.column(declared + 1).as_boolean();
+        let kept = arrow::compute::not(&fill_true(deleted))?;
+        let declared_rows = batch.project(&(0..declared).collect::<Vec<_>>())?;
+        live.write(&cast_batch(
+            &filter_record_batch(&declared_rows, &kept)?,
+            &live_schema,
+        )?)
+        .await?;
+        keys.write(&cast_batch(&batch.project(&key_indexes)?, &key_schema)?)
+            .await?;
+    }
+    let keys_version = keys.commit().await?.version;
+    let version = live.commit_replacing_all_as(&live_schema).await?.version;
     if let Some(keys) = converted.keys.as_mut() {
         keys.version = keys_version;
     }
