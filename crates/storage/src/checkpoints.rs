@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use delta_kernel::snapshot::Snapshot;
 use deltalake::DeltaTableBuilder;
+use deltalake::table::config::TablePropertiesExt as _;
 use parking_lot::Mutex;
 use url::Url;
 
@@ -32,9 +33,6 @@ const CHECKPOINT_COST_PER_COMMIT: Duration = Duration::from_millis(5);
 /// How often at most a table's log files older than its log retention are deleted (each
 /// cleanup lists the log).
 const LOG_CLEANUP_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// The log retention of a table that does not set `delta.logRetentionDuration` (Delta's).
-const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The server's background checkpoints.
 #[derive(Debug, Default, Clone)]
@@ -151,19 +149,19 @@ async fn write(url: &Url, version: u64, cleanup: bool) -> Result<()> {
     let engine = log_store.engine(None);
     let root = log_store.transaction_url(None)?;
     // The kernel's default engine blocks on its own I/O.
-    let retention = tokio::task::spawn_blocking(move || -> Result<Option<Duration>> {
+    let retention = tokio::task::spawn_blocking(move || -> Result<Duration> {
         let kernel = |err: delta_kernel::Error| deltalake::DeltaTableError::from(err);
         let snapshot = Snapshot::builder_for(root)
             .at_version(version)
             .build(engine.as_ref())
             .map_err(kernel)?;
         snapshot.checkpoint(engine.as_ref(), None).map_err(kernel)?;
-        Ok(snapshot.table_properties().log_retention_duration)
+        // Delta's 30 days when the table does not set `delta.logRetentionDuration`.
+        Ok(snapshot.table_properties().log_retention_duration())
     })
     .await
     .map_err(|err| crate::Error::Internal(format!("a checkpoint's task failed: {err}")))??;
     if cleanup {
-        let retention = retention.unwrap_or(DEFAULT_LOG_RETENTION);
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         deltalake::checkpoints::cleanup_expired_logs_for(

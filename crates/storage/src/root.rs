@@ -381,6 +381,11 @@ impl StorageRoot {
         due
     }
 
+    /// Forgets what vacuum found of a deleted table.
+    pub(crate) fn forget_replaced_vectors(&self, path: &str) {
+        self.replaced_vectors.lock().remove(path);
+    }
+
     pub(crate) fn checkpoints(&self) -> &Checkpoints {
         &self.checkpoints
     }

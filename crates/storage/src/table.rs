@@ -43,11 +43,11 @@ fn interval(duration: std::time::Duration) -> String {
 
 /// How long the table keeps a removed file in its log (Delta's default: a week).
 fn file_retention(table: &deltalake::DeltaTable) -> Result<std::time::Duration> {
+    use deltalake::table::config::TablePropertiesExt as _;
     Ok(table
         .snapshot()?
         .table_config()
-        .deleted_file_retention_duration
-        .unwrap_or(std::time::Duration::from_secs(7 * 24 * 3600)))
+        .deleted_file_retention_duration())
 }
 
 /// Rows per Parquet row group of the files written here (parquet's default): the number of
@@ -610,6 +610,7 @@ impl TableHandle {
         }
         self.root.snapshots().forget_table(&self.path);
         self.root.checkpoints().forget(&self.url);
+        self.root.forget_replaced_vectors(&self.path);
         Ok(())
     }
 

@@ -330,23 +330,28 @@ pub async fn convert(
     let created = key_rows.create(&key_schema).await?;
     catalogs.record_written(&table.path);
     let buffer = write_buffer_bytes(store);
-    let mut keys = key_rows.appender(created, buffer).await?;
-    let mut live = rows.appender(table.version, buffer).await?;
+    let mut key_writer = key_rows.appender(created, buffer).await?;
+    let mut live_writer = rows.appender(table.version, buffer).await?;
     while let Some(batch) = merged.next().await {
         let batch = batch?;
         let deleted = batch.column(declared + 1).as_boolean();
         let kept = arrow::compute::not(&fill_true(deleted))?;
         let declared_rows = batch.project(&(0..declared).collect::<Vec<_>>())?;
-        live.write(&cast_batch(
-            &filter_record_batch(&declared_rows, &kept)?,
-            &live_schema,
-        )?)
-        .await?;
-        keys.write(&cast_batch(&batch.project(&key_indexes)?, &key_schema)?)
+        live_writer
+            .write(&cast_batch(
+                &filter_record_batch(&declared_rows, &kept)?,
+                &live_schema,
+            )?)
+            .await?;
+        key_writer
+            .write(&cast_batch(&batch.project(&key_indexes)?, &key_schema)?)
             .await?;
     }
-    let keys_version = keys.commit().await?.version;
-    let version = live.commit_replacing_all_as(&live_schema).await?.version;
+    let keys_version = key_writer.commit().await?.version;
+    let version = live_writer
+        .commit_replacing_all_as(&live_schema)
+        .await?
+        .version;
     if let Some(keys) = converted.keys.as_mut() {
         keys.version = keys_version;
     }
