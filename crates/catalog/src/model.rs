@@ -414,6 +414,11 @@ pub struct KeyTable {
     pub path: String,
     /// The version readers of this catalog version use.
     pub version: u64,
+    /// A mirror's key table holds its ordering values as BIGINT (each change's ordering
+    /// value is then an integer), instead of as order-preserving bytes. False for key tables
+    /// created by earlier releases.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub integer_order: bool,
 }
 
 /// The shape of the change records of a mirror table's stream.

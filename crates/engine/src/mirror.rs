@@ -1,8 +1,9 @@
 //! A mirror table's storage. A mirror's Delta table holds exactly its live rows, in the
 //! declared columns: any Delta reader sees what `SELECT *` shows. Beside it, its key table
 //! (a Delta table of its own, pinned in the same catalog commit) holds every key the mirror
-//! has seen with the newest change's ordering value ([`ORDER_COLUMN`], encoded so that byte
-//! order is value order) and whether that change deleted it ([`DELETED_COLUMN`]): a change
+//! has seen with the newest change's ordering value ([`ORDER_COLUMN`]: a BIGINT when the
+//! values are a declared integer column's, else bytes whose order is the values' order) and
+//! whether that change deleted it ([`DELETED_COLUMN`]): a change
 //! older than the key's is ignored, so that changes delivered late or twice cannot bring back
 //! an older row or a deleted key. The streaming layer writes both.
 //!
@@ -22,12 +23,11 @@ use datafusion::logical_expr::{
     ScalarUDFImpl, Signature, TableSource, TypeSignature, Volatility, col, lit,
 };
 use datafusion::prelude::Expr;
-use tributary_catalog::{MirrorSpec, Table};
+use tributary_catalog::{ChangeFormat, MirrorSpec, SqlType, Table};
 
 use crate::{Error, Result};
 
-/// The hidden column holding a change's ordering value, encoded so that byte order is value
-/// order.
+/// The hidden column holding a change's ordering value ([`order_type`]).
 pub const ORDER_COLUMN: &str = "__tributary_order";
 /// The hidden column marking a deleted key (a tombstone).
 pub const DELETED_COLUMN: &str = "__tributary_deleted";
@@ -46,6 +46,34 @@ pub fn is_legacy(table: &Table) -> bool {
     spec(table).is_some_and(|s| s.keys.is_none())
 }
 
+/// Whether a new mirror's key table holds its ordering values as BIGINT: when they are the
+/// values of a declared SMALLINT, INTEGER or BIGINT column of a flat row (`FORMAT OPERATION
+/// ... ORDER BY column`). A BIGINT reads and compares at a fraction of the cost of the
+/// order-preserving bytes every other ordering value takes (a number in decimal digits, a
+/// text, a stream position of 56 digits), and a round reads a page of it per changed key.
+pub fn orders_as_integers(table: &Table, spec: &MirrorSpec) -> bool {
+    let (ChangeFormat::Operation { .. }, Some([path])) = (&spec.format, spec.order.as_deref())
+    else {
+        return false;
+    };
+    table.column(path).is_some_and(|c| {
+        matches!(
+            c.sql_type,
+            SqlType::SmallInt | SqlType::Integer | SqlType::BigInt
+        )
+    })
+}
+
+/// The type of a mirror's stored ordering values: BIGINT when its key table says so
+/// ([`orders_as_integers`]), else order-preserving bytes.
+pub fn order_type(spec: &MirrorSpec) -> DataType {
+    if spec.keys.as_ref().is_some_and(|k| k.integer_order) {
+        DataType::Int64
+    } else {
+        DataType::Binary
+    }
+}
+
 /// The key table's schema: the key columns in their stored types, the ordering value and the
 /// deletion mark.
 pub fn key_schema(table: &Table, spec: &MirrorSpec) -> Schema {
@@ -56,23 +84,24 @@ pub fn key_schema(table: &Table, spec: &MirrorSpec) -> Schema {
         .map(|c| Field::new(&c.name, c.sql_type.to_storage_arrow(), false));
     Schema::new(
         keys.chain([
-            Field::new(ORDER_COLUMN, DataType::Binary, false),
+            Field::new(ORDER_COLUMN, order_type(spec), false),
             Field::new(DELETED_COLUMN, DataType::Boolean, false),
         ])
         .collect::<Vec<_>>(),
     )
 }
 
-/// The rows a round applies: the declared columns in their stored types (nullable: a
-/// deletion carries its key only), then the ordering value and the deletion mark.
-pub fn change_schema(table: &Table) -> Schema {
+/// The rows a round applies to a mirror: the declared columns in their stored types
+/// (nullable: a deletion carries its key only), then the ordering value and the deletion
+/// mark.
+pub fn change_schema(table: &Table, spec: &MirrorSpec) -> Schema {
     Schema::new(
         table
             .columns
             .iter()
             .map(|c| Field::new(&c.name, c.sql_type.to_storage_arrow(), true))
             .chain([
-                Field::new(ORDER_COLUMN, DataType::Binary, false),
+                Field::new(ORDER_COLUMN, order_type(spec), false),
                 Field::new(DELETED_COLUMN, DataType::Boolean, false),
             ])
             .collect::<Vec<_>>(),

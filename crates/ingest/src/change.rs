@@ -424,6 +424,28 @@ pub fn order_bytes(value: &Value) -> Option<Vec<u8>> {
     }
 }
 
+/// The integer an ordering value's bytes ([`order_bytes`]) stand for; None for a fraction, a
+/// text, or a number outside BIGINT's range.
+pub fn order_integer(bytes: &[u8]) -> Option<i64> {
+    let (&sign, rest) = bytes.split_first()?;
+    let (length, digits) = rest.split_first_chunk::<2>()?;
+    let length = u16::from_be_bytes(*length);
+    let (negative, length, digits) = match sign {
+        b'P' => (false, length, digits),
+        b'N' => (true, u16::MAX - length, digits.strip_suffix(b"~")?),
+        _ => return None,
+    };
+    if digits.len() != length as usize || digits.len() > 19 {
+        return None;
+    }
+    let mut value: i128 = 0;
+    for &digit in digits {
+        let digit = if negative { b'9' - digit + b'0' } else { digit };
+        value = value * 10 + i128::from(digit.checked_sub(b'0').filter(|d| *d <= 9)?);
+    }
+    i64::try_from(if negative { -value } else { value }).ok()
+}
+
 /// `[-]digits[.digits]` as order-preserving bytes: a sign byte, the integer part's length
 /// (complemented for negatives), then the digits (complemented for negatives, which end with
 /// a byte above every digit so that a longer fraction sorts first).
@@ -495,6 +517,25 @@ mod tests {
             order(serde_json::json!("007.0"))
         );
         assert_eq!(order_bytes(&serde_json::json!(true)), None);
+    }
+
+    #[test]
+    fn integer_ordering_values_read_back_from_their_bytes() {
+        for value in [0i64, 7, -7, 10, -10, 1_000_000, i64::MAX, i64::MIN, -1] {
+            assert_eq!(order_integer(&order(serde_json::json!(value))), Some(value));
+        }
+        assert_eq!(order_integer(&order(serde_json::json!("007.0"))), Some(7));
+        assert_eq!(order_integer(&order(serde_json::json!("-0"))), Some(0));
+        for other in [
+            serde_json::json!(1.5),
+            serde_json::json!(-1.5),
+            serde_json::json!("9223372036854775808"),
+            serde_json::json!("-9223372036854775809"),
+            serde_json::json!("2024-01-01T00:00:00Z"),
+            serde_json::json!("49590338271490256608559692538361571095921575989136588898"),
+        ] {
+            assert_eq!(order_integer(&order(other.clone())), None, "{other}");
+        }
     }
 
     #[test]

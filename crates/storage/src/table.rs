@@ -71,6 +71,8 @@ pub struct TableHandle {
     url: Url,
     /// Columns whose values the files written through this handle index in bloom filters.
     bloom_columns: Arc<[String]>,
+    /// Columns written without a dictionary ([`Self::without_dictionary`]).
+    plain_columns: Arc<[String]>,
     /// Columns that rewrites order their rows by ([`Self::with_sort_key`]).
     sort_columns: Arc<[String]>,
     /// Rows per data page of a table with a sort key ([`Self::with_page_rows`]).
@@ -135,6 +137,7 @@ impl TableHandle {
             path,
             url,
             bloom_columns: Arc::from([]),
+            plain_columns: Arc::from([]),
             sort_columns: Arc::from([]),
             page_rows: SORTED_PAGE_ROWS,
         }
@@ -163,6 +166,15 @@ impl TableHandle {
     /// do not hold it even when the column's values are spread over every file.
     pub fn with_bloom_filters(mut self, columns: &[String]) -> Self {
         self.bloom_columns = columns.into();
+        self
+    }
+
+    /// The same table, with files written from now on storing `columns` without a dictionary:
+    /// columns of mostly distinct values, such as a mirror's ordering values. Parquet fills a
+    /// dictionary page (up to 1 MiB) before it falls back to plain values, and every read of
+    /// a row group decompresses and decodes that page, even to read one of its pages.
+    pub fn without_dictionary(mut self, columns: &[String]) -> Self {
+        self.plain_columns = columns.into();
         self
     }
 
@@ -636,9 +648,9 @@ impl TableHandle {
     /// several times faster than ZSTD: with ZSTD (level 1) tables took 0.7x the space, but
     /// TPC-H-shaped queries ran 1.2x as long and seed 000's merge at 100M rows 1.3x. Integer
     /// columns (integers, dates, times, timestamps, decimals of up to 18 digits) fall back
-    /// from a dictionary to DELTA_BINARY_PACKED when their values are too many for one, and the handle's bloom
-    /// columns (keys, mostly unique) skip the dictionary: keys and timestamps, which mostly
-    /// rise, take a few bits a row instead of eight bytes. Every Delta reader (Spark 3.3 on,
+    /// from a dictionary to DELTA_BINARY_PACKED when their values are too many for one, and the
+    /// handle's bloom columns (keys, mostly unique) and plain columns skip the dictionary: keys
+    /// and timestamps, which mostly rise, take a few bits a row instead of eight bytes. Every Delta reader (Spark 3.3 on,
     /// Trino, DuckDB, Polars, delta-rs) reads both. Bloom filters on the bloom columns are
     /// sized for the rows of one row group.
     fn properties(
@@ -663,6 +675,10 @@ impl TableHandle {
         }
         if !self.sort_columns.is_empty() {
             builder = builder.set_data_page_row_count_limit(self.page_rows);
+        }
+        for column in self.plain_columns.iter() {
+            builder =
+                builder.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
         }
         for column in self.bloom_columns.iter() {
             let path = ColumnPath::from(column.as_str());
@@ -839,11 +855,13 @@ mod tests {
         let table = root
             .table("dev/public/enc-1")
             .unwrap()
-            .with_bloom_filters(&["id".to_string()]);
+            .with_bloom_filters(&["id".to_string()])
+            .without_dictionary(&["seq".to_string()]);
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("amount", DataType::Decimal128(12, 2), false),
             Field::new("note", DataType::Utf8, false),
+            Field::new("seq", DataType::Int64, false),
         ]));
         // More distinct amounts than a 1 MiB dictionary holds.
         let rows = 200_000i64;
@@ -861,6 +879,9 @@ mod tests {
                 Arc::new(StringArray::from_iter_values(
                     (0..rows).map(|i| format!("note {}", i % 100)),
                 )),
+                Arc::new(Int64Array::from_iter_values(
+                    (0..rows).map(|i| i * 7919 % 1_000_003),
+                )),
             ],
         )
         .unwrap();
@@ -875,8 +896,13 @@ mod tests {
             deltalake::parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
                 .unwrap();
         let group = reader.metadata().row_group(0);
-        let (id, amount, note) = (group.column(0), group.column(1), group.column(2));
-        for column in [id, amount, note] {
+        let (id, amount, note, seq) = (
+            group.column(0),
+            group.column(1),
+            group.column(2),
+            group.column(3),
+        );
+        for column in [id, amount, note, seq] {
             assert!(
                 column.compression() == Compression::SNAPPY,
                 "{:?}",
@@ -900,6 +926,15 @@ mod tests {
             note.dictionary_page_offset().is_some(),
             "few notes: a dictionary"
         );
+        // Too many amounts: a dictionary page written, then plain values. A column written
+        // without a dictionary has no such page to read.
+        assert!(amount.dictionary_page_offset().is_some());
+        assert!(
+            seq.dictionary_page_offset().is_none(),
+            "{:?}",
+            seq.encodings().collect::<Vec<_>>()
+        );
+        assert!(seq.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED));
         // Eight bytes a key before; now a few bits (the keys rise by one).
         assert!(
             id.compressed_size() < rows / 10,

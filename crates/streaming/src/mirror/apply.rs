@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BinaryArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
 use arrow::datatypes::{DataType, Field};
 use arrow::row::{RowConverter, SortField};
 use serde_json::{Map, Value};
 use tributary_catalog::{ChangeFormat, MaterializedView, MirrorSpec, SqlType, Table};
 use tributary_engine::catalog_list::SessionCatalogs;
-use tributary_engine::mirror::spec;
+use tributary_engine::mirror::{change_schema, order_type, spec};
 use tributary_engine::transaction::WriteKind;
 use tributary_ingest::StreamRecord;
 use tributary_ingest::change::{self, Change, ChangeSpec, Rejection, invalid, lookup};
@@ -34,7 +36,7 @@ fn change_spec(spec: &MirrorSpec) -> ChangeSpec<'_> {
 }
 
 /// What one batch of records produced: the changes to apply (in
-/// [`tributary_engine::mirror::change_schema`]) and the records that were rejected, by index.
+/// [`change_schema`]) and the records that were rejected, by index.
 struct Decoded {
     rows: Option<RecordBatch>,
     rejected: Vec<(usize, Rejection)>,
@@ -126,11 +128,26 @@ fn changes(table: &Table, spec: &MirrorSpec, records: &[&StreamRecord]) -> Resul
             &column.sql_type.to_storage_arrow(),
         )?);
     }
-    let orders = BinaryArray::from_iter_values(decoded.iter().map(|(_, c)| c.order.as_slice()));
+    let orders: ArrayRef = match order_type(spec) {
+        DataType::Int64 => Arc::new(Int64Array::from_iter(decoded.iter().enumerate().map(
+            |(row, (_, change))| {
+                let value = change::order_integer(&change.order);
+                if value.is_none() {
+                    bad[row].get_or_insert_with(|| {
+                        "the ordering value is not an integer in BIGINT's range".into()
+                    });
+                }
+                value
+            },
+        ))),
+        _ => Arc::new(BinaryArray::from_iter_values(
+            decoded.iter().map(|(_, c)| c.order.as_slice()),
+        )),
+    };
     let deleted = BooleanArray::from_iter(decoded.iter().map(|(_, c)| Some(c.delete)));
-    arrays.push(Arc::new(orders));
+    arrays.push(orders);
     arrays.push(Arc::new(deleted));
-    let schema = Arc::new(tributary_engine::mirror::change_schema(table));
+    let schema = Arc::new(change_schema(table, spec));
     // Rejected rows may lack their key: nullable until they are filtered out.
     let nullable: Vec<Field> = schema
         .fields()

@@ -26,27 +26,28 @@ use tributary_storage::{FILE_COLUMN, ROW_COLUMN, RowChanges, RowScan, RowSet, Ta
 use crate::aggregate::quoted as quote;
 use crate::{Error, Result};
 
-/// Rows per data page of a mirror's key table. It holds a key, an order and a mark a row, so
-/// smaller pages cost little, and a round's lookup of k keys among its n rows reads about
-/// 1 - e^(-k * rows / n) of them: at 30M keys, 15k changed keys read 40% of its pages
-/// instead of the 87% that the table's 4,096-row pages would read.
-const KEY_PAGE_ROWS: usize = 1024;
+/// Rows per data page of a mirror's files (its table's and its key table's). A round's
+/// lookup of k changed keys among n rows reads about 1 - e^(-k * rows / n) of each table's
+/// pages, and decodes and probes every row of them: at 100M keys, 10k changed keys read
+/// 10% of the pages instead of the 34% that 4,096-row pages would read. Past that, a
+/// lookup reads a page per key whatever the table's size, so its cost follows the changes,
+/// not the table. A page costs a header and an entry in the file's page index.
+const MIRROR_PAGE_ROWS: usize = 1024;
 
 /// The mirror's Delta table (or its key table): files index the key in bloom filters, so a
 /// lookup by key skips the files and row groups that do not hold it, and rewrites order
 /// their rows by the key, so that each page of their files holds a narrow range of keys.
+/// The key table's ordering values, nearly all distinct, skip the dictionary: a round reads
+/// a page in most of its row groups, and would decode each one's dictionary page of a
+/// MiB to read it.
 pub fn storage(store: &Store, path: &str, spec: &MirrorSpec) -> Result<TableHandle> {
-    let handle = store
+    Ok(store
         .storage
         .table(path)?
         .with_bloom_filters(&spec.key)
-        .with_sort_key(&spec.key);
-    let key_table = spec.keys.as_ref().is_some_and(|keys| keys.path == path);
-    Ok(if key_table {
-        handle.with_page_rows(KEY_PAGE_ROWS)
-    } else {
-        handle
-    })
+        .with_sort_key(&spec.key)
+        .with_page_rows(MIRROR_PAGE_ROWS)
+        .without_dictionary(&[ORDER_COLUMN.to_string()]))
 }
 
 /// A session for a round's lookups by key. Its joins build their hash table from the round's
@@ -69,9 +70,9 @@ pub struct Applied {
     pub keys_version: u64,
 }
 
-/// Applies `changes` (in [`tributary_engine::mirror::change_schema`], one per key) to the mirror as of its pinned
-/// versions: one commit on its key table and one on its table, which the caller pins in its
-/// transaction.
+/// Applies `changes` (in [`tributary_engine::mirror::change_schema`], one per key) to the
+/// mirror as of its pinned versions: one commit on its key table and one on its table, which
+/// the caller pins in its transaction.
 pub async fn write_changes(
     store: &Store,
     table: &Table,
@@ -312,6 +313,8 @@ pub async fn convert(
     converted.keys = Some(KeyTable {
         path: keys_path.clone(),
         version: 0,
+        // The merged rows hold their ordering values as bytes.
+        integer_order: false,
     });
     let mut new_table = table.clone();
     if let Some(mv) = new_table.materialized.as_mut() {

@@ -536,6 +536,13 @@ async fn mirrors_equal_the_source_in_every_format_against(flavor: KinesisFlavor)
         if external_readers {
             crate::interop::assert_readers_agree(&client, &root, format.table, "rounds").await;
         }
+        // No format orders by a declared integer column here: the ordering values are kept
+        // as bytes, as every mirror of an earlier release keeps them.
+        let keys = format!(
+            "{}-keys",
+            crate::interop::table_location(&client, format.table).await
+        );
+        assert_eq!(order_type(&root.join(keys)), "binary", "{}", format.table);
         let errors = crate::streaming::count(
             &client,
             &format!(
@@ -1044,4 +1051,34 @@ async fn rounds_find_their_keys_in_the_pages_that_may_hold_them() {
     }
     client.batch_execute("VACUUM wide_keys").await.unwrap();
     assert_eq!(crate::cdc::text_rows(&client, sql).await, expected(&model));
+    // Ordered by a declared BIGINT, the key table holds its ordering values as BIGINT.
+    let keys = format!(
+        "{}-keys",
+        crate::interop::table_location(&client, "wide_keys").await
+    );
+    let root = server.data_dir().unwrap();
+    assert_eq!(order_type(&root.join(keys)), "long");
+}
+
+/// The Delta type of the ordering values in the key table stored at `dir`, from the schema
+/// of its first commit.
+fn order_type(dir: &std::path::Path) -> String {
+    let first = std::fs::read_to_string(dir.join("_delta_log/00000000000000000000.json")).unwrap();
+    let schema = first
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find_map(|action| {
+            action["metaData"]["schemaString"]
+                .as_str()
+                .map(String::from)
+        })
+        .unwrap();
+    let schema: Value = serde_json::from_str(&schema).unwrap();
+    schema["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|field| field["name"] == "__tributary_order")
+        .map(|field| field["type"].as_str().unwrap().to_string())
+        .unwrap()
 }

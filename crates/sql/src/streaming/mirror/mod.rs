@@ -17,7 +17,7 @@ use serde_json::Value;
 use tributary_catalog::{
     ChangeFormat, Constraint, KeyTable, MaterializedView, MirrorSpec, Relation, SqlType, ViewInput,
 };
-use tributary_engine::mirror::{key_schema, key_table_path, spec};
+use tributary_engine::mirror::{key_schema, key_table_path, orders_as_integers, spec};
 use tributary_engine::transaction::WriteKind;
 use tributary_streaming::mirror::{commit_spec, compact_now};
 use tributary_syntax::extension::MirrorClauses;
@@ -125,6 +125,17 @@ pub(crate) async fn create(
     }));
     // The key table first, so that a failure leaves nothing behind.
     let keys_path = key_table_path(&table.path);
+    let integer_order = spec(&table).is_some_and(|spec| orders_as_integers(&table, spec));
+    let mirror = table
+        .materialized
+        .as_mut()
+        .and_then(|mv| mv.mirror.as_mut())
+        .ok_or_else(|| Error::Internal("not a mirror table".into()))?;
+    mirror.keys = Some(KeyTable {
+        path: keys_path.clone(),
+        version: 0,
+        integer_order,
+    });
     let keys_schema = match spec(&table) {
         Some(spec) => key_schema(&table, spec),
         None => return Err(Error::Internal("not a mirror table".into())),
@@ -136,15 +147,13 @@ pub(crate) async fn create(
         .table(&keys_path)?
         .create(&keys_schema)
         .await?;
-    if let Some(mirror) = table
+    if let Some(keys) = table
         .materialized
         .as_mut()
         .and_then(|mv| mv.mirror.as_mut())
+        .and_then(|mirror| mirror.keys.as_mut())
     {
-        mirror.keys = Some(KeyTable {
-            path: keys_path,
-            version: keys_version,
-        });
+        keys.version = keys_version;
     }
     store_view_table(cx, [&database, &schema, &name], table).await?;
     Ok(Output::command("CREATE TABLE"))
