@@ -84,18 +84,27 @@ impl Store {
     }
 
     /// Limits the memory the queries of sessions opened from now on, the cache of table
-    /// versions and the rewrites may hold together: a
+    /// versions, the rewrites and the cache of Parquet footers may hold together: a
     /// sort or aggregation over the limit spills to temporary files, and a query that cannot
-    /// spill fails with SQLSTATE 53000 instead of exhausting the machine. None: no limit.
+    /// spill fails with SQLSTATE 53000 instead of exhausting the machine. None: no limit
+    /// (and DataFusion's 50 MiB of footers).
     /// Operators that spill share what the others leave equally (a fair pool), so one
     /// partition's sort cannot take the memory another partition's needs to go on.
+    ///
+    /// The footer cache gets a sixteenth of the limit and the pool the rest. A mirror round
+    /// reads the page indexes of all its two tables' files (22 MB at 100M rows, so some
+    /// 290 MB at 1.28B): a cache smaller than that decodes them again every round.
     pub fn set_query_memory_limit(&self, bytes: Option<u64>) -> Result<()> {
         let mut builder = RuntimeEnvBuilder::new();
         if let Some(limit) = bytes {
-            builder = builder.with_memory_pool(Arc::new(TrackConsumersPool::new(
-                FairSpillPool::new(usize::try_from(limit).unwrap_or(usize::MAX)),
-                std::num::NonZeroUsize::MIN.saturating_add(4),
-            )));
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let footers = footer_share(limit);
+            builder = builder
+                .with_memory_pool(Arc::new(TrackConsumersPool::new(
+                    FairSpillPool::new(limit - footers),
+                    std::num::NonZeroUsize::MIN.saturating_add(4),
+                )))
+                .with_metadata_cache_limit(footers);
         }
         let runtime = builder.build_arc()?;
         // The cache of table versions and the rewrites hold their bytes in the same pool.
@@ -116,7 +125,8 @@ impl Store {
     }
 
     /// Bytes the runtime's cache of Parquet footers and page indexes holds: outside the
-    /// memory pool, bounded by DataFusion's metadata cache limit (50 MiB).
+    /// memory pool, within the share of the memory limit kept for it
+    /// ([`Self::set_query_memory_limit`]).
     pub fn footer_cache_bytes(&self) -> usize {
         let runtime = self.runtime.read();
         let footers = runtime.0.cache_manager.get_file_metadata_cache();
@@ -289,4 +299,36 @@ fn tables_mut(state: &mut CatalogState) -> impl Iterator<Item = &mut Table> {
             Relation::Table(table) => Some(table),
             Relation::View(_) => None,
         })
+}
+
+/// The bytes of a memory limit kept for the runtime's cache of Parquet footers and page
+/// indexes (the rest is the query pool's): a sixteenth.
+fn footer_share(limit: usize) -> usize {
+    limit / 16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory limit bounds the query pool and the footer cache together.
+    #[tokio::test]
+    async fn the_footer_cache_is_a_share_of_the_memory_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), None)
+            .await
+            .unwrap();
+        let limit = 8usize << 30;
+        store.set_query_memory_limit(Some(limit as u64)).unwrap();
+        let runtime = store.runtime_env();
+        let footers = runtime.cache_manager.get_metadata_cache_limit();
+        assert_eq!(footers, 512 << 20);
+        let datafusion::execution::memory_pool::MemoryLimit::Finite(pool) =
+            runtime.memory_pool.memory_limit()
+        else {
+            panic!("a finite pool")
+        };
+        assert_eq!(pool + footers, limit);
+        assert_eq!(store.query_memory().1, Some(limit as u64));
+    }
 }

@@ -660,7 +660,7 @@ impl TableHandle {
         row_group_bytes: Option<usize>,
     ) -> deltalake::parquet::file::properties::WriterProperties {
         use deltalake::parquet::basic::{Compression, Encoding};
-        use deltalake::parquet::file::properties::WriterProperties;
+        use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
         use deltalake::parquet::schema::types::ColumnPath;
         let distinct = rows.clamp(1_000, ROW_GROUP_ROWS) as u64;
         let mut builder = WriterProperties::builder()
@@ -674,7 +674,18 @@ impl TableHandle {
             }
         }
         if !self.sort_columns.is_empty() {
-            builder = builder.set_data_page_row_count_limit(self.page_rows);
+            // Page statistics (the column index) for the sort key only: lookups narrow by it,
+            // and the page index of every file of a large table is held in the footer cache,
+            // at some 30 bytes a page for each column with page statistics.
+            builder = builder
+                .set_data_page_row_count_limit(self.page_rows)
+                .set_statistics_enabled(EnabledStatistics::Chunk);
+            for column in self.sort_columns.iter() {
+                builder = builder.set_column_statistics_enabled(
+                    ColumnPath::from(column.as_str()),
+                    EnabledStatistics::Page,
+                );
+            }
         }
         for column in self.plain_columns.iter() {
             builder =
@@ -814,10 +825,17 @@ mod tests {
         use deltalake::parquet::file::metadata::PageIndexPolicy;
         let dir = tempfile::tempdir().unwrap();
         let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        use deltalake::parquet::file::page_index::column_index::ColumnIndexMetaData;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(Int64Array::from_iter_values(0..20_480))],
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..20_480)),
+                Arc::new(Int64Array::from_iter_values((0..20_480).map(|i| i * 3))),
+            ],
         )
         .unwrap();
         for (name, rows) in [("default", None), ("narrow", Some(1024))] {
@@ -834,11 +852,17 @@ mod tests {
             let files = table.files(v1).await.unwrap();
             let file = std::fs::File::open(dir.path().join(&path).join(&files[0].path)).unwrap();
             let options =
-                ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
+                ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
             let metadata = ArrowReaderMetadata::load(&file, options).unwrap();
             let offsets = metadata.metadata().offset_index().unwrap();
-            let pages = offsets[0][0].page_locations().len();
-            assert_eq!(pages, 20_480 / rows.unwrap_or(SORTED_PAGE_ROWS), "{name}");
+            for column in &offsets[0] {
+                let pages = column.page_locations().len();
+                assert_eq!(pages, 20_480 / rows.unwrap_or(SORTED_PAGE_ROWS), "{name}");
+            }
+            // Page statistics for the sort key only.
+            let statistics = metadata.metadata().column_index().unwrap();
+            assert!(!matches!(statistics[0][0], ColumnIndexMetaData::NONE));
+            assert!(matches!(statistics[0][1], ColumnIndexMetaData::NONE));
         }
     }
 
