@@ -650,9 +650,9 @@ impl TableHandle {
     /// columns (integers, dates, times, timestamps, decimals of up to 18 digits) fall back
     /// from a dictionary to DELTA_BINARY_PACKED when their values are too many for one, and the
     /// handle's bloom columns (keys, mostly unique) and plain columns skip the dictionary: keys
-    /// and timestamps, which mostly rise, take a few bits a row instead of eight bytes. Every Delta reader (Spark 3.3 on,
-    /// Trino, DuckDB, Polars, delta-rs) reads both. Bloom filters on the bloom columns are
-    /// sized for the rows of one row group.
+    /// and timestamps, which mostly rise, take a few bits a row instead of eight bytes. Every
+    /// Delta reader (Spark 3.3 on, Trino, DuckDB, Polars, delta-rs) reads both. Bloom filters
+    /// on the bloom columns are sized for the rows of one row group.
     fn properties(
         &self,
         schema: &arrow::datatypes::Schema,

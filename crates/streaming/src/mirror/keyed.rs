@@ -289,7 +289,8 @@ fn locate(
 /// columns, merged on read) in the current transaction: its table is overwritten with its
 /// live rows in the declared columns, and its key table is created with every key's newest
 /// ordering value, deleted keys included. Returns the table's new version and the updated
-/// bookkeeping; the caller pins both. The merged rows are collected in memory, once.
+/// bookkeeping; the caller pins both. The merged rows stream into both tables' files a
+/// batch at a time.
 pub async fn convert(
     catalogs: &SessionCatalogs,
     table: &Table,
