@@ -1,7 +1,9 @@
 //! The scan of one table version: DataFusion's own Parquet scan over the version's data files.
 //! Filters, and the join filters DataFusion derives at run time, prune files and row groups
-//! by their statistics and bloom filters; each file's deletion vector becomes a row selection
-//! of the Parquet reader, so deleted rows are never decoded. Queries read tables through it.
+//! by their statistics and bloom filters; a filter naming a column's values, and a lookup of
+//! many keys ([`RowScan::narrow_to_keys`]), narrow the scan to the pages that may hold them.
+//! Each file's deletion vector becomes a row selection of the Parquet reader, so deleted rows
+//! are never decoded. Queries read tables through it.
 //!
 //! UPDATE, DELETE and MERGE read their target through its other form, which also says where
 //! each row lives: the number of its data file and its index in that file (the reader's
@@ -9,7 +11,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array as _, ArrayRef};
+use arrow::array::{Array as _, ArrayRef, AsArray as _};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
@@ -31,6 +33,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use deltalake::parquet::arrow::RowNumber;
 use deltalake::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use deltalake::parquet::basic::BoundaryOrder;
+use deltalake::parquet::file::page_index::column_index::ColumnIndexMetaData;
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
 use roaring::RoaringTreemap;
@@ -186,12 +190,24 @@ impl RowScan {
         keys: &ArrayRef,
         footers: Option<Arc<FileMetadataCache>>,
     ) -> Result<()> {
+        let narrowed = self.pages_of_keys(column, keys, footers).await?;
+        for (file, pages) in self.files.iter_mut().zip(narrowed) {
+            file.narrowed = pages;
+        }
+        Ok(())
+    }
+
+    /// For each file, the rows of the pages that may hold one of `keys` in `column`, or None
+    /// where the file is read whole (see [`Self::narrow_to_keys`]).
+    async fn pages_of_keys(
+        &self,
+        column: &str,
+        keys: &ArrayRef,
+        footers: Option<Arc<FileMetadataCache>>,
+    ) -> Result<Vec<Option<RowSelection>>> {
         let Some(sought) = SoughtKeys::new(keys)? else {
             // No key at all: no row can match.
-            for file in &mut self.files {
-                file.narrowed = Some(RowSelection::from(Vec::new()));
-            }
-            return Ok(());
+            return Ok(vec![Some(RowSelection::from(Vec::new())); self.files.len()]);
         };
         // Owned by each read: borrowed futures in a stream make callers' futures fail to be
         // Send (a higher-ranked lifetime).
@@ -215,14 +231,15 @@ impl RowScan {
                 Ok::<_, Error>((index, pages))
             }
         });
-        let narrowed: Vec<(usize, Option<RowSelection>)> = futures::stream::iter(reads)
+        let read: Vec<(usize, Option<RowSelection>)> = futures::stream::iter(reads)
             .buffer_unordered(VECTOR_READS)
             .try_collect()
             .await?;
-        for (index, pages) in narrowed {
-            self.files[index].narrowed = pages;
+        let mut narrowed = vec![None; self.files.len()];
+        for (index, pages) in read {
+            narrowed[index] = pages;
         }
-        Ok(())
+        Ok(narrowed)
     }
 
     /// The Delta log path of the file that [`FILE_COLUMN`] numbers `file`.
@@ -231,12 +248,16 @@ impl RowScan {
     }
 
     /// One scan entry per file with live rows, its deletion vector as a row selection, with
-    /// its live rows if its statistics count them.
-    fn partitioned_files(&self) -> Result<Vec<(PartitionedFile, Option<u64>)>> {
+    /// its live rows if its statistics count them. `narrowed`, if given, narrows the files
+    /// instead of [`Self::narrow_to_keys`], one entry a file.
+    fn partitioned_files(
+        &self,
+        narrowed: Option<&[Option<RowSelection>]>,
+    ) -> Result<Vec<(PartitionedFile, Option<u64>)>> {
         let mut out = Vec::with_capacity(self.files.len());
         for (number, file) in self.files.iter().enumerate() {
-            let deleted = file.deleted.as_ref().map_or(0, RoaringTreemap::len);
-            let live = file.rows.map(|rows| rows.saturating_sub(deleted));
+            let deleted_rows = file.deleted.as_ref().map_or(0, RoaringTreemap::len);
+            let live = file.rows.map(|rows| rows.saturating_sub(deleted_rows));
             if live == Some(0) {
                 continue;
             }
@@ -244,27 +265,27 @@ impl RowScan {
             if self.locators {
                 entry = entry.with_partition_values(vec![ScalarValue::UInt32(Some(number as u32))]);
             }
-            let mut rows_read = None;
-            if let (Some(deleted), Some(rows)) = (&file.deleted, file.rows)
-                && !deleted.is_empty()
-            {
-                rows_read = Some(selection(deleted, rows)?);
-            }
-            let mut live = live;
-            if let Some(narrowed) = &file.narrowed {
-                if !narrowed.selects_any() {
-                    continue;
+            let deleted = file.deleted.as_ref().filter(|deleted| !deleted.is_empty());
+            let narrowed = match narrowed {
+                Some(narrowed) => narrowed.get(number).and_then(Option::as_ref),
+                None => file.narrowed.as_ref(),
+            };
+            let (live, rows_read) = match (narrowed, deleted, file.rows) {
+                // A narrowed file's deletions count only where it is read: a round of a
+                // large mirror reads a few pages of files that have many deleted rows.
+                (Some(narrowed), deleted, _) => {
+                    let read = match deleted {
+                        Some(deleted) => without_deleted(narrowed, deleted),
+                        None => narrowed.clone(),
+                    };
+                    if !read.selects_any() {
+                        continue;
+                    }
+                    (Some(read.row_count() as u64), Some(read))
                 }
-                let read = match rows_read {
-                    Some(live_rows) => live_rows.intersection(narrowed),
-                    None => narrowed.clone(),
-                };
-                if !read.selects_any() {
-                    continue;
-                }
-                live = Some(read.row_count() as u64);
-                rows_read = Some(read);
-            }
+                (None, Some(deleted), Some(rows)) => (live, Some(selection(deleted, rows)?)),
+                (None, _, _) => (live, None),
+            };
             if let Some(read) = rows_read {
                 entry = entry.with_extension(ParquetRowSelection::new(read));
             }
@@ -296,13 +317,59 @@ fn selection(deleted: &RoaringTreemap, rows: u64) -> Result<RowSelection> {
     Ok(RowSelection::from(selectors))
 }
 
-/// The keys a narrowed scan looks for, sorted, in the form that orders them as their type
-/// does (the row format of Arrow's row converter), compared with each page's bounds in the
-/// same form.
+/// The rows `narrowed` reads less those `deleted` names: its selectors, with each read one
+/// split around the deleted rows within it.
+fn without_deleted(narrowed: &RowSelection, deleted: &RoaringTreemap) -> RowSelection {
+    let mut selectors = Selectors::default();
+    let mut deleted_rows = deleted.iter();
+    let mut next_deleted = deleted_rows.next();
+    let mut at = 0u64;
+    for selector in narrowed.iter() {
+        let end = at + selector.row_count as u64;
+        if selector.skip {
+            selectors.push(false, selector.row_count);
+            at = end;
+            continue;
+        }
+        if next_deleted.is_some_and(|row| row < at) {
+            deleted_rows.advance_to(at);
+            next_deleted = deleted_rows.next();
+        }
+        let mut from = at;
+        while let Some(row) = next_deleted.filter(|&row| row < end) {
+            selectors.push(true, (row - from) as usize);
+            selectors.push(false, 1);
+            from = row + 1;
+            next_deleted = deleted_rows.next();
+        }
+        selectors.push(true, (end - from) as usize);
+        at = end;
+    }
+    RowSelection::from(selectors.0)
+}
+
+/// The keys a narrowed scan looks for, sorted. Integer, string and binary keys are compared
+/// with page bounds as the page index keeps them; where the bounds ascend (the Parquet
+/// writer records it, and files sorted by the key have it), each key is searched among the
+/// pages, so a lookup costs the keys' count times the logarithm of the pages'. Other keys
+/// are compared in the row format of Arrow's row converter, which orders values as their
+/// type does.
 struct SoughtKeys {
     data_type: DataType,
     converter: RowConverter,
     rows: Rows,
+    native: NativeKeys,
+}
+
+/// The keys as the page index of their column stores its bounds, where the index's order of
+/// values is the keys' own.
+enum NativeKeys {
+    /// Signed integers, dates and timestamps: Parquet's INT32 or INT64.
+    Integers(Vec<i64>),
+    /// Strings and binaries: Parquet's BYTE_ARRAY, ordered byte by byte.
+    Bytes(arrow::array::BinaryArray),
+    /// Compared in the row format only.
+    None,
 }
 
 impl SoughtKeys {
@@ -320,12 +387,35 @@ impl SoughtKeys {
             return Ok(None);
         }
         let keys = arrow::compute::sort(&keys, None)?;
+        let native = match &data_type {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Date32
+            | DataType::Timestamp(_, _) => {
+                let integers = arrow::compute::cast(&keys, &DataType::Int64)?;
+                NativeKeys::Integers(
+                    integers
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .values()
+                        .to_vec(),
+                )
+            }
+            DataType::Utf8 | DataType::Binary => NativeKeys::Bytes(
+                arrow::compute::cast(&keys, &DataType::Binary)?
+                    .as_binary::<i32>()
+                    .clone(),
+            ),
+            _ => NativeKeys::None,
+        };
         let converter = RowConverter::new(vec![SortField::new(data_type.clone())])?;
         let rows = converter.convert_columns(&[keys])?;
         Ok(Some(Self {
             data_type,
             converter,
             rows,
+            native,
         }))
     }
 
@@ -344,6 +434,122 @@ impl SoughtKeys {
         let first = partition_point(count, |i| self.rows.row(i) < min);
         first < count && self.rows.row(first) <= max
     }
+
+    /// The runs of pages (first, end) of a row group that may hold a key, when its index
+    /// keeps the bounds in the keys' native form; None otherwise. Pages of nulls hold none.
+    fn native_runs(&self, index: &ColumnIndexMetaData) -> Option<Vec<(usize, usize)>> {
+        use ColumnIndexMetaData as Index;
+        let pages = index.num_pages() as usize;
+        let nulls = |page: usize| index.is_null_page(page);
+        // Pages whose bounds ascend (sorted files) are searched key by key.
+        let ascending =
+            index.get_boundary_order() == Some(BoundaryOrder::ASCENDING) && !(0..pages).any(nulls);
+        match (&self.native, index) {
+            (NativeKeys::Integers(keys), Index::INT32(index)) => Some(runs_with_keys(
+                ascending,
+                keys.len(),
+                |i| keys[i],
+                pages,
+                |p| i64::from(index.min_values()[p]),
+                |p| i64::from(index.max_values()[p]),
+                nulls,
+            )),
+            (NativeKeys::Integers(keys), Index::INT64(index)) => Some(runs_with_keys(
+                ascending,
+                keys.len(),
+                |i| keys[i],
+                pages,
+                |p| index.min_values()[p],
+                |p| index.max_values()[p],
+                nulls,
+            )),
+            (NativeKeys::Bytes(keys), Index::BYTE_ARRAY(index)) => Some(runs_with_keys(
+                ascending,
+                keys.len(),
+                |i| keys.value(i),
+                pages,
+                // Only pages of nulls lack bounds, and they are never asked for theirs.
+                |p| index.min_value(p).unwrap_or_default(),
+                |p| index.max_value(p).unwrap_or_default(),
+                nulls,
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The runs of pages (first, end), in order and apart, that may hold one of `keys` sorted
+/// values (`key(i)` is the i-th), by the pages' smallest (`min`) and largest (`max`) values:
+/// by [`runs_holding`] when the bounds ascend, else page by page, with a binary search of
+/// the keys for each page not of nulls only (`nulls`).
+fn runs_with_keys<V: Ord>(
+    ascending: bool,
+    keys: usize,
+    key: impl Fn(usize) -> V,
+    pages: usize,
+    min: impl Fn(usize) -> V,
+    max: impl Fn(usize) -> V,
+    nulls: impl Fn(usize) -> bool,
+) -> Vec<(usize, usize)> {
+    if ascending {
+        return runs_holding(keys, key, pages, min, max);
+    }
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for page in 0..pages {
+        if nulls(page) {
+            continue;
+        }
+        let low = min(page);
+        let first = partition_point(keys, |i| key(i) < low);
+        if first == keys || key(first) > max(page) {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(last) if last.1 == page => last.1 = page + 1,
+            _ => runs.push((page, page + 1)),
+        }
+    }
+    runs
+}
+
+/// The runs of pages (first, end), in order and apart, holding one of `keys` sorted values
+/// (`key(i)` is the i-th), among `pages` pages whose smallest (`min`) and largest (`max`)
+/// values both ascend. The pages that hold a key are the consecutive ones from the first
+/// whose largest value reaches it to the last whose smallest does not pass it: two binary
+/// searches a key.
+fn runs_holding<V: Ord>(
+    keys: usize,
+    key: impl Fn(usize) -> V,
+    pages: usize,
+    min: impl Fn(usize) -> V,
+    max: impl Fn(usize) -> V,
+) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    if pages == 0 {
+        return runs;
+    }
+    // Only the keys within the group's bounds.
+    let first_key = partition_point(keys, |i| key(i) < min(0));
+    let end_key = partition_point(keys, |i| key(i) <= max(pages - 1));
+    // No page before `from` holds a key from here on: the keys ascend.
+    let mut from = 0;
+    for i in first_key..end_key {
+        let value = key(i);
+        let first = from + partition_point(pages - from, |p| max(from + p) < value);
+        from = first;
+        if first == pages {
+            break;
+        }
+        let end = first + partition_point(pages - first, |p| min(first + p) <= value);
+        if end == first {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(last) if first <= last.1 => last.1 = last.1.max(end),
+            _ => runs.push((first, end)),
+        }
+    }
+    runs
 }
 
 /// The first index in 0..count for which `before` is false (`before` is true, then false).
@@ -358,6 +564,26 @@ fn partition_point(count: usize, before: impl Fn(usize) -> bool) -> usize {
         }
     }
     low
+}
+
+/// Row selectors built run by run, neighbours of one kind merged.
+#[derive(Default)]
+struct Selectors(Vec<RowSelector>);
+
+impl Selectors {
+    fn push(&mut self, read: bool, rows: usize) {
+        if rows == 0 {
+            return;
+        }
+        match self.0.last_mut() {
+            Some(last) if last.skip != read => last.row_count += rows,
+            _ => self.0.push(if read {
+                RowSelector::select(rows)
+            } else {
+                RowSelector::skip(rows)
+            }),
+        }
+    }
 }
 
 /// The rows of the file's pages whose bounds for `column` may hold a sought key, from its
@@ -396,41 +622,106 @@ async fn pages_with_keys(
     };
     let field = Field::new(column, sought.data_type.clone(), true);
     let statistics = StatisticsConverter::from_column_index(position, &field, schema)?;
-    let groups: Vec<usize> = (0..parquet.num_row_groups()).collect();
-    let Some(counts) =
-        statistics.data_page_row_counts(offset_index, parquet.row_groups(), &groups)?
-    else {
-        return Ok(None);
-    };
-    let mins = statistics.data_page_mins(column_index, offset_index, &groups)?;
-    let maxes = statistics.data_page_maxes(column_index, offset_index, &groups)?;
-    let (mins, mins_known) = sought.bounds(&mins)?;
-    let (maxes, maxes_known) = sought.bounds(&maxes)?;
-    let mut selectors: Vec<RowSelector> = Vec::new();
-    for (page, rows) in counts.iter().enumerate() {
-        let Some(rows) = rows else {
+    let mut selectors = Selectors::default();
+    for (group, metadata) in parquet.row_groups().iter().enumerate() {
+        let (Some(index), Some(offsets)) = (
+            column_index.get(group).and_then(|g| g.get(position)),
+            offset_index.get(group).and_then(|g| g.get(position)),
+        ) else {
             return Ok(None);
         };
-        let read = !mins_known.is_valid(page)
-            || !maxes_known.is_valid(page)
-            || sought.any_between(mins.row(page), maxes.row(page));
-        let rows = rows as usize;
-        match selectors.last_mut() {
-            Some(last) if last.skip != read => last.row_count += rows,
-            _ => selectors.push(if read {
-                RowSelector::select(rows)
-            } else {
-                RowSelector::skip(rows)
-            }),
+        let group_rows = metadata.num_rows().max(0) as usize;
+        let locations = offsets.page_locations();
+        // Where each page's rows start in the group, and where the group ends.
+        let start = |page: usize| -> usize {
+            locations
+                .get(page)
+                .map_or(group_rows, |l| l.first_row_index.max(0) as usize)
+        };
+        let runs = match sought.native_runs(index) {
+            Some(runs) => runs,
+            None => {
+                let mins = statistics.data_page_mins(column_index, offset_index, [&group])?;
+                let maxes = statistics.data_page_maxes(column_index, offset_index, [&group])?;
+                let (mins, mins_known) = sought.bounds(&mins)?;
+                let (maxes, maxes_known) = sought.bounds(&maxes)?;
+                let mut runs: Vec<(usize, usize)> = Vec::new();
+                for page in 0..locations.len() {
+                    let read = !mins_known.is_valid(page)
+                        || !maxes_known.is_valid(page)
+                        || sought.any_between(mins.row(page), maxes.row(page));
+                    match runs.last_mut() {
+                        Some(last) if read && last.1 == page => last.1 = page + 1,
+                        _ if read => runs.push((page, page + 1)),
+                        _ => {}
+                    }
+                }
+                runs
+            }
+        };
+        let mut at = 0;
+        for (first, end) in runs {
+            let (from, to) = (start(first), start(end));
+            selectors.push(false, from.saturating_sub(at));
+            selectors.push(true, to.saturating_sub(from));
+            at = to.max(at);
         }
+        selectors.push(false, group_rows.saturating_sub(at));
     }
-    let selection = RowSelection::from(selectors);
+    let selection = RowSelection::from(selectors.0);
     // Reading most of a file page by page costs more than reading it whole.
-    let rows = counts.iter().flatten().sum::<u64>() as f64;
+    let rows = parquet.file_metadata().num_rows().max(0) as f64;
     if selection.row_count() as f64 >= rows * WHOLE_FILE_FRACTION {
         return Ok(None);
     }
     Ok(Some(selection))
+}
+
+/// The column and values a conjunct of `filters` requires: `column = value`, `value =
+/// column` or `column IN (values)`, with literals of the column's own type in `schema` (a
+/// string literal for a column of strings).
+fn values_sought(filters: &[Expr], schema: &Schema) -> Option<(String, ArrayRef)> {
+    use datafusion::logical_expr::{BinaryExpr, Operator, expr::InList};
+    let of_column = |column: &Expr, values: Vec<&Expr>| -> Option<(String, ArrayRef)> {
+        let Expr::Column(column) = column else {
+            return None;
+        };
+        let field = schema.field_with_name(&column.name).ok()?;
+        let strings =
+            |t: &DataType| matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8);
+        let scalars = values
+            .into_iter()
+            .map(|value| match value {
+                Expr::Literal(scalar, _)
+                    if scalar.data_type() == *field.data_type()
+                        || (strings(&scalar.data_type()) && strings(field.data_type())) =>
+                {
+                    Some(scalar.clone())
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<ScalarValue>>>()?;
+        let scalars: Vec<ScalarValue> = scalars
+            .into_iter()
+            .map(|scalar| scalar.cast_to(field.data_type()))
+            .collect::<DfResult<_>>()
+            .ok()?;
+        let values = ScalarValue::iter_to_array(scalars).ok()?;
+        Some((column.name.clone(), values))
+    };
+    filters.iter().find_map(|filter| match filter {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => of_column(left, vec![right]).or_else(|| of_column(right, vec![left])),
+        Expr::InList(InList {
+            expr,
+            list,
+            negated: false,
+        }) if !list.is_empty() => of_column(expr, list.iter().collect()),
+        _ => None,
+    })
 }
 
 /// The schema with strings and binaries read as view arrays, as DataFusion reads Parquet by
@@ -473,12 +764,27 @@ impl TableProvider for RowScan {
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let external = |e: Error| datafusion::error::DataFusionError::External(Box::new(e));
+        // A filter that names the values of a column (`id = 5`, `id IN (5, 7)`) narrows the
+        // scan to the pages that may hold them, as a round's lookup does: in files sorted by
+        // the column, a point query reads a page or two, and only their deleted rows count.
+        let narrowed = match values_sought(filters, &self.schema) {
+            Some((column, values)) if self.files.iter().all(|f| f.narrowed.is_none()) => {
+                let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
+                Some(
+                    self.pages_of_keys(&column, &values, Some(footers))
+                        .await
+                        .map_err(external)?,
+                )
+            }
+            _ => None,
+        };
         let files = self
-            .partitioned_files()
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            .partitioned_files(narrowed.as_deref())
+            .map_err(external)?;
         if files.is_empty() {
             let schema = match projection {
                 Some(indices) => Arc::new(self.schema.project(indices)?),
@@ -741,5 +1047,215 @@ mod tests {
         assert!(read(vec![Some(500_000)]).await.is_empty());
         assert!(read(vec![None]).await.is_empty());
         assert!(read(Vec::new()).await.is_empty());
+
+        // A query's filter on the column narrows its scan the same way: the files without a
+        // page that may hold its values are not read, and deleted rows stay deleted.
+        let ctx = SessionContext::new();
+        ctx.register_table("t", table.provider(v3).await.unwrap())
+            .unwrap();
+        let ids = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+                batches
+                    .iter()
+                    .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                    .collect::<Vec<i64>>()
+            }
+        };
+        assert_eq!(ids("select id from t where id = 150002").await, [150_002]);
+        assert_eq!(
+            ids("select id from t where id in (150001, 150002, 1000050) order by id").await,
+            [150_002, 1_000_050]
+        );
+        assert!(ids("select id from t where 150001 = id").await.is_empty());
+        let plan = ctx
+            .sql("explain select id from t where id = 5")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let plan = arrow::util::pretty::pretty_format_batches(&plan)
+            .unwrap()
+            .to_string();
+        assert_eq!(plan.matches(".parquet").count(), 1, "{plan}");
+    }
+
+    /// A small deterministic generator for the brute-force checks below.
+    fn numbers(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut state = seed;
+        move |below| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % below
+        }
+    }
+
+    #[test]
+    fn the_pages_searched_by_key_are_those_whose_bounds_hold_a_key() {
+        let mut next = numbers(7);
+        for _ in 0..2_000 {
+            // Ascending pages, neighbours sharing values at times, as sorted files have.
+            let pages = next(12) as usize;
+            let mut bounds = Vec::new();
+            let mut value = next(5) as i64;
+            for _ in 0..pages {
+                let min = value + next(3) as i64;
+                let max = min + next(4) as i64;
+                bounds.push((min, max));
+                value = max;
+            }
+            let mut keys: Vec<i64> = (0..next(6)).map(|_| next(40) as i64).collect();
+            keys.sort_unstable();
+            // Searched as ascending, then page by page after a shuffle with pages of nulls.
+            let ascending = runs_holding(
+                keys.len(),
+                |i| keys[i],
+                pages,
+                |p| bounds[p].0,
+                |p| bounds[p].1,
+            );
+            let expected = |bounds: &[(i64, i64)], nulls: &[bool]| {
+                let mut runs: Vec<(usize, usize)> = Vec::new();
+                for (page, &(min, max)) in bounds.iter().enumerate() {
+                    if !nulls[page] && keys.iter().any(|k| (min..=max).contains(k)) {
+                        match runs.last_mut() {
+                            Some(last) if last.1 == page => last.1 = page + 1,
+                            _ => runs.push((page, page + 1)),
+                        }
+                    }
+                }
+                runs
+            };
+            assert_eq!(
+                ascending,
+                expected(&bounds, &vec![false; pages]),
+                "pages {bounds:?}, keys {keys:?}"
+            );
+            for page in (1..pages).rev() {
+                bounds.swap(page, next(page as u64 + 1) as usize);
+            }
+            let nulls: Vec<bool> = (0..pages).map(|_| next(4) == 0).collect();
+            let by_page = runs_with_keys(
+                false,
+                keys.len(),
+                |i| keys[i],
+                pages,
+                |p| bounds[p].0,
+                |p| bounds[p].1,
+                |p| nulls[p],
+            );
+            assert_eq!(
+                by_page,
+                expected(&bounds, &nulls),
+                "pages {bounds:?}, nulls {nulls:?}, keys {keys:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_narrowed_selection_less_its_deleted_rows_is_their_intersection() {
+        let mut next = numbers(11);
+        for _ in 0..2_000 {
+            let rows = 1 + next(60);
+            let mut selectors = Selectors::default();
+            let mut at = 0;
+            while at < rows {
+                let run = (1 + next(8)).min(rows - at);
+                selectors.push(next(2) == 0, run as usize);
+                at += run;
+            }
+            let narrowed = RowSelection::from(selectors.0);
+            let deleted: RoaringTreemap = (0..next(20)).map(|_| next(rows)).collect();
+            let expected = selection(&deleted, rows).unwrap().intersection(&narrowed);
+            let got = without_deleted(&narrowed, &deleted);
+            let rows_of = |selection: &RowSelection| {
+                let mut read = Vec::new();
+                let mut at = 0;
+                for selector in selection.iter() {
+                    if !selector.skip {
+                        read.extend(at..at + selector.row_count);
+                    }
+                    at += selector.row_count;
+                }
+                read
+            };
+            assert_eq!(rows_of(&got), rows_of(&expected));
+            assert_eq!(got.row_count(), expected.row_count());
+        }
+    }
+
+    /// String keys are searched in their bytes; a file whose pages are not in key order is
+    /// compared page by page; both read the pages of their keys only, and find every row.
+    #[tokio::test]
+    async fn string_keys_and_unsorted_files_narrow_to_the_pages_of_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        // Appends keep their rows' order; the sort key gives the files page statistics of it.
+        let table = root
+            .table("dev/public/names")
+            .unwrap()
+            .with_sort_key(&["name".to_string()])
+            .with_page_rows(1024);
+        let schema = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, false)]));
+        let batch = |names: Vec<String>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(arrow::array::StringArray::from(names))],
+            )
+            .unwrap()
+        };
+        let name = |i: u32| format!("n{i:06}");
+        let v0 = table.create(&schema).await.unwrap();
+        // Sorted names, then the same names again in blocks of 1,000 in descending order:
+        // each page holds a narrow range, but the pages do not ascend.
+        let sorted: Vec<String> = (0..20_000).map(name).collect();
+        let blocks: Vec<String> = (0..20_000)
+            .map(|i| name((19 - i / 1_000) * 1_000 + i % 1_000))
+            .collect();
+        let v1 = table.append(v0, vec![batch(sorted)]).await.unwrap().version;
+        let v2 = table.append(v1, vec![batch(blocks)]).await.unwrap().version;
+        let mut scan = table.row_scan(v2).await.unwrap();
+        let keys: ArrayRef = Arc::new(arrow::array::StringViewArray::from(vec![
+            name(12_345),
+            name(3),
+            "zzz".to_string(),
+        ]));
+        scan.narrow_to_keys("name", &keys, None).await.unwrap();
+        let mut narrowed: Vec<Option<usize>> = scan
+            .files
+            .iter()
+            .map(|file| file.narrowed.as_ref().map(RowSelection::row_count))
+            .collect();
+        narrowed.sort_unstable();
+        // Pages of 1,024 rows: the sorted file reads the two that hold the keys; the other
+        // three, as n012345 lies in the bounds of two pages that straddle its blocks.
+        assert_eq!(narrowed, vec![Some(2048), Some(3072)]);
+        let ctx = SessionContext::new();
+        ctx.register_table("t", Arc::new(scan)).unwrap();
+        let batches = ctx
+            .sql("select name, count(*) from t where name in ('n012345', 'n000003') group by name order by name")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let found: Vec<(String, i64)> = batches
+            .iter()
+            .flat_map(|b| {
+                (0..b.num_rows()).map(move |i| {
+                    (
+                        b.column(0).as_string_view().value(i).to_string(),
+                        b.column(1).as_primitive::<Int64Type>().value(i),
+                    )
+                })
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![("n000003".to_string(), 2), ("n012345".to_string(), 2)]
+        );
     }
 }

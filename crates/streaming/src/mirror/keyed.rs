@@ -51,16 +51,19 @@ pub fn storage(store: &Store, path: &str, spec: &MirrorSpec) -> Result<TableHand
 }
 
 /// A session for a round's lookups by key. Its joins build their hash table from the round's
-/// changes whatever their number (the round bounds them, and they are in memory already), so
-/// that the join's dynamic filter reaches the table's scan and skips the files and row groups
-/// outside the changes' keys. With DataFusion's default thresholds, 100k changes make a
-/// partitioned join, which reads every row of the table. It runs in the server's runtime, so
-/// what its joins hold counts against the query memory limit.
+/// changes whatever their number (the round bounds them, and they are in memory already):
+/// with DataFusion's default thresholds, 100k changes make a partitioned join, which
+/// repartitions every row the scan reads. The scans are narrowed to the pages that may hold
+/// a changed key ([`RowScan::narrow_to_keys`]), so the joins' dynamic filters are off: they
+/// would prune no further, at the cost of testing every page of every file against the
+/// changes' key range in each round. It runs in the server's runtime, so what its joins hold
+/// counts against the query memory limit.
 fn lookup_context(runtime: Arc<RuntimeEnv>) -> SessionContext {
     let mut config = SessionConfig::new();
     let optimizer = &mut config.options_mut().optimizer;
     optimizer.hash_join_single_partition_threshold = usize::MAX;
     optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
     SessionContext::new_with_config_rt(config, runtime)
 }
 
