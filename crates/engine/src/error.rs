@@ -180,6 +180,15 @@ impl From<tributary_storage::Error> for Error {
             tributary_storage::Error::Conflict { .. } => {
                 Error::SerializationFailure(err.to_string())
             }
+            // The memory pool could not give a write its room (53000).
+            tributary_storage::Error::DataFusion(err)
+                if matches!(
+                    err.find_root(),
+                    datafusion::error::DataFusionError::ResourcesExhausted(_)
+                ) =>
+            {
+                Error::from(err)
+            }
             other => Error::Storage(other.to_string()),
         }
     }
@@ -206,5 +215,26 @@ impl From<tributary_syntax::Error> for Error {
             S::InvalidStatement(message) => Error::InvalidStatement(message),
             S::Internal(message) => Error::Internal(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write the memory pool cannot give room to is out of memory (53000), not a storage
+    /// failure.
+    #[test]
+    fn a_write_without_room_in_the_pool_is_out_of_memory() {
+        let full = datafusion::error::DataFusionError::ResourcesExhausted(
+            "Failed to allocate additional 1024.0 KB for table write buffer".into(),
+        );
+        let err = Error::from(tributary_storage::Error::DataFusion(full));
+        assert!(
+            matches!(&err, Error::ResourcesExhausted(message) if message.contains("table write buffer")),
+            "{err:?}"
+        );
+        let other = tributary_storage::Error::Internal("broken".into());
+        assert!(matches!(Error::from(other), Error::Storage(_)));
     }
 }

@@ -60,6 +60,10 @@ const ROW_GROUP_ROWS: usize = 1024 * 1024;
 /// skip most of a table of tens of millions of rows.
 const SORTED_PAGE_ROWS: usize = 4096;
 
+/// The least room in the memory pool a writer's row group gets ([`TableHandle::write_buffer`]):
+/// a write the pool cannot give that much fails.
+pub(crate) const WRITE_BUFFER_BYTES_MIN: usize = 1 << 20;
+
 /// False-positive rate of the bloom filters written for [`TableHandle::with_bloom_filters`].
 const BLOOM_FILTER_FPP: f64 = 0.01;
 
@@ -296,7 +300,8 @@ impl TableHandle {
             });
         };
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        let properties = self.properties(&first.schema(), rows, None);
+        let (buffer, _reserved) = self.write_buffer(None)?;
+        let properties = self.properties(&first.schema(), rows, Some(buffer));
         let mut writer = self.file_writer(&table, first.schema(), properties, false)?;
         for batch in batches {
             writer.write(batch).await?;
@@ -305,6 +310,34 @@ impl TableHandle {
             adds: writer.close().await?,
             rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
         })
+    }
+
+    /// Room in the server's memory pool for the row group a writer holds until it is full:
+    /// `wanted` bytes (by default a sixteenth of the pool's limit, 8 to 128 MiB), or as much
+    /// of it as the pool gives, halving down to [`WRITE_BUFFER_BYTES_MIN`]; below that the
+    /// write fails with the pool's error (53000 to a client). The writer's row groups are
+    /// then bounded by the room, so that what writers hold counts against `--memory-limit`
+    /// and shrinks, rather than overruns it, when queries hold most of it.
+    pub(crate) fn write_buffer(
+        &self,
+        wanted: Option<usize>,
+    ) -> Result<(usize, datafusion::execution::memory_pool::MemoryReservation)> {
+        use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
+        let pool = self.root.memory_pool();
+        let mut bytes = wanted
+            .unwrap_or_else(|| match pool.memory_limit() {
+                MemoryLimit::Finite(limit) => (limit / 16).clamp(8 << 20, 128 << 20),
+                MemoryLimit::Infinite | MemoryLimit::Unknown => 128 << 20,
+            })
+            .max(WRITE_BUFFER_BYTES_MIN);
+        let reservation = MemoryConsumer::new("table write buffer").register(&pool);
+        loop {
+            match reservation.try_grow(bytes) {
+                Ok(()) => return Ok((bytes, reservation)),
+                Err(_) if bytes / 2 >= WRITE_BUFFER_BYTES_MIN => bytes /= 2,
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
 
     /// A writer of new data files of `table` (none committed), with `properties` (see

@@ -4,6 +4,7 @@
 
 use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
+use datafusion::execution::memory_pool::MemoryReservation;
 use deltalake::datafile::writer::DeltaWriter;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitBuilder;
@@ -23,6 +24,8 @@ pub struct Appender {
     base_version: u64,
     row_group_bytes: usize,
     writer: Option<DeltaWriter>,
+    /// The writer's row group in the memory pool ([`TableHandle::write_buffer`]).
+    buffer: Option<MemoryReservation>,
     rows: u64,
 }
 
@@ -38,7 +41,9 @@ impl std::fmt::Debug for Appender {
 
 impl TableHandle {
     /// Starts an append on top of `base_version`, whose row groups hold at most
-    /// `row_group_bytes` encoded bytes (the memory the append holds besides its input).
+    /// `row_group_bytes` encoded bytes (the memory the append holds besides its input, held
+    /// in the server's memory pool: less if the pool gives less, see
+    /// [`TableHandle::write_buffer`]).
     pub async fn appender(&self, base_version: u64, row_group_bytes: usize) -> Result<Appender> {
         Ok(Appender {
             handle: self.clone(),
@@ -46,6 +51,7 @@ impl TableHandle {
             base_version,
             row_group_bytes: row_group_bytes.max(1),
             writer: None,
+            buffer: None,
             rows: 0,
         })
     }
@@ -61,11 +67,11 @@ impl Appender {
         let writer = match &mut self.writer {
             Some(writer) => writer,
             empty => {
-                let properties = self.handle.properties(
-                    &batch.schema(),
-                    super::ROW_GROUP_ROWS,
-                    Some(self.row_group_bytes),
-                );
+                let (buffer, reserved) = self.handle.write_buffer(Some(self.row_group_bytes))?;
+                self.buffer = Some(reserved);
+                let properties =
+                    self.handle
+                        .properties(&batch.schema(), super::ROW_GROUP_ROWS, Some(buffer));
                 empty.insert(self.handle.file_writer(
                     &self.table,
                     batch.schema(),
@@ -188,5 +194,75 @@ impl Appender {
         {
             tracing::warn!(table = %self.handle.path, error = %err, "an abandoned append's files were left to VACUUM");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::StringArray;
+    use arrow::datatypes::Field;
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
+
+    use super::*;
+    use crate::StorageRoot;
+
+    /// An append's row group is held in the memory pool while it writes: row groups are no
+    /// larger than the room the pool gave, everything is given back at the commit, and a
+    /// pool without room for the smallest row group fails the write.
+    #[tokio::test]
+    async fn an_append_holds_its_row_group_in_the_memory_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(3 << 20));
+        root.set_memory_pool(pool.clone());
+        let table = root.table("dev/public/wide").unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
+        let version = table.create(&schema).await.unwrap();
+        // 8 MB of distinct, poorly compressible text.
+        let batch = |first: u64| {
+            let texts: Vec<String> = (first..first + 10_000)
+                .map(|i| format!("{:040x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+                .collect();
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(texts))]).unwrap()
+        };
+        // Asked for 64 MiB, it gets 2 MiB, the most the pool gives by halving (the pool
+        // also holds the cache of table versions, a few KB).
+        let cache = pool.reserved();
+        assert!(cache < 1 << 20);
+        let mut append = table.appender(version, 64 << 20).await.unwrap();
+        for first in (0..200_000).step_by(10_000) {
+            append.write(&batch(first)).await.unwrap();
+            assert_eq!(pool.reserved() - cache, 2 << 20);
+        }
+        let outcome = append.commit().await.unwrap();
+        assert!(pool.reserved() < 1 << 20, "{}", pool.reserved());
+        assert_eq!(outcome.rows, 200_000);
+        let files = table.files(outcome.version).await.unwrap();
+        assert_eq!(files.len(), 1);
+        let file =
+            std::fs::File::open(dir.path().join("dev/public/wide").join(&files[0].path)).unwrap();
+        let reader = deltalake::parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        let metadata = deltalake::parquet::file::reader::FileReader::metadata(&reader);
+        assert!(
+            metadata.num_row_groups() >= 3,
+            "{} row groups",
+            metadata.num_row_groups()
+        );
+        for group in metadata.row_groups() {
+            // A row group ends at the first batch of 1,024 rows whose encoded pages take it
+            // past its room.
+            assert!(group.compressed_size() < (2 << 20) + (1 << 20), "{group:?}");
+        }
+
+        // No room for the smallest row group.
+        root.set_memory_pool(Arc::new(GreedyMemoryPool::new(512 << 10)));
+        let mut append = table.appender(outcome.version, 64 << 20).await.unwrap();
+        let err = append.write(&batch(0)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::DataFusion(e) if matches!(e.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_))),
+            "{err}"
+        );
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use arrow::record_batch::RecordBatch;
-use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use deltalake::datafile::writer::DeltaWriter;
 use deltalake::kernel::{Action, Add};
 use futures::StreamExt as _;
@@ -69,6 +69,8 @@ impl TableHandle {
         }
         let mut sources = Vec::with_capacity(paths.len());
         let mut writer = None;
+        // The writer's row group, held in the memory pool while it writes.
+        let mut buffer = None;
         let mut written = 0;
         // Rows held back to be sorted, while they fit.
         let mut held: Option<Vec<RecordBatch>> = (!self.sort_columns.is_empty()).then(Vec::new);
@@ -108,13 +110,19 @@ impl TableHandle {
                     // Too many to sort, or more than the memory pool gives: they are written
                     // in the order read, as the rest.
                     for batch in held.take().into_iter().flatten() {
-                        self.write_rewritten(&table, &mut writer, &adds, paths, &batch)
-                            .await?;
+                        self.write_rewritten(
+                            &table,
+                            (&mut writer, &mut buffer),
+                            &adds,
+                            paths,
+                            &batch,
+                        )
+                        .await?;
                     }
                     reservation.free();
                     continue;
                 }
-                self.write_rewritten(&table, &mut writer, &adds, paths, &batch)
+                self.write_rewritten(&table, (&mut writer, &mut buffer), &adds, paths, &batch)
                     .await?;
             }
             if live != rows - deleted.len() {
@@ -154,7 +162,7 @@ impl TableHandle {
                 let rows = SLICE.min(sorted.num_rows() - offset);
                 self.write_rewritten(
                     &table,
-                    &mut writer,
+                    (&mut writer, &mut buffer),
                     &adds,
                     paths,
                     &sorted.slice(offset, rows),
@@ -167,6 +175,7 @@ impl TableHandle {
             Some(writer) => writer.close().await?,
             None => Vec::new(),
         };
+        drop(buffer);
         Ok(Rewrite {
             sources,
             moved_to,
@@ -177,23 +186,25 @@ impl TableHandle {
         })
     }
 
-    /// Writes a batch of a rewrite's rows, opening its writer with the first.
+    /// Writes a batch of a rewrite's rows, opening its writer with the first, with its row
+    /// group's room in the memory pool ([`TableHandle::write_buffer`]).
     async fn write_rewritten(
         &self,
         table: &deltalake::DeltaTable,
-        writer: &mut Option<DeltaWriter>,
+        (writer, buffer): (&mut Option<DeltaWriter>, &mut Option<MemoryReservation>),
         adds: &HashMap<String, Add>,
         paths: &[String],
         batch: &RecordBatch,
     ) -> Result<()> {
         let writer = match writer.as_mut() {
             Some(writer) => writer,
-            None => writer.insert(self.file_writer(
-                table,
-                batch.schema(),
-                self.properties(&batch.schema(), estimate(adds, paths), None),
-                false,
-            )?),
+            None => {
+                let (bytes, reserved) = self.write_buffer(None)?;
+                *buffer = Some(reserved);
+                let properties =
+                    self.properties(&batch.schema(), estimate(adds, paths), Some(bytes));
+                writer.insert(self.file_writer(table, batch.schema(), properties, false)?)
+            }
         };
         writer.write(batch).await?;
         Ok(())
@@ -361,8 +372,42 @@ mod tests {
     /// them, it writes them in the order read, with the same rows, and gives everything back.
     #[tokio::test]
     async fn a_rewrite_the_memory_pool_cannot_hold_keeps_the_order_read() {
-        use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
-        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1024));
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, MemoryReservation};
+        /// A pool that gives the sort nothing, and everything else what it asks.
+        #[derive(Debug)]
+        struct NothingToSort(GreedyMemoryPool);
+        impl std::fmt::Display for NothingToSort {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("nothing to sort")
+            }
+        }
+        impl MemoryPool for NothingToSort {
+            fn name(&self) -> &str {
+                "nothing to sort"
+            }
+            fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+                self.0.grow(reservation, additional)
+            }
+            fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+                self.0.shrink(reservation, shrink)
+            }
+            fn try_grow(
+                &self,
+                reservation: &MemoryReservation,
+                additional: usize,
+            ) -> datafusion::error::Result<()> {
+                if reservation.consumer().name() == "sorted rewrite" {
+                    return Err(datafusion::error::DataFusionError::ResourcesExhausted(
+                        "no room to sort".into(),
+                    ));
+                }
+                self.0.try_grow(reservation, additional)
+            }
+            fn reserved(&self) -> usize {
+                self.0.reserved()
+            }
+        }
+        let pool: Arc<dyn MemoryPool> = Arc::new(NothingToSort(GreedyMemoryPool::new(usize::MAX)));
         let stored = rewrite_scattered_ids(Some(pool.clone())).await;
         assert!(!stored.is_sorted());
         assert_eq!(pool.reserved(), 0);
