@@ -630,6 +630,11 @@ async fn pages_with_keys(
         ) else {
             return Ok(None);
         };
+        if matches!(index, ColumnIndexMetaData::NONE) {
+            // No page statistics for the column (a sorted table keeps them for its key
+            // only): nothing to narrow by.
+            return Ok(None);
+        }
         let group_rows = metadata.num_rows().max(0) as usize;
         let locations = offsets.page_locations();
         // Where each page's rows start in the group, and where the group ends.
