@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, Type};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use datafusion_postgres::pgwire::messages::data::DataRow;
 use datafusion_postgres::pgwire::messages::response::CommandComplete;
 use datafusion_postgres::pgwire::messages::response::NoticeResponse;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
@@ -413,15 +415,70 @@ fn respond(output: Output, format: &Format, options: Arc<FormatOptions>) -> PgWi
             let row_fields = fields.clone();
             let rows = stream
                 .map(move |batch| match batch {
-                    Ok(batch) => stream::iter(
-                        encode_recordbatch(row_fields.clone(), batch).collect::<Vec<_>>(),
-                    ),
+                    Ok(batch) => stream::iter(encode_rows(row_fields.clone(), batch)),
                     Err(err) => stream::iter(vec![Err(rows_error(err))]),
                 })
                 .flatten();
             Ok(Response::Query(QueryResponse::new(fields, rows)))
         }
     }
+}
+
+/// The rows of `batch` as the client reads them, ending at the first that cannot be encoded
+/// (with its error): arrow-pg's row encoder yields a failing row's error again and again
+/// without moving past it, so taking its rows whole would never end (one query could fill
+/// the server's memory). DECIMAL columns sent as text are encoded from their text
+/// ([`decimals_as_text`]).
+fn encode_rows(fields: Arc<Vec<FieldInfo>>, batch: RecordBatch) -> Vec<PgWireResult<DataRow>> {
+    let batch = match decimals_as_text(&fields, batch) {
+        Ok(batch) => batch,
+        Err(err) => return vec![Err(rows_error(err))],
+    };
+    first_rows_to_an_error(encode_recordbatch(fields, batch))
+}
+
+/// `rows` up to and with the first error.
+fn first_rows_to_an_error<T>(rows: impl Iterator<Item = PgWireResult<T>>) -> Vec<PgWireResult<T>> {
+    let mut out = Vec::new();
+    for row in rows {
+        let failed = row.is_err();
+        out.push(row);
+        if failed {
+            break;
+        }
+    }
+    out
+}
+
+/// `batch` with its DECIMAL columns that go to the client as text turned into their text
+/// ("1.50" for 1.5 in DECIMAL(10,2), as Postgres and Redshift print them): arrow-pg encodes
+/// DECIMAL through a 96-bit decimal type, which holds 28 digits, and DECIMAL(38) values hold
+/// up to 38. Binary results keep arrow-pg's encoding.
+fn decimals_as_text(
+    fields: &[FieldInfo],
+    batch: RecordBatch,
+) -> datafusion::error::Result<RecordBatch> {
+    use datafusion_postgres::pgwire::api::results::FieldFormat;
+    let text = |(field, info): (&arrow::datatypes::FieldRef, &FieldInfo)| {
+        matches!(field.data_type(), DataType::Decimal128(..)) && info.format() == FieldFormat::Text
+    };
+    let schema = batch.schema();
+    if !schema.fields().iter().zip(fields).any(text) {
+        return Ok(batch);
+    }
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    let mut new_fields = Vec::with_capacity(batch.num_columns());
+    for ((field, info), column) in schema.fields().iter().zip(fields).zip(batch.columns()) {
+        if text((field, info)) {
+            columns.push(arrow::compute::cast(column, &DataType::Utf8)?);
+            new_fields.push(field.as_ref().clone().with_data_type(DataType::Utf8));
+        } else {
+            columns.push(column.clone());
+            new_fields.push(field.as_ref().clone());
+        }
+    }
+    let schema = arrow::datatypes::Schema::new_with_metadata(new_fields, schema.metadata().clone());
+    Ok(RecordBatch::try_new(Arc::new(schema), columns)?)
 }
 
 #[async_trait]
@@ -830,5 +887,25 @@ impl CopyHandler for Queries {
             "57014".to_owned(),
             format!("COPY from stdin failed: {}", fail.message),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An encoder that keeps failing on one row is read up to its first error only.
+    #[test]
+    fn rows_end_at_the_first_that_cannot_be_encoded() {
+        let endless = (0..).map(|i| {
+            if i < 2 {
+                Ok(i)
+            } else {
+                Err(PgWireError::ApiError("cannot encode".into()))
+            }
+        });
+        let rows = first_rows_to_an_error(endless);
+        assert_eq!(rows.len(), 3);
+        assert!(rows[..2].iter().all(Result::is_ok) && rows[2].is_err());
     }
 }
