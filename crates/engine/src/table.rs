@@ -285,8 +285,7 @@ impl DataSink for TableSink {
 /// sixteenth of the query memory limit, 8 to 128 MiB, reserved in the memory pool when the
 /// write starts (less when the pool gives less; see `TableHandle::write_buffer`).
 pub fn write_buffer_bytes(store: &crate::store::Store) -> usize {
-    let limit = store.query_memory().1.unwrap_or(u64::MAX);
-    (limit / 16).clamp(8 << 20, 128 << 20) as usize
+    tributary_storage::row_group_budget(store.query_memory().1)
 }
 
 /// Rows appended to a table as they come (INSERT ... SELECT, COPY), committed as one table

@@ -17,5 +17,5 @@ pub use location::{check_table_path, legacy_location, new_table_path};
 pub use root::StorageRoot;
 pub use table::{
     AppendOutcome, Appender, DataFile, FILE_COLUMN, ROW_COLUMN, Replaced, Rewrite, RowChanges,
-    RowScan, RowSet, StagedFiles, TableHandle,
+    RowScan, RowSet, StagedFiles, TableHandle, row_group_budget,
 };

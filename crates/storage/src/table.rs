@@ -60,6 +60,12 @@ const ROW_GROUP_ROWS: usize = 1024 * 1024;
 /// skip most of a table of tens of millions of rows.
 const SORTED_PAGE_ROWS: usize = 4096;
 
+/// The bytes of encoded rows a writer's row group holds under a memory limit of `limit`
+/// bytes (none: no limit): a sixteenth of it, 8 to 128 MiB.
+pub fn row_group_budget(limit: Option<u64>) -> usize {
+    (limit.unwrap_or(u64::MAX) / 16).clamp(8 << 20, 128 << 20) as usize
+}
+
 /// The least room in the memory pool a writer's row group gets ([`TableHandle::write_buffer`]):
 /// a write the pool cannot give that much fails.
 pub(crate) const WRITE_BUFFER_BYTES_MIN: usize = 1 << 20;
@@ -313,7 +319,7 @@ impl TableHandle {
     }
 
     /// Room in the server's memory pool for the row group a writer holds until it is full:
-    /// `wanted` bytes (by default a sixteenth of the pool's limit, 8 to 128 MiB), or as much
+    /// `wanted` bytes (by default [`row_group_budget`] of the pool's limit), or as much
     /// of it as the pool gives, halving down to [`WRITE_BUFFER_BYTES_MIN`]; below that the
     /// write fails with the pool's error (53000 to a client). The writer's row groups are
     /// then bounded by the room, so that what writers hold counts against `--memory-limit`
@@ -325,9 +331,11 @@ impl TableHandle {
         use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
         let pool = self.root.memory_pool();
         let mut bytes = wanted
-            .unwrap_or_else(|| match pool.memory_limit() {
-                MemoryLimit::Finite(limit) => (limit / 16).clamp(8 << 20, 128 << 20),
-                MemoryLimit::Infinite | MemoryLimit::Unknown => 128 << 20,
+            .unwrap_or_else(|| {
+                row_group_budget(match pool.memory_limit() {
+                    MemoryLimit::Finite(limit) => Some(limit as u64),
+                    MemoryLimit::Infinite | MemoryLimit::Unknown => None,
+                })
             })
             .max(WRITE_BUFFER_BYTES_MIN);
         let reservation = MemoryConsumer::new("table write buffer").register(&pool);

@@ -504,12 +504,17 @@ fn runs_with_keys<V: Ord>(
         if first == keys || key(first) > max(page) {
             continue;
         }
-        match runs.last_mut() {
-            Some(last) if last.1 == page => last.1 = page + 1,
-            _ => runs.push((page, page + 1)),
-        }
+        add_page(&mut runs, page);
     }
     runs
+}
+
+/// Adds `page`, past every page in `runs`, to the runs of pages (first, end).
+fn add_page(runs: &mut Vec<(usize, usize)>, page: usize) {
+    match runs.last_mut() {
+        Some(last) if last.1 == page => last.1 = page + 1,
+        _ => runs.push((page, page + 1)),
+    }
 }
 
 /// The runs of pages (first, end), in order and apart, holding one of `keys` sorted values
@@ -655,10 +660,8 @@ async fn pages_with_keys(
                     let read = !mins_known.is_valid(page)
                         || !maxes_known.is_valid(page)
                         || sought.any_between(mins.row(page), maxes.row(page));
-                    match runs.last_mut() {
-                        Some(last) if read && last.1 == page => last.1 = page + 1,
-                        _ if read => runs.push((page, page + 1)),
-                        _ => {}
+                    if read {
+                        add_page(&mut runs, page);
                     }
                 }
                 runs
@@ -1130,10 +1133,7 @@ mod tests {
                 let mut runs: Vec<(usize, usize)> = Vec::new();
                 for (page, &(min, max)) in bounds.iter().enumerate() {
                     if !nulls[page] && keys.iter().any(|k| (min..=max).contains(k)) {
-                        match runs.last_mut() {
-                            Some(last) if last.1 == page => last.1 = page + 1,
-                            _ => runs.push((page, page + 1)),
-                        }
+                        add_page(&mut runs, page);
                     }
                 }
                 runs
