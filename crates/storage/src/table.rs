@@ -87,6 +87,9 @@ pub struct TableHandle {
     sort_columns: Arc<[String]>,
     /// Rows per data page of a table with a sort key ([`Self::with_page_rows`]).
     page_rows: usize,
+    /// The size of the files rewrites write, instead of the table's
+    /// ([`Self::with_target_file_size`]).
+    target_file_bytes: Option<u64>,
 }
 
 /// Which files [`TableHandle::replace_files`] replaces.
@@ -150,6 +153,7 @@ impl TableHandle {
             plain_columns: Arc::from([]),
             sort_columns: Arc::from([]),
             page_rows: SORTED_PAGE_ROWS,
+            target_file_bytes: None,
         }
     }
 
@@ -168,6 +172,13 @@ impl TableHandle {
     /// fewer rows a lookup with smaller pages, at a few bytes of page header each.
     pub fn with_page_rows(mut self, rows: usize) -> Self {
         self.page_rows = rows.max(1);
+        self
+    }
+
+    /// The same table, with rewrites ([`Self::prepare_rewrite`]) writing files of about
+    /// `bytes` each rather than of the table's `delta.targetFileSize`.
+    pub fn with_target_file_size(mut self, bytes: u64) -> Self {
+        self.target_file_bytes = Some(bytes.max(1));
         self
     }
 
@@ -431,6 +442,22 @@ impl TableHandle {
         let mut table = on.clone();
         table.state = Some(commit.snapshot());
         self.remember(&table)
+    }
+
+    /// The size of the files a rewrite writes ([`Self::prepare_rewrite`]): the handle's
+    /// ([`Self::with_target_file_size`]), or the table's `delta.targetFileSize` (100 MiB by
+    /// default).
+    pub async fn target_file_size(&self, version: u64) -> Result<u64> {
+        self.target_of(&self.load(version).await?)
+    }
+
+    /// [`Self::target_file_size`] of `table`, a version of this one.
+    pub(super) fn target_of(&self, table: &deltalake::DeltaTable) -> Result<u64> {
+        use deltalake::table::config::TablePropertiesExt as _;
+        match self.target_file_bytes {
+            Some(bytes) => Ok(bytes),
+            None => Ok(table.snapshot()?.table_config().target_file_size().get()),
+        }
     }
 
     /// The data files `version` reads.

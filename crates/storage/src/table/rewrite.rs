@@ -52,9 +52,10 @@ impl Rewrite {
 }
 
 impl TableHandle {
-    /// Writes the live rows of `paths` (files of `version`) to new files, a batch at a time:
-    /// in the order read (file after file, in row order), or, for a table with a sort key
-    /// whose rows fit [`SORTED_REWRITE_BYTES`], ordered by it. Nothing is committed:
+    /// Writes the live rows of `paths` (files of `version`) to new files of about the target
+    /// size ([`Self::target_file_size`]), a batch at a time: in the order read (file after
+    /// file, in row order), or, for a table with a sort key whose rows fit
+    /// [`SORTED_REWRITE_BYTES`], ordered by it. Nothing is committed:
     /// [`Self::commit_rewrite`] does that. Files never committed are deleted by VACUUM.
     pub async fn prepare_rewrite(&self, version: u64, paths: &[String]) -> Result<Rewrite> {
         let table = self.load(version).await?;
@@ -68,9 +69,7 @@ impl TableHandle {
             adds.insert(add.path.clone(), add);
         }
         let mut sources = Vec::with_capacity(paths.len());
-        let mut writer = None;
-        // The writer's row group, held in the memory pool while it writes.
-        let mut buffer = None;
+        let mut output = Output::new(self, &table, &adds, paths)?;
         let mut written = 0;
         // Rows held back to be sorted, while they fit.
         let mut held: Option<Vec<RecordBatch>> = (!self.sort_columns.is_empty()).then(Vec::new);
@@ -110,20 +109,12 @@ impl TableHandle {
                     // Too many to sort, or more than the memory pool gives: they are written
                     // in the order read, as the rest.
                     for batch in held.take().into_iter().flatten() {
-                        self.write_rewritten(
-                            &table,
-                            (&mut writer, &mut buffer),
-                            &adds,
-                            paths,
-                            &batch,
-                        )
-                        .await?;
+                        output.write(&batch).await?;
                     }
                     reservation.free();
                     continue;
                 }
-                self.write_rewritten(&table, (&mut writer, &mut buffer), &adds, paths, &batch)
-                    .await?;
+                output.write(&batch).await?;
             }
             if live != rows - deleted.len() {
                 return Err(Error::Internal(format!(
@@ -160,22 +151,11 @@ impl TableHandle {
             const SLICE: usize = 8192;
             for offset in (0..sorted.num_rows()).step_by(SLICE) {
                 let rows = SLICE.min(sorted.num_rows() - offset);
-                self.write_rewritten(
-                    &table,
-                    (&mut writer, &mut buffer),
-                    &adds,
-                    paths,
-                    &sorted.slice(offset, rows),
-                )
-                .await?;
+                output.write(&sorted.slice(offset, rows)).await?;
             }
         }
         drop(reservation);
-        let adds = match writer {
-            Some(writer) => writer.close().await?,
-            None => Vec::new(),
-        };
-        drop(buffer);
+        let adds = output.close().await?;
         Ok(Rewrite {
             sources,
             moved_to,
@@ -184,30 +164,6 @@ impl TableHandle {
                 rows: written,
             },
         })
-    }
-
-    /// Writes a batch of a rewrite's rows, opening its writer with the first, with its row
-    /// group's room in the memory pool ([`TableHandle::write_buffer`]).
-    async fn write_rewritten(
-        &self,
-        table: &deltalake::DeltaTable,
-        (writer, buffer): (&mut Option<DeltaWriter>, &mut Option<MemoryReservation>),
-        adds: &HashMap<String, Add>,
-        paths: &[String],
-        batch: &RecordBatch,
-    ) -> Result<()> {
-        let writer = match writer.as_mut() {
-            Some(writer) => writer,
-            None => {
-                let (bytes, reserved) = self.write_buffer(None)?;
-                *buffer = Some(reserved);
-                let properties =
-                    self.properties(&batch.schema(), estimate(adds, paths), Some(bytes));
-                writer.insert(self.file_writer(table, batch.schema(), properties, false)?)
-            }
-        };
-        writer.write(batch).await?;
-        Ok(())
     }
 
     /// Commits `rewrite` on top of `on_version` (the caller holds the table's write lock):
@@ -273,12 +229,99 @@ impl TableHandle {
     }
 }
 
-/// The rows of `paths` by their statistics, for the writer's bloom filter sizes.
-fn estimate(adds: &HashMap<String, Add>, paths: &[String]) -> usize {
-    paths
-        .iter()
-        .filter_map(|path| add_rows(adds.get(path)?).ok())
-        .sum::<u64>() as usize
+/// The files a rewrite writes, in the order written (which [`TableHandle::commit_rewrite`]
+/// relies on to place the rows deleted meanwhile): a new one every `per_file` rows, each
+/// file's writer opened with its first batch. The writers' row group is held in the memory
+/// pool while they write ([`TableHandle::write_buffer`]).
+struct Output<'a> {
+    handle: &'a TableHandle,
+    table: &'a deltalake::DeltaTable,
+    /// Rows a file takes: the target size at the rewritten files' bytes a row.
+    per_file: u64,
+    /// Rows the bloom filters of a file are sized for.
+    estimate: usize,
+    writer: Option<DeltaWriter>,
+    buffer: Option<(usize, MemoryReservation)>,
+    /// Rows in the file being written.
+    rows: u64,
+    /// The files written and closed.
+    adds: Vec<Add>,
+}
+
+impl<'a> Output<'a> {
+    fn new(
+        handle: &'a TableHandle,
+        table: &'a deltalake::DeltaTable,
+        adds: &HashMap<String, Add>,
+        paths: &[String],
+    ) -> Result<Output<'a>> {
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        for add in paths.iter().filter_map(|path| adds.get(path)) {
+            rows += add_rows(add)?;
+            bytes += add.size.max(0) as u64;
+        }
+        let target = handle.target_of(table)?;
+        let per_file = match bytes {
+            0 => u64::MAX,
+            bytes => (u128::from(target) * u128::from(rows) / u128::from(bytes)).max(1) as u64,
+        };
+        Ok(Output {
+            handle,
+            table,
+            per_file,
+            estimate: rows.min(per_file) as usize,
+            writer: None,
+            buffer: None,
+            rows: 0,
+            adds: Vec::new(),
+        })
+    }
+
+    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            if self.rows >= self.per_file {
+                self.finish_file().await?;
+            }
+            let taken = (batch.num_rows() - offset).min((self.per_file - self.rows) as usize);
+            let part = batch.slice(offset, taken);
+            let writer = match self.writer.as_mut() {
+                Some(writer) => writer,
+                None => {
+                    let bytes = match &self.buffer {
+                        Some((bytes, _)) => *bytes,
+                        None => self.buffer.insert(self.handle.write_buffer(None)?).0,
+                    };
+                    let properties =
+                        self.handle
+                            .properties(&part.schema(), self.estimate, Some(bytes));
+                    self.writer.insert(self.handle.file_writer(
+                        self.table,
+                        part.schema(),
+                        properties,
+                        false,
+                    )?)
+                }
+            };
+            writer.write(&part).await?;
+            self.rows += taken as u64;
+            offset += taken;
+        }
+        Ok(())
+    }
+
+    async fn finish_file(&mut self) -> Result<()> {
+        if let Some(writer) = self.writer.take() {
+            self.adds.extend(writer.close().await?);
+        }
+        self.rows = 0;
+        Ok(())
+    }
+
+    async fn close(mut self) -> Result<Vec<Add>> {
+        self.finish_file().await?;
+        Ok(self.adds)
+    }
 }
 
 #[cfg(test)]
@@ -364,14 +407,40 @@ mod tests {
 
     #[tokio::test]
     async fn a_sorted_rewrite_orders_the_rows_and_keeps_those_deleted_while_it_ran() {
-        let stored = rewrite_scattered_ids(None).await;
+        let stored = rewrite_scattered_ids(None, 1).await.concat();
         assert!(stored.is_sorted(), "{stored:?}");
+    }
+
+    /// A rewrite writes files of the target size, one after the other; rows deleted while it
+    /// ran are found in whichever of them holds them, whether it sorted the rows or not.
+    #[tokio::test]
+    async fn a_rewrite_writes_files_of_the_target_size() {
+        let files = rewrite_scattered_ids(None, 4).await;
+        assert_eq!(files.len(), 4, "{files:?}");
+        // Written in key order: each file's ids follow the last one's.
+        assert!(files.concat().is_sorted(), "{files:?}");
+        assert!(
+            files.iter().all(|ids| (45..=55).contains(&ids.len())),
+            "{files:?}"
+        );
+
+        let unsorted = rewrite_scattered_ids(Some(nothing_to_sort()), 3).await;
+        assert_eq!(unsorted.len(), 3, "{unsorted:?}");
+        assert!(!unsorted.concat().is_sorted());
     }
 
     /// A sorted rewrite holds its rows in the server's memory pool; when the pool cannot give
     /// them, it writes them in the order read, with the same rows, and gives everything back.
     #[tokio::test]
     async fn a_rewrite_the_memory_pool_cannot_hold_keeps_the_order_read() {
+        let pool = nothing_to_sort();
+        let stored = rewrite_scattered_ids(Some(pool.clone()), 1).await.concat();
+        assert!(!stored.is_sorted());
+        assert_eq!(pool.reserved(), 0);
+    }
+
+    /// A memory pool that gives a sorted rewrite nothing, and everything else what it asks.
+    fn nothing_to_sort() -> Arc<dyn datafusion::execution::memory_pool::MemoryPool> {
         use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, MemoryReservation};
         /// A pool that gives the sort nothing, and everything else what it asks.
         #[derive(Debug)]
@@ -407,17 +476,16 @@ mod tests {
                 self.0.reserved()
             }
         }
-        let pool: Arc<dyn MemoryPool> = Arc::new(NothingToSort(GreedyMemoryPool::new(usize::MAX)));
-        let stored = rewrite_scattered_ids(Some(pool.clone())).await;
-        assert!(!stored.is_sorted());
-        assert_eq!(pool.reserved(), 0);
+        Arc::new(NothingToSort(GreedyMemoryPool::new(usize::MAX)))
     }
 
-    /// Two files of scattered ids of a table sorted by id, rewritten into one while rows of
-    /// both are deleted; the ids of the file written, in their order. Under `pool`, if given.
+    /// Two files of scattered ids of a table sorted by id, rewritten while rows of both are
+    /// deleted, into files of a target size of their bytes' `parts`th part (under `pool`, if
+    /// given); the ids of each file written, in their order, the files by their first id.
     async fn rewrite_scattered_ids(
         pool: Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>>,
-    ) -> Vec<i32> {
+        parts: u64,
+    ) -> Vec<Vec<i32>> {
         let dir = tempfile::tempdir().unwrap();
         let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
         if let Some(pool) = pool {
@@ -450,6 +518,14 @@ mod tests {
             .change_rows(version, deleted(&paths[0], [0, 1, 50]), "DELETE")
             .await
             .unwrap();
+        let bytes: u64 = table
+            .files(version)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.bytes)
+            .sum();
+        let table = table.with_target_file_size(bytes / parts);
         let rewrite = table.prepare_rewrite(version, &paths).await.unwrap();
         assert_eq!(rewrite.rows(), 200 - 3);
         // Meanwhile rows of both files are deleted.
@@ -465,27 +541,35 @@ mod tests {
         let committed = table.commit_rewrite(version, rewrite).await.unwrap();
         assert_eq!(ids(&table, committed).await, expected);
         assert_eq!(expected.len(), 200 - 8);
-        // One file, its rows in id order (deleted ones included).
-        let files = table.files(committed).await.unwrap();
-        assert_eq!(files.len(), 1);
-        let file = dir.path().join("db/s/sorted").join(&files[0].path);
-        let reader = deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
-            std::fs::File::open(file).unwrap(),
-            1024,
-        )
-        .unwrap();
-        let stored: Vec<i32> = reader
-            .flat_map(|batch| {
-                use arrow::array::AsArray as _;
-                let batch = batch.unwrap();
-                batch
-                    .column(0)
-                    .as_primitive::<arrow::datatypes::Int32Type>()
-                    .values()
-                    .to_vec()
+        // The rows the files store, deleted ones included.
+        let mut stored: Vec<Vec<i32>> = table
+            .files(committed)
+            .await
+            .unwrap()
+            .iter()
+            .map(|file| {
+                let file = dir.path().join("db/s/sorted").join(&file.path);
+                let reader =
+                    deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+                        std::fs::File::open(file).unwrap(),
+                        1024,
+                    )
+                    .unwrap();
+                reader
+                    .flat_map(|batch| {
+                        use arrow::array::AsArray as _;
+                        let batch = batch.unwrap();
+                        batch
+                            .column(0)
+                            .as_primitive::<arrow::datatypes::Int32Type>()
+                            .values()
+                            .to_vec()
+                    })
+                    .collect()
             })
             .collect();
-        assert_eq!(stored.len(), 197);
+        stored.sort_by_key(|ids: &Vec<i32>| ids.first().copied());
+        assert_eq!(stored.iter().map(Vec::len).sum::<usize>(), 197);
         stored
     }
 }

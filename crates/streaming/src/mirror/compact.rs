@@ -1,7 +1,10 @@
 //! Keeping a mirror's files few and free of deleted rows: files whose deletion vectors mark a
 //! quarter of their rows, and the small files rounds leave (one per round in each of the
 //! mirror's two Delta tables), are rewritten with their live rows, in the background beside
-//! the rounds or at once by VACUUM.
+//! the rounds or at once by VACUUM. Rewrites write files of the table's target size
+//! (`delta.targetFileSize`), and files of half that size or more are merged no further, so
+//! that no rewrite takes more than a few times the target size however large the table
+//! grows, and a large table's rows are rewritten a bounded number of times.
 
 use std::sync::Arc;
 
@@ -25,6 +28,10 @@ const COALESCE_FILES: usize = 8;
 /// Small files a table may have before a rewrite merges the smallest ones whatever their
 /// sizes.
 const COALESCE_FILES_MAX: usize = 16;
+
+/// The most bytes of files a merge of small files takes, in target sizes (at least two files
+/// whatever their size).
+const COALESCE_TARGETS: u64 = 2;
 
 /// Passes a background rewrite makes at most before it ends.
 const REWRITE_PASSES: usize = 4;
@@ -53,37 +60,59 @@ pub fn commit_spec(
     Ok(())
 }
 
-/// The files of a table a rewrite takes: those mostly deleted, and the smallest others while
-/// each next one holds no more rows than those taken before it together (so a row is
-/// rewritten about log2(rows / round) times, as in a binary counter), once there are
-/// [`COALESCE_FILES`] of them or the table has [`COALESCE_FILES_MAX`]. With `all`, every
-/// file, if that makes fewer files or drops deleted rows.
-fn choose(files: Vec<DataFile>, all: bool) -> Vec<String> {
+/// The files of a table a rewrite takes, `target` being the size of the files it writes:
+/// those mostly deleted, and of the small others (under half the target size) the smallest
+/// while each next one holds no more rows than those taken before it together (so a row is
+/// rewritten about log2(target rows / round) times, as in a binary counter), once there are
+/// [`COALESCE_FILES`] of them, or they make a target size, or the table has
+/// [`COALESCE_FILES_MAX`]; up to [`COALESCE_TARGETS`] target sizes of them. With `all`, every file with deleted rows and
+/// every small one, if that makes fewer files or drops deleted rows.
+fn choose(files: Vec<DataFile>, target: u64, all: bool) -> Vec<String> {
+    let small = |f: &DataFile| f.bytes < target / 2;
     if all {
-        if files.len() > 1 || files.iter().any(|f| f.deleted > 0) {
-            return files.into_iter().map(|f| f.path).collect();
+        let taken: Vec<DataFile> = files
+            .into_iter()
+            .filter(|f| f.deleted > 0 || small(f))
+            .collect();
+        if taken.len() > 1 || taken.iter().any(|f| f.deleted > 0) {
+            return taken.into_iter().map(|f| f.path).collect();
         }
         return Vec::new();
     }
-    let (mut purged, mut rest): (Vec<DataFile>, Vec<DataFile>) = files
+    let (mut purged, rest): (Vec<DataFile>, Vec<DataFile>) = files
         .into_iter()
         .partition(|f| f.deleted > 0 && f.deleted as f64 >= f.rows as f64 * PURGE_FRACTION);
+    let mut rest: Vec<DataFile> = rest.into_iter().filter(small).collect();
     rest.sort_by_key(|f| f.rows - f.deleted);
+    let most = target.saturating_mul(COALESCE_TARGETS);
+    // The smallest files up to the most bytes a merge takes, at least two.
+    let within = rest
+        .iter()
+        .scan(0u64, |bytes, file| {
+            *bytes += file.bytes;
+            Some(*bytes)
+        })
+        .take_while(|bytes| *bytes <= most)
+        .count()
+        .max(2);
     let mut total = 0;
     let mut taken = 0;
-    for file in &rest {
+    let mut bytes = 0;
+    for file in &rest[..within.min(rest.len())] {
         let live = file.rows - file.deleted;
         if taken >= 2 && live > total {
             break;
         }
         total += live;
+        bytes += file.bytes;
         taken += 1;
     }
-    if taken < COALESCE_FILES {
+    // Too few files to be worth a rewrite, unless they make a file of the target size.
+    if taken < COALESCE_FILES && bytes < target {
         taken = if rest.len() < COALESCE_FILES_MAX {
             0
         } else {
-            COALESCE_FILES
+            COALESCE_FILES.min(within)
         };
     }
     rest.truncate(taken);
@@ -105,7 +134,8 @@ pub async fn compact_now(
     let mut version = table.version;
     for (path, pinned) in table.storage_pins() {
         let handle = storage(catalogs.store(), &path, &spec)?;
-        let chosen = choose(handle.files(pinned).await?, all);
+        let target = handle.target_file_size(pinned).await?;
+        let chosen = choose(handle.files(pinned).await?, target, all);
         if chosen.is_empty() {
             continue;
         }
@@ -214,7 +244,8 @@ async fn background_rewrite(engine: &Arc<dyn Host>, name: &[String; 3], path: &s
     let read_spec = spec(&read).cloned().expect("checked by committed");
     for (target, pinned) in read.storage_pins() {
         let handle = storage(engine.store(), &target, &read_spec)?;
-        let chosen = choose(handle.files(pinned).await?, false);
+        let size = handle.target_file_size(pinned).await?;
+        let chosen = choose(handle.files(pinned).await?, size, false);
         if chosen.is_empty() {
             continue;
         }
@@ -278,6 +309,10 @@ async fn background_rewrite(engine: &Arc<dyn Host>, name: &[String; 3], path: &s
 mod tests {
     use super::*;
 
+    /// The target file size of the tests.
+    const TARGET: u64 = 1 << 20;
+
+    /// Files of `(rows, deleted)`, of a byte a row.
     fn files(rows: &[(u64, u64)]) -> Vec<DataFile> {
         rows.iter()
             .enumerate()
@@ -285,7 +320,7 @@ mod tests {
                 path: format!("f{i}"),
                 rows,
                 deleted,
-                bytes: 0,
+                bytes: rows,
                 min_values: Default::default(),
             })
             .collect()
@@ -293,7 +328,7 @@ mod tests {
 
     fn chosen(rows: &[u64]) -> Vec<String> {
         let rows: Vec<(u64, u64)> = rows.iter().map(|&r| (r, 0)).collect();
-        choose(files(&rows), false)
+        choose(files(&rows), TARGET, false)
     }
 
     fn names(indexes: impl IntoIterator<Item = usize>) -> Vec<String> {
@@ -321,10 +356,39 @@ mod tests {
     #[test]
     fn mostly_deleted_files_are_purged_and_vacuum_takes_everything() {
         let table = files(&[(1000, 300), (1000, 100), (10, 0)]);
-        assert_eq!(choose(table.clone(), false), names([0]));
-        assert_eq!(choose(table, true), names(0..3));
+        assert_eq!(choose(table.clone(), TARGET, false), names([0]));
+        assert_eq!(choose(table, TARGET, true), names(0..3));
         // One clean file: VACUUM has nothing to do.
-        assert!(choose(files(&[(1000, 0)]), true).is_empty());
-        assert_eq!(choose(files(&[(1000, 1)]), true), names([0]));
+        assert!(choose(files(&[(1000, 0)]), TARGET, true).is_empty());
+        assert_eq!(choose(files(&[(1000, 1)]), TARGET, true), names([0]));
+        // Files of half the target size or more are rewritten by VACUUM only for their
+        // deleted rows; the small ones are merged.
+        let big = TARGET / 2;
+        let table = files(&[(big, 0), (big, 1), (big * 3, 0), (10, 0), (20, 0)]);
+        assert_eq!(choose(table, TARGET, true), names([1, 3, 4]));
+        assert!(choose(files(&[(big, 0), (TARGET, 0), (10, 0)]), TARGET, true).is_empty());
+    }
+
+    #[test]
+    fn merges_stop_at_the_target_size() {
+        // Files of half the target size or more stay out of merges of small files, and a
+        // file mostly deleted is rewritten whatever its size.
+        let big = TARGET / 2;
+        let mut rows = vec![big, TARGET * 4];
+        rows.extend([5; 8]);
+        assert_eq!(chosen(&rows), names(2..10));
+        let table = files(&[(TARGET * 4, TARGET * 2), (big, 0), (5, 0)]);
+        assert_eq!(choose(table, TARGET, false), names([0]));
+        // A merge takes no more than two target sizes of files (and at least two), and
+        // fewer files than eight when they make a target size.
+        let third = TARGET / 3;
+        assert_eq!(chosen(&[third; 10]).len(), 6);
+        // (Three thirds are a byte short of it.)
+        assert!(chosen(&[third; 3]).is_empty());
+        assert_eq!(chosen(&[third; 4]).len(), 4);
+        assert_eq!(chosen(&[TARGET / 2 - 1; 16]).len(), 4);
+        let mut sizes = vec![TARGET / 4; 4];
+        sizes.extend([1; 8]);
+        assert_eq!(chosen(&sizes), names(4..12));
     }
 }
