@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use deltalake::datafile::writer::DeltaWriter;
@@ -24,15 +27,84 @@ use crate::{Error, Result};
 /// give them, the rewrite keeps its inputs' order too.
 pub(crate) const SORTED_REWRITE_BYTES: usize = 32 << 20;
 
+/// Rows a batch of a merge or of a sorted rewrite's writes holds.
+const MERGE_BATCH_ROWS: usize = 8192;
+
+/// The column a merge tags each row with its file's index among the rewritten ones.
+const MERGED_FROM: &str = "__tributary_merged_from";
+
+/// A rewritten file: its path, the rows deleted at the version read, the rows in it.
+type Source = (String, RoaringTreemap, u64);
+
+/// Where a rewrite wrote the live rows it read.
+#[derive(Debug)]
+enum Placement {
+    /// In the order read: file after file, each in its row order.
+    InOrder,
+    /// Sorted in memory: each row's place in the order written, by its place in the order
+    /// read.
+    Sorted(Vec<u32>),
+    /// Merged from the files: the file (its index among the rewritten ones) each row written
+    /// came from, in the order written. Each file's rows come in their order.
+    Merged(Vec<u16>),
+}
+
+impl Placement {
+    /// The places in the order written of the rows `read`: (file index, the row's place among
+    /// that file's live rows, its place in the order read).
+    fn places(&self, read: &[(usize, u64, u64)]) -> Vec<u64> {
+        match self {
+            Self::InOrder => read.iter().map(|&(_, _, at)| at).collect(),
+            Self::Sorted(to) => read
+                .iter()
+                .map(|&(_, _, at)| u64::from(to[at as usize]))
+                .collect(),
+            Self::Merged(from) => {
+                // One pass over the order written, counting each file's rows.
+                let files = read.iter().map(|&(file, _, _)| file + 1).max().unwrap_or(0);
+                let mut wanted: Vec<Vec<(u64, usize)>> = vec![Vec::new(); files];
+                for (slot, &(file, row, _)) in read.iter().enumerate() {
+                    wanted[file].push((row, slot));
+                }
+                for rows in &mut wanted {
+                    rows.sort_unstable();
+                }
+                let mut next = vec![0usize; files];
+                let mut seen = vec![0u64; files];
+                let mut places = vec![0u64; read.len()];
+                let mut left = read.len();
+                for (place, file) in from.iter().enumerate() {
+                    if left == 0 {
+                        break;
+                    }
+                    let file = usize::from(*file);
+                    if file >= files {
+                        continue;
+                    }
+                    if let Some(&(row, slot)) = wanted[file].get(next[file])
+                        && row == seen[file]
+                    {
+                        places[slot] = place as u64;
+                        next[file] += 1;
+                        left -= 1;
+                    }
+                    seen[file] += 1;
+                }
+                places
+            }
+        }
+    }
+}
+
 /// Files' live rows written to new files, not committed yet ([`TableHandle::prepare_rewrite`]).
 #[derive(Debug)]
 pub struct Rewrite {
-    /// The rewritten files, in the order their live rows were read: path, rows deleted at
-    /// the version read, rows in the file.
-    sources: Vec<(String, RoaringTreemap, u64)>,
-    /// Where each live row, numbered in the order read, was written, when the rewrite sorted
-    /// them; None when they were written in the order read.
-    moved_to: Option<Vec<u32>>,
+    /// The rewritten files, in the order their live rows were read.
+    sources: Vec<Source>,
+    /// Where their live rows were written.
+    placement: Placement,
+    /// The room in the memory pool of a merge's [`Placement::Merged`].
+    held: Option<MemoryReservation>,
     staged: StagedFiles,
 }
 
@@ -54,8 +126,11 @@ impl Rewrite {
 impl TableHandle {
     /// Writes the live rows of `paths` (files of `version`) to new files of about the target
     /// size ([`Self::target_file_size`]), a batch at a time: in the order read (file after
-    /// file, in row order), or, for a table with a sort key whose rows fit
-    /// [`SORTED_REWRITE_BYTES`], ordered by it. Nothing is committed:
+    /// file, in row order) for a table without a sort key; for a table with one
+    /// ([`Self::with_sort_key`]), sorted by it in memory when they fit
+    /// [`SORTED_REWRITE_BYTES`], or else merged from the files, each read in its order, so
+    /// that files that are sorted runs make a sorted one (a merge holds two bytes a row in
+    /// the memory pool until the commit, the file each came from). Nothing is committed:
     /// [`Self::commit_rewrite`] does that. Files never committed are deleted by VACUUM.
     pub async fn prepare_rewrite(&self, version: u64, paths: &[String]) -> Result<Rewrite> {
         let table = self.load(version).await?;
@@ -69,12 +144,6 @@ impl TableHandle {
             adds.insert(add.path.clone(), add);
         }
         let mut sources = Vec::with_capacity(paths.len());
-        let mut output = Output::new(self, &table, &adds, paths)?;
-        let mut written = 0;
-        // Rows held back to be sorted, while they fit.
-        let mut held: Option<Vec<RecordBatch>> = (!self.sort_columns.is_empty()).then(Vec::new);
-        let mut held_bytes = 0;
-        let reservation = MemoryConsumer::new("sorted rewrite").register(&self.root.memory_pool());
         for path in paths {
             let add = adds.get(path).ok_or_else(|| {
                 Error::Internal(format!("{path} is not a data file of version {version}"))
@@ -83,87 +152,223 @@ impl TableHandle {
                 Some(descriptor) => self.read_vector(descriptor).await?,
                 None => RoaringTreemap::new(),
             };
-            let rows = add_rows(add)?;
-            // One partition, so the live rows come in the file's order.
-            let config = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
-            let ctx = datafusion::prelude::SessionContext::new_with_config(config);
-            let provider = self
-                .provider_of(version, std::slice::from_ref(path))
+            sources.push((path.clone(), deleted, add_rows(add)?));
+        }
+        let mut output = Output::new(self, &table, &adds, paths)?;
+        let mut live = vec![0u64; sources.len()];
+        let mut held = None;
+        let placement = if self.sort_columns.is_empty() {
+            self.write_in_order(version, &sources, &mut output, &mut live)
                 .await?;
-            let mut batches = ctx.read_table(provider)?.execute_stream().await?;
-            let mut live = 0u64;
-            while let Some(batch) = batches.next().await {
-                let batch = batch?;
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-                live += batch.num_rows() as u64;
-                if let Some(kept) = held.as_mut() {
-                    let bytes = batch.get_array_memory_size();
-                    held_bytes += bytes;
-                    kept.push(batch);
-                    if held_bytes <= SORTED_REWRITE_BYTES && reservation.try_grow(2 * bytes).is_ok()
-                    {
-                        continue;
-                    }
-                    // Too many to sort, or more than the memory pool gives: they are written
-                    // in the order read, as the rest.
-                    for batch in held.take().into_iter().flatten() {
-                        output.write(&batch).await?;
-                    }
-                    reservation.free();
-                    continue;
-                }
-                output.write(&batch).await?;
-            }
-            if live != rows - deleted.len() {
+            Placement::InOrder
+        } else if let Some(to) = self
+            .write_sorted(version, &sources, &mut output, &mut live)
+            .await?
+        {
+            Placement::Sorted(to)
+        } else if sources.len() == 1 {
+            // One file: its order is what a merge would make.
+            live.fill(0);
+            self.write_in_order(version, &sources, &mut output, &mut live)
+                .await?;
+            Placement::InOrder
+        } else {
+            live.fill(0);
+            let (merged, reservation) = self
+                .write_merged(version, &sources, &mut output, &mut live)
+                .await?;
+            held = Some(reservation);
+            Placement::Merged(merged)
+        };
+        for ((path, deleted, rows), live) in sources.iter().zip(&live) {
+            if *live != rows - deleted.len() {
                 return Err(Error::Internal(format!(
                     "{path}: read {live} live rows, its statistics and vector say {}",
                     rows - deleted.len()
                 )));
             }
-            written += live;
-            sources.push((path.clone(), deleted, rows));
         }
-        let mut moved_to = None;
-        if let Some(kept) = held.filter(|kept| !kept.is_empty()) {
-            let all = arrow::compute::concat_batches(&kept[0].schema(), &kept)?;
-            drop(kept);
-            let keys = self
-                .sort_columns
-                .iter()
-                .map(|column| {
-                    Ok(arrow::compute::SortColumn {
-                        values: all.column(all.schema().index_of(column)?).clone(),
-                        options: None,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let order = arrow::compute::lexsort_to_indices(&keys, None)?;
-            let mut to = vec![0u32; all.num_rows()];
-            for (new, old) in order.values().iter().enumerate() {
-                to[*old as usize] = new as u32;
-            }
-            moved_to = Some(to);
-            let sorted = arrow::compute::take_record_batch(&all, &order)?;
-            drop(all);
-            // In slices, as the writer takes batches of a scan.
-            const SLICE: usize = 8192;
-            for offset in (0..sorted.num_rows()).step_by(SLICE) {
-                let rows = SLICE.min(sorted.num_rows() - offset);
-                output.write(&sorted.slice(offset, rows)).await?;
-            }
-        }
-        drop(reservation);
         let adds = output.close().await?;
         Ok(Rewrite {
             sources,
-            moved_to,
+            placement,
+            held,
             staged: StagedFiles {
                 adds,
-                rows: written,
+                rows: live.iter().sum(),
             },
         })
+    }
+
+    /// The live rows of a file of `version`, in its order.
+    async fn live_rows(
+        &self,
+        version: u64,
+        path: &str,
+    ) -> Result<datafusion::execution::SendableRecordBatchStream> {
+        // One partition, so the live rows come in the file's order.
+        let config = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
+        let ctx = datafusion::prelude::SessionContext::new_with_config(config);
+        let provider = self.provider_of(version, &[path.to_string()]).await?;
+        Ok(ctx.read_table(provider)?.execute_stream().await?)
+    }
+
+    /// Writes the rewritten files' live rows in the order read, counting each file's.
+    async fn write_in_order(
+        &self,
+        version: u64,
+        sources: &[Source],
+        output: &mut Output<'_>,
+        live: &mut [u64],
+    ) -> Result<()> {
+        for ((path, _, _), live) in sources.iter().zip(live) {
+            let mut batches = self.live_rows(version, path).await?;
+            while let Some(batch) = batches.next().await {
+                let batch = batch?;
+                *live += batch.num_rows() as u64;
+                output.write(&batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the rewritten files' live rows into memory, sorts them by the sort key and writes
+    /// them, counting each file's; returns each row's place in the order written, by its
+    /// place in the order read. None, with nothing written, when they are more than
+    /// [`SORTED_REWRITE_BYTES`] or than the memory pool gives (twice over, for the sorted
+    /// copy).
+    async fn write_sorted(
+        &self,
+        version: u64,
+        sources: &[Source],
+        output: &mut Output<'_>,
+        live: &mut [u64],
+    ) -> Result<Option<Vec<u32>>> {
+        let reservation = MemoryConsumer::new("sorted rewrite").register(&self.root.memory_pool());
+        let mut held = Vec::new();
+        let mut held_bytes = 0;
+        for ((path, _, _), live) in sources.iter().zip(live.iter_mut()) {
+            let mut batches = self.live_rows(version, path).await?;
+            while let Some(batch) = batches.next().await {
+                let batch = batch?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                *live += batch.num_rows() as u64;
+                let bytes = batch.get_array_memory_size();
+                held_bytes += bytes;
+                if held_bytes > SORTED_REWRITE_BYTES || reservation.try_grow(2 * bytes).is_err() {
+                    return Ok(None);
+                }
+                held.push(batch);
+            }
+        }
+        let Some(first) = held.first() else {
+            return Ok(Some(Vec::new()));
+        };
+        let all = arrow::compute::concat_batches(&first.schema(), &held)?;
+        drop(held);
+        let keys = self
+            .sort_columns
+            .iter()
+            .map(|column| {
+                Ok(arrow::compute::SortColumn {
+                    values: all.column(all.schema().index_of(column)?).clone(),
+                    options: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let order = arrow::compute::lexsort_to_indices(&keys, None)?;
+        let mut to = vec![0u32; all.num_rows()];
+        for (new, old) in order.values().iter().enumerate() {
+            to[*old as usize] = new as u32;
+        }
+        let sorted = arrow::compute::take_record_batch(&all, &order)?;
+        drop(all);
+        // In slices, as the writer takes batches of a scan.
+        for offset in (0..sorted.num_rows()).step_by(MERGE_BATCH_ROWS) {
+            let rows = MERGE_BATCH_ROWS.min(sorted.num_rows() - offset);
+            output.write(&sorted.slice(offset, rows)).await?;
+        }
+        Ok(Some(to))
+    }
+
+    /// Merges the rewritten files' live rows by the sort key, each file read in its order
+    /// (a streaming merge: a batch of each file at a time), writes them and counts each
+    /// file's; returns the file each row written came from, in the order written, with its
+    /// room in the memory pool.
+    async fn write_merged(
+        &self,
+        version: u64,
+        sources: &[Source],
+        output: &mut Output<'_>,
+        live: &mut [u64],
+    ) -> Result<(Vec<u16>, MemoryReservation)> {
+        use arrow::array::{AsArray as _, UInt16Array};
+        use arrow::datatypes::{Field, Schema, UInt16Type};
+        use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr, expressions::col};
+        use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
+        use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
+        use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+        let pool = self.root.memory_pool();
+        let held = MemoryConsumer::new("merged rewrite order").register(&pool);
+        let mut merged_from = Vec::new();
+        let mut streams = Vec::with_capacity(sources.len());
+        let mut schema = None;
+        for (index, (path, _, _)) in sources.iter().enumerate() {
+            let from = u16::try_from(index)
+                .map_err(|_| Error::Internal(format!("a merge of {} files", sources.len())))?;
+            let rows = self.live_rows(version, path).await?;
+            let read = rows.schema();
+            let tagged = Arc::new(Schema::new(
+                read.fields()
+                    .iter()
+                    .cloned()
+                    .chain([Arc::new(Field::new(MERGED_FROM, DataType::UInt16, false))])
+                    .collect::<Vec<_>>(),
+            ));
+            let with_file = tagged.clone();
+            let rows = rows.map(move |batch| {
+                let batch = batch?;
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(UInt16Array::from_value(from, batch.num_rows())));
+                Ok(RecordBatch::try_new(with_file.clone(), columns)?)
+            });
+            schema.get_or_insert(tagged.clone());
+            streams.push(Box::pin(RecordBatchStreamAdapter::new(tagged, rows))
+                as datafusion::execution::SendableRecordBatchStream);
+        }
+        let Some(schema) = schema else {
+            return Ok((merged_from, held));
+        };
+        let ordering = LexOrdering::new(
+            self.sort_columns
+                .iter()
+                .map(|column| Ok(PhysicalSortExpr::new_default(col(column, &schema)?)))
+                .collect::<Result<Vec<_>>>()?,
+        )
+        .ok_or_else(|| Error::Internal("a merge without a sort key".into()))?;
+        let metrics = ExecutionPlanMetricsSet::new();
+        let mut merged = StreamingMergeBuilder::new()
+            .with_streams(streams)
+            .with_schema(schema.clone())
+            .with_expressions(&ordering)
+            .with_metrics(BaselineMetrics::new(&metrics, 0))
+            .with_batch_size(MERGE_BATCH_ROWS)
+            .with_reservation(MemoryConsumer::new("merged rewrite").register(&pool))
+            .build()?;
+        let columns: Vec<usize> = (0..schema.fields().len() - 1).collect();
+        while let Some(batch) = merged.next().await {
+            let batch = batch?;
+            let from = batch.column(columns.len()).as_primitive::<UInt16Type>();
+            held.try_grow(from.len() * std::mem::size_of::<u16>())?;
+            for file in from.values() {
+                live[usize::from(*file)] += 1;
+            }
+            merged_from.extend_from_slice(from.values());
+            output.write(&batch.project(&columns)?).await?;
+        }
+        Ok((merged_from, held))
     }
 
     /// Commits `rewrite` on top of `on_version` (the caller holds the table's write lock):
@@ -189,7 +394,10 @@ impl TableHandle {
         let mut deleted: Vec<RoaringTreemap> = vec![RoaringTreemap::new(); starts.len()];
         let mut lines = Vec::new();
         let mut offset = 0;
-        for (path, read_deleted, rows) in &rewrite.sources {
+        // The rows deleted meanwhile: file index, place among its live rows as read, place
+        // in the order read.
+        let mut meanwhile = Vec::new();
+        for (index, (path, read_deleted, rows)) in rewrite.sources.iter().enumerate() {
             let Some((add, remove)) = present.remove(path) else {
                 return Err(Error::Conflict {
                     path: self.path.clone(),
@@ -199,17 +407,17 @@ impl TableHandle {
             if let Some(descriptor) = &add.deletion_vector {
                 let now = self.read_vector(descriptor).await?;
                 for row in &now - read_deleted {
-                    // Its place among the file's live rows as read, then in the new files.
-                    let mut position = offset + row - read_deleted.rank(row);
-                    if let Some(moved_to) = &rewrite.moved_to {
-                        position = u64::from(moved_to[position as usize]);
-                    }
-                    let file = starts.partition_point(|start| *start <= position) - 1;
-                    deleted[file].insert(position - starts[file]);
+                    let live = row - read_deleted.rank(row);
+                    meanwhile.push((index, live, offset + live));
                 }
             }
             offset += rows - read_deleted.len();
         }
+        for position in rewrite.placement.places(&meanwhile) {
+            let file = starts.partition_point(|start| *start <= position) - 1;
+            deleted[file].insert(position - starts[file]);
+        }
+        drop(rewrite.held);
         let mut marked = Vec::new();
         for (add, rows) in rewrite.staged.adds.into_iter().zip(deleted) {
             if rows.is_empty() {
@@ -407,7 +615,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sorted_rewrite_orders_the_rows_and_keeps_those_deleted_while_it_ran() {
-        let stored = rewrite_scattered_ids(None, 1).await.concat();
+        let stored = rewrite_ids(None, 1, SCATTERED).await.concat();
         assert!(stored.is_sorted(), "{stored:?}");
     }
 
@@ -415,7 +623,7 @@ mod tests {
     /// ran are found in whichever of them holds them, whether it sorted the rows or not.
     #[tokio::test]
     async fn a_rewrite_writes_files_of_the_target_size() {
-        let files = rewrite_scattered_ids(None, 4).await;
+        let files = rewrite_ids(None, 4, SCATTERED).await;
         assert_eq!(files.len(), 4, "{files:?}");
         // Written in key order: each file's ids follow the last one's.
         assert!(files.concat().is_sorted(), "{files:?}");
@@ -424,20 +632,30 @@ mod tests {
             "{files:?}"
         );
 
-        let unsorted = rewrite_scattered_ids(Some(nothing_to_sort()), 3).await;
-        assert_eq!(unsorted.len(), 3, "{unsorted:?}");
-        assert!(!unsorted.concat().is_sorted());
+        let merged = rewrite_ids(Some(nothing_to_sort()), 3, RUNS).await;
+        assert_eq!(merged.len(), 3, "{merged:?}");
+        assert!(merged.concat().is_sorted(), "{merged:?}");
     }
 
     /// A sorted rewrite holds its rows in the server's memory pool; when the pool cannot give
-    /// them, it writes them in the order read, with the same rows, and gives everything back.
+    /// them, it merges the files read in their order, with the same rows, and gives
+    /// everything back: sorted runs make a sorted file, other files a file of the same rows.
     #[tokio::test]
-    async fn a_rewrite_the_memory_pool_cannot_hold_keeps_the_order_read() {
+    async fn a_rewrite_the_memory_pool_cannot_sort_merges_the_files() {
         let pool = nothing_to_sort();
-        let stored = rewrite_scattered_ids(Some(pool.clone()), 1).await.concat();
+        let stored = rewrite_ids(Some(pool.clone()), 1, RUNS).await.concat();
+        assert!(stored.is_sorted(), "{stored:?}");
+        assert_eq!(pool.reserved(), 0);
+        let stored = rewrite_ids(Some(pool.clone()), 1, SCATTERED).await.concat();
         assert!(!stored.is_sorted());
         assert_eq!(pool.reserved(), 0);
     }
+
+    /// Ids of two files: scattered (0, 7, 14, ... and 3, 10, 17, ..., mod 200), or sorted
+    /// runs (the even ids and the odd ones).
+    type Ids = fn(i32, i32) -> i32;
+    const SCATTERED: Ids = |file, i| (file * 3 + i * 7) % 200;
+    const RUNS: Ids = |file, i| file + i * 2;
 
     /// A memory pool that gives a sorted rewrite nothing, and everything else what it asks.
     fn nothing_to_sort() -> Arc<dyn datafusion::execution::memory_pool::MemoryPool> {
@@ -479,12 +697,13 @@ mod tests {
         Arc::new(NothingToSort(GreedyMemoryPool::new(usize::MAX)))
     }
 
-    /// Two files of scattered ids of a table sorted by id, rewritten while rows of both are
+    /// Two files of 100 ids each (by `layout`) of a table sorted by id, rewritten while rows of both are
     /// deleted, into files of a target size of their bytes' `parts`th part (under `pool`, if
     /// given); the ids of each file written, in their order, the files by their first id.
-    async fn rewrite_scattered_ids(
+    async fn rewrite_ids(
         pool: Option<Arc<dyn datafusion::execution::memory_pool::MemoryPool>>,
         parts: u64,
+        layout: Ids,
     ) -> Vec<Vec<i32>> {
         let dir = tempfile::tempdir().unwrap();
         let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
@@ -497,12 +716,12 @@ mod tests {
             .with_sort_key(&["id".to_string()]);
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
         let mut version = table.create(&schema).await.unwrap();
-        // Two files of scattered ids: 0, 7, 14, ... and 3, 10, 17, ... (mod 200).
-        for start in [0, 3] {
-            let ids = (0..100).map(|i| (start + i * 7) % 200);
+        for file in [0, 1] {
             let batch = RecordBatch::try_new(
                 schema.clone(),
-                vec![Arc::new(Int32Array::from_iter_values(ids))],
+                vec![Arc::new(Int32Array::from_iter_values(
+                    (0..100).map(|i| layout(file, i)),
+                ))],
             )
             .unwrap();
             version = table.append(version, vec![batch]).await.unwrap().version;

@@ -67,7 +67,7 @@ pub fn commit_spec(
 /// [`COALESCE_FILES`] of them, or they make a target size, or the table has
 /// [`COALESCE_FILES_MAX`]; up to [`COALESCE_TARGETS`] target sizes of them. With `all`, every file with deleted rows and
 /// every small one, if that makes fewer files or drops deleted rows.
-fn choose(files: Vec<DataFile>, target: u64, all: bool) -> Vec<String> {
+fn choose(files: Vec<DataFile>, target: u64, all: bool) -> Vec<DataFile> {
     let small = |f: &DataFile| f.bytes < target / 2;
     if all {
         let taken: Vec<DataFile> = files
@@ -75,7 +75,7 @@ fn choose(files: Vec<DataFile>, target: u64, all: bool) -> Vec<String> {
             .filter(|f| f.deleted > 0 || small(f))
             .collect();
         if taken.len() > 1 || taken.iter().any(|f| f.deleted > 0) {
-            return taken.into_iter().map(|f| f.path).collect();
+            return taken;
         }
         return Vec::new();
     }
@@ -117,7 +117,27 @@ fn choose(files: Vec<DataFile>, target: u64, all: bool) -> Vec<String> {
     }
     rest.truncate(taken);
     purged.extend(rest);
-    purged.into_iter().map(|f| f.path).collect()
+    purged
+}
+
+/// `files` in groups that one rewrite each takes: files in their order up to
+/// [`COALESCE_TARGETS`] target sizes (one at least), so that what a rewrite holds (a merge's
+/// order, two bytes a row) and how long it runs are bounded however many files it is given.
+fn groups(files: Vec<DataFile>, target: u64) -> Vec<Vec<String>> {
+    let most = target.saturating_mul(COALESCE_TARGETS);
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut bytes = 0;
+    for file in files {
+        match groups.last_mut() {
+            Some(group) if bytes + file.bytes <= most => group.push(file.path),
+            _ => {
+                bytes = 0;
+                groups.push(vec![file.path]);
+            }
+        }
+        bytes += file.bytes;
+    }
+    groups
 }
 
 /// Rewrites the chosen files of both of the mirror's tables at once, in the current
@@ -136,14 +156,17 @@ pub async fn compact_now(
         let handle = storage(catalogs.store(), &path, &spec)?;
         let target = handle.target_file_size(pinned).await?;
         let chosen = choose(handle.files(pinned).await?, target, all);
-        if chosen.is_empty() {
+        let mut on = pinned;
+        for group in groups(chosen, target) {
+            let rewrite = handle.prepare_rewrite(on, &group).await?;
+            on = handle.commit_rewrite(on, rewrite).await?;
+        }
+        if on == pinned {
             continue;
         }
-        let rewrite = handle.prepare_rewrite(pinned, &chosen).await?;
-        let new = handle.commit_rewrite(pinned, rewrite).await?;
         match spec.keys.as_mut() {
-            Some(keys) if keys.path == path => keys.version = new,
-            _ => version = new,
+            Some(keys) if keys.path == path => keys.version = on,
+            _ => version = on,
         }
     }
     Ok((version, spec))
@@ -245,10 +268,13 @@ async fn background_rewrite(engine: &Arc<dyn Host>, name: &[String; 3], path: &s
     for (target, pinned) in read.storage_pins() {
         let handle = storage(engine.store(), &target, &read_spec)?;
         let size = handle.target_file_size(pinned).await?;
-        let chosen = choose(handle.files(pinned).await?, size, false);
-        if chosen.is_empty() {
+        // One group a pass: the next pass takes the next.
+        let Some(chosen) = groups(choose(handle.files(pinned).await?, size, false), size)
+            .into_iter()
+            .next()
+        else {
             continue;
-        }
+        };
         let rewrite = handle.prepare_rewrite(pinned, &chosen).await?;
         let rows = rewrite.rows();
         let session = engine.clone().session(&read.owner, &name[0])?;
@@ -328,7 +354,11 @@ mod tests {
 
     fn chosen(rows: &[u64]) -> Vec<String> {
         let rows: Vec<(u64, u64)> = rows.iter().map(|&r| (r, 0)).collect();
-        choose(files(&rows), TARGET, false)
+        paths(choose(files(&rows), TARGET, false))
+    }
+
+    fn paths(files: Vec<DataFile>) -> Vec<String> {
+        files.into_iter().map(|f| f.path).collect()
     }
 
     fn names(indexes: impl IntoIterator<Item = usize>) -> Vec<String> {
@@ -356,17 +386,24 @@ mod tests {
     #[test]
     fn mostly_deleted_files_are_purged_and_vacuum_takes_everything() {
         let table = files(&[(1000, 300), (1000, 100), (10, 0)]);
-        assert_eq!(choose(table.clone(), TARGET, false), names([0]));
-        assert_eq!(choose(table, TARGET, true), names(0..3));
+        assert_eq!(paths(choose(table.clone(), TARGET, false)), names([0]));
+        assert_eq!(paths(choose(table, TARGET, true)), names(0..3));
         // One clean file: VACUUM has nothing to do.
-        assert!(choose(files(&[(1000, 0)]), TARGET, true).is_empty());
-        assert_eq!(choose(files(&[(1000, 1)]), TARGET, true), names([0]));
+        assert!(paths(choose(files(&[(1000, 0)]), TARGET, true)).is_empty());
+        assert_eq!(paths(choose(files(&[(1000, 1)]), TARGET, true)), names([0]));
         // Files of half the target size or more are rewritten by VACUUM only for their
         // deleted rows; the small ones are merged.
         let big = TARGET / 2;
         let table = files(&[(big, 0), (big, 1), (big * 3, 0), (10, 0), (20, 0)]);
-        assert_eq!(choose(table, TARGET, true), names([1, 3, 4]));
-        assert!(choose(files(&[(big, 0), (TARGET, 0), (10, 0)]), TARGET, true).is_empty());
+        assert_eq!(paths(choose(table, TARGET, true)), names([1, 3, 4]));
+        assert!(
+            paths(choose(
+                files(&[(big, 0), (TARGET, 0), (10, 0)]),
+                TARGET,
+                true
+            ))
+            .is_empty()
+        );
     }
 
     #[test]
@@ -378,7 +415,7 @@ mod tests {
         rows.extend([5; 8]);
         assert_eq!(chosen(&rows), names(2..10));
         let table = files(&[(TARGET * 4, TARGET * 2), (big, 0), (5, 0)]);
-        assert_eq!(choose(table, TARGET, false), names([0]));
+        assert_eq!(paths(choose(table, TARGET, false)), names([0]));
         // A merge takes no more than two target sizes of files (and at least two), and
         // fewer files than eight when they make a target size.
         let third = TARGET / 3;
@@ -390,5 +427,16 @@ mod tests {
         let mut sizes = vec![TARGET / 4; 4];
         sizes.extend([1; 8]);
         assert_eq!(chosen(&sizes), names(4..12));
+    }
+
+    #[test]
+    fn rewrites_take_two_target_sizes_at_most() {
+        let sizes = [TARGET, TARGET / 2, TARGET / 2, TARGET * 3, 10, TARGET];
+        let rows: Vec<(u64, u64)> = sizes.iter().map(|&r| (r, 0)).collect();
+        assert_eq!(
+            groups(files(&rows), TARGET),
+            vec![names(0..3), names([3]), names(4..6)]
+        );
+        assert!(groups(Vec::new(), TARGET).is_empty());
     }
 }
