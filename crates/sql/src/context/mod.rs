@@ -49,6 +49,14 @@ pub(crate) struct Context {
     pub(crate) calls: CallStack,
 }
 
+impl Drop for Context {
+    /// Breaks the cycle between the session's catalogs and the schemas registered in them
+    /// ([`SessionCatalogs::release`]), so that a session's state is freed when it ends.
+    fn drop(&mut self) {
+        self.catalogs.release();
+    }
+}
+
 impl Context {
     pub(crate) fn new(engine: Arc<Engine>, user: &str, database: &str) -> Result<Self> {
         let catalogs = SessionCatalogs::new(engine.store.clone(), engine.clone());
