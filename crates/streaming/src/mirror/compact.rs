@@ -120,16 +120,22 @@ fn choose(files: Vec<DataFile>, target: u64, all: bool) -> Vec<DataFile> {
     purged
 }
 
+/// Files a rewrite takes at most: a merge reads a batch of each at once.
+const REWRITE_FILES_MAX: usize = 64;
+
 /// `files` in groups that one rewrite each takes: files in their order up to
-/// [`COALESCE_TARGETS`] target sizes (one at least), so that what a rewrite holds (a merge's
-/// order, two bytes a row) and how long it runs are bounded however many files it is given.
+/// [`COALESCE_TARGETS`] target sizes (one at least) and [`REWRITE_FILES_MAX`] files, so that
+/// what a rewrite holds (a batch of each file it merges, and two bytes a row of the merge's
+/// order) and how long it runs are bounded however many files it is given.
 fn groups(files: Vec<DataFile>, target: u64) -> Vec<Vec<String>> {
     let most = target.saturating_mul(COALESCE_TARGETS);
     let mut groups: Vec<Vec<String>> = Vec::new();
     let mut bytes = 0;
     for file in files {
         match groups.last_mut() {
-            Some(group) if bytes + file.bytes <= most => group.push(file.path),
+            Some(group) if bytes + file.bytes <= most && group.len() < REWRITE_FILES_MAX => {
+                group.push(file.path)
+            }
             _ => {
                 bytes = 0;
                 groups.push(vec![file.path]);
@@ -438,5 +444,7 @@ mod tests {
             vec![names(0..3), names([3]), names(4..6)]
         );
         assert!(groups(Vec::new(), TARGET).is_empty());
+        let many = groups(files(&[(1, 0); 150]), TARGET);
+        assert_eq!(many.iter().map(Vec::len).collect::<Vec<_>>(), [64, 64, 22]);
     }
 }
