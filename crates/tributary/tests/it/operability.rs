@@ -645,6 +645,23 @@ async fn console_charts_render_and_update_in_chromium() {
     eprintln!("console screenshot: {}", screenshot.display());
 }
 
+/// The least allocated memory over `readings` readings 300 ms apart: what the server holds
+/// between the transient peaks of background maintenance (compactions, and checkpoints every
+/// 10 commits, run on blocking threads whose allocator caches count as allocated until the
+/// threads end, 10 s after their last task). The footer cache is left out: it fills with a
+/// footer for each file read, up to its own bound of 50 MiB.
+async fn allocated_floor(server: &Server, readings: usize) -> f64 {
+    let mut floor = f64::MAX;
+    for _ in 0..readings {
+        let metrics = server.metrics().await;
+        let now = metrics.sum("tributary_memory_allocated_bytes", &[])
+            - metrics.sum("tributary_footer_cache_bytes", &[]);
+        floor = floor.min(now);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    floor
+}
+
 /// Sessions that end free what they held. Each session's catalogs and the pg_catalog schema
 /// registered in them held each other, so neither was ever freed: some 5.5 MiB a session, so
 /// that clients connecting again and again, and every mirror round (which opens a session),
@@ -664,25 +681,14 @@ async fn sessions_that_end_hold_no_memory() {
             .get(0);
         assert!(tables > 0);
     };
-    // The least allocated memory over a few readings: what the server holds between the
-    // transient peaks of its background work.
-    let allocated = async || {
-        let mut floor = f64::MAX;
-        for _ in 0..10 {
-            let metrics = server.metrics().await;
-            floor = floor.min(metrics.sum("tributary_memory_allocated_bytes", &[]));
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        }
-        floor
-    };
     for _ in 0..10 {
         session().await;
     }
-    let before = allocated().await;
+    let before = allocated_floor(&server, 10).await;
     for _ in 0..SESSIONS {
         session().await;
     }
-    let after = allocated().await;
+    let after = allocated_floor(&server, 10).await;
     let mib = |bytes: f64| bytes / (1 << 20) as f64;
     eprintln!(
         "allocated: {:.1} MiB before {SESSIONS} sessions, {:.1} MiB after",
@@ -728,31 +734,15 @@ async fn commit_after_commit_to_one_table_holds_no_more_memory() {
         )
         .await
         .unwrap();
-    // The least allocated memory over `readings` readings 300 ms apart: what the server
-    // holds between the transient peaks of background maintenance (compactions, and
-    // checkpoints every 10 commits, run on blocking threads whose allocator caches count as
-    // allocated until the threads end, 10 s after their last task). The footer cache is
-    // left out: it fills with a footer for each file read, up to its own bound of 50 MiB.
-    let allocated = async |readings: usize| {
-        let mut floor = f64::MAX;
-        for _ in 0..readings {
-            let metrics = server.metrics().await;
-            let now = metrics.sum("tributary_memory_allocated_bytes", &[])
-                - metrics.sum("tributary_footer_cache_bytes", &[]);
-            floor = floor.min(now);
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        }
-        floor
-    };
     let mut after_warm = 0.0;
     for id in 0..WARM + MEASURED {
         if id == WARM {
-            after_warm = allocated(10).await;
+            after_warm = allocated_floor(&server, 10).await;
             assert!(after_warm > 1e6, "{after_warm} bytes allocated");
         }
         client.execute(&insert, &[&id]).await.unwrap();
     }
-    let after = allocated(40).await;
+    let after = allocated_floor(&server, 40).await;
     assert!(
         !server
             .metrics()
