@@ -20,6 +20,10 @@ use crate::engine::Engine;
 /// How long maintenance waits for a table's write lock before it skips the table.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
+/// What an open transaction adds to vacuum's retention, for the clocks' difference (see
+/// [`Engine::maintain`]).
+const VACUUM_CLOCK_MARGIN: Duration = Duration::from_secs(10);
+
 /// How maintenance runs. `tributary serve` exposes each as a flag.
 #[derive(Debug, Clone)]
 pub struct MaintenanceSettings {
@@ -249,7 +253,15 @@ impl Engine {
             }
         };
         if due {
-            let retention = settings.vacuum_retention.max(self.active.oldest_age());
+            // Delta's vacuum compares the files' removal times (wall-clock milliseconds) with
+            // its own reading of the clock, taken after this one: under load, a file removed
+            // just after the oldest open transaction started would pass for older than it.
+            let open = self.active.oldest_age();
+            let retention = if open.is_zero() {
+                settings.vacuum_retention
+            } else {
+                settings.vacuum_retention.max(open + VACUUM_CLOCK_MARGIN)
+            };
             let deleted = table.vacuum(retention).await?;
             report.files_deleted += deleted;
             self.metrics.vacuumed_files.inc_by(deleted as u64);
