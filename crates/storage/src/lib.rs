@@ -7,6 +7,7 @@
 mod checkpoints;
 mod error;
 mod files;
+mod local;
 mod location;
 mod root;
 mod table;

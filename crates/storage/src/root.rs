@@ -410,7 +410,7 @@ fn open_local(location: &str) -> Result<(Url, Arc<dyn ObjectStore>)> {
         location: location.to_string(),
         reason: "not an absolute directory path".to_string(),
     })?;
-    let store = LocalFileSystem::new_with_prefix(&path)?;
+    let store = crate::local::LocalStore::new(LocalFileSystem::new_with_prefix(&path)?);
     Ok((url, Arc::new(store)))
 }
 

@@ -437,13 +437,20 @@ impl SoughtKeys {
 
     /// The runs of pages (first, end) of a row group that may hold a key, when its index
     /// keeps the bounds in the keys' native form; None otherwise. Pages of nulls hold none.
-    fn native_runs(&self, index: &ColumnIndexMetaData) -> Option<Vec<(usize, usize)>> {
+    /// `nullable`: whether the column chunk may have nulls (else no page is of nulls only).
+    fn native_runs(
+        &self,
+        index: &ColumnIndexMetaData,
+        nullable: bool,
+    ) -> Option<Vec<(usize, usize)>> {
         use ColumnIndexMetaData as Index;
         let pages = index.num_pages() as usize;
-        let nulls = |page: usize| index.is_null_page(page);
-        // Pages whose bounds ascend (sorted files) are searched key by key.
-        let ascending =
-            index.get_boundary_order() == Some(BoundaryOrder::ASCENDING) && !(0..pages).any(nulls);
+        let nulls = |page: usize| nullable && index.is_null_page(page);
+        // Pages whose bounds ascend (sorted files) are searched key by key. Whether a page
+        // is of nulls only is asked of the chunk first: a point query asks it of every row
+        // group of every file.
+        let ascending = index.get_boundary_order() == Some(BoundaryOrder::ASCENDING)
+            && !(nullable && (0..pages).any(nulls));
         match (&self.native, index) {
             (NativeKeys::Integers(keys), Index::INT32(index)) => Some(runs_with_keys(
                 ascending,
@@ -648,7 +655,13 @@ async fn pages_with_keys(
                 .get(page)
                 .map_or(group_rows, |l| l.first_row_index.max(0) as usize)
         };
-        let runs = match sought.native_runs(index) {
+        // Without a null count in its statistics, the chunk may have nulls.
+        let nullable = metadata
+            .column(position)
+            .statistics()
+            .and_then(|statistics| statistics.null_count_opt())
+            != Some(0);
+        let runs = match sought.native_runs(index, nullable) {
             Some(runs) => runs,
             None => {
                 let mins = statistics.data_page_mins(column_index, offset_index, [&group])?;
@@ -840,9 +853,14 @@ impl TableProvider for RowScan {
             runtime.object_store(&self.store_url)?,
             runtime.cache_manager.get_file_metadata_cache(),
         );
-        let source = ParquetSource::new(self.table_schema.clone())
+        let mut source = ParquetSource::new(self.table_schema.clone())
             .with_table_parquet_options(state.table_options().parquet.clone())
             .with_parquet_file_reader_factory(Arc::new(footers));
+        if narrowed.is_some() {
+            // The pages that may hold the values are chosen already: a row group's bloom
+            // filter (a MiB for a million keys) would be read to spare the read of a page.
+            source = source.with_bloom_filter_on_read(false);
+        }
         let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
             .with_file_groups(groups)
             .with_statistics(statistics)
