@@ -116,6 +116,9 @@ async fn run(engine: std::sync::Weak<dyn Host>, view: ViewId) {
         let start = chrono::Utc::now().naive_utc();
         let started = Instant::now();
         let result = round(&engine, &view, &mut compiled).await;
+        if let Ok(stats) = &result {
+            tracing::debug!(view = %view.name, records = stats.records, elapsed = ?started.elapsed(), "round committed");
+        }
         // The round's transaction has committed (or failed): its rows are visible now.
         super::observe_round(
             engine.as_ref(),

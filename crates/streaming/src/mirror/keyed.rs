@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array as _, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int64Type, Schema, UInt32Type};
 use datafusion::datasource::MemTable;
@@ -89,6 +89,8 @@ pub async fn write_changes(
     let rows = storage(store, &table.path, spec)?;
     let key_rows = storage(store, &keys.path, spec)?;
     let ctx = lookup_context(store.runtime_env());
+    let started = std::time::Instant::now();
+    let change_count = changes.num_rows();
     let schema = changes.schema();
     let declared = table.columns.len();
     let key_indexes: Vec<usize> = spec
@@ -100,9 +102,19 @@ pub async fn write_changes(
         .first()
         .ok_or_else(|| Error::Internal("a mirror table without a key".into()))?;
     let changed_keys = changes.column(first_key).clone();
+    // A key of one integer column is searched for in the rows read (sorted by it): no join.
+    let integer_key = key_indexes.len() == 1;
+    let sought_changes = if integer_key {
+        sorted_integers(&changed_keys)?
+    } else {
+        None
+    };
     ctx.register_table(
         "c",
-        Arc::new(MemTable::try_new(schema.clone(), vec![vec![changes]])?),
+        Arc::new(MemTable::try_new(
+            schema.clone(),
+            vec![vec![changes.clone()]],
+        )?),
     )?;
     // Both tables are read only where their pages may hold a changed key (by its first
     // column); the files rounds and rewrites write are sorted by key, so that is a few
@@ -125,20 +137,34 @@ pub async fn write_changes(
     // The changes at least as new as their key's stored one (or of a new key), with where
     // that key's row lives in the key table and whether the key is live now.
     let order = quote(ORDER_COLUMN);
-    let winners = ctx
-        .sql(&format!(
-            "SELECT c.*, k.{file} AS __key_file, k.{row} AS __key_row, \
+    let winners = match &sought_changes {
+        Some(sought) => {
+            let found = find_by_key(
+                &ctx,
+                key_scan.clone(),
+                first_key,
+                sought,
+                &[ORDER_COLUMN, DELETED_COLUMN],
+            )
+            .await?;
+            vec![newer_than_stored(&changes, declared, &found)?]
+        }
+        None => {
+            ctx.sql(&format!(
+                "SELECT c.*, k.{file} AS __key_file, k.{row} AS __key_row, \
              k.{deleted} AS __was_deleted \
              FROM c LEFT JOIN k ON {on} \
              WHERE k.{order} IS NULL OR c.{order} >= k.{order}",
-            file = quote(FILE_COLUMN),
-            row = quote(ROW_COLUMN),
-            deleted = quote(DELETED_COLUMN),
-            on = on("c", "k"),
-        ))
-        .await?
-        .collect()
-        .await?;
+                file = quote(FILE_COLUMN),
+                row = quote(ROW_COLUMN),
+                deleted = quote(DELETED_COLUMN),
+                on = on("c", "k"),
+            ))
+            .await?
+            .collect()
+            .await?
+        }
+    };
     let winners = arrow::compute::concat_batches(
         &winners
             .first()
@@ -146,6 +172,7 @@ pub async fn write_changes(
             .unwrap_or_else(|| Arc::new(winner_schema(&schema))),
         &winners,
     )?;
+    let keys_looked_up = started.elapsed();
     // Live before: the key table has the key, not deleted.
     let was_live = arrow::compute::not(&fill_true(winners.column(declared + 4).as_boolean()))?;
     // The rows the winners replace in the table: those of the keys that were live.
@@ -156,26 +183,37 @@ pub async fn write_changes(
         scan.narrow_to_keys(first_key, live_keys.column(0), footers)
             .await?;
         let scan = Arc::new(scan);
-        ctx.register_table("p", scan.clone())?;
-        ctx.register_table(
-            "w",
-            Arc::new(MemTable::try_new(
-                live_keys.schema(),
-                vec![vec![live_keys]],
-            )?),
-        )?;
-        let located = ctx
-            .sql(&format!(
-                "SELECT p.{file}, p.{row} FROM p JOIN w ON {on}",
-                file = quote(FILE_COLUMN),
-                row = quote(ROW_COLUMN),
-                on = on("p", "w"),
-            ))
-            .await?
-            .collect()
-            .await?;
-        locate(&scan, &located, 0, &mut replaced)?;
+        let sought = if integer_key {
+            sorted_integers(live_keys.column(0))?
+        } else {
+            None
+        };
+        if let Some(sought) = sought {
+            let found = find_by_key(&ctx, scan.clone(), first_key, &sought, &[]).await?;
+            locate(&scan, std::slice::from_ref(&found), 1, &mut replaced)?;
+        } else {
+            ctx.register_table("p", scan.clone())?;
+            ctx.register_table(
+                "w",
+                Arc::new(MemTable::try_new(
+                    live_keys.schema(),
+                    vec![vec![live_keys]],
+                )?),
+            )?;
+            let located = ctx
+                .sql(&format!(
+                    "SELECT p.{file}, p.{row} FROM p JOIN w ON {on}",
+                    file = quote(FILE_COLUMN),
+                    row = quote(ROW_COLUMN),
+                    on = on("p", "w"),
+                ))
+                .await?
+                .collect()
+                .await?;
+            locate(&scan, &located, 0, &mut replaced)?;
+        }
     }
+    let rows_looked_up = started.elapsed();
     let mut stale_keys: BTreeMap<String, RowSet> = BTreeMap::new();
     locate(
         &key_scan,
@@ -203,11 +241,171 @@ pub async fn write_changes(
     let inserted = cast_batch(&inserted, &Arc::new(storage_schema(table)))?;
 
     let keys_version = commit(&key_rows, keys.version, stale_keys, new_keys).await?;
+    let keys_committed = started.elapsed();
     let version = commit(&rows, table.version, replaced, inserted).await?;
+    tracing::debug!(
+        table = %table.path,
+        changes = change_count,
+        keys_looked_up = ?keys_looked_up,
+        rows_looked_up = ?rows_looked_up,
+        keys_committed = ?keys_committed,
+        committed = ?started.elapsed(),
+        "mirror changes applied"
+    );
     Ok(Applied {
         version,
         keys_version,
     })
+}
+
+/// The values of an integer key column, sorted, each with its row; None for other types.
+/// Null keys are left out: they match nothing.
+fn sorted_integers(keys: &ArrayRef) -> Result<Option<Vec<(i64, u32)>>> {
+    use arrow::datatypes::DataType;
+    if !matches!(
+        keys.data_type(),
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+    ) {
+        return Ok(None);
+    }
+    let keys = arrow::compute::cast(keys, &DataType::Int64)?;
+    let mut sorted: Vec<(i64, u32)> = keys
+        .as_primitive::<Int64Type>()
+        .iter()
+        .enumerate()
+        .filter_map(|(row, key)| Some((key?, row as u32)))
+        .collect();
+    sorted.sort_unstable();
+    Ok(Some(sorted))
+}
+
+/// The rows of `values` holding one of the `sought` keys (sorted, each with its row among
+/// the keys looked up): (the key's row, the row of `values`) for each. The values are taken
+/// a run at a time, each run as long as they ascend (the files a mirror writes ascend, or
+/// hold a few long runs), and each key in a run's range is searched for in it.
+fn matches(sought: &[(i64, u32)], values: &arrow::array::Int64Array) -> (Vec<u32>, Vec<u32>) {
+    let mut keys = Vec::new();
+    let mut rows = Vec::new();
+    let v = values.values();
+    let valid = |row: usize| values.is_valid(row);
+    let mut start = 0;
+    while start < v.len() {
+        let mut end = start + 1;
+        while end < v.len() && v[end - 1] <= v[end] {
+            end += 1;
+        }
+        let run = &v[start..end];
+        let from = sought.partition_point(|(key, _)| *key < run[0]);
+        let to = sought.partition_point(|(key, _)| *key <= run[run.len() - 1]);
+        let mut at = 0;
+        for &(key, row) in &sought[from..to] {
+            at += run[at..].partition_point(|value| *value < key);
+            let mut r = at;
+            while r < run.len() && run[r] == key {
+                if valid(start + r) {
+                    keys.push(row);
+                    rows.push((start + r) as u32);
+                }
+                r += 1;
+            }
+        }
+        start = end;
+    }
+    (keys, rows)
+}
+
+/// The rows of `scan` whose integer `key` column holds one of the `sought` keys (see
+/// [`sorted_integers`]): a batch of the row of the key each holds (UInt32), its `columns`,
+/// then its file and row ([`FILE_COLUMN`], [`ROW_COLUMN`]). The scan's rows are searched as
+/// they are read, none kept: a narrowed scan reads a page of rows for each key, and a hash
+/// join would probe every one of them.
+async fn find_by_key(
+    ctx: &SessionContext,
+    scan: Arc<RowScan>,
+    key: &str,
+    sought: &[(i64, u32)],
+    columns: &[&str],
+) -> Result<RecordBatch> {
+    use arrow::array::UInt32Array;
+    use arrow::datatypes::{DataType, Field};
+    let mut names = vec![key];
+    names.extend_from_slice(columns);
+    names.extend([FILE_COLUMN, ROW_COLUMN]);
+    let mut stream = ctx
+        .read_table(scan)?
+        .select_columns(&names)?
+        .execute_stream()
+        .await?;
+    let projected = Arc::new(
+        stream
+            .schema()
+            .project(&(1..names.len()).collect::<Vec<_>>())?,
+    );
+    let mut fields = vec![Arc::new(Field::new("__sought", DataType::UInt32, false))];
+    fields.extend(projected.fields().iter().cloned());
+    let schema = Arc::new(Schema::new(fields));
+    let mut found = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let values = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
+        let (keys, rows) = matches(sought, values.as_primitive::<Int64Type>());
+        if rows.is_empty() {
+            continue;
+        }
+        let rows = UInt32Array::from(rows);
+        let mut out: Vec<ArrayRef> = vec![Arc::new(UInt32Array::from(keys))];
+        for column in &batch.columns()[1..] {
+            out.push(arrow::compute::take(column, &rows, None)?);
+        }
+        found.push(RecordBatch::try_new(schema.clone(), out)?);
+    }
+    Ok(arrow::compute::concat_batches(&schema, &found)?)
+}
+
+/// The changes (in [`tributary_engine::mirror::change_schema`], `declared` columns first)
+/// at least as new as their key's stored one, or of a new key, from `found` (by
+/// [`find_by_key`] in the key table: the change's row, its order, deleted mark, file and
+/// row), with where the key's row lives and whether it is deleted, as the winners' join
+/// gives them.
+fn newer_than_stored(
+    changes: &RecordBatch,
+    declared: usize,
+    found: &RecordBatch,
+) -> Result<RecordBatch> {
+    use arrow::array::UInt32Array;
+    // The stored row of each change, if any (the last found, were a key stored twice).
+    let mut stored: Vec<Option<u32>> = vec![None; changes.num_rows()];
+    for (at, change) in found
+        .column(0)
+        .as_primitive::<UInt32Type>()
+        .values()
+        .iter()
+        .enumerate()
+    {
+        stored[*change as usize] = Some(at as u32);
+    }
+    let stored = UInt32Array::from(stored);
+    let take = |column: usize| arrow::compute::take(found.column(column), &stored, None);
+    let order = changes.column(declared);
+    let stored_order = arrow::compute::cast(&take(1)?, order.data_type())?;
+    let newer = arrow::compute::or_kleene(
+        &arrow::compute::is_null(&stored_order)?,
+        &arrow::compute::kernels::cmp::gt_eq(order, &stored_order)?,
+    )?;
+    let newer = match newer.null_count() {
+        0 => newer,
+        _ => arrow::compute::prep_null_mask_filter(&newer),
+    };
+    let mut columns = changes.columns().to_vec();
+    columns.extend([take(3)?, take(4)?, take(2)?]);
+    let all = RecordBatch::try_new(Arc::new(winner_schema(&changes.schema())), columns)?;
+    Ok(filter_record_batch(&all, &newer)?)
 }
 
 /// Commits `deleted` rows and `added` new ones on top of `version` as one MERGE; returns the
@@ -409,5 +607,87 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("partitioning=Hash"), "{text}");
+    }
+
+    #[test]
+    fn keys_are_found_in_sorted_and_unsorted_rows() {
+        let sought = sorted_integers(
+            &(Arc::new(Int64Array::from(vec![
+                Some(30),
+                None,
+                Some(10),
+                Some(99),
+                Some(20),
+            ])) as ArrayRef),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(sought, vec![(10, 2), (20, 4), (30, 0), (99, 3)]);
+        // Sorted rows, a key stored twice: both rows.
+        let sorted = Int64Array::from(vec![5, 10, 11, 20, 20, 25, 30]);
+        assert_eq!(
+            matches(&sought, &sorted),
+            (vec![2, 4, 4, 0], vec![1, 3, 4, 6])
+        );
+        // Unsorted rows and nulls: found row by row.
+        let unsorted = Int64Array::from(vec![Some(30), None, Some(7), Some(10), Some(99)]);
+        assert_eq!(matches(&sought, &unsorted), (vec![0, 2, 3], vec![0, 3, 4]));
+        assert_eq!(
+            matches(&sought, &Int64Array::from(Vec::<i64>::new()))
+                .1
+                .len(),
+            0
+        );
+        assert_eq!(matches(&[], &sorted).1.len(), 0);
+        // Text keys take the join.
+        let text: ArrayRef = Arc::new(arrow::array::StringArray::from(vec!["a"]));
+        assert!(sorted_integers(&text).unwrap().is_none());
+    }
+
+    #[test]
+    fn changes_win_over_older_stored_keys_only() {
+        use arrow::array::{BooleanArray, UInt32Array};
+        // Changes of keys 1, 2, 3 (order 5 each), then their order and deletion mark.
+        let changes = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new(ORDER_COLUMN, DataType::Int64, false),
+                Field::new(DELETED_COLUMN, DataType::Boolean, false),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+                Arc::new(Int64Array::from(vec![5, 5, 5])),
+                Arc::new(BooleanArray::from(vec![false, false, true])),
+            ],
+        )
+        .unwrap();
+        // Key 1 stored with order 7 (newer), key 3 with order 5 (as new, deleted); 2 is new.
+        let found = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("__sought", DataType::UInt32, false),
+                Field::new(ORDER_COLUMN, DataType::Int64, false),
+                Field::new(DELETED_COLUMN, DataType::Boolean, false),
+                Field::new(FILE_COLUMN, DataType::UInt32, false),
+                Field::new(ROW_COLUMN, DataType::Int64, false),
+            ])),
+            vec![
+                Arc::new(UInt32Array::from(vec![2, 0])),
+                Arc::new(Int64Array::from(vec![5, 7])),
+                Arc::new(BooleanArray::from(vec![true, false])),
+                Arc::new(UInt32Array::from(vec![4, 6])),
+                Arc::new(Int64Array::from(vec![40, 60])),
+            ],
+        )
+        .unwrap();
+        let winners = newer_than_stored(&changes, 1, &found).unwrap();
+        assert_eq!(winners.schema().as_ref(), &winner_schema(&changes.schema()));
+        let ids = winners.column(0).as_primitive::<Int64Type>();
+        assert_eq!(ids.values().to_vec(), vec![2, 3]);
+        let files = winners.column(3).as_primitive::<UInt32Type>();
+        assert_eq!(files.iter().collect::<Vec<_>>(), vec![None, Some(4)]);
+        let rows = winners.column(4).as_primitive::<Int64Type>();
+        assert_eq!(rows.iter().collect::<Vec<_>>(), vec![None, Some(40)]);
+        let deleted = winners.column(5).as_boolean();
+        assert_eq!(deleted.iter().collect::<Vec<_>>(), vec![None, Some(true)]);
     }
 }
