@@ -34,8 +34,10 @@ use datafusion::physical_plan::empty::EmptyExec;
 use deltalake::parquet::arrow::RowNumber;
 use deltalake::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use deltalake::parquet::basic::BoundaryOrder;
+use deltalake::parquet::bloom_filter::Sbbf;
 use deltalake::parquet::file::page_index::column_index::ColumnIndexMetaData;
 use futures::{StreamExt as _, TryStreamExt as _};
+use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
 use roaring::RoaringTreemap;
 
@@ -45,6 +47,15 @@ use crate::{Error, Result};
 /// Deletion vector files read at once when a scan is built, and file footers when a scan is
 /// narrowed to keys.
 const VECTOR_READS: usize = 16;
+
+/// A lookup of at most this many keys tests them in the bloom filters of the row groups that
+/// may hold them by their pages' bounds, where a filter is at most [`BLOOM_BYTES_MAX`].
+const BLOOM_KEYS_MAX: usize = 16;
+
+/// See [`BLOOM_KEYS_MAX`]: a filter of this size serves tens of thousands of keys, so a row
+/// group's filter is read only where the group is small (a mirror's round file), never a
+/// large group's to spare the read of one of its pages.
+const BLOOM_BYTES_MAX: i32 = 64 * 1024;
 
 /// A file narrowed to keys ([`RowScan::narrow_to_keys`]) of which at least this fraction of
 /// rows would be read is read whole.
@@ -428,6 +439,31 @@ impl SoughtKeys {
         Ok((self.converter.convert_columns(&[values])?, known))
     }
 
+    /// The keys looked up.
+    fn len(&self) -> usize {
+        self.rows.num_rows()
+    }
+
+    /// Whether `filter`, the bloom filter of a column chunk indexed by `index`, may hold a
+    /// key: true unless it can tell. Only keys whose Parquet values are Arrow's own (32- and
+    /// 64-bit integers, strings, binaries) are tested: the filter hashes the stored value.
+    fn may_be_in(&self, filter: &Sbbf, index: &ColumnIndexMetaData) -> bool {
+        use ColumnIndexMetaData as Index;
+        match (&self.native, &self.data_type, index) {
+            (NativeKeys::Integers(keys), DataType::Int32, Index::INT32(_)) => keys
+                .iter()
+                .any(|key| i32::try_from(*key).map_or(true, |key| filter.check(&key))),
+            (NativeKeys::Integers(keys), DataType::Int64, Index::INT64(_)) => {
+                keys.iter().any(|key| filter.check(key))
+            }
+            (NativeKeys::Bytes(keys), DataType::Utf8 | DataType::Binary, Index::BYTE_ARRAY(_)) => {
+                keys.iter()
+                    .any(|key| key.is_none_or(|key| filter.check(key)))
+            }
+            _ => true,
+        }
+    }
+
     /// Whether a key lies in [min, max].
     fn any_between(&self, min: arrow::row::Row<'_>, max: arrow::row::Row<'_>) -> bool {
         let count = self.rows.num_rows();
@@ -680,6 +716,25 @@ async fn pages_with_keys(
                 runs
             }
         };
+        // A file a mirror's round wrote spans the key range in each of its pages: a point
+        // query would read a page of it (and each column's dictionary) for nothing. Its row
+        // groups are small, and so are their bloom filters: few keys are tested in them.
+        let mut runs = runs;
+        let chunk = metadata.column(position);
+        if !runs.is_empty()
+            && sought.len() <= BLOOM_KEYS_MAX
+            && let (Some(offset), Some(length)) =
+                (chunk.bloom_filter_offset(), chunk.bloom_filter_length())
+            && (1..=BLOOM_BYTES_MAX).contains(&length)
+        {
+            let offset = offset.max(0) as u64;
+            let bytes = store
+                .get_range(location, offset..offset + length as u64)
+                .await?;
+            if Sbbf::from_bytes(&bytes).is_ok_and(|filter| !sought.may_be_in(&filter, index)) {
+                runs.clear();
+            }
+        }
         let mut at = 0;
         for (first, end) in runs {
             let (from, to) = (start(first), start(end));
@@ -1211,6 +1266,69 @@ mod tests {
             };
             assert_eq!(rows_of(&got), rows_of(&expected));
             assert_eq!(got.row_count(), expected.row_count());
+        }
+    }
+
+    /// Files whose pages each span the key range (a mirror's round files) are passed over by
+    /// a lookup of a few keys where their row groups' bloom filters rule the keys out.
+    #[tokio::test]
+    async fn a_few_keys_skip_files_whose_bloom_filters_rule_them_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        for (path, bloom) in [("dev/public/evens", true), ("dev/public/plain", false)] {
+            let mut table = root
+                .table(path)
+                .unwrap()
+                .with_sort_key(&["id".to_string()])
+                .with_page_rows(1024);
+            if bloom {
+                table = table.with_bloom_filters(&["id".to_string()]);
+            }
+            let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+            let ids = |step: usize, from: i64| {
+                let ids = (0..20_000).map(|i| from + 2 * i as i64).step_by(step);
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(arrow::array::Int64Array::from_iter_values(ids))],
+                )
+                .unwrap()
+            };
+            // Even ids, then odd ones: both files' pages span the same range.
+            let v0 = table.create(&schema).await.unwrap();
+            let v1 = table.append(v0, vec![ids(1, 0)]).await.unwrap().version;
+            let v2 = table.append(v1, vec![ids(1, 1)]).await.unwrap().version;
+            let pages = |keys: Vec<i64>| {
+                let table = table.clone();
+                async move {
+                    let mut scan = table.row_scan(v2).await.unwrap();
+                    let keys: ArrayRef = Arc::new(arrow::array::Int64Array::from(keys));
+                    scan.narrow_to_keys("id", &keys, None).await.unwrap();
+                    scan.files
+                        .iter()
+                        .map(|file| {
+                            file.narrowed
+                                .as_ref()
+                                .map_or(usize::MAX, RowSelection::row_count)
+                        })
+                        .collect::<Vec<_>>()
+                }
+            };
+            let one_page = |rows: usize| (1..=2048).contains(&rows);
+            // One even key, one odd key: the other file is skipped with bloom filters only.
+            for key in [20_000, 20_001] {
+                let mut read = pages(vec![key]).await;
+                read.sort_unstable();
+                if bloom {
+                    assert!(read[0] == 0 && one_page(read[1]), "{key}: {read:?}");
+                } else {
+                    assert!(read.iter().all(|rows| one_page(*rows)), "{key}: {read:?}");
+                }
+            }
+            // Many keys are not tested in the filters.
+            let many: Vec<i64> = (0..=BLOOM_KEYS_MAX as i64)
+                .map(|i| 20_000 + 2 * i)
+                .collect();
+            assert!(pages(many).await.iter().all(|rows| one_page(*rows)));
         }
     }
 
