@@ -523,8 +523,10 @@ impl SoughtKeys {
 
 /// The runs of pages (first, end), in order and apart, that may hold one of `keys` sorted
 /// values (`key(i)` is the i-th), by the pages' smallest (`min`) and largest (`max`) values:
-/// by [`runs_holding`] when the bounds ascend, else page by page, with a binary search of
-/// the keys for each page not of nulls only (`nulls`).
+/// by [`runs_holding`] when the bounds ascend, else by [`runs_holding`] in each stretch of
+/// pages whose bounds ascend, between pages of nulls only (`nulls`). A file of sorted runs
+/// written one after another (a load's) has a few long stretches; unsorted pages make
+/// stretches of a page or two, each searched for its keys by a binary search.
 fn runs_with_keys<V: Ord>(
     ascending: bool,
     keys: usize,
@@ -538,16 +540,30 @@ fn runs_with_keys<V: Ord>(
         return runs_holding(keys, key, pages, min, max);
     }
     let mut runs: Vec<(usize, usize)> = Vec::new();
-    for page in 0..pages {
-        if nulls(page) {
+    let mut start = 0;
+    while start < pages {
+        if nulls(start) {
+            start += 1;
             continue;
         }
-        let low = min(page);
-        let first = partition_point(keys, |i| key(i) < low);
-        if first == keys || key(first) > max(page) {
-            continue;
+        let mut end = start + 1;
+        while end < pages && !nulls(end) && min(end - 1) <= min(end) && max(end - 1) <= max(end) {
+            end += 1;
         }
-        add_page(&mut runs, page);
+        let stretch = runs_holding(
+            keys,
+            &key,
+            end - start,
+            |p| min(start + p),
+            |p| max(start + p),
+        );
+        for (first, last) in stretch {
+            match runs.last_mut() {
+                Some(run) if run.1 == start + first => run.1 = start + last,
+                _ => runs.push((start + first, start + last)),
+            }
+        }
+        start = end;
     }
     runs
 }
@@ -1215,6 +1231,24 @@ mod tests {
                 ascending,
                 expected(&bounds, &vec![false; pages]),
                 "pages {bounds:?}, keys {keys:?}"
+            );
+            // Stretches of ascending pages in descending order, as a load writes them.
+            let cut = next(pages as u64 + 1) as usize;
+            let mut blocks = bounds[cut..].to_vec();
+            blocks.extend_from_slice(&bounds[..cut]);
+            let by_stretch = runs_with_keys(
+                false,
+                keys.len(),
+                |i| keys[i],
+                pages,
+                |p| blocks[p].0,
+                |p| blocks[p].1,
+                |_| false,
+            );
+            assert_eq!(
+                by_stretch,
+                expected(&blocks, &vec![false; pages]),
+                "pages {blocks:?}, keys {keys:?}"
             );
             for page in (1..pages).rev() {
                 bounds.swap(page, next(page as u64 + 1) as usize);
