@@ -137,17 +137,39 @@ pub async fn write_changes(
     // The changes at least as new as their key's stored one (or of a new key), with where
     // that key's row lives in the key table and whether the key is live now.
     let order = quote(ORDER_COLUMN);
+    // The rows the winners replace in the table: those of the keys that were live.
+    let mut replaced: BTreeMap<String, RowSet> = BTreeMap::new();
     let winners = match &sought_changes {
         Some(sought) => {
-            let found = find_by_key(
+            // Both tables are searched at once, the table for every changed key; of the rows
+            // found there, those of keys whose change wins and that were live are replaced.
+            let in_keys = find_by_key(
                 &ctx,
                 key_scan.clone(),
                 first_key,
                 sought,
                 &[ORDER_COLUMN, DELETED_COLUMN],
-            )
-            .await?;
-            vec![newer_than_stored(&changes, declared, &found)?]
+            );
+            let in_table = async {
+                let mut scan = rows.row_scan(table.version).await?;
+                scan.narrow_to_keys(first_key, &changed_keys, footers.clone())
+                    .await?;
+                let scan = Arc::new(scan);
+                let found = find_by_key(&ctx, scan.clone(), first_key, sought, &[]).await?;
+                Ok::<_, Error>((scan, found))
+            };
+            let (in_keys, (scan, in_table)) = futures::try_join!(in_keys, in_table)?;
+            let (winners, replaces) = newer_than_stored(&changes, declared, &in_keys)?;
+            let replacing: arrow::array::BooleanArray = in_table
+                .column(0)
+                .as_primitive::<UInt32Type>()
+                .values()
+                .iter()
+                .map(|change| Some(replaces[*change as usize]))
+                .collect();
+            let in_table = filter_record_batch(&in_table, &replacing)?;
+            locate(&scan, std::slice::from_ref(&in_table), 1, &mut replaced)?;
+            vec![winners]
         }
         None => {
             ctx.sql(&format!(
@@ -175,23 +197,13 @@ pub async fn write_changes(
     let keys_looked_up = started.elapsed();
     // Live before: the key table has the key, not deleted.
     let was_live = arrow::compute::not(&fill_true(winners.column(declared + 4).as_boolean()))?;
-    // The rows the winners replace in the table: those of the keys that were live.
-    let mut replaced: BTreeMap<String, RowSet> = BTreeMap::new();
     let live_keys = filter_record_batch(&winners.project(&key_indexes)?, &was_live)?;
-    if live_keys.num_rows() > 0 {
+    if sought_changes.is_none() && live_keys.num_rows() > 0 {
         let mut scan = rows.row_scan(table.version).await?;
         scan.narrow_to_keys(first_key, live_keys.column(0), footers)
             .await?;
         let scan = Arc::new(scan);
-        let sought = if integer_key {
-            sorted_integers(live_keys.column(0))?
-        } else {
-            None
-        };
-        if let Some(sought) = sought {
-            let found = find_by_key(&ctx, scan.clone(), first_key, &sought, &[]).await?;
-            locate(&scan, std::slice::from_ref(&found), 1, &mut replaced)?;
-        } else {
+        {
             ctx.register_table("p", scan.clone())?;
             ctx.register_table(
                 "w",
@@ -372,12 +384,12 @@ async fn find_by_key(
 /// at least as new as their key's stored one, or of a new key, from `found` (by
 /// [`find_by_key`] in the key table: the change's row, its order, deleted mark, file and
 /// row), with where the key's row lives and whether it is deleted, as the winners' join
-/// gives them.
+/// gives them; and for each change, whether it wins over a live key (replaces its row).
 fn newer_than_stored(
     changes: &RecordBatch,
     declared: usize,
     found: &RecordBatch,
-) -> Result<RecordBatch> {
+) -> Result<(RecordBatch, Vec<bool>)> {
     use arrow::array::UInt32Array;
     // The stored row of each change, if any (the last found, were a key stored twice).
     let mut stored: Vec<Option<u32>> = vec![None; changes.num_rows()];
@@ -402,10 +414,17 @@ fn newer_than_stored(
         0 => newer,
         _ => arrow::compute::prep_null_mask_filter(&newer),
     };
+    let was_deleted = take(2)?;
+    let replaces = {
+        let was_deleted = was_deleted.as_boolean();
+        (0..changes.num_rows())
+            .map(|i| newer.value(i) && was_deleted.is_valid(i) && !was_deleted.value(i))
+            .collect()
+    };
     let mut columns = changes.columns().to_vec();
-    columns.extend([take(3)?, take(4)?, take(2)?]);
+    columns.extend([take(3)?, take(4)?, was_deleted]);
     let all = RecordBatch::try_new(Arc::new(winner_schema(&changes.schema())), columns)?;
-    Ok(filter_record_batch(&all, &newer)?)
+    Ok((filter_record_batch(&all, &newer)?, replaces))
 }
 
 /// Commits `deleted` rows and `added` new ones on top of `version` as one MERGE; returns the
@@ -647,7 +666,7 @@ mod tests {
     #[test]
     fn changes_win_over_older_stored_keys_only() {
         use arrow::array::{BooleanArray, UInt32Array};
-        // Changes of keys 1, 2, 3 (order 5 each), then their order and deletion mark.
+        // Changes of keys 1 to 4 (order 5 each), then their order and deletion mark.
         let changes = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("id", DataType::Int64, false),
@@ -655,13 +674,14 @@ mod tests {
                 Field::new(DELETED_COLUMN, DataType::Boolean, false),
             ])),
             vec![
-                Arc::new(Int64Array::from(vec![1, 2, 3])),
-                Arc::new(Int64Array::from(vec![5, 5, 5])),
-                Arc::new(BooleanArray::from(vec![false, false, true])),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+                Arc::new(Int64Array::from(vec![5, 5, 5, 5])),
+                Arc::new(BooleanArray::from(vec![false, false, true, false])),
             ],
         )
         .unwrap();
-        // Key 1 stored with order 7 (newer), key 3 with order 5 (as new, deleted); 2 is new.
+        // Key 1 stored with order 7 (newer), key 3 with order 5 (as new, deleted), key 4 with
+        // order 4 (older, live); 2 is new.
         let found = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("__sought", DataType::UInt32, false),
@@ -671,23 +691,34 @@ mod tests {
                 Field::new(ROW_COLUMN, DataType::Int64, false),
             ])),
             vec![
-                Arc::new(UInt32Array::from(vec![2, 0])),
-                Arc::new(Int64Array::from(vec![5, 7])),
-                Arc::new(BooleanArray::from(vec![true, false])),
-                Arc::new(UInt32Array::from(vec![4, 6])),
-                Arc::new(Int64Array::from(vec![40, 60])),
+                Arc::new(UInt32Array::from(vec![2, 0, 3])),
+                Arc::new(Int64Array::from(vec![5, 7, 4])),
+                Arc::new(BooleanArray::from(vec![true, false, false])),
+                Arc::new(UInt32Array::from(vec![4, 6, 8])),
+                Arc::new(Int64Array::from(vec![40, 60, 80])),
             ],
         )
         .unwrap();
-        let winners = newer_than_stored(&changes, 1, &found).unwrap();
+        let (winners, replaces) = newer_than_stored(&changes, 1, &found).unwrap();
+        // Key 3 was deleted: its change wins but replaces no row; key 4's replaces its row.
+        assert_eq!(replaces, vec![false, false, false, true]);
         assert_eq!(winners.schema().as_ref(), &winner_schema(&changes.schema()));
         let ids = winners.column(0).as_primitive::<Int64Type>();
-        assert_eq!(ids.values().to_vec(), vec![2, 3]);
+        assert_eq!(ids.values().to_vec(), vec![2, 3, 4]);
         let files = winners.column(3).as_primitive::<UInt32Type>();
-        assert_eq!(files.iter().collect::<Vec<_>>(), vec![None, Some(4)]);
+        assert_eq!(
+            files.iter().collect::<Vec<_>>(),
+            vec![None, Some(4), Some(8)]
+        );
         let rows = winners.column(4).as_primitive::<Int64Type>();
-        assert_eq!(rows.iter().collect::<Vec<_>>(), vec![None, Some(40)]);
+        assert_eq!(
+            rows.iter().collect::<Vec<_>>(),
+            vec![None, Some(40), Some(80)]
+        );
         let deleted = winners.column(5).as_boolean();
-        assert_eq!(deleted.iter().collect::<Vec<_>>(), vec![None, Some(true)]);
+        assert_eq!(
+            deleted.iter().collect::<Vec<_>>(),
+            vec![None, Some(true), Some(false)]
+        );
     }
 }
