@@ -707,13 +707,13 @@ async fn pages_with_keys(
                 .get(page)
                 .map_or(group_rows, |l| l.first_row_index.max(0) as usize)
         };
+        let chunk = metadata.column(position);
         // Without a null count in its statistics, the chunk may have nulls.
-        let nullable = metadata
-            .column(position)
+        let nullable = chunk
             .statistics()
             .and_then(|statistics| statistics.null_count_opt())
             != Some(0);
-        let runs = match sought.native_runs(index, nullable) {
+        let mut runs = match sought.native_runs(index, nullable) {
             Some(runs) => runs,
             None => {
                 let mins = statistics.data_page_mins(column_index, offset_index, [&group])?;
@@ -735,8 +735,6 @@ async fn pages_with_keys(
         // A file a mirror's round wrote spans the key range in each of its pages: a point
         // query would read a page of it (and each column's dictionary) for nothing. Its row
         // groups are small, and so are their bloom filters: few keys are tested in them.
-        let mut runs = runs;
-        let chunk = metadata.column(position);
         if !runs.is_empty()
             && sought.len() <= BLOOM_KEYS_MAX
             && let (Some(offset), Some(length)) =

@@ -103,8 +103,7 @@ pub async fn write_changes(
         .ok_or_else(|| Error::Internal("a mirror table without a key".into()))?;
     let changed_keys = changes.column(first_key).clone();
     // A key of one integer column is searched for in the rows read (sorted by it): no join.
-    let integer_key = key_indexes.len() == 1;
-    let sought_changes = if integer_key {
+    let sought_changes = if key_indexes.len() == 1 {
         sorted_integers(&changed_keys)?
     } else {
         None
@@ -195,15 +194,16 @@ pub async fn write_changes(
         &winners,
     )?;
     let keys_looked_up = started.elapsed();
-    // Live before: the key table has the key, not deleted.
-    let was_live = arrow::compute::not(&fill_true(winners.column(declared + 4).as_boolean()))?;
-    let live_keys = filter_record_batch(&winners.project(&key_indexes)?, &was_live)?;
-    if sought_changes.is_none() && live_keys.num_rows() > 0 {
-        let mut scan = rows.row_scan(table.version).await?;
-        scan.narrow_to_keys(first_key, live_keys.column(0), footers)
-            .await?;
-        let scan = Arc::new(scan);
-        {
+    if sought_changes.is_none() {
+        // Joined: the table's rows of the winners' keys that were live (the key table has
+        // the key, not deleted).
+        let was_live = arrow::compute::not(&fill_true(winners.column(declared + 4).as_boolean()))?;
+        let live_keys = filter_record_batch(&winners.project(&key_indexes)?, &was_live)?;
+        if live_keys.num_rows() > 0 {
+            let mut scan = rows.row_scan(table.version).await?;
+            scan.narrow_to_keys(first_key, live_keys.column(0), footers)
+                .await?;
+            let scan = Arc::new(scan);
             ctx.register_table("p", scan.clone())?;
             ctx.register_table(
                 "w",
@@ -274,16 +274,8 @@ pub async fn write_changes(
 /// Null keys are left out: they match nothing.
 fn sorted_integers(keys: &ArrayRef) -> Result<Option<Vec<(i64, u32)>>> {
     use arrow::datatypes::DataType;
-    if !matches!(
-        keys.data_type(),
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-    ) {
+    // Every integer type but UInt64 fits an i64.
+    if !keys.data_type().is_integer() || keys.data_type() == &DataType::UInt64 {
         return Ok(None);
     }
     let keys = arrow::compute::cast(keys, &DataType::Int64)?;
